@@ -1,0 +1,78 @@
+"""What every command shares: the error boundary, console output and progress display."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from odexport.errors import OdexportError
+
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def is_quiet(quiet: bool = False) -> bool:
+    """Plain output when asked, in CI, or when stdout is not a terminal."""
+    return quiet or bool(os.environ.get("CI")) or not sys.stdout.isatty()
+
+
+def run_command(action: Callable[[], Any]) -> Any:
+    """The one error boundary: user errors become one line on stderr and their exit code.
+
+    ``ODEXPORT_DEBUG=1`` re-raises so the traceback is shown.
+    """
+    debug = os.environ.get("ODEXPORT_DEBUG") == "1"
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except OdexportError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug: one line, and how to see more
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} -- this is a bug in odexport; "
+            "rerun with ODEXPORT_DEBUG=1 for the traceback and report it",
+            markup=True,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+
+
+def print_json(obj: Any) -> None:
+    """One machine-readable JSON object on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def stages(quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """Progress for long work: ``with stages() as stage: stage("load"); ...``.
+
+    On a terminal a rich spinner shows the current stage; with ``--quiet``, in CI or when piped,
+    each stage is one plain line on stderr (or nothing with ``--quiet``).
+    """
+    if is_quiet(quiet):
+        def plain(name: str) -> None:
+            if not quiet:
+                err_console.print(f"-- {name}", markup=False, highlight=False)
+        yield plain
+        return
+    with err_console.status("starting") as status:
+        def rich_stage(name: str) -> None:
+            status.update(f"[bold]{name}[/]")
+        yield rich_stage

@@ -1,0 +1,163 @@
+"""ODConv (Li et al., ICLR 2022) with the official OSVAI/ODConv parameter layout.
+
+State-dict keys of a layer at prefix ``P`` equal the official ones::
+
+    P.weight                         (K, O, C/g, k, k)
+    P.attention.fc.weight            (A, C, 1, 1)         no bias (a bias appears once BN is folded)
+    P.attention.bn.*                 (A,)                 absent once folded
+    P.attention.channel_fc.*         (C, A, 1, 1), (C,)   always present
+    P.attention.filter_fc.*          (O, A, 1, 1), (O,)   absent for depthwise (C == groups == O)
+    P.attention.spatial_fc.*         (k*k, A, 1, 1)       absent for k == 1
+    P.attention.kernel_fc.*          (K, A, 1, 1)         absent for K == 1
+
+The attention is ``h = ReLU(BN(fc(avgpool(x))))`` then ``sigmoid(head(h) / T)`` for the channel,
+filter and spatial heads and ``softmax(kernel_fc(h) / T)`` over K; one temperature ``T`` for all
+heads.  See :mod:`odexport.layers.functional` for how the attentions enter the convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from odexport.layers import functional as Fdyn
+from odexport.layers.functional import Attentions
+
+HEAD_NAMES = ("channel", "filter", "spatial", "kernel")
+
+
+class ODConvAttention(nn.Module):
+    """ODConv's four-head attention; returns flat :class:`Attentions` (``None`` for skipped heads)."""
+
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        kernel_size: int,
+        groups: int = 1,
+        reduction: float = 0.0625,
+        kernel_num: int = 4,
+        min_channel: int = 16,
+        attention_channels: int | None = None,
+        temperature: float = 1.0,
+    ):
+        super().__init__()
+        hidden = attention_channels or Fdyn.odconv_hidden_channels(in_planes, reduction, min_channel)
+        self.in_planes, self.out_planes = in_planes, out_planes
+        self.kernel_size, self.kernel_num = kernel_size, kernel_num
+        self.attention_channels = hidden
+        self.temperature = float(temperature)
+        self.fc = nn.Conv2d(in_planes, hidden, 1, bias=False)
+        self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(hidden)
+        self.relu = nn.ReLU(inplace=True)
+        self.channel_fc = nn.Conv2d(hidden, in_planes, 1, bias=True)
+        depthwise = in_planes == groups and in_planes == out_planes
+        self.filter_fc = None if depthwise else nn.Conv2d(hidden, out_planes, 1, bias=True)
+        self.spatial_fc = None if kernel_size == 1 else nn.Conv2d(hidden, kernel_size * kernel_size, 1, bias=True)
+        self.kernel_fc = None if kernel_num == 1 else nn.Conv2d(hidden, kernel_num, 1, bias=True)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def head(self, name: str) -> nn.Conv2d | None:
+        """The 1x1 conv of head ``name`` (one of :data:`HEAD_NAMES`), ``None`` if skipped."""
+        return getattr(self, f"{name}_fc")
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(BN(fc(avgpool(x))))``, shape ``(B, A, 1, 1)``."""
+        h = self.fc(Fdyn.global_pool(x))
+        if self.bn is not None:
+            h = self.bn(h)
+        return self.relu(h)
+
+    def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """Pre-temperature logits per head, flat ``(B, N)``; ``None`` for skipped heads."""
+        h = self.hidden(x)
+        batch = h.shape[0]
+        return {name: (None if conv is None else conv(h).reshape(batch, -1)) for name in HEAD_NAMES for conv in [self.head(name)]}
+
+    def forward(self, x: torch.Tensor) -> Attentions:
+        logits = self.head_logits(x)
+        t = self.temperature
+        act = {name: (None if v is None else Fdyn.sigmoid_attention(v, t)) for name, v in logits.items() if name != "kernel"}
+        kernel = None if logits["kernel"] is None else Fdyn.softmax_attention(logits["kernel"], t)
+        return Attentions(act["channel"], act["filter"], act["spatial"], kernel)
+
+
+class ODConv2d(nn.Module):
+    """Omni-dimensional dynamic convolution; constructor and keys of the official ``ODConv2d``.
+
+    ``temperature`` is explicit (official default 1.0, the only right value for a trained network
+    unless the user trained otherwise).  ``static_bias`` is not part of the official layer: it appears when
+    a following BatchNorm is folded in (added after the filter attention).
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        kernel_size: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        reduction: float = 0.0625,
+        kernel_num: int = 4,
+        min_channel: int = 16,
+        attention_channels: int | None = None,
+        temperature: float = 1.0,
+    ):
+        super().__init__()
+        k = _pair(kernel_size)
+        if k[0] != k[1]:
+            raise ValueError(f"ODConv2d needs a square kernel, got {kernel_size}")
+        self.in_planes, self.out_planes = in_planes, out_planes
+        self.kernel_size = k[0]
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.groups, self.kernel_num = groups, kernel_num
+        self.attention = ODConvAttention(
+            in_planes, out_planes, self.kernel_size, groups, reduction, kernel_num, min_channel, attention_channels, temperature
+        )
+        self.weight = nn.Parameter(torch.randn(kernel_num, out_planes, in_planes // groups, *k))
+        for i in range(kernel_num):
+            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+        self.static_bias: nn.Parameter | None = None
+
+    @property
+    def temperature(self) -> float:
+        return self.attention.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.attention.temperature = float(value)
+
+    def update_temperature(self, temperature: float) -> None:
+        """Official API name, kept so user training code that calls it keeps working."""
+        self.temperature = temperature
+
+    def attentions(self, x: torch.Tensor) -> Attentions:
+        return self.attention(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Fdyn.dynamic_conv2d(
+            x,
+            self.weight,
+            self.attentions(x),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            static_bias=self.static_bias,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, kernel_num={self.kernel_num}"
+        )
