@@ -1,0 +1,1 @@
+"""Backend runners behind one interface (:class:`odexport.runtime.base.Runner`)."""
