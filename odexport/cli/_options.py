@@ -1,0 +1,109 @@
+"""Reusable Typer option types shared by the commands that load a model.
+
+Each name is an ``Annotated`` type, so a command declares an option in one line::
+
+    def inspect(source: str, arch: ArchOption = None, temperature: TemperatureOption = None): ...
+
+This module imports neither torch nor the library (``odexport --help`` must stay fast).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+ArchOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--arch",
+        help="Architecture name from the model zoo (see `odexport inspect --help`); overrides detection "
+        "from the checkpoint's key names and shapes.",
+        show_default=False,
+    ),
+]
+
+KernelNumOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--kernel-num",
+        "-K",
+        min=1,
+        help="Number of candidate kernels K when building an architecture by name "
+        "(a checkpoint's own K is read from its weight shapes).",
+        show_default=False,
+    ),
+]
+
+TemperatureOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--temperature",
+        "-T",
+        help="Attention temperature (> 0) for every dynamic layer. Default 1.0, the value of a trained "
+        "network (kaijieshi7's constructor default 34 is only a training start value).",
+        show_default=False,
+    ),
+]
+
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow full unpickling of a checkpoint that holds a whole pickled module. Unpickling "
+        "runs arbitrary code from the file: use only for files you trust.",
+    ),
+]
+
+FactoryOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--factory",
+        help="Build your own architecture with `my_pkg.my_module:build_fn` (imports your code), load "
+        "the checkpoint into it and swap its reference dynamic-conv layers for odexport's.",
+        show_default=False,
+    ),
+]
+
+InputShapeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--input-shape",
+        help="Input shape of one sample as CxHxW, e.g. 3x224x224 (default: the architecture's own).",
+        show_default=False,
+    ),
+]
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``"3x224x224"`` -> ``(3, 224, 224)``; a wrong form raises :class:`odexport.errors.InputError`.
+
+    Accepts ``x``, ``X``, ``,`` or ``*`` between the three positive integers.
+    """
+    from odexport.errors import InputError
+
+    cleaned = text.strip().lower()
+    for sep in (",", "*", " "):
+        cleaned = cleaned.replace(sep, "x")
+    parts = [p for p in cleaned.split("x") if p]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or any(d <= 0 for d in dims):
+        raise InputError(
+            f"input shape {text!r} is not CxHxW",
+            "give three positive integers for one sample (no batch), e.g. --input-shape 3x224x224",
+        )
+    return dims  # type: ignore[return-value]
+
+
+__all__ = [
+    "ArchOption",
+    "FactoryOption",
+    "InputShapeOption",
+    "KernelNumOption",
+    "TemperatureOption",
+    "TrustPickleOption",
+    "parse_input_shape",
+]
