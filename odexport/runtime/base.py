@@ -7,12 +7,36 @@ backend.  ``infer`` validates inputs (names, rank, dtype) and calls the backend'
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from odexport.errors import InputError
+
+#: precision labels a runner reports; the parity gate picks default tolerances from them
+PRECISIONS = ("fp64", "fp32", "fp16", "mixed")
+
+
+class InferenceError(InputError):
+    """The backend refused or failed to run an input (wrong batch for a baked-in shape, a node error).
+
+    Outside a parity check this is an input error (exit 1); ``odexport check`` turns it into a parity
+    failure for the batch size that triggered it.
+    """
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What a capability probe found: is the backend usable here, on which devices, and why not."""
+
+    backend: str
+    available: bool
+    devices: tuple[str, ...] = ()
+    detail: str = ""
+    extras: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -29,6 +53,8 @@ class Runner(ABC):
 
     #: short backend name shown in reports, e.g. ``"torch-cpu"``, ``"onnxruntime-cpu"``, ``"tensorrt"``
     backend: str = "abstract"
+    #: arithmetic precision of the artifact as run: one of :data:`PRECISIONS`
+    precision: str = "fp32"
 
     @property
     @abstractmethod
@@ -64,6 +90,35 @@ class Runner(ABC):
 
     @abstractmethod
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def timer(self, feed: dict[str, np.ndarray] | np.ndarray) -> Callable[[], float]:
+        """Bind ``feed`` once and return ``run_once() -> milliseconds`` for benchmarks.
+
+        The default times ``infer_impl`` with :func:`time.perf_counter_ns`, which on CPU backends
+        includes exactly the work a caller waits for.  GPU runners override this: they bind device
+        buffers once (no host copies inside the timed region) and time with CUDA events.
+        The feed is validated once, here, so validation is not timed.
+        """
+        if isinstance(feed, np.ndarray):
+            feed = {self.inputs[0].name: feed}
+        self.infer(feed)  # validates, and fails early rather than inside a timing loop
+        bound = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+
+        def run_once() -> float:
+            start = time.perf_counter_ns()
+            self.infer_impl(bound)
+            return (time.perf_counter_ns() - start) / 1e6
+
+        return run_once
+
+    def describe(self) -> dict:
+        """Facts a report shows about this runner (backend, precision, input/output shapes)."""
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "inputs": {s.name: list(s.shape) for s in self.inputs},
+            "outputs": {s.name: list(s.shape) for s in self.outputs},
+        }
 
     def close(self) -> None:
         """Release backend resources (sessions, engines, CUDA memory)."""

@@ -1,0 +1,230 @@
+"""Run an ONNX model in onnxruntime behind the :class:`~odexport.runtime.base.Runner` interface.
+
+CPU always; the CUDA execution provider when the installed onnxruntime has it.  For benchmarks
+the session is made with ``session.intra_op.allow_spinning = "0"``: with spinning on, the thread
+pool of an idle session keeps burning cores while another session runs, which distorts every
+ratio measured between sessions interleaved in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from odexport.errors import InputError, MissingDependencyError
+from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def probe() -> Capability:
+    """Is onnxruntime importable, and which execution providers does this build have?"""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return Capability("onnxruntime", False, (), f"not importable: {exc}")
+    providers = tuple(ort.get_available_providers())
+    devices = ("cpu",) + (("cuda",) if CUDA in providers else ())
+    return Capability("onnxruntime", True, devices, f"onnxruntime {ort.__version__}; providers: {', '.join(providers)}",
+                      {"providers": providers})
+
+
+def _providers_for(device: str, providers) -> list:
+    import onnxruntime as ort
+
+    if providers:
+        return list(providers)
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in ort.get_available_providers():
+            raise MissingDependencyError(
+                "onnxruntime's CUDA execution provider is not available in this installation",
+                "pip install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu",
+            )
+        return [CUDA, CPU]
+    raise InputError(f"unsupported device {device!r} for onnxruntime", "use cpu or cuda")
+
+
+class OrtRunner(Runner):
+    """One onnxruntime ``InferenceSession``.
+
+    ``model`` is a path to an ``.onnx`` file, or serialized bytes / an ``onnx.ModelProto`` (used for
+    the per-layer parity copy with extra graph outputs).  ``threads`` sets the intra-op pool size
+    (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
+    from spinning (always wanted when several sessions share cores).  Inputs are cast to the dtype
+    the graph declares, so an fp16 model accepts float32 arrays.
+    """
+
+    def __init__(
+        self,
+        model,
+        providers: list | None = None,
+        threads: int | None = None,
+        *,
+        device: str = "cpu",
+        allow_spinning: bool = True,
+        optimization: str = "all",
+    ):
+        import onnxruntime as ort
+
+        self.path: Path | None = None
+        if isinstance(model, (str, os.PathLike)):
+            self.path = Path(model)
+            if not self.path.is_file():
+                raise InputError(f"ONNX file {self.path} does not exist", "check the path, or export it with `odexport onnx`")
+            source = str(self.path)
+        elif isinstance(model, (bytes, bytearray)):
+            source = bytes(model)
+        else:
+            source = model.SerializeToString()  # onnx.ModelProto
+        options = ort.SessionOptions()
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if optimization not in levels:
+            raise InputError(f"unknown optimization level {optimization!r}", f"use one of {', '.join(levels)}")
+        options.graph_optimization_level = levels[optimization]
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+        if not allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.device = device
+        self.threads = threads
+        chosen = _providers_for(device, providers)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+            where = self.path or "the model"
+            raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",
+                             "validate it with `python -m onnx.checker`, or re-export with `odexport onnx`") from exc
+        active = self.session.get_providers()
+        self.backend = "onnxruntime-cuda" if CUDA in active else "onnxruntime-cpu"
+        self._inputs = [_spec(a) for a in self.session.get_inputs()]
+        self._outputs = [_spec(a) for a in self.session.get_outputs()]
+        self.precision = _precision_of(model, self._inputs)
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map or {})
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cast = {spec.name: np.ascontiguousarray(feed[spec.name], dtype=spec.dtype) for spec in self._inputs}
+        try:
+            values = self.session.run(None, cast)
+        except Exception as exc:
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in cast.items())
+            raise InferenceError(f"onnxruntime failed to run {shapes}: {_one_line(exc)}",
+                                 "the graph may have a shape (often the batch) baked in; re-export with a dynamic batch") from exc
+        return {spec.name: value for spec, value in zip(self._outputs, values)}
+
+    def timer(self, feed) -> Callable[[], float]:
+        """``perf_counter_ns`` around ``run`` (a synchronous call on every provider).
+
+        With the CUDA provider the input is bound on the device once with IO binding, so the timed
+        region holds the graph execution and the output copy back, not the input upload.
+        """
+        if isinstance(feed, np.ndarray):
+            feed = {self._inputs[0].name: feed}
+        self.infer(feed)
+        cast = {spec.name: np.ascontiguousarray(feed[spec.name], dtype=spec.dtype) for spec in self._inputs}
+        if self.backend != "onnxruntime-cuda":
+            run = self.session.run
+
+            def run_cpu() -> float:
+                start = time.perf_counter_ns()
+                run(None, cast)
+                return (time.perf_counter_ns() - start) / 1e6
+
+            return run_cpu
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, array in cast.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for spec in self._outputs:
+            binding.bind_output(spec.name, "cuda")
+
+        def run_bound() -> float:
+            start = time.perf_counter_ns()
+            self.session.run_with_iobinding(binding)
+            return (time.perf_counter_ns() - start) / 1e6
+
+        return run_bound
+
+    def describe(self) -> dict:
+        facts = super().describe()
+        facts["providers"] = self.session.get_providers()
+        if self.path is not None:
+            facts["path"] = str(self.path)
+        return facts
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
+    return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
+
+
+def _precision_of(model, inputs: list[TensorSpec]) -> str:
+    """fp16 when the input is half or (nearly) all float weights are half; mixed when both kinds
+    carry real weight; fp64 for double graphs; fp32 otherwise."""
+    import onnx
+
+    if any(s.dtype == np.float16 for s in inputs):
+        return "fp16"
+    if any(s.dtype == np.float64 for s in inputs):
+        return "fp64"
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            proto = onnx.load(str(model), load_external_data=False)
+        elif isinstance(model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            proto = model
+    except Exception:
+        return "fp32"
+    sizes = {onnx.TensorProto.FLOAT: 0, onnx.TensorProto.FLOAT16: 0}
+    for init in proto.graph.initializer:
+        if init.data_type in sizes:
+            sizes[init.data_type] += int(np.prod(init.dims)) if len(init.dims) else 1
+    half, single = sizes[onnx.TensorProto.FLOAT16], sizes[onnx.TensorProto.FLOAT]
+    if half and half >= 0.9 * (half + single):
+        return "fp16"
+    if half and single:
+        return "mixed"
+    return "fp32"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."

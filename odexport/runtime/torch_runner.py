@@ -1,0 +1,218 @@
+"""Run a PyTorch ``nn.Module`` behind the :class:`~odexport.runtime.base.Runner` interface.
+
+The parity gate's reference runs here (fp32, or fp64 to take the reference's own rounding out of
+the comparison), and so do checkpoint candidates and the eager latency baseline.  On CUDA the
+runner keeps its input buffer on the device, times with CUDA events, and can capture the forward
+in a CUDA graph so that kernel-launch overhead (which dominates small-batch dynamic convs) is
+measured the way a graph-capturing server would see it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from odexport.errors import InputError, MissingDependencyError
+from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
+}
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.float64: "fp64"}
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
+
+
+def probe() -> Capability:
+    """torch is a hard dependency; report which devices it can use here."""
+    devices = ["cpu"]
+    detail = f"torch {torch.__version__}"
+    if torch.cuda.is_available():
+        devices.append("cuda")
+        detail += f", CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}"
+    else:
+        detail += ", no CUDA device visible"
+    return Capability("torch", True, tuple(devices), detail)
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """Accept ``torch.float32``, ``np.float32`` or a name (``"float32"``, ``"fp16"``, ...)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _PRECISION:
+            raise InputError(f"unsupported dtype {dtype}", "use float32, float16 or float64")
+        return dtype
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype.lower()
+    if name not in _DTYPES:
+        raise InputError(f"unsupported dtype {dtype!r}", "use float32, float16 or float64")
+    return _DTYPES[name]
+
+
+class TorchRunner(Runner):
+    """Run ``model`` in eval mode under ``torch.inference_mode`` on ``device`` in ``dtype``.
+
+    The model is copied before any dtype/device change, so the caller's module is never modified.
+    Outputs are named ``"output"`` for a single tensor, ``"output"``, ``"output_1"``, ... for a
+    tuple/list, and by key for a dict.  ``input_shape`` (C, H, W) fixes the per-sample shape the
+    runner validates against (the batch axis is always dynamic); without it only the rank (4) is
+    checked.  ``threads`` sets ``torch.set_num_threads`` (process-wide: torch has one pool).
+    ``cuda_graphs`` makes :meth:`timer` capture and replay a CUDA graph (CUDA only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str = "cpu",
+        dtype=torch.float32,
+        *,
+        input_shape: tuple[int, ...] | None = None,
+        input_name: str = "input",
+        threads: int | None = None,
+        cuda_graphs: bool = False,
+        channels_last: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise InputError(f"TorchRunner needs a torch.nn.Module, got {type(model).__name__}", "load the checkpoint first")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise MissingDependencyError(
+                "device 'cuda' was asked for but torch sees no CUDA device",
+                "run on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu",
+            )
+        if self.device.type not in ("cpu", "cuda"):
+            raise InputError(f"unsupported device {device!r}", "use cpu or cuda")
+        self.dtype = torch_dtype(dtype)
+        if cuda_graphs and self.device.type != "cuda":
+            raise InputError("CUDA graphs need device cuda", "drop --cuda-graphs or use --device cuda")
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.model = copy.deepcopy(model).eval().to(device=self.device, dtype=self.dtype)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.cuda_graphs = cuda_graphs
+        self.precision = _PRECISION[self.dtype]
+        self.backend = f"torch-{self.device.type}"
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self._input_name = input_name
+        self._outputs: list[TensorSpec] | None = None
+
+    # -- interface ---------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        shape = ("batch", *self.input_shape) if self.input_shape else ("batch", None, None, None)
+        return [TensorSpec(self._input_name, shape, np.dtype(_NUMPY[self.dtype]))]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        if self._outputs is None:
+            if self.input_shape is None:
+                # unknown until the first inference: one generic output
+                return [TensorSpec("output", ("batch",), np.dtype(_NUMPY[self.dtype]))]
+            self.infer(np.zeros((1, *self.input_shape), dtype=_NUMPY[self.dtype]))
+        return list(self._outputs or [])
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = self._to_tensor(feed[self._input_name])
+        try:
+            with torch.inference_mode():
+                result = self.model(x)
+        except RuntimeError as exc:
+            raise InferenceError(f"PyTorch failed on an input of shape {tuple(x.shape)}: {_one_line(exc)}",
+                                 "check the input shape against the model (--input-shape)") from exc
+        named = _name_outputs(result)
+        if self._outputs is None:
+            self._outputs = [TensorSpec(k, ("batch", *v.shape[1:]), np.dtype(_NUMPY[self.dtype])) for k, v in named.items()]
+        return {k: v.detach().to("cpu").numpy() for k, v in named.items()}
+
+    # -- timing ------------------------------------------------------------------------------
+    def timer(self, feed) -> Callable[[], float]:
+        """CPU: ``perf_counter_ns`` around the forward.  CUDA: CUDA events on the current stream,
+        input already on the device, synchronised per call (latency, not pipelined throughput);
+        with ``cuda_graphs`` the forward is captured once and replayed."""
+        if isinstance(feed, dict):
+            array = feed[self._input_name]
+        else:
+            array = feed
+        self.infer(array)  # validate outside the timed region
+        x = self._to_tensor(np.ascontiguousarray(array))
+        if self.device.type == "cpu":
+            def run_cpu() -> float:
+                start = time.perf_counter_ns()
+                with torch.inference_mode():
+                    self.model(x)
+                return (time.perf_counter_ns() - start) / 1e6
+            return run_cpu
+        return self._cuda_timer(x)
+
+    def _cuda_timer(self, x: torch.Tensor) -> Callable[[], float]:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if not self.cuda_graphs:
+            def run_cuda() -> float:
+                start.record()
+                with torch.inference_mode():
+                    self.model(x)
+                end.record()
+                end.synchronize()
+                return start.elapsed_time(end)
+            return run_cuda
+        static_x = x.clone()
+        # warm up on a side stream before capture (lazy init, cuDNN autotuning must not be captured)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):
+                self.model(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            self.model(static_x)
+        torch.cuda.synchronize()
+
+        def run_graph() -> float:
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        run_graph.graph = graph  # keep the graph (and its memory pool) alive with the closure
+        return run_graph
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(array)).to(device=self.device, dtype=self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _name_outputs(result) -> dict[str, torch.Tensor]:
+    if isinstance(result, torch.Tensor):
+        return {"output": result}
+    if isinstance(result, dict):
+        return {str(k): v for k, v in result.items() if isinstance(v, torch.Tensor)}
+    if isinstance(result, (tuple, list)):
+        tensors = [v for v in result if isinstance(v, torch.Tensor)]
+        return {("output" if i == 0 else f"output_{i}"): v for i, v in enumerate(tensors)}
+    raise InputError(f"the model returned a {type(result).__name__}, not tensors", "make forward return a tensor, tuple or dict of tensors")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
