@@ -1,0 +1,255 @@
+"""Reading checkpoint files safely: torch zip/legacy files, safetensors, and the pickle question.
+
+Every torch file is read with ``torch.load(..., weights_only=True, map_location="cpu")``:
+
+* ``weights_only=True`` restricts unpickling to tensors and plain containers, so a file cannot run
+  code while it is read.  A file that stores Python objects beyond that (a whole pickled
+  ``nn.Module``, a custom class) is refused with an error that names the objects, explains the risk
+  and names ``--trust-pickle``; with ``trust_pickle=True`` it is fully unpickled (the user's
+  explicit choice) and a pickled module contributes its ``state_dict()``.
+* ``map_location="cpu"`` makes tensors saved from CUDA (e.g. the OSVAI/ODConv training script's
+  0-dim CUDA ``acc``) load on a machine without a GPU.
+* A few harmless metadata types that training scripts commonly save next to the weights
+  (``argparse.Namespace``, numpy scalars and arrays) are allowed, so such files need no full unpickling.
+
+The file kind is sniffed from its first bytes, not its name, so ``.pth.tar`` files that are really
+zip archives (every torch >= 1.6 file) and renamed files both work, and a file that is not a
+checkpoint at all fails with a clear one-liner instead of an unpickler message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odexport.errors import CheckpointError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".bin", ".ckpt")
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_PICKLE_PROTO = 0x80  # pickle protocol >= 2 starts with the PROTO opcode
+_RESAVE_HINT = "or re-save it as weights only: torch.save(model.state_dict(), 'weights.pt')"
+
+
+@dataclass
+class RawCheckpoint:
+    """What a checkpoint file holds, read safely.
+
+    ``obj`` is the unpickled top-level object (a dict for nearly every checkpoint; a tensor dict for
+    safetensors).  ``file_format`` is one of ``torch-zip``, ``torch-legacy``, ``safetensors``.
+    ``unpickled_module`` is the class name when a whole ``nn.Module`` was loaded with trust_pickle.
+    """
+
+    path: Path
+    sha256: str
+    size: int
+    file_format: str
+    obj: Any
+    metadata: dict[str, str]
+    unpickled_module: str | None = None
+
+
+def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed (checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False) -> RawCheckpoint:
+    """Read ``path`` without running code from it (unless ``trust_pickle``); see the module docstring.
+
+    Raises :class:`CheckpointError` (one line with a fix) for a missing, empty, truncated,
+    corrupted or foreign file, and for a file that needs full unpickling without ``trust_pickle``.
+    """
+    path = Path(path)
+    _check_readable(path)
+    head = _read_head(path)
+    size = path.stat().st_size
+    sha256 = sha256_of_file(path)
+    if _looks_like_safetensors(head, size):
+        obj, metadata = _read_safetensors(path)
+        return RawCheckpoint(path, sha256, size, "safetensors", obj, metadata)
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC):
+        file_format = "torch-zip"
+    elif head and head[0] == _PICKLE_PROTO:
+        file_format = "torch-legacy"
+    else:
+        raise CheckpointError(
+            f"{path} is not a checkpoint (neither a torch file nor safetensors; it starts with {head[:8]!r})",
+            "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
+        )
+    obj = _torch_load(path, file_format, trust_pickle)
+    unpickled_module = None
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        unpickled_module = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        obj = obj.state_dict()
+    return RawCheckpoint(path, sha256, size, file_format, obj, {}, unpickled_module)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        hint = "check the path"
+        siblings = _similar_files(path)
+        if siblings:
+            hint += f"; files nearby: {', '.join(siblings)}"
+        raise CheckpointError(f"checkpoint {path} does not exist", hint)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file", "pass the checkpoint file inside it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)", "the save was interrupted or the copy failed; copy the file again")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"checkpoint {path} is not readable", "check the file permissions")
+
+
+def _similar_files(path: Path) -> list[str]:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return []
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
+    return found[:5]
+
+
+def _read_head(path: Path, n: int = 64) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(n)
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """safetensors: 8-byte little-endian header length, then a JSON object."""
+    if len(head) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 0 < header_len <= size - 8 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
+    try:
+        from safetensors import safe_open
+    except ImportError as exc:  # a declared dependency; only a broken install gets here
+        from odexport._optional import require
+
+        require("safetensors", f"reading {path.name}")
+        raise exc
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is a corrupted or truncated safetensors file ({_first_line(exc)})",
+            "copy the file again or re-save it with safetensors.torch.save_file",
+        ) from exc
+    return tensors, metadata
+
+
+def _metadata_safe_globals() -> list:
+    """Types training scripts save next to weights that are safe to rebuild (no code runs)."""
+    import argparse
+
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    allowed = [argparse.Namespace, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype]
+    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
+        allowed.append(type(np.dtype(name)))
+    return allowed
+
+
+def _torch_load(path: Path, file_format: str, trust_pickle: bool) -> Any:
+    import pickle
+
+    import torch
+
+    if trust_pickle:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+            raise CheckpointError(
+                f"{path} stores a pickled object whose class cannot be imported ({_first_line(exc)})",
+                "make the module that defines it importable (PYTHONPATH), or load its state_dict with --factory",
+            ) from exc
+        except Exception as exc:
+            raise _corrupted(path, file_format, exc) from exc
+    try:
+        with torch.serialization.safe_globals(_metadata_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        unsafe = _unsafe_globals(path, file_format, message)
+        if unsafe:
+            what = ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
+            raise CheckpointError(
+                f"{path} stores Python objects ({what}), not only weights; loading them means full unpickling, "
+                "which can run arbitrary code from the file",
+                f"if you trust the file's source pass --trust-pickle (trust_pickle=True), {_RESAVE_HINT}",
+            ) from exc
+        if "Unsupported operand" in message and file_format == "torch-legacy":
+            raise CheckpointError(
+                f"{path} is a Python pickle that is not a torch checkpoint readable without full unpickling",
+                f"if you trust the file's source pass --trust-pickle (trust_pickle=True), {_RESAVE_HINT}",
+            ) from exc
+        raise _corrupted(path, file_format, exc) from exc
+    except Exception as exc:
+        raise _corrupted(path, file_format, exc) from exc
+
+
+def _unsafe_globals(path: Path, file_format: str, message: str) -> list[str]:
+    """Names of the Python objects that the weights-only unpickler refused."""
+    import torch
+
+    names: list[str] = []
+    if file_format == "torch-zip":
+        with contextlib.suppress(Exception):
+            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in _metadata_safe_globals()}
+    names = [n for n in names if n not in allowed and not n.startswith("numpy.")]
+    if not names:
+        names = re.findall(r"GLOBAL ([\w.]+)", message)
+    return list(dict.fromkeys(names))
+
+
+def _corrupted(path: Path, file_format: str, exc: Exception) -> CheckpointError:
+    text = _first_line(exc)
+    kind = "zip archive" if file_format == "torch-zip" else "torch file"
+    if "central directory" in text or isinstance(exc, (EOFError, IndexError)) or "truncated" in text.lower():
+        problem = f"{path} is a truncated or corrupted {kind} ({text})"
+    elif "not in a subdirectory" in text or "archive/data.pkl" in text or "data.pkl" in text:
+        problem = f"{path} is a zip archive but not a torch checkpoint ({text})"
+    else:
+        problem = f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {text})"
+    return CheckpointError(problem, "the file is damaged or incomplete; copy or save it again")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0].strip()
+    return line[:200]
+
+
+def describe_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """safetensors metadata values are strings; decode the JSON ones for display."""
+    decoded: dict[str, Any] = {}
+    for key, value in metadata.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (TypeError, ValueError):
+            decoded[key] = value
+    return decoded
