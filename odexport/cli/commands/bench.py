@@ -1,0 +1,73 @@
+"""``odexport bench``: latency of artifacts against their static twins, measured interleaved."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, TemperatureOption, TrustPickleOption
+from odexport.cli.app import app
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Checkpoints (PyTorch), .onnx (onnxruntime) or .engine/.plan (TensorRT) files.", show_default=False)],
+    backend: Annotated[Optional[str], typer.Option(help="torch, onnxruntime or tensorrt (default: by file type).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1",
+    warmup: Annotated[int, typer.Option(help="Untimed calls per artifact before timing.", min=0)] = 10,
+    iters: Annotated[int, typer.Option(help="Timed calls per artifact and batch size.", min=1)] = 50,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per session (default: the runtime's).", min=1, show_default=False)] = None,
+    baseline: Annotated[str, typer.Option(help="static-twin (each dynamic conv replaced by a static conv of the same shape, run the same way) or none.")] = "static-twin",
+    reference: Annotated[Optional[str], typer.Option(help="Checkpoint an ONNX/engine artifact was made from (to build its static twin).", show_default=False)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="PyTorch dtype for checkpoints: float32 or float16.", show_default=False)] = None,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="PyTorch on CUDA: capture and replay a CUDA graph.")] = False,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (at least 5 rounds).", show_default=False)] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    plot: Annotated[Optional[str], typer.Option(help="Draw latency vs batch size to this PNG (needs matplotlib).", show_default=False)] = None,
+    input_shape: InputShapeOption = None,
+    arch: ArchOption = None,
+    temperature: TemperatureOption = None,
+    trust_pickle: TrustPickleOption = False,
+    factory: FactoryOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Latency p50/p90/p99 and throughput of each ARTIFACT, with the ratio to its static twin.
+
+    Warm-up calls are excluded; CPU timings use perf_counter_ns, GPU timings CUDA events.  The
+    artifact and its baseline are called in turn in the same run (never one after the other),
+    with onnxruntime thread spinning off, so their ratio holds on a busy machine.
+    """
+    from odexport.cli._common import console, run_command, stages
+
+    def action() -> None:
+        from odexport.cli._options import parse_input_shape
+        from odexport.cli.commands.check import parse_batch_sizes
+        from odexport.pipeline import benchmark
+        from odexport.report.render import bench_plot, bench_table
+
+        if plot:
+            from odexport._optional import require
+
+            require("matplotlib", "--plot")  # fail before timing, not after
+        shape = parse_input_shape(input_shape) if input_shape else None
+        with stages(quiet or json_output) as stage:
+            report = benchmark(
+                artifacts, backend=backend, device=device, batch_sizes=parse_batch_sizes(batch_sizes), warmup=warmup,
+                iterations=iters, threads=threads, baseline=baseline, input_shape=shape, arch=arch, reference=reference,
+                temperature=temperature, trust_pickle=trust_pickle, factory=factory, dtype=dtype, cuda_graphs=cuda_graphs,
+                max_seconds=max_seconds, stage=stage,
+            )
+        if plot:
+            bench_plot(report, plot)
+        if json_output:
+            from odexport.cli._common import print_json
+
+            print_json(report.to_dict())
+            return
+        console.print(bench_table(report))
+        for note in report.notes:
+            console.print(f"note: {note}", markup=False)
+
+    run_command(action)

@@ -1,0 +1,109 @@
+"""``odexport check``: the parity gate between a checkpoint and its deployed artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, TemperatureOption, TrustPickleOption
+from odexport.cli.app import app
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"1,2,8"`` -> ``[1, 2, 8]``; anything else is an input error."""
+    from odexport.errors import InputError
+
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise InputError(f"--batch-sizes {text!r} is not a list of positive integers", "use e.g. --batch-sizes 1,2,8")
+    return sorted(set(values))
+
+
+@app.command()
+def check(
+    reference: Annotated[str, typer.Argument(help="Checkpoint (or deploy checkpoint from `odexport reparam`) run in PyTorch as the reference.", show_default=False)],
+    candidates: Annotated[list[str], typer.Argument(help="Artifacts to check: .onnx (onnxruntime), .engine/.plan (TensorRT) or another checkpoint.", show_default=False)],
+    samples: Annotated[int, typer.Option(help="Number of seeded random samples (ignored with --inputs).", min=1)] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the random samples.")] = 0,
+    inputs: Annotated[Optional[str], typer.Option(help="Your own inputs: .npy (N,C,H,W) or .npz with 'x' (and 'y'/'labels' for accuracy).", show_default=False)] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes every candidate must accept; a rejected one fails the check (a baked-in batch).")] = "1,2,8",
+    reference_dtype: Annotated[str, typer.Option(help="Reference precision: float32, or float64 to take its own rounding out of the comparison.")] = "float32",
+    atol: Annotated[Optional[list[str]], typer.Option(help="Absolute tolerance: VALUE for every output or OUTPUT=VALUE for one (repeatable). Default by candidate precision, see docs/check.md.", show_default=False)] = None,
+    rtol: Annotated[Optional[list[str]], typer.Option(help="Relative tolerance: VALUE or OUTPUT=VALUE (repeatable).", show_default=False)] = None,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="For ONNX candidates, also compare every dynamic conv's attentions and output and name the first that diverges.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    junit: Annotated[Optional[str], typer.Option(help="Write JUnit XML to this file (for CI test reporters).", show_default=False)] = None,
+    markdown: Annotated[Optional[str], typer.Option(help="Write a Markdown summary to this file (for a pull-request comment).", show_default=False)] = None,
+    input_shape: InputShapeOption = None,
+    arch: ArchOption = None,
+    temperature: TemperatureOption = None,
+    trust_pickle: TrustPickleOption = False,
+    factory: FactoryOption = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and onnxruntime.", min=1, show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Prove each CANDIDATE computes what REFERENCE computes, at several batch sizes.
+
+    Exit 0 when every candidate passes, 2 on any parity failure (numbers out of tolerance, or a
+    batch size a candidate rejects), 1 on an input error, 3 when a backend is missing.
+    """
+    from odexport.cli._common import console, run_command, stages
+
+    def action() -> None:
+        from odexport.cli._options import parse_input_shape
+        from odexport.errors import InputError, ParityError
+        from odexport.pipeline import check_parity
+        from odexport.report.compare import ToleranceOverrides
+        from odexport.report.render import (
+            parity_failure_lines,
+            parity_junit,
+            parity_markdown,
+            parity_table,
+            per_layer_table,
+            write_atomic,
+        )
+
+        if reference_dtype not in ("float32", "float64"):
+            raise InputError(f"--reference-dtype {reference_dtype!r} is not supported", "use float32 or float64")
+        overrides = ToleranceOverrides.parse(atol, rtol)
+        shape = parse_input_shape(input_shape) if input_shape else None
+        with stages(quiet or json_output) as stage:
+            report = check_parity(
+                reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
+                reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
+                temperature=temperature, trust_pickle=trust_pickle, factory=factory, threads=threads, stage=stage,
+            )
+        if junit:
+            write_atomic(junit, parity_junit(report))
+        if markdown:
+            write_atomic(markdown, parity_markdown(report))
+        if json_output:
+            from odexport.cli._common import print_json
+
+            print_json(report.to_dict())
+        else:
+            console.print(parity_table(report))
+            for cand in report.candidates:
+                if cand.accuracy is not None:
+                    acc = cand.accuracy
+                    console.print(f"accuracy on {acc.samples} labelled samples: reference {acc.reference:.2%}, "
+                                  f"{cand.artifact} {acc.candidate:.2%}, top-1 agreement {acc.top1_agreement:.2%}")
+                if cand.per_layer is not None:
+                    if cand.per_layer.layers:
+                        console.print(per_layer_table(cand))
+                    first = cand.per_layer.first_divergence
+                    console.print(f"per-layer: {'no dynamic conv diverges' if first is None else f'first divergence at {first.layer} ({first.kind}: {first.component})'}")
+                    for note in cand.per_layer.notes:
+                        console.print(f"note: {note}", markup=False)
+            for line in parity_failure_lines(report):
+                console.print(f"FAIL {line}", markup=False, style="red")
+        if not report.passed:
+            failed = [c for c in report.candidates if not c.passed]
+            raise ParityError(f"{len(failed)} of {len(report.candidates)} candidates failed the parity check",
+                              "see the failures above; loosen --atol/--rtol only if the numbers are expected")
+
+    run_command(action)

@@ -1,0 +1,253 @@
+"""Numerical comparison of a candidate's outputs with a reference's, and the tolerances that gate it.
+
+For reference ``r`` and candidate ``c`` (both upcast to float64), ``d = |c - r|``:
+
+* ``max_abs = max d``, ``mean_abs = mean d``, ``p99_abs = 99th percentile of d``;
+* ``max_rel = max d / |r|`` over elements with ``r != 0`` (elements where ``r == 0`` are covered by
+  ``max_abs``; a relative error there is undefined);
+* ``cosine``: the smallest, over samples (axis 0), cosine similarity of the flattened sample
+  vectors -- one bad sample is not averaged away;
+* classifier outputs (2-D, at least 2 classes): ``top1`` = fraction of samples whose arg-max agrees;
+  ``top5`` = fraction whose top-5 *sets* agree (reported only with more than 5 classes);
+* an element passes when ``d <= atol + rtol * |r|`` (numpy's ``allclose`` rule);
+* ``required_atol = max(d - rtol*|r|)`` is the smallest atol that would have passed with the
+  configured rtol, ``required_rtol = max((d - atol) / |r|)`` the smallest rtol with the configured
+  atol (``inf`` when an element with ``r == 0`` exceeds atol).
+
+A NaN or inf in the candidate where the reference is finite fails the output outright.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from odexport.errors import InputError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Element-wise ``atol``/``rtol`` plus optional whole-output floors.
+
+    ``min_top1``: top-1 agreement floor for classifier outputs; ``min_cosine``: per-sample cosine
+    similarity floor.  Floors matter for reduced precision, where individual logits may move by
+    more than a tight atol while every decision stays the same.
+    """
+
+    atol: float
+    rtol: float
+    min_top1: float | None = None
+    min_cosine: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Defaults by the candidate's precision; the reasoning is in docs/check.md.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    # fp64 candidate vs an fp64 reference: only summation order differs
+    "fp64": Tolerance(atol=1e-9, rtol=1e-9),
+    # fp32: unit roundoff 6e-8; whole ResNet-18-sized networks with exact export forms land near
+    # 1e-5 on logits of magnitude ~10, so 1e-4 leaves ~10x headroom while a changed weight,
+    # a dropped bias or a wrong temperature is off by far more
+    "fp32": Tolerance(atol=1e-4, rtol=1e-4),
+    # fp16: unit roundoff 4.9e-4 per op; logits move by ~1e-2; decisions must not move
+    "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_top1=0.99, min_cosine=0.999),
+    "mixed": Tolerance(atol=5e-2, rtol=5e-2, min_top1=0.99, min_cosine=0.999),
+}
+
+
+def default_tolerance(precision: str) -> Tolerance:
+    """The default :class:`Tolerance` for a candidate running at ``precision``."""
+    return DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+
+
+@dataclass
+class ToleranceOverrides:
+    """User overrides: a global value and/or per-output values for atol and rtol.
+
+    Built from CLI strings such as ``"1e-3"`` (every output) or ``"logits=1e-3"`` (one output).
+    """
+
+    atol: float | None = None
+    rtol: float | None = None
+    per_output_atol: dict[str, float] = field(default_factory=dict)
+    per_output_rtol: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, atol: list[str] | None = None, rtol: list[str] | None = None) -> "ToleranceOverrides":
+        out = cls()
+        for option, values, per in (("atol", atol, out.per_output_atol), ("rtol", rtol, out.per_output_rtol)):
+            for text in values or []:
+                name, _, number = text.rpartition("=")
+                value = _parse_nonnegative(number, option)
+                if name:
+                    per[name.strip()] = value
+                else:
+                    setattr(out, option, value)
+        return out
+
+    def resolve(self, output: str, precision: str) -> Tolerance:
+        base = default_tolerance(precision)
+        atol = self.per_output_atol.get(output, self.atol if self.atol is not None else base.atol)
+        rtol = self.per_output_rtol.get(output, self.rtol if self.rtol is not None else base.rtol)
+        return Tolerance(atol, rtol, base.min_top1, base.min_cosine)
+
+
+def _parse_nonnegative(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise InputError(f"--{option} {text!r} is not a non-negative number",
+                         f"use e.g. --{option} 1e-4, or --{option} OUTPUT=1e-4 for one output")
+    return value
+
+
+@dataclass
+class OutputComparison:
+    """Every number about one output; ``passed`` and ``failures`` give the verdict and why."""
+
+    name: str
+    shape: tuple
+    tolerance: Tolerance
+    max_abs: float = math.nan
+    max_rel: float = math.nan
+    mean_abs: float = math.nan
+    p99_abs: float = math.nan
+    cosine: float = math.nan
+    top1: float | None = None
+    top5: float | None = None
+    required_atol: float = math.nan
+    required_rtol: float = math.nan
+    mismatched: int = 0
+    elements: int = 0
+    worst: dict | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        data = {k: _jsonable(v) for k, v in asdict(self).items() if k != "tolerance"}
+        data["shape"] = list(self.shape)
+        data["tolerance"] = self.tolerance.to_dict()
+        data["passed"] = self.passed
+        return data
+
+
+def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, name: str = "output") -> OutputComparison:
+    """Compare one output (see the module docstring for every definition)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    result = OutputComparison(name=name, shape=tuple(cand.shape), tolerance=tolerance, elements=int(ref.size))
+    if ref.shape != cand.shape:
+        result.failures.append(f"shape {tuple(cand.shape)} differs from the reference's {tuple(ref.shape)}")
+        return result
+    if ref.size == 0:
+        return result
+    finite_ref = np.isfinite(ref)
+    bad = finite_ref & ~np.isfinite(cand)
+    if bad.any():
+        result.failures.append(f"{int(bad.sum())} non-finite values (NaN/inf) where the reference is finite")
+    diff = np.abs(cand - ref)
+    diff = np.where(finite_ref, diff, 0.0)  # a non-finite reference is not the candidate's fault
+    diff = np.where(bad, np.inf, diff)
+    magnitude = np.abs(np.where(finite_ref, ref, 0.0))
+
+    result.max_abs = float(diff.max())
+    result.mean_abs = float(diff.mean())
+    result.p99_abs = float(np.percentile(diff, 99)) if np.isfinite(diff).all() else math.inf
+    nonzero = magnitude > 0
+    result.max_rel = float((diff[nonzero] / magnitude[nonzero]).max()) if nonzero.any() else 0.0
+    result.required_atol = float(max((diff - tolerance.rtol * magnitude).max(), 0.0))
+    excess = diff - tolerance.atol
+    over_zero = (~nonzero) & (excess > 0)
+    if over_zero.any():
+        result.required_rtol = math.inf
+    else:
+        result.required_rtol = float(max((np.maximum(excess, 0.0)[nonzero] / magnitude[nonzero]).max(initial=0.0), 0.0))
+    outside = diff > tolerance.atol + tolerance.rtol * magnitude
+    result.mismatched = int(outside.sum())
+    flat = int(np.argmax(diff))
+    index = np.unravel_index(flat, diff.shape)
+    result.worst = {"index": [int(i) for i in index], "reference": float(ref[index]), "candidate": float(cand[index])}
+    result.cosine = _min_cosine(np.where(finite_ref, ref, 0.0), np.where(np.isfinite(cand), cand, 0.0))
+    if ref.ndim == 2 and ref.shape[1] >= 2:
+        result.top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
+        if ref.shape[1] > 5:
+            result.top5 = _topk_set_agreement(ref, cand, 5)
+
+    if result.mismatched:
+        result.failures.append(
+            f"{result.mismatched} of {result.elements} elements outside atol={tolerance.atol:g} rtol={tolerance.rtol:g} "
+            f"(max abs {result.max_abs:.3g}; would pass with atol={result.required_atol:.3g})"
+        )
+    if tolerance.min_cosine is not None and not result.cosine >= tolerance.min_cosine:
+        result.failures.append(f"cosine similarity {result.cosine:.6f} below the floor {tolerance.min_cosine}")
+    if tolerance.min_top1 is not None and result.top1 is not None and not result.top1 >= tolerance.min_top1:
+        result.failures.append(f"top-1 agreement {result.top1:.4f} below the floor {tolerance.min_top1}")
+    return result
+
+
+def compare_outputs(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    tolerances,
+) -> list[OutputComparison]:
+    """Compare every reference output with the candidate's output of the same name.
+
+    ``tolerances`` is a :class:`Tolerance` for all outputs or a callable ``name -> Tolerance``.
+    With one output on each side the names need not match (a checkpoint's ``"output"`` vs an
+    export's ``"logits"``); otherwise a missing name is a failure.
+    """
+    resolve = tolerances if callable(tolerances) else (lambda _name: tolerances)
+    pairs: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    if len(reference) == 1 and len(candidate) == 1:
+        (rname, rval), (_, cval) = next(iter(reference.items())), next(iter(candidate.items()))
+        pairs.append((rname, rval, cval))
+    else:
+        for rname, rval in reference.items():
+            pairs.append((rname, rval, candidate.get(rname)))
+    results = []
+    for name, rval, cval in pairs:
+        if cval is None:
+            missing = OutputComparison(name=name, shape=(), tolerance=resolve(name))
+            missing.failures.append(f"the candidate has no output '{name}' (it has: {', '.join(candidate) or 'none'})")
+            results.append(missing)
+            continue
+        results.append(compare_arrays(rval, cval, resolve(name), name))
+    return results
+
+
+def _min_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
+    r = ref.reshape(ref.shape[0], -1) if ref.ndim > 1 else ref.reshape(1, -1)
+    c = cand.reshape(r.shape)
+    num = np.sum(r * c, axis=1)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    # two all-zero vectors agree perfectly; one zero and one non-zero do not
+    both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(both_zero, 1.0, np.where(norms > 0, num / np.where(norms > 0, norms, 1.0), 0.0))
+    return float(np.min(cos))
+
+
+def _topk_set_agreement(ref: np.ndarray, cand: np.ndarray, k: int) -> float:
+    top_r = np.sort(np.argpartition(-ref, k - 1, axis=1)[:, :k], axis=1)
+    top_c = np.sort(np.argpartition(-cand, k - 1, axis=1)[:, :k], axis=1)
+    return float(np.mean(np.all(top_r == top_c, axis=1)))
+
+
+def _jsonable(value):
+    """JSON has no inf/NaN: encode them as strings so ``json.loads`` in any language works."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

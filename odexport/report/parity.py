@@ -1,0 +1,248 @@
+"""The parity verdict: what was compared, at which batch sizes, and whether it passed.
+
+A report is plain data (built from arrays by :func:`candidate_parity`) so that rendering -- a
+table, JSON, JUnit XML, Markdown -- never needs a runtime.  The verdict is strict: a candidate
+passes only when every output passes at every batch size and nothing failed to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from odexport.report.compare import OutputComparison, _jsonable, compare_outputs
+
+
+@dataclass
+class BatchParity:
+    """One batch size of one candidate: the per-output comparisons, or why it could not run."""
+
+    batch_size: int
+    outputs: list[OutputComparison] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "passed": self.passed, "error": self.error,
+                "outputs": [o.to_dict() for o in self.outputs]}
+
+
+@dataclass
+class Accuracy:
+    """Accuracy against user labels, and how often the candidate's decision equals the reference's."""
+
+    samples: int
+    reference: float
+    candidate: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def accuracy(labels: np.ndarray, reference_logits: np.ndarray, candidate_logits: np.ndarray) -> Accuracy:
+    ref_pred = reference_logits.reshape(len(labels), -1).argmax(axis=1)
+    cand_pred = candidate_logits.reshape(len(labels), -1).argmax(axis=1)
+    return Accuracy(int(len(labels)), float(np.mean(ref_pred == labels)), float(np.mean(cand_pred == labels)),
+                    float(np.mean(ref_pred == cand_pred)))
+
+
+@dataclass
+class LayerParity:
+    """One component (an attention head, or the conv output) of one dynamic conv."""
+
+    layer: str
+    component: str  # "attention.channel" | "attention.filter" | "attention.spatial" | "attention.kernel" | "output"
+    comparison: OutputComparison
+
+    @property
+    def kind(self) -> str:
+        return "attention" if self.component.startswith("attention") else "convolution"
+
+    def to_dict(self) -> dict:
+        c = self.comparison
+        return {"layer": self.layer, "component": self.component, "kind": self.kind, "passed": c.passed,
+                "max_abs": _jsonable(c.max_abs), "max_rel": _jsonable(c.max_rel), "required_atol": _jsonable(c.required_atol),
+                "cosine": _jsonable(c.cosine), "failures": list(c.failures)}
+
+
+@dataclass
+class PerLayerParity:
+    """Every dynamic conv's attentions and output vs PyTorch, in network order."""
+
+    layers: list[LayerParity] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    batch_size: int = 0
+
+    @property
+    def first_divergence(self) -> LayerParity | None:
+        return next((entry for entry in self.layers if not entry.comparison.passed), None)
+
+    def to_dict(self) -> dict:
+        first = self.first_divergence
+        return {
+            "batch_size": self.batch_size,
+            "first_divergence": None if first is None else {"layer": first.layer, "component": first.component, "kind": first.kind},
+            "layers": [entry.to_dict() for entry in self.layers],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class CandidateParity:
+    """Everything about one candidate artifact."""
+
+    artifact: str
+    backend: str = ""
+    precision: str = ""
+    batches: list[BatchParity] = field(default_factory=list)
+    accuracy: Accuracy | None = None
+    per_layer: PerLayerParity | None = None
+    error: str | None = None  # could not be opened at all (and is not a missing backend)
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.batches) and all(b.passed for b in self.batches)
+
+    @property
+    def failures(self) -> list[str]:
+        """Human-readable reasons, one per failing batch/output."""
+        reasons = [self.error] if self.error else []
+        for batch in self.batches:
+            if batch.error:
+                reasons.append(f"batch {batch.batch_size}: {batch.error}")
+            for out in batch.outputs:
+                reasons.extend(f"batch {batch.batch_size}, {out.name}: {f}" for f in out.failures)
+        return reasons
+
+    def to_dict(self) -> dict:
+        return {
+            "artifact": self.artifact,
+            "backend": self.backend,
+            "precision": self.precision,
+            "passed": self.passed,
+            "error": self.error,
+            "failures": self.failures,
+            "batches": [b.to_dict() for b in self.batches],
+            "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
+            "per_layer": None if self.per_layer is None else self.per_layer.to_dict(),
+        }
+
+
+@dataclass
+class ParityReport:
+    """The result of one ``odexport check`` run."""
+
+    reference: dict
+    inputs: dict
+    batch_sizes: list[int]
+    candidates: list[CandidateParity] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.candidates) and all(c.passed for c in self.candidates)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reference": _jsonable(self.reference),
+            "inputs": _jsonable(self.inputs),
+            "batch_sizes": list(self.batch_sizes),
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+def batch_parity(batch_size: int, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray] | None,
+                 tolerances, error: str | None = None) -> BatchParity:
+    """Compare one batch size's outputs (or record why the candidate produced none)."""
+    if candidate is None:
+        return BatchParity(batch_size, [], error or "the candidate produced no outputs")
+    return BatchParity(batch_size, compare_outputs(reference, candidate, tolerances), None)
+
+
+def baked_batch_message(batch_size: int, input_shape, detail: str) -> str:
+    """The message for a batch size the candidate rejects: it names the likely cause."""
+    fixed = ""
+    if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0:
+        fixed = f" (its input shape is {tuple(input_shape)}: batch {input_shape[0]} is fixed)"
+    return (f"rejected batch size {batch_size}{fixed}; the batch seems baked in -- re-export with a dynamic batch "
+            f"(`odexport onnx`, which never fixes the batch unless asked). Backend said: {detail}")
+
+
+def parity_report(
+    reference: dict,
+    inputs: dict,
+    batch_sizes: list[int],
+    reference_outputs: dict[str, np.ndarray],
+    runs: list,
+    overrides=None,
+    labels: np.ndarray | None = None,
+) -> ParityReport:
+    """Build the verdict from raw runs (:class:`odexport.runtime.parity.CandidateRun`).
+
+    ``overrides`` is a :class:`~odexport.report.compare.ToleranceOverrides` (defaults by precision
+    otherwise).  With ``labels``, each candidate also gets an :class:`Accuracy` computed from its
+    outputs at the first batch size that ran.
+    """
+    from odexport.report.compare import ToleranceOverrides
+
+    overrides = overrides or ToleranceOverrides()
+    report = ParityReport(reference=reference, inputs=inputs, batch_sizes=list(batch_sizes))
+    for run in runs:
+        cand = CandidateParity(artifact=run.artifact, backend=run.backend, precision=run.precision)
+        resolve = (lambda name, p=run.precision: overrides.resolve(name, p))
+        for batch_size in batch_sizes:
+            if batch_size in run.errors:
+                cand.batches.append(BatchParity(batch_size, [], baked_batch_message(batch_size, run.input_shape, run.errors[batch_size])
+                                                if _looks_baked(batch_size, run.input_shape, run.errors[batch_size]) else run.errors[batch_size]))
+            else:
+                cand.batches.append(batch_parity(batch_size, reference_outputs, run.outputs.get(batch_size), resolve))
+        if labels is not None and run.outputs:
+            first = next(iter(run.outputs.values()))
+            ref_logits = next(iter(reference_outputs.values()))
+            cand.accuracy = accuracy(labels, ref_logits, next(iter(first.values())))
+        if run.layer_values is not None:
+            cand.per_layer = per_layer_parity(run.layer_values, overrides, run.precision)
+        report.candidates.append(cand)
+    return report
+
+
+def _looks_baked(batch_size: int, input_shape, detail: str) -> bool:
+    """A rejected batch is called baked in when the input declares a fixed batch, or the backend
+    complained about a shape (reshape/broadcast/dimension), which is how a batch baked into the
+    graph's constants shows up."""
+    if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0 and input_shape[0] != batch_size:
+        return True
+    lowered = detail.lower()
+    return any(word in lowered for word in ("shape", "dimension", "reshape", "broadcast", "batch"))
+
+
+def per_layer_parity(layer_values: dict, overrides, precision: str) -> PerLayerParity:
+    """Compare every dynamic conv's components in network order (attentions before the output).
+
+    Tolerances are the candidate precision's atol/rtol (global overrides apply) without the
+    top-1/cosine floors, which are meant for network outputs, not attention vectors.
+    """
+    from odexport.report.compare import Tolerance, compare_arrays
+    from odexport.runtime.intermediates import COMPONENTS
+
+    base = overrides.resolve("", precision)
+    tolerance = Tolerance(base.atol, base.rtol)
+    result = PerLayerParity(batch_size=int(layer_values.get("batch_size", 0)), notes=list(layer_values.get("notes", [])))
+    torch_values, candidate = layer_values.get("torch", {}), layer_values.get("candidate", {})
+    for layer, components in torch_values.items():
+        for component in COMPONENTS:
+            if component not in components or component not in candidate.get(layer, {}):
+                continue
+            ref = components[component]
+            got = candidate[layer][component]
+            if got.size == ref.size and got.shape != ref.shape:
+                got = got.reshape(ref.shape)  # e.g. (B, C, 1, 1) attention vs the flat (B, C)
+            result.layers.append(LayerParity(layer, component, compare_arrays(ref, got, tolerance, f"{layer}:{component}")))
+    if torch_values and not result.layers:
+        result.notes.append("no per-layer value of this export could be matched to PyTorch")
+    return result

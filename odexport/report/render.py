@@ -1,0 +1,262 @@
+"""Render parity and benchmark reports: rich tables, JSON-ready dicts, JUnit XML, Markdown, plots.
+
+Rendering never runs anything: it reads a :class:`~odexport.report.parity.ParityReport` or a
+:class:`~odexport.report.latency.BenchReport`.  Files are written to a temporary name in the same
+folder and renamed when complete, so a failure never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from odexport.report.latency import BenchReport
+from odexport.report.parity import CandidateParity, ParityReport
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if value == 0:
+        return "0"
+    return f"{value:.{digits}g}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# -- parity -------------------------------------------------------------------------------------
+
+PARITY_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "mean abs", "p99 abs", "cosine", "top-1", "top-5",
+                  "atol needed", "atol", "verdict")
+
+
+def parity_rows(report: ParityReport) -> list[list[str]]:
+    """One row per candidate x batch size x output (errors get one row per batch)."""
+    rows = []
+    for cand in report.candidates:
+        name = Path(cand.artifact).name
+        if cand.error:
+            rows.append([name, "-", "-", *["-"] * 9, "ERROR"])
+            continue
+        for batch in cand.batches:
+            if batch.error:
+                rows.append([name, str(batch.batch_size), "-", *["-"] * 9, "FAIL"])
+                continue
+            for out in batch.outputs:
+                rows.append([
+                    name, str(batch.batch_size), out.name, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
+                    _num(out.p99_abs), _num(out.cosine, 7), _pct(out.top1), _pct(out.top5), _num(out.required_atol),
+                    _num(out.tolerance.atol), "pass" if out.passed else "FAIL",
+                ])
+    return rows
+
+
+def parity_table(report: ParityReport):
+    """A rich Table of every comparison (plus a caption with the verdict)."""
+    from rich.table import Table
+
+    verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    ref = report.reference
+    table = Table(title=f"parity vs {Path(str(ref.get('artifact', 'reference'))).name} ({ref.get('backend', '')}, "
+                        f"{ref.get('dtype', '')}): {verdict}", title_justify="left")
+    for column in PARITY_COLUMNS:
+        table.add_column(column, justify="right" if column not in ("candidate", "output", "verdict") else "left")
+    for row in parity_rows(report):
+        style = {"pass": "green", "FAIL": "red", "ERROR": "red"}[row[-1]]
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
+    return table
+
+
+def parity_failure_lines(report: ParityReport) -> list[str]:
+    lines = []
+    for cand in report.candidates:
+        for reason in cand.failures:
+            lines.append(f"{Path(cand.artifact).name}: {reason}")
+    return lines
+
+
+def per_layer_table(cand: CandidateParity):
+    from rich.table import Table
+
+    assert cand.per_layer is not None
+    table = Table(title=f"per-layer parity of {Path(cand.artifact).name} (batch {cand.per_layer.batch_size})", title_justify="left")
+    for column in ("layer", "component", "max abs", "max rel", "atol needed", "verdict"):
+        table.add_column(column)
+    for entry in cand.per_layer.layers:
+        c = entry.comparison
+        table.add_row(entry.layer, entry.component, _num(c.max_abs), _num(c.max_rel), _num(c.required_atol),
+                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+    return table
+
+
+def parity_junit(report: ParityReport) -> str:
+    """JUnit XML: one testsuite per candidate, one testcase per batch size x output.
+
+    CI systems (GitHub Actions test reporters, GitLab, Jenkins) show each failing case with its
+    message; the numbers travel as properties so a dashboard can chart them.
+    """
+    root = ET.Element("testsuites", name="odexport check")
+    total = failures = errors = 0
+    for cand in report.candidates:
+        suite = ET.SubElement(root, "testsuite", name=f"odexport.check.{Path(cand.artifact).name}")
+        props = ET.SubElement(suite, "properties")
+        for key, value in (("artifact", cand.artifact), ("backend", cand.backend), ("precision", cand.precision),
+                           ("reference", str(report.reference.get("artifact", "")))):
+            ET.SubElement(props, "property", name=key, value=str(value))
+        cases = fails = errs = 0
+        classname = f"odexport.check.{Path(cand.artifact).stem}"
+        if cand.error:
+            case = ET.SubElement(suite, "testcase", classname=classname, name="open")
+            ET.SubElement(case, "error", message=cand.error, type="CandidateError").text = cand.error
+            cases, errs = 1, 1
+        for batch in cand.batches:
+            if batch.error:
+                case = ET.SubElement(suite, "testcase", classname=classname, name=f"batch={batch.batch_size}")
+                ET.SubElement(case, "failure", message=batch.error, type="ParityFailure").text = batch.error
+                cases += 1
+                fails += 1
+                continue
+            for out in batch.outputs:
+                case = ET.SubElement(suite, "testcase", classname=classname, name=f"batch={batch.batch_size} output={out.name}")
+                cprops = ET.SubElement(case, "properties")
+                for key in ("max_abs", "max_rel", "mean_abs", "p99_abs", "cosine", "top1", "top5", "required_atol", "required_rtol"):
+                    ET.SubElement(cprops, "property", name=key, value=_num(getattr(out, key), 6))
+                ET.SubElement(cprops, "property", name="atol", value=_num(out.tolerance.atol, 6))
+                ET.SubElement(cprops, "property", name="rtol", value=_num(out.tolerance.rtol, 6))
+                cases += 1
+                if not out.passed:
+                    fails += 1
+                    message = "; ".join(out.failures)
+                    ET.SubElement(case, "failure", message=message, type="ParityFailure").text = message
+        if cand.per_layer is not None and cand.per_layer.first_divergence is not None:
+            first = cand.per_layer.first_divergence
+            ET.SubElement(props, "property", name="first_divergence", value=f"{first.layer} ({first.component})")
+        suite.set("tests", str(cases))
+        suite.set("failures", str(fails))
+        suite.set("errors", str(errs))
+        total, failures, errors = total + cases, failures + fails, errors + errs
+    root.set("tests", str(total))
+    root.set("failures", str(failures))
+    root.set("errors", str(errors))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def parity_markdown(report: ParityReport) -> str:
+    """A Markdown summary for a pull-request comment."""
+    ref = report.reference
+    head = "✅ **parity PASS**" if report.passed else "❌ **parity FAIL**"
+    inputs = report.inputs
+    lines = [
+        f"### odexport check: {head}",
+        "",
+        f"Reference `{Path(str(ref.get('artifact', ''))).name}` ({ref.get('backend', '')}, {ref.get('dtype', '')}); "
+        f"{inputs.get('count', '?')} {inputs.get('source', '')} samples of shape {inputs.get('shape', '?')}; "
+        f"batch sizes {', '.join(map(str, report.batch_sizes))}.",
+        "",
+        "| " + " | ".join(PARITY_COLUMNS) + " |",
+        "|" + "---|" * len(PARITY_COLUMNS),
+    ]
+    for row in parity_rows(report):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    failures = parity_failure_lines(report)
+    if failures:
+        lines += ["", "**Failures**", ""] + [f"- {line}" for line in failures]
+    for cand in report.candidates:
+        if cand.accuracy is not None:
+            acc = cand.accuracy
+            lines += ["", f"Accuracy on {acc.samples} labelled samples: reference {_pct(acc.reference)}, "
+                          f"`{Path(cand.artifact).name}` {_pct(acc.candidate)}, top-1 agreement {_pct(acc.top1_agreement)}."]
+        if cand.per_layer is not None:
+            first = cand.per_layer.first_divergence
+            where = "no dynamic conv diverges" if first is None else f"first divergence: `{first.layer}` ({first.component}, {first.kind})"
+            lines += ["", f"Per-layer (`{Path(cand.artifact).name}`): {where}."]
+    return "\n".join(lines) + "\n"
+
+
+# -- benchmark ----------------------------------------------------------------------------------
+
+def bench_table(report: BenchReport):
+    from rich.table import Table
+
+    table = Table(title="latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured interleaved)", title_justify="left")
+    for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):
+        table.add_column(column, justify="left" if column in ("artifact", "role", "backend") else "right")
+    for entry in report.entries:
+        if entry.stats is None:
+            table.add_row(Path(entry.artifact).name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
+                          f"[red]{entry.error or 'failed'}[/]")
+            continue
+        ratio = report.ratio(entry) if entry.role == "candidate" else None
+        s = entry.stats
+        table.add_row(Path(entry.artifact).name, entry.role, entry.backend, str(entry.batch_size), f"{s.p50_ms:.3f}",
+                      f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.throughput:.1f}", "-" if ratio is None else f"{ratio:.2f}x")
+    return table
+
+
+def bench_plot(report: BenchReport, path: str | Path) -> Path:
+    """Latency (p50, with p90 as the upper whisker) vs batch size, one line per artifact."""
+    from odexport._optional import require
+
+    matplotlib = require("matplotlib", "--plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series: dict[tuple[str, str], list] = {}
+    for entry in report.entries:
+        if entry.stats is not None:
+            label = Path(entry.artifact).name + (" (baseline)" if entry.role == "baseline" else "")
+            series.setdefault((label, entry.role), []).append(entry.stats)
+    for (label, role), stats in series.items():
+        stats = sorted(stats, key=lambda s: s.batch_size)
+        xs = [s.batch_size for s in stats]
+        ys = [s.p50_ms for s in stats]
+        upper = [s.p90_ms - s.p50_ms for s in stats]
+        ax.errorbar(xs, ys, yerr=[[0] * len(ys), upper], marker="o", capsize=3, label=label,
+                    linestyle="--" if role == "baseline" else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency p50 (ms), whisker to p90")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,121 @@
+"""Feed a set of samples through a runner at an exact batch size, and make or load those samples.
+
+Every chunk is exactly ``batch_size`` long (the last one is filled up with samples from the start)
+because the point of running several batch sizes is to catch an artifact that only accepts one:
+a shorter last chunk would test a batch size nobody asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from odexport.errors import InputError
+from odexport.runtime.base import InferenceError, Runner
+
+
+def run_batched(runner: Runner, samples: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Outputs for every sample in ``samples`` (N, ...), computed in chunks of exactly ``batch_size``.
+
+    Raises :class:`InferenceError` (naming the batch size) when the runner rejects or fails a chunk.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} is not positive", "use batch sizes >= 1")
+    count = samples.shape[0]
+    if count == 0:
+        raise InputError("no input samples", "pass --samples N with N >= 1 or a non-empty --inputs file")
+    collected: dict[str, list[np.ndarray]] = {}
+    for start in range(0, count, batch_size):
+        index = np.arange(start, start + batch_size) % count
+        try:
+            outputs = runner.infer(samples[index])
+        except InferenceError:
+            raise
+        except InputError as exc:  # shape validation against a fixed dim: the batch is baked in
+            raise InferenceError(exc.message, exc.hint) from exc
+        for name, value in outputs.items():
+            collected.setdefault(name, []).append(np.asarray(value))
+    result = {}
+    for name, parts in collected.items():
+        if parts[0].ndim == 0 or parts[0].shape[0] != batch_size:
+            raise InferenceError(
+                f"output '{name}' has shape {parts[0].shape} for a batch of {batch_size}: its first axis is not the batch",
+                "the graph may have a baked-in batch; re-export with a dynamic batch axis",
+            )
+        result[name] = np.concatenate(parts, axis=0)[:count]
+    return result
+
+
+@dataclass
+class Samples:
+    """Inputs for a parity run: ``x`` (N, C, H, W) float32, optional integer ``labels`` (N,)."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    source: str
+    seed: int | None = None
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "count": int(self.x.shape[0]),
+            "shape": list(self.x.shape[1:]),
+            "seed": self.seed,
+            "labels": self.labels is not None,
+        }
+
+
+def random_samples(count: int, shape: tuple[int, ...], seed: int = 0) -> Samples:
+    """``count`` standard-normal samples of ``shape`` (C, H, W), from a seeded generator.
+
+    Standard normal matches what a normalised image looks like to the first layer (zero mean,
+    unit variance per channel), so every path through the network is exercised.
+    """
+    if count < 1:
+        raise InputError(f"--samples {count} is not positive", "use --samples N with N >= 1")
+    rng = np.random.default_rng(seed)
+    return Samples(rng.standard_normal((count, *shape)).astype(np.float32), None, "random", seed)
+
+
+def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samples:
+    """Inputs from ``.npy`` (an array) or ``.npz`` (``x`` or ``input``, optionally ``y``/``labels``).
+
+    A single sample without a batch axis is accepted when ``shape`` says what one sample is.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"inputs file {path} does not exist", "pass an existing .npy or .npz file to --inputs")
+    labels = None
+    try:
+        if path.suffix.lower() == ".npy":
+            x = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                key = next((k for k in ("x", "input", "inputs", "images") if k in data.files), None)
+                if key is None:
+                    raise InputError(f"{path} has no array named x (it has: {', '.join(data.files)})",
+                                     "save the inputs as np.savez(path, x=inputs, y=labels)")
+                x = data[key]
+                label_key = next((k for k in ("y", "labels", "label", "targets") if k in data.files), None)
+                labels = data[label_key] if label_key else None
+        else:
+            raise InputError(f"{path} is neither .npy nor .npz", "save the inputs with np.save or np.savez")
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", "save the inputs with np.save/np.savez (no pickled objects)") from exc
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise InputError(f"inputs in {path} have dtype {x.dtype}", "store float32 images (N, C, H, W)")
+    if shape is not None and x.ndim == len(shape):
+        x = x[None]
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise InputError(f"inputs in {path} have sample shape {tuple(x.shape[1:])}, the model expects {tuple(shape)}",
+                         "pass inputs of the model's shape (N, C, H, W), or set --input-shape")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim == 2:  # one-hot
+            labels = labels.argmax(axis=1)
+        if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"labels in {path} have shape {labels.shape} and dtype {labels.dtype}",
+                             f"store one integer class per sample: shape ({x.shape[0]},)")
+    return Samples(np.ascontiguousarray(x, dtype=np.float32), labels, str(path))
