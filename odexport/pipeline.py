@@ -5,3 +5,203 @@ calls; the work happens in the stage packages.  Data flows one way: no stage cal
 """
 
 from __future__ import annotations
+
+
+# -- parity gate and benchmark (check engineer) -------------------------------------------------
+
+def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
+                 reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
+                 arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None, stage=None):
+    """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
+
+    Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
+    candidate rejects is a failure of that candidate (a baked-in batch), not an exception.
+    ``tolerances`` is a :class:`odexport.report.ToleranceOverrides` (defaults by precision).
+    """
+    import os
+
+    from odexport.errors import InputError
+    from odexport.report.parity import parity_report
+    from odexport.runtime import artifact_kind, open_runner
+    from odexport.runtime.batching import load_samples, random_samples, run_batched
+    from odexport.runtime.parity import onnx_layer_values, run_candidate
+
+    stage = stage or (lambda _name: None)
+    batch_sizes = sorted({int(b) for b in batch_sizes})
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
+    stage(f"load reference {reference}")
+    ref = open_runner(reference, "torch", dtype=reference_dtype, input_shape=input_shape, threads=threads, **load)
+    stage("open candidates")
+    opened = [(c, open_runner(c, dtype="float32", threads=threads, **(load if artifact_kind(c) == "checkpoint" else {})))
+              for c in candidates]
+    shape = tuple(input_shape) if input_shape else ref.input_shape
+    for _, runner in opened:
+        static = tuple(runner.inputs[0].shape[1:]) if runner.inputs else ()
+        if shape is None and len(static) == 3 and all(isinstance(d, int) and d > 0 for d in static):
+            shape = static
+    if shape is None:
+        raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
+    ref.input_shape = shape
+    data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
+    stage(f"reference on {data.x.shape[0]} samples")
+    reference_outputs = run_batched(ref, data.x, max(batch_sizes))
+    runs = []
+    for artifact, runner in opened:
+        stage(f"candidate {artifact}")
+        run = run_candidate(runner, artifact, data.x, batch_sizes)
+        if per_layer and artifact_kind(artifact) == "onnx":
+            stage(f"per-layer values of {artifact}")
+            run.layer_values = onnx_layer_values(ref.model, artifact, data.x[: min(len(data.x), max(batch_sizes))], threads=threads)
+        runner.close()
+        runs.append(run)
+    info = getattr(ref, "checkpoint_info", None)
+    named = isinstance(reference, (str, os.PathLike))
+    described = {"artifact": os.fspath(reference) if named else type(reference).__name__, "backend": ref.backend, "dtype": reference_dtype,
+                 "arch": getattr(info, "arch", None), "sha256": getattr(info, "sha256", None),
+                 "temperature": getattr(info, "temperature", None)}
+    return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels)
+
+
+def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
+              threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
+              trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None, stage=None):
+    """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
+
+    Returns a :class:`odexport.report.BenchReport`.  Runners are made with onnxruntime spinning
+    off, so idle sessions do not steal the cores of the one being timed.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from odexport.errors import InputError
+    from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
+    from odexport.runtime import artifact_kind, open_runner
+    from odexport.runtime.base import InferenceError
+    from odexport.runtime.timing import interleaved_latencies
+
+    if baseline not in ("static-twin", "none"):
+        raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
+    stage = stage or (lambda _name: None)
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
+    options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs)
+    report = BenchReport(machine=machine_facts(), settings={
+        "backend": backend, "device": device, "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations,
+        "threads": threads, "baseline": baseline, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
+        "interleaved": True})
+    with tempfile.TemporaryDirectory(prefix="odexport-bench-") as scratch:
+        pairs = []  # (label, role, baseline_of, runner)
+        for artifact in artifacts:
+            stage(f"open {artifact}")
+            kind = artifact_kind(artifact)
+            runner = open_runner(artifact, backend, input_shape=input_shape, **options, **(load if kind == "checkpoint" else {}))
+            pairs.append((str(artifact), "candidate", None, runner))
+            if baseline == "static-twin":
+                stage(f"static twin of {artifact}")
+                twin, note = _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load)
+                if twin is not None:
+                    pairs.append((f"static twin of {artifact}", "baseline", str(artifact), twin))
+                if note:
+                    report.notes.append(note)
+        shape = _sample_shape(pairs, input_shape)
+        rng = np.random.default_rng(0)
+        for batch_size in batch_sizes:
+            stage(f"batch {batch_size}")
+            x = rng.standard_normal((batch_size, *shape)).astype(np.float32)
+            timers = {}
+            for index, (label, role, of, runner) in enumerate(pairs):
+                try:
+                    timers[index] = runner.timer(x)
+                except InferenceError as exc:
+                    report.entries.append(BenchEntry(label, role, runner.backend, batch_size, None, of, str(exc)))
+            samples = interleaved_latencies(timers, warmup, iterations, max_seconds=max_seconds)
+            for index, values in samples.items():
+                label, role, of, runner = pairs[index]
+                report.entries.append(BenchEntry(label, role, runner.backend, batch_size, LatencyStats.from_samples(values, batch_size), of))
+        for *_, runner in pairs:
+            runner.close()
+    report.settings["input_shape"] = list(shape)
+    return report
+
+
+def _sample_shape(pairs, input_shape):
+    from odexport.errors import InputError
+
+    if input_shape:
+        return tuple(input_shape)
+    for *_, runner in pairs:
+        known = getattr(runner, "input_shape", None)
+        if known:
+            return tuple(known)
+        static = tuple(runner.inputs[0].shape[1:])
+        if len(static) == 3 and all(isinstance(d, int) and d > 0 for d in static):
+            return static
+    raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
+
+
+def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load):
+    """The baseline runner for ``artifact``: its static twin, on the same backend and settings.
+
+    Returns ``(runner or None, note or None)``.  For ONNX and engines the PyTorch model comes from
+    ``reference`` (a checkpoint), the export's recorded architecture, or ``--arch``.
+    """
+    import json
+    from pathlib import Path
+
+    from odexport.errors import InputError
+    from odexport.models.twin import static_twin
+    from odexport.runtime import open_runner
+
+    if kind in ("module", "checkpoint"):
+        return open_runner(static_twin(runner.model), "torch", input_shape=runner.input_shape, **options), None
+    if reference is not None:
+        model = model_from_checkpoint(reference, **load).model
+    else:
+        meta = getattr(runner, "metadata", {}) or {}
+        name = load.get("arch") or meta.get("odexport.arch") or meta.get("arch")
+        if not name:
+            raise InputError(f"cannot build the static twin of {artifact}: its architecture is unknown",
+                             "pass --reference CHECKPOINT or --arch NAME, or --baseline none")
+        from odexport.models import create_model
+
+        kwargs = json.loads(meta.get("odexport.model_kwargs") or meta.get("model_kwargs") or "{}") if not load.get("arch") else {}
+        model = create_model(name, **kwargs)
+    shape = tuple(input_shape) if input_shape else tuple(runner.inputs[0].shape[1:])
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        raise InputError(f"{artifact} has a dynamic sample shape {shape}", "pass --input-shape CxHxW")
+    onnx_path = Path(scratch) / f"twin-{abs(hash(str(artifact)))}.onnx"
+    onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape)
+    if kind == "onnx":
+        return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items() if k in ("device", "threads", "allow_spinning")}), None
+    build = globals().get("engine_from_onnx")
+    if build is None:
+        return None, f"no static-twin baseline for the engine {artifact}: building engines is not available"
+    engine_path = Path(scratch) / (onnx_path.stem + ".engine")
+    build(onnx_path, engine_path)
+    return open_runner(engine_path, "tensorrt"), None
+
+
+# -- TensorRT engines (trt engineer) ------------------------------------------------------------
+
+def engine_from_onnx(onnx_path, engine_path=None, *, profiles=None, fp16: bool = False, tf32: bool = False,
+                     workspace_gib=None, opt_level=None, timing_cache=None, plugins=(), input_shape=None,
+                     verbose: bool = False, source_checkpoint=None, rebuild_source=None, rebuild_extra_args=(), stage=None):
+    """Build a TensorRT engine (+ its JSON sidecar) from an ONNX file -> :class:`odexport.engine.build.BuildResult`.
+
+    ``profiles``: batch profiles as :class:`odexport.engine.profiles.BatchProfile` or ``"min:opt:max"``
+    strings; ``None`` uses the ONNX's fixed batch or 1:8:32.  Needs TensorRT and a CUDA GPU
+    (:class:`odexport.errors.MissingDependencyError` otherwise).
+    """
+    from odexport.engine.build import BuildOptions, build_engine
+    from odexport.engine.profiles import BatchProfile, parse_profile
+
+    if profiles is not None:
+        profiles = [p if isinstance(p, BatchProfile) else parse_profile(p) for p in profiles]
+    options = BuildOptions(
+        profiles=profiles, fp16=fp16, tf32=tf32, workspace_gib=workspace_gib, opt_level=opt_level, timing_cache=timing_cache,
+        plugins=tuple(plugins or ()), input_shape=tuple(input_shape) if input_shape else None, verbose=verbose,
+        source_checkpoint=source_checkpoint, rebuild_source=rebuild_source, rebuild_extra_args=tuple(rebuild_extra_args),
+    )
+    return build_engine(onnx_path, engine_path, options, stage=stage)
