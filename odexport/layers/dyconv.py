@@ -14,6 +14,11 @@ second FC      ``attention.fc2.weight|bias``           ``attention.to_scores.2.w
 
 Inside, both are ``softmax(fc2(relu(fc1(avgpool(x)))) / T)`` with 1x1 convs; the layout only
 renames (and reshapes 2-D Linear weights to 1x1 conv weights) on load and save.
+
+Deploy state (written by :mod:`odexport.reparam`): a dynamic bias may appear where the source had
+none, the kernels and biases may be rescaled (a following BatchNorm folded in), ``static_bias``
+``(O,)`` may appear, and the temperature may be folded into ``attention.fc2`` (T = 1).
+:meth:`DyConv2d.deploy_spec` / :meth:`DyConv2d.apply_deploy_spec` record and rebuild that structure.
 """
 
 from __future__ import annotations
@@ -144,6 +149,45 @@ class DyConv2d(nn.Module):
             dyn_bias=self.bias,
             static_bias=self.static_bias,
         )
+
+    def set_kernels(self, weight: torch.Tensor, dyn_bias: torch.Tensor | None) -> None:
+        """Replace the candidate kernels ``(K, O, C/g, kh, kw)`` and the dynamic bias ``(K, O)`` (or none)."""
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = None if dyn_bias is None else nn.Parameter(dyn_bias.detach().clone())
+        self.num_kernels = self.attention.num_kernels = int(weight.shape[0])
+
+    def deploy_spec(self) -> dict:
+        """This layer's structure as plain Python types, for a deploy checkpoint's manifest."""
+        return {
+            "type": "DyConv2d",
+            "kernel_num": int(self.weight.shape[0]),
+            "bias": self.bias is not None,
+            "static_bias": self.static_bias is not None,
+            "attention": {
+                "hidden": int(self.attention.fc1.out_channels),
+                "fc1_bias": self.attention.fc1.bias is not None,
+                "fc2_bias": self.attention.fc2.bias is not None,
+                "temperature": float(self.temperature),
+            },
+        }
+
+    def apply_deploy_spec(self, spec: dict) -> None:
+        """Rebuild the structure of :meth:`deploy_spec` on a freshly constructed layer (values uninitialised)."""
+        if spec.get("type") != "DyConv2d":
+            raise ValueError(f"deploy spec of type {spec.get('type')!r} does not describe a DyConv2d")
+        att = spec["attention"]
+        if int(att["hidden"]) != self.attention.fc1.out_channels:
+            raise ValueError(f"deploy spec has attention width {att['hidden']}, the layer {self.attention.fc1.out_channels}")
+        kernel_num = int(spec["kernel_num"])
+        if kernel_num != self.num_kernels:
+            raise ValueError(f"deploy spec has K={kernel_num}, the layer K={self.num_kernels}")
+        out_channels = self.out_channels
+        self.bias = nn.Parameter(torch.empty(kernel_num, out_channels)) if spec["bias"] else None
+        self.static_bias = nn.Parameter(torch.empty(out_channels)) if spec["static_bias"] else None
+        hidden = self.attention.fc1.out_channels
+        self.attention.fc1.bias = nn.Parameter(torch.empty(hidden)) if att["fc1_bias"] else None
+        self.attention.fc2.bias = nn.Parameter(torch.empty(kernel_num)) if att["fc2_bias"] else None
+        self.temperature = float(att["temperature"])
 
     def extra_repr(self) -> str:
         return (

@@ -1,1 +1,232 @@
-"""reparam"""
+"""Reparameterise a loaded dynamic-conv model for inference: typed, output-preserving passes.
+
+``reparameterise(model)`` deep-copies ``model``, puts the copy in eval mode and runs, in this order:
+
+=====================  ====================================================================
+``fold-attention-bn``  :class:`FoldAttentionBN`: ODConv attention BN into ``attention.fc``
+``fold-temperature``   :class:`FoldTemperature`: head weights / T, then T = 1
+``fold-bn``            :class:`FoldFollowingBN`: a BN after a dynamic conv into its kernels/bias
+``collapse-degenerate`` :class:`CollapseDegenerate`: constant attentions into the kernels; static
+                       layers become ``nn.Conv2d``
+``fuse-heads``         :class:`FuseAttentionHeads`: ODConv head convs into one 1x1 conv
+``freeze-low-spread``  :class:`FreezeLowSpread` (only with calibration inputs; approximate)
+=====================  ====================================================================
+
+The first five are exact identities (up to float rounding) and on by default; the order is fixed
+(a subset may be chosen) because later passes rely on earlier ones: collapsing before fusing
+keeps constant heads out of the fused conv; folding the BN before collapsing puts it into the
+static conv a degenerate layer becomes.  Every pass reports, per layer, what it did or why it
+skipped it; a pass whose precondition fails leaves the model untouched and says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from odexport.errors import InputError
+from odexport.reparam.attention import FoldAttentionBN, FoldTemperature, FuseAttentionHeads
+from odexport.reparam.base import LayerNote, PassResult, PostconditionError, PreconditionError, ReparamPass, metadata
+from odexport.reparam.collapse import CollapseDegenerate
+from odexport.reparam.cost import attention_cost, count_params
+from odexport.reparam.following_bn import FoldFollowingBN
+from odexport.reparam.freeze import FreezeLowSpread, relative_deviation
+
+EXACT_PASSES: dict[str, type[ReparamPass]] = {
+    cls.name: cls for cls in (FoldAttentionBN, FoldTemperature, FoldFollowingBN, CollapseDegenerate, FuseAttentionHeads)
+}
+#: Every pass name, in the order they run.
+PASS_ORDER: tuple[str, ...] = (*EXACT_PASSES, FreezeLowSpread.name)
+#: What runs when ``passes`` is not given.
+DEFAULT_PASSES: tuple[str, ...] = tuple(EXACT_PASSES)
+
+
+def resolve_passes(passes: str | Iterable[str] | None) -> list[str]:
+    """Pass names in run order. ``None`` or ``"default"``: the five exact passes; ``"none"``: none.
+
+    Accepts a comma-separated string or an iterable of names; an unknown name raises
+    :class:`~odexport.errors.InputError` naming the closest known one.
+    """
+    if passes is None:
+        return list(DEFAULT_PASSES)
+    names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else [str(p).strip() for p in passes]
+    names = [n for n in names if n]
+    chosen: set[str] = set()
+    for name in names:
+        if name in ("default", "all"):
+            chosen.update(DEFAULT_PASSES)
+        elif name == "none":
+            continue
+        elif name in PASS_ORDER:
+            chosen.add(name)
+        else:
+            close = difflib.get_close_matches(name, PASS_ORDER, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(f"unknown reparameterisation pass {name!r}", f"{hint}choose from {', '.join(PASS_ORDER)}")
+    return [name for name in PASS_ORDER if name in chosen]
+
+
+@dataclass
+class ReparamReport:
+    """What :func:`reparameterise` did. ``model`` is the deploy model (a new module; the input is untouched).
+
+    ``check`` (when check inputs were given) holds the relative deviation ``max|deploy - source| /
+    max|source|`` of the exact passes on those inputs; ``freeze`` holds the calibration report of
+    ``freeze-low-spread`` (spread, savings and deviation per layer, and the model output deviation).
+    """
+
+    model: nn.Module
+    results: list[PassResult]
+    original_temperatures: dict[str, float]
+    params_before: int
+    params_after: int
+    check: dict[str, Any] | None = None
+    freeze: dict[str, Any] | None = None
+    attention: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passes_applied(self) -> list[str]:
+        """Names of the passes that changed the model, in run order."""
+        return [r.name for r in self.results if r.changed]
+
+    @property
+    def passes_run(self) -> list[str]:
+        """Names of the passes whose precondition held (they ran, changed or not)."""
+        return [r.name for r in self.results if r.precondition_failed is None]
+
+    def result(self, name: str) -> PassResult:
+        for r in self.results:
+            if r.name == name:
+                return r
+        raise KeyError(f"pass {name!r} did not run")
+
+    def to_dict(self, notes: bool = True) -> dict[str, Any]:
+        passes = []
+        for r in self.results:
+            d = r.to_dict()
+            d.pop("extras", None)
+            if not notes:
+                d.pop("notes")
+                d.update(applied=len(r.applied), skipped=len(r.skipped))
+            passes.append(d)
+        return {
+            "passes": passes,
+            "passes_applied": self.passes_applied,
+            "original_temperatures": dict(self.original_temperatures),
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "check": self.check,
+            "freeze": self.freeze,
+        }
+
+
+def _as_input(name: str, value: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.dim() != 4 or tensor.shape[0] < 1:
+        raise InputError(f"{name} has shape {tuple(tensor.shape)}, not (N, C, H, W)", f"give {name} as a 4-D array of N >= 1 samples")
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    return tensor
+
+
+def _forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+    param = next(model.parameters())
+    try:
+        with torch.no_grad():
+            out = model(x.to(device=param.device, dtype=param.dtype))
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} of shape {tuple(x.shape)} do not fit the model: {first}", "give inputs shaped (N, C, H, W) as the model expects") from None
+    from odexport.reparam.freeze import _first_tensor
+
+    return _first_tensor(out).detach()
+
+
+def reparameterise(
+    model: nn.Module,
+    passes: str | Iterable[str] | None = None,
+    calibration: Any = None,
+    freeze_below: float | None = None,
+    check_input: Any = None,
+) -> ReparamReport:
+    """Return a deploy copy of ``model`` with the chosen passes applied, and what each pass did.
+
+    ``passes``: see :func:`resolve_passes` (default: the five exact passes).  ``calibration``
+    (``(N, C, H, W)`` array) with ``freeze_below`` adds ``freeze-low-spread``; calibration alone
+    measures and reports each layer's attention spread without freezing.  ``check_input`` (or,
+    if absent, ``calibration``) is run through the model before and after the exact passes and
+    the relative deviation is reported in ``report.check``.  ``model`` itself is never modified.
+    """
+    names = resolve_passes(passes)
+    if freeze_below is not None and calibration is None:
+        raise InputError("a freeze threshold needs calibration inputs", "give --calibration FILE (or calibration=) with --freeze-below")
+    if calibration is not None and FreezeLowSpread.name not in names:
+        names.append(FreezeLowSpread.name)
+    if FreezeLowSpread.name in names and calibration is None:
+        raise InputError("freeze-low-spread needs calibration inputs", "give --calibration FILE (or calibration=)")
+    calibration_t = None if calibration is None else _as_input("calibration inputs", calibration)
+    check_t = None if check_input is None else _as_input("check inputs", check_input)
+    if check_t is None:
+        check_t = calibration_t
+
+    params_before = count_params(model)
+    work = copy.deepcopy(model).eval()
+    meta = metadata(work)
+    reference = None if check_t is None else _forward(work, check_t, "check inputs")
+
+    results: list[PassResult] = []
+    freeze_report = None
+    check = None
+    for name in names:
+        if name == FreezeLowSpread.name:
+            if reference is not None:  # exactness of the exact passes, before the approximate one
+                check = _check(work, check_t, reference)
+            result = FreezeLowSpread(calibration_t, freeze_below).apply(work)
+            freeze_report = result.extras or None
+        else:
+            result = EXACT_PASSES[name]().apply(work)
+        results.append(result)
+    if reference is not None and check is None:
+        check = _check(work, check_t, reference)
+    return ReparamReport(
+        model=work,
+        results=results,
+        original_temperatures=dict(meta["original_temperatures"]),
+        params_before=params_before,
+        params_after=count_params(work),
+        check=check,
+        freeze=freeze_report,
+        attention=attention_cost(work),
+    )
+
+
+def _check(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    out = _forward(model, x, "check inputs")
+    return {"max_relative_deviation": relative_deviation(out, reference), "inputs": list(x.shape)}
+
+
+__all__ = [
+    "CollapseDegenerate",
+    "DEFAULT_PASSES",
+    "EXACT_PASSES",
+    "FoldAttentionBN",
+    "FoldFollowingBN",
+    "FoldTemperature",
+    "FreezeLowSpread",
+    "FuseAttentionHeads",
+    "LayerNote",
+    "PASS_ORDER",
+    "PassResult",
+    "PostconditionError",
+    "PreconditionError",
+    "ReparamPass",
+    "ReparamReport",
+    "attention_cost",
+    "reparameterise",
+    "resolve_passes",
+]

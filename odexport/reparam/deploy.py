@@ -1,0 +1,232 @@
+"""Deploy checkpoints: a reparameterised model's state dict plus a manifest that rebuilds its structure.
+
+File format (``torch.save`` of a dict; loads with ``torch.load(path, weights_only=True)``)::
+
+    {
+      "odexport_deploy": {
+        "format_version": 1,
+        "odexport_version": "0.1.0",
+        "source": {"path": "...", "sha256": "..."},       # the checkpoint it was made from
+        "arch": "od_resnet18", "model_kwargs": {...}, "layout": "odconv", "input_shape": [3, 224, 224],
+        "passes": ["fold-attention-bn", ...],              # passes that changed the model, in order
+        "pass_results": [{"name", "changed", "applied", "skipped", "precondition_failed"}, ...],
+        "original_temperatures": {"layer1.0.conv1": 1.0, ...},
+        "layers": {"layer1.0.conv1": {ODConv2d/DyConv2d deploy_spec()}, ...},
+        "replaced": {"layer1.0.bn1": {"type": "Identity"},
+                     "layer2.0.conv2": {"type": "Conv2d", "in_channels": ..., "bias": true, ...}},
+        "params": {"source": 11.9e6, "deploy": 11.8e6},
+        "check": {...} | None, "freeze": {...} | None,
+      },
+      "state_dict": {...},                                 # tensors only
+    }
+
+Everything in the manifest is a plain Python value (dict, list, str, int, float, bool, None).
+:func:`model_from_deploy` rebuilds the model: ``create_model(arch, **model_kwargs)`` (or a model
+you pass), swaps in the ``replaced`` modules, gives every dynamic layer its recorded structure
+(``apply_deploy_spec``), then ``load_state_dict(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from odexport.errors import CheckpointError, InternalError
+from odexport.layers import DYNAMIC_CONV_TYPES, dynamic_convs
+from odexport.reparam.base import META_ATTR, metadata
+from odexport.reparam.cost import count_params
+
+DEPLOY_KEY = "odexport_deploy"
+FORMAT_VERSION = 1
+
+
+def is_deploy_checkpoint(obj: Any) -> bool:
+    """True for an object loaded from a deploy checkpoint."""
+    return isinstance(obj, Mapping) and DEPLOY_KEY in obj
+
+
+# --------------------------------------------------------------------------- module specs
+
+
+def module_spec(module: nn.Module) -> dict[str, Any]:
+    """Constructor arguments of a module that replaced another one (``Identity`` or ``Conv2d``)."""
+    if isinstance(module, nn.Identity):
+        return {"type": "Identity"}
+    if type(module) is nn.Conv2d:
+        return {
+            "type": "Conv2d",
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": list(module.kernel_size),
+            "stride": list(module.stride),
+            "padding": list(module.padding) if not isinstance(module.padding, str) else module.padding,
+            "dilation": list(module.dilation),
+            "groups": module.groups,
+            "bias": module.bias is not None,
+            "padding_mode": module.padding_mode,
+        }
+    raise InternalError(f"a reparameterisation pass left a module of type {type(module).__name__} that the deploy format cannot describe")
+
+
+def module_from_spec(spec: Mapping[str, Any]) -> nn.Module:
+    kind = spec.get("type")
+    if kind == "Identity":
+        return nn.Identity()
+    if kind == "Conv2d":
+        padding = spec["padding"]
+        return nn.Conv2d(
+            spec["in_channels"], spec["out_channels"], tuple(spec["kernel_size"]), stride=tuple(spec["stride"]),
+            padding=padding if isinstance(padding, str) else tuple(padding), dilation=tuple(spec["dilation"]),
+            groups=spec["groups"], bias=spec["bias"], padding_mode=spec.get("padding_mode", "zeros"),
+        )
+    raise CheckpointError(f"deploy manifest names a module of unknown type {kind!r}", "upgrade odexport or re-run `odexport reparam`")
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _info_get(info: Any, key: str, default: Any = None) -> Any:
+    if info is None:
+        return default
+    if isinstance(info, Mapping):
+        return info.get(key, default)
+    return getattr(info, key, default)
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as plain Python types (tuples become lists); anything else is a bug."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    raise InternalError(f"deploy manifest entry {where} is a {type(value).__name__}, not a plain value")
+
+
+def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = None) -> dict[str, Any]:
+    """The manifest of ``model`` (a reparameterised model); see the module docstring for the fields."""
+    from odexport import __version__
+
+    meta = metadata(model)
+    source_path = _info_get(source_info, "path")
+    input_shape = _info_get(source_info, "input_shape")
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "odexport_version": __version__,
+        "source": {"path": None if source_path is None else str(source_path), "sha256": _info_get(source_info, "sha256")},
+        "arch": _info_get(source_info, "arch"),
+        "model_kwargs": dict(_info_get(source_info, "model_kwargs") or {}),
+        "layout": _info_get(source_info, "layout"),
+        "input_shape": None if input_shape is None else list(input_shape),
+        "num_classes": _info_get(source_info, "num_classes"),
+        "passes": list(meta["passes"]),
+        "pass_results": [] if report is None else report.to_dict(notes=False)["passes"],
+        "original_temperatures": dict(meta["original_temperatures"]),
+        "layers": {name: layer.deploy_spec() for name, layer in dynamic_convs(model)},
+        "replaced": {name: module_spec(model.get_submodule(name)) for name in meta["replaced"]},
+        "params": {"source": None if report is None else report.params_before, "deploy": count_params(model)},
+        "check": None if report is None else report.check,
+        "freeze": None if report is None else report.freeze,
+    }
+    manifest = _plain(manifest, "manifest")
+    buffer = io.BytesIO()  # prove now that the manifest loads with weights_only=True
+    torch.save(manifest, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)
+    return manifest
+
+
+def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_info: Any = None) -> Path:
+    """Write ``{"odexport_deploy": manifest, "state_dict": ...}`` to ``path`` atomically.
+
+    ``model`` is usually ``report.model``; ``source_info`` is the loader's ``CheckpointInfo`` (or a
+    dict with ``path``, ``sha256``, ``arch``, ``model_kwargs``, ``layout``, ``input_shape``).  The
+    file is written under a temporary name in the same folder and renamed when complete, so a
+    failure never leaves a partial file at ``path``.
+    """
+    path = Path(path)
+    obj = {
+        DEPLOY_KEY: deploy_manifest(model, report, source_info),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the deploy model from a loaded deploy checkpoint (eval mode).
+
+    ``model``: a freshly built source-architecture model to restructure (needed when the manifest
+    names no architecture, e.g. a model built with ``--factory``); by default
+    ``odexport.models.create_model(arch, **model_kwargs)``.
+    """
+    if not is_deploy_checkpoint(obj) or "state_dict" not in obj:
+        raise CheckpointError("not an odexport deploy checkpoint (no 'odexport_deploy' manifest and 'state_dict')", "write one with `odexport reparam`")
+    manifest = obj[DEPLOY_KEY]
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"deploy checkpoint format {version!r} is newer than this odexport reads ({FORMAT_VERSION})", "upgrade odexport")
+    if model is None:
+        arch = manifest.get("arch")
+        if not arch:
+            raise CheckpointError("the deploy checkpoint names no architecture (its source was built by a factory)", "rebuild it with model_from_deploy(obj, model=<fresh model>) or pass --factory")
+        from odexport.models import create_model
+
+        model = create_model(arch, **(manifest.get("model_kwargs") or {}))
+    try:
+        for name, spec in manifest.get("replaced", {}).items():
+            model.set_submodule(name, module_from_spec(spec))
+        for name, spec in manifest.get("layers", {}).items():
+            layer = model.get_submodule(name)
+            if not isinstance(layer, DYNAMIC_CONV_TYPES):
+                raise ValueError(f"{name} is a {type(layer).__name__}, the manifest describes a {spec.get('type')}")
+            layer.apply_deploy_spec(spec)
+    except (AttributeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"deploy manifest does not fit the architecture {manifest.get('arch')!r}: {exc}", "rebuild the deploy file with `odexport reparam` from its source checkpoint") from None
+    try:
+        model.load_state_dict(obj["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"deploy state dict does not fit the rebuilt model: {first}", "rebuild the deploy file with `odexport reparam` from its source checkpoint") from None
+    model.eval()
+    object.__setattr__(model, META_ATTR, {
+        "passes": list(manifest.get("passes", [])),
+        "original_temperatures": dict(manifest.get("original_temperatures", {})),
+        "replaced": list(manifest.get("replaced", {})),
+        "deploy_manifest": manifest,
+    })
+    return model
+
+
+def load_deploy(path: str | os.PathLike, *, model: nn.Module | None = None) -> nn.Module:
+    """``torch.load(path, weights_only=True)`` then :func:`model_from_deploy`."""
+    try:
+        obj = torch.load(Path(path), weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"deploy checkpoint {path} does not exist", "check the path") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
+        raise CheckpointError(f"cannot read deploy checkpoint {path}: {type(exc).__name__}", "write it again with `odexport reparam`") from None
+    return model_from_deploy(obj, model=model)
+
+
+__all__ = ["DEPLOY_KEY", "FORMAT_VERSION", "deploy_manifest", "is_deploy_checkpoint", "load_deploy", "model_from_deploy", "module_spec", "save_deploy"]

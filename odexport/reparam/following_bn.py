@@ -1,0 +1,213 @@
+"""Fold a BatchNorm that directly follows a dynamic conv into the conv (formats.md D.12)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from odexport.layers import DYNAMIC_CONV_TYPES, DyConv2d, ODConv2d, dynamic_convs
+from odexport.reparam.base import (
+    LayerNote,
+    PassResult,
+    PostconditionError,
+    ReparamPass,
+    batchnorm_scale_shift,
+    batchnorm_unfoldable_reason,
+    fmt,
+    replace_module,
+    require_dynamic_convs,
+    require_eval_batchnorm,
+    same_dtype_param,
+)
+
+
+@dataclass(frozen=True)
+class FollowingBatchNorm:
+    """``bn`` consumes the output of dynamic conv ``conv`` and nothing else does; ``how`` it was found."""
+
+    conv: str
+    bn: str
+    how: str
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces the model with dynamic convs and BatchNorms as opaque calls (their insides need not trace)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, (*DYNAMIC_CONV_TYPES, nn.modules.batchnorm._BatchNorm)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatchNorm], dict[str, str]]:
+    """Map each dynamic conv to the BatchNorm that directly and exclusively follows it.
+
+    Detection, most reliable first:
+
+    1. ``torch.fx`` graph of the model (dynamic convs and BNs kept as leaf calls): the conv's
+       output has exactly one user, a ``BatchNorm2d`` call whose only input it is, and neither
+       module is called twice (a shared module cannot be folded for one call site only).
+    2. If the model does not trace (data-dependent control flow in ``forward``): consecutive
+       children of a plain ``nn.Sequential`` (its forward is a chain by definition), and the
+       torchvision/ResNet naming convention ``convN -> bnN`` inside one block (BasicBlock,
+       Bottleneck).  Pairs found this way say so in their note.
+
+    Returns ``(pairs, reasons)``: ``reasons`` says, per dynamic conv without a pair, why.
+    """
+    pairs: dict[str, FollowingBatchNorm] = {}
+    reasons: dict[str, str] = {}
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the structural fallback
+        trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+        return _structural_pairs(model, trace_error)
+
+    modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), DYNAMIC_CONV_TYPES):
+            continue
+        conv_name = str(node.target)
+        users = list(node.users)
+        if calls[conv_name] > 1:
+            reasons[conv_name] = f"the layer is called {calls[conv_name]} times in forward (shared module)"
+            continue
+        if len(users) != 1:
+            reasons[conv_name] = f"its output has {len(users)} consumers, not a single BatchNorm"
+            continue
+        user = users[0]
+        target = modules.get(user.target) if user.op == "call_module" else None
+        if user.op == "output":
+            reasons[conv_name] = "its output is the model's output (no BatchNorm follows)"
+            continue
+        if not isinstance(target, nn.BatchNorm2d):
+            what = type(target).__name__ if target is not None else f"{getattr(user.target, '__name__', user.target)}"
+            reasons[conv_name] = f"followed by {what}, not a BatchNorm2d"
+            continue
+        if user.args != (node,) or user.kwargs:
+            reasons[conv_name] = "the following BatchNorm takes other inputs too"
+            continue
+        if calls[user.target] > 1:
+            reasons[conv_name] = f"the following BatchNorm {user.target} is called {calls[user.target]} times (shared module)"
+            continue
+        pairs[conv_name] = FollowingBatchNorm(conv_name, str(user.target), "fx graph")
+    for name, _ in dynamic_convs(model):
+        if name not in pairs and name not in reasons:
+            reasons[name] = "the layer is not called in forward"
+    return pairs, reasons
+
+
+def _structural_pairs(model: nn.Module, trace_error: str) -> tuple[dict[str, FollowingBatchNorm], dict[str, str]]:
+    pairs: dict[str, FollowingBatchNorm] = {}
+    for parent_name, parent in model.named_modules():
+        prefix = f"{parent_name}." if parent_name else ""
+        children = list(parent.named_children())
+        if type(parent) is nn.Sequential:
+            for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+                if isinstance(conv, DYNAMIC_CONV_TYPES) and isinstance(bn, nn.BatchNorm2d):
+                    pairs[prefix + conv_name] = FollowingBatchNorm(prefix + conv_name, prefix + bn_name, "nn.Sequential order (model does not trace with torch.fx)")
+        else:
+            named = dict(children)
+            for child_name, child in children:
+                if isinstance(child, DYNAMIC_CONV_TYPES) and child_name.startswith("conv") and child_name[4:].isdigit():
+                    bn = named.get("bn" + child_name[4:])
+                    if isinstance(bn, nn.BatchNorm2d):
+                        pairs[prefix + child_name] = FollowingBatchNorm(prefix + child_name, prefix + "bn" + child_name[4:], "convN -> bnN naming convention (model does not trace with torch.fx)")
+    reasons = {name: f"no BatchNorm found after it (model does not trace with torch.fx: {trace_error})" for name, _ in dynamic_convs(model) if name not in pairs}
+    return pairs, reasons
+
+
+class FoldFollowingBN(ReparamPass):
+    """Fold a BatchNorm2d that directly follows a dynamic conv into the conv; the BN becomes ``nn.Identity``.
+
+    With the eval BatchNorm written per output channel ``o`` as ``BN(y) = s * y + t``,
+    ``s = gamma / sqrt(var + eps)``, ``t = beta - s * mean``:
+
+    **Scale (both layers).**  The per-sample kernel is ``W_b = sum_k ka[b,k] * sa[b] * W_k``; ``s``
+    acts on the output-channel axis, ``ka`` and ``sa`` do not, and the filter attention ``fa`` is
+    itself per output channel, so ``s`` commutes with all of them::
+
+        s * (conv(x * ca, W_b) * fa) = conv(x * ca, sum_k ka_k * sa * (s * W_k)) * fa
+
+    hence ``W_k' = s[o] * W_k[o]`` for every candidate kernel k.
+
+    **Shift, ODConv.**  ``y = conv(x * ca, W_b) * fa + c`` (``c`` the static bias, 0 if absent).
+    ``t`` is added after the filter attention, where no attention touches it; it cannot enter the
+    kernels (ODConv has no conv bias, and a bias before ``fa`` would be scaled by it)::
+
+        s * y + t = conv(x * ca, W_b') * fa + (s * c + t)      ->  static_bias' = s * c + t
+
+    **Shift, softmax DY-Conv.**  ``y = conv(x, W_b) + sum_k a_k b_k + c`` with ``a = softmax(.)``,
+    so ``sum_k a_k = 1`` and ``t = sum_k a_k t``::
+
+        s * y + t = conv(x, W_b') + sum_k a_k (s * b_k + t) + s * c
+
+    hence ``b_k' = s * b_k + t`` for every k (a dynamic bias ``b = 0`` is created when the layer
+    had none) and ``static_bias' = s * c`` if present.  The deploy layer keeps the public
+    reference structure (a dynamic bias is a normal DY-Conv parameter).  (A sigmoid-routed
+    CondConv, whose attentions do not sum to 1, would need a static bias instead.)
+
+    Folds are computed in float64 and stored in the parameter dtype.
+    """
+
+    name = "fold-bn"
+    summary = "fold a BatchNorm that directly follows a dynamic conv into its kernels and bias"
+
+    def requires(self, model: nn.Module) -> None:
+        require_dynamic_convs(model)
+        require_eval_batchnorm(model)
+
+    def run(self, model: nn.Module) -> list[LayerNote]:
+        pairs, reasons = find_following_batchnorms(model)
+        notes = []
+        for name, layer in dynamic_convs(model):
+            pair = pairs.get(name)
+            if pair is None:
+                notes.append(LayerNote(name, False, reasons.get(name, "no BatchNorm follows it")))
+                continue
+            bn = model.get_submodule(pair.bn)
+            reason = batchnorm_unfoldable_reason(bn)
+            out_channels = layer.weight.shape[1]
+            if reason is None and bn.num_features != out_channels:
+                reason = f"{pair.bn} has {bn.num_features} features, the conv {out_channels} outputs"
+            if reason:
+                notes.append(LayerNote(name, False, f"{pair.bn}: {reason}"))
+                continue
+            scale, shift = batchnorm_scale_shift(bn)
+            fold_following_batchnorm(layer, scale, shift)
+            replace_module(model, pair.bn, nn.Identity())
+            where = "the static bias after the filter attention" if isinstance(layer, ODConv2d) else "every dynamic bias"
+            notes.append(LayerNote(name, True, f"{pair.bn} folded: kernels scaled, shift into {where} ({pair.how}); {pair.bn} is now Identity"))
+        self.extras = {"folded": {note.layer: pairs[note.layer].bn for note in notes if note.applied}}
+        return notes
+
+    def ensures(self, model: nn.Module, result: PassResult) -> None:
+        folded = result.extras.get("folded", {})
+        for conv_name in result.applied_layers():
+            layer = model.get_submodule(conv_name)
+            if not isinstance(model.get_submodule(folded[conv_name]), nn.Identity):
+                raise PostconditionError(f"{folded[conv_name]} was folded but is not Identity")
+            if isinstance(layer, ODConv2d) and layer.static_bias is None:
+                raise PostconditionError(f"{conv_name}: no static bias after folding its BatchNorm")
+            if isinstance(layer, DyConv2d) and layer.bias is None:
+                raise PostconditionError(f"{conv_name}: no dynamic bias after folding its BatchNorm")
+
+
+def fold_following_batchnorm(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Apply ``s * layer(x) + t`` to the layer's parameters (see :class:`FoldFollowingBN`)."""
+    weight = layer.weight.double() * scale.reshape(1, -1, 1, 1, 1)
+    static = None if layer.static_bias is None else layer.static_bias.double()
+    if isinstance(layer, ODConv2d):
+        layer.weight = same_dtype_param(weight, layer.weight)
+        new_static = shift if static is None else scale * static + shift
+        layer.static_bias = same_dtype_param(new_static, layer.weight)
+        return
+    num_kernels = layer.weight.shape[0]
+    dyn = layer.bias.double() if layer.bias is not None else torch.zeros(num_kernels, scale.numel(), dtype=torch.float64, device=scale.device)
+    layer.weight = same_dtype_param(weight, layer.weight)
+    layer.bias = same_dtype_param(dyn * scale.reshape(1, -1) + shift.reshape(1, -1), layer.weight)
+    if static is not None:
+        layer.static_bias = same_dtype_param(scale * static, layer.weight)

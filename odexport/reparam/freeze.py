@@ -1,0 +1,225 @@
+"""Data-driven, approximate: freeze layers whose attention barely varies over a calibration set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from odexport.layers import DyConv2d, dynamic_convs
+from odexport.layers.functional import Attentions
+from odexport.reparam.base import (
+    LayerNote,
+    PreconditionError,
+    ReparamPass,
+    fmt,
+    replace_module,
+    require_dynamic_convs,
+    require_eval_batchnorm,
+)
+from odexport.reparam.collapse import fold_attentions_into_kernels, static_conv_from
+from odexport.reparam.cost import count_params, dynamic_conv_macs, static_conv_macs
+
+HEADS = ("channel", "filter", "spatial", "kernel")
+
+
+def relative_deviation(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|got - expected| / max|expected|`` (0 when both are 0)."""
+    scale = expected.abs().max().item()
+    diff = (got.double() - expected.double()).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+@dataclass
+class _AttentionStats:
+    """Running float64 sums of each head's attention over calibration samples."""
+
+    count: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    squares: dict[str, torch.Tensor] = field(default_factory=dict)
+    in_hw: tuple[int, int] = (0, 0)
+    out_hw: tuple[int, int] = (0, 0)
+
+    def add(self, attentions: Attentions) -> None:
+        for head in HEADS:
+            value = getattr(attentions, head)
+            if value is None:
+                continue
+            value = value.detach().double().reshape(value.shape[0], -1)
+            if head not in self.sums:
+                self.sums[head] = torch.zeros(value.shape[1], dtype=torch.float64)
+                self.squares[head] = torch.zeros(value.shape[1], dtype=torch.float64)
+            self.sums[head] += value.sum(0).cpu()
+            self.squares[head] += (value * value).sum(0).cpu()
+        first = next((getattr(attentions, h) for h in HEADS if getattr(attentions, h) is not None), None)
+        self.count += 0 if first is None else first.shape[0]
+
+    def mean(self, head: str) -> torch.Tensor:
+        return self.sums[head] / self.count
+
+    def spread(self, head: str) -> float:
+        """Largest (over the head's entries) population standard deviation over the samples."""
+        variance = (self.squares[head] / self.count - self.mean(head) ** 2).clamp_min(0)
+        return float(variance.sqrt().max())
+
+
+def _as_attentions(output: Any) -> Attentions:
+    return Attentions(kernel=output) if isinstance(output, torch.Tensor) else output
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (list, tuple)) and output:
+        return _first_tensor(output[0])
+    if isinstance(output, dict) and output:
+        return _first_tensor(next(iter(output.values())))
+    raise TypeError(f"model output of type {type(output).__name__} holds no tensor")
+
+
+def frozen_conv(layer: nn.Module, mean: Attentions) -> nn.Conv2d:
+    """The static conv of ``layer`` with its mean attentions folded in (see :func:`fold_attentions_into_kernels`).
+
+    For DY-Conv the dynamic bias is mixed by the mean kernel attention; a static bias is kept.
+    """
+    weight = fold_attentions_into_kernels(layer.weight.double(), layer.groups, mean)
+    if weight.shape[0] != 1:
+        raise ValueError(f"a layer with K = {weight.shape[0]} kernels needs a kernel attention to freeze")
+    bias = None
+    if isinstance(layer, DyConv2d) and layer.bias is not None:
+        bias = mean.kernel @ layer.bias.double() if mean.kernel is not None else layer.bias.double().sum(0)
+    if layer.static_bias is not None:
+        bias = layer.static_bias.double() if bias is None else bias + layer.static_bias.double()
+    return static_conv_from(layer, weight[0], bias)
+
+
+class FreezeLowSpread(ReparamPass):
+    """Replace layers whose attention hardly varies over calibration inputs by a static conv (approximate).
+
+    Spread of a layer = the largest, over its heads and their entries, population standard deviation
+    of the attention over the calibration samples.  A layer with spread < ``eps`` is replaced by
+    ``nn.Conv2d`` holding ``sum_k mean(ka)_k * mean(sa) * W_k`` scaled by ``mean(ca)`` on the input
+    channels and ``mean(fa)`` on the output channels (:func:`fold_attentions_into_kernels` applied
+    to the mean attentions).  This is *not* an identity: for each layer the report gives the
+    spread, the parameters and MACs saved, and the relative deviation of that layer's output on the
+    calibration set; the pass's extras give the deviation of the model output with every frozen
+    layer.  With ``eps=None`` it measures and reports spreads and freezes nothing.
+    """
+
+    name = "freeze-low-spread"
+    summary = "replace layers whose attention varies less than EPS over calibration inputs by a static conv"
+
+    def __init__(self, calibration: torch.Tensor, eps: float | None, batch_size: int = 16):
+        self.calibration = calibration
+        self.eps = eps
+        self.batch_size = batch_size
+
+    def requires(self, model: nn.Module) -> None:
+        require_dynamic_convs(model)
+        require_eval_batchnorm(model)
+        if self.calibration.shape[0] < 2:
+            raise PreconditionError(f"{self.calibration.shape[0]} calibration sample(s): a spread needs at least 2")
+        if self.eps is not None and not self.eps >= 0:
+            raise PreconditionError(f"freeze threshold {self.eps!r} must be >= 0")
+
+    def _forward_all(self, model: nn.Module) -> torch.Tensor:
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        outputs = [_first_tensor(model(chunk.to(device=device, dtype=dtype))).detach() for chunk in self.calibration.split(self.batch_size)]
+        return torch.cat(outputs)
+
+    def run(self, model: nn.Module) -> list[LayerNote]:
+        layers = dynamic_convs(model)
+        stats = {name: _AttentionStats() for name, _ in layers}
+        handles = []
+        for name, layer in layers:
+            handles.append(layer.attention.register_forward_hook(lambda m, i, o, s=stats[name]: s.add(_as_attentions(o))))
+            handles.append(layer.register_forward_hook(lambda m, i, o, s=stats[name]: _record_shapes(s, i[0], o)))
+        try:
+            reference = self._forward_all(model)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        records: dict[str, dict[str, Any]] = {}
+        candidates: dict[str, nn.Conv2d] = {}
+        for name, layer in layers:
+            st = stats[name]
+            if st.count == 0:
+                records[name] = {"layer": name, "spread": None, "frozen": False, "reason": "not called on the calibration inputs"}
+                continue
+            head_spreads = {head: st.spread(head) for head in HEADS if head in st.sums}
+            spread = max(head_spreads.values())
+            record = {"layer": name, "spread": spread, "head_spreads": head_spreads, "frozen": False}
+            records[name] = record
+            if self.eps is None:
+                record["reason"] = "no freeze threshold given (spread measured only)"
+            elif spread >= self.eps:
+                worst = max(head_spreads, key=head_spreads.get)
+                record["reason"] = f"spread {fmt(spread)} >= eps {fmt(self.eps)} (most varying head: {worst})"
+            elif not name:
+                record["reason"] = "the layer is the model's root module; wrap it in a module to freeze it"
+            else:
+                mean = Attentions(*(st.mean(h) if h in st.sums else None for h in HEADS))
+                candidates[name] = frozen_conv(layer, mean)
+                dyn_macs = dynamic_conv_macs(layer, st.in_hw, st.out_hw)["total"]
+                static = candidates[name]
+                record["params_saved"] = count_params(layer) - count_params(static)
+                record["macs_saved"] = dyn_macs - static_conv_macs(static.out_channels, static.in_channels // static.groups, static.kernel_size, st.out_hw)
+
+        if candidates:
+            self._measure_layer_deviation(model, candidates, records)
+            for name, static in candidates.items():
+                replace_module(model, name, static)
+                records[name]["frozen"] = True
+            frozen_output = self._forward_all(model)
+            output_deviation = relative_deviation(frozen_output, reference)
+        else:
+            output_deviation = 0.0
+
+        samples = int(self.calibration.shape[0])
+        self.extras = {
+            "eps": self.eps,
+            "samples": samples,
+            "output_deviation": output_deviation,
+            "layers": list(records.values()),
+        }
+        notes = []
+        for name, record in records.items():
+            if record["frozen"]:
+                notes.append(LayerNote(name, True, (
+                    f"frozen: spread {fmt(record['spread'])} < eps {fmt(self.eps)}; saves {record['params_saved']} params and "
+                    f"{record['macs_saved']} MACs/sample; layer output deviation {fmt(record['layer_deviation'])} (relative, "
+                    f"{samples} calibration samples)")))
+            else:
+                spread = "" if record["spread"] is None else f" (spread {fmt(record['spread'])})"
+                notes.append(LayerNote(name, False, record["reason"] + ("" if "spread" in record["reason"] else spread)))
+        return notes
+
+    def _measure_layer_deviation(self, model: nn.Module, candidates: dict[str, nn.Conv2d], records: dict[str, dict]) -> None:
+        """Each candidate's own output: static conv vs the dynamic layer, on the same calibration activations."""
+        worst = {name: [0.0, 0.0] for name in candidates}
+
+        def compare(name: str, inputs, output) -> None:
+            static_out = candidates[name](inputs[0])
+            worst[name][0] = max(worst[name][0], (static_out.double() - output.double()).abs().max().item())
+            worst[name][1] = max(worst[name][1], output.abs().max().item())
+
+        handles = [model.get_submodule(name).register_forward_hook(lambda m, i, o, n=name: compare(n, i, o)) for name in candidates]
+        try:
+            self._forward_all(model)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, (diff, scale) in worst.items():
+            records[name]["layer_deviation"] = diff / scale if scale > 0 else diff
+
+
+def _record_shapes(stats: _AttentionStats, x: torch.Tensor, y: torch.Tensor) -> None:
+    stats.in_hw = (int(x.shape[-2]), int(x.shape[-1]))
+    stats.out_hw = (int(y.shape[-2]), int(y.shape[-1]))
+
+
+__all__ = ["FreezeLowSpread", "frozen_conv", "relative_deviation"]
