@@ -7,6 +7,23 @@ calls; the work happens in the stage packages.  Data flows one way: no stage cal
 from __future__ import annotations
 
 
+# -- checkpoints (checkpoint engineer) ----------------------------------------------------------
+
+def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None, trust_pickle: bool = False,
+                          factory=None, prefer_ema: bool = False):
+    """Checkpoint file -> :class:`odexport.checkpoint.LoadedModel` (``.model`` in eval mode, ``.info``).
+
+    Reads safely (weights only unless ``trust_pickle``), detects the architecture from key names
+    and shapes unless ``arch`` names it, or builds the user's own with ``factory``
+    (``"module:function"``); also accepts deploy checkpoints written by ``odexport reparam``.
+    Every dynamic layer runs at ``temperature`` (default 1.0, the trained network's value).
+    """
+    from odexport.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
+                           factory=factory, prefer_ema=prefer_ema)
+
+
 # -- parity gate and benchmark (check engineer) -------------------------------------------------
 
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),

@@ -1,0 +1,279 @@
+"""From a checkpoint file (or an architecture name) to a model in eval mode with its provenance.
+
+Three ways a checkpoint becomes a model:
+
+* **zoo** (default): the architecture is detected from key names and shapes
+  (:mod:`odexport.checkpoint.detect`) or named with ``arch``; it is built with the options read
+  from the file, dynamic layers whose attention shapes differ are rebuilt from the file's shapes
+  (:mod:`odexport.checkpoint.conform`), and the weights are loaded strictly;
+* **factory**: the user's own architecture from ``module:function``; the weights are loaded into
+  it, then its reference layers are swapped for odexport's (:mod:`odexport.convert`);
+* **deploy**: a file written by ``odexport reparam`` (``{"odexport_deploy": manifest,
+  "state_dict": ...}``) is rebuilt by :func:`odexport.reparam.deploy.model_from_deploy`.
+
+Temperature: every dynamic layer runs at ``temperature`` when given, else at 1.0 -- the value a
+trained network is evaluated at in all three reference codes (none saves it in the checkpoint;
+kaijieshi7's constructor default 34 is the *training start* value).  The one exception is the
+factory path without ``temperature``: the temperatures set by the user's own code are carried
+over, with a warning for any that is not 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from odexport.checkpoint.compat import load_weights_strict, shapes_of_state_dict
+from odexport.checkpoint.conform import conform_dynamic_layers
+from odexport.checkpoint.detect import detect_architecture
+from odexport.checkpoint.info import CheckpointInfo, LoadedModel
+from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
+from odexport.checkpoint.state_dict import extract_state_dict
+from odexport.errors import ArchitectureError, CheckpointError, InputError
+
+DEPLOY_KEY = "odexport_deploy"
+DEFAULT_TEMPERATURE = 1.0
+
+
+def check_temperature(temperature: float | None) -> float | None:
+    if temperature is None:
+        return None
+    value = float(temperature)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"temperature {temperature} must be a positive finite number",
+                         "use 1 for a trained network (the reference codes' test-time value)")
+    return value
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    kernel_num: int | None = None,
+    temperature: float | None = None,
+    trust_pickle: bool = False,
+    factory: str | None = None,
+    prefer_ema: bool = False,
+) -> LoadedModel:
+    """Load ``path`` into a model in eval mode; see the module docstring.
+
+    Raises :class:`~odexport.errors.CheckpointError` / :class:`~odexport.errors.ArchitectureError`
+    (one line with a fix) for every file or fit problem.
+    """
+    temperature = check_temperature(temperature)
+    if factory and arch:
+        raise InputError("--arch and --factory both name an architecture", "pass only one of them")
+    raw = read_checkpoint_file(path, trust_pickle=trust_pickle)
+    if isinstance(raw.obj, Mapping) and DEPLOY_KEY in raw.obj:
+        return _from_deploy(raw, temperature)
+    weights = extract_state_dict(raw.obj, prefer_ema=prefer_ema)
+    extras: dict[str, Any] = {
+        "file_format": raw.file_format,
+        "file_size": raw.size,
+        "weights_entry": weights.entry,
+        "ignored_entries": weights.ignored_entries,
+        "stripped_prefixes": weights.stripped_prefixes,
+        "ema_entry": weights.ema_entry,
+        "used_ema": weights.used_ema,
+        "num_tensors": len(weights.state_dict),
+        "warnings": [],
+    }
+    if raw.unpickled_module:
+        extras["unpickled_module"] = raw.unpickled_module
+    if raw.metadata:
+        extras["metadata"] = describe_metadata(raw.metadata)
+    if weights.dropped_non_tensors:
+        extras["dropped_non_tensors"] = weights.dropped_non_tensors
+    if weights.ema_entry and not weights.used_ema:
+        extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used")
+    if factory:
+        return _from_factory(raw, weights.state_dict, factory, temperature, extras)
+    return _from_zoo(raw, weights.state_dict, arch, kernel_num, temperature, extras)
+
+
+def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, extras) -> LoadedModel:
+    from odexport.layers import dynamic_convs, set_temperature
+    from odexport.models import create_model, model_info
+
+    file_shapes = shapes_of_state_dict(state_dict)
+    detection = detect_architecture(file_shapes, arch=arch, kernel_num=kernel_num)
+    info = model_info(detection.arch)
+    model = create_model(detection.arch, **detection.model_kwargs)
+    conformed = conform_dynamic_layers(model, file_shapes, detection.conformed_layers) if detection.conformed_layers else []
+    load_weights_strict(model, state_dict, what=f"architecture {detection.arch}")
+    model.eval()
+    value = DEFAULT_TEMPERATURE if temperature is None else temperature
+    set_temperature(model, value)
+    extras.update(detected=detection.detected, key_family=detection.family, conformed_layers=conformed, output=info.output)
+    return LoadedModel(model, CheckpointInfo(
+        path=raw.path, sha256=raw.sha256, layout=detection.layout, arch=detection.arch,
+        model_kwargs=dict(detection.model_kwargs), input_shape=tuple(info.input_shape),
+        num_classes=_num_classes(model, detection.model_kwargs, info), temperature=value if dynamic_convs(model) else None,
+        source="checkpoint", extras=extras,
+    ))
+
+
+def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, extras) -> LoadedModel:
+    from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
+    from odexport.layers import dynamic_convs, set_temperature
+
+    model = build_from_factory(factory)
+    load_weights_strict(model, state_dict, what=f"the model built by --factory {factory}")
+    report = convert_reference_layers(model, tardelean_temperature=temperature)
+    model = report.model
+    if temperature is not None:
+        set_temperature(model, temperature)
+    else:
+        extras["warnings"].extend(report.warnings)
+    if needs_temperature_argument(model):
+        model = TemperatureArgModel(model, temperature if temperature is not None else DEFAULT_TEMPERATURE)
+    model.eval()
+    layers = dynamic_convs(model)
+    if not layers:
+        extras["warnings"].append(
+            f"no dynamic layer was recognised in the model built by --factory {factory}"
+            + (f" (left unchanged: {', '.join(f'{n} ({c})' for n, c, _ in report.skipped[:3])})" if report.skipped else "")
+        )
+    temperatures = {name: float(layer.temperature) for name, layer in layers}
+    uniform = set(temperatures.values())
+    extras.update(
+        factory=factory,
+        converted_layers=[{"name": c.name, "reference": c.reference, "layout": c.layout, "temperature": c.temperature,
+                           "temperature_source": c.temperature_source} for c in report.converted],
+        skipped_modules=[{"name": n, "class": c, "reason": r} for n, c, r in report.skipped],
+        reference_layouts=report.layouts,
+    )
+    if len(uniform) > 1:
+        extras["temperatures"] = temperatures
+    return LoadedModel(model, CheckpointInfo(
+        path=raw.path, sha256=raw.sha256, layout="factory", arch=factory, model_kwargs={},
+        input_shape=_guess_input_shape(model), num_classes=_num_classes(model, {}, None),
+        temperature=uniform.pop() if len(uniform) == 1 else None, source="factory", extras=extras,
+    ))
+
+
+def _from_deploy(raw: RawCheckpoint, temperature) -> LoadedModel:
+    try:
+        from odexport.reparam.deploy import model_from_deploy
+    except ImportError as exc:
+        raise CheckpointError(
+            f"{raw.path} is an odexport deploy checkpoint, but this installation cannot rebuild it ({exc})",
+            "install an odexport version with `odexport reparam` support, or load the original checkpoint",
+        ) from exc
+    from odexport.layers import dynamic_convs, set_temperature
+
+    manifest = dict(raw.obj[DEPLOY_KEY] or {})
+    model = model_from_deploy(raw.obj)
+    model.eval()
+    layers = dynamic_convs(model)
+    folded = _temperature_folded(manifest)
+    if temperature is not None:
+        if folded:
+            raise InputError(
+                f"{raw.path} has its temperature folded into the weights (T={manifest.get('temperature')}); it cannot be changed",
+                "run `odexport reparam` again on the original checkpoint with the temperature you want",
+            )
+        set_temperature(model, temperature)
+    temperatures = {float(layer.temperature) for _, layer in layers}
+    value = temperatures.pop() if len(temperatures) == 1 else manifest.get("temperature")
+    input_shape = manifest.get("input_shape")
+    arch = manifest.get("arch")
+    if input_shape is None and arch:
+        try:
+            from odexport.models import model_info
+
+            input_shape = model_info(arch).input_shape
+        except ArchitectureError:
+            input_shape = None
+    extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "warnings": []}
+    return LoadedModel(model, CheckpointInfo(
+        path=raw.path, sha256=raw.sha256, layout=manifest.get("layout", "deploy"), arch=arch,
+        model_kwargs=dict(manifest.get("model_kwargs") or {}),
+        input_shape=tuple(input_shape) if input_shape else _guess_input_shape(model),
+        num_classes=manifest.get("num_classes") or _num_classes(model, {}, None),
+        temperature=value, source="deploy", extras=extras,
+    ))
+
+
+def _temperature_folded(manifest: Mapping[str, Any]) -> bool:
+    if manifest.get("temperature_folded"):
+        return True
+    passes = manifest.get("passes") or []
+    names = [p.get("name", "") if isinstance(p, Mapping) else str(p) for p in passes]
+    return any("temperature" in n for n in names)
+
+
+def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: float | None = None, **kwargs) -> LoadedModel:
+    """Build a registered architecture (random weights) with the same :class:`CheckpointInfo` as a checkpoint."""
+    from odexport.layers import dynamic_convs
+    from odexport.models import create_model, model_info
+
+    temperature = check_temperature(temperature)
+    info = model_info(name)
+    if kernel_num is not None:
+        if "kernel_num" not in info.default_kwargs:
+            raise ArchitectureError(f"{name} has no kernel_num option", "omit --kernel-num for this architecture")
+        kwargs["kernel_num"] = kernel_num
+    value = DEFAULT_TEMPERATURE if temperature is None else temperature
+    model = create_model(name, temperature=value, **kwargs).eval()
+    full_kwargs = {**dict(info.default_kwargs), **kwargs}
+    return LoadedModel(model, CheckpointInfo(
+        path=None, sha256=None, layout=info.layout, arch=name, model_kwargs=full_kwargs,
+        input_shape=tuple(info.input_shape), num_classes=_num_classes(model, full_kwargs, info),
+        temperature=value if dynamic_convs(model) else None, source="arch",
+        extras={"output": info.output, "tiny": info.tiny, "family": info.family, "warnings": []},
+    ))
+
+
+def _num_classes(model: nn.Module, kwargs: Mapping[str, Any], info) -> int | None:
+    if "num_classes" in kwargs:
+        return int(kwargs["num_classes"])
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is not None:
+        return int(last.out_features)
+    return None if info is None else info.num_classes
+
+
+def _guess_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """A factory model's sample shape: channels of its first convolution, 224x224."""
+    from odexport.layers import DyConv2d, ODConv2d
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return (int(module.in_channels), 224, 224)
+        if isinstance(module, ODConv2d):
+            return (int(module.in_planes), 224, 224)
+        if isinstance(module, DyConv2d):
+            return (int(module.in_channels), 224, 224)
+    return (3, 224, 224)
+
+
+def load_model(source: str | os.PathLike, **options) -> LoadedModel:
+    """A checkpoint path or a registered architecture name (``odexport inspect`` accepts either).
+
+    An existing file is a checkpoint; otherwise a registered name is built; otherwise the error is
+    the missing file's when the argument looks like a path, else the unknown name's (with close matches).
+    """
+    from odexport.models import list_models
+
+    text = os.fspath(source)
+    if os.path.exists(text):
+        return load_checkpoint(text, **options)
+    if text in list_models():
+        if options.get("factory"):
+            raise InputError("--factory needs a checkpoint file, not an architecture name", "pass the checkpoint path")
+        return model_from_arch(text, kernel_num=options.get("kernel_num"), temperature=options.get("temperature"))
+    looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".tar", ".safetensors", ".bin", ".ckpt"))
+    if looks_like_path:
+        return load_checkpoint(text, **options)  # raises the missing-file error
+    from odexport.models import model_info
+
+    model_info(text)  # raises ArchitectureError with close matches
+    raise AssertionError("unreachable")
