@@ -37,6 +37,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     """
     import os
 
+    import numpy as np
+
     from odexport.errors import InputError
     from odexport.report.parity import parity_report
     from odexport.runtime import artifact_kind, open_runner
@@ -70,7 +72,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         run = run_candidate(runner, artifact, data.x, batch_sizes)
         if per_layer and artifact_kind(artifact) == "onnx":
             stage(f"per-layer values of {artifact}")
-            run.layer_values = onnx_layer_values(ref.model, artifact, data.x[: min(len(data.x), max(batch_sizes))], threads=threads)
+            batch = runner.inputs[0].shape[0]  # a fixed batch is the only one the graph runs
+            batch = batch if isinstance(batch, int) and batch > 0 else min(len(data.x), max(batch_sizes))
+            run.layer_values = onnx_layer_values(ref.model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads)
         runner.close()
         runs.append(run)
     info = getattr(ref, "checkpoint_info", None)
