@@ -1,0 +1,114 @@
+"""Exact-size batching, sample files, and interleaved timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from odexport.errors import InputError
+from odexport.runtime import InferenceError
+from odexport.runtime.batching import load_samples, random_samples, run_batched
+from odexport.runtime.onnxruntime_runner import OrtRunner
+from odexport.runtime.timing import interleaved_latencies
+from odexport.runtime.torch_runner import TorchRunner
+
+
+class BatchRecorder(nn.Module):
+    """Identity-like network that remembers every batch size it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x):
+        self.seen.append(x.shape[0])
+        return x.flatten(1) * 2
+
+
+def test_run_batched_uses_exact_batches_and_keeps_sample_order():
+    recorder = BatchRecorder()
+    runner = TorchRunner(recorder, input_shape=(1, 2, 2))
+    runner.model = recorder  # observe the calls on the module that actually runs
+    x = np.arange(5 * 4, dtype=np.float32).reshape(5, 1, 2, 2)
+    out = run_batched(runner, x, 2)["output"]
+    assert recorder.seen == [2, 2, 2], "the last chunk must be filled up to the batch size"
+    np.testing.assert_array_equal(out, x.reshape(5, 4) * 2)
+    recorder.seen.clear()
+    out = run_batched(runner, x, 8)["output"]
+    assert recorder.seen == [8], "fewer samples than the batch: samples are repeated to fill it"
+    np.testing.assert_array_equal(out, x.reshape(5, 4) * 2)
+
+
+def test_run_batched_reports_the_rejected_batch(tiny_onnx_fixed):
+    runner = OrtRunner(tiny_onnx_fixed)
+    x = random_samples(4, (3, 16, 16)).x
+    assert run_batched(runner, x, 2)["output"].shape == (4, 10)
+    with pytest.raises(InferenceError, match="expects 2"):
+        run_batched(runner, x, 1)
+
+
+def test_random_samples_are_seeded():
+    a, b, c = random_samples(3, (3, 4, 4), 7), random_samples(3, (3, 4, 4), 7), random_samples(3, (3, 4, 4), 8)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert not np.array_equal(a.x, c.x)
+    assert a.x.dtype == np.float32 and a.labels is None and a.describe()["seed"] == 7
+
+
+def test_load_samples_npz_with_labels_and_npy(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.array([0, 1, 2, 1]))
+    data = load_samples(tmp_path / "data.npz", (3, 8, 8))
+    np.testing.assert_array_equal(data.x, x)
+    np.testing.assert_array_equal(data.labels, [0, 1, 2, 1])
+    np.savez(tmp_path / "onehot.npz", x=x, labels=np.eye(3)[[0, 1, 2, 1]].astype(np.int64))
+    np.testing.assert_array_equal(load_samples(tmp_path / "onehot.npz").labels, [0, 1, 2, 1])
+    np.save(tmp_path / "one.npy", x[0])
+    assert load_samples(tmp_path / "one.npy", (3, 8, 8)).x.shape == (1, 3, 8, 8)
+
+
+def test_load_samples_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_samples(tmp_path / "none.npz")
+    np.savez(tmp_path / "nox.npz", images_wrong=np.zeros((1, 3, 8, 8)))
+    with pytest.raises(InputError, match="no array named x"):
+        load_samples(tmp_path / "nox.npz")
+    np.save(tmp_path / "shape.npy", np.zeros((2, 3, 9, 9), np.float32))
+    with pytest.raises(InputError, match="sample shape"):
+        load_samples(tmp_path / "shape.npy", (3, 8, 8))
+    np.savez(tmp_path / "badlabels.npz", x=np.zeros((2, 3, 8, 8), np.float32), y=np.zeros(3, np.int64))
+    with pytest.raises(InputError, match="labels"):
+        load_samples(tmp_path / "badlabels.npz")
+    (tmp_path / "text.txt").write_text("1 2 3")
+    with pytest.raises(InputError, match="neither .npy nor .npz"):
+        load_samples(tmp_path / "text.txt")
+
+
+def test_interleaved_latencies_rotate_and_drop_warmup():
+    calls: list[str] = []
+
+    def timer(name):
+        def run():
+            calls.append(name)
+            return float(len(calls))
+        return run
+
+    samples = interleaved_latencies({"a": timer("a"), "b": timer("b")}, warmup=2, iterations=3)
+    assert calls[:4] == ["a", "b", "a", "b"], "warm-up calls every timer"
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b"], "the first in a round rotates"
+    assert len(samples["a"]) == 3 and len(samples["b"]) == 3
+    assert min(samples["a"] + samples["b"]) > 4, "warm-up values are discarded"
+
+
+def test_interleaved_latencies_stop_after_max_seconds():
+    samples = interleaved_latencies({"x": lambda: 0.1}, warmup=0, iterations=10_000, max_seconds=0.0, min_iterations=5)
+    assert len(samples["x"]) == 5
+
+
+def test_real_timers_give_positive_latencies(tiny_net, tiny_onnx):
+    x = random_samples(2, (3, 16, 16)).x
+    timers = {"torch": TorchRunner(tiny_net, input_shape=(3, 16, 16)).timer(x),
+              "ort": OrtRunner(tiny_onnx, threads=1, allow_spinning=False).timer(x)}
+    samples = interleaved_latencies(timers, warmup=1, iterations=3)
+    assert all(v > 0 for values in samples.values() for v in values)

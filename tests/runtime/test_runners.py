@@ -1,0 +1,189 @@
+"""Runners: real torch modules and real onnxruntime sessions, checked against torch's own forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from odexport._optional import available
+from odexport.errors import InputError, MissingDependencyError
+from odexport.runtime import InferenceError, artifact_kind, capabilities, normalise_backend, open_runner
+from odexport.runtime.onnxruntime_runner import OrtRunner
+from odexport.runtime.torch_runner import TorchRunner
+
+
+def _x(batch=3, seed=1):
+    return np.random.default_rng(seed).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+
+
+def test_torch_runner_matches_eager_forward(tiny_net):
+    x = _x()
+    runner = TorchRunner(tiny_net, input_shape=(3, 16, 16))
+    with torch.no_grad():
+        expected = tiny_net(torch.from_numpy(x)).numpy()
+    out = runner.infer(x)
+    assert list(out) == ["output"]
+    np.testing.assert_array_equal(out["output"], expected)
+    assert runner.backend == "torch-cpu" and runner.precision == "fp32"
+    assert runner.outputs[0].name == "output" and runner.outputs[0].shape == ("batch", 10)
+
+
+def test_torch_runner_float64_is_a_copy_and_more_exact(tiny_net):
+    x = _x()
+    runner = TorchRunner(tiny_net, dtype="float64", input_shape=(3, 16, 16))
+    assert next(tiny_net.parameters()).dtype == torch.float32, "the caller's model must not be converted"
+    with torch.no_grad():
+        exact = tiny_net.double()(torch.from_numpy(x).double()).numpy()
+    tiny_net.float()
+    out = runner.infer(x)["output"]
+    assert out.dtype == np.float64 and runner.precision == "fp64"
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-12)
+
+
+def test_torch_runner_rejects_wrong_sample_shape(tiny_net):
+    runner = TorchRunner(tiny_net, input_shape=(3, 16, 16))
+    with pytest.raises(InputError, match="axis 1 has size 4"):
+        runner.infer(np.zeros((1, 4, 16, 16), np.float32))
+    with pytest.raises(InputError, match="rank 3"):
+        runner.infer(np.zeros((3, 16, 16), np.float32))
+
+
+def test_torch_runner_cuda_without_gpu_is_missing_dependency(tiny_net):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(MissingDependencyError):
+        TorchRunner(tiny_net, device="cuda")
+
+
+@pytest.mark.gpu
+def test_torch_runner_cuda_matches_cpu_and_times_with_events(tiny_net):
+    x = _x()
+    cpu = TorchRunner(tiny_net, input_shape=(3, 16, 16)).infer(x)["output"]
+    gpu = TorchRunner(tiny_net, device="cuda", input_shape=(3, 16, 16), cuda_graphs=True)
+    np.testing.assert_allclose(gpu.infer(x)["output"], cpu, atol=1e-4, rtol=1e-4)
+    timer = gpu.timer(x)
+    assert all(timer() > 0 for _ in range(3))
+
+
+def test_ort_runner_matches_torch(tiny_net, tiny_onnx):
+    x = _x(batch=5)
+    runner = OrtRunner(tiny_onnx, threads=1)
+    assert runner.backend == "onnxruntime-cpu" and runner.precision == "fp32"
+    assert runner.inputs[0].name == "input" and runner.inputs[0].shape[1:] == (3, 16, 16)
+    assert not isinstance(runner.inputs[0].shape[0], int), "the batch axis should be dynamic"
+    with torch.no_grad():
+        expected = tiny_net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runner.infer(x)["output"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ort_runner_casts_float64_input(tiny_onnx):
+    runner = OrtRunner(tiny_onnx)
+    x = _x()
+    np.testing.assert_array_equal(runner.infer(x.astype(np.float64))["output"], runner.infer(x)["output"])
+
+
+def test_ort_runner_baked_batch_is_rejected_with_a_clear_error(tiny_onnx_fixed):
+    runner = OrtRunner(tiny_onnx_fixed)
+    assert runner.inputs[0].shape[0] == 2
+    runner.infer(_x(batch=2))
+    with pytest.raises(InputError, match="axis 0 has size 3, the model expects 2"):
+        runner.infer(_x(batch=3))
+
+
+def test_ort_runner_graph_error_is_inference_error(tmp_path, tiny_net):
+    """A batch baked into a Reshape (dynamic input axis, constant inside) fails at run time."""
+    from tests.runtime._models import export_plain
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_net
+
+        def forward(self, x):
+            return self.net(x).reshape(2, 10) * 2
+
+    path = export_plain(Flat().eval(), tmp_path / "reshape.onnx")
+    runner = OrtRunner(path)
+    runner.infer(_x(batch=2))
+    with pytest.raises(InferenceError, match="onnxruntime failed"):
+        runner.infer(_x(batch=3))
+
+
+def test_ort_runner_spinning_off_and_threads_are_applied(tiny_onnx):
+    runner = OrtRunner(tiny_onnx, threads=1, allow_spinning=False)
+    timer = runner.timer(_x(batch=1))
+    values = [timer() for _ in range(3)]
+    assert all(v > 0 for v in values)
+
+
+def test_ort_runner_detects_fp16(tmp_path, tiny_onnx):
+    proto = onnx.load(tiny_onnx)
+    for init in proto.graph.initializer:
+        half = numpy_helper.to_array(init).astype(np.float16)
+        init.CopyFrom(numpy_helper.from_array(half, init.name))
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    path = tmp_path / "half.onnx"
+    onnx.save(proto, path)
+    runner = OrtRunner(path)
+    assert runner.precision == "fp16"
+    out = runner.infer(_x())["output"]  # float32 input is cast to the graph's float16
+    assert out.dtype == np.float16
+    ref = OrtRunner(tiny_onnx).infer(_x())["output"]
+    np.testing.assert_allclose(out.astype(np.float32), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_ort_runner_bad_file_is_input_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(InputError, match="cannot load"):
+        OrtRunner(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        OrtRunner(tmp_path / "missing.onnx")
+
+
+def test_ort_cuda_without_provider_is_missing_dependency(tiny_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(MissingDependencyError, match="CUDA execution provider"):
+        OrtRunner(tiny_onnx, device="cuda")
+
+
+def test_open_runner_dispatch(tiny_net, tiny_onnx, tmp_path):
+    assert isinstance(open_runner(tiny_net, input_shape=(3, 16, 16)), TorchRunner)
+    runner = open_runner(tiny_onnx)
+    assert isinstance(runner, OrtRunner) and runner.source == tiny_onnx
+    assert artifact_kind("model.plan") == "engine" and artifact_kind("model.pth.tar") == "checkpoint"
+    assert normalise_backend("ORT") == "onnxruntime" and normalise_backend("trt") == "tensorrt"
+    with pytest.raises(InputError, match="unknown backend"):
+        open_runner(tiny_onnx, backend="tvm")
+    with pytest.raises(InputError, match="build an engine"):
+        open_runner(tiny_onnx, backend="tensorrt")
+    with pytest.raises(InputError, match="export it first"):
+        open_runner(tiny_net, backend="onnxruntime")
+    with pytest.raises(InputError, match="does not exist"):
+        open_runner(tmp_path / "nothing.onnx")
+
+
+def test_open_runner_engine_without_tensorrt_is_exit_3(tmp_path):
+    if available("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT is available here")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 16)
+    with pytest.raises(MissingDependencyError) as info:
+        open_runner(engine)
+    assert info.value.exit_code == 3
+
+
+def test_capabilities_report_every_backend():
+    found = {c.backend: c for c in capabilities()}
+    assert set(found) == {"torch", "onnxruntime", "tensorrt"}
+    assert found["torch"].available and "cpu" in found["torch"].devices
+    assert found["onnxruntime"].available and "cpu" in found["onnxruntime"].devices
+    if not available("tensorrt"):
+        assert not found["tensorrt"].available and found["tensorrt"].detail
