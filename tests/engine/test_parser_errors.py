@@ -1,0 +1,57 @@
+"""Parser errors rendered with node index, name and operator; names completed from the ONNX (no TensorRT).
+
+The records are what :func:`issues_from_parser` copies out of ``trt.OnnxParser``; the completion
+of missing node names reads the real ONNX file the parser was given.
+"""
+
+from __future__ import annotations
+
+from odexport.engine.parser_errors import ParserIssue, complete_node_names, format_parser_issues, onnx_nodes, parser_error
+from odexport.errors import ExportError
+from tests.engine._onnx import conv_model, custom_op_model
+
+
+def test_every_error_is_one_line_with_its_node():
+    issues = [
+        ParserIssue("UNSUPPORTED_NODE", "Assertion failed: group must be static", 7, "layer2.conv/Conv", "Conv"),
+        ParserIssue("INVALID_NODE", "bad attribute", 12, "", "Softmax"),
+        ParserIssue("MODEL_DESERIALIZE_FAILED", "cannot read file"),
+    ]
+    text = format_parser_issues(issues, "model.onnx")
+    lines = text.splitlines()
+    assert lines[0] == "TensorRT's ONNX parser rejected model.onnx with 3 errors:"
+    assert lines[1] == "  node 7 'layer2.conv/Conv' (Conv): UNSUPPORTED_NODE: Assertion failed: group must be static"
+    assert lines[2] == "  node 12 (Softmax): INVALID_NODE: bad attribute"
+    assert lines[3] == "  model: MODEL_DESERIALIZE_FAILED: cannot read file"
+
+
+def test_errors_inside_a_function_body_name_the_function():
+    issue = ParserIssue("UNSUPPORTED_NODE", "no importer", 2, "n2", "Einsum", ("ODConv2d",))
+    assert issue.where() == "node 2 'n2' (Einsum) in function ODConv2d"
+
+
+def test_missing_node_names_come_from_the_onnx(tmp_path):
+    path = conv_model(tmp_path / "m.onnx")
+    assert onnx_nodes(path) == [("conv0", "Conv"), ("relu0", "Relu")]
+    completed = complete_node_names([ParserIssue("UNSUPPORTED_NODE", "x", 1), ParserIssue("INTERNAL_ERROR", "y")], path)
+    assert completed[0].node_name == "relu0" and completed[0].node_operator == "Relu"
+    assert completed[1].node_name == ""  # not tied to a node: left as it was
+
+
+def test_custom_domain_operators_are_qualified(tmp_path):
+    path = custom_op_model(tmp_path / "c.onnx")
+    assert onnx_nodes(path) == [("layer1.conv", "com.odexport::ODConv2d")]
+
+
+def test_parser_error_hint_for_custom_ops(tmp_path):
+    path = custom_op_model(tmp_path / "c.onnx")
+    issues = complete_node_names([ParserIssue("UNSUPPORTED_NODE", "Plugin not found, are the plugin name, version, and namespace correct?", 0)], path)
+    error = parser_error(issues, path)
+    assert isinstance(error, ExportError) and error.exit_code == 1
+    assert "node 0 'layer1.conv' (com.odexport::ODConv2d)" in str(error)
+    assert "--form decomposed" in error.hint and "--plugin" in error.hint
+
+
+def test_parser_error_without_errors_still_says_what_to_do(tmp_path):
+    error = parser_error([], tmp_path / "m.onnx")
+    assert "reported no error" in error.message and "onnx.checker" in error.hint
