@@ -1,0 +1,125 @@
+"""Report rendering (JSON, JUnit XML, Markdown, rich table, plot) and latency statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from odexport._optional import available
+from odexport.report.compare import ToleranceOverrides
+from odexport.report.latency import BenchEntry, BenchReport, LatencyStats
+from odexport.report.parity import parity_report
+from odexport.report.render import bench_plot, bench_table, parity_junit, parity_markdown, parity_table, write_atomic
+from odexport.runtime.parity import CandidateRun
+
+
+def _report():
+    rng = np.random.default_rng(0)
+    ref = {"output": rng.standard_normal((4, 10))}
+    good = CandidateRun("good.onnx", "onnxruntime-cpu", "fp32", ("batch", 3, 8, 8),
+                        outputs={1: {"output": ref["output"] + 1e-7}, 2: {"output": ref["output"] + 1e-7}})
+    bad = CandidateRun("bad.onnx", "onnxruntime-cpu", "fp32", (2, 3, 8, 8),
+                       outputs={2: {"output": ref["output"] + 0.1}},
+                       errors={1: "input 'input' axis 0 has size 1, the model expects 2"})
+    labels = np.argmax(ref["output"], axis=1)
+    return parity_report({"artifact": "ref.pt", "backend": "torch-cpu", "dtype": "float32"},
+                         {"source": "random", "count": 4, "shape": [3, 8, 8]}, [1, 2], ref, [good, bad],
+                         ToleranceOverrides(), labels)
+
+
+def test_parity_report_verdicts():
+    report = _report()
+    good, bad = report.candidates
+    assert good.passed and not bad.passed and not report.passed
+    assert "baked in" in bad.batches[0].error and "batch 2 is fixed" in bad.batches[0].error
+    assert not bad.batches[1].passed
+    assert good.accuracy.reference == 1.0 and good.accuracy.top1_agreement == 1.0
+
+
+def test_json_round_trip():
+    data = json.loads(json.dumps(_report().to_dict(), allow_nan=False))
+    assert data["passed"] is False
+    assert [c["passed"] for c in data["candidates"]] == [True, False]
+    out = data["candidates"][0]["batches"][0]["outputs"][0]
+    for key in ("max_abs", "max_rel", "mean_abs", "p99_abs", "cosine", "top1", "top5", "required_atol", "required_rtol", "tolerance"):
+        assert key in out
+
+
+def test_junit_parses_and_counts_failures():
+    root = ET.fromstring(parity_junit(_report()))
+    assert root.tag == "testsuites"
+    assert int(root.get("tests")) == 4 and int(root.get("failures")) == 2
+    suites = root.findall("testsuite")
+    assert [int(s.get("failures")) for s in suites] == [0, 2]
+    failures = suites[1].findall("testcase/failure")
+    assert any("baked in" in f.get("message") for f in failures)
+
+
+def test_markdown_and_table_show_every_row():
+    text = parity_markdown(_report())
+    assert "parity FAIL" in text and text.count("| good.onnx |") == 2 and "**Failures**" in text
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(parity_table(_report()))
+    rendered = console.export_text()
+    assert "good.onnx" in rendered and "FAIL" in rendered
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "report.xml"
+    write_atomic(target, "<a/>")
+    assert target.read_text() == "<a/>"
+    assert os.listdir(target.parent) == ["report.xml"]
+
+
+def test_latency_stats_match_numpy():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    stats = LatencyStats.from_samples(values, batch_size=8)
+    assert stats.p50_ms == 3.0 and stats.p90_ms == pytest.approx(np.percentile(values, 90))
+    assert stats.p99_ms == pytest.approx(np.percentile(values, 99)) and stats.min_ms == 1.0
+    assert stats.throughput == pytest.approx(8 / 0.003)
+    with pytest.raises(ValueError):
+        LatencyStats.from_samples([], 1)
+
+
+def _bench():
+    report = BenchReport(settings={"iterations": 3})
+    report.entries.append(BenchEntry("od.onnx", "candidate", "onnxruntime-cpu", 1, LatencyStats.from_samples([4, 4, 4], 1)))
+    report.entries.append(BenchEntry("twin", "baseline", "onnxruntime-cpu", 1, LatencyStats.from_samples([2, 2, 2], 1), "od.onnx"))
+    report.entries.append(BenchEntry("od.onnx", "candidate", "onnxruntime-cpu", 8, LatencyStats.from_samples([9, 9], 8)))
+    return report
+
+
+def test_bench_ratio_and_json():
+    report = _bench()
+    data = json.loads(json.dumps(report.to_dict()))
+    rows = data["results"]
+    assert rows[0]["ratio_to_baseline"] == 2.0 and rows[2]["ratio_to_baseline"] is None
+    assert "ratio_to_baseline" not in rows[1]
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(bench_table(report))
+    assert "2.00x" in console.export_text()
+
+
+@pytest.mark.skipif(not available("matplotlib"), reason="matplotlib is not installed (pip install 'odexport[plot]')")
+def test_bench_plot_writes_a_png(tmp_path):
+    path = bench_plot(_bench(), tmp_path / "latency.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["latency.png"]
+
+
+def test_bench_plot_without_matplotlib_is_exit_3(tmp_path):
+    if available("matplotlib"):
+        pytest.skip("matplotlib is installed")
+    from odexport.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError) as info:
+        bench_plot(_bench(), tmp_path / "latency.png")
+    assert info.value.exit_code == 3 and not (tmp_path / "latency.png").exists()
