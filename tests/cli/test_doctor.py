@@ -1,0 +1,86 @@
+"""``odexport doctor``: what this machine can do, as text and as JSON; always exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import onnxruntime
+import torch
+from typer.testing import CliRunner
+
+from odexport._optional import available
+from odexport.cli.app import app
+from odexport.cli.commands.doctor import render_report
+
+
+def _doctor(*args, env=None):
+    return subprocess.run([sys.executable, "-c", "from odexport.cli import main; main()", "doctor", *args],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_json_report_matches_this_machine(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "libodexport_plugin.so").write_bytes(b"")
+    result = _doctor("--json", env={"ODEXPORT_PLUGIN_PATH": str(plugins)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["cpu_count"] == os.cpu_count()
+    assert report["torch"]["version"] == torch.__version__
+    assert report["torch"]["cuda_available"] == torch.cuda.is_available()
+    assert len(report["torch"]["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert report["onnxruntime"]["version"] == onnxruntime.__version__
+    assert report["onnxruntime"]["providers"] == onnxruntime.get_available_providers()
+    assert report["onnx"] and report["onnxscript"]
+    trt = report["tensorrt"]
+    assert trt["available"] == available("tensorrt")
+    if not trt["available"]:
+        assert "tensorrt" in trt["why_missing"] and trt["install"] == "pip install 'odexport[trt]'"
+    else:
+        assert trt["version"]
+    assert [os.path.basename(p["path"]) for p in report["plugin_libraries"]] == ["libodexport_plugin.so"]
+    assert report["can"]["export_onnx"] is True
+    assert report["can"]["tensorrt_engines"] == bool(trt.get("usable"))
+
+
+def test_text_report_exits_0_and_covers_every_section():
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0
+    text = result.output
+    for heading in ("torch", "CUDA", "onnxruntime", "onnx ", "onnxscript", "TensorRT", "plugins", "can "):
+        assert heading in text, heading
+    if not available("tensorrt"):
+        assert "TensorRT     not available" in text and "pip install 'odexport[trt]'" in text
+    if not torch.cuda.is_available():
+        assert "GPUs         none" in text
+
+
+def test_render_survives_failed_probes():
+    lines = render_report({
+        "odexport": "0", "python": "3", "platform": "p", "cpu_count": 1,
+        "torch": {"error": "ImportError: broken"}, "onnxruntime": {"error": "ImportError: gone"},
+        "tensorrt": {"error": "OSError: libnvinfer.so"}, "plugin_libraries": {"error": "PermissionError"}, "can": {},
+    })
+    text = "\n".join(lines)
+    assert "torch        not usable: ImportError: broken" in text
+    assert "onnxruntime  not usable" in text and "TensorRT     probe failed" in text and "search failed" in text
+    assert render_report({"error": "boom"}) == ["odexport doctor could not inspect this machine: boom"]
+
+
+def test_render_of_a_gpu_machine_with_tensorrt():
+    lines = render_report({
+        "odexport": "0.1.0", "python": "3.11", "platform": "Linux", "cpu_count": 16,
+        "torch": {"version": "2.13.0", "cuda_build": "12.8", "cuda_available": True, "cudnn": 91000,
+                  "gpus": [{"index": 0, "name": "NVIDIA H100", "compute_capability": "9.0", "memory_gib": 79.1}]},
+        "onnx": "1.23", "onnxscript": "0.7", "onnxruntime": {"version": "1.32", "providers": ["CUDAExecutionProvider"]},
+        "tensorrt": {"available": True, "version": "10.13.0.35", "usable": True, "strongly_typed_builds": True,
+                     "fp16_builder_flag": True, "parser_plugin_override": False, "python_plugins": True},
+        "plugin_libraries": [], "can": {"tensorrt_engines": True},
+    })
+    text = "\n".join(lines)
+    assert "GPU 0        NVIDIA H100, compute capability 9.0, 79.1 GiB" in text
+    assert "TensorRT     10.13.0.35 (strongly typed builds, BuilderFlag.FP16, no parser plugin override (needs >= 10.15)" in text
+    assert "TensorRT engines yes" in text
