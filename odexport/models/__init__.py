@@ -19,11 +19,11 @@ Each family also registers a ``*_tiny`` variant (``tiny=True``) used by the test
 :func:`static_twin` turns any of them into the plain-convolution baseline of the benchmarks.
 """
 
-from odexport.models._registry import ModelInfo, create_model, list_models, model_info, register_model
+from odexport.models._registry import ModelInfo, close_matches, create_model, list_models, model_info, register_model
 from odexport.models.twin import static_twin
 
 # Importing the family modules registers their builders.
 from odexport.models import od_resnet, od_mobilenetv2, dy_resnet, ta_resnet, ta_mobilenetv2  # noqa: E402,F401
 from odexport.models import dy_mobilenet, dy_resnet_paper  # noqa: E402,F401
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "static_twin"]
+__all__ = ["ModelInfo", "close_matches", "create_model", "list_models", "model_info", "register_model", "static_twin"]

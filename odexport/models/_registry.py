@@ -91,8 +91,17 @@ def register_model(
     return decorate
 
 
+def close_matches(name: str, limit: int = 5) -> list[str]:
+    """Registered names that contain ``name`` (``dy_resnet10`` -> ``dy_resnet10_paper``), then
+    the most similar ones by ``difflib``; at most ``limit``."""
+    lowered = name.lower()
+    containing = sorted(n for n in _REGISTRY if lowered and lowered in n)
+    similar = difflib.get_close_matches(lowered, list(_REGISTRY), n=limit, cutoff=0.5)
+    return list(dict.fromkeys(containing + similar))[:limit]
+
+
 def _unknown(name: str) -> ArchitectureError:
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+    close = close_matches(name)
     if close:
         hint = "did you mean " + ", ".join(close) + "? (`odexport.models.list_models()` lists all)"
     else:
