@@ -176,11 +176,12 @@ class DyConv2d(nn.Module):
         if spec.get("type") != "DyConv2d":
             raise ValueError(f"deploy spec of type {spec.get('type')!r} does not describe a DyConv2d")
         att = spec["attention"]
-        if int(att["hidden"]) != self.attention.fc1.out_channels:
-            raise ValueError(f"deploy spec has attention width {att['hidden']}, the layer {self.attention.fc1.out_channels}")
-        kernel_num = int(spec["kernel_num"])
-        if kernel_num != self.num_kernels:
-            raise ValueError(f"deploy spec has K={kernel_num}, the layer K={self.num_kernels}")
+        kernel_num, hidden = int(spec["kernel_num"]), int(att["hidden"])
+        if kernel_num != self.num_kernels or hidden != self.attention.fc1.out_channels:
+            # a checkpoint with its own K or attention width (the loader conforms to it)
+            self.attention = DyAttention(self.in_channels, hidden, kernel_num, bool(att["fc1_bias"]), bool(att["fc2_bias"]), self.temperature)
+            self.weight = nn.Parameter(torch.empty(kernel_num, *self.weight.shape[1:]))
+            self.num_kernels = kernel_num
         out_channels = self.out_channels
         self.bias = nn.Parameter(torch.empty(kernel_num, out_channels)) if spec["bias"] else None
         self.static_bias = nn.Parameter(torch.empty(out_channels)) if spec["static_bias"] else None

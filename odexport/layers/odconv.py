@@ -105,6 +105,8 @@ class ODConvAttention(nn.Module):
 
     def head_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Pre-temperature logits per head, flat ``(B, N)``; ``None`` for skipped heads."""
+        if self.heads is None and all(self.head(name) is None for name in HEAD_NAMES):
+            return dict.fromkeys(HEAD_NAMES)  # every head folded away: nothing to compute
         h = self.hidden(x)
         batch = h.shape[0]
         fused: dict[str, torch.Tensor] = {}
@@ -142,17 +144,20 @@ class ODConvAttention(nn.Module):
         Used to rebuild a deploy model before ``load_state_dict(strict=True)`` fills the values.
         """
         hidden = int(spec["hidden"])
-        if hidden != self.fc.out_channels:
-            raise ValueError(f"deploy spec has attention width {hidden}, the layer {self.fc.out_channels}")
+        if hidden != self.fc.out_channels:  # a checkpoint with its own width (the loader conforms to it)
+            self.attention_channels = hidden
+            self.fc = nn.Conv2d(self.in_planes, hidden, 1, bias=False)
+            self.bn = nn.BatchNorm2d(hidden)
         self.fc.bias = nn.Parameter(torch.empty(hidden)) if spec["fc_bias"] else None
         if not spec["bn"]:
             self.bn = None
         elif self.bn is None:
             self.bn = nn.BatchNorm2d(hidden)
         for name in HEAD_NAMES:
+            conv = self.head(name)
             if name not in spec["heads"]:
                 setattr(self, f"{name}_fc", None)
-            elif self.head(name) is None:
+            elif conv is None or conv.in_channels != hidden or conv.out_channels != self.head_size(name):
                 setattr(self, f"{name}_fc", nn.Conv2d(hidden, self.head_size(name), 1, bias=True))
         if spec["fused"]:
             sizes = tuple((str(name), int(size)) for name, size in spec["fused"])

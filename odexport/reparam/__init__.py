@@ -153,6 +153,7 @@ def reparameterise(
     calibration: Any = None,
     freeze_below: float | None = None,
     check_input: Any = None,
+    dy_shift: str = "auto",
 ) -> ReparamReport:
     """Return a deploy copy of ``model`` with the chosen passes applied, and what each pass did.
 
@@ -160,7 +161,9 @@ def reparameterise(
     (``(N, C, H, W)`` array) with ``freeze_below`` adds ``freeze-low-spread``; calibration alone
     measures and reports each layer's attention spread without freezing.  ``check_input`` (or,
     if absent, ``calibration``) is run through the model before and after the exact passes and
-    the relative deviation is reported in ``report.check``.  ``model`` itself is never modified.
+    the relative deviation is reported in ``report.check``.  ``dy_shift`` says where ``fold-bn``
+    puts a BatchNorm shift for a DY-Conv without a dynamic bias (see :class:`FoldFollowingBN`).
+    ``model`` itself is never modified.
     """
     names = resolve_passes(passes)
     if freeze_below is not None and calibration is None:
@@ -188,6 +191,8 @@ def reparameterise(
                 check = _check(work, check_t, reference)
             result = FreezeLowSpread(calibration_t, freeze_below).apply(work)
             freeze_report = result.extras or None
+        elif name == FoldFollowingBN.name:
+            result = FoldFollowingBN(dy_shift=dy_shift).apply(work)
         else:
             result = EXACT_PASSES[name]().apply(work)
         results.append(result)

@@ -204,5 +204,14 @@ def same_dtype_param(value: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(value.to(dtype=like.dtype, device=like.device).contiguous())
 
 
+def unreplaceable_reason(name: str, layer: nn.Module) -> str | None:
+    """Why the dynamic layer at ``name`` cannot be swapped for a plain ``nn.Conv2d``, or ``None``."""
+    if not name:
+        return "the layer is the model's root module; wrap it in a module to replace it"
+    if type(layer) not in DYNAMIC_CONV_TYPES:
+        return f"{type(layer).__name__} subclasses a dynamic conv (its call signature may differ from nn.Conv2d's); kept dynamic"
+    return None
+
+
 def fmt(value: float) -> str:
     return f"{value:.4g}"

@@ -17,6 +17,7 @@ from odexport.reparam.base import (
     ReparamPass,
     replace_module,
     require_dynamic_convs,
+    unreplaceable_reason,
     require_eval_batchnorm,
     same_dtype_param,
 )
@@ -157,8 +158,6 @@ class CollapseDegenerate(ReparamPass):
         constant = _constant_heads(layer)
         if not constant:
             return LayerNote(name, False, f"every head ({', '.join(layer.attention.present_heads())}) depends on the input")
-        if not name and len(constant) == len(layer.attention.present_heads()):
-            return LayerNote(name, False, "the layer is the model's root module and would become a Conv2d; wrap it in a module to collapse it")
         values = evaluate_attentions(layer)
         folded = Attentions(*(getattr(values, h)[0] if h in constant else None for h in HEAD_NAMES))
         old_k = layer.weight.shape[0]
@@ -170,6 +169,9 @@ class CollapseDegenerate(ReparamPass):
         k_change = f", K {old_k} -> 1" if weight.shape[0] != old_k else ""
         if layer.attention.present_heads():
             return LayerNote(name, True, f"constant {', '.join(constant)} attention folded into the kernels{k_change} ({detail})")
+        blocked = unreplaceable_reason(name, layer)
+        if blocked:
+            return LayerNote(name, True, f"every attention is constant and folded into the kernels{k_change} ({detail}); kept as ODConv2d: {blocked}")
         bias = None if layer.static_bias is None else layer.static_bias.double()
         replace_module(model, name, static_conv_from(layer, weight[0], bias))
         return LayerNote(name, True, f"every attention is constant ({detail}): replaced by a static Conv2d")
@@ -184,8 +186,9 @@ class CollapseDegenerate(ReparamPass):
             why = "attention.fc1 weight is all zero, so the kernel attention is constant"
         else:
             return LayerNote(name, False, f"the kernel attention over K = {layer.weight.shape[0]} depends on the input")
-        if not name:
-            return LayerNote(name, False, f"{why}, but the layer is the model's root module; wrap it in a module to collapse it")
+        blocked = unreplaceable_reason(name, layer)
+        if blocked:
+            return LayerNote(name, False, f"{why}, but {blocked}")
         ka = evaluate_attentions(layer).kernel[0]
         weight = fold_attentions_into_kernels(layer.weight.double(), layer.groups, Attentions(kernel=ka))[0]
         bias = None

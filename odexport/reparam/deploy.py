@@ -120,11 +120,13 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
     meta = metadata(model)
     source_path = _info_get(source_info, "path")
     input_shape = _info_get(source_info, "input_shape")
+    from_factory = _info_get(source_info, "layout") == "factory" or _info_get(source_info, "source") == "factory"
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "odexport_version": __version__,
         "source": {"path": None if source_path is None else str(source_path), "sha256": _info_get(source_info, "sha256")},
-        "arch": _info_get(source_info, "arch"),
+        "arch": None if from_factory else _info_get(source_info, "arch"),
+        "factory": _info_get(source_info, "arch") if from_factory else None,
         "model_kwargs": dict(_info_get(source_info, "model_kwargs") or {}),
         "layout": _info_get(source_info, "layout"),
         "input_shape": None if input_shape is None else list(input_shape),
@@ -132,6 +134,8 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
         "passes": list(meta["passes"]),
         "pass_results": [] if report is None else report.to_dict(notes=False)["passes"],
         "original_temperatures": dict(meta["original_temperatures"]),
+        "temperature_folded": "fold-temperature" in meta["passes"],
+        "temperature": _uniform(meta["original_temperatures"].values()),
         "layers": {name: layer.deploy_spec() for name, layer in dynamic_convs(model)},
         "replaced": {name: module_spec(model.get_submodule(name)) for name in meta["replaced"]},
         "params": {"source": None if report is None else report.params_before, "deploy": count_params(model)},
@@ -144,6 +148,11 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
     return manifest
+
+
+def _uniform(values) -> float | None:
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_info: Any = None) -> Path:
@@ -173,12 +182,13 @@ def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_i
 # --------------------------------------------------------------------------- loading
 
 
-def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None) -> nn.Module:
+def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None, factory: str | None = None) -> nn.Module:
     """Rebuild the deploy model from a loaded deploy checkpoint (eval mode).
 
-    ``model``: a freshly built source-architecture model to restructure (needed when the manifest
-    names no architecture, e.g. a model built with ``--factory``); by default
-    ``odexport.models.create_model(arch, **model_kwargs)``.
+    By default the source architecture is ``odexport.models.create_model(arch, **model_kwargs)``.
+    A deploy file made from a ``--factory`` model records the factory but never imports it on its
+    own (a file must not decide which code runs): pass ``factory`` (the same ``module:function``)
+    to rebuild it, or ``model``, a freshly built source-architecture model to restructure.
     """
     if not is_deploy_checkpoint(obj) or "state_dict" not in obj:
         raise CheckpointError("not an odexport deploy checkpoint (no 'odexport_deploy' manifest and 'state_dict')", "write one with `odexport reparam`")
@@ -186,10 +196,14 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None)
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"deploy checkpoint format {version!r} is newer than this odexport reads ({FORMAT_VERSION})", "upgrade odexport")
+    if model is None and factory:
+        model = _model_from_factory(factory)
     if model is None:
         arch = manifest.get("arch")
         if not arch:
-            raise CheckpointError("the deploy checkpoint names no architecture (its source was built by a factory)", "rebuild it with model_from_deploy(obj, model=<fresh model>) or pass --factory")
+            recorded = manifest.get("factory")
+            hint = f"pass --factory {recorded} (the factory it was made with)" if recorded else "rebuild it with model_from_deploy(obj, model=<fresh source model>)"
+            raise CheckpointError("the deploy checkpoint names no zoo architecture" + (f" (its source was built by --factory {recorded})" if recorded else ""), hint)
         from odexport.models import create_model
 
         model = create_model(arch, **(manifest.get("model_kwargs") or {}))
@@ -218,7 +232,15 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None)
     return model
 
 
-def load_deploy(path: str | os.PathLike, *, model: nn.Module | None = None) -> nn.Module:
+def _model_from_factory(factory: str) -> nn.Module:
+    """The user's architecture with its reference layers swapped for odexport's, as the loader builds it."""
+    from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
+
+    model = convert_reference_layers(build_from_factory(factory)).model
+    return TemperatureArgModel(model) if needs_temperature_argument(model) else model
+
+
+def load_deploy(path: str | os.PathLike, *, model: nn.Module | None = None, factory: str | None = None) -> nn.Module:
     """``torch.load(path, weights_only=True)`` then :func:`model_from_deploy`."""
     try:
         obj = torch.load(Path(path), weights_only=True, map_location="cpu")
@@ -226,7 +248,7 @@ def load_deploy(path: str | os.PathLike, *, model: nn.Module | None = None) -> n
         raise CheckpointError(f"deploy checkpoint {path} does not exist", "check the path") from None
     except Exception as exc:  # noqa: BLE001 - unreadable or unsafe file
         raise CheckpointError(f"cannot read deploy checkpoint {path}: {type(exc).__name__}", "write it again with `odexport reparam`") from None
-    return model_from_deploy(obj, model=model)
+    return model_from_deploy(obj, model=model, factory=factory)
 
 
 __all__ = ["DEPLOY_KEY", "FORMAT_VERSION", "deploy_manifest", "is_deploy_checkpoint", "load_deploy", "model_from_deploy", "module_spec", "save_deploy"]

@@ -145,16 +145,24 @@ class FoldFollowingBN(ReparamPass):
 
         s * y + t = conv(x, W_b') + sum_k a_k (s * b_k + t) + s * c
 
-    hence ``b_k' = s * b_k + t`` for every k (a dynamic bias ``b = 0`` is created when the layer
-    had none) and ``static_bias' = s * c`` if present.  The deploy layer keeps the public
-    reference structure (a dynamic bias is a normal DY-Conv parameter).  (A sigmoid-routed
-    CondConv, whose attentions do not sum to 1, would need a static bias instead.)
+    hence ``b_k' = s * b_k + t`` for every k and ``static_bias' = s * c`` if present.  A layer
+    without a dynamic bias (``b = 0``) gets, with ``dy_shift="dynamic"``, a new dynamic bias
+    ``b_k' = t`` for every k (the public reference structure: a dynamic bias is a normal DY-Conv
+    parameter), or, with the default ``dy_shift="auto"``, the static bias ``static_bias' = s * c + t``
+    -- also exact (``s * y + t = conv(x, W_b') + (s * c + t)`` needs no ``sum_k a_k = 1``) and
+    cheaper: O parameters instead of K * O and no per-sample bias mix.  (A sigmoid-routed CondConv,
+    whose attentions do not sum to 1, could only take the static form.)
 
     Folds are computed in float64 and stored in the parameter dtype.
     """
 
     name = "fold-bn"
     summary = "fold a BatchNorm that directly follows a dynamic conv into its kernels and bias"
+
+    def __init__(self, dy_shift: str = "auto"):
+        if dy_shift not in ("auto", "dynamic"):
+            raise ValueError(f"dy_shift must be 'auto' or 'dynamic', got {dy_shift!r}")
+        self.dy_shift = dy_shift
 
     def requires(self, model: nn.Module) -> None:
         require_dynamic_convs(model)
@@ -177,9 +185,8 @@ class FoldFollowingBN(ReparamPass):
                 notes.append(LayerNote(name, False, f"{pair.bn}: {reason}"))
                 continue
             scale, shift = batchnorm_scale_shift(bn)
-            fold_following_batchnorm(layer, scale, shift)
+            where = fold_following_batchnorm(layer, scale, shift, self.dy_shift)
             replace_module(model, pair.bn, nn.Identity())
-            where = "the static bias after the filter attention" if isinstance(layer, ODConv2d) else "every dynamic bias"
             notes.append(LayerNote(name, True, f"{pair.bn} folded: kernels scaled, shift into {where} ({pair.how}); {pair.bn} is now Identity"))
         self.extras = {"folded": {note.layer: pairs[note.layer].bn for note in notes if note.applied}}
         return notes
@@ -192,22 +199,22 @@ class FoldFollowingBN(ReparamPass):
                 raise PostconditionError(f"{folded[conv_name]} was folded but is not Identity")
             if isinstance(layer, ODConv2d) and layer.static_bias is None:
                 raise PostconditionError(f"{conv_name}: no static bias after folding its BatchNorm")
-            if isinstance(layer, DyConv2d) and layer.bias is None:
-                raise PostconditionError(f"{conv_name}: no dynamic bias after folding its BatchNorm")
+            if isinstance(layer, DyConv2d) and layer.bias is None and layer.static_bias is None:
+                raise PostconditionError(f"{conv_name}: no bias took the BatchNorm shift")
 
 
-def fold_following_batchnorm(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    """Apply ``s * layer(x) + t`` to the layer's parameters (see :class:`FoldFollowingBN`)."""
+def fold_following_batchnorm(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor, dy_shift: str = "auto") -> str:
+    """Apply ``s * layer(x) + t`` to the layer's parameters (see :class:`FoldFollowingBN`); says where ``t`` went."""
     weight = layer.weight.double() * scale.reshape(1, -1, 1, 1, 1)
     static = None if layer.static_bias is None else layer.static_bias.double()
-    if isinstance(layer, ODConv2d):
-        layer.weight = same_dtype_param(weight, layer.weight)
+    layer.weight = same_dtype_param(weight, layer.weight)
+    if isinstance(layer, ODConv2d) or (layer.bias is None and dy_shift == "auto"):
         new_static = shift if static is None else scale * static + shift
         layer.static_bias = same_dtype_param(new_static, layer.weight)
-        return
-    num_kernels = layer.weight.shape[0]
-    dyn = layer.bias.double() if layer.bias is not None else torch.zeros(num_kernels, scale.numel(), dtype=torch.float64, device=scale.device)
-    layer.weight = same_dtype_param(weight, layer.weight)
+        return "the static bias after the filter attention" if isinstance(layer, ODConv2d) else "a static bias (the layer has no dynamic bias)"
+    created = layer.bias is None
+    dyn = torch.zeros(layer.weight.shape[0], scale.numel(), dtype=torch.float64, device=scale.device) if created else layer.bias.double()
     layer.bias = same_dtype_param(dyn * scale.reshape(1, -1) + shift.reshape(1, -1), layer.weight)
     if static is not None:
         layer.static_bias = same_dtype_param(scale * static, layer.weight)
+    return "every dynamic bias (created)" if created else "every dynamic bias"

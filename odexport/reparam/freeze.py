@@ -17,6 +17,7 @@ from odexport.reparam.base import (
     fmt,
     replace_module,
     require_dynamic_convs,
+    unreplaceable_reason,
     require_eval_batchnorm,
 )
 from odexport.reparam.collapse import fold_attentions_into_kernels, static_conv_from
@@ -159,8 +160,8 @@ class FreezeLowSpread(ReparamPass):
             elif spread >= self.eps:
                 worst = max(head_spreads, key=head_spreads.get)
                 record["reason"] = f"spread {fmt(spread)} >= eps {fmt(self.eps)} (most varying head: {worst})"
-            elif not name:
-                record["reason"] = "the layer is the model's root module; wrap it in a module to freeze it"
+            elif unreplaceable_reason(name, layer):
+                record["reason"] = f"spread {fmt(spread)} < eps {fmt(self.eps)}, but {unreplaceable_reason(name, layer)}"
             else:
                 mean = Attentions(*(st.mean(h) if h in st.sums else None for h in HEADS))
                 candidates[name] = frozen_conv(layer, mean)

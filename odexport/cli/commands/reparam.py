@@ -1,0 +1,168 @@
+"""``odexport reparam``: reparameterise a checkpoint for inference and write a deploy checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    InputShapeOption,
+    KernelNumOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
+from odexport.cli.app import app
+
+_PASSES_HELP = (
+    "Comma-separated passes to run (always in this order): fold-attention-bn, fold-temperature, fold-bn, "
+    "collapse-degenerate, fuse-heads; 'default' = all five, 'none' = just write the deploy file. "
+    "freeze-low-spread is added by --calibration."
+)
+
+
+@app.command()
+def reparam(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint to reparameterise (any layout `odexport inspect` reads).", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Deploy checkpoint to write (loads with torch.load(weights_only=True)).", show_default=False)],
+    passes: Annotated[str, typer.Option(help=_PASSES_HELP)] = "default",
+    explain: Annotated[bool, typer.Option("--explain", help="Print what each pass did and skipped, layer by layer.")] = False,
+    calibration: Annotated[Optional[str], typer.Option(help="Calibration inputs (.npy (N,C,H,W) or .npz with 'x'): measure each layer's attention spread.", show_default=False)] = None,
+    freeze_below: Annotated[Optional[float], typer.Option(help="With --calibration: replace layers whose attention spread is below EPS by a static conv (approximate; every frozen layer is reported).", show_default=False, min=0.0)] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Run seeded random inputs through the source and the deploy model and fail (exit 2, nothing written) if the exact passes changed the outputs by more than --tolerance.")] = True,
+    tolerance: Annotated[float, typer.Option(help="Largest relative deviation max|deploy - source| / max|source| the check accepts.", min=0.0)] = 1e-4,
+    dy_bn_shift: Annotated[str, typer.Option(help="Where fold-bn puts a BatchNorm shift for a DY-Conv without a dynamic bias: 'auto' (a static bias, O values) or 'dynamic' (a new dynamic bias, K*O values).")] = "auto",
+    input_shape: InputShapeOption = None,
+    arch: ArchOption = None,
+    kernel_num: KernelNumOption = None,
+    temperature: TemperatureOption = None,
+    trust_pickle: TrustPickleOption = False,
+    factory: FactoryOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Fold, fuse and collapse a trained model's inference-time structure; write a deploy checkpoint.
+
+    The five default passes preserve the outputs exactly (up to float rounding); --calibration with
+    --freeze-below adds an approximate pass and reports the deviation it causes.  Every other
+    command (inspect, run, onnx, trt, check) accepts the deploy checkpoint.
+    """
+    from odexport.cli._common import console, run_command, stages
+
+    def action() -> None:
+        from odexport.cli._options import parse_input_shape
+        from odexport.errors import InputError, ParityError
+        from odexport.pipeline import model_from_checkpoint
+        from odexport.reparam import reparameterise, resolve_passes
+        from odexport.reparam.deploy import save_deploy
+        from odexport.runtime.batching import load_samples, random_samples
+
+        if dy_bn_shift not in ("auto", "dynamic"):
+            raise InputError(f"--dy-bn-shift {dy_bn_shift!r} is not 'auto' or 'dynamic'", "use --dy-bn-shift auto or --dy-bn-shift dynamic")
+        if freeze_below is not None and calibration is None:
+            raise InputError("--freeze-below needs --calibration", "give the calibration inputs with --calibration FILE")
+        pass_names = resolve_passes(passes)
+        with stages(quiet or json_output) as stage:
+            stage(f"load {checkpoint}")
+            loaded = model_from_checkpoint(checkpoint, arch=arch, kernel_num=kernel_num, temperature=temperature,
+                                           trust_pickle=trust_pickle, factory=factory)
+            shape = parse_input_shape(input_shape) if input_shape else loaded.info.input_shape
+            calib = None
+            if calibration is not None:
+                stage(f"read calibration inputs {calibration}")
+                calib = load_samples(calibration, shape).x
+            check_x = None
+            if check:
+                if shape is None:
+                    raise InputError("the input shape of this model is unknown, so the output check cannot run",
+                                     "give --input-shape CxHxW, or skip the check with --no-check")
+                check_x = random_samples(2, tuple(shape), seed=0).x
+            stage("reparameterise")
+            report = reparameterise(loaded.model, pass_names, calibration=calib, freeze_below=freeze_below,
+                                    check_input=check_x, dy_shift=dy_bn_shift)
+            deviation = None if report.check is None else report.check["max_relative_deviation"]
+            if deviation is not None and not deviation <= tolerance:
+                raise ParityError(
+                    f"the reparameterised model deviates from the source by {deviation:.3g} (relative) on random inputs, "
+                    f"above the tolerance {tolerance:g}; nothing was written",
+                    "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
+                )
+            stage(f"write {output}")
+            path = save_deploy(report.model, report, output, loaded.info)
+
+        if json_output:
+            from odexport.cli._common import print_json
+
+            print_json({"output": str(path), "source": str(loaded.info.path) if loaded.info.path else None, **report.to_dict(notes=explain)})
+            return
+        if explain:
+            console.print(_explain_table(report))
+        if report.freeze is not None:
+            console.print(_freeze_table(report.freeze))
+        for result in report.results:
+            if result.precondition_failed:
+                console.print(f"[yellow]pass {result.name} did not run:[/] {result.precondition_failed}", markup=True, highlight=False)
+        _print_summary(console, report, path, deviation)
+
+    run_command(action)
+
+
+def _explain_table(report):
+    from rich.table import Table
+
+    table = Table(title="what each pass did", show_lines=False)
+    table.add_column("pass")
+    table.add_column("layer")
+    table.add_column("", no_wrap=True)
+    table.add_column("detail")
+    for result in report.results:
+        if result.precondition_failed:
+            table.add_row(result.name, "(model)", "[yellow]not run[/]", result.precondition_failed)
+            continue
+        if not result.notes:
+            table.add_row(result.name, "", "", "no candidate layer")
+        for note in result.notes:
+            table.add_row(result.name, note.layer or "<root>", "[green]applied[/]" if note.applied else "[dim]skipped[/]", note.detail)
+        table.add_section()
+    return table
+
+
+def _freeze_table(freeze):
+    from rich.table import Table
+
+    eps = freeze.get("eps")
+    title = (f"attention spread on {freeze['samples']} calibration samples"
+             + (f" (freeze below {eps:g}; model output deviation {freeze['output_deviation']:.3g})" if eps is not None else " (measured only)"))
+    table = Table(title=title)
+    for column in ("layer", "spread", "frozen", "params saved", "MACs saved", "layer deviation"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for rec in freeze["layers"]:
+        spread = rec.get("spread")
+        frozen = rec.get("frozen")
+        table.add_row(
+            rec["layer"], "-" if spread is None else f"{spread:.3g}", "[bold]yes[/]" if frozen else "no",
+            f"{rec['params_saved']:,}" if frozen else "", f"{rec['macs_saved']:,}" if frozen else "",
+            f"{rec['layer_deviation']:.3g}" if frozen else "",
+        )
+    return table
+
+
+def _print_summary(console, report, path, deviation) -> None:
+    applied = report.passes_applied
+    matmuls = sum(row["attention_matmuls"] for row in report.attention)
+    console.print(f"wrote {path}", markup=False)
+    console.print(f"passes applied: {', '.join(applied) if applied else 'none'}", markup=False)
+    console.print(f"parameters: {report.params_before:,} -> {report.params_after:,} "
+                  f"({report.params_after - report.params_before:+,}); attention matmuls per sample: {matmuls} "
+                  f"in {len(report.attention)} dynamic layers", markup=False)
+    if deviation is not None:
+        console.print(f"max relative deviation from the source on {report.check['inputs'][0]} random inputs: {deviation:.3g}", markup=False)
+    if report.freeze is not None:
+        frozen = [rec["layer"] for rec in report.freeze["layers"] if rec.get("frozen")]
+        if frozen:
+            console.print(f"[bold yellow]frozen (approximate):[/] {len(frozen)} layer(s): {', '.join(frozen)}; "
+                          f"model output deviation on the calibration set {report.freeze['output_deviation']:.3g}", markup=True, highlight=False)
+        else:
+            console.print("no layer frozen", markup=False)
