@@ -24,6 +24,64 @@ def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None,
                            factory=factory, prefer_ema=prefer_ema)
 
 
+def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads=None, arch=None, temperature=None,
+                 trust_pickle: bool = False, factory=None):
+    """Run a checkpoint (or module, ONNX file, engine) on an input batch -> ``(outputs, runner facts)``.
+
+    ``inputs``: an (N, C, H, W) array or a path to ``.npy``/``.npz``/``.pt``.  Checked before
+    running: rank 4 and the model's channel count (one-line :class:`odexport.errors.InputError`).
+    Returns ``{"outputs": {name: float32 array}, "backend": str, "info": CheckpointInfo | None,
+    "input_shape": tuple}``.  Opening goes through :func:`odexport.runtime.open_runner`, so
+    ``backend`` picks or checks the backend for each kind of artifact.
+    """
+    import os
+
+    import numpy as np
+
+    from odexport.checkpoint.arrays import check_input_batch, read_input_array
+    from odexport.runtime import artifact_kind, open_runner
+
+    x = read_input_array(inputs) if isinstance(inputs, (str, os.PathLike)) else np.ascontiguousarray(inputs, dtype=np.float32)
+    check_input_batch(x, None)
+    kind = artifact_kind(artifact)
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory) if kind == "checkpoint" else {}
+    if kind == "module" and temperature is not None:
+        load["temperature"] = temperature
+    # torch runs any H x W a CNN accepts: fix the runner's sample shape to this input's, after checking channels
+    shape = tuple(int(d) for d in x.shape[1:]) if kind in ("checkpoint", "module") else None
+    runner = open_runner(artifact, backend, device=device, threads=threads, input_shape=shape, **load)
+    try:
+        info = getattr(runner, "checkpoint_info", None)
+        expected = info.input_shape[0] if info is not None and info.input_shape else None
+        if expected is None and runner.inputs and isinstance(runner.inputs[0].shape[1], int):
+            expected = runner.inputs[0].shape[1]
+        check_input_batch(x, expected)
+        outputs = runner.infer(x)
+    finally:
+        runner.close()
+    return {"outputs": {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, "backend": runner.backend,
+            "info": info, "input_shape": tuple(x.shape)}
+
+
+# -- ONNX export (export engineer) ----------------------------------------------------------------
+
+def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=None, input_shape=(3, 224, 224),
+                    fp16: bool = False, target: str = "cpu", check: bool = True, **options):
+    """Torch model with odexport dynamic convs -> ONNX file -> :class:`odexport.export.ExportResult`
+    (``path``, ``metadata``, ``forms`` = per-layer :class:`odexport.export.LayerPlan`, ``parity``).
+
+    ``form``: auto | custom | decomposed | grouped; ``batch`` None keeps the batch symbolic
+    (axis ``batch``; input ``input``, output ``output``); ``check`` compares onnxruntime CPU with
+    PyTorch at batch 1, 2 and 7 (:class:`odexport.errors.ParityError`, exit 2, on failure).
+    ``options`` go to :func:`odexport.export.onnx_export.export_onnx` (``architecture``,
+    ``model_kwargs``, ``source_sha256``, ``progress``, ...).
+    """
+    from odexport.export.onnx_export import export_onnx
+
+    return export_onnx(model, path, form=form, opset=opset, batch=batch, input_shape=input_shape, fp16=fp16,
+                       target=target, check=check, **options)
+
+
 # -- parity gate and benchmark (check engineer) -------------------------------------------------
 
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
@@ -147,6 +205,23 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     return report
 
 
+def _export_static_twin(twin, path, shape) -> None:
+    """Export the twin with odexport's exporter (same opset and optimiser as the candidate); before
+    that exporter exists, with torch.onnx directly (a static network needs no special form)."""
+    export = globals().get("onnx_from_model")
+    if export is not None:
+        export(twin, path, input_shape=shape)
+        return
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(twin, (torch.zeros(2, *shape),), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+
+
 def _sample_shape(pairs, input_shape):
     from odexport.errors import InputError
 
@@ -193,7 +268,7 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     if not all(isinstance(d, int) and d > 0 for d in shape):
         raise InputError(f"{artifact} has a dynamic sample shape {shape}", "pass --input-shape CxHxW")
     onnx_path = Path(scratch) / f"twin-{abs(hash(str(artifact)))}.onnx"
-    onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape)
+    _export_static_twin(static_twin(model).eval(), onnx_path, shape)
     if kind == "onnx":
         return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items() if k in ("device", "threads", "allow_spinning")}), None
     build = globals().get("engine_from_onnx")

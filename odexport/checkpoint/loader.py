@@ -69,7 +69,7 @@ def load_checkpoint(
         raise InputError("--arch and --factory both name an architecture", "pass only one of them")
     raw = read_checkpoint_file(path, trust_pickle=trust_pickle)
     if isinstance(raw.obj, Mapping) and DEPLOY_KEY in raw.obj:
-        return _from_deploy(raw, temperature)
+        return _from_deploy(raw, temperature, factory)
     weights = extract_state_dict(raw.obj, prefer_ema=prefer_ema)
     extras: dict[str, Any] = {
         "file_format": raw.file_format,
@@ -156,7 +156,7 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
     ))
 
 
-def _from_deploy(raw: RawCheckpoint, temperature) -> LoadedModel:
+def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) -> LoadedModel:
     try:
         from odexport.reparam.deploy import model_from_deploy
     except ImportError as exc:
@@ -167,19 +167,31 @@ def _from_deploy(raw: RawCheckpoint, temperature) -> LoadedModel:
     from odexport.layers import dynamic_convs, set_temperature
 
     manifest = dict(raw.obj[DEPLOY_KEY] or {})
-    model = model_from_deploy(raw.obj)
+    source_model = None
+    if factory:  # a deploy file made from a --factory model names no architecture: rebuild the source model
+        from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
+
+        source_model = convert_reference_layers(build_from_factory(factory)).model
+        if needs_temperature_argument(source_model):
+            source_model = TemperatureArgModel(source_model)
+    model = model_from_deploy(raw.obj, model=source_model)
     model.eval()
     layers = dynamic_convs(model)
     folded = _temperature_folded(manifest)
+    originals = {float(t) for t in (manifest.get("original_temperatures") or {}).values()}
     if temperature is not None:
         if folded:
+            shown = ", ".join(f"{t:g}" for t in sorted(originals)) or "recorded in the manifest"
             raise InputError(
-                f"{raw.path} has its temperature folded into the weights (T={manifest.get('temperature')}); it cannot be changed",
+                f"{raw.path} has its temperature folded into the weights (T={shown}); it cannot be changed here",
                 "run `odexport reparam` again on the original checkpoint with the temperature you want",
             )
         set_temperature(model, temperature)
-    temperatures = {float(layer.temperature) for _, layer in layers}
-    value = temperatures.pop() if len(temperatures) == 1 else manifest.get("temperature")
+    if folded:
+        value = originals.pop() if len(originals) == 1 else None
+    else:
+        current = {float(layer.temperature) for _, layer in layers}
+        value = current.pop() if len(current) == 1 else None
     input_shape = manifest.get("input_shape")
     arch = manifest.get("arch")
     if input_shape is None and arch:
@@ -189,12 +201,13 @@ def _from_deploy(raw: RawCheckpoint, temperature) -> LoadedModel:
             input_shape = model_info(arch).input_shape
         except ArchitectureError:
             input_shape = None
-    extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "warnings": []}
+    extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "temperature_folded": folded,
+              "passes": list(manifest.get("passes") or []), "warnings": []}
     return LoadedModel(model, CheckpointInfo(
-        path=raw.path, sha256=raw.sha256, layout=manifest.get("layout", "deploy"), arch=arch,
+        path=raw.path, sha256=raw.sha256, layout=manifest.get("layout") or "deploy", arch=arch or factory,
         model_kwargs=dict(manifest.get("model_kwargs") or {}),
         input_shape=tuple(input_shape) if input_shape else _guess_input_shape(model),
-        num_classes=manifest.get("num_classes") or _num_classes(model, {}, None),
+        num_classes=manifest.get("num_classes") or _num_classes(model, manifest.get("model_kwargs") or {}, None),
         temperature=value, source="deploy", extras=extras,
     ))
 
@@ -207,9 +220,15 @@ def _temperature_folded(manifest: Mapping[str, Any]) -> bool:
     return any("temperature" in n for n in names)
 
 
-def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: float | None = None, **kwargs) -> LoadedModel:
-    """Build a registered architecture (random weights) with the same :class:`CheckpointInfo` as a checkpoint."""
-    from odexport.layers import dynamic_convs
+def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: float | None = None, materialize: bool = True,
+                    **kwargs) -> LoadedModel:
+    """Build a registered architecture (random weights) with the same :class:`CheckpointInfo` as a checkpoint.
+
+    ``materialize=False`` builds it on the ``meta`` device without initialising weights: enough to
+    count parameters and MACs (shapes propagate through a meta forward) at a fraction of the cost.
+    """
+    from odexport.checkpoint.detect import build_meta
+    from odexport.layers import dynamic_convs, set_temperature
     from odexport.models import create_model, model_info
 
     temperature = check_temperature(temperature)
@@ -219,13 +238,17 @@ def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: fl
             raise ArchitectureError(f"{name} has no kernel_num option", "omit --kernel-num for this architecture")
         kwargs["kernel_num"] = kernel_num
     value = DEFAULT_TEMPERATURE if temperature is None else temperature
-    model = create_model(name, temperature=value, **kwargs).eval()
+    if materialize:
+        model = create_model(name, temperature=value, **kwargs).eval()
+    else:
+        model = build_meta(name, kwargs).eval()
+        set_temperature(model, value)
     full_kwargs = {**dict(info.default_kwargs), **kwargs}
     return LoadedModel(model, CheckpointInfo(
         path=None, sha256=None, layout=info.layout, arch=name, model_kwargs=full_kwargs,
         input_shape=tuple(info.input_shape), num_classes=_num_classes(model, full_kwargs, info),
         temperature=value if dynamic_convs(model) else None, source="arch",
-        extras={"output": info.output, "tiny": info.tiny, "family": info.family, "warnings": []},
+        extras={"output": info.output, "tiny": info.tiny, "family": info.family, "materialized": materialize, "warnings": []},
     ))
 
 
@@ -255,11 +278,12 @@ def _guess_input_shape(model: nn.Module) -> tuple[int, int, int]:
     return (3, 224, 224)
 
 
-def load_model(source: str | os.PathLike, **options) -> LoadedModel:
+def load_model(source: str | os.PathLike, *, materialize: bool = True, **options) -> LoadedModel:
     """A checkpoint path or a registered architecture name (``odexport inspect`` accepts either).
 
-    An existing file is a checkpoint; otherwise a registered name is built; otherwise the error is
-    the missing file's when the argument looks like a path, else the unknown name's (with close matches).
+    An existing file is a checkpoint; otherwise a registered name is built (on the meta device when
+    ``materialize`` is False); otherwise the error is the missing file's when the argument looks
+    like a path, else the unknown name's (with close matches).  ``--arch`` with a name is ignored.
     """
     from odexport.models import list_models
 
@@ -269,7 +293,8 @@ def load_model(source: str | os.PathLike, **options) -> LoadedModel:
     if text in list_models():
         if options.get("factory"):
             raise InputError("--factory needs a checkpoint file, not an architecture name", "pass the checkpoint path")
-        return model_from_arch(text, kernel_num=options.get("kernel_num"), temperature=options.get("temperature"))
+        return model_from_arch(text, kernel_num=options.get("kernel_num"), temperature=options.get("temperature"),
+                               materialize=materialize)
     looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".tar", ".safetensors", ".bin", ".ckpt"))
     if looks_like_path:
         return load_checkpoint(text, **options)  # raises the missing-file error

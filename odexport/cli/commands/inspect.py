@@ -1,0 +1,156 @@
+"""``odexport inspect``: what a checkpoint (or a registered architecture) is, and what it costs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    InputShapeOption,
+    KernelNumOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
+from odexport.cli.app import app
+
+KAIJIESHI7_NOTE = ("kaijieshi7's Dynamic_conv2d starts training at temperature 34 (its constructor default) and anneals to 1; "
+                   "a trained network is evaluated at 1")
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(help="A checkpoint file (.pt/.pth/.pth.tar/.tar/.safetensors) or a registered architecture name.", show_default=False)],
+    kernel_num: KernelNumOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    arch: ArchOption = None,
+    temperature: TemperatureOption = None,
+    trust_pickle: TrustPickleOption = False,
+    factory: FactoryOption = None,
+    input_shape: InputShapeOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Architecture, layout, parameters, MACs (static + dynamic extra), per-layer table and temperature.
+
+    SOURCE is a checkpoint (architecture detected from its keys and shapes, or --arch / --factory)
+    or an architecture name (built with random weights; --kernel-num sets K).
+    """
+    from odexport.cli._common import run_command, stages
+
+    def action() -> None:
+        from odexport.analysis import analyse_model
+        from odexport.checkpoint import load_model
+        from odexport.cli._options import parse_input_shape
+
+        shape = parse_input_shape(input_shape) if input_shape else None
+        with stages(quiet or json_output) as stage:
+            stage(f"load {source}")
+            loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature,
+                                trust_pickle=trust_pickle, factory=factory, materialize=False)
+            shape = shape or loaded.info.input_shape or (3, 224, 224)
+            stage(f"count parameters and MACs at {'x'.join(map(str, shape))}")
+            analysis = analyse_model(loaded.model, shape)
+        summary = inspect_summary(loaded.info, analysis)
+        if json_output:
+            from odexport.cli._common import print_json
+
+            print_json(summary)
+        else:
+            _print_rich(summary, analysis)
+
+    run_command(action)
+
+
+def inspect_summary(info, analysis) -> dict:
+    """The ``--json`` object: provenance, configuration, totals and one row per layer."""
+    notes = list(info.warnings)
+    layouts = {info.layout} | set(info.extras.get("reference_layouts", []))
+    if "kaijieshi7" in layouts:
+        notes.append(f"temperature {info.temperature if info.temperature is not None else 'per layer'} is in use; {KAIJIESHI7_NOTE}")
+    extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest")}
+    return {
+        "source": {"kind": info.source, "path": None if info.path is None else str(info.path), "sha256": info.sha256},
+        "sha256": info.sha256,
+        "arch": info.arch,
+        "layout": info.layout,
+        "model_kwargs": info.model_kwargs,
+        "num_classes": info.num_classes,
+        "input_shape": list(analysis.input_shape),
+        "output_shape": None if analysis.output_shape is None else list(analysis.output_shape),
+        "temperature": info.temperature,
+        "temperatures": info.extras.get("temperatures"),
+        "params": analysis.params,
+        "params_dynamic_layers": analysis.dynamic_params,
+        "params_attention": analysis.attention_params,
+        "macs": analysis.macs_dict(),
+        "num_layers": len(analysis.layers),
+        "num_dynamic_layers": analysis.num_dynamic_layers,
+        "layers": [row.to_dict() for row in analysis.layers],
+        "notes": notes,
+        "extras": extras,
+    }
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def _giga(n: int) -> str:
+    return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def _print_rich(summary: dict, analysis) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from odexport.cli._common import console as narrow
+
+    # the layer table is wide: do not squeeze it into 80 columns when stdout is a pipe or a CI log
+    console = Console(width=max(narrow.width, 160), highlight=False)
+    source = summary["source"]
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    if source["path"]:
+        header.add_row("checkpoint", source["path"])
+        header.add_row("sha256", source["sha256"] or "")
+    header.add_row("architecture", f"{summary['arch']}  ({source['kind']})")
+    header.add_row("layout", summary["layout"])
+    if summary["model_kwargs"]:
+        header.add_row("options", ", ".join(f"{k}={v}" for k, v in summary["model_kwargs"].items()))
+    header.add_row("input", "x".join(map(str, summary["input_shape"])) + (f" -> output {tuple(summary['output_shape'])}" if summary["output_shape"] else ""))
+    header.add_row("parameters", f"{_millions(summary['params'])} ({summary['params']:,}); dynamic layers "
+                   f"{_millions(summary['params_dynamic_layers'])}, of which attention {_millions(summary['params_attention'])}")
+    macs = summary["macs"]
+    header.add_row("MACs", f"{_giga(macs['total'])} = static {_giga(macs['static'])} + dynamic extra {_giga(macs['dynamic_extra'])} "
+                   f"(attention {_giga(macs['attention'])}, kernel aggregation {_giga(macs['aggregation'])})")
+    temperature = summary["temperature"]
+    if temperature is None and summary.get("temperatures"):
+        shown = ", ".join(f"{k}={v:g}" for k, v in list(summary["temperatures"].items())[:6])
+        header.add_row("temperature", f"per layer: {shown}")
+    else:
+        header.add_row("temperature", "no dynamic layer" if temperature is None else f"{temperature:g} (every dynamic layer)")
+    header.add_row("layers", f"{summary['num_layers']} conv/linear, {summary['num_dynamic_layers']} dynamic")
+    console.print(header)
+    for note in summary["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+    table = Table(show_lines=False, header_style="bold", pad_edge=False)
+    for column, justify in (("layer", "left"), ("type", "left"), ("in", "right"), ("out", "right"), ("kernel", "right"),
+                            ("stride", "right"), ("groups", "right"), ("K", "right"), ("heads", "left"), ("T", "right"),
+                            ("params", "right"), ("MACs", "right"), ("+dynamic", "right")):
+        table.add_column(column, justify=justify, no_wrap=column != "heads")
+    for row in analysis.layers:
+        heads = "".join(h[0] for h in row.heads) if row.heads else ""
+        table.add_row(
+            row.name, row.type, str(row.in_channels), str(row.out_channels),
+            "" if row.kernel is None else f"{row.kernel[0]}x{row.kernel[1]}",
+            "" if row.stride is None else (str(row.stride[0]) if row.stride[0] == row.stride[1] else f"{row.stride[0]}x{row.stride[1]}"),
+            str(row.groups), "" if row.kernel_num is None else str(row.kernel_num), heads,
+            "" if row.temperature is None else f"{row.temperature:g}", f"{row.params:,}", f"{row.macs / 1e6:.2f} M",
+            "" if not row.dynamic else f"{(row.attention_macs + row.aggregation_macs) / 1e6:.2f} M",
+        )
+    console.print(table)
+    console.print("heads: c channel, f filter, s spatial, k kernel; MACs per sample", style="dim", highlight=False)
