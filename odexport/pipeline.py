@@ -158,7 +158,6 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     from odexport.errors import InputError
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
     from odexport.runtime import artifact_kind, open_runner
-    from odexport.runtime.base import InferenceError
     from odexport.runtime.timing import interleaved_latencies
 
     if baseline not in ("static-twin", "none"):
@@ -193,8 +192,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             for index, (label, role, of, runner) in enumerate(pairs):
                 try:
                     timers[index] = runner.timer(x)
-                except InferenceError as exc:
-                    report.entries.append(BenchEntry(label, role, runner.backend, batch_size, None, of, str(exc)))
+                except InputError as exc:  # e.g. a batch the artifact rejects: record it, time the rest
+                    report.entries.append(BenchEntry(label, role, runner.backend, batch_size, None, of, exc.message))
             samples = interleaved_latencies(timers, warmup, iterations, max_seconds=max_seconds)
             for index, values in samples.items():
                 label, role, of, runner = pairs[index]

@@ -72,25 +72,32 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
             for out in batch.outputs:
                 rows.append([
                     name, str(batch.batch_size), out.name, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
-                    _num(out.p99_abs), _num(out.cosine, 7), _pct(out.top1), _pct(out.top5), _num(out.required_atol),
+                    _num(out.p99_abs), _num(out.cosine, 6), _pct(out.top1), _pct(out.top5), _num(out.required_atol),
                     _num(out.tolerance.atol), "pass" if out.passed else "FAIL",
                 ])
     return rows
 
 
+TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "p99 abs", "cosine", "top-1", "atol needed", "verdict")
+
+
 def parity_table(report: ParityReport):
-    """A rich Table of every comparison (plus a caption with the verdict)."""
+    """A rich Table of every comparison (the full set of numbers is in JSON/JUnit/Markdown)."""
+    from rich import box
     from rich.table import Table
 
     verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
     ref = report.reference
     table = Table(title=f"parity vs {Path(str(ref.get('artifact', 'reference'))).name} ({ref.get('backend', '')}, "
-                        f"{ref.get('dtype', '')}): {verdict}", title_justify="left")
-    for column in PARITY_COLUMNS:
-        table.add_column(column, justify="right" if column not in ("candidate", "output", "verdict") else "left")
+                        f"{ref.get('dtype', '')}): {verdict}", title_justify="left", box=box.SIMPLE_HEAD)
+    keep = [PARITY_COLUMNS.index(c) for c in TABLE_COLUMNS]
+    for column in TABLE_COLUMNS:
+        left = column in ("candidate", "output", "verdict")
+        table.add_column(column, justify="left" if left else "right", overflow="fold")
     for row in parity_rows(report):
         style = {"pass": "green", "FAIL": "red", "ERROR": "red"}[row[-1]]
-        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
+        cells = [row[i] for i in keep]
+        table.add_row(*cells[:-1], f"[{style}]{cells[-1]}[/]")
     return table
 
 
@@ -206,19 +213,26 @@ def parity_markdown(report: ParityReport) -> str:
 def bench_table(report: BenchReport):
     from rich.table import Table
 
-    table = Table(title="latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured interleaved)", title_justify="left")
+    from rich import box
+
+    table = Table(title="latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured interleaved)", title_justify="left",
+                  box=box.SIMPLE_HEAD)
     for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):
         table.add_column(column, justify="left" if column in ("artifact", "role", "backend") else "right")
     for entry in report.entries:
         if entry.stats is None:
             table.add_row(Path(entry.artifact).name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
-                          f"[red]{entry.error or 'failed'}[/]")
+                          "[red]error[/]")
             continue
         ratio = report.ratio(entry) if entry.role == "candidate" else None
         s = entry.stats
         table.add_row(Path(entry.artifact).name, entry.role, entry.backend, str(entry.batch_size), f"{s.p50_ms:.3f}",
                       f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.throughput:.1f}", "-" if ratio is None else f"{ratio:.2f}x")
     return table
+
+
+def bench_error_lines(report: BenchReport) -> list[str]:
+    return [f"{Path(e.artifact).name} ({e.role}) at batch {e.batch_size}: {e.error}" for e in report.entries if e.error]
 
 
 def bench_plot(report: BenchReport, path: str | Path) -> Path:
@@ -243,6 +257,9 @@ def bench_plot(report: BenchReport, path: str | Path) -> Path:
         ax.errorbar(xs, ys, yerr=[[0] * len(ys), upper], marker="o", capsize=3, label=label,
                     linestyle="--" if role == "baseline" else "-")
     ax.set_xscale("log", base=2)
+    batches = sorted({e.batch_size for e in report.entries})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency p50 (ms), whisker to p90")
     ax.grid(True, alpha=0.3)

@@ -43,9 +43,9 @@ def bench(
 
     def action() -> None:
         from odexport.cli._options import parse_input_shape
-        from odexport.cli.commands.check import parse_batch_sizes
+        from odexport.cli.commands.check import parse_batch_sizes, wide_console
         from odexport.pipeline import benchmark
-        from odexport.report.render import bench_plot, bench_table
+        from odexport.report.render import bench_error_lines, bench_plot, bench_table
 
         if plot:
             from odexport._optional import require
@@ -65,9 +65,17 @@ def bench(
             from odexport.cli._common import print_json
 
             print_json(report.to_dict())
-            return
-        console.print(bench_table(report))
-        for note in report.notes:
-            console.print(f"note: {note}", markup=False)
+        else:
+            wide_console().print(bench_table(report))
+            for line in bench_error_lines(report):
+                console.print(f"error: {line}", markup=False, style="red")
+            for note in report.notes:
+                console.print(f"note: {note}", markup=False)
+        failed = [e for e in report.entries if e.error]
+        if failed:
+            from odexport.errors import InputError
+
+            raise InputError(f"{len(failed)} of {len(report.entries)} measurements could not run",
+                             "see the errors above (a batch size the artifact rejects?); the rest were measured")
 
     run_command(action)

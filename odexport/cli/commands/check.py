@@ -10,6 +10,16 @@ from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, T
 from odexport.cli.app import app
 
 
+def wide_console():
+    """The shared console on a terminal; a 160-column one when piped or in CI, where rich would
+    otherwise squeeze a wide table into 80 columns."""
+    from rich.console import Console
+
+    from odexport.cli._common import console
+
+    return console if console.is_terminal else Console(width=160, highlight=False, soft_wrap=True)
+
+
 def parse_batch_sizes(text: str) -> list[int]:
     """``"1,2,8"`` -> ``[1, 2, 8]``; anything else is an input error."""
     from odexport.errors import InputError
@@ -86,7 +96,7 @@ def check(
 
             print_json(report.to_dict())
         else:
-            console.print(parity_table(report))
+            wide_console().print(parity_table(report))
             for cand in report.candidates:
                 if cand.accuracy is not None:
                     acc = cand.accuracy
