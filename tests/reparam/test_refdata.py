@@ -1,0 +1,68 @@
+"""Every case of the three reference layer banks: the deploy model equals the source.
+
+Each layer is followed by a BatchNorm (random statistics) and a ReLU so that every exact pass has
+work to do; the source layer is first pinned to the reference implementation's stored output.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from odexport.reparam import reparameterise
+from odexport.reparam.deploy import model_from_deploy, save_deploy
+from tests.reparam._helpers import BANKS, bank_layer, randomize_batchnorms, rel_dev
+
+CASES = [pytest.param(bank, i, id=f"{bank}-{i}") for bank, (_, n) in BANKS.items() for i in range(n)]
+
+
+def _reference_output(bank: str, case):
+    return case["output"] if bank == "odconv" else case["output_T1"]
+
+
+def _model(layer: nn.Module) -> nn.Sequential:
+    out_channels = layer.weight.shape[1]
+    return randomize_batchnorms(nn.Sequential(layer, nn.BatchNorm2d(out_channels), nn.ReLU())).eval()
+
+
+def _temperatures(bank: str, case) -> list[float]:
+    default = case["temperature"] if bank == "odconv" else 1.0
+    other = case["temperature_initial"] if bank == "kaijieshi7" else 7.0
+    return [default, other] if other != default else [default, 3.0]
+
+
+@pytest.mark.parametrize("bank,index", CASES)
+def test_deploy_equals_source(bank, index, tmp_path):
+    layer, case = bank_layer(bank, index)
+    with torch.no_grad():  # the source is the reference implementation (also pinned in tests/layers)
+        torch.testing.assert_close(layer(case["input"]), _reference_output(bank, case), atol=1e-5, rtol=1e-5)
+        # the deploy layer alone reproduces the reference implementation's stored output too
+        alone = reparameterise(nn.Sequential(layer)).model
+        torch.testing.assert_close(alone(case["input"]), _reference_output(bank, case), atol=1e-5, rtol=1e-5)
+
+    sample_shape = tuple(case["input"].shape[1:])
+    for temperature in _temperatures(bank, case):
+        layer.temperature = temperature
+        source = _model(layer)
+        report = reparameterise(source)
+        deploy = report.model
+        assert "fold-bn" in report.passes_applied
+        if temperature != 1.0:
+            assert "fold-temperature" in report.passes_applied
+            assert report.original_temperatures["0"] == temperature
+        assert layer.temperature == temperature, "the input model must stay untouched"
+        with torch.no_grad():
+            for batch in (1, 4):
+                x = torch.randn(batch, *sample_shape)
+                dev = rel_dev(deploy(x), source(x))
+                assert dev <= 1e-6, f"T={temperature} batch {batch}: relative deviation {dev:.3g}"
+
+        path = save_deploy(deploy, report, tmp_path / f"deploy_T{temperature}.pt", {"path": "bank", "sha256": None})
+        obj = torch.load(path, weights_only=True)
+        fresh_layer, _ = bank_layer(bank, index, fresh=True)
+        rebuilt = model_from_deploy(obj, model=nn.Sequential(fresh_layer, nn.BatchNorm2d(fresh_layer.weight.shape[1]), nn.ReLU()))
+        assert rebuilt.state_dict().keys() == deploy.state_dict().keys()
+        with torch.no_grad():
+            x = torch.randn(4, *sample_shape)
+            assert rel_dev(rebuilt(x), deploy(x)) <= 1e-7
