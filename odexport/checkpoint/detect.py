@@ -266,7 +266,7 @@ def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, k
     clf = classifier_key(name)  # also builds (and caches) the default model
     if clf and clf in file_shapes and "num_classes" in defaults:
         kwargs["num_classes"] = file_shapes[clf][0]
-    best = _attempt(name, kwargs, file_shapes, dynamic_prefixes)
+    base = best = _attempt(name, kwargs, file_shapes, dynamic_prefixes)
     if best.fit.ok:
         return best
     # Width first (it changes nearly every shape), guessed from the stem, then the others.
@@ -281,7 +281,8 @@ def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, k
                 best = trial
             if best.fit.ok:
                 return best
-    return best
+    # A search that found no fit would only blur the report: show the misfit with the file's K and classes.
+    return best if best.conformable else base
 
 
 def _width_candidates(name, kwargs, option, default, file_shapes) -> list[float]:

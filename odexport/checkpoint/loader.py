@@ -167,14 +167,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
     from odexport.layers import dynamic_convs, set_temperature
 
     manifest = dict(raw.obj[DEPLOY_KEY] or {})
-    source_model = None
-    if factory:  # a deploy file made from a --factory model names no architecture: rebuild the source model
-        from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
-
-        source_model = convert_reference_layers(build_from_factory(factory)).model
-        if needs_temperature_argument(source_model):
-            source_model = TemperatureArgModel(source_model)
-    model = model_from_deploy(raw.obj, model=source_model)
+    # a deploy file made from a --factory model records the factory but never imports it on its own
+    model = model_from_deploy(raw.obj, factory=factory)
     model.eval()
     layers = dynamic_convs(model)
     folded = _temperature_folded(manifest)
@@ -204,7 +198,7 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
     extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "temperature_folded": folded,
               "passes": list(manifest.get("passes") or []), "warnings": []}
     return LoadedModel(model, CheckpointInfo(
-        path=raw.path, sha256=raw.sha256, layout=manifest.get("layout") or "deploy", arch=arch or factory,
+        path=raw.path, sha256=raw.sha256, layout=manifest.get("layout") or "deploy", arch=arch or manifest.get("factory"),
         model_kwargs=dict(manifest.get("model_kwargs") or {}),
         input_shape=tuple(input_shape) if input_shape else _guess_input_shape(model),
         num_classes=manifest.get("num_classes") or _num_classes(model, manifest.get("model_kwargs") or {}, None),

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             f"{path} is not a checkpoint (neither a torch file nor safetensors; it starts with {head[:8]!r})",
             "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
         )
+    if file_format == "torch-zip":
+        _check_torch_zip(path)
     obj = _torch_load(path, file_format, trust_pickle)
     unpickled_module = None
     import torch
@@ -97,6 +100,23 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         unpickled_module = f"{type(obj).__module__}.{type(obj).__qualname__}"
         obj = obj.state_dict()
     return RawCheckpoint(path, sha256, size, file_format, obj, {}, unpickled_module)
+
+
+def _check_torch_zip(path: Path) -> None:
+    """A torch zip checkpoint holds ``<name>/data.pkl``; other zip archives are not checkpoints."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # truncated or damaged: torch.load reports it
+    if not any(name.endswith("data.pkl") for name in names):
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        raise CheckpointError(
+            f"{path} is a zip archive but not a torch checkpoint (it holds {shown or 'nothing'})",
+            "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
+        )
 
 
 def _check_readable(path: Path) -> None:
@@ -189,7 +209,9 @@ def _torch_load(path: Path, file_format: str, trust_pickle: bool) -> Any:
         except Exception as exc:
             raise _corrupted(path, file_format, exc) from exc
     try:
-        with torch.serialization.safe_globals(_metadata_safe_globals()):
+        with torch.serialization.safe_globals(_metadata_safe_globals()), warnings.catch_warnings():
+            # torch warns about pickle protocols it may not support; the error below says what to do
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
@@ -228,10 +250,11 @@ def _unsafe_globals(path: Path, file_format: str, message: str) -> list[str]:
 
 def _corrupted(path: Path, file_format: str, exc: Exception) -> CheckpointError:
     text = _first_line(exc)
+    full = str(exc)
     kind = "zip archive" if file_format == "torch-zip" else "torch file"
-    if "central directory" in text or isinstance(exc, (EOFError, IndexError)) or "truncated" in text.lower():
+    if "central directory" in full or isinstance(exc, (EOFError, IndexError)) or "truncated" in full.lower():
         problem = f"{path} is a truncated or corrupted {kind} ({text})"
-    elif "not in a subdirectory" in text or "archive/data.pkl" in text or "data.pkl" in text:
+    elif "not in a subdirectory" in full or "data.pkl" in full:
         problem = f"{path} is a zip archive but not a torch checkpoint ({text})"
     else:
         problem = f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: {text})"
@@ -239,9 +262,11 @@ def _corrupted(path: Path, file_format: str, exc: Exception) -> CheckpointError:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch appends paragraphs of advice)."""
     text = str(exc).strip() or type(exc).__name__
     line = text.splitlines()[0].strip()
-    return line[:200]
+    sentence = line.split(". ")[0].rstrip(".")
+    return sentence[:200]
 
 
 def describe_metadata(metadata: dict[str, str]) -> dict[str, Any]:

@@ -1,0 +1,273 @@
+"""Reading checkpoint files safely: containers, prefixes, formats, CUDA-saved tensors and bad files."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from odexport.checkpoint import extract_state_dict, read_checkpoint_file
+from odexport.errors import CheckpointError
+
+
+def _weights():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).state_dict()
+
+
+def _same(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def _extract(path, **kw):
+    return extract_state_dict(read_checkpoint_file(path, **kw).obj)
+
+
+# -- containers and prefixes -------------------------------------------------------------------
+def test_bare_state_dict_and_sha256(tmp_path):
+    path = tmp_path / "bare.pt"
+    torch.save(_weights(), path)
+    raw = read_checkpoint_file(path)
+    assert raw.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert raw.file_format == "torch-zip"
+    weights = extract_state_dict(raw.obj)
+    assert weights.entry == "<root>" and not weights.stripped_prefixes
+    _same(weights.state_dict, _weights())
+
+
+def test_odconv_training_script_container_with_module_prefix_and_optimizer(tmp_path):
+    """OSVAI/ODConv main.py: {'epoch','state_dict' (module.-prefixed),'acc','best_acc','optimizer'}."""
+    model = nn.DataParallel(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 5, 5)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 3, "state_dict": model.state_dict(), "acc": torch.tensor(71.2), "best_acc": torch.tensor(71.5),
+                "optimizer": optimizer.state_dict()}, path)
+    weights = _extract(path)
+    assert all(k.startswith("module.") for k in model.state_dict())
+    assert weights.entry == "state_dict" and weights.stripped_prefixes == ["module."]
+    assert sorted(weights.ignored_entries) == ["acc", "best_acc", "epoch", "optimizer"]
+    _same(weights.state_dict, model.module.state_dict())
+
+
+def test_tardelean_container_model_optimizer_scheduler(tmp_path):
+    path = tmp_path / "Resnet_DY_05_1.pth"
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 10)
+    torch.save({"model": _weights(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": 1}, path)
+    weights = _extract(path)
+    assert weights.entry == "model"
+    _same(weights.state_dict, _weights())
+
+
+def test_compiled_and_wrapped_prefixes_are_stripped(tmp_path):
+    compiled = {f"module._orig_mod.{k}": v for k, v in _weights().items()}
+    path = tmp_path / "compiled.pt"
+    torch.save({"state_dict": compiled}, path)
+    weights = _extract(path)
+    assert weights.stripped_prefixes == ["module.", "_orig_mod."]
+    _same(weights.state_dict, _weights())
+
+
+def test_prefix_kept_when_not_on_every_key():
+    state = {"module.weight": torch.ones(2), "head.weight": torch.ones(2)}
+    assert list(extract_state_dict(state).state_dict) == ["module.weight", "head.weight"]
+
+
+def test_ema_weights_are_loaded_only_when_asked_or_alone(tmp_path):
+    plain = _weights()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in plain.items()}
+    both = {"model": plain, "model_ema": {f"module.{k}": v for k, v in ema.items()}, "epoch": 5}
+    chosen = extract_state_dict(both)
+    assert chosen.entry == "model" and not chosen.used_ema and chosen.ema_entry == "model_ema"
+    _same(chosen.state_dict, plain)
+    preferred = extract_state_dict(both, prefer_ema=True)
+    assert preferred.used_ema and preferred.stripped_prefixes == ["module."]
+    _same(preferred.state_dict, ema)
+    alone = extract_state_dict({"ema": ema, "epoch": 5})
+    assert alone.used_ema
+    _same(alone.state_dict, ema)
+
+
+def test_training_metadata_types_need_no_full_unpickling(tmp_path):
+    """argparse.Namespace and numpy scalars/arrays next to the weights are allowed types."""
+    path = tmp_path / "with_args.pth"
+    torch.save({"state_dict": _weights(), "args": argparse.Namespace(lr=0.1, arch="od_resnet18"),
+                "acc": np.float64(71.3), "history": np.arange(4.0)}, path)
+    weights = _extract(path)
+    _same(weights.state_dict, _weights())
+
+
+def test_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in _weights().items()}, str(path), metadata={"arch": "od_resnet_tiny"})
+    raw = read_checkpoint_file(path)
+    assert raw.file_format == "safetensors" and raw.metadata == {"arch": "od_resnet_tiny"}
+    _same(extract_state_dict(raw.obj).state_dict, _weights())
+
+
+def test_legacy_torch_format(tmp_path):
+    path = tmp_path / "legacy.pth.tar"
+    torch.save({"state_dict": _weights()}, path, _use_new_zipfile_serialization=False)
+    raw = read_checkpoint_file(path)
+    assert raw.file_format == "torch-legacy"
+    _same(extract_state_dict(raw.obj).state_dict, _weights())
+
+
+# -- tensors saved from CUDA -------------------------------------------------------------------
+_TAG_AS_CUDA = {"on": False}
+
+
+def _cuda_tagger(storage):
+    """While on, tag CPU storages with location 'cuda:0', as torch.save does for CUDA tensors."""
+    return "cuda:0" if _TAG_AS_CUDA["on"] and storage.device.type == "cpu" else None
+
+
+def _pass_deserializer(storage, location):
+    return None  # never handles a location itself: the default loaders do
+
+
+torch.serialization.register_package(0, _cuda_tagger, _pass_deserializer)
+
+
+@contextlib.contextmanager
+def _saved_as_on_cuda():
+    _TAG_AS_CUDA["on"] = True
+    try:
+        yield
+    finally:
+        _TAG_AS_CUDA["on"] = False
+
+
+def test_cuda_saved_checkpoint_loads_on_cpu(tmp_path):
+    """No CUDA here, so the tensors cannot be on a GPU: instead every storage in the file carries the
+    location tag 'cuda:0', byte for byte what torch.save writes for CUDA tensors (the OSVAI/ODConv
+    script's 'acc' is a 0-dim CUDA tensor).  Loading such a file without map_location fails on a
+    CPU-only machine; the reader maps it to the CPU."""
+    path = tmp_path / "gpu_trained.pth.tar"
+    with _saved_as_on_cuda():
+        torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in _weights().items()},
+                    "acc": torch.tensor(12.5), "best_acc": torch.tensor(12.5)}, path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # proves the file really is tagged for CUDA
+    raw = read_checkpoint_file(path)
+    assert raw.obj["acc"].device.type == "cpu" and float(raw.obj["acc"]) == 12.5
+    weights = extract_state_dict(raw.obj)
+    assert all(v.device.type == "cpu" for v in weights.state_dict.values())
+    _same(weights.state_dict, _weights())
+
+
+# -- pickled modules ---------------------------------------------------------------------------
+class PickledNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+
+def test_pickled_module_is_refused_without_trust_pickle(tmp_path):
+    path = tmp_path / "whole_model.pt"
+    torch.save(PickledNet(), path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint_file(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "arbitrary code" in message and "--trust-pickle" in message and "PickledNet" in message
+
+
+def test_pickled_module_loads_with_trust_pickle(tmp_path):
+    net = PickledNet()
+    path = tmp_path / "whole_model.pt"
+    torch.save(net, path)
+    raw = read_checkpoint_file(path, trust_pickle=True)
+    assert raw.unpickled_module.endswith("PickledNet")
+    _same(extract_state_dict(raw.obj).state_dict, net.state_dict())
+
+
+def test_plain_pickle_is_refused(tmp_path):
+    path = tmp_path / "weights.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"weight": np.ones(3)}, handle, protocol=4)
+    with pytest.raises(CheckpointError, match="--trust-pickle"):
+        read_checkpoint_file(path)
+
+
+# -- broken files ------------------------------------------------------------------------------
+def _one_line_error(path, match):
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint_file(path)
+    message = str(info.value)
+    assert "\n" not in message and " -- " in message, message  # one line: problem -- fix
+    assert match in message, message
+    return message
+
+
+def test_missing_file(tmp_path):
+    (tmp_path / "model_best.pth.tar").write_bytes(b"x")
+    message = _one_line_error(tmp_path / "model_bset.pth.tar", "does not exist")
+    assert "model_best.pth.tar" in message  # lists the files that are there
+
+
+def test_truncated_zip(tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save({"state_dict": _weights()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _one_line_error(path, "truncated or corrupted")
+
+
+def test_truncated_legacy_file(tmp_path):
+    path = tmp_path / "cut_legacy.pth"
+    torch.save({"state_dict": _weights()}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:300])
+    _one_line_error(path, "truncated or corrupted")
+
+
+def test_random_bytes_text_and_empty_file(tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(os.urandom(2048).replace(b"\x80", b"\x00").replace(b"PK", b"pk"))
+    _one_line_error(noise, "not a checkpoint")
+    text = tmp_path / "notes.pth"
+    text.write_text("epoch 1: acc 71\n")
+    _one_line_error(text, "not a checkpoint")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _one_line_error(empty, "empty")
+
+
+def test_zip_that_is_not_a_checkpoint(tmp_path):
+    import zipfile
+
+    path = tmp_path / "archive.tar"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    _one_line_error(path, "not a torch checkpoint")
+
+
+def test_corrupted_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "broken.safetensors"
+    save_file({"w": torch.ones(64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-40])
+    _one_line_error(path, "safetensors")
+
+
+def test_no_weights_inside(tmp_path):
+    path = tmp_path / "meta_only.pt"
+    torch.save({"epoch": 3, "acc": 0.5}, path)
+    with pytest.raises(CheckpointError, match="no weights found"):
+        _extract(path)
