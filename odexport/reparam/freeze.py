@@ -35,35 +35,47 @@ def relative_deviation(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @dataclass
 class _AttentionStats:
-    """Running float64 sums of each head's attention over calibration samples."""
+    """Running float64 mean and squared deviations (Chan's parallel update) of each head's attention.
+
+    Attentions near-constant over the samples are exactly the interesting case, so the variance
+    must not come from ``E[a^2] - E[a]^2`` (which cancels catastrophically for a spread of 1e-7).
+    """
 
     count: int = 0
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    squares: dict[str, torch.Tensor] = field(default_factory=dict)
+    means: dict[str, torch.Tensor] = field(default_factory=dict)
+    m2: dict[str, torch.Tensor] = field(default_factory=dict)
     in_hw: tuple[int, int] = (0, 0)
     out_hw: tuple[int, int] = (0, 0)
 
     def add(self, attentions: Attentions) -> None:
+        batch = 0
         for head in HEADS:
             value = getattr(attentions, head)
             if value is None:
                 continue
-            value = value.detach().double().reshape(value.shape[0], -1)
-            if head not in self.sums:
-                self.sums[head] = torch.zeros(value.shape[1], dtype=torch.float64)
-                self.squares[head] = torch.zeros(value.shape[1], dtype=torch.float64)
-            self.sums[head] += value.sum(0).cpu()
-            self.squares[head] += (value * value).sum(0).cpu()
-        first = next((getattr(attentions, h) for h in HEADS if getattr(attentions, h) is not None), None)
-        self.count += 0 if first is None else first.shape[0]
+            value = value.detach().double().reshape(value.shape[0], -1).cpu()
+            batch = value.shape[0]
+            batch_mean = value.mean(0)
+            batch_m2 = ((value - batch_mean) ** 2).sum(0)
+            if head not in self.means:
+                self.means[head], self.m2[head] = batch_mean, batch_m2
+                continue
+            total = self.count + batch
+            delta = batch_mean - self.means[head]
+            self.means[head] = self.means[head] + delta * (batch / total)
+            self.m2[head] = self.m2[head] + batch_m2 + delta * delta * (self.count * batch / total)
+        self.count += batch
+
+    @property
+    def heads(self) -> list[str]:
+        return [h for h in HEADS if h in self.means]
 
     def mean(self, head: str) -> torch.Tensor:
-        return self.sums[head] / self.count
+        return self.means[head]
 
     def spread(self, head: str) -> float:
         """Largest (over the head's entries) population standard deviation over the samples."""
-        variance = (self.squares[head] / self.count - self.mean(head) ** 2).clamp_min(0)
-        return float(variance.sqrt().max())
+        return float((self.m2[head] / self.count).clamp_min(0).sqrt().max())
 
 
 def _as_attentions(output: Any) -> Attentions:
@@ -151,7 +163,7 @@ class FreezeLowSpread(ReparamPass):
             if st.count == 0:
                 records[name] = {"layer": name, "spread": None, "frozen": False, "reason": "not called on the calibration inputs"}
                 continue
-            head_spreads = {head: st.spread(head) for head in HEADS if head in st.sums}
+            head_spreads = {head: st.spread(head) for head in st.heads}
             spread = max(head_spreads.values())
             record = {"layer": name, "spread": spread, "head_spreads": head_spreads, "frozen": False}
             records[name] = record
@@ -163,7 +175,7 @@ class FreezeLowSpread(ReparamPass):
             elif unreplaceable_reason(name, layer):
                 record["reason"] = f"spread {fmt(spread)} < eps {fmt(self.eps)}, but {unreplaceable_reason(name, layer)}"
             else:
-                mean = Attentions(*(st.mean(h) if h in st.sums else None for h in HEADS))
+                mean = Attentions(*(st.mean(h) if h in st.means else None for h in HEADS))
                 candidates[name] = frozen_conv(layer, mean)
                 dyn_macs = dynamic_conv_macs(layer, st.in_hw, st.out_hw)["total"]
                 static = candidates[name]

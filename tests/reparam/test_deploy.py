@@ -1,0 +1,148 @@
+"""Deploy checkpoints: plain manifest, weights-only loading, strict rebuild, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from odexport.errors import CheckpointError, InternalError
+from odexport.layers import ODConv2d, dynamic_convs, set_temperature
+from odexport.models import create_model
+from odexport.reparam import reparameterise
+from odexport.reparam.deploy import load_deploy, model_from_deploy, save_deploy
+from tests.reparam._helpers import randomize_batchnorms, randomize_biases, rel_dev
+
+ARCH = "od_mobilenetv2_tiny"
+INFO = {"path": "/data/od_mbv2_tiny.pth", "sha256": "ab" * 32, "arch": ARCH, "model_kwargs": {"kernel_num": 4},
+        "layout": "odconv", "input_shape": (3, 32, 32), "num_classes": 10}
+
+
+def _source(temperature=1.0):
+    model = randomize_batchnorms(randomize_biases(create_model(ARCH, kernel_num=4), seed=4), seed=5).eval()
+    set_temperature(model, temperature)
+    return model
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def test_manifest_is_plain_and_complete(tmp_path):
+    report = reparameterise(_source(temperature=3.0))
+    path = save_deploy(report.model, report, tmp_path / "deploy.pt", INFO)
+    obj = torch.load(path, weights_only=True)
+    assert set(obj) == {"odexport_deploy", "state_dict"}
+    manifest = obj["odexport_deploy"]
+    assert _plain(manifest)
+    assert manifest["format_version"] == 1 and manifest["odexport_version"]
+    assert manifest["source"] == {"path": INFO["path"], "sha256": INFO["sha256"]}
+    assert (manifest["arch"], manifest["model_kwargs"], manifest["layout"]) == (ARCH, {"kernel_num": 4}, "odconv")
+    assert manifest["input_shape"] == [3, 32, 32]
+    assert manifest["passes"] == ["fold-attention-bn", "fold-temperature", "fold-bn", "fuse-heads"]
+    assert manifest["temperature_folded"] is True and manifest["temperature"] == 3.0
+    assert set(manifest["original_temperatures"].values()) == {3.0}
+    layers = manifest["layers"]
+    assert set(layers) == {name for name, _ in dynamic_convs(report.model)}
+    spec = next(iter(layers.values()))
+    assert spec["type"] == "ODConv2d" and spec["static_bias"] and not spec["attention"]["bn"] and spec["attention"]["fused"]
+    assert all(v == {"type": "Identity"} for v in manifest["replaced"].values()) and manifest["replaced"]
+    assert manifest["params"]["deploy"] < manifest["params"]["source"]
+    assert all(isinstance(v, torch.Tensor) for v in obj["state_dict"].values())
+
+
+def test_unfolded_temperature_is_restored(tmp_path):
+    source = _source(temperature=7.0)
+    report = reparameterise(source, passes="fold-attention-bn,fuse-heads")
+    rebuilt = load_deploy(save_deploy(report.model, report, tmp_path / "d.pt", INFO))
+    assert {layer.temperature for _, layer in dynamic_convs(rebuilt)} == {7.0}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_dev(rebuilt(x), source(x)) <= 1e-6
+
+
+def test_reparameterising_a_deploy_model_again(tmp_path):
+    source = _source(temperature=2.0)
+    first = reparameterise(source)
+    rebuilt = load_deploy(save_deploy(first.model, first, tmp_path / "a.pt", INFO))
+    second = reparameterise(rebuilt)
+    assert second.passes_applied == []  # everything is folded already; each layer says so
+    assert all(not r.changed for r in second.results)
+    again = load_deploy(save_deploy(second.model, second, tmp_path / "b.pt", INFO))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_dev(again(x), source(x)) <= 1e-6
+    assert again.odexport_meta["passes"] == first.passes_applied
+
+
+def test_rebuild_follows_a_checkpoints_own_attention_width(tmp_path):
+    """A layer the loader conformed to the file's shapes (non-default width) rebuilds from the manifest."""
+    source = _source()
+    name, layer = dynamic_convs(source)[3]
+    wide = ODConv2d(layer.in_planes, layer.out_planes, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                    layer.groups, kernel_num=2, attention_channels=24)
+    source.set_submodule(name, randomize_batchnorms(randomize_biases(wide)).eval())
+    report = reparameterise(source)
+    rebuilt = load_deploy(save_deploy(report.model, report, tmp_path / "d.pt", INFO))
+    assert rebuilt.get_submodule(name).weight.shape[0] == 2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_dev(rebuilt(x), source(x)) <= 1e-6
+
+
+def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    report = reparameterise(_source())
+    target = save_deploy(report.model, report, tmp_path / "deploy.pt", INFO)
+    before = target.read_bytes()
+    broken = copy.deepcopy(report.model)
+    broken.odexport_meta["replaced"].append("classifier")  # a swapped-in module the format cannot describe
+    with pytest.raises(InternalError):
+        save_deploy(broken, report, target, INFO)
+    assert target.read_bytes() == before
+    directory = tmp_path / "is_a_directory"
+    directory.mkdir()
+    (directory / "inside").write_text("x")
+    with pytest.raises(OSError):
+        save_deploy(report.model, report, directory, INFO)  # os.replace onto a non-empty directory fails
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.pt", "is_a_directory"]  # no temp file left
+
+
+def test_model_from_deploy_errors(tmp_path):
+    report = reparameterise(_source())
+    obj = torch.load(save_deploy(report.model, report, tmp_path / "d.pt", INFO), weights_only=True)
+    with pytest.raises(CheckpointError, match="not an odexport deploy checkpoint"):
+        model_from_deploy({"state_dict": {}})
+    newer = {**obj, "odexport_deploy": {**obj["odexport_deploy"], "format_version": 99}}
+    with pytest.raises(CheckpointError, match="newer"):
+        model_from_deploy(newer)
+    nameless = {**obj, "odexport_deploy": {**obj["odexport_deploy"], "arch": None}}
+    with pytest.raises(CheckpointError, match="names no zoo architecture") as err:
+        model_from_deploy(nameless)
+    assert "model=" in str(err.value)
+    factory = {**obj, "odexport_deploy": {**obj["odexport_deploy"], "arch": None, "factory": "mypkg.models:build"}}
+    with pytest.raises(CheckpointError, match="--factory mypkg.models:build"):
+        model_from_deploy(factory)
+    missing = {**obj, "state_dict": {k: v for k, v in obj["state_dict"].items() if "heads" not in k}}
+    with pytest.raises(CheckpointError, match="does not fit the rebuilt model") as err:
+        model_from_deploy(missing)
+    assert "\n" not in str(err.value)
+    wrong_arch = {**obj, "odexport_deploy": {**obj["odexport_deploy"], "arch": "dy_resnet_tiny"}}
+    with pytest.raises(CheckpointError):
+        model_from_deploy(wrong_arch)
+
+
+def test_load_deploy_rejects_a_missing_or_unsafe_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_deploy(tmp_path / "nope.pt")
+    unsafe = tmp_path / "pickled.pt"
+    torch.save({"odexport_deploy": {"format_version": 1}, "state_dict": {}, "model": nn.Linear(1, 1)}, unsafe)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_deploy(unsafe)

@@ -1,0 +1,115 @@
+"""freeze-low-spread: measured on calibration inputs, never silent, deviation reported truthfully."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from odexport.errors import InputError
+from odexport.layers import DyConv2d, ODConv2d
+from odexport.reparam import FreezeLowSpread, reparameterise
+from tests.reparam._helpers import randomize_batchnorms, randomize_biases, rel_dev
+
+HEADS = ("channel", "filter", "spatial", "kernel")
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(3)
+    quiet = ODConv2d(8, 16, 3, padding=1, kernel_num=4)
+    varied = DyConv2d(16, 16, 3, padding=1, num_kernels=4, bias=True)
+    last = DyConv2d(16, 8, 1, num_kernels=3)
+    model = nn.Sequential(quiet, nn.BatchNorm2d(16), nn.ReLU(), varied, nn.BatchNorm2d(16), nn.ReLU(), last)
+    randomize_biases(randomize_batchnorms(model))
+    with torch.no_grad():
+        for head in HEADS:  # nearly input-independent attention: tiny head weights
+            quiet.attention.head(head).weight.mul_(1e-4)
+        varied.attention.fc2.weight.mul_(20)  # strongly input-dependent attentions
+        last.attention.fc2.weight.mul_(50)
+    return model.eval()
+
+
+def _independent_spreads(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Largest population std over samples of any attention entry, from each layer's own input."""
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: inputs.__setitem__(n, args[0]))
+             for n, m in model.named_children() if isinstance(m, (ODConv2d, DyConv2d))]
+    with torch.no_grad():
+        model(x)
+        spreads = {}
+        for name, layer_in in inputs.items():
+            attentions = model.get_submodule(name).attentions(layer_in)
+            spreads[name] = max(a.double().std(dim=0, unbiased=False).max().item() for a in attentions if a is not None)
+    for h in hooks:
+        h.remove()
+    return spreads
+
+
+def test_freezes_low_spread_layers_and_reports_truthfully():
+    source = _model()
+    model = copy.deepcopy(source)
+    x = torch.randn(12, 8, 10, 10)
+    spreads = _independent_spreads(source, x)
+    eps = 1e-3
+    assert spreads["0"] < eps < min(spreads["3"], spreads["6"]), spreads  # the fixture does what it says
+
+    result = FreezeLowSpread(x, eps, batch_size=5).apply(model)
+    extras = result.extras
+    records = {r["layer"]: r for r in extras["layers"]}
+    assert set(records) == {"0", "3", "6"} and len(result.notes) == 3  # every layer reported
+    for name, spread in spreads.items():
+        assert records[name]["spread"] == pytest.approx(spread, rel=1e-4)  # fp32 attentions, other batching
+    frozen = [r["layer"] for r in extras["layers"] if r["frozen"]]
+    assert frozen == ["0"]
+    assert type(model[0]) is nn.Conv2d and isinstance(model[3], DyConv2d)
+    assert {n.layer for n in result.applied} == set(frozen)
+    assert "spread" in next(n for n in result.skipped if n.layer == "3").detail
+
+    rec = records["0"]
+    assert rec["params_saved"] == sum(p.numel() for p in source[0].parameters()) - sum(p.numel() for p in model[0].parameters())
+    assert rec["params_saved"] > 0 and rec["macs_saved"] > 0
+    with torch.no_grad():
+        layer_in = source[:0](x)
+        layer_dev = rel_dev(model[0](x), source[0](x))
+        model_dev = rel_dev(model(x), source(x))
+    assert rec["layer_deviation"] == pytest.approx(layer_dev, rel=1e-3, abs=1e-9)
+    assert extras["output_deviation"] == pytest.approx(model_dev, rel=1e-3, abs=1e-9)
+    assert 0 < extras["output_deviation"] < 1e-3  # approximate, but close for a quiet layer
+    assert layer_in.shape == x.shape
+
+
+def test_spread_only_without_threshold():
+    model = _model()
+    snapshot = repr(model)
+    result = FreezeLowSpread(torch.randn(6, 8, 10, 10), None).apply(model)
+    assert not result.changed and repr(model) == snapshot
+    assert all("no freeze threshold" in n.detail for n in result.notes) and len(result.notes) == 3
+    assert all(r["spread"] is not None and not r["frozen"] for r in result.extras["layers"])
+
+
+def test_needs_two_samples():
+    model = _model()
+    result = FreezeLowSpread(torch.randn(1, 8, 10, 10), 1.0).apply(model)
+    assert result.precondition_failed and "at least 2" in result.precondition_failed
+    assert isinstance(model[0], ODConv2d)
+
+
+def test_reparameterise_with_calibration():
+    source = _model()
+    x = torch.randn(8, 8, 10, 10)
+    report = reparameterise(source, calibration=x, freeze_below=1e-3)
+    assert report.results[-1].name == "freeze-low-spread" and "freeze-low-spread" in report.passes_applied
+    assert report.check["max_relative_deviation"] < 1e-6  # the exact passes, measured before freezing
+    assert report.freeze["eps"] == 1e-3 and report.freeze["samples"] == 8
+    frozen = [r["layer"] for r in report.freeze["layers"] if r["frozen"]]
+    assert frozen == ["0"]
+    with torch.no_grad():
+        # the report measures against the exact deploy model, which itself sits within check of the source
+        slack = 2 * report.check["max_relative_deviation"] + 1e-9
+        assert rel_dev(report.model(x), source(x)) == pytest.approx(report.freeze["output_deviation"], abs=slack)
+    with pytest.raises(InputError, match="needs calibration"):
+        reparameterise(source, freeze_below=0.1)
+    with pytest.raises(InputError, match="not \\(N, C, H, W\\)"):
+        reparameterise(source, calibration=torch.randn(8, 10, 10), freeze_below=0.1)
