@@ -164,7 +164,10 @@ class TrtRunner(Runner):
         stream = torch.cuda.current_stream(self.device)
         if self._profiles:
             batch = int(feed[self._inputs[0].name].shape[0])
-            wanted = select_profile(batch, self._profiles)
+            try:
+                wanted = select_profile(batch, self._profiles)
+            except InputError as exc:  # a batch the engine was not built for: the backend refuses this input
+                raise InferenceError(exc.message, exc.hint) from exc
             if wanted != self._active_profile:
                 if not context.set_optimization_profile_async(wanted, stream.cuda_stream):
                     raise InferenceError(f"TensorRT could not switch to optimisation profile {wanted}: {_trt.last_errors(self._log)}",

@@ -82,6 +82,20 @@ def test_bad_options_exit_1_before_tensorrt_is_looked_for(tmp_path, args, fragme
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
 
 
+def test_checkpoint_options_with_an_onnx_source_exit_1(tmp_path):
+    onnx_path = conv_model(tmp_path / "x.onnx")
+    code, output = _invoke(onnx_path, "--form", "custom", "--arch", "od_resnet_tiny")
+    assert code == 1 and "--form, --arch apply when SOURCE is a checkpoint" in output
+
+
+def test_grouped_form_from_a_checkpoint_needs_one_fixed_batch(tmp_path):
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"never read: the options are checked first")
+    code, output = _invoke(checkpoint, "--form", "grouped", "--max-batch", "8")
+    assert code == 1 and "--profile N" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]
+
+
 def test_a_fixed_batch_onnx_with_another_batch_exits_1(tmp_path):
     onnx_path = conv_model(tmp_path / "fixed.onnx", dims=(4, 3, 8, 8))
     code, output = _invoke(onnx_path, "--max-batch", "8")

@@ -86,9 +86,18 @@ def _build(source, output, fp16, min_batch, opt_batch, max_batch, profile, works
     options.validate()
     engine_path = output if output is not None else path.with_suffix(".engine")
     if not from_checkpoint:
+        given = [flag for flag, value in (("--form", form != "auto"), ("--save-onnx", save_onnx is not None),
+                                          *((f"--{k.replace('_', '-')}", bool(v)) for k, v in load.items())) if value]
+        if given:
+            raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} when SOURCE is a checkpoint, not an ONNX file",
+                             "drop it, or pass the checkpoint to export it with these options")
         check_build_inputs(path, options)
-    elif save_onnx is not None and save_onnx.suffix.lower() != ".onnx":
-        raise InputError(f"--save-onnx {save_onnx} should end in .onnx", "e.g. --save-onnx model.onnx")
+    else:
+        if save_onnx is not None and save_onnx.suffix.lower() != ".onnx":
+            raise InputError(f"--save-onnx {save_onnx} should end in .onnx", "e.g. --save-onnx model.onnx")
+        if form == "grouped" and _fixed_batch(profiles) is None:
+            raise InputError("the grouped form bakes the batch into the convolutions, so the engine needs one fixed batch",
+                             "give it with --profile N (e.g. --profile 1), or use --form decomposed / custom / auto for a dynamic batch")
     require_tensorrt("`odexport trt`")
 
     with stages(quiet or json_output) as stage:
@@ -100,7 +109,7 @@ def _build(source, output, fp16, min_batch, opt_batch, max_batch, profile, works
                 _export(path, onnx_path, form, fp16, profiles, shape, load, stage)
                 options.source_checkpoint = path
                 options.rebuild_source = path
-                options.rebuild_extra_args = _load_args(load, form)
+                options.rebuild_extra_args = _load_args(load, form, shape)
                 # the export fixed the sample shape; --input-shape was for the export
                 options.input_shape = None
                 result = build_engine(onnx_path, engine_path, options, stage=stage)
@@ -113,14 +122,20 @@ def _export(checkpoint: Path, onnx_path: Path, form: str, fp16: bool, profiles, 
     stage(f"load {checkpoint.name}")
     loaded = model_from_checkpoint(checkpoint, **load)
     input_shape = tuple(shape) if shape else tuple(loaded.info.input_shape)
-    # a single fixed-batch profile N:N:N exports with that batch (the grouped form needs one); otherwise dynamic
-    fixed = profiles[0].min if profiles and len(profiles) == 1 and profiles[0].min == profiles[0].max else None
     stage(f"export ONNX (form {form}, target gpu{', fp16' if fp16 else ''})")
-    onnx_from_model(loaded.model, onnx_path, form=form, batch=fixed if form == "grouped" else None,
+    # the grouped form bakes in the one fixed batch of its profile; every other form keeps the batch dynamic
+    onnx_from_model(loaded.model, onnx_path, form=form, batch=_fixed_batch(profiles) if form == "grouped" else None,
                     input_shape=input_shape, fp16=fp16, target="gpu")
 
 
-def _load_args(load: dict, form: str) -> tuple[str, ...]:
+def _fixed_batch(profiles) -> int | None:
+    """N when the options ask for exactly one profile N:N:N, else None."""
+    if profiles and len(profiles) == 1 and profiles[0].min == profiles[0].max:
+        return profiles[0].min
+    return None
+
+
+def _load_args(load: dict, form: str, shape=None) -> tuple[str, ...]:
     args = []
     for key, flag in (("arch", "--arch"), ("kernel_num", "--kernel-num"), ("temperature", "--temperature"), ("factory", "--factory")):
         if load.get(key) is not None:
@@ -129,6 +144,8 @@ def _load_args(load: dict, form: str) -> tuple[str, ...]:
         args.append("--trust-pickle")
     if form != "auto":
         args += ["--form", form]
+    if shape:
+        args += ["--input-shape", "x".join(str(d) for d in shape)]
     return tuple(args)
 
 
