@@ -173,8 +173,9 @@ def build_engine(
         found = registered_plugins(trt, CUSTOM_OP_TYPES)
         if plugin_override and plugin_layers == 0:
             warnings.append(
-                "--plugin was given but no ONNX node became a plugin layer: a plugin replaces a node only when its "
-                f"name equals the node's op type ({', '.join(CUSTOM_OP_TYPES)}); registered: {', '.join(found) or 'none of them'}"
+                "--plugin was given but no ONNX node became a plugin layer: the parser looks a plugin up by the node's op type "
+                f"({', '.join(CUSTOM_OP_TYPES)}), version '1' and the empty namespace (unless the node has plugin_version/"
+                f"plugin_namespace attributes); registered under those names: {', '.join(found) or 'none'}"
             )
 
     stage("configure builder")

@@ -12,7 +12,9 @@ After loading, ``trt.init_libnvinfer_plugins`` registers TensorRT's own plugins 
 meets a plugin is the parser's business: an ONNX node whose op type has no built-in importer and no
 function body is looked up in the registry by op type; odexport's custom-op nodes *do* carry a
 function body, which the parser inlines, unless TensorRT >= 10.15's parser flag
-``ENABLE_PLUGIN_OVERRIDE`` is set, which lets a registered plugin named like the op type take over.
+``ENABLE_PLUGIN_OVERRIDE`` is set, which lets a registered plugin take over.  The parser's registry
+lookup key is the node's op type, version ``"1"`` and namespace ``""`` (or the node's
+``plugin_version``/``plugin_namespace`` attributes); the ONNX domain is not part of it.
 :mod:`odexport.engine.build` sets that flag whenever ``--plugin`` is given and the flag exists.
 """
 
