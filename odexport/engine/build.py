@@ -163,7 +163,8 @@ def build_engine(
         else:
             warnings.append(
                 f"TensorRT {target.tensorrt_version} has no ONNX-parser plugin override (TensorRT >= 10.15): odexport's "
-                "custom-op nodes keep their inlined function body; the plugins serve only nodes without one"
+                "custom-op nodes keep their inlined function body; a plugin serves only nodes with a plugin_namespace attribute "
+                "or without a body"
             )
     parsed = parser.parse_from_file(str(onnx_path))
     if not parsed or int(parser.num_errors) > 0:
