@@ -1,0 +1,260 @@
+"""The ``custom`` form: one ``com.odexport`` node per dynamic conv, carrying an exact ONNX function.
+
+During export each layer's convolution is emitted as a single node (``torch.onnx.ops.symbolic``)::
+
+    Y = com.odexport.ODConv2d(X, W, channel, filter, spatial, kernel, static_bias)
+    Y = com.odexport.DyConv2d(X, W, kernel, bias, static_bias)
+
+with attributes ``strides``, ``pads``, ``dilations``, ``group`` (see docs/ops.md).  The attention
+branch stays standard ONNX, so the node receives the attentions as inputs.
+
+Each node names a model-local FunctionProto (domain ``com.odexport``, same op name, an
+``overload`` per layer configuration) whose body is the decomposed variant chosen for that layer.
+Stock onnxruntime and ``onnx.inliner`` inline the body; a runtime with a registered kernel or
+plugin for ``com.odexport::ODConv2d`` can take the node over instead.
+
+The bodies are made by exporting the same torch cores that the decomposed form uses
+(:class:`odexport.export.forms.DynamicConvCore`) with the weight as an *input*, all
+configurations in one export, and cutting each output's cone out of the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from odexport.export.forms import DynamicConvCore, LayerSpec
+
+DOMAIN = "com.odexport"
+DOMAIN_VERSION = 1
+
+# Formal inputs of each op, in order (optional ones are "" on the node when absent).
+FORMAL_INPUTS = {
+    "ODConv2d": ("X", "W", "channel", "filter", "spatial", "kernel", "static_bias"),
+    "DyConv2d": ("X", "W", "kernel", "bias", "static_bias"),
+}
+ATTRIBUTES = ("strides", "pads", "dilations", "group")
+OVERLOAD_KEY = "odexport.overload"
+VARIANT_KEY = "odexport.variant"
+
+
+def overload_name(spec: LayerSpec, variant: str) -> str:
+    """A readable, unique name for one (configuration, variant): the function ``overload``."""
+    heads = "".join(c for c, on in zip("cfsk", (spec.has_channel, spec.has_filter, spec.has_spatial, spec.has_kernel)) if on)
+    extras = ("b" if spec.has_dyn_bias else "") + ("s" if spec.has_static_bias else "")
+    text = (
+        f"{variant}_c{spec.in_channels}_o{spec.out_channels}_k{spec.kernel_size[0]}x{spec.kernel_size[1]}"
+        f"_s{spec.stride[0]}x{spec.stride[1]}_p{spec.padding[0]}x{spec.padding[1]}_d{spec.dilation[0]}x{spec.dilation[1]}"
+        f"_g{spec.groups}_K{spec.num_kernels}_hw{spec.input_hw[0]}x{spec.input_hw[1]}_{heads or 'none'}{'_' + extras if extras else ''}"
+    )
+    return text
+
+
+def node_inputs(spec: LayerSpec, x, weight, att, dyn_bias, static_bias) -> tuple:
+    """Actual inputs of the custom node, in the op's formal order (``None`` = absent)."""
+    if spec.op == "ODConv2d":
+        return (x, weight, att.channel, att.filter, att.spatial, att.kernel, static_bias)
+    return (x, weight, att.kernel, dyn_bias, static_bias)
+
+
+def node_attributes(spec: LayerSpec) -> dict:
+    ph, pw = spec.padding
+    return {
+        "strides": list(spec.stride),
+        "pads": [ph, pw, ph, pw],
+        "dilations": list(spec.dilation),
+        "group": spec.groups,
+    }
+
+
+def emit_custom_node(layer: nn.Module, core: DynamicConvCore, x, att, dyn_bias, static_bias):
+    """Emitter for :func:`odexport.export.forms.exporting_forms`: one ``com.odexport`` node."""
+    spec = core.spec
+    inputs = node_inputs(spec, x, layer.weight, att, dyn_bias, static_bias)
+    shape = (x.shape[0], spec.out_channels, *spec.output_hw)
+    return torch.onnx.ops.symbolic(
+        f"{DOMAIN}::{spec.op}",
+        inputs,
+        node_attributes(spec),
+        dtype=x.dtype,
+        shape=shape,
+        version=DOMAIN_VERSION,
+        metadata_props={OVERLOAD_KEY: overload_name(spec, core.variant), VARIANT_KEY: core.variant},
+    )
+
+
+class _AllBodies(nn.Module):
+    """Every distinct core as a child named by its overload; inputs flattened in formal order."""
+
+    def __init__(self, entries: dict[str, tuple[LayerSpec, str]]):
+        super().__init__()
+        self.layout: list[tuple[str, LayerSpec, tuple[str, ...]]] = []
+        for key, (spec, variant) in entries.items():
+            self.add_module(_module_name(key), DynamicConvCore(spec, variant))
+            self.layout.append((key, spec, present_formals(spec)))
+
+    def forward(self, *flat):
+        outputs = []
+        i = 0
+        for key, spec, formals in self.layout:
+            values = dict(zip(formals, flat[i : i + len(formals)]))
+            i += len(formals)
+            core = getattr(self, _module_name(key))
+            outputs.append(
+                core(
+                    values["X"],
+                    values["W"],
+                    values.get("channel"),
+                    values.get("filter"),
+                    values.get("spatial"),
+                    values.get("kernel"),
+                    values.get("bias"),
+                    values.get("static_bias"),
+                )
+            )
+        return tuple(outputs)
+
+
+def _module_name(key: str) -> str:
+    return "f_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def present_formals(spec: LayerSpec) -> tuple[str, ...]:
+    present = {
+        "X": True,
+        "W": True,
+        "channel": spec.has_channel,
+        "filter": spec.has_filter,
+        "spatial": spec.has_spatial,
+        "kernel": spec.has_kernel,
+        "bias": spec.has_dyn_bias,
+        "static_bias": spec.has_static_bias,
+    }
+    return tuple(name for name in FORMAL_INPUTS[spec.op] if present[name])
+
+
+def _example_inputs(spec: LayerSpec, batch: int) -> dict[str, torch.Tensor]:
+    kh, kw = spec.kernel_size
+    shapes = {
+        "X": (batch, spec.in_channels, *spec.input_hw),
+        "W": (spec.num_kernels, spec.out_channels, spec.in_per_group, kh, kw),
+        "channel": (batch, spec.in_channels),
+        "filter": (batch, spec.out_channels),
+        "spatial": (batch, kh * kw),
+        "kernel": (batch, spec.num_kernels),
+        "bias": (spec.num_kernels, spec.out_channels),
+        "static_bias": (spec.out_channels,),
+    }
+    return {name: torch.rand(*shapes[name]) for name in present_formals(spec)}
+
+
+def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, export_fn, example_batch: int) -> list[onnx.FunctionProto]:
+    """One FunctionProto per overload key, bodies exported from the torch cores in one go.
+
+    ``export_fn(module, args, input_names, output_names, dynamic_shapes) -> ModelProto`` is the
+    exporter the model export uses (same opset and options).
+    """
+    if not entries:
+        return []
+    wrapper = _AllBodies(entries).eval()
+    args, names, dynamic = [], [], []
+    batch_dim = torch.export.Dim("batch")
+    batched = {"X", "channel", "filter", "spatial", "kernel"}
+    for key, spec, formals in wrapper.layout:
+        example = _example_inputs(spec, example_batch)
+        for formal in formals:
+            args.append(example[formal])
+            names.append(f"{_module_name(key)}__{formal}")
+            dynamic.append({0: batch_dim} if formal in batched else None)
+    output_names = [f"{_module_name(key)}__Y" for key, _, _ in wrapper.layout]
+    model = export_fn(wrapper, tuple(args), names, output_names, (tuple(dynamic),))  # forward(*flat)
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    order = {id(node): i for i, node in enumerate(graph.node)}
+    initializers = {t.name: t for t in graph.initializer}
+    functions = []
+    for key, spec, formals in wrapper.layout:
+        prefix = _module_name(key) + "__"
+        nodes = _cone(producers, prefix + "Y", order)
+        rename = {prefix + formal: formal for formal in formals}
+        rename[prefix + "Y"] = "Y"
+        body = []
+        used_consts = []
+        for node in nodes:
+            for name in node.input:
+                if name in initializers and name not in used_consts:
+                    used_consts.append(name)
+        for name in used_consts:
+            body.append(helper.make_node("Constant", [], [_local(name, rename)], value=_copy_tensor(initializers[name]), name=f"const_{len(body)}"))
+        for i, node in enumerate(nodes):
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            new.ClearField("input")
+            new.ClearField("output")
+            new.input.extend(_local(n, rename) if n else "" for n in node.input)
+            new.output.extend(_local(n, rename) if n else "" for n in node.output)
+            new.name = f"n{i}_{node.op_type}"
+            body.append(new)
+        function = helper.make_function(
+            DOMAIN,
+            spec.op,
+            list(FORMAL_INPUTS[spec.op]),
+            ["Y"],
+            body,
+            [helper.make_opsetid(op.domain, op.version) for op in model.opset_import if op.domain != DOMAIN],
+            attributes=list(ATTRIBUTES),
+            doc_string=f"odexport {spec.op}, variant {entries[key][1]}: exact decomposed body (see docs/ops.md)",
+            overload=key,
+        )
+        functions.append(function)
+    return functions
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _local(name: str, rename: dict[str, str]) -> str:
+    if name in rename:
+        return rename[name]
+    return "t_" + _SAFE.sub("_", name)
+
+
+def _copy_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        array = numpy_helper.to_array(tensor)
+        return numpy_helper.from_array(array)
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = ""
+    return copy
+
+
+def _cone(producers: dict[str, onnx.NodeProto], output: str, order: dict[int, int]) -> list[onnx.NodeProto]:
+    """Nodes that ``output`` depends on, in graph order."""
+    seen: dict[int, onnx.NodeProto] = {}
+    stack = [output]
+    while stack:
+        name = stack.pop()
+        node = producers.get(name)
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        stack.extend(n for n in node.input if n)
+    return sorted(seen.values(), key=lambda n: order[id(n)])
+
+
+def finish_custom_model(model: onnx.ModelProto, functions: list[onnx.FunctionProto]) -> None:
+    """Give every ``com.odexport`` node its overload and attach the functions (in place)."""
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        props = {p.key: p.value for p in node.metadata_props}
+        node.overload = props[OVERLOAD_KEY]
+    model.functions.extend(functions)
+    if model.ir_version < 10:  # function overloads need IR version 10
+        model.ir_version = 10

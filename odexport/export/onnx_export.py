@@ -1,0 +1,398 @@
+"""Export a model with odexport dynamic convs to ONNX: plan, trace, finish, check, write, verify.
+
+One call, :func:`export_onnx`, does every step:
+
+1. validate the request (form, opset, batch, input shape, target, output path);
+2. describe every dynamic conv at the input shape and plan its form (:mod:`.plan`);
+3. trace with the dynamo exporter (``torch.export`` + ``dynamic_shapes``; the batch is the only
+   symbolic dimension) while each layer runs its planned form (:mod:`.forms`; the custom form emits
+   ``com.odexport`` nodes and gets its function bodies, :mod:`.custom`);
+4. optionally convert to mixed precision (:mod:`.precision`);
+5. stamp metadata, run ``onnx.checker`` (full) and shape inference, confirm the batch is symbolic;
+6. write atomically (temporary name in the same folder, then ``os.replace``; external data above
+   2 GB) plus a JSON sidecar ``<model>.onnx.json``;
+7. optionally compare onnxruntime with PyTorch at batch 1, 2 and 7 (:mod:`.verify`); a failure
+   renames the file to ``<stem>.parity-failed.onnx`` and raises :class:`ParityError`.
+
+Why dynamo: the TorchScript exporter (``dynamo=False``) loses the static channel count of ``x*ca``
+once a reshape uses ``-1`` for the batch and then refuses the patch conv ("kernel of unknown
+shape"); the dynamo exporter keeps every non-batch dimension static and the batch symbolic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from odexport.errors import ExportError, InputError, ParityError
+from odexport.export import custom as custom_form
+from odexport.export.forms import FORMS, exporting_forms, probe_model
+from odexport.export.plan import TARGETS, LayerPlan, plan_layers
+from odexport.export.verify import DEFAULT_BATCHES, ParityResult, compare_with_torch
+
+SUPPORTED_OPSETS = tuple(range(18, 24))
+DEFAULT_OPSET = 18
+INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
+DEFAULT_EXAMPLE_BATCH = 2
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote: the model path, its metadata, the per-layer plan (form and
+    variant of every dynamic conv) and the parity result (``None`` without ``check``)."""
+
+    path: Path
+    metadata: dict
+    forms: list[LayerPlan]
+    parity: ParityResult | None = None
+    sidecar: Path | None = None
+    counts: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "sidecar": str(self.sidecar) if self.sidecar else None,
+            "metadata": self.metadata,
+            "forms": [p.to_dict() for p in self.forms],
+            "parity": None if self.parity is None else self.parity.to_dict(),
+        }
+
+
+def _validate(form, opset, batch, input_shape, target, path) -> tuple[Path, tuple[int, int, int]]:
+    if form not in FORMS:
+        raise ExportError(f"unknown export form {form!r}", f"use one of {', '.join(FORMS)}")
+    if not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
+        raise ExportError(
+            f"opset {opset} is not supported",
+            f"use an opset from {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]} (default {DEFAULT_OPSET})",
+        )
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise InputError(f"batch must be a positive integer, got {batch!r}", "pass --batch N with N >= 1, or --dynamic-batch")
+    if form == "grouped" and batch is None:
+        raise ExportError(
+            "the grouped form folds the batch into the conv groups, so it needs a fixed batch",
+            "pass --batch N, or use --form decomposed / custom / auto for a dynamic batch",
+        )
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}", f"use one of {', '.join(TARGETS)}")
+    shape = tuple(input_shape)
+    if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise InputError(f"input shape must be three positive integers (C, H, W), got {input_shape!r}", "e.g. --input-shape 3x224x224")
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise InputError(f"output path {out} is a directory", "give a file name such as model.onnx")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist", "create it or choose another -o path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output folder {parent} is not writable", "choose a writable -o path")
+    return out, shape  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs optional-registry warnings and prints progress; keep both out."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes, opset: int) -> onnx.ModelProto:
+    """``torch.onnx.export(dynamo=True)`` to an in-memory ModelProto, errors made one line."""
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module,
+                args,
+                None,
+                dynamo=True,
+                verbose=False,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                optimize=True,
+                report=False,
+            )
+            return program.model_proto
+    except Exception as exc:  # the exporter's errors are many pages long
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"torch.onnx.export failed: {type(exc).__name__}: {first[:300]}",
+            "rerun with ODEXPORT_DEBUG=1 for the full traceback; if a layer of your own is not exportable, report it",
+        ) from exc
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A checksum of the model's parameters and buffers (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_onnx(
+    model: nn.Module,
+    plans: list[LayerPlan],
+    *,
+    input_shape: tuple[int, int, int],
+    batch: int | None,
+    opset: int,
+    custom: bool,
+    num_outputs: int = 1,
+    example_batch: int = DEFAULT_EXAMPLE_BATCH,
+) -> onnx.ModelProto:
+    """Trace ``model`` with each layer in its planned variant; the custom form gets its functions."""
+    variants = {p.name: (p.spec, p.variant) for p in plans}
+    trace_batch = batch if batch is not None else example_batch
+    example = torch.zeros(trace_batch, *input_shape)
+    dynamic = None if batch is not None else ({0: torch.export.Dim(BATCH_DIM)},)
+    output_names = [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{i}" for i in range(1, num_outputs)]
+    emitter = custom_form.emit_custom_node if custom else None
+    with exporting_forms(model, variants, emitter=emitter):
+        proto = torch_to_onnx(model, (example,), [INPUT_NAME], output_names, dynamic, opset)
+    if custom:
+        entries = {}
+        for p in plans:
+            entries.setdefault(custom_form.overload_name(p.spec, p.variant), (p.spec, p.variant))
+
+        def export_fn(module, args, names, outs, dyn):
+            return torch_to_onnx(module, args, names, outs, dyn if batch is None else None, opset)
+
+        functions = custom_form.build_functions(entries, opset, export_fn, trace_batch)
+        custom_form.finish_custom_model(proto, functions)
+    _strip_bulky_metadata(proto)
+    return proto
+
+
+def _strip_bulky_metadata(proto: onnx.ModelProto) -> None:
+    """Drop stack traces and FX dumps (local paths, megabytes); keep scopes for roles."""
+    bulky = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
+
+    def strip(nodes):
+        for node in nodes:
+            keep = [(p.key, p.value) for p in node.metadata_props if p.key not in bulky]
+            node.ClearField("metadata_props")
+            for key, value in keep:
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
+
+    strip(proto.graph.node)
+    for function in proto.functions:
+        strip(function.node)
+
+
+def _check_symbolic_batch(proto: onnx.ModelProto) -> None:
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or dims[0].dim_param != BATCH_DIM:
+            raise ExportError(
+                f"the exported '{value.name}' does not keep a symbolic batch dimension",
+                "a module outside odexport's dynamic convs fixes the batch; export with --batch N or report it",
+            )
+
+
+def _tensor_bytes(proto: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in proto.graph.initializer)
+
+
+def check_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker`` full check, then shape inference (strict); returns the inferred model."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ExportError(f"the exported model fails the ONNX checker: {first[:300]}", "this is a bug in odexport; please report it") from exc
+
+
+def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
+    """Write ``proto`` to ``path`` through a temporary folder in the same directory.
+
+    Above ~2 GB the tensors go to ``<name>.data`` next to the model (ONNX external data); both
+    files are renamed into place only when complete, so a failure leaves nothing behind.
+    """
+    parent = path.parent if str(path.parent) else Path(".")
+    large = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        tmp_model = tmp_dir / path.name
+        data_name = path.name + ".data"
+        if large:
+            onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            onnx.checker.check_model(str(tmp_model), full_check=False)
+            os.replace(tmp_dir / data_name, parent / data_name)
+        else:
+            onnx.save_model(proto, tmp_model)
+        os.replace(tmp_model, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}", "choose a writable -o path with free space") from exc
+    finally:
+        for leftover in tmp_dir.glob("*"):
+            leftover.unlink(missing_ok=True)
+        tmp_dir.rmdir()
+
+
+def write_json_atomically(obj: dict, path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(obj, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def failed_path(path: Path) -> Path:
+    """``model.onnx`` -> ``model.parity-failed.onnx``."""
+    return path.with_name(f"{path.stem}.parity-failed{path.suffix or '.onnx'}")
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    form: str = "auto",
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    input_shape: Sequence[int] = (3, 224, 224),
+    fp16: bool = False,
+    target: str = "cpu",
+    check: bool = True,
+    check_batches: Sequence[int] = DEFAULT_BATCHES,
+    seed: int = 0,
+    architecture: str | None = None,
+    model_kwargs: dict | None = None,
+    source_sha256: str | None = None,
+    extra_metadata: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+    example_batch: int = DEFAULT_EXAMPLE_BATCH,
+) -> ExportResult:
+    """Export ``model`` (its dynamic convs ODConv2d / DyConv2d) to ONNX at ``path``.
+
+    ``form``: auto | custom | decomposed | grouped (per layer, see docs/forms.md); ``batch``
+    None keeps the batch symbolic (named ``batch``), an integer fixes it (required by grouped);
+    ``input_shape`` is one sample (C, H, W); ``fp16`` writes the mixed-precision model;
+    ``target`` (cpu | gpu) and the batch steer ``auto``; ``check`` compares onnxruntime with
+    PyTorch at ``check_batches`` (only ``batch`` when fixed).  ``architecture`` (a zoo name) and
+    ``model_kwargs`` go to the metadata (``odexport.arch``, ``odexport.model_kwargs``) so a later
+    stage can rebuild the model or its static twin; ``source_sha256`` is the checkpoint's checksum
+    (default: a checksum of the state dict).  Raises :class:`ExportError` /
+    :class:`InputError` for a request that cannot be done and :class:`ParityError` (with
+    ``.result``) when the check fails.
+    """
+    say = progress or (lambda stage: None)
+    out, shape = _validate(form, opset, batch, input_shape, target, path)
+    was_training = model.training
+    model.eval()
+    try:
+        dtypes = {p.dtype for p in model.parameters()}
+        if dtypes - {torch.float32}:
+            raise ExportError(
+                f"the model's parameters are {', '.join(sorted(str(d) for d in dtypes))}; export starts from float32",
+                "call model.float() first (use --fp16 for a mixed-precision model)",
+            )
+        specs, num_outputs = probe_model(model, shape)
+        plans = plan_layers(specs, form, target=target, batch=batch)
+        say("trace")
+        proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=form == "custom", num_outputs=num_outputs, example_batch=example_batch)
+        counts = {}
+        if fp16:
+            from odexport.export.precision import convert_to_mixed_precision
+
+            counts = convert_to_mixed_precision(proto, {p.name for p in plans})
+        metadata = {
+            "odexport.version": _version(),
+            "odexport.source_sha256": source_sha256 or state_dict_sha256(model),
+            "odexport.source_kind": "checkpoint" if source_sha256 else "state_dict",
+            "odexport.arch": architecture or "",
+            "odexport.model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "odexport.model_kwargs": json.dumps(model_kwargs or {}, sort_keys=True, default=str),
+            "odexport.form": form,
+            "odexport.forms": json.dumps([{"name": p.name, "form": p.form, "variant": p.variant} for p in plans]),
+            "odexport.opset": str(opset),
+            "odexport.batch": "dynamic" if batch is None else str(batch),
+            "odexport.input_shape": "x".join(map(str, shape)),
+            "odexport.precision": "fp16" if fp16 else "fp32",
+            "odexport.target": target,
+            **{f"odexport.{k}": str(v) for k, v in (extra_metadata or {}).items()},
+        }
+        onnx.helper.set_model_props(proto, metadata)
+        proto.producer_name, proto.producer_version = "odexport", _version()
+        say("check")
+        proto = check_model(proto)
+        if batch is None:
+            _check_symbolic_batch(proto)
+        write_model_atomically(proto, out)
+        result = ExportResult(out, metadata, plans, None, sidecar_path(out), counts)
+        if check:
+            say("verify")
+            batches = tuple(check_batches) if batch is None else (batch,)
+            try:
+                result.parity = compare_with_torch(model, str(out), shape, batches=batches, seed=seed, precision="fp16" if fp16 else "fp32")
+            except BaseException:
+                out.unlink(missing_ok=True)
+                raise
+        write_json_atomically(_sidecar(result), result.sidecar)
+        if result.parity is not None and not result.parity.passed:
+            return _fail_parity(result)
+        return result
+    finally:
+        model.train(was_training)
+
+
+def _sidecar(result: ExportResult) -> dict:
+    data = result.to_dict()
+    data["metadata"] = dict(result.metadata, **{"odexport.forms": json.loads(result.metadata["odexport.forms"])})
+    return data
+
+
+def _fail_parity(result: ExportResult) -> ExportResult:
+    failed = failed_path(result.path)
+    os.replace(result.path, failed)
+    failed_sidecar = sidecar_path(failed)
+    os.replace(result.sidecar, failed_sidecar)
+    result.path, result.sidecar = failed, failed_sidecar
+    write_json_atomically(_sidecar(result), failed_sidecar)
+    error = ParityError(
+        f"the exported model does not match PyTorch ({result.parity.summary()}); kept as {failed}",
+        "inspect the per-output errors above; try another --form, or report it with the sidecar JSON",
+    )
+    error.result = result
+    raise error
+
+
+def _version() -> str:
+    from odexport import __version__
+
+    return __version__

@@ -1,0 +1,168 @@
+"""The export's own parity check: onnxruntime (CPU) against PyTorch on seeded random inputs.
+
+Deliberately small and reusable (``odexport check`` builds the full gate): run both at a few
+batch sizes, report max abs / max rel error per output, and say whether they pass.
+
+``max_rel`` is the largest absolute error divided by the largest magnitude of the reference
+output (a scale-aware relative error; an elementwise ratio explodes on values near zero).
+A comparison passes when ``max_abs <= atol + rtol * max|reference|``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+# Defaults by candidate precision: fp32 must match tightly; fp16 within 1% of the output scale.
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-3, 1e-2)}
+DEFAULT_BATCHES = (1, 2, 7)
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    batch: int
+    max_abs: float
+    max_rel: float
+    top1_agreement: float | None
+    passed: bool
+
+
+@dataclass
+class ParityResult:
+    """Result of :func:`compare_with_torch`; ``passed`` only when every comparison passed."""
+
+    passed: bool
+    atol: float
+    rtol: float
+    precision: str
+    seed: int
+    comparisons: list[OutputComparison] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def worst(self) -> OutputComparison | None:
+        return max(self.comparisons, key=lambda c: c.max_rel, default=None)
+
+    def summary(self) -> str:
+        worst = self.worst()
+        if worst is None:
+            return "no comparison ran"
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"parity {verdict}: max abs {max(c.max_abs for c in self.comparisons):.3g}, "
+            f"max rel {worst.max_rel:.3g} (batches {sorted({c.batch for c in self.comparisons})}, "
+            f"atol {self.atol:g}, rtol {self.rtol:g})"
+        )
+
+
+def ort_session(model: str | onnx.ModelProto, threads: int | None = None):
+    """A CPU onnxruntime session (spinning off, so idle sessions leave the cores alone)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def seeded_inputs(input_shape: Sequence[int], batch: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1000 * batch)
+    return rng.standard_normal((batch, *input_shape)).astype(np.float32)
+
+
+def torch_outputs(model, x: np.ndarray) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    return [o.detach().float().numpy() for o in out]
+
+
+def compare_arrays(name: str, batch: int, reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> OutputComparison:
+    if reference.shape != candidate.shape:
+        return OutputComparison(name, batch, float("inf"), float("inf"), None, False)
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    top1 = None
+    if reference.ndim == 2 and reference.shape[1] > 1:
+        top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    passed = bool(np.isfinite(max_abs) and max_abs <= atol + rtol * scale)
+    return OutputComparison(name, batch, max_abs, max_rel, top1, passed)
+
+
+def compare_with_torch(
+    torch_model,
+    onnx_model: str | onnx.ModelProto,
+    input_shape: Sequence[int],
+    *,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    seed: int = 0,
+    precision: str = "fp32",
+    atol: float | None = None,
+    rtol: float | None = None,
+    input_name: str = "input",
+) -> ParityResult:
+    """Run ``onnx_model`` in onnxruntime CPU and ``torch_model`` in PyTorch on the same seeded
+    inputs at each batch size; compare every output."""
+    default_atol, default_rtol = TOLERANCES[precision]
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
+    session = ort_session(onnx_model)
+    names = [o.name for o in session.get_outputs()]
+    result = ParityResult(True, atol, rtol, precision, seed)
+    for batch in batches:
+        x = seeded_inputs(input_shape, batch, seed)
+        expected = torch_outputs(torch_model, x)
+        got = session.run(None, {input_name: x})
+        for name, ref, cand in zip(names, expected, got):
+            comparison = compare_arrays(name, batch, ref, cand, atol, rtol)
+            result.comparisons.append(comparison)
+            result.passed &= comparison.passed
+    return result
+
+
+def batch_constants(model: onnx.ModelProto, batch: int) -> list[str]:
+    """Places where ``batch`` appears baked into a graph (and its local functions): a Reshape or
+    Expand shape constant holding it, or a Conv ``group`` equal to it.  Empty for a graph whose
+    batch stays symbolic (used with an unusual example batch)."""
+    from onnx import numpy_helper
+
+    found = []
+
+    def scan(nodes, constants, where):
+        for node in nodes:
+            if node.op_type in ("Reshape", "Expand") and len(node.input) > 1 and node.input[1] in constants:
+                values = constants[node.input[1]].reshape(-1).tolist()
+                if batch in values:
+                    found.append(f"{where}:{node.name} ({node.op_type} shape {values})")
+            if node.op_type == "Conv":
+                for attr in node.attribute:
+                    if attr.name == "group" and attr.i == batch:
+                        found.append(f"{where}:{node.name} (Conv group {attr.i})")
+
+    def constants_of(nodes, initializers=()):
+        table = {t.name: numpy_helper.to_array(t) for t in initializers}
+        for node in nodes:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        table[node.output[0]] = numpy_helper.to_array(attr.t)
+                    elif attr.name == "value_ints":
+                        table[node.output[0]] = np.array(list(attr.ints))
+        return table
+
+    scan(model.graph.node, constants_of(model.graph.node, model.graph.initializer), "graph")
+    for function in model.functions:
+        scan(function.node, constants_of(function.node), f"{function.name}[{function.overload}]")
+    return found
