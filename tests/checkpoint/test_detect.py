@@ -1,0 +1,193 @@
+"""Layout, architecture and options are detected from key names and shapes; misfits are named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from odexport.checkpoint import load_checkpoint
+from odexport.errors import ArchitectureError, CheckpointError
+from odexport.layers import DyConv2d, dynamic_convs
+from odexport.models import create_model, list_models, model_info
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+TINY = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny"]
+
+
+def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Move every BatchNorm and bias away from its init value, so a loader that drops one fails."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=g))
+            elif name.endswith(("bias", "running_mean")) or ".bn" in name or name.endswith(".weight") and tensor.dim() == 1:
+                tensor.add_(0.1 * torch.randn(tensor.shape, generator=g))
+    return model.eval()
+
+
+def _save(model: nn.Module, path, *, prefix: str = "", wrap: str | None = None):
+    state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
+    torch.save(state if wrap is None else {wrap: state, "epoch": 1}, path)
+    return path
+
+
+def _same_outputs(expected_model, loaded_model, shape):
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_model(x), expected_model(x), **TOL)
+        torch.testing.assert_close(loaded_model(x[:1]), expected_model(x[:1]), **TOL)
+
+
+def test_every_tiny_variant_is_registered():
+    assert set(TINY) <= set(list_models(tiny=True))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_zoo_checkpoint_is_detected_and_reproduces(tmp_path, name):
+    model = _trained_like(create_model(name))
+    path = _save(model, tmp_path / f"{name}.pth.tar", prefix="module.", wrap="state_dict")
+    loaded = load_checkpoint(path)
+    info = loaded.info
+    assert info.arch == name and info.layout == model_info(name).layout
+    assert info.extras["detected"] and info.extras["conformed_layers"] == []
+    assert info.temperature == 1.0 and info.input_shape == model_info(name).input_shape
+    assert not loaded.model.training
+    _same_outputs(model, loaded.model, info.input_shape)
+
+
+def test_options_read_from_the_file(tmp_path):
+    model = _trained_like(create_model("od_resnet_tiny", kernel_num=2, num_classes=7))
+    loaded = load_checkpoint(_save(model, tmp_path / "k2.pt"))
+    assert loaded.info.arch == "od_resnet_tiny"
+    assert loaded.info.model_kwargs == {"kernel_num": 2, "num_classes": 7}
+    assert loaded.info.num_classes == 7
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def test_attention_reduction_is_searched(tmp_path):
+    model = _trained_like(create_model("od_mobilenetv2_tiny", reduction=0.5))
+    loaded = load_checkpoint(_save(model, tmp_path / "r05.pt"))
+    assert loaded.info.arch == "od_mobilenetv2_tiny"
+    assert loaded.info.model_kwargs.get("reduction") == 0.5 and loaded.info.extras["conformed_layers"] == []
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def test_width_multiplier_prefers_the_variant_with_fewest_changes(tmp_path):
+    model = _trained_like(create_model("ta_resnet_tiny", width_multiplier=0.25))
+    loaded = load_checkpoint(_save(model, tmp_path / "w025.pth", wrap="model"))
+    assert loaded.info.arch == "ta_resnet_tiny"
+    assert loaded.info.model_kwargs["width_multiplier"] == 0.25
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def test_dynamic_bias_option_is_detected(tmp_path):
+    model = _trained_like(create_model("dy_mobilenetv2_tiny", dynamic_bias=False))
+    loaded = load_checkpoint(_save(model, tmp_path / "nobias.pt"))
+    assert loaded.info.arch == "dy_mobilenetv2_tiny" and loaded.info.model_kwargs.get("dynamic_bias") is False
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def _as_old_kaijieshi7(model: nn.Module) -> nn.Module:
+    """Checkpoints from before 2020-10 (kaijieshi7 1d4014f/9ac7913): no fc2 bias, hidden int(in*ratio)."""
+    for name, layer in list(dynamic_convs(model)):
+        hidden = max(1, int(layer.in_channels * 0.25)) if layer.in_channels != 3 else layer.num_kernels
+        old = DyConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                       layer.groups, bias=layer.bias is not None, num_kernels=layer.num_kernels, hidden_channels=hidden,
+                       fc1_bias=False, fc2_bias=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, old)
+    return model
+
+
+def test_old_kaijieshi7_checkpoint_is_conformed_to_its_shapes(tmp_path):
+    model = _trained_like(_as_old_kaijieshi7(create_model("dy_resnet_tiny")), seed=3)
+    assert not any(k.endswith("fc2.bias") for k in model.state_dict())
+    loaded = load_checkpoint(_save(model, tmp_path / "old.pth"))
+    assert loaded.info.arch == "dy_resnet_tiny"
+    conformed = loaded.info.extras["conformed_layers"]
+    assert len(conformed) == len(dynamic_convs(model))
+    assert all(layer.attention.fc2.bias is None for _, layer in dynamic_convs(loaded.model))
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def test_per_layer_kernel_count_is_read_from_the_file(tmp_path):
+    """TArdelean accepts an iterable nof_kernels: one K per layer."""
+    model = create_model("ta_resnet_tiny")
+    name, layer = dynamic_convs(model)[3]
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, DyConv2d.from_tardelean_args(2, 4, layer.in_channels, layer.out_channels,
+                                                                                 layer.kernel_size, layer.stride, layer.padding, bias=False))
+    model = _trained_like(model)
+    loaded = load_checkpoint(_save(model, tmp_path / "perlayer.pth", wrap="model"))
+    assert loaded.info.arch == "ta_resnet_tiny" and loaded.info.extras["conformed_layers"] == [name]
+    assert loaded.model.get_submodule(name).num_kernels == 2
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def test_safetensors_checkpoint_is_detected(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _trained_like(create_model("dy_resnet_tiny"))
+    path = tmp_path / "dy.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = load_checkpoint(path)
+    assert loaded.info.arch == "dy_resnet_tiny" and loaded.info.extras["file_format"] == "safetensors"
+    _same_outputs(model, loaded.model, (3, 32, 32))
+
+
+def test_temperature_is_explicit(tmp_path):
+    model = _trained_like(create_model("dy_resnet_tiny"))
+    path = _save(model, tmp_path / "t.pt")
+    loaded = load_checkpoint(path, temperature=3.0)
+    assert loaded.info.temperature == 3.0
+    assert {layer.temperature for _, layer in dynamic_convs(loaded.model)} == {3.0}
+    for _, layer in dynamic_convs(model):
+        layer.temperature = 3.0
+    _same_outputs(model, loaded.model, (3, 32, 32))
+    with pytest.raises(Exception, match="positive"):
+        load_checkpoint(path, temperature=0)
+
+
+def test_explicit_arch(tmp_path):
+    model = _trained_like(create_model("od_resnet_tiny"))
+    path = _save(model, tmp_path / "a.pt")
+    loaded = load_checkpoint(path, arch="od_resnet_tiny")
+    assert loaded.info.arch == "od_resnet_tiny" and loaded.info.extras["detected"] is False
+
+
+def test_wrong_arch_names_the_first_mismatching_key_and_both_shapes(tmp_path):
+    path = _save(_trained_like(create_model("od_mobilenetv2_tiny", num_classes=10)), tmp_path / "m.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path, arch="od_mobilenetv2_050")
+    message = str(info.value)
+    assert "\n" not in message and "od_mobilenetv2_050" in message
+    assert "'features.0.0.weight' has shape (32, 3, 3, 3) in the file but (16, 3, 3, 3)" in message
+
+
+def test_wrong_kernel_num_is_reported(tmp_path):
+    path = _save(create_model("od_resnet_tiny", kernel_num=4), tmp_path / "k4.pt")
+    with pytest.raises(CheckpointError, match="K=4"):
+        load_checkpoint(path, kernel_num=2)
+
+
+def test_undetectable_checkpoint_lists_the_closest_architectures(tmp_path):
+    state = create_model("od_resnet_tiny").state_dict()
+    state = {k.replace("layer4.", "layer5."): v for k, v in state.items()}  # a deeper, unknown network
+    path = tmp_path / "unknown.pt"
+    torch.save(state, path)
+    with pytest.raises(ArchitectureError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "\n" not in message and "closest" in message and "od_resnet_tiny" in message
+    assert "--arch" in message and "--factory" in message
+
+
+def test_checkpoint_without_dynamic_layers(tmp_path):
+    path = tmp_path / "static.pt"
+    torch.save(nn.Conv2d(3, 8, 3).state_dict(), path)
+    with pytest.raises(ArchitectureError, match="no dynamic-convolution layers"):
+        load_checkpoint(path)
