@@ -9,7 +9,10 @@ For reference ``r`` and candidate ``c`` (both upcast to float64), ``d = |c - r|`
   vectors -- one bad sample is not averaged away;
 * classifier outputs (2-D, at least 2 classes): ``top1`` = fraction of samples whose arg-max agrees;
   ``top5`` = fraction whose top-5 *sets* agree (reported only with more than 5 classes);
-* an element passes when ``d <= atol + rtol * |r|`` (numpy's ``allclose`` rule);
+* an element passes when ``d <= atol + rtol * |r|`` (numpy's ``allclose`` rule).  Default
+  tolerances give ``atol`` as a fraction of the output's scale ``max |r|`` (``scaled_atol``): a
+  fixed absolute atol is meaningless across networks whose logits range from 1e-2 (a fresh
+  network) to 1e+1 (a trained one).  A user's ``--atol`` is absolute;
 * ``required_atol = max(d - rtol*|r|)`` is the smallest atol that would have passed with the
   configured rtol, ``required_rtol = max((d - atol) / |r|)`` the smallest rtol with the configured
   atol (``inf`` when an element with ``r == 0`` exceeds atol).
@@ -40,22 +43,34 @@ class Tolerance:
     rtol: float
     min_top1: float | None = None
     min_cosine: float | None = None
+    #: when True, ``atol`` is a fraction of ``max |reference|`` of each output (the defaults)
+    scaled_atol: bool = False
+
+    def absolute_atol(self, reference: np.ndarray) -> float:
+        """The atol in the output's units (``atol * max|r|`` for a scaled tolerance)."""
+        if not self.scaled_atol:
+            return self.atol
+        finite = np.abs(reference[np.isfinite(reference)])
+        scale = float(finite.max()) if finite.size else 0.0
+        return self.atol * scale
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-#: Defaults by the candidate's precision; the reasoning is in docs/check.md.
+#: Defaults by the candidate's precision (atol as a fraction of max|reference|); the reasoning,
+#: with measurements, is in docs/check.md.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    # fp64 candidate vs an fp64 reference: only summation order differs
-    "fp64": Tolerance(atol=1e-9, rtol=1e-9),
-    # fp32: unit roundoff 6e-8; whole ResNet-18-sized networks with exact export forms land near
-    # 1e-5 on logits of magnitude ~10, so 1e-4 leaves ~10x headroom while a changed weight,
-    # a dropped bias or a wrong temperature is off by far more
-    "fp32": Tolerance(atol=1e-4, rtol=1e-4),
-    # fp16: unit roundoff 4.9e-4 per op; logits move by ~1e-2; decisions must not move
-    "fp16": Tolerance(atol=5e-2, rtol=5e-2, min_top1=0.99, min_cosine=0.999),
-    "mixed": Tolerance(atol=5e-2, rtol=5e-2, min_top1=0.99, min_cosine=0.999),
+    # fp64 candidate vs an fp64 reference: only summation order differs (unit roundoff 1.1e-16)
+    "fp64": Tolerance(atol=1e-10, rtol=1e-9, scaled_atol=True),
+    # fp32 (unit roundoff 6e-8): exact export forms of whole networks land at 1e-7..1e-6 of the
+    # output scale; 1e-5 of the scale (1e-4 on logits of magnitude 10) keeps ~10x headroom while a
+    # changed weight, a dropped bias or a wrong temperature shows up far above it
+    "fp32": Tolerance(atol=1e-5, rtol=1e-4, scaled_atol=True),
+    # fp16 (unit roundoff 4.9e-4 per op): logits move by ~1e-3..1e-2 of their scale; what must
+    # not move are the decisions (top-1 floor) and the direction of the output (cosine floor)
+    "fp16": Tolerance(atol=1e-2, rtol=1e-2, min_top1=0.99, min_cosine=0.999, scaled_atol=True),
+    "mixed": Tolerance(atol=1e-2, rtol=1e-2, min_top1=0.99, min_cosine=0.999, scaled_atol=True),
 }
 
 
@@ -91,8 +106,10 @@ class ToleranceOverrides:
 
     def resolve(self, output: str, precision: str) -> Tolerance:
         base = default_tolerance(precision)
-        atol = self.per_output_atol.get(output, self.atol if self.atol is not None else base.atol)
+        atol = self.per_output_atol.get(output, self.atol)
         rtol = self.per_output_rtol.get(output, self.rtol if self.rtol is not None else base.rtol)
+        if atol is None:  # the default: a fraction of the output's scale
+            return Tolerance(base.atol, rtol, base.min_top1, base.min_cosine, scaled_atol=base.scaled_atol)
         return Tolerance(atol, rtol, base.min_top1, base.min_cosine)
 
 
@@ -121,6 +138,7 @@ class OutputComparison:
     cosine: float = math.nan
     top1: float | None = None
     top5: float | None = None
+    atol: float = math.nan  # the absolute atol applied (scaled defaults resolved)
     required_atol: float = math.nan
     required_rtol: float = math.nan
     mismatched: int = 0
@@ -164,14 +182,15 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     result.p99_abs = float(np.percentile(diff, 99)) if np.isfinite(diff).all() else math.inf
     nonzero = magnitude > 0
     result.max_rel = float((diff[nonzero] / magnitude[nonzero]).max()) if nonzero.any() else 0.0
+    atol = result.atol = tolerance.absolute_atol(ref)
     result.required_atol = float(max((diff - tolerance.rtol * magnitude).max(), 0.0))
-    excess = diff - tolerance.atol
+    excess = diff - atol
     over_zero = (~nonzero) & (excess > 0)
     if over_zero.any():
         result.required_rtol = math.inf
     else:
         result.required_rtol = float(max((np.maximum(excess, 0.0)[nonzero] / magnitude[nonzero]).max(initial=0.0), 0.0))
-    outside = diff > tolerance.atol + tolerance.rtol * magnitude
+    outside = diff > atol + tolerance.rtol * magnitude
     result.mismatched = int(outside.sum())
     flat = int(np.argmax(diff))
     index = np.unravel_index(flat, diff.shape)
@@ -184,7 +203,7 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
 
     if result.mismatched:
         result.failures.append(
-            f"{result.mismatched} of {result.elements} elements outside atol={tolerance.atol:g} rtol={tolerance.rtol:g} "
+            f"{result.mismatched} of {result.elements} elements outside atol={atol:.3g} rtol={tolerance.rtol:g} "
             f"(max abs {result.max_abs:.3g}; would pass with atol={result.required_atol:.3g})"
         )
     if tolerance.min_cosine is not None and not result.cosine >= tolerance.min_cosine:

@@ -231,7 +231,7 @@ def per_layer_parity(layer_values: dict, overrides, precision: str) -> PerLayerP
     from odexport.runtime.intermediates import COMPONENTS
 
     base = overrides.resolve("", precision)
-    tolerance = Tolerance(base.atol, base.rtol)
+    tolerance = Tolerance(base.atol, base.rtol, scaled_atol=base.scaled_atol)
     result = PerLayerParity(batch_size=int(layer_values.get("batch_size", 0)), notes=list(layer_values.get("notes", [])))
     torch_values, candidate = layer_values.get("torch", {}), layer_values.get("candidate", {})
     for layer, components in torch_values.items():

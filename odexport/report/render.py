@@ -73,7 +73,7 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
                 rows.append([
                     name, str(batch.batch_size), out.name, _num(out.max_abs), _num(out.max_rel), _num(out.mean_abs),
                     _num(out.p99_abs), _num(out.cosine, 6), _pct(out.top1), _pct(out.top5), _num(out.required_atol),
-                    _num(out.tolerance.atol), "pass" if out.passed else "FAIL",
+                    _num(out.atol), "pass" if out.passed else "FAIL",
                 ])
     return rows
 
@@ -110,16 +110,28 @@ def parity_failure_lines(report: ParityReport) -> list[str]:
 
 
 def per_layer_table(cand: CandidateParity):
+    """One row per dynamic conv: worst attention error, output error, and where it first fails."""
+    from rich import box
     from rich.table import Table
 
     assert cand.per_layer is not None
-    table = Table(title=f"per-layer parity of {Path(cand.artifact).name} (batch {cand.per_layer.batch_size})", title_justify="left")
-    for column in ("layer", "component", "max abs", "max rel", "atol needed", "verdict"):
-        table.add_column(column)
+    table = Table(title=f"per-layer parity of {Path(cand.artifact).name} (batch {cand.per_layer.batch_size})",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("layer", "attention max abs", "output max abs", "output max rel", "verdict"):
+        table.add_column(column, justify="left" if column in ("layer", "verdict") else "right")
+    rows: dict[str, dict] = {}
     for entry in cand.per_layer.layers:
+        row = rows.setdefault(entry.layer, {"att": None, "out": None, "rel": None, "failed": []})
         c = entry.comparison
-        table.add_row(entry.layer, entry.component, _num(c.max_abs), _num(c.max_rel), _num(c.required_atol),
-                      "[green]pass[/]" if c.passed else "[red]FAIL[/]")
+        if entry.kind == "attention":
+            row["att"] = c.max_abs if row["att"] is None else max(row["att"], c.max_abs)
+        else:
+            row["out"], row["rel"] = c.max_abs, c.max_rel
+        if not c.passed:
+            row["failed"].append(entry.component)
+    for layer, row in rows.items():
+        verdict = "[green]pass[/]" if not row["failed"] else f"[red]FAIL ({', '.join(row['failed'])})[/]"
+        table.add_row(layer, _num(row["att"]), _num(row["out"]), _num(row["rel"]), verdict)
     return table
 
 
@@ -155,7 +167,7 @@ def parity_junit(report: ParityReport) -> str:
                 cprops = ET.SubElement(case, "properties")
                 for key in ("max_abs", "max_rel", "mean_abs", "p99_abs", "cosine", "top1", "top5", "required_atol", "required_rtol"):
                     ET.SubElement(cprops, "property", name=key, value=_num(getattr(out, key), 6))
-                ET.SubElement(cprops, "property", name="atol", value=_num(out.tolerance.atol, 6))
+                ET.SubElement(cprops, "property", name="atol", value=_num(out.atol, 6))
                 ET.SubElement(cprops, "property", name="rtol", value=_num(out.tolerance.rtol, 6))
                 cases += 1
                 if not out.passed:

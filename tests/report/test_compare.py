@@ -127,3 +127,18 @@ def test_to_dict_is_json_safe():
     result = compare_arrays(np.zeros((1, 2)), np.array([[np.inf, 0.0]]), TIGHT)
     text = json.dumps(result.to_dict(), allow_nan=False)
     assert json.loads(text)["max_abs"] == "inf"
+
+
+def test_default_atol_scales_with_the_output():
+    """A fresh network's logits are ~1e-2, a trained one's ~10: the default atol follows the scale."""
+    rng = np.random.default_rng(4)
+    small = rng.standard_normal((4, 10)) * 1e-2
+    default = ToleranceOverrides().resolve("output", "fp32")
+    assert default.scaled_atol
+    result = compare_arrays(small, small + 1e-6, default)
+    assert result.atol == pytest.approx(default.atol * np.abs(small).max())
+    assert not result.passed, "a 1e-6 shift is 1e-4 of this output's scale: far above fp32 rounding"
+    big = small * 1e3
+    assert compare_arrays(big, big + 1e-6, default).passed
+    explicit = ToleranceOverrides.parse(["1e-5"]).resolve("output", "fp32")
+    assert not explicit.scaled_atol and compare_arrays(small, small + 1e-6, explicit).atol == 1e-5

@@ -104,7 +104,7 @@ def check(
                                   f"{cand.artifact} {acc.candidate:.2%}, top-1 agreement {acc.top1_agreement:.2%}")
                 if cand.per_layer is not None:
                     if cand.per_layer.layers:
-                        console.print(per_layer_table(cand))
+                        wide_console().print(per_layer_table(cand))
                     first = cand.per_layer.first_divergence
                     console.print(f"per-layer: {'no dynamic conv diverges' if first is None else f'first divergence at {first.layer} ({first.kind}: {first.component})'}")
                     for note in cand.per_layer.notes:

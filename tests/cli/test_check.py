@@ -1,0 +1,181 @@
+"""``odexport check`` end to end: a real checkpoint, real exports, real onnxruntime sessions.
+
+Candidates: the correct export (odexport's own exporter, dynamic batch), the same file with one
+weight changed (edited with onnx), and the model exported by ``torch.onnx.export`` without
+dynamic axes (batch baked in).  The reference is the checkpoint run in PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from odexport._optional import available
+from odexport.cli.app import app
+
+SHAPE = (3, 32, 32)
+PERTURBED_WEIGHT = "layer2.0.conv2.weight"  # an ODConv's candidate kernels (K, O, C, 3, 3)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from odexport.models import create_model
+    from odexport.pipeline import onnx_from_model
+
+    root = tmp_path_factory.mktemp("check")
+    torch.manual_seed(0)
+    model = create_model("od_resnet_tiny").eval()
+    ckpt = root / "od_tiny.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+
+    good = root / "good.onnx"
+    onnx_from_model(model, good, input_shape=SHAPE, check=False)
+
+    proto = onnx.load(str(good))
+    target = next((i for i in proto.graph.initializer if i.name == PERTURBED_WEIGHT), None)
+    if target is None:  # the exporter renamed it: any 5-D kernel bank of a dynamic conv will do
+        target = next(i for i in proto.graph.initializer if len(i.dims) == 5)
+    weight = numpy_helper.to_array(target).copy()
+    weight.flat[weight.size // 2] += 1.0
+    target.CopyFrom(numpy_helper.from_array(weight, target.name))
+    perturbed = root / "perturbed.onnx"
+    onnx.save(proto, perturbed)
+
+    baked = root / "baked.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, *SHAPE),), str(baked), input_names=["input"], output_names=["output"],
+                          dynamo=False)
+    return {"ckpt": str(ckpt), "good": str(good), "perturbed": str(perturbed), "baked": str(baked),
+            "weight": target.name, "root": root}
+
+
+def _check(*args):
+    return CliRunner().invoke(app, ["check", *map(str, args), "--quiet"])
+
+
+def test_correct_export_passes(artifacts):
+    result = _check(artifacts["ckpt"], artifacts["good"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+
+
+def test_correct_export_json_has_every_metric(artifacts):
+    result = _check(artifacts["ckpt"], artifacts["good"], "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["passed"] is True and data["batch_sizes"] == [1, 2, 8]
+    cand = data["candidates"][0]
+    assert [b["batch_size"] for b in cand["batches"]] == [1, 2, 8]
+    out = cand["batches"][0]["outputs"][0]
+    for key in ("max_abs", "max_rel", "mean_abs", "p99_abs", "cosine", "top1", "top5", "required_atol", "required_rtol"):
+        assert key in out
+    assert out["max_abs"] <= out["tolerance"]["atol"] and out["top1"] == 1.0
+    assert data["reference"]["arch"] == "od_resnet_tiny"
+
+
+def test_perturbed_weight_fails_with_exit_2_and_reports(artifacts, tmp_path):
+    junit, markdown = tmp_path / "parity.xml", tmp_path / "parity.md"
+    result = _check(artifacts["ckpt"], artifacts["perturbed"], "--junit", junit, "--markdown", markdown)
+    assert result.exit_code == 2, result.output
+    assert "failed the parity check" in result.output and "FAIL" in result.output
+    root = ET.parse(junit).getroot()
+    assert int(root.get("failures")) == 3 and int(root.get("tests")) == 3
+    assert "parity FAIL" in markdown.read_text()
+
+
+def test_baked_in_batch_fails_with_exit_2(artifacts):
+    result = _check(artifacts["ckpt"], artifacts["baked"])
+    assert result.exit_code == 2, result.output
+    assert "baked in" in result.output
+    # at its own batch the numbers agree: only the batch sizes fail
+    data = json.loads(_check(artifacts["ckpt"], artifacts["baked"], "--json").stdout)
+    passed = {b["batch_size"]: b["passed"] for b in data["candidates"][0]["batches"]}
+    assert passed == {1: False, 2: True, 8: False}
+
+
+def test_one_failing_candidate_fails_the_run(artifacts):
+    result = _check(artifacts["ckpt"], artifacts["good"], artifacts["baked"], "--json")
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert [c["passed"] for c in data["candidates"]] == [True, False]
+
+
+def test_loosened_tolerance_is_honoured(artifacts):
+    data = json.loads(_check(artifacts["ckpt"], artifacts["perturbed"], "--json", "--batch-sizes", "2").stdout)
+    needed = data["candidates"][0]["batches"][0]["outputs"][0]["required_atol"]
+    assert needed > 0
+    assert _check(artifacts["ckpt"], artifacts["perturbed"], "--batch-sizes", "2", "--atol", f"output={needed * 1.01}").exit_code == 0
+    assert _check(artifacts["ckpt"], artifacts["perturbed"], "--batch-sizes", "2", "--atol", f"{needed * 0.5}").exit_code == 2
+
+
+def test_per_layer_names_the_perturbed_layer(artifacts):
+    result = _check(artifacts["ckpt"], artifacts["perturbed"], "--per-layer", "--json", "--batch-sizes", "2")
+    assert result.exit_code == 2
+    first = json.loads(result.stdout)["candidates"][0]["per_layer"]["first_divergence"]
+    layer = artifacts["weight"].rsplit(".weight", 1)[0]
+    assert first == {"layer": layer, "component": "output", "kind": "convolution"}
+
+
+def test_per_layer_on_the_correct_export_finds_no_divergence(artifacts):
+    result = _check(artifacts["ckpt"], artifacts["good"], "--per-layer", "--json", "--batch-sizes", "2")
+    assert result.exit_code == 0, result.output
+    per_layer = json.loads(result.stdout)["candidates"][0]["per_layer"]
+    assert per_layer["first_divergence"] is None and len(per_layer["layers"]) >= 12
+
+
+def test_labelled_inputs_report_accuracy(artifacts, tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x=rng.standard_normal((6, *SHAPE)).astype(np.float32), y=rng.integers(0, 10, 6))
+    result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", path, "--json", "--reference-dtype", "float64")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    acc = data["candidates"][0]["accuracy"]
+    assert acc["samples"] == 6 and acc["top1_agreement"] == 1.0 and acc["reference"] == acc["candidate"]
+    assert data["inputs"]["source"] == str(path) and data["reference"]["dtype"] == "float64"
+
+
+def test_checkpoint_candidate(artifacts):
+    assert _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1,3").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch-sizes", "0,2"], "batch-sizes"),
+        (["--atol", "abc"], "not a non-negative number"),
+        (["--reference-dtype", "float16"], "reference-dtype"),
+        (["--input-shape", "3x16"], "CxHxW"),
+    ],
+)
+def test_bad_options_exit_1(artifacts, extra, message):
+    result = _check(artifacts["ckpt"], artifacts["good"], *extra)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_missing_candidate_and_bad_inputs_exit_1(artifacts, tmp_path):
+    result = _check(artifacts["ckpt"], tmp_path / "missing.onnx")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 8, 8), np.float32))
+    result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", tmp_path / "wrong.npy")
+    assert result.exit_code == 1 and "sample shape" in result.output
+
+
+def test_engine_without_tensorrt_exits_3(artifacts, tmp_path):
+    if available("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT is available here")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 32)
+    result = _check(artifacts["ckpt"], engine)
+    assert result.exit_code == 3, result.output
+    assert "TensorRT" in result.output
