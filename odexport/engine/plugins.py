@@ -103,8 +103,8 @@ def load_plugins(arguments, trt=None, logger=None) -> list[PluginSpec]:
     specs = [classify_plugin(a) for a in arguments or []]
     for spec in specs:
         load_plugin(spec)
-    if trt is not None:
-        trt.init_libnvinfer_plugins(logger, "")
+    if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")  # TensorRT's own plugins (the parser needs some for standard ops)
     return specs
 
 
