@@ -89,7 +89,9 @@ class TrtRunner(Runner):
                 "free GPU memory (other processes?) or rebuild with a smaller --max-batch / --workspace",
             )
         self.device = torch.device("cuda", torch.cuda.current_device())
-        self.precision = "mixed" if self.sidecar is not None and self.sidecar.precision == "fp16" else "fp32"
+        # the parity gate picks its default tolerance from this: fp16 layers, or TF32 (10-bit mantissa products), are "mixed"
+        reduced = self.sidecar is not None and (self.sidecar.precision == "fp16" or self.sidecar.tf32)
+        self.precision = "mixed" if reduced else "fp32"
         self._read_io()
         self._active_profile = 0
         self._bound_by: object = None
