@@ -69,6 +69,9 @@ def inspect_summary(info, analysis) -> dict:
     layouts = {info.layout} | set(info.extras.get("reference_layouts", []))
     if "kaijieshi7" in layouts:
         notes.append(f"temperature {info.temperature if info.temperature is not None else 'per layer'} is in use; {KAIJIESHI7_NOTE}")
+    if info.extras.get("temperature_folded"):
+        notes.append(f"temperature {info.temperature} is folded into the attention weights (by `odexport reparam`); "
+                     "the layers run at T=1 and the temperature cannot be changed")
     extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest")}
     return {
         "source": {"kind": info.source, "path": None if info.path is None else str(info.path), "sha256": info.sha256},

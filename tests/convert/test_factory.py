@@ -1,0 +1,114 @@
+"""``--factory``: a user's own architecture is built, loaded, converted, and computes what it did."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from odexport.convert import TemperatureArgModel
+from odexport.errors import CheckpointError, InputError
+from odexport.layers import DyConv2d, ODConv2d, dynamic_convs
+from odexport.pipeline import model_from_checkpoint
+from tests.convert import standins
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+MIXED = "tests.convert.standins:build_mixed"
+
+
+def _saved_mixed(tmp_path, seed=0):
+    torch.manual_seed(seed)
+    model = standins.MixedNet().eval()  # kaijieshi7 layers at their constructor temperature 34
+    path = tmp_path / "user_model.pth.tar"
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # trained under DataParallel
+    torch.save({"epoch": 9, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return model, path
+
+
+def test_factory_model_is_loaded_converted_and_reproduces(tmp_path):
+    original, path = _saved_mixed(tmp_path)
+    loaded = model_from_checkpoint(path, factory=MIXED)
+    info = loaded.info
+    assert info.source == "factory" and info.layout == "factory" and info.arch == MIXED
+    assert [c["layout"] for c in info.extras["converted_layers"]] == ["odconv"] * 3 + ["kaijieshi7"] * 2 + ["tardelean"]
+    assert info.extras["stripped_prefixes"] == ["module."]
+    assert all(isinstance(m, (ODConv2d, DyConv2d)) for _, m in dynamic_convs(loaded.model)) and len(dynamic_convs(loaded.model)) == 6
+    # the kaijieshi7 modules' temperature (34, a training start value) was carried over, with a warning
+    assert info.temperature is None and info.extras["temperatures"]["dy"] == 34.0
+    assert any("training start value" in w for w in info.warnings)
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), original(x), **TOL)
+        torch.testing.assert_close(loaded.model(x[:1]), original(x[:1]), **TOL)
+
+
+def test_factory_with_explicit_temperature(tmp_path):
+    original, path = _saved_mixed(tmp_path, seed=1)
+    loaded = model_from_checkpoint(path, factory=MIXED, temperature=1.0)
+    assert loaded.info.temperature == 1.0 and not loaded.info.warnings
+    for module in (original.dy.attention, original.dy_old.attention, original.od.attention):
+        module.temperature = 1
+    x = torch.randn(2, 3, 16, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), original(x), **TOL)
+
+
+def test_factory_tardelean_style_forward_with_temperature(tmp_path):
+    torch.manual_seed(2)
+    original = standins.TardeleanStyleNet().eval()
+    path = tmp_path / "ta.pth"
+    torch.save({"model": original.state_dict(), "epoch": 4}, path)
+    loaded = model_from_checkpoint(path, factory="tests.convert.standins:build_tardelean_style", temperature=5.0)
+    assert isinstance(loaded.model, TemperatureArgModel) and loaded.info.temperature == 5.0
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), original(x, 5.0), **TOL)
+
+
+def test_factory_from_a_python_file(tmp_path):
+    original, path = _saved_mixed(tmp_path, seed=3)
+    source = tmp_path / "my_models.py"
+    source.write_text(textwrap.dedent("""
+        from tests.convert.standins import MixedNet
+
+        def build():
+            return MixedNet()
+    """))
+    loaded = model_from_checkpoint(path, factory=f"{source}:build")  # temperatures carried over
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), original.eval()(x), **TOL)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("tests.convert.standins", "not 'module:function'"),
+        ("no_such_package_xyz.models:build", "could not import"),
+        ("tests.convert.standins:no_such_builder", "has no attribute"),
+        ("tests.convert.standins:MixedNet.forward", "needs arguments"),
+        ("tests.convert.standins:_randomise_bn", "needs arguments"),
+        ("torch:cuda_is_not_a_function", "has no attribute"),
+    ],
+)
+def test_factory_errors_are_one_line(tmp_path, spec, match):
+    _, path = _saved_mixed(tmp_path)
+    with pytest.raises(InputError) as info:
+        model_from_checkpoint(path, factory=spec)
+    assert match in str(info.value) and "\n" not in str(info.value)
+
+
+def test_factory_that_returns_no_module(tmp_path):
+    _, path = _saved_mixed(tmp_path)
+    with pytest.raises(InputError, match="not a torch nn.Module"):
+        model_from_checkpoint(path, factory="builtins:dict")
+
+
+def test_factory_checkpoint_mismatch_names_the_key(tmp_path):
+    torch.manual_seed(4)
+    other = standins.TardeleanStyleNet()
+    path = tmp_path / "other.pt"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(CheckpointError, match="does not fit the model built by --factory"):
+        model_from_checkpoint(path, factory=MIXED)
