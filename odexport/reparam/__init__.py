@@ -120,6 +120,8 @@ class ReparamReport:
             "original_temperatures": dict(self.original_temperatures),
             "params_before": self.params_before,
             "params_after": self.params_after,
+            "attention_matmuls": sum(row["attention_matmuls"] for row in self.attention),
+            "dynamic_layers": len(self.attention),
             "check": self.check,
             "freeze": self.freeze,
         }

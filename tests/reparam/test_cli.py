@@ -1,0 +1,99 @@
+"""``odexport reparam``: a real checkpoint in, a deploy checkpoint out that every loader accepts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport.cli.app import app
+from odexport.layers import dynamic_convs
+from odexport.models import create_model
+from odexport.pipeline import model_from_checkpoint
+from tests.reparam._helpers import assert_deploy_matches, randomize_batchnorms, randomize_biases
+
+ARCH = "od_resnet_tiny"
+
+
+@pytest.fixture(scope="module")
+def source_checkpoint(tmp_path_factory):
+    torch.manual_seed(7)
+    model = randomize_batchnorms(randomize_biases(create_model(ARCH, kernel_num=4), seed=2), seed=3)
+    path = tmp_path_factory.mktemp("src") / "od_tiny.pth"
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, path)
+    return path
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, ["reparam", *map(str, args)], env={"CI": "1"})
+
+
+def test_writes_a_deploy_checkpoint_and_explains(source_checkpoint, tmp_path):
+    out = tmp_path / "deploy.pt"
+    result = _invoke(source_checkpoint, "-o", out, "--explain", "--temperature", "5")
+    assert result.exit_code == 0, result.output
+    for text in ("wrote", "fold-attention-bn", "fuse-heads", "applied", "skipped", "max relative deviation"):
+        assert text in result.output
+    obj = torch.load(out, weights_only=True)
+    manifest = obj["odexport_deploy"]
+    assert manifest["source"]["sha256"] == hashlib.sha256(source_checkpoint.read_bytes()).hexdigest()
+    assert manifest["arch"] == ARCH and manifest["model_kwargs"]["kernel_num"] == 4
+    assert set(manifest["original_temperatures"].values()) == {5.0}
+    assert manifest["passes"] == ["fold-attention-bn", "fold-temperature", "fold-bn", "fuse-heads"]
+
+    source = model_from_checkpoint(source_checkpoint, temperature=5.0).model
+    deploy = model_from_checkpoint(out)
+    assert deploy.info.source == "deploy"
+    assert sum(p.numel() for p in deploy.model.parameters()) < sum(p.numel() for p in source.parameters())
+    assert all(layer.attention.heads is not None for _, layer in dynamic_convs(deploy.model))
+    assert_deploy_matches(deploy.model, source, torch.randn(4, 3, 32, 32), "CLI deploy")
+
+
+def test_json_output(source_checkpoint, tmp_path):
+    out = tmp_path / "deploy.pt"
+    result = _invoke(source_checkpoint, "-o", out, "--json", "--passes", "fuse-heads")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["output"] == str(out)
+    assert [p["name"] for p in report["passes"]] == ["fuse-heads"]
+    assert report["passes_applied"] == ["fuse-heads"]
+    assert report["params_after"] == report["params_before"]  # fusing moves parameters, it removes none
+    assert report["attention_matmuls"] == 2 * report["dynamic_layers"]  # fc + fused heads per layer
+    assert report["check"]["max_relative_deviation"] < 1e-6
+
+
+def test_calibration_freezes_and_reports(source_checkpoint, tmp_path):
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "frozen.pt"
+    result = _invoke(source_checkpoint, "-o", out, "--calibration", calibration, "--freeze-below", "1e9")
+    assert result.exit_code == 0, result.output
+    assert "frozen (approximate)" in result.output and "attention spread on 6 calibration samples" in result.output
+    deploy = model_from_checkpoint(out).model
+    assert dynamic_convs(deploy) == []  # every layer was below the (absurd) threshold
+    manifest = torch.load(out, weights_only=True)["odexport_deploy"]
+    assert all(rec["frozen"] for rec in manifest["freeze"]["layers"])
+    assert "freeze-low-spread" in manifest["passes"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--passes", "fold-bm"], "did you mean 'fold-bn'"),
+    (["--freeze-below", "0.1"], "--freeze-below needs --calibration"),
+    (["--dy-bn-shift", "sideways"], "--dy-bn-shift"),
+])
+def test_bad_options_fail_in_one_line_without_writing(source_checkpoint, tmp_path, args, message):
+    out = tmp_path / "deploy.pt"
+    result = _invoke(source_checkpoint, "-o", out, *args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_missing_checkpoint(tmp_path):
+    result = _invoke(tmp_path / "nope.pth", "-o", tmp_path / "d.pt")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "d.pt").exists()
