@@ -1,0 +1,210 @@
+"""Whole-model onnxruntime-CPU latency of export plans vs the static twin, interleaved in one process.
+
+For each zoo model (reparameterised when :mod:`odexport.reparam` is available) every plan is
+exported with the export engineer's ``build_onnx`` (dynamo exporter, each layer in its planned
+variant), checked against PyTorch, and timed in onnxruntime (2 threads, spinning off) interleaved
+with the static twin exported the same way.  Printed: median latency ratio vs the twin per round
+and over rounds (absolute times on a shared 2-core box are noise; same-run ratios are not).
+
+    python benchmarks/bench_cpu_forms.py                                   # the issue's targets
+    python benchmarks/bench_cpu_forms.py --models od_resnet18:1 --plans auto,cpu-fast --batches 1,8
+    python benchmarks/bench_cpu_forms.py --plans cpu-fast --ort-cpu        # + onnxruntime NCHWc rewrite
+
+Plans: ``auto`` (``plan_layers(form="auto")``), ``cpu-fast`` (:func:`odexport.export.fast_forms.plan_cpu`,
+the measured cost model; a fixed batch when the timed batch is fixed), ``patch`` (patch everywhere),
+``bmm`` / ``decomposed`` (the export engineer's dynamic variants).  ``@1`` after a plan exports with
+a fixed batch of 1 (timed at batch 1 only).  Exports are cached under ``--cache`` by model, plan,
+batch and the source files' modification times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODELS = {
+    "od_resnet18:1": ("od_resnet18", {"kernel_num": 1}),
+    "od_resnet18:4": ("od_resnet18", {"kernel_num": 4}),
+    "od_mobilenetv2_050:4": ("od_mobilenetv2_050", {"kernel_num": 4}),
+    "dy_resnet18": ("dy_resnet18", {}),
+    "od_resnet_tiny": ("od_resnet_tiny", {}),
+}
+# The issue's targets: (model, batch) -> max ratio vs the static twin.
+TARGETS = {
+    ("od_resnet18:1", 1): 1.2, ("od_resnet18:1", 8): 1.3,
+    ("od_resnet18:4", 1): 2.0, ("od_resnet18:4", 8): 2.0,
+    ("od_mobilenetv2_050:4", 1): 2.0, ("dy_resnet18", 1): 2.0,
+}
+
+
+def load_model(key, reparam=True):
+    from odexport.models import create_model
+
+    name, kwargs = MODELS[key]
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).eval()
+    _realistic_statistics(model)
+    if reparam:
+        try:
+            from odexport.reparam import reparameterise
+        except ImportError:
+            return model, False
+        return reparameterise(model).model.eval(), True
+    return model, False
+
+
+def _realistic_statistics(model):
+    """Give BatchNorms non-trivial running statistics (a fresh model's are 0/1), so folding and
+    the attentions are exercised with values like a trained network's."""
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def plans_for(model, plan, batch, input_shape):
+    from odexport.export.forms import describe_layers
+    from odexport.export.plan import LayerPlan, plan_layers
+
+    specs = describe_layers(model, input_shape)
+    if plan in ("auto", "decomposed"):
+        return plan_layers(specs, plan, target="cpu", batch=batch)
+    if plan == "cpu-fast":
+        from odexport.export.fast_forms import plan_cpu
+
+        return plan_cpu(specs, batch=batch)
+    chosen = []
+    for spec in specs:
+        variant = plan
+        chosen.append(LayerPlan(spec.name, "decomposed", f"benchmark plan {plan}", 0.0, variant, spec))
+    return chosen
+
+
+def _source_stamp() -> str:
+    root = Path(__file__).resolve().parents[1] / "odexport"
+    digest = hashlib.sha1()
+    for path in sorted(list((root / "export").glob("*.py")) + list((root / "layers").glob("*.py")) + list((root / "reparam").glob("*.py"))):
+        digest.update(f"{path.name}:{path.stat().st_mtime_ns}".encode())
+    return digest.hexdigest()[:10]
+
+
+def export_cached(model, key, plan, batch, input_shape, cache: Path):
+    import onnx
+
+    from odexport.export.onnx_export import build_onnx
+
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{key.replace(':', '-')}_{plan}_{batch or 'dyn'}_{_source_stamp()}.onnx"
+    if path.exists():
+        return onnx.load(str(path)), None
+    plans = [] if plan == "twin" else plans_for(model, plan, batch, input_shape)
+    start = time.perf_counter()
+    proto = build_onnx(model, plans, input_shape=input_shape, batch=batch, opset=18, custom=False)
+    onnx.save(proto, str(path))
+    return proto, time.perf_counter() - start
+
+
+def session(proto, threads, ort_cpu=False):
+    import onnxruntime as ort
+
+    if ort_cpu:
+        from odexport.runtime.ort_optimize import optimize_for_cpu
+
+        proto = optimize_for_cpu(proto).model
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def interleaved(fns: dict, iters: int, warmup: int = 2, cpu: dict | None = None) -> dict:
+    """Median wall ms per function, the functions run in turn ``iters`` times.  ``cpu``, when
+    given, receives the median process CPU ms too (all threads): on a box shared with other jobs it
+    measures the work done, which preemption does not inflate -- a diagnostic, not the metric."""
+    times = {k: [] for k in fns}
+    cpu_times = {k: [] for k in fns}
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    for _ in range(iters):
+        for k, f in fns.items():
+            c = time.process_time_ns()
+            t = time.perf_counter_ns()
+            f()
+            times[k].append(time.perf_counter_ns() - t)
+            cpu_times[k].append(time.process_time_ns() - c)
+    if cpu is not None:
+        cpu.update({k: float(np.median(v)) / 1e6 for k, v in cpu_times.items()})
+    return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="od_resnet18:1,od_resnet18:4,od_mobilenetv2_050:4,dy_resnet18")
+    parser.add_argument("--plans", default="cpu-fast")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ort-cpu", action="store_true", help="apply odexport.runtime.ort_optimize to the plans' sessions")
+    parser.add_argument("--no-reparam", action="store_true")
+    parser.add_argument("--cache", default=os.environ.get("ODEXPORT_BENCH_CACHE", "/tmp/odexport-bench-cache"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    import onnxruntime as ort
+
+    print(f"# onnxruntime {ort.__version__}, {args.threads} threads, spinning off, {os.cpu_count()} cpus", flush=True)
+    input_shape = (3, 224, 224)
+    rows = []
+    for key in args.models.split(","):
+        model, reparamed = load_model(key, reparam=not args.no_reparam)
+        twin_model = __import__("odexport.models.twin", fromlist=["static_twin"]).static_twin(model).eval()
+        twin, _ = export_cached(twin_model, key, "twin", None, input_shape, Path(args.cache))
+        for batch in map(int, args.batches.split(",")):
+            x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
+            with torch.no_grad():
+                ref = model(x).numpy()
+            sessions = {"twin": session(twin, args.threads)}
+            errors = {}
+            for plan in args.plans.split(","):
+                name, _, fixed = plan.partition("@")
+                if fixed and int(fixed) != batch:
+                    continue
+                proto, seconds = export_cached(model, key, name, int(fixed) if fixed else None, input_shape, Path(args.cache))
+                label = plan + ("+ort" if args.ort_cpu else "")
+                sessions[label] = session(proto, args.threads, args.ort_cpu)
+                out = sessions[label].run(None, {"input": x.numpy()})[0]
+                errors[label] = float(np.abs(out - ref).max() / (np.abs(ref).max() + 1e-12))
+            xn = x.numpy()
+            per_round = {k: [] for k in sessions if k != "twin"}
+            cpu_round = {k: [] for k in per_round}
+            for _ in range(args.rounds):
+                cpu = {}
+                med = interleaved({k: (lambda s=s: s.run(None, {"input": xn})) for k, s in sessions.items()}, args.iters, cpu=cpu)
+                for k in per_round:
+                    per_round[k].append(med[k] / med["twin"])
+                    cpu_round[k].append(cpu[k] / cpu["twin"])
+            for k, ratios in per_round.items():
+                target = TARGETS.get((key, batch))
+                verdict = "" if target is None else (" meets" if np.median(ratios) <= target else " MISSES") + f" target {target}x"
+                print(f"{key:<22} B={batch} {k:<22} ratio {np.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
+                      f"cpu-time ratio {np.median(cpu_round[k]):.2f}x; twin {med['twin']:.1f} ms; rel err {errors[k]:.1e}; reparam {reparamed}){verdict}", flush=True)
+                rows.append((key, batch, k, float(np.median(ratios))))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

@@ -1,0 +1,239 @@
+"""Fast export variants of a dynamic convolution, chosen per layer by measured cost.
+
+Every variant computes exactly what the layer computes (notation of
+:mod:`odexport.layers.functional`; ``T = kh*kw`` taps, ``Cg = C/g``)::
+
+    W_b = sum_k ka[b,k] * sa[b] * W_k
+    y_b = (conv(x_b * ca[b], W_b) + sum_k ka[b,k] * bias_k) * fa[b] + static_bias
+
+and is a drop-in core for :class:`odexport.export.forms.DynamicConvCore`: same call signature
+``(x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias) -> y``.
+
+``patch``   (dynamic batch, *static* weights).  A fixed one-hot depthwise conv gathers the patches
+            ``P[b, c*T + p] = shift_p(x_b[c])`` (``(B, C*T, H', W')``, no copy for an unstrided
+            1x1 conv).  The channel and spatial attentions are scales of the patches, ``ca[c]*sa[p]``,
+            applied as ONE Mul of ``P`` by a ``(B, C*T, 1, 1)`` tensor.  Then
+            ``conv(x*ca, sa*W) = W.view(O, Cg*T) @ (P * (ca x sa))``: a 1x1 conv whose weight is the
+            layer's kernel, a constant -- onnxruntime re-lays it for its blocked (NCHWc) kernels
+            exactly as it does for the static twin.  With K kernels the mix stays linear:
+
+            ``mix="out"``: one 1x1 conv to ``K*O`` channels, ``y = sum_k ka_k Y_k`` (a batched
+            MatMul ``(B,g,1,K) @ (B,g,K,Og*L)``);
+            ``mix="in"``: the patches are scaled once per kernel, ``P'[b, k*C*T + j] =
+            ka[b,k] * (ca x sa)[b,j] * P[b,j]`` (one broadcasting Mul), then ONE 1x1 conv with the
+            constant ``[W_1 .. W_K]`` (``(O, K*Cg*T)``) gives ``y`` directly.
+            Conv FLOPs x K (x1 for K = 1); patches T x the input.  Best where ``H'*W'`` is small
+            next to the weight (late ResNet stages): the weight is read once, as by the static conv.
+
+``sample``  (batch 1 only).  The per-sample kernel computed once, ``W_1 = (ka @ W.view(K, -1))``,
+            fed to a Conv whose weight is a runtime tensor.  Each attention is applied where its
+            tensor is smallest: ``sa`` always on the kernel; ``ca`` on the kernel (``O*Cg*T``) or on
+            the input (``C*H*W``), ``fa`` on the kernel or on the output (``O*H'*W'``) -- and the
+            kernel-side scales are multiplied together first (``fa x ca`` is ``O*Cg``, T times
+            smaller than the kernel) so the full kernel is touched by at most one Mul after the
+            aggregation.  ``static_bias`` (and the mixed dynamic bias) ride in the Conv's bias.
+            A reshape to ``(K,)`` / ``(T,)`` makes any batch other than 1 fail loudly in the
+            runtime instead of silently using sample 0's kernel; it is meant for the batch-1
+            branch of :func:`batch_switch` (and for onnxruntime's runtime-weight NCHWc rewrite,
+            :mod:`odexport.runtime.ort_optimize`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FAST_VARIANTS = ("patch", "sample")
+BATCH1_VARIANTS = ("sample",)  # exact only at batch 1: used in the batch-1 branch of an If
+
+
+def onehot_patch_weight(in_channels: int, kernel_size: tuple[int, int], dtype=torch.float32) -> torch.Tensor:
+    """Depthwise weight ``(C*T, 1, kh, kw)``: output channel ``c*T + p`` copies tap ``p`` of channel ``c``."""
+    kh, kw = kernel_size
+    taps = kh * kw
+    return torch.eye(taps, dtype=dtype).reshape(taps, 1, kh, kw).repeat(in_channels, 1, 1, 1)
+
+
+def fast_applicable(spec) -> tuple[str, ...]:
+    """The fast variants that are exact for the layer ``spec`` (a ``forms.LayerSpec``)."""
+    found = ["patch"]
+    found.append("sample")
+    return tuple(found)
+
+
+class PatchCore(nn.Module):
+    """The ``patch`` variant (see the module docstring): one-hot patches, one Mul, constant 1x1 GEMM."""
+
+    def __init__(self, spec, mix: str = "auto"):
+        super().__init__()
+        if mix not in ("auto", "in", "out"):
+            raise ValueError(f"mix must be auto, in or out, got {mix!r}")
+        self.spec = spec
+        if mix == "auto":
+            # The side with fewer elements to write: K*C*T*L scaled patches vs K*O*L branch outputs.
+            mix = "in" if spec.in_channels * spec.taps <= spec.out_channels else "out"
+        self.mix = mix
+        identity = spec.kernel_size == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
+        if identity:
+            self.onehot = None
+        else:
+            self.register_buffer("onehot", onehot_patch_weight(spec.in_channels, spec.kernel_size), persistent=False)
+
+    def forward(self, x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias):
+        s = self.spec
+        num_kernels, out_ch = weight.shape[:2]
+        taps, groups, cg = s.taps, s.groups, s.in_per_group
+        if self.onehot is None:
+            patches = x
+        else:
+            patches = F.conv2d(x, self.onehot, None, s.stride, s.padding, s.dilation, s.in_channels)
+        scale = _patch_scale(channel, spatial, s.in_channels, taps)  # (B, C*T) or None
+        mixed_kernels = kernel is not None and num_kernels > 1
+        if not mixed_kernels:
+            if scale is not None:
+                patches = patches * scale.reshape(-1, s.in_channels * taps, 1, 1)
+            flat = weight[0].reshape(out_ch, cg * taps, 1, 1)
+            bias = None if dyn_bias is None else dyn_bias[0]
+            y = F.conv2d(patches, flat, bias, 1, 0, 1, groups)
+        elif self.mix == "in":
+            coef = kernel.reshape(-1, num_kernels, 1)  # (B, K, 1)
+            if scale is not None:
+                coef = coef * scale.reshape(-1, 1, s.in_channels * taps)  # (B, K, C*T)
+            else:
+                coef = coef.expand(-1, num_kernels, s.in_channels * taps)
+            # (B, g, K, Cg*T) so that each group's K scaled copies stay inside that group.
+            coef = coef.reshape(-1, num_kernels, groups, cg * taps).transpose(1, 2).reshape(-1, groups * num_kernels * cg * taps, 1, 1)
+            h, w = patches.shape[-2:]
+            stacked = patches.reshape(-1, groups, 1, cg * taps, h * w).expand(-1, groups, num_kernels, cg * taps, h * w)
+            stacked = stacked.reshape(-1, groups * num_kernels * cg * taps, h, w) * coef
+            # [W_1 .. W_K] per group: (O, K*Cg*T), input channel order (group, kernel, c, p).
+            cat = weight.reshape(num_kernels, out_ch, cg * taps).permute(1, 0, 2).reshape(out_ch, num_kernels * cg * taps, 1, 1)
+            y = F.conv2d(stacked, cat, None, 1, 0, 1, groups)
+            if dyn_bias is not None:
+                y = y + (kernel @ dyn_bias).reshape(-1, out_ch, 1, 1)
+        else:
+            if scale is not None:
+                patches = patches * scale.reshape(-1, s.in_channels * taps, 1, 1)
+            og = out_ch // groups
+            # Branch outputs ordered (group, kernel, out-in-group) so each group keeps its K branches.
+            stacked = weight.reshape(num_kernels, groups, og, cg * taps).transpose(0, 1).reshape(groups * num_kernels * og, cg * taps, 1, 1)
+            bias = None
+            if dyn_bias is not None:
+                bias = dyn_bias.reshape(num_kernels, groups, og).transpose(0, 1).reshape(-1)
+            branches = F.conv2d(patches, stacked, bias, 1, 0, 1, groups)
+            h, w = branches.shape[-2:]
+            y = torch.matmul(kernel.reshape(-1, 1, 1, num_kernels), branches.reshape(-1, groups, num_kernels, og * h * w))
+            y = y.reshape(-1, out_ch, h, w)
+        if filter is not None:
+            y = y * filter.reshape(-1, out_ch, 1, 1)
+        if static_bias is not None:
+            y = y + static_bias.reshape(1, -1, 1, 1)
+        return y
+
+
+def _patch_scale(channel, spatial, in_channels: int, taps: int):
+    """``(ca x sa)`` flattened to ``(B, C*T)`` (index ``c*T + p``); ``None`` without either."""
+    if channel is None and spatial is None:
+        return None
+    if spatial is None:
+        scale = channel.reshape(-1, in_channels, 1).expand(-1, in_channels, taps)
+    elif channel is None:
+        scale = spatial.reshape(-1, 1, taps).expand(-1, in_channels, taps)
+    else:
+        scale = channel.reshape(-1, in_channels, 1) * spatial.reshape(-1, 1, taps)
+    return scale.reshape(-1, in_channels * taps)
+
+
+class SampleCore(nn.Module):
+    """The ``sample`` variant (batch 1): the per-sample kernel once, a runtime-weight Conv.
+
+    ``channel_on`` / ``filter_on`` say where ``ca`` / ``fa`` are applied: ``"weight"`` or the
+    activation (``"input"`` / ``"output"``); ``"auto"`` picks the smaller tensor.
+    """
+
+    def __init__(self, spec, channel_on: str = "auto", filter_on: str = "auto"):
+        super().__init__()
+        self.spec = spec
+        weight_size = spec.out_channels * spec.in_per_group * spec.taps
+        if channel_on == "auto":
+            channel_on = "weight" if weight_size <= spec.in_channels * spec.input_hw[0] * spec.input_hw[1] else "input"
+        if filter_on == "auto":
+            filter_on = "weight" if weight_size <= spec.out_channels * spec.out_pixels else "output"
+        if channel_on not in ("weight", "input") or filter_on not in ("weight", "output"):
+            raise ValueError(f"bad placement channel_on={channel_on!r} filter_on={filter_on!r}")
+        self.channel_on, self.filter_on = channel_on, filter_on
+
+    def forward(self, x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias):
+        s = self.spec
+        num_kernels, out_ch = weight.shape[:2]
+        taps, groups, cg = s.taps, s.groups, s.in_per_group
+        og = out_ch // groups
+        if kernel is not None and num_kernels > 1:
+            # (K,) reshape: a batch other than 1 is an error in the runtime, not a wrong answer.
+            ka = kernel.reshape(1, num_kernels)
+            w = torch.matmul(ka, weight.reshape(num_kernels, -1))
+        else:
+            ka = None
+            w = weight[0]
+        w = w.reshape(groups, og, cg, taps)
+        # Small scales first: (g, Og, Cg, 1) and (1, 1, 1, T); the kernel sees one Mul.
+        small = None
+        if channel is not None and self.channel_on == "weight":
+            small = channel.reshape(groups, 1, cg, 1)
+        if filter is not None and self.filter_on == "weight":
+            f = filter.reshape(groups, og, 1, 1)
+            small = f if small is None else small * f
+        if spatial is not None:
+            sa = spatial.reshape(1, 1, 1, taps)
+            small = sa if small is None else small * sa
+        if small is not None:
+            w = w * small
+        w = w.reshape(out_ch, cg, *s.kernel_size)
+        if channel is not None and self.channel_on == "input":
+            x = x * channel.reshape(1, s.in_channels, 1, 1)
+        bias = None
+        if dyn_bias is not None:
+            bias = (ka @ dyn_bias).reshape(out_ch) if ka is not None else dyn_bias[0]
+            if filter is not None and self.filter_on == "weight":
+                bias = bias * filter.reshape(out_ch)  # (conv + b) * fa = conv(x, W*fa) + b*fa
+        filter_after = filter is not None and self.filter_on == "output"
+        if static_bias is not None and not filter_after:
+            bias = static_bias if bias is None else bias + static_bias
+        y = F.conv2d(x, w, bias, s.stride, s.padding, s.dilation, groups)
+        if filter_after:
+            y = y * filter.reshape(1, out_ch, 1, 1)
+            if static_bias is not None:
+                y = y + static_bias.reshape(1, -1, 1, 1)
+        return y
+
+
+def make_core(spec, variant: str, **options) -> nn.Module:
+    """The core module of a fast variant (``patch`` or ``sample``)."""
+    if variant == "patch":
+        return PatchCore(spec, **options)
+    if variant == "sample":
+        return SampleCore(spec, **options)
+    raise ValueError(f"unknown fast variant {variant!r}; use one of {', '.join(FAST_VARIANTS)}")
+
+
+def plan_cpu(specs, batch: int | None = None):
+    """Per-layer variants for onnxruntime CPU (``LayerPlan`` list, like ``plan.plan_layers``).
+
+    ``batch`` 1 (fixed) may use ``sample``; otherwise only dynamic-batch variants.
+    """
+    from odexport.export.forms import applicable_variants
+    from odexport.export.plan import LayerPlan
+
+    plans = []
+    for spec in specs:
+        weight = spec.num_kernels * spec.out_channels * spec.in_per_group * spec.taps
+        activation = spec.in_channels * spec.input_hw[0] * spec.input_hw[1]
+        if "static" in applicable_variants(spec):
+            variant, reason = "static", "one kernel, no spatial attention: static conv and two Muls"
+        elif batch == 1 and weight <= activation:
+            variant, reason = "sample", f"batch 1, kernels ({weight}) <= input ({activation}): per-sample kernel, runtime-weight conv"
+        else:
+            variant, reason = "patch", f"kernels ({weight}) > input ({activation}) or dynamic batch: patches + constant GEMM"
+        plans.append(LayerPlan(spec.name, "decomposed", reason, 0.0, variant, spec))
+    return plans
