@@ -122,3 +122,28 @@ def test_help_lists_the_options():
     for option in ("--fp16", "--min-batch", "--opt-batch", "--max-batch", "--profile", "--workspace", "--opt-level",
                    "--timing-cache", "--plugin", "--input-shape", "--output"):
         assert option in result.output
+
+
+def test_the_checkpoint_export_step_feeds_the_builder(tmp_path):
+    """The export half of `odexport trt CKPT` (TensorRT-free), checked against the builder's input checks."""
+    import torch
+
+    from odexport.engine.build import BuildOptions, check_build_inputs
+    from odexport.engine.profiles import BatchProfile
+    from odexport.models import create_model
+
+    pipeline = pytest.importorskip("odexport.pipeline")
+    if not hasattr(pipeline, "onnx_from_model"):
+        pytest.skip("odexport.pipeline.onnx_from_model (the ONNX export) is not in this checkout")
+    from odexport.cli.commands.trt import _export
+
+    checkpoint = tmp_path / "dy.pth"
+    torch.save(create_model("dy_resnet_tiny").state_dict(), checkpoint)
+    onnx_path = tmp_path / "dy.onnx"
+    stages = []
+    load = dict(arch="dy_resnet_tiny", kernel_num=None, temperature=None, trust_pickle=False, factory=None)
+    _export(checkpoint, onnx_path, "auto", False, [BatchProfile(1, 4, 8)], (3, 32, 32), load, stages.append)
+    inputs = check_build_inputs(onnx_path, BuildOptions(profiles=[BatchProfile(1, 4, 8)]))
+    assert inputs.signature.inputs[0].dims == ("batch", 3, 32, 32) and inputs.onnx_precision == "fp32"
+    assert any("export ONNX (form auto, target gpu)" in s for s in stages)
+    assert "dy_resnet_tiny" in " ".join(inputs.signature.metadata.values())

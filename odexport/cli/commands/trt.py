@@ -124,8 +124,10 @@ def _export(checkpoint: Path, onnx_path: Path, form: str, fp16: bool, profiles, 
     input_shape = tuple(shape) if shape else tuple(loaded.info.input_shape)
     stage(f"export ONNX (form {form}, target gpu{', fp16' if fp16 else ''})")
     # the grouped form bakes in the one fixed batch of its profile; every other form keeps the batch dynamic
+    # the ONNX records the architecture and checkpoint checksum, which the engine's sidecar carries on
     onnx_from_model(loaded.model, onnx_path, form=form, batch=_fixed_batch(profiles) if form == "grouped" else None,
-                    input_shape=input_shape, fp16=fp16, target="gpu")
+                    input_shape=input_shape, fp16=fp16, target="gpu", architecture=getattr(loaded.info, "arch", None),
+                    source_sha256=getattr(loaded.info, "sha256", None), progress=stage)
 
 
 def _fixed_batch(profiles) -> int | None:
