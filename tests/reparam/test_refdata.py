@@ -12,6 +12,7 @@ from torch import nn
 
 from odexport.reparam import reparameterise
 from odexport.reparam.deploy import model_from_deploy, save_deploy
+from tests.conftest import load_refdata
 from tests.reparam._helpers import BANKS, bank_layer, randomize_batchnorms, rel_dev
 
 CASES = [pytest.param(bank, i, id=f"{bank}-{i}") for bank, (_, n) in BANKS.items() for i in range(n)]
@@ -66,3 +67,35 @@ def test_deploy_equals_source(bank, index, tmp_path):
         with torch.no_grad():
             x = torch.randn(4, *sample_shape)
             assert rel_dev(rebuilt(x), deploy(x)) <= 1e-7
+
+
+CHECKPOINTS = [
+    pytest.param(("odconv", "od_mobilenetv2_050_k4.pth.tar"), ("odconv", "od_mobilenetv2_050_k4.io.pt"),
+                 {1.0: "logits", 4.0: "logits_temperature4"}, id="od_mobilenetv2_050_k4"),
+    pytest.param(("dyconv", "tardelean_Resnet_DY_05_1.pth"), ("dyconv", "tardelean_Resnet_DY_05.io.pt"),
+                 {1.0: "output_T1", 30.0: "output_T30"}, id="tardelean_resnet10"),
+]
+
+
+@pytest.mark.parametrize("checkpoint,io,outputs", CHECKPOINTS)
+def test_reference_checkpoints_through_the_command(checkpoint, io, outputs, tmp_path):
+    """Checkpoints saved by the reference training scripts -> `odexport reparam` -> deploy file ->
+    loader: the outputs the reference code computed, at T = 1 and at the non-default T."""
+    from typer.testing import CliRunner
+
+    from odexport.cli.app import app
+    from odexport.pipeline import model_from_checkpoint
+    from tests.conftest import refdata_path
+
+    source_path = refdata_path(*checkpoint)
+    data = load_refdata(*io)
+    for temperature, key in outputs.items():
+        out = tmp_path / f"deploy_T{temperature:g}.pt"
+        result = CliRunner().invoke(app, ["reparam", str(source_path), "-o", str(out), "--temperature", str(temperature)], env={"CI": "1"})
+        assert result.exit_code == 0, result.output
+        loaded = model_from_checkpoint(out)
+        assert loaded.info.source == "deploy"
+        manifest = torch.load(out, weights_only=True)["odexport_deploy"]
+        assert manifest["params"]["deploy"] < manifest["params"]["source"]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(data["input"]), data[key], atol=1e-5, rtol=1e-5)

@@ -45,9 +45,7 @@ def reparam(
 ) -> None:
     """Fold, fuse and collapse a trained model's inference-time structure; write a deploy checkpoint.
 
-    The five default passes preserve the outputs exactly (up to float rounding); --calibration with
-    --freeze-below adds an approximate pass and reports the deviation it causes.  Every other
-    command (inspect, run, onnx, trt, check) accepts the deploy checkpoint.
+    The five default passes preserve the outputs exactly (up to float rounding); --calibration with --freeze-below adds an approximate pass and reports the deviation it causes. Every other command (inspect, run, onnx, trt, check) accepts the deploy checkpoint.
     """
     from odexport.cli._common import console, run_command, stages
 
