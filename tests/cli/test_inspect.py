@@ -1,0 +1,133 @@
+"""``odexport inspect``: JSON and table output for checkpoints and architecture names; errors are one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport.cli.app import app
+from odexport.models import create_model
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    result = runner.invoke(app, ["inspect", *args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def _json(*args):
+    result = _invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    "name, kernel_num, millions",
+    [  # the ODConv paper's Table (and the OSVAI/ODConv README)
+        ("od_resnet18", 1, 11.94),
+        ("od_resnet18", 4, 44.90),
+        ("od_mobilenetv2_100", 1, 4.94),
+        ("od_mobilenetv2_050", 4, 4.44),
+    ],
+)
+def test_parameter_counts_equal_the_paper(name, kernel_num, millions):
+    data = _json(name, "--kernel-num", str(kernel_num))
+    assert round(data["params"] / 1e6, 2) == millions
+    assert data["arch"] == name and data["layout"] == "odconv" and data["model_kwargs"]["kernel_num"] == kernel_num
+    assert data["temperature"] == 1.0 and data["sha256"] is None and data["source"]["kind"] == "arch"
+    macs = data["macs"]
+    assert macs["total"] == macs["static"] + macs["dynamic_extra"] == macs["static"] + macs["attention"] + macs["aggregation"]
+    assert data["input_shape"] == [3, 224, 224] and data["output_shape"] == [1, 1000]
+    dynamic = [row for row in data["layers"] if row["dynamic"]]
+    assert dynamic and all(row["kernel_num"] == kernel_num and row["temperature"] == 1.0 for row in dynamic)
+
+
+def test_macs_of_od_resnet18_first_dynamic_layer():
+    """layer1.0.conv1: 64->64 3x3 at 56x56, K=4, hidden 16, all four heads."""
+    data = _json("od_resnet18", "--kernel-num", "4")
+    row = next(r for r in data["layers"] if r["name"] == "layer1.0.conv1")
+    assert row["heads"] == ["channel", "filter", "spatial", "kernel"] and row["kernel"] == [3, 3] and row["groups"] == 1
+    assert row["macs"] == 64 * 56 * 56 * 64 * 9  # the convolution itself
+    assert row["aggregation_macs"] == 4 * 64 * 64 * 9  # K * O * C/g * k * k
+    attention_branch = 64 * 16 + 16 * (64 + 64 + 9 + 4)  # fc, then the four heads on the pooled input
+    apply = 64 * 56 * 56 * 2  # channel attention on the input, filter attention on the output
+    assert row["attention_macs"] == attention_branch + apply
+    stem = next(r for r in data["layers"] if r["name"] == "conv1")
+    assert stem["macs"] == 64 * 112 * 112 * 3 * 49 and not stem["dynamic"]
+
+
+def _tiny_checkpoint(tmp_path, name="od_resnet_tiny"):
+    torch.manual_seed(0)
+    path = tmp_path / f"{name}.pth.tar"
+    torch.save({"epoch": 2, "state_dict": {f"module.{k}": v for k, v in create_model(name).state_dict().items()}}, path)
+    return path
+
+
+def test_checkpoint_json(tmp_path):
+    path = _tiny_checkpoint(tmp_path)
+    data = _json(str(path))
+    assert data["arch"] == "od_resnet_tiny" and data["layout"] == "odconv"
+    assert data["sha256"] == data["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert data["source"] == {"kind": "checkpoint", "path": str(path), "sha256": data["sha256"]}
+    assert data["params"] == sum(p.numel() for p in create_model("od_resnet_tiny").parameters())
+    assert data["input_shape"] == [3, 32, 32] and data["num_classes"] == 10 and data["temperature"] == 1.0
+    assert data["extras"]["stripped_prefixes"] == ["module."]
+    assert {"name", "type", "in_channels", "out_channels", "kernel", "stride", "groups", "kernel_num", "heads",
+            "temperature"} <= set(data["layers"][0])
+
+
+def test_checkpoint_table_and_temperature_option(tmp_path):
+    path = _tiny_checkpoint(tmp_path, "dy_resnet_tiny")
+    result = _invoke(str(path), "--temperature", "2", "--input-shape", "3x48x48")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "dy_resnet_tiny" in out and "kaijieshi7" in out and "temperature   2" in out
+    assert "layer1.0.conv1" in out and "DyConv2d" in out
+    assert "34" in out and "training" in out  # kaijieshi7's constructor temperature is a training start value
+    assert "3x48x48" in out
+
+
+def test_pickled_module_needs_trust_pickle(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(create_model("ta_resnet_tiny"), path)
+    refused = _invoke(str(path))
+    assert refused.exit_code == 1 and "--trust-pickle" in refused.output and "arbitrary code" in refused.output
+    accepted = _invoke(str(path), "--trust-pickle", "--json")
+    assert accepted.exit_code == 0, accepted.output
+    data = json.loads(accepted.stdout)
+    assert data["arch"] == "ta_resnet_tiny"
+    assert data["extras"]["unpickled_module"] == f"{type(create_model('ta_resnet_tiny')).__module__}.{type(create_model('ta_resnet_tiny')).__qualname__}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no/such/checkpoint.pth"], "does not exist"),
+        (["od_resnt18"], "did you mean od_resnet18"),
+        (["od_resnet18", "--input-shape", "224x224"], "not CxHxW"),
+        (["ta_resnet_tiny", "--factory", "tests.convert.standins:build_mixed"], "needs a checkpoint file"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1(args, message):
+    result = _invoke(*args)
+    assert result.exit_code == 1 and message in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and " -- " in errors[0]
+
+
+def test_kernel_num_must_be_positive():
+    result = _invoke("dy_resnet_tiny", "--kernel-num", "0")
+    assert result.exit_code == 2 and "kernel-num" in result.output  # a usage error, reported by the CLI parser
+
+
+def test_corrupted_checkpoint(tmp_path):
+    path = _tiny_checkpoint(tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])
+    result = _invoke(str(path))
+    assert result.exit_code == 1 and "truncated or corrupted" in result.output

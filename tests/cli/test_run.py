@@ -1,0 +1,143 @@
+"""``odexport run``: outputs match the model, inputs in every format, and no output file on failure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport.cli.app import app
+from odexport.models import create_model
+from tests.conftest import load_refdata, refdata_path
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    result = runner.invoke(app, ["run", *args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A kaijieshi7-layout checkpoint saved the way users save it (a bare state_dict) and a batch."""
+    root = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = create_model("dy_resnet_tiny").eval()
+    path = root / "dy_tiny.pth"
+    torch.save(model.state_dict(), path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    return {"model": model, "path": path, "x": x, "expected": expected, "root": root}
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "pt"])
+def test_run_writes_the_model_output(tiny, tmp_path, fmt):
+    source = tmp_path / f"x.{fmt}"
+    if fmt == "npy":
+        np.save(source, tiny["x"])
+    elif fmt == "npz":
+        np.savez(source, input=tiny["x"])
+    else:
+        torch.save(torch.from_numpy(tiny["x"]), source)
+    out = tmp_path / "y.npy"
+    result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    y = np.load(out)
+    assert y.dtype == np.float32 and y.shape == (2, 10)
+    np.testing.assert_allclose(y, tiny["expected"], atol=1e-5, rtol=1e-5)
+    assert "dy_resnet_tiny" in result.stdout and "wrote" in result.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_run_json_and_npz_output(tiny, tmp_path):
+    source = tmp_path / "x.npy"
+    np.save(source, tiny["x"][:1])
+    out = tmp_path / "y.npz"
+    result = _invoke(str(tiny["path"]), "-i", str(source), "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["arch"] == "dy_resnet_tiny" and data["outputs"] == {"output": [1, 10]} and data["temperature"] == 1.0
+    with np.load(out) as saved:
+        np.testing.assert_allclose(saved["output"], tiny["expected"][:1], atol=1e-5, rtol=1e-5)
+
+
+def test_run_reproduces_the_tardelean_reference_checkpoint(tmp_path):
+    path = refdata_path("dyconv", "tardelean_Resnet_DY_05_1.pth")
+    io = load_refdata("dyconv", "tardelean_Resnet_DY_05.io.pt")
+    source = tmp_path / "x.pt"
+    torch.save(io["input"], source)
+    for temperature, key in ((None, "output_T1"), ("30", "output_T30")):
+        out = tmp_path / f"{key}.npy"
+        args = [str(path), "--input", str(source), "-o", str(out)] + (["--temperature", temperature] if temperature else [])
+        result = _invoke(*args)
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(np.load(out), io[key].numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((3, 32, 32), np.float32), "rank 3"),
+        (np.zeros((2, 1, 32, 32), np.float32), "1 channels"),
+        (np.zeros((2, 32, 32, 3), np.float32), "32 channels"),  # channels last
+        (np.zeros((1, 2, 3, 32, 32), np.float32), "rank 5"),
+    ],
+)
+def test_bad_input_shape_fails_without_writing(tiny, tmp_path, array, message):
+    source = tmp_path / "bad.npy"
+    np.save(source, array)
+    out = tmp_path / "y.npy"
+    result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
+    assert result.exit_code == 1 and message in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")][0].count(" -- ") == 1
+    assert not out.exists()
+
+
+def test_failure_keeps_an_existing_output_untouched(tiny, tmp_path):
+    out = tmp_path / "y.npy"
+    np.save(out, np.arange(3.0))
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(tiny["path"].read_bytes()[:2000])
+    source = tmp_path / "x.npy"
+    np.save(source, tiny["x"])
+    result = _invoke(str(broken), "--input", str(source), "-o", str(out))
+    assert result.exit_code == 1 and "truncated or corrupted" in result.output
+    np.testing.assert_array_equal(np.load(out), np.arange(3.0))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_checkpoint", "does not exist"),
+        ("missing_input", "does not exist"),
+        ("bad_output_suffix", "must end in .npy or .npz"),
+        ("missing_output_folder", "does not exist"),
+        ("pickled_input", "cannot read input file"),
+        ("bad_temperature", "positive"),
+    ],
+)
+def test_other_errors_exit_1(tiny, tmp_path, case, message):
+    source = tmp_path / "x.npy"
+    np.save(source, tiny["x"])
+    ckpt, out, extra = str(tiny["path"]), tmp_path / "y.npy", []
+    if case == "missing_checkpoint":
+        ckpt = str(tmp_path / "nope.pth")
+    elif case == "missing_input":
+        source = tmp_path / "nope.npy"
+    elif case == "bad_output_suffix":
+        out = tmp_path / "y.txt"
+    elif case == "missing_output_folder":
+        out = tmp_path / "no" / "y.npy"
+    elif case == "pickled_input":
+        np.save(source, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif case == "bad_temperature":
+        extra = ["--temperature", "0"]
+    result = _invoke(ckpt, "--input", str(source), "-o", str(out), *extra)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not out.exists()
