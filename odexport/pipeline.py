@@ -115,9 +115,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
               for c in candidates]
     shape = tuple(input_shape) if input_shape else ref.input_shape
     for _, runner in opened:
-        static = tuple(runner.inputs[0].shape[1:]) if runner.inputs else ()
-        if shape is None and len(static) == 3 and all(isinstance(d, int) and d > 0 for d in static):
-            shape = static
+        shape = shape or getattr(runner, "input_shape", None)
     if shape is None:
         raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
     ref.input_shape = shape
@@ -204,23 +202,6 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     return report
 
 
-def _export_static_twin(twin, path, shape) -> None:
-    """Export the twin with odexport's exporter (same opset and optimiser as the candidate); before
-    that exporter exists, with torch.onnx directly (a static network needs no special form)."""
-    export = globals().get("onnx_from_model")
-    if export is not None:
-        export(twin, path, input_shape=shape)
-        return
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(twin, (torch.zeros(2, *shape),), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
-
-
 def _sample_shape(pairs, input_shape):
     from odexport.errors import InputError
 
@@ -230,9 +211,6 @@ def _sample_shape(pairs, input_shape):
         known = getattr(runner, "input_shape", None)
         if known:
             return tuple(known)
-        static = tuple(runner.inputs[0].shape[1:])
-        if len(static) == 3 and all(isinstance(d, int) and d > 0 for d in static):
-            return static
     raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
 
 
@@ -251,31 +229,32 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
 
     if kind in ("module", "checkpoint"):
         return open_runner(static_twin(runner.model), "torch", input_shape=runner.input_shape, **options), None
+    meta = getattr(runner, "metadata", {}) or {}
     if reference is not None:
         model = model_from_checkpoint(reference, **load).model
     else:
-        meta = getattr(runner, "metadata", {}) or {}
-        name = load.get("arch") or meta.get("odexport.arch") or meta.get("arch")
+        name = load.get("arch") or meta.get("odexport.arch") or None
         if not name:
             raise InputError(f"cannot build the static twin of {artifact}: its architecture is unknown",
                              "pass --reference CHECKPOINT or --arch NAME, or --baseline none")
         from odexport.models import create_model
 
-        kwargs = json.loads(meta.get("odexport.model_kwargs") or meta.get("model_kwargs") or "{}") if not load.get("arch") else {}
+        kwargs = json.loads(meta.get("odexport.model_kwargs") or "{}") if not load.get("arch") else {}
         model = create_model(name, **kwargs)
-    shape = tuple(input_shape) if input_shape else tuple(runner.inputs[0].shape[1:])
-    if not all(isinstance(d, int) and d > 0 for d in shape):
-        raise InputError(f"{artifact} has a dynamic sample shape {shape}", "pass --input-shape CxHxW")
+    shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
+    if not shape:
+        raise InputError(f"{artifact} has a dynamic sample shape {tuple(runner.inputs[0].shape[1:])}", "pass --input-shape CxHxW")
     onnx_path = Path(scratch) / f"twin-{abs(hash(str(artifact)))}.onnx"
-    _export_static_twin(static_twin(model).eval(), onnx_path, shape)
+    # exported like the candidate (same exporter, opset and optimiser); parity of a baseline is moot
+    opset = int(meta.get("odexport.opset") or 18)
+    onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape, opset=opset, check=False)
     if kind == "onnx":
         return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items() if k in ("device", "threads", "allow_spinning")}), None
-    build = globals().get("engine_from_onnx")
-    if build is None:
-        return None, f"no static-twin baseline for the engine {artifact}: building engines is not available"
     engine_path = Path(scratch) / (onnx_path.stem + ".engine")
-    build(onnx_path, engine_path)
-    return open_runner(engine_path, "tensorrt"), None
+    half = getattr(runner, "precision", "fp32") in ("fp16", "mixed")
+    engine_from_onnx(onnx_path, engine_path, fp16=half, input_shape=shape)
+    note = f"the static twin of {artifact} was built with TensorRT defaults{' and fp16' if half else ''} (profile 1:8:32)"
+    return open_runner(engine_path, "tensorrt"), note
 
 
 # -- TensorRT engines (trt engineer) ------------------------------------------------------------

@@ -232,19 +232,26 @@ def bench_table(report: BenchReport):
     for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):
         table.add_column(column, justify="left" if column in ("artifact", "role", "backend") else "right")
     for entry in report.entries:
+        name = _bench_label(entry)
         if entry.stats is None:
-            table.add_row(Path(entry.artifact).name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
+            table.add_row(name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
                           "[red]error[/]")
             continue
         ratio = report.ratio(entry) if entry.role == "candidate" else None
         s = entry.stats
-        table.add_row(Path(entry.artifact).name, entry.role, entry.backend, str(entry.batch_size), f"{s.p50_ms:.3f}",
+        table.add_row(name, entry.role, entry.backend, str(entry.batch_size), f"{s.p50_ms:.3f}",
                       f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.throughput:.1f}", "-" if ratio is None else f"{ratio:.2f}x")
     return table
 
 
+def _bench_label(entry) -> str:
+    if entry.role == "baseline" and entry.baseline_of:
+        return f"static twin of {Path(entry.baseline_of).name}"
+    return Path(entry.artifact).name
+
+
 def bench_error_lines(report: BenchReport) -> list[str]:
-    return [f"{Path(e.artifact).name} ({e.role}) at batch {e.batch_size}: {e.error}" for e in report.entries if e.error]
+    return [f"{_bench_label(e)} at batch {e.batch_size}: {e.error}" for e in report.entries if e.error]
 
 
 def bench_plot(report: BenchReport, path: str | Path) -> Path:
@@ -259,7 +266,7 @@ def bench_plot(report: BenchReport, path: str | Path) -> Path:
     series: dict[tuple[str, str], list] = {}
     for entry in report.entries:
         if entry.stats is not None:
-            label = Path(entry.artifact).name + (" (baseline)" if entry.role == "baseline" else "")
+            label = _bench_label(entry)
             series.setdefault((label, entry.role), []).append(entry.stats)
     for (label, role), stats in series.items():
         stats = sorted(stats, key=lambda s: s.batch_size)

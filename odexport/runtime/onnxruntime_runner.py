@@ -126,6 +126,7 @@ class OrtRunner(Runner):
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
         self.precision = _precision_of(model, self._inputs)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.input_shape = _sample_shape(self._inputs[0].shape[1:] if self._inputs else (), self.metadata)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -188,6 +189,18 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+def _sample_shape(dims, metadata: dict) -> tuple[int, ...] | None:
+    """One sample's shape: the graph's static dims, else what odexport's exporter recorded."""
+    if dims and all(isinstance(d, int) and d > 0 for d in dims):
+        return tuple(dims)
+    recorded = metadata.get("odexport.input_shape", "")
+    try:
+        parsed = tuple(int(v) for v in recorded.lower().split("x")) if recorded else ()
+    except ValueError:
+        parsed = ()
+    return parsed if len(parsed) == len(dims) and parsed else None
 
 
 def _spec(arg) -> TensorSpec:

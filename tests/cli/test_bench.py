@@ -1,0 +1,95 @@
+"""``odexport bench`` on tiny models: the JSON carries every field; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport._optional import available
+from odexport.cli.app import app
+
+SHAPE = (3, 32, 32)
+FIELDS = ("artifact", "role", "backend", "batch_size", "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from odexport.models import create_model
+
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    model = create_model("od_resnet_tiny").eval()
+    ckpt = root / "od_tiny.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    fixed = root / "fixed_b2.onnx"  # reference folded form: exports only with the batch baked in
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, *SHAPE),), str(fixed), input_names=["input"], output_names=["output"],
+                          dynamo=False)
+    return {"ckpt": str(ckpt), "fixed": str(fixed)}
+
+
+def _bench(*args):
+    return CliRunner().invoke(app, ["bench", *map(str, args), "--quiet", "--warmup", "1", "--iters", "3"])
+
+
+def test_checkpoint_against_its_static_twin(artifacts):
+    result = _bench(artifacts["ckpt"], "--batch-sizes", "1,2", "--json", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["timer"] == "perf_counter_ns" and data["settings"]["interleaved"] is True
+    assert data["settings"]["input_shape"] == list(SHAPE)
+    assert data["machine"]["cpu_count"] >= 1 and "torch" in data["machine"]
+    rows = data["results"]
+    assert sorted((r["role"], r["batch_size"]) for r in rows) == [("baseline", 1), ("baseline", 2), ("candidate", 1), ("candidate", 2)]
+    for row in rows:
+        for field in FIELDS:
+            assert field in row, field
+        assert row["iterations"] == 3 and row["p50_ms"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert row["backend"] == "torch-cpu"
+    for row in rows:
+        if row["role"] == "candidate":
+            assert row["ratio_to_baseline"] > 0
+        else:
+            assert row["baseline_of"] == artifacts["ckpt"]
+
+
+def test_onnx_against_its_exported_static_twin(artifacts, tmp_path):
+    plot = tmp_path / "latency.png"
+    args = [artifacts["fixed"], "--batch-sizes", "2", "--arch", "od_resnet_tiny", "--threads", "1"]
+    if available("matplotlib"):
+        args += ["--plot", plot]
+    result = _bench(*args)
+    assert result.exit_code == 0, result.output
+    assert "static twin of" in result.output and "onnxruntime-cpu" in result.output and "x" in result.output
+    if available("matplotlib"):
+        assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rejected_batch_is_recorded_and_exits_1(artifacts):
+    result = _bench(artifacts["fixed"], "--batch-sizes", "1,2", "--baseline", "none", "--json")
+    assert result.exit_code == 1
+    rows = json.loads(result.stdout.split("\n}\n")[0] + "\n}")["results"]
+    by_batch = {r["batch_size"]: r for r in rows}
+    assert by_batch[1]["error"] and "p50_ms" not in by_batch[1]
+    assert by_batch[2]["error"] is None and by_batch[2]["p50_ms"] > 0 and by_batch[2]["ratio_to_baseline"] is None
+    assert "could not run" in result.output
+
+
+def test_unknown_architecture_and_bad_options_exit_1(artifacts, tmp_path):
+    result = _bench(artifacts["fixed"], "--batch-sizes", "2")
+    assert result.exit_code == 1 and "--arch" in result.output
+    assert _bench(artifacts["ckpt"], "--baseline", "fastest").exit_code == 1
+    assert _bench(artifacts["ckpt"], "--backend", "tvm").exit_code == 1
+    assert _bench(tmp_path / "none.onnx").exit_code == 1
+
+
+def test_plot_without_matplotlib_exits_3_before_timing(artifacts, tmp_path):
+    if available("matplotlib"):
+        pytest.skip("matplotlib is installed")
+    result = _bench(artifacts["ckpt"], "--plot", tmp_path / "x.png")
+    assert result.exit_code == 3 and "matplotlib" in result.output
