@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from odexport.errors import OdexportError
 
@@ -36,7 +37,7 @@ def run_command(action: Callable[[], Any]) -> Any:
     except OdexportError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -45,7 +46,7 @@ def run_command(action: Callable[[], Any]) -> Any:
         if debug:
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} -- this is a bug in odexport; "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} -- this is a bug in odexport; "
             "rerun with ODEXPORT_DEBUG=1 for the traceback and report it",
             markup=True,
             highlight=False,
