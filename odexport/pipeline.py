@@ -143,7 +143,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
               threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
-              trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None, stage=None):
+              trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None,
+              cpu_rewrite: bool = False, stage=None):
     """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
 
     Returns a :class:`odexport.report.BenchReport`.  Runners are made with onnxruntime spinning
@@ -162,10 +163,10 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
     stage = stage or (lambda _name: None)
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
-    options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs)
+    options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite)
     report = BenchReport(machine=machine_facts(), settings={
         "backend": backend, "device": device, "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations,
-        "threads": threads, "baseline": baseline, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
+        "threads": threads, "baseline": baseline, "cpu_rewrite": cpu_rewrite, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
         "interleaved": True})
     with tempfile.TemporaryDirectory(prefix="odexport-bench-") as scratch:
         pairs = []  # (label, role, baseline_of, runner)
@@ -249,7 +250,7 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     opset = int(meta.get("odexport.opset") or 18)
     onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape, opset=opset, check=False)
     if kind == "onnx":
-        return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items() if k in ("device", "threads", "allow_spinning")}), None
+        return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items() if k in ("device", "threads", "allow_spinning", "cpu_rewrite")}), None
     engine_path = Path(scratch) / (onnx_path.stem + ".engine")
     half = getattr(runner, "precision", "fp32") in ("fp16", "mixed")
     engine_from_onnx(onnx_path, engine_path, fp16=half, input_shape=shape)

@@ -66,7 +66,9 @@ class OrtRunner(Runner):
     """One onnxruntime ``InferenceSession``.
 
     ``model`` is a path to an ``.onnx`` file, or serialized bytes / an ``onnx.ModelProto`` (used for
-    the per-layer parity copy with extra graph outputs).  ``threads`` sets the intra-op pool size
+    the per-layer parity copy with extra graph outputs).  ``cpu_rewrite`` applies
+    :func:`odexport.runtime.ort_optimize.optimize_for_cpu` in memory (CPU only; exact, tied to this
+    machine); ``rewrite_report`` says what it changed.  ``threads`` sets the intra-op pool size
     (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
     from spinning (always wanted when several sessions share cores).  Inputs are cast to the dtype
     the graph declares, so an fp16 model accepts float32 arrays.
@@ -81,6 +83,7 @@ class OrtRunner(Runner):
         device: str = "cpu",
         allow_spinning: bool = True,
         optimization: str = "all",
+        cpu_rewrite: bool = False,
     ):
         import onnxruntime as ort
 
@@ -94,6 +97,16 @@ class OrtRunner(Runner):
             source = bytes(model)
         else:
             source = model.SerializeToString()  # onnx.ModelProto
+        self.rewrite_report = None
+        if cpu_rewrite and device == "cpu":
+            # machine-local: runtime-weight Convs into onnxruntime's blocked NCHWc kernels (exact)
+            import onnx
+
+            from odexport.runtime.ort_optimize import optimize_for_cpu
+
+            proto = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
+            self.rewrite_report = optimize_for_cpu(proto, threads=threads)
+            source = self.rewrite_report.model.SerializeToString()
         options = ort.SessionOptions()
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

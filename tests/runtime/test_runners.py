@@ -187,3 +187,26 @@ def test_capabilities_report_every_backend():
     assert found["onnxruntime"].available and "cpu" in found["onnxruntime"].devices
     if not available("tensorrt"):
         assert not found["tensorrt"].available and found["tensorrt"].detail
+
+
+def test_ort_cpu_rewrite_of_runtime_weight_conv_is_exact(tmp_path):
+    """A Conv whose weight is computed in the graph, run with and without the NCHWc rewrite."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w0 = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "w0")
+    scale = numpy_helper.from_array(np.full((1,), 0.5, np.float32), "scale")
+    nodes = [helper.make_node("Mul", ["w0", "scale"], ["w"]),
+             helper.make_node("Conv", ["input", "w"], ["output"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "runtime_weight", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, 12, 12])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], [w0, scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "rw.onnx"
+    onnx.save(model, path)
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    plain = OrtRunner(path).infer(x)["output"]
+    rewritten = OrtRunner(path, cpu_rewrite=True, threads=1)
+    assert rewritten.rewrite_report is not None
+    np.testing.assert_allclose(rewritten.infer(x)["output"], plain, atol=1e-5, rtol=1e-5)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(numpy_helper.to_array(w0) * 0.5), padding=1)
+    np.testing.assert_allclose(plain, expected.numpy(), atol=1e-4, rtol=1e-4)
