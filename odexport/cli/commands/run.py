@@ -58,7 +58,7 @@ def run(
             })
             return
         described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
-        what = f"{info.arch} ({info.layout}), temperature {info.temperature}" if info is not None else result["backend"]
+        what = f"{info.arch} ({info.layout}), temperature {info.temperature}" if info is not None else Path(artifact).name
         console.print(f"wrote {target}: {described} float32 -- {what}, backend {result['backend']}", markup=False, highlight=False)
 
     run_command(action)
