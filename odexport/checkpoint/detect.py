@@ -248,8 +248,12 @@ def _stem_width(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
     return None
 
 
-def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, kernel_num: int | None = None) -> _Attempt:
-    """The best options of architecture ``name`` for this file (see the module docstring)."""
+def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, kernel_num: int | None = None,
+                     search: bool = True) -> _Attempt:
+    """The best options of architecture ``name`` for this file (see the module docstring).
+
+    ``search=False`` only sets K and the classes (enough to rank architectures that do not fit).
+    """
     from odexport.models import model_info
 
     info = model_info(name)
@@ -267,7 +271,7 @@ def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, k
     if clf and clf in file_shapes and "num_classes" in defaults:
         kwargs["num_classes"] = file_shapes[clf][0]
     base = best = _attempt(name, kwargs, file_shapes, dynamic_prefixes)
-    if best.fit.ok:
+    if best.fit.ok or not search:
         return best
     # Width first (it changes nearly every shape), guessed from the stem, then the others.
     for option in [o for o in _WIDTH_OPTIONS if o in defaults] + [o for o in _SEARCH_VALUES if o in defaults]:
@@ -367,7 +371,7 @@ def _no_fit(file_shapes, family: str, names: list[str], attempts: list[_Attempt]
     tried = {a.arch for a in attempts}
     for name in names:
         if name not in tried:
-            ranked.append(fit_architecture(name, file_shapes))
+            ranked.append(fit_architecture(name, file_shapes, search=False))
     ranked.sort(key=lambda a: (a.fit.distance, a.arch))
     closest = "; ".join(f"{a.arch}: {a.fit.summary(limit=1)}" for a in ranked[:3])
     layouts = "/".join(sorted({model_info(n).layout for n in names}))

@@ -220,12 +220,17 @@ def convert_reference_layers(model: nn.Module, *, tardelean_temperature: float |
         replacements[name] = new
         done_prefixes.append(name + "." if name else "")
         report.converted.append(ConvertedLayer(name, reference, layout, temperature, source))
-        if layout == "kaijieshi7" and temperature != 1.0:
-            report.warnings.append(
-                f"{name}: temperature {temperature:g} carried over from the reference module"
-                + (" (kaijieshi7's constructor default, a training start value)" if temperature == KAIJIESHI7_TRAINING_START_T else "")
-                + "; a fully trained network is evaluated at 1 -- set --temperature 1 unless you trained otherwise"
-            )
+    carried: dict[float, list[str]] = {}
+    for layer in report.converted:
+        if layer.layout == "kaijieshi7" and layer.temperature != 1.0:
+            carried.setdefault(layer.temperature, []).append(layer.name)
+    for temperature, names in carried.items():
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        report.warnings.append(
+            f"{shown}: temperature {temperature:g} carried over from the reference module"
+            + (" (kaijieshi7's constructor default, a training start value)" if temperature == KAIJIESHI7_TRAINING_START_T else "")
+            + "; a fully trained network is evaluated at 1 -- pass --temperature 1 unless you trained otherwise"
+        )
     for name, new in replacements.items():
         if name:
             _set_submodule(model, name, new)

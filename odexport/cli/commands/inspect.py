@@ -67,8 +67,9 @@ def inspect_summary(info, analysis) -> dict:
     """The ``--json`` object: provenance, configuration, totals and one row per layer."""
     notes = list(info.warnings)
     layouts = {info.layout} | set(info.extras.get("reference_layouts", []))
-    if "kaijieshi7" in layouts:
-        notes.append(f"temperature {info.temperature if info.temperature is not None else 'per layer'} is in use; {KAIJIESHI7_NOTE}")
+    if "kaijieshi7" in layouts and not any("training start value" in note for note in notes):
+        in_use = f"temperature {info.temperature:g} is in use" if info.temperature is not None else "temperatures differ per layer"
+        notes.append(f"{in_use}; {KAIJIESHI7_NOTE}")
     if info.extras.get("temperature_folded"):
         notes.append(f"temperature {info.temperature} is folded into the attention weights (by `odexport reparam`); "
                      "the layers run at T=1 and the temperature cannot be changed")
