@@ -16,6 +16,10 @@ def shape_of(value: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in value.shape)
 
 
+def _keys(n: int) -> str:
+    return f"{n} key" if n == 1 else f"{n} keys"
+
+
 def fmt_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
@@ -46,9 +50,9 @@ class Fit:
             parts.append(f"'{key}' is {fmt_shape(got)} in the file, {fmt_shape(want)} in the architecture"
                          + (f" (+{len(self.mismatched) - 1} more shapes)" if len(self.mismatched) > 1 else ""))
         if self.missing:
-            parts.append(f"{len(self.missing)} keys missing from the file (e.g. {', '.join(repr(k) for k in self.missing[:limit])})")
+            parts.append(f"{_keys(len(self.missing))} missing from the file (e.g. {', '.join(repr(k) for k in self.missing[:limit])})")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected keys in the file (e.g. {', '.join(repr(k) for k in self.unexpected[:limit])})")
+            parts.append(f"{_keys(len(self.unexpected))} unexpected in the file (e.g. {', '.join(repr(k) for k in self.unexpected[:limit])})")
         return "; ".join(parts) if parts else "fits"
 
 
@@ -100,11 +104,11 @@ def raise_if_misfit(fit: Fit, *, what: str) -> None:
         )
     if fit.missing:
         raise CheckpointError(
-            f"checkpoint does not fit {what}: {len(fit.missing)} keys are missing from the file, first '{fit.missing[0]}'",
+            f"checkpoint does not fit {what}: {_keys(len(fit.missing))} missing from the file, first '{fit.missing[0]}'",
             hint,
         )
     raise CheckpointError(
-        f"checkpoint does not fit {what}: the file has {len(fit.unexpected)} keys the architecture lacks, "
+        f"checkpoint does not fit {what}: the file has {_keys(len(fit.unexpected))} the architecture lacks, "
         f"first '{fit.unexpected[0]}'",
         hint,
     )

@@ -85,6 +85,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         file_format = "torch-zip"
     elif head and head[0] == _PICKLE_PROTO:
         file_format = "torch-legacy"
+    elif _is_torch_tar(path):  # torch < 0.4 wrote a tar of 'sys_info', 'pickle', 'storages', 'tensors'
+        file_format = "torch-legacy"
     else:
         raise CheckpointError(
             f"{path} is not a checkpoint (neither a torch file nor safetensors; it starts with {head[:8]!r})",
@@ -100,6 +102,26 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         unpickled_module = f"{type(obj).__module__}.{type(obj).__qualname__}"
         obj = obj.state_dict()
     return RawCheckpoint(path, sha256, size, file_format, obj, {}, unpickled_module)
+
+
+def _is_torch_tar(path: Path) -> bool:
+    """A tar archive: torch's oldest format is accepted; any other tar is explained, not unpickled."""
+    import tarfile
+
+    try:
+        if not tarfile.is_tarfile(path):
+            return False
+        with tarfile.open(path) as archive:
+            names = archive.getnames()
+    except (tarfile.TarError, OSError):
+        return False
+    if {"pickle", "storages", "tensors"} <= set(names):
+        return True
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    raise CheckpointError(
+        f"{path} is a tar archive (holding {shown or 'nothing'}), not a checkpoint",
+        "extract it (tar -xf) and pass the checkpoint file inside",
+    )
 
 
 def _check_torch_zip(path: Path) -> None:

@@ -271,3 +271,15 @@ def test_no_weights_inside(tmp_path):
     torch.save({"epoch": 3, "acc": 0.5}, path)
     with pytest.raises(CheckpointError, match="no weights found"):
         _extract(path)
+
+
+def test_tar_archive_holding_a_checkpoint_is_explained(tmp_path):
+    import tarfile
+
+    inner = tmp_path / "model_best.pth"
+    torch.save(_weights(), inner)
+    path = tmp_path / "release.tar"
+    with tarfile.open(path, "w") as archive:
+        archive.add(inner, arcname="model_best.pth")
+    message = _one_line_error(path, "tar archive")
+    assert "model_best.pth" in message and "extract" in message
