@@ -108,6 +108,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if not batch_sizes or batch_sizes[0] < 1:
         raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
+    if artifact_kind(reference) not in ("checkpoint", "module"):
+        raise InputError(f"the reference {reference} is not a checkpoint: the reference runs in PyTorch",
+                         "pass the checkpoint the artifacts were made from first, then the artifacts to check")
     stage(f"load reference {reference}")
     ref = open_runner(reference, "torch", dtype=reference_dtype, input_shape=input_shape, threads=threads, **load)
     stage("open candidates")
@@ -133,6 +136,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
             run.layer_values = onnx_layer_values(ref.model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads)
         runner.close()
         runs.append(run)
+    ref.close()
     info = getattr(ref, "checkpoint_info", None)
     named = isinstance(reference, (str, os.PathLike))
     described = {"artifact": os.fspath(reference) if named else type(reference).__name__, "backend": ref.backend, "dtype": reference_dtype,

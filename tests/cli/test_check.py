@@ -179,3 +179,8 @@ def test_engine_without_tensorrt_exits_3(artifacts, tmp_path):
     result = _check(artifacts["ckpt"], engine)
     assert result.exit_code == 3, result.output
     assert "TensorRT" in result.output
+
+
+def test_reference_must_be_a_checkpoint(artifacts):
+    result = _check(artifacts["good"], artifacts["good"])
+    assert result.exit_code == 1 and "not a checkpoint" in result.output
