@@ -128,7 +128,7 @@ def _freeze(kwargs: Mapping[str, Any]) -> tuple:
 
 
 @contextlib.contextmanager
-def _no_weight_init():
+def no_weight_init():
     """Make ``torch.nn.init``'s in-place initialisers no-ops for the duration.
 
     On the meta device they do nothing useful and cost ~2 ms each (decomposed in Python); an
@@ -159,7 +159,7 @@ def build_meta(name: str, kwargs: Mapping[str, Any]):
 
     from odexport.models import create_model
 
-    with _no_weight_init(), torch.device("meta"):
+    with no_weight_init(), torch.device("meta"):
         return create_model(name, **kwargs)
 
 

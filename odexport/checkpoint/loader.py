@@ -29,7 +29,7 @@ from torch import nn
 
 from odexport.checkpoint.compat import load_weights_strict, shapes_of_state_dict
 from odexport.checkpoint.conform import conform_dynamic_layers
-from odexport.checkpoint.detect import detect_architecture
+from odexport.checkpoint.detect import detect_architecture, no_weight_init
 from odexport.checkpoint.info import CheckpointInfo, LoadedModel
 from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
 from odexport.checkpoint.state_dict import extract_state_dict
@@ -102,7 +102,8 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     file_shapes = shapes_of_state_dict(state_dict)
     detection = detect_architecture(file_shapes, arch=arch, kernel_num=kernel_num)
     info = model_info(detection.arch)
-    model = create_model(detection.arch, **detection.model_kwargs)
+    with no_weight_init():  # every parameter is overwritten by the strict load below: skip the random init
+        model = create_model(detection.arch, **detection.model_kwargs)
     conformed = conform_dynamic_layers(model, file_shapes, detection.conformed_layers) if detection.conformed_layers else []
     load_weights_strict(model, state_dict, what=f"architecture {detection.arch}")
     model.eval()
