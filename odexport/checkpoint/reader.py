@@ -231,7 +231,8 @@ def _torch_load(path: Path, file_format: str, trust_pickle: bool) -> Any:
         except Exception as exc:
             raise _corrupted(path, file_format, exc) from exc
     try:
-        with torch.serialization.safe_globals(_metadata_safe_globals()), warnings.catch_warnings():
+        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        with (allow(_metadata_safe_globals()) if allow else contextlib.nullcontext()), warnings.catch_warnings():
             # torch warns about pickle protocols it may not support; the error below says what to do
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
