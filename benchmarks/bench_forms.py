@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--cpu-rewrite", action="store_true", help="also time the export with OrtRunner(cpu_rewrite=True)")
     parser.add_argument("--no-eager", action="store_true")
+    parser.add_argument("--torch-cuda", default="", metavar="BATCHES",
+                        help="also time PyTorch on CUDA, fp16 with CUDA graphs, at these batch sizes (e.g. 1,32); needs a GPU")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cache", help="keep exports here (default: a temporary folder)")
     parser.add_argument("--json", help="write all numbers as JSON")
@@ -188,6 +190,9 @@ def main(argv=None) -> int:
                 print(f"   PyTorch eager batch {batch}", file=sys.stderr)
                 stats = timed(eager, batch, shape, max(1, args.warmup // 2), max(5, args.iters // 2))
                 entry["eager"][batch] = {k: s.to_dict() for k, s in stats.items()}
+        if args.torch_cuda:
+            entry["torch_cuda_fp16_graphs"] = torch_cuda(model, twin, shape, [int(b) for b in args.torch_cuda.split(",")],
+                                                         args.warmup, args.iters)
         record["models"][key] = entry
         print(json.dumps({key: {b: round(v["dynamic"]["p50_ms"] / v["twin"]["p50_ms"], 2) for b, v in entry["onnxruntime"].items()}}),
               file=sys.stderr)
@@ -200,6 +205,26 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(record, indent=2, default=str) + "\n")
     scratch.cleanup()
     return 0
+
+
+def torch_cuda(model, twin, shape, batches, warmup: int, iters: int) -> dict:
+    """The model as loaded (reference folded form) and its twin in PyTorch on CUDA, fp16, each
+    forward captured once in a CUDA graph and replayed; CUDA-event timings, interleaved."""
+    from odexport.errors import MissingDependencyError
+    from odexport.runtime.torch_runner import TorchRunner
+
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("--torch-cuda needs a CUDA GPU", "run on a machine with an NVIDIA GPU")
+    result = {}
+    for batch in batches:
+        # one runner pair per batch: a captured graph is tied to its input shape
+        runners = {"twin": TorchRunner(twin, device="cuda", dtype="float16", input_shape=shape, cuda_graphs=True),
+                   "dynamic": TorchRunner(model, device="cuda", dtype="float16", input_shape=shape, cuda_graphs=True)}
+        stats = timed(runners, batch, shape, warmup, iters)
+        result[batch] = {k: s.to_dict() for k, s in stats.items()}
+        for runner in runners.values():
+            runner.close()
+    return result
 
 
 def markdown_table(record: dict) -> str:
@@ -222,6 +247,13 @@ def markdown_table(record: dict) -> str:
             lines.append(f"| {key} | {batch} | {twin:.1f} ms | {dyn:.1f} ms | {ratio} | "
                          f"{'-' if target is None else f'<= {target}x'} | {' | '.join(eager_cells)} | "
                          f"{'-' if err is None else f'{err:.1e}'} |")
+    cuda_rows = [(key, batch, stats) for key, entry in record["models"].items()
+                 for batch, stats in entry.get("torch_cuda_fp16_graphs", {}).items()]
+    if cuda_rows:
+        lines += ["", "| model | batch | twin, PyTorch CUDA fp16 graphs | reference folded, same | ratio |", "|---|---|---|---|---|"]
+        for key, batch, stats in cuda_rows:
+            twin, dyn = stats["twin"]["p50_ms"], stats["dynamic"]["p50_ms"]
+            lines.append(f"| {key} | {batch} | {twin:.3f} ms | {dyn:.3f} ms | {dyn / twin:.2f}x |")
     return "\n".join(lines)
 
 
