@@ -12,7 +12,7 @@ from odexport.cli.app import app
 
 @app.command()
 def bench(
-    artifacts: Annotated[list[str], typer.Argument(help="Checkpoints (PyTorch), .onnx (onnxruntime) or .engine/.plan (TensorRT) files.", show_default=False)],
+    artifacts: Annotated[list[str], typer.Argument(metavar="ARTIFACT", help="Checkpoints (PyTorch), .onnx (onnxruntime) or .engine/.plan (TensorRT) files.", show_default=False)],
     backend: Annotated[Optional[str], typer.Option(help="torch, onnxruntime or tensorrt (default: by file type).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1",
@@ -36,9 +36,7 @@ def bench(
 ) -> None:
     """Latency p50/p90/p99 and throughput of each ARTIFACT, with the ratio to its static twin.
 
-    Warm-up calls are excluded; CPU timings use perf_counter_ns, GPU timings CUDA events.  The
-    artifact and its baseline are called in turn in the same run (never one after the other),
-    with onnxruntime thread spinning off, so their ratio holds on a busy machine.
+    Warm-up calls are excluded; CPU timings use perf_counter_ns, GPU timings CUDA events. The artifact and its baseline are called in turn in the same run (never one after the other), with onnxruntime thread spinning off, so their ratio holds on a busy machine.
     """
     from odexport.cli._common import console, run_command, stages
 

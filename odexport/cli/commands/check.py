@@ -35,8 +35,8 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 @app.command()
 def check(
-    reference: Annotated[str, typer.Argument(help="Checkpoint (or deploy checkpoint from `odexport reparam`) run in PyTorch as the reference.", show_default=False)],
-    candidates: Annotated[list[str], typer.Argument(help="Artifacts to check: .onnx (onnxruntime), .engine/.plan (TensorRT) or another checkpoint.", show_default=False)],
+    reference: Annotated[str, typer.Argument(metavar="REFERENCE", help="Checkpoint (or deploy checkpoint from `odexport reparam`) run in PyTorch as the reference.", show_default=False)],
+    candidates: Annotated[list[str], typer.Argument(metavar="CANDIDATE", help="Artifacts to check: .onnx (onnxruntime), .engine/.plan (TensorRT) or another checkpoint.", show_default=False)],
     samples: Annotated[int, typer.Option(help="Number of seeded random samples (ignored with --inputs).", min=1)] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random samples.")] = 0,
     inputs: Annotated[Optional[str], typer.Option(help="Your own inputs: .npy (N,C,H,W) or .npz with 'x' (and 'y'/'labels' for accuracy).", show_default=False)] = None,
@@ -58,8 +58,7 @@ def check(
 ) -> None:
     """Prove each CANDIDATE computes what REFERENCE computes, at several batch sizes.
 
-    Exit 0 when every candidate passes, 2 on any parity failure (numbers out of tolerance, or a
-    batch size a candidate rejects), 1 on an input error, 3 when a backend is missing.
+    Exit 0 when every candidate passes, 2 on any parity failure (numbers out of tolerance, or a batch size a candidate rejects), 1 on an input error, 3 when a backend is missing.
     """
     from odexport.cli._common import console, run_command, stages
 
