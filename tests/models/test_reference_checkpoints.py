@@ -23,57 +23,59 @@ def strip_module_prefix(state_dict: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def od_mobilenetv2_050_k4():
+    """Load the checkpoint strictly, then run it once per case (each forward is costly on CPU)."""
     checkpoint = load_refdata("odconv", "od_mobilenetv2_050_k4.pth.tar")
     io = load_refdata("odconv", "od_mobilenetv2_050_k4.io.pt")
     model = create_model("od_mobilenetv2_050", kernel_num=4).eval()
     model.load_state_dict(strip_module_prefix(checkpoint["state_dict"]), strict=True)
-    return model, io
-
-
-def test_od_mobilenetv2_050_k4_logits(od_mobilenetv2_050_k4):
-    model, io = od_mobilenetv2_050_k4
-    assert io["meta"]["arch"] == "od_mobilenetv2_050" and io["meta"]["kwargs"] == {"kernel_num": 4}
-    with torch.no_grad():
-        torch.testing.assert_close(model(io["input"]), io["logits"], **TOL)
-        torch.testing.assert_close(model(io["input"][:1]), io["logits_bs1_sample0"], **TOL)
-
-
-def test_od_mobilenetv2_050_k4_temperature4(od_mobilenetv2_050_k4):
-    model, io = od_mobilenetv2_050_k4
-    try:
-        set_temperature(model, 4.0)
-        with torch.no_grad():
-            torch.testing.assert_close(model(io["input"]), io["logits_temperature4"], **TOL)
-    finally:
-        set_temperature(model, 1.0)
-
-
-def test_od_mobilenetv2_050_k4_intermediates(od_mobilenetv2_050_k4):
-    model, io = od_mobilenetv2_050_k4
     captured = {}
     hooks = [
         model.get_submodule(name).register_forward_hook(lambda m, i, out, name=name: captured.__setitem__(name, out))
         for name in io["intermediates"]
     ]
-    try:
-        with torch.no_grad():
-            model(io["input"])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():
+        try:
+            logits = model(io["input"])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        logits_bs1 = model(io["input"][:1])
+        set_temperature(model, 4.0)
+        logits_t4 = model(io["input"])
+        set_temperature(model, 1.0)
+    ours = {"logits": logits, "logits_bs1_sample0": logits_bs1, "logits_temperature4": logits_t4, "intermediates": captured}
+    return ours, io
+
+
+def test_od_mobilenetv2_050_k4_logits(od_mobilenetv2_050_k4):
+    ours, io = od_mobilenetv2_050_k4
+    assert io["meta"]["arch"] == "od_mobilenetv2_050" and io["meta"]["kwargs"] == {"kernel_num": 4}
+    torch.testing.assert_close(ours["logits"], io["logits"], **TOL)
+    torch.testing.assert_close(ours["logits_bs1_sample0"], io["logits_bs1_sample0"], **TOL)
+
+
+def test_od_mobilenetv2_050_k4_temperature4(od_mobilenetv2_050_k4):
+    ours, io = od_mobilenetv2_050_k4
+    torch.testing.assert_close(ours["logits_temperature4"], io["logits_temperature4"], **TOL)
+    assert not torch.allclose(ours["logits_temperature4"], ours["logits"], **TOL)  # T really changed
+
+
+def test_od_mobilenetv2_050_k4_intermediates(od_mobilenetv2_050_k4):
+    ours, io = od_mobilenetv2_050_k4
     batch = io["input"].shape[0]
+    assert set(ours["intermediates"]) == set(io["intermediates"])
     for name, expected in io["intermediates"].items():
-        ours = captured[name]
+        got_value = ours["intermediates"][name]
         if name.endswith("attention"):
             # reference: 4-tuple (channel, filter, spatial, kernel) shaped for broadcasting, None
             # where a head is skipped; ours: the same values flat (B, N), None in the same places.
-            assert len(expected) == len(ours) == 4, name
-            for head, ref, got in zip(("channel", "filter", "spatial", "kernel"), expected, ours):
+            assert len(expected) == len(got_value) == 4, name
+            for head, ref, got in zip(("channel", "filter", "spatial", "kernel"), expected, got_value):
                 assert (ref is None) == (got is None), f"{name}.{head}"
                 if ref is not None:
                     torch.testing.assert_close(got, ref.reshape(batch, -1), **TOL, msg=f"{name}.{head}")
         else:
-            torch.testing.assert_close(ours, expected, **TOL, msg=name)
+            torch.testing.assert_close(got_value, expected, **TOL, msg=name)
 
 
 @pytest.fixture(scope="module")
