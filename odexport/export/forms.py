@@ -395,7 +395,7 @@ class DynamicConvCore(nn.Module):
         if self.onehot is None:
             patches = x
         else:
-            patches = F.conv2d(x, self.onehot, None, s.stride, s.padding, s.dilation, s.in_channels)
+            patches = F.conv2d(x, self.onehot.to(x.dtype), None, s.stride, s.padding, s.dilation, s.in_channels)
         patches = patches.reshape(-1, s.groups, s.in_per_group * s.taps, s.out_pixels)
         y = torch.matmul(kernels, patches).reshape(-1, s.out_channels, *s.output_hw)
         bias = self.aggregate.bias(dyn_bias, kernel)

@@ -103,6 +103,39 @@ def _validate(form, opset, batch, input_shape, target, path) -> tuple[Path, tupl
     return out, shape  # type: ignore[return-value]
 
 
+_REGISTRIES: dict = {}
+
+
+@contextlib.contextmanager
+def _reused_registry():
+    """Reuse the exporter's torchlib op registry between exports of one process.
+
+    ``torch.onnx.export(dynamo=True)`` rebuilds it from scratch every call (about 1.5 s of CPU,
+    a third of a small model's export); it is read-only once built.  Private torch API, so this
+    is best effort: anything unexpected leaves the exporter exactly as it is.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        original = _registration.ONNXRegistry.__dict__["from_torchlib"]
+        build = original.__func__
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+
+    def cached(cls, opset_version=None):
+        key = (cls, opset_version)
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = build(cls) if opset_version is None else build(cls, opset_version)
+        return _REGISTRIES[key]
+
+    _registration.ONNXRegistry.from_torchlib = classmethod(cached)
+    try:
+        yield
+    finally:
+        _registration.ONNXRegistry.from_torchlib = original
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
     """The dynamo exporter logs optional-registry warnings and prints progress; keep both out."""
@@ -120,7 +153,7 @@ def _quiet_exporter():
 def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes, opset: int) -> onnx.ModelProto:
     """``torch.onnx.export(dynamo=True)`` to an in-memory ModelProto, errors made one line."""
     try:
-        with _quiet_exporter():
+        with _quiet_exporter(), _reused_registry():
             program = torch.onnx.export(
                 module,
                 args,
@@ -244,6 +277,7 @@ def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
         if large:
             onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
             onnx.checker.check_model(str(tmp_model), full_check=False)
+            _readable(tmp_dir / data_name)
             os.replace(tmp_dir / data_name, parent / data_name)
         else:
             onnx.save_model(proto, tmp_model)
@@ -256,10 +290,18 @@ def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
         tmp_dir.rmdir()
 
 
+def _readable(path: Path) -> None:
+    """Give a file the permissions of a normally created one (some writers make it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_json_atomically(obj: dict, path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
     try:
+        _readable(Path(tmp))  # mkstemp makes 0600; a sidecar is as readable as the model
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=2, default=str)
             handle.write("\n")

@@ -100,25 +100,28 @@ def choose_variant(spec: LayerSpec, batch: int, target: str, allow_grouped: bool
     costs = {v: estimate_cost(spec, v, batch, target) for v in candidates}
     best = min(costs, key=costs.get)
     if len(costs) == 1:
-        reason = f"only exact {_describe(best)} for {_shape(spec)}"
+        reason = f"{_describe(best)}; the only exact dynamic-batch variant ({_why_only(spec)})"
     else:
-        others = ", ".join(f"{v} {costs[v] * 1e3:.3g} ms" for v in sorted(costs, key=costs.get) if v != best)
-        reason = f"{_describe(best)}: est. {costs[best] * 1e3:.3g} ms vs {others} ({_shape(spec)}, batch {batch}, {target})"
+        ranked = " < ".join(f"{v} {costs[v] * 1e3:.3g}" for v in sorted(costs, key=costs.get))
+        reason = f"{_describe(best)}; est. ms {ranked} at batch {batch} on {target}"
     return best, costs[best], reason
+
+
+def _why_only(spec: LayerSpec) -> str:
+    if spec.has_spatial:
+        return "spatial attention scales every kernel tap"
+    if spec.num_kernels == 1:
+        return "one kernel"
+    return "no alternative"
 
 
 def _describe(variant: str) -> str:
     return {
-        "static": "static conv (one kernel, no spatial attention)",
-        "kbranch": "K-branch static conv + mix",
+        "static": "static conv",
+        "kbranch": "K-branch conv + mix",
         "bmm": "per-sample kernel + patch MatMul",
         "grouped": "batch-folded grouped conv",
     }[variant]
-
-
-def _shape(spec: LayerSpec) -> str:
-    kh, kw = spec.kernel_size
-    return f"{spec.in_channels}->{spec.out_channels} k{kh}x{kw} g{spec.groups} K{spec.num_kernels} {spec.output_hw[0]}x{spec.output_hw[1]}"
 
 
 def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cpu", batch: int | None = None) -> list[LayerPlan]:
@@ -138,7 +141,7 @@ def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cp
         if form == "grouped":
             variant = "static" if "static" in applicable_variants(spec) else "grouped"
             cost = estimate_cost(spec, variant, hint, target)
-            reason = "asked for grouped" if variant == "grouped" else "static conv: the layer has one kernel and no spatial attention"
+            reason = "batch-folded grouped conv, as asked" if variant == "grouped" else "static conv: one kernel and no spatial attention"
             plans.append(LayerPlan(spec.name, "grouped", reason, cost, variant, spec))
             continue
         variant, cost, reason = choose_variant(spec, hint, target, allow_grouped=form == "auto" and batch is not None)

@@ -1,0 +1,184 @@
+"""``odexport onnx``: export a checkpoint to ONNX with a dynamic batch, verified on the way out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, KernelNumOption, TemperatureOption, TrustPickleOption
+from odexport.cli.app import app
+
+_FORM_HELP = (
+    "Export form per dynamic conv: auto (the cost model's choice for --target and --batch), custom (one "
+    "com.odexport node per layer with an exact function body; stock onnxruntime inlines it), decomposed "
+    "(standard ONNX ops only), grouped (the reference batch-folded conv; needs --batch N)."
+)
+
+
+@app.command(name="onnx")
+def onnx_command(
+    checkpoint: Annotated[str, typer.Argument(metavar="CKPT_OR_DEPLOY", help="Checkpoint or deploy checkpoint (from `odexport reparam`).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ONNX file to write (default: the checkpoint's path with suffix .onnx). A JSON sidecar MODEL.onnx.json is written beside it.", show_default=False)] = None,
+    form: Annotated[str, typer.Option("--form", help=_FORM_HELP)] = "auto",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset of the standard domain (18 to 23).")] = 18,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Fix the batch to N (required by --form grouped; a hint for --form auto). Default: dynamic.", show_default=False)] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Keep the batch symbolic (the default); not with --batch.")] = False,
+    input_shape: InputShapeOption = None,
+    reparam: Annotated[bool, typer.Option("--reparam/--no-reparam", help="Reparameterise first with the exact default passes (skipped for a deploy checkpoint).")] = True,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Mixed precision: convolutions and matmuls in fp16; attention, softmax/sigmoid and kernel aggregation in fp32; fp32 inputs and outputs.")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare onnxruntime (CPU) with PyTorch at batch 1, 2 and 7 on seeded inputs; a failure exits 2 and keeps the file as NAME.parity-failed.onnx.")] = True,
+    target: Annotated[str, typer.Option("--target", help="Where the model will run (cpu or gpu): steers --form auto.")] = "cpu",
+    plan: Annotated[bool, typer.Option("--plan", help="Print the form each layer would get and why, and exit without exporting.")] = False,
+    arch: ArchOption = None,
+    kernel_num: KernelNumOption = None,
+    temperature: TemperatureOption = None,
+    trust_pickle: TrustPickleOption = False,
+    factory: FactoryOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Export to ONNX with a dynamic batch (or a fixed one), per-layer forms, metadata and a parity check.
+
+    Exit 0 on success, 1 on a bad option or input, 2 when the parity check fails.
+    """
+    from odexport.cli._common import run_command
+
+    run_command(lambda: _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check,
+                                target, plan, dict(arch=arch, kernel_num=kernel_num, temperature=temperature,
+                                                   trust_pickle=trust_pickle, factory=factory), json_output, quiet))
+
+
+def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,
+            json_output, quiet) -> None:
+    from odexport.cli._common import console, print_json, stages
+    from odexport.cli._options import parse_input_shape
+    from odexport.errors import ExportError, InputError, ParityError
+    from odexport.export.forms import FORMS
+    from odexport.export.onnx_export import SUPPORTED_OPSETS
+    from odexport.export.plan import TARGETS
+
+    # every option is checked before anything is loaded
+    if batch is not None and dynamic_batch:
+        raise InputError("--batch and --dynamic-batch contradict each other", "give one of them")
+    if form not in FORMS:
+        raise InputError(f"unknown --form {form!r}", f"use one of {', '.join(FORMS)}")
+    if target not in TARGETS:
+        raise InputError(f"unknown --target {target!r}", f"use one of {', '.join(TARGETS)}")
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset} is not supported", f"use --opset {SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]}")
+    if form == "grouped" and batch is None:
+        raise ExportError("the grouped form folds the batch into the conv groups, so it needs a fixed batch",
+                          "pass --batch N, or use --form decomposed / custom / auto for a dynamic batch")
+    source = Path(checkpoint)
+    if not source.exists():
+        raise InputError(f"{checkpoint} does not exist", "pass a checkpoint or deploy checkpoint file")
+    shape = parse_input_shape(input_shape) if input_shape else None
+    out = output if output is not None else default_output(source)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise InputError(f"output path {out} is a directory", "give a file name such as -o model.onnx")
+    if not parent.is_dir():
+        raise InputError(f"output folder {parent} does not exist", "create it or choose another -o path")
+
+    with stages(quiet or json_output) as stage:
+        from odexport.pipeline import model_from_checkpoint, onnx_from_model
+
+        stage(f"load {source.name}")
+        loaded = model_from_checkpoint(source, **load)
+        info = loaded.info
+        model = loaded.model
+        shape = shape or (tuple(info.input_shape) if info.input_shape else None)
+        if shape is None:
+            raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")
+        reparam_note = None
+        if reparam and getattr(info, "source", None) != "deploy":
+            try:
+                from odexport.reparam import reparameterise
+            except ImportError:
+                reparam_note = "reparam passes are not available; exported as loaded"
+            else:
+                stage("reparam")
+                model = reparameterise(model).model.eval()
+                reparam_note = "reparameterised with the default passes"
+        if plan:
+            from odexport.export.plan import plan_forms
+
+            stage("plan")
+            plans = plan_forms(model, target=target, batch=batch, input_shape=shape, form=form)
+        else:
+            result = None
+            try:
+                result = onnx_from_model(
+                    model, out, form=form, opset=opset, batch=batch, input_shape=shape, fp16=fp16, target=target, check=check,
+                    architecture=info.arch, model_kwargs=info.model_kwargs, source_sha256=info.sha256,
+                    extra_metadata={"reparam": reparam_note or "no"}, progress=stage,
+                )
+            except ParityError as exc:
+                result = getattr(exc, "result", None)
+                if result is not None and not json_output:
+                    _print_parity(console, result.parity)
+                elif result is not None:
+                    print_json(result.to_dict())
+                raise
+
+    if plan:
+        if json_output:
+            print_json({"plan": [p.to_dict() for p in plans], "target": target, "batch": batch, "input_shape": list(shape)})
+        else:
+            console.print(_plan_table(plans, target, batch))
+        return
+    if json_output:
+        print_json(result.to_dict())
+        return
+    if not quiet:
+        console.print(_forms_summary(result.forms))
+        if result.parity is not None:
+            _print_parity(console, result.parity)
+    console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
+
+
+_CHECKPOINT_SUFFIXES = (".pth.tar", ".pt.tar", ".pth", ".pt", ".tar", ".ckpt", ".safetensors", ".bin")
+
+
+def default_output(source: Path) -> Path:
+    """``model.pth.tar`` -> ``model.onnx`` next to it (every checkpoint suffix dropped)."""
+    name = source.name
+    for suffix in _CHECKPOINT_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return source.with_name(name[: -len(suffix)] + ".onnx")
+    return source.with_suffix(".onnx")
+
+
+def _plan_table(plans, target, batch):
+    from rich.table import Table
+
+    table = Table(title=f"export plan (target {target}, batch {'dynamic' if batch is None else batch})")
+    for column in ("layer", "form", "variant", "est. ms", "why"):
+        table.add_column(column, justify="right" if column == "est. ms" else "left")
+    for p in plans:
+        table.add_row(p.name or "<root>", p.form, p.variant, f"{p.est_cost * 1e3:.3g}", p.reason)
+    return table
+
+
+def _forms_summary(plans) -> str:
+    from collections import Counter
+
+    counts = Counter(f"{p.form}/{p.variant}" for p in plans)
+    if not counts:
+        return "no dynamic conv layers (a static model)"
+    return f"{len(plans)} dynamic conv layers: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def _print_parity(console, parity) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"onnxruntime vs PyTorch ({parity.precision}, atol {parity.atol:g}, rtol {parity.rtol:g})")
+    for column in ("output", "batch", "max abs", "max rel", "top-1", ""):
+        table.add_column(column, justify="left" if column in ("output", "") else "right")
+    for c in parity.comparisons:
+        table.add_row(c.name, str(c.batch), f"{c.max_abs:.3g}", f"{c.max_rel:.3g}",
+                      "-" if c.top1_agreement is None else f"{c.top1_agreement:.0%}",
+                      "[green]ok[/]" if c.passed else "[bold red]FAIL[/]")
+    console.print(table)

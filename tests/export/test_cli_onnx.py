@@ -1,0 +1,101 @@
+"""``odexport onnx``: a checkpoint to a verified ONNX file, --plan, --json, and bad input (one line,
+non-zero exit, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport.cli.app import app
+from odexport.models import create_model
+from tests.export._cases import assert_runs_at_batches
+from tests.export.test_zoo import _perturbed
+
+SHAPE = "3x16x16"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """od_resnet_tiny saved the way OSVAI/ODConv's main.py saves (module. prefix, state_dict key)."""
+    torch.manual_seed(0)
+    model = _perturbed(create_model("od_resnet_tiny"))
+    folder = tmp_path_factory.mktemp("ckpt")
+    path = folder / "od_resnet_tiny.pth.tar"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path, model
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(app, ["onnx", *map(str, args)], env={"CI": "1", "ODEXPORT_DEBUG": "0"})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_export_next_to_the_checkpoint_with_reparam_and_check(checkpoint, tmp_path):
+    source, model = checkpoint
+    local = tmp_path / source.name
+    local.write_bytes(source.read_bytes())
+    code, out, err = _invoke(local, "--form", "custom", "--input-shape", SHAPE)
+    assert code == 0, err
+    written = tmp_path / "od_resnet_tiny.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["od_resnet_tiny.onnx", "od_resnet_tiny.onnx.json", "od_resnet_tiny.pth.tar"]
+    assert "wrote" in out and "ok" in out
+    proto = onnx.load(str(written))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["odexport.arch"] == "od_resnet_tiny" and len(meta["odexport.source_sha256"]) == 64
+    assert meta["odexport.reparam"].startswith("reparameterised")
+    assert_runs_at_batches(model, str(written), (3, 16, 16), batches=(1, 3), tol=dict(atol=1e-4, rtol=1e-4))
+    for stage in ("load", "reparam", "trace", "verify"):
+        assert f"-- {stage}" in err
+
+
+def test_json_and_fixed_batch(checkpoint, tmp_path):
+    source, _ = checkpoint
+    code, out, err = _invoke(source, "-o", tmp_path / "m.onnx", "--form", "grouped", "--batch", "2", "--no-reparam",
+                             "--input-shape", SHAPE, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["metadata"]["odexport.batch"] == "2" and data["parity"]["passed"]
+    assert {f["variant"] for f in data["forms"]} == {"grouped"}
+    assert data["metadata"]["odexport.reparam"] == "no"
+
+
+def test_plan_prints_and_writes_nothing(checkpoint, tmp_path):
+    source, _ = checkpoint
+    code, out, err = _invoke(source, "-o", tmp_path / "m.onnx", "--plan", "--json", "--input-shape", SHAPE, "--target", "gpu", "--batch", "8")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["target"] == "gpu" and data["batch"] == 8 and len(data["plan"]) == 12
+    assert all(p["reason"] for p in data["plan"])
+    assert list(tmp_path.iterdir()) == []
+    code, out, _ = _invoke(source, "--plan", "--no-reparam", "--input-shape", SHAPE, "--quiet")
+    assert code == 0 and "layer1.0.conv2" in out
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--opset", "12"], "opset 12 is not supported"),
+        (["--form", "grouped"], "needs a fixed batch"),
+        (["--form", "fastest"], "unknown --form"),
+        (["--batch", "2", "--dynamic-batch"], "contradict"),
+        (["--target", "tpu"], "unknown --target"),
+        (["-o", "/nonexistent-folder/m.onnx"], "does not exist"),
+        (["--input-shape", "3x16"], "is not CxHxW"),
+    ],
+)
+def test_bad_options_exit_1_with_one_line(checkpoint, tmp_path, args, needle):
+    source, _ = checkpoint
+    code, out, err = _invoke(source, "--input-shape", SHAPE, *args)
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_missing_checkpoint(tmp_path):
+    code, _, err = _invoke(tmp_path / "nope.pth")
+    assert code == 1 and "does not exist" in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,225 @@
+"""What an export writes (metadata, sidecar, atomic files, external data), the grouped form, and
+every bad request: one-line errors, no partial file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from odexport.errors import ExportError, InputError, OdexportError, ParityError
+from odexport.export import onnx_export
+from odexport.export.onnx_export import export_onnx
+from odexport.export.verify import batch_constants
+from odexport.layers import DyConv2d, ODConv2d
+from tests.export._cases import assert_runs_at_batches, run_ort
+
+SHAPE = (8, 10, 10)
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        ODConv2d(8, 16, 3, padding=1, kernel_num=2), nn.ReLU(),
+        DyConv2d(16, 8, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    ).eval()
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_metadata_sidecar_and_checker(tmp_path):
+    model = small_model()
+    result = export_onnx(model, tmp_path / "m.onnx", form="decomposed", input_shape=SHAPE, architecture="tiny-test",
+                         model_kwargs={"width": 8}, source_sha256="ab" * 32)
+    assert _files(tmp_path) == ["m.onnx", "m.onnx.json"]
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    from odexport import __version__
+
+    assert meta["odexport.version"] == __version__
+    assert meta["odexport.source_sha256"] == "ab" * 32
+    assert meta["odexport.arch"] == "tiny-test" and json.loads(meta["odexport.model_kwargs"]) == {"width": 8}
+    assert meta["odexport.opset"] == "18" and meta["odexport.batch"] == "dynamic"
+    assert [f["name"] for f in json.loads(meta["odexport.forms"])] == ["0", "2"]
+    assert {o.domain or "": o.version for o in proto.opset_import}[""] == 18
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sidecar["metadata"]["odexport.source_sha256"] == "ab" * 32
+    assert sidecar["metadata"]["odexport.forms"] == json.loads(meta["odexport.forms"])
+    assert sidecar["parity"]["passed"] is True
+    assert sorted({c["batch"] for c in sidecar["parity"]["comparisons"]}) == [1, 2, 7]
+    # shape inference ran: intermediate values are typed
+    assert len(proto.graph.value_info) > 0
+
+
+def test_state_dict_checksum_changes_with_weights(tmp_path):
+    model = small_model()
+    first = export_onnx(model, tmp_path / "a.onnx", form="decomposed", input_shape=SHAPE, check=False)
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0, 0] += 1.0
+    second = export_onnx(model, tmp_path / "b.onnx", form="decomposed", input_shape=SHAPE, check=False)
+    assert first.metadata["odexport.source_sha256"] != second.metadata["odexport.source_sha256"]
+
+
+@pytest.mark.parametrize("opset", [18, 21, 23])
+def test_supported_opsets(tmp_path, opset):
+    model = small_model()
+    result = export_onnx(model, tmp_path / "m.onnx", form="custom", opset=opset, input_shape=SHAPE, check=False)
+    proto = onnx.load(str(result.path))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == opset
+    assert all({o.domain: o.version for o in f.opset_import}[""] == opset for f in proto.functions)
+    assert_runs_at_batches(model, str(result.path), SHAPE, batches=(1, 3))
+
+
+def test_grouped_form_matches_at_its_fixed_batch_and_bakes_it(tmp_path):
+    model = small_model()
+    result = export_onnx(model, tmp_path / "g.onnx", form="grouped", batch=3, input_shape=SHAPE)
+    assert result.parity.passed and {c.batch for c in result.parity.comparisons} == {3}
+    assert [p.variant for p in result.forms] == ["grouped", "grouped"]
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert batch_constants(proto, 3), "the folded conv's group holds the batch: the detector must see it"
+    assert_runs_at_batches(model, str(result.path), SHAPE, batches=(3,))
+    with pytest.raises(Exception):
+        run_ort(str(result.path), np.zeros((2, *SHAPE), np.float32))
+
+
+def test_fixed_batch_decomposed_and_auto_with_batch_hint(tmp_path):
+    model = small_model()
+    result = export_onnx(model, tmp_path / "a.onnx", form="auto", batch=4, input_shape=SHAPE)
+    assert result.parity.passed and result.metadata["odexport.batch"] == "4"
+    assert {p.form for p in result.forms} <= {"decomposed", "grouped"}
+
+
+def test_external_data_above_the_threshold(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1000)
+    model = small_model()
+    result = export_onnx(model, tmp_path / "big.onnx", form="decomposed", input_shape=SHAPE)
+    assert _files(tmp_path) == ["big.onnx", "big.onnx.data", "big.onnx.json"]
+    assert result.parity.passed
+    bare = onnx.load(str(tmp_path / "big.onnx"), load_external_data=False)
+    external = [t for t in bare.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and all(e.value == "big.onnx.data" for t in external for e in t.external_data if e.key == "location")
+    assert_runs_at_batches(model, str(result.path), SHAPE, batches=(2,))
+
+
+# --- bad requests ---------------------------------------------------------------------------
+
+
+def _one_line(exc: OdexportError) -> str:
+    text = str(exc)
+    assert "\n" not in text and " -- " in text
+    return text
+
+
+@pytest.mark.parametrize("opset", [12, 17, 24])
+def test_unsupported_opset(tmp_path, opset):
+    with pytest.raises(ExportError) as info:
+        export_onnx(small_model(), tmp_path / "m.onnx", opset=opset, input_shape=SHAPE)
+    assert "opset" in _one_line(info.value) and "18" in str(info.value)
+    assert _files(tmp_path) == []
+
+
+def test_grouped_with_dynamic_batch_names_the_other_forms(tmp_path):
+    with pytest.raises(ExportError) as info:
+        export_onnx(small_model(), tmp_path / "m.onnx", form="grouped", input_shape=SHAPE)
+    text = _one_line(info.value)
+    assert "--batch" in text and "decomposed" in text and "custom" in text
+    assert _files(tmp_path) == []
+
+
+class ForeignDynamicConv(nn.Module):
+    """Shaped like the reference kaijieshi7 layer: K candidate kernels, batch folded into groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 8, 8, 3, 3))
+
+    def forward(self, x):
+        b = x.shape[0]
+        w = self.weight.mean(0).repeat(b, 1, 1, 1)
+        return nn.functional.conv2d(x.reshape(1, -1, *x.shape[-2:]), w, padding=1, groups=b).reshape(b, 8, *x.shape[-2:])
+
+
+def test_unknown_dynamic_layer_type(tmp_path):
+    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1), ForeignDynamicConv()).eval()
+    with pytest.raises(ExportError) as info:
+        export_onnx(model, tmp_path / "m.onnx", input_shape=SHAPE)
+    text = _one_line(info.value)
+    assert "'1'" in text and "ForeignDynamicConv" in text and "ODConv2d" in text
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "file-as-dir", "is-dir"])
+def test_output_path_not_writable(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    path = {"missing-dir": tmp_path / "nope" / "m.onnx", "file-as-dir": tmp_path / "afile" / "m.onnx", "is-dir": tmp_path}[where]
+    with pytest.raises(InputError) as info:
+        export_onnx(small_model(), path, input_shape=SHAPE)
+    _one_line(info.value)
+    assert _files(tmp_path) == ["afile"]
+
+
+def test_bad_input_shape_and_batch(tmp_path):
+    with pytest.raises(InputError):
+        export_onnx(small_model(), tmp_path / "m.onnx", input_shape=(8, 10))
+    with pytest.raises(InputError):
+        export_onnx(small_model(), tmp_path / "m.onnx", input_shape=SHAPE, batch=0)
+    with pytest.raises(ExportError) as info:  # the model does not run on this shape
+        export_onnx(small_model(), tmp_path / "m.onnx", input_shape=(3, 10, 10))
+    _one_line(info.value)
+    assert _files(tmp_path) == []
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 2 if float(x.sum()) > 0 else x
+
+
+def test_failed_trace_leaves_nothing(tmp_path):
+    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1), DataDependent()).eval()
+    with pytest.raises(ExportError) as info:
+        export_onnx(model, tmp_path / "m.onnx", input_shape=SHAPE)
+    _one_line(info.value)
+    assert _files(tmp_path) == []
+
+
+class ExportsDifferently(nn.Module):
+    """Computes x in PyTorch but x + 0.5 in the exported graph: a real parity failure."""
+
+    def forward(self, x):
+        return x + 0.5 if torch.onnx.is_in_onnx_export() else x
+
+
+def test_parity_failure_keeps_a_renamed_file_and_raises(tmp_path):
+    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1), ExportsDifferently()).eval()
+    with pytest.raises(ParityError) as info:
+        export_onnx(model, tmp_path / "m.onnx", form="decomposed", input_shape=SHAPE)
+    assert info.value.exit_code == 2 and "m.parity-failed.onnx" in _one_line(info.value)
+    assert _files(tmp_path) == ["m.parity-failed.onnx", "m.parity-failed.onnx.json"]
+    result = info.value.result
+    assert not result.parity.passed and result.path.name == "m.parity-failed.onnx"
+    assert all(c.max_abs == pytest.approx(0.5, abs=1e-6) for c in result.parity.comparisons)
+    sidecar = json.loads((tmp_path / "m.parity-failed.onnx.json").read_text())
+    assert sidecar["parity"]["passed"] is False and sidecar["path"].endswith("m.parity-failed.onnx")
+
+
+def test_model_mode_and_forward_are_restored(tmp_path):
+    model = small_model().train()
+    export_onnx(model, tmp_path / "m.onnx", form="custom", input_shape=SHAPE, check=False)
+    assert model.training
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert "odexport_core" not in " ".join(n for n, _ in model.named_modules())
+
+
+def test_static_model_without_dynamic_layers(tmp_path):
+    model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.ReLU()).eval()
+    result = export_onnx(model, tmp_path / "s.onnx", input_shape=SHAPE)
+    assert result.forms == [] and result.parity.passed
