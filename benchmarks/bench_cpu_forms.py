@@ -12,8 +12,10 @@ and over rounds (absolute times on a shared 2-core box are noise; same-run ratio
 
 Plans: ``auto`` (``plan_layers(form="auto")``), ``cpu-fast`` (:func:`odexport.export.fast_forms.plan_cpu`,
 the measured cost model; a fixed batch when the timed batch is fixed), ``patch`` (patch everywhere),
-``bmm`` / ``decomposed`` (the export engineer's dynamic variants).  ``@1`` after a plan exports with
-a fixed batch of 1 (timed at batch 1 only).  Exports are cached under ``--cache`` by model, plan,
+``bmm`` / ``decomposed`` (the export engineer's dynamic variants).  ``/custom`` exports the plan in
+the custom form (one ``com.odexport`` node per layer, the plan's variant as its function body),
+which is what ``--ort-cpu`` specialises.  ``@1`` after a plan exports with a fixed batch of 1
+(timed at batch 1 only).  Exports are cached under ``--cache`` by model, plan,
 batch and the source files' modification times.
 """
 
@@ -105,12 +107,13 @@ def export_cached(model, key, plan, batch, input_shape, cache: Path):
     from odexport.export.onnx_export import build_onnx
 
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{key.replace(':', '-')}_{plan}_{batch or 'dyn'}_{_source_stamp()}.onnx"
+    path = cache / f"{key.replace(':', '-')}_{plan.replace('/', '-')}_{batch or 'dyn'}_{_source_stamp()}.onnx"
     if path.exists():
         return onnx.load(str(path)), None
-    plans = [] if plan == "twin" else plans_for(model, plan, batch, input_shape)
+    name, _, style = plan.partition("/")
+    plans = [] if plan == "twin" else plans_for(model, name, batch, input_shape)
     start = time.perf_counter()
-    proto = build_onnx(model, plans, input_shape=input_shape, batch=batch, opset=18, custom=False)
+    proto = build_onnx(model, plans, input_shape=input_shape, batch=batch, opset=18, custom=style == "custom")
     onnx.save(proto, str(path))
     return proto, time.perf_counter() - start
 

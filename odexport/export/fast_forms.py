@@ -165,6 +165,24 @@ class SampleCore(nn.Module):
         self.channel_on, self.filter_on = channel_on, filter_on
 
     def forward(self, x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias):
+        batch = x.shape[0]
+        if not isinstance(batch, int):
+            from odexport.errors import ExportError
+
+            raise ExportError(
+                f"the sample variant of layer '{self.spec.name}' needs a fixed batch (it runs one conv per sample)",
+                "export with --batch N, or use a dynamic-batch variant (patch, bmm, kbranch)",
+            )
+        if batch > 1:
+            # A fixed batch > 1: one runtime-weight conv per sample (unrolled at export time).
+            pick = lambda t, b: None if t is None else t[b : b + 1]  # noqa: E731
+            return torch.cat([
+                self._one(x[b : b + 1], weight, pick(channel, b), pick(filter, b), pick(spatial, b), pick(kernel, b), dyn_bias, static_bias)
+                for b in range(batch)
+            ])
+        return self._one(x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias)
+
+    def _one(self, x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias):
         s = self.spec
         num_kernels, out_ch = weight.shape[:2]
         taps, groups, cg = s.taps, s.groups, s.in_per_group
@@ -176,19 +194,22 @@ class SampleCore(nn.Module):
         else:
             ka = None
             w = weight[0]
-        w = w.reshape(groups, og, cg, taps)
-        # Small scales first: (g, Og, Cg, 1) and (1, 1, 1, T); the kernel sees one Mul.
-        small = None
+        # Scales laid out so every Mul runs over long contiguous spans (onnxruntime's broadcast
+        # loops once per span: a (.., T) scale on an OIHW kernel would cost one call per 9 floats).
+        # v[g, c*T + p] = ca[g*Cg + c] * sa[p]  (one row per group, Cg*T long), then fa per row.
+        w = w.reshape(groups, og, cg * taps)
+        row = None
         if channel is not None and self.channel_on == "weight":
-            small = channel.reshape(groups, 1, cg, 1)
-        if filter is not None and self.filter_on == "weight":
-            f = filter.reshape(groups, og, 1, 1)
-            small = f if small is None else small * f
+            row = channel.reshape(groups, 1, cg, 1)
         if spatial is not None:
             sa = spatial.reshape(1, 1, 1, taps)
-            small = sa if small is None else small * sa
-        if small is not None:
-            w = w * small
+            row = sa.expand(groups, 1, cg, taps) if row is None else row * sa
+        if row is not None:
+            if row.shape[-1] != taps:
+                row = row.expand(groups, 1, cg, taps)
+            w = w * row.reshape(groups, 1, cg * taps)
+        if filter is not None and self.filter_on == "weight":
+            w = w * filter.reshape(groups, og, 1)
         w = w.reshape(out_ch, cg, *s.kernel_size)
         if channel is not None and self.channel_on == "input":
             x = x * channel.reshape(1, s.in_channels, 1, 1)
@@ -231,8 +252,8 @@ def plan_cpu(specs, batch: int | None = None):
         activation = spec.in_channels * spec.input_hw[0] * spec.input_hw[1]
         if "static" in applicable_variants(spec):
             variant, reason = "static", "one kernel, no spatial attention: static conv and two Muls"
-        elif batch == 1 and weight <= activation:
-            variant, reason = "sample", f"batch 1, kernels ({weight}) <= input ({activation}): per-sample kernel, runtime-weight conv"
+        elif batch is not None and weight <= activation:
+            variant, reason = "sample", f"fixed batch, kernels ({weight}) <= input ({activation}): per-sample kernel, runtime-weight conv"
         else:
             variant, reason = "patch", f"kernels ({weight}) > input ({activation}) or dynamic batch: patches + constant GEMM"
         plans.append(LayerPlan(spec.name, "decomposed", reason, 0.0, variant, spec))

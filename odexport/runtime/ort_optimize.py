@@ -77,14 +77,20 @@ def _session_options(threads: int | None, optimized_path: str | None = None, lev
     return options
 
 
-def ort_optimized(model, threads: int | None = 1):
+# Fusions that fold a following BatchNorm / Mul / Add into a Conv's *constant* weight: applied to
+# a placeholder they would bake that arithmetic into a weight that is replaced afterwards.
+WEIGHT_FOLDING_FUSIONS = ("ConvBNFusion", "ConvMulFusion", "ConvAddFusion")
+
+
+def ort_optimized(model, threads: int | None = 1, disabled: tuple[str, ...] = ()):
     """onnxruntime's own CPU optimisation (level ALL) of ``model``, as an ``onnx.ModelProto``."""
     import onnx
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="odexport-ort-") as scratch:
         path = os.path.join(scratch, "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), _session_options(threads, path), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), _session_options(threads, path), providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(disabled))
         return onnx.load(path)
 
 
@@ -183,25 +189,143 @@ def _attr(node, name, default=None):
     return default
 
 
-def optimize_for_cpu(model, *, threads: int | None = None) -> RewriteReport:
-    """Rewrite every runtime-weight Conv of ``model`` (an ``onnx.ModelProto``) into onnxruntime's
-    NCHWc Conv on this machine; see the module docstring.  The returned model is meant for an
-    onnxruntime CPU session on this machine only (load it with graph optimisation level ``basic``
-    or higher: it is already optimised)."""
+@dataclass
+class _Swap:
+    """One Conv whose placeholder weight is to be replaced after onnxruntime's optimisation.
+
+    ``layout`` "plain": ``weight`` is the runtime weight in the ONNX layout (O, C/g, kh, kw) and is
+    permuted at run time; "dense" / "depthwise": ``weight`` is already computed in onnxruntime's
+    blocked layout (:func:`blocked_permutation` / :func:`depthwise_permutation`), which the probe
+    must confirm."""
+
+    node: str  # the Conv's first output name (in the model handed to _placeholder_pass)
+    weight: str
+    shape: tuple
+    layout: str
+    label: str
+    base: int = 0
+
+
+def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteReport, threads=None):
+    """Steps 1-4 of the module docstring for ``swaps``; returns the optimised, rewired model, or
+    ``None`` when onnxruntime converted none of the placeholders."""
     import onnx
     from onnx import helper, numpy_helper
 
-    block = nchwc_block_size()
-    report = RewriteReport(model=model, block=block)
-    if block is None:
-        report.notes.append("onnxruntime does not use NCHWc Conv on this machine/build: nothing rewritten")
-        return report
-    graph = model.graph
-    constants = _constant_names(graph)
-    shapes = _shapes(model)
-    candidates = []  # (node index, weight name, weight shape)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    # Nodes are found by their first output (protobuf copies messages; identities do not survive).
+    positions = {n.output[0]: i for i, n in enumerate(probe.graph.node) if n.output}
     used = 0
-    for index, node in enumerate(graph.node):
+    kept_outputs = []
+    by_base = {}
+    for swap in swaps:
+        size = int(np.prod(swap.shape))
+        if used + size >= _INDEX_LIMIT:
+            report.skipped[swap.label] = "too many runtime-weight elements to encode in one pass"
+            continue
+        swap.base = used
+        used += size
+        by_base[swap.base] = swap
+        name = f"odexport_placeholder_{len(by_base)}"
+        probe.graph.initializer.append(numpy_helper.from_array(_index_tensor(swap.shape, swap.base), name))
+        probe.graph.node[positions[swap.node]].input[1] = name
+        if swap.weight not in kept_outputs:
+            kept_outputs.append(swap.weight)
+            probe.graph.output.append(helper.make_tensor_value_info(swap.weight, onnx.TensorProto.FLOAT, None))
+    optimized = ort_optimized(probe, threads=1, disabled=WEIGHT_FOLDING_FUSIONS)
+    graph = optimized.graph
+    inits = {t.name: t for t in graph.initializer}
+    bases = sorted(by_base)
+    wired = {}  # base -> (conv node, [nodes], [initializers], weight name)
+    for node in graph.node:
+        if not (node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits):
+            continue
+        values = numpy_helper.to_array(inits[node.input[1]]).ravel()
+        nonzero = values[values > 0]
+        if nonzero.size == 0 or not np.array_equal(nonzero, np.round(nonzero)):
+            continue  # not an index encoding (a real weight, or one an optimiser rescaled)
+        first = int(nonzero.min()) - 1
+        base = max((b for b in bases if b <= first), default=None)
+        if base is None or base in wired:
+            continue
+        swap = by_base[base]
+        size = int(np.prod(swap.shape))
+        if int(nonzero.max()) - 1 >= base + size:
+            continue  # not a placeholder of ours
+        perm = np.where(values > 0, values.astype(np.int64) - 1 - base, -1)
+        reordered_shape = [int(d) for d in inits[node.input[1]].dims]
+        prefix = f"odexport_nchwc_w{base}"
+        if swap.layout == "plain":
+            source, items = _permute_runtime_weight(swap.weight, swap.shape, perm, reordered_shape, block, prefix)
+        else:
+            expected = _expected_permutation(swap.shape, swap.layout, block)
+            if expected is None or not np.array_equal(perm, expected):
+                report.skipped[swap.label] = f"onnxruntime's blocked layout here is not the expected {swap.layout} layout"
+                continue
+            shape_name = f"{prefix}_const_shape"
+            items = [numpy_helper.from_array(np.array(reordered_shape, np.int64), shape_name),
+                     helper.make_node("Reshape", [swap.weight, shape_name], [f"{prefix}_out"])]
+            source = f"{prefix}_out"
+        wired[base] = (node, source, items, swap)
+    if not wired:
+        report.notes.append("onnxruntime did not turn any placeholder Conv into an NCHWc Conv")
+        return None
+    extra_inits, added = [], []
+    for node, source, items, swap in wired.values():
+        node.input[1] = source
+        extra_inits.extend(i for i in items if isinstance(i, onnx.TensorProto))
+        added.extend(i for i in items if isinstance(i, onnx.NodeProto))
+        report.rewritten.append(swap.label)
+    # Placeholders onnxruntime did not take (or whose layout we refused): the computed weight goes
+    # back -- in the plain layout only; a pre-blocked weight has no plain form, so it is an error.
+    placeholder_of = {f"odexport_placeholder_{i + 1}": by_base[b] for i, b in enumerate(by_base)}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            swap = placeholder_of.get(name)
+            if swap is None:
+                continue
+            if swap.layout != "plain":
+                return None
+            node.input[i] = swap.weight
+            report.skipped.setdefault(swap.label, "onnxruntime kept it as a plain Conv")
+    available = {t.name for t in graph.initializer} | {t.name for t in extra_inits} | {i.name for i in graph.input}
+    ordered = _topological(list(graph.node) + added, available)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(extra_inits)
+    keep = [o for o in graph.output if o.name not in set(kept_outputs)]
+    del graph.output[:]
+    graph.output.extend(keep)
+    _drop_unused_initializers(graph)
+    return optimized
+
+
+def _drop_unused_initializers(graph) -> None:
+    used = {name for n in graph.node for name in _node_inputs(n)} | {o.name for o in graph.output}
+    remaining = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(remaining)
+
+
+def _expected_permutation(shape, layout: str, block: int):
+    out_ch, in_per_group, kh, kw = shape
+    if layout == "dense" and out_ch % block == 0 and in_per_group % block == 0:
+        return blocked_permutation(out_ch, in_per_group, kh, kw, block)
+    if layout == "depthwise" and in_per_group == 1 and out_ch % block == 0:
+        return depthwise_permutation(out_ch, kh, kw, block)
+    return None
+
+
+def _generic_swaps(model, report: RewriteReport, max_weight: int | None = None) -> list[_Swap]:
+    """Runtime-weight Convs of ``model`` (weights in the ONNX layout, permuted at run time).
+
+    ``max_weight``: leave larger runtime weights alone -- the run-time permutation of a big
+    weight costs more than the blocked kernel saves (measured: 147k elements is the break-even)."""
+    constants = _constant_names(model.graph)
+    shapes = _shapes(model)
+    swaps = []
+    for node in model.graph.node:
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
         label = node.name or node.output[0]
@@ -212,89 +336,378 @@ def optimize_for_cpu(model, *, threads: int | None = None) -> RewriteReport:
         if not shape or len(shape) != 4 or any(d is None for d in shape):
             report.skipped[label] = "the runtime weight's shape is not static"
             continue
-        size = int(np.prod(shape))
-        if used + size >= _INDEX_LIMIT:
-            report.skipped[label] = "too many runtime-weight elements to encode in one pass"
+        if max_weight is not None and int(np.prod(shape)) > max_weight:
+            report.skipped[label] = f"runtime weight of {int(np.prod(shape))} elements: permuting it each run costs more than it saves"
             continue
-        candidates.append((index, weight, tuple(int(d) for d in shape), used, label))
-        used += size
-    if not candidates:
-        report.notes.append("no Conv with a runtime weight")
-        return report
+        swaps.append(_Swap(node.output[0], weight, tuple(int(d) for d in shape), "plain", label))
+    return swaps
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    kept_outputs = []
-    for index, weight, shape, base, _ in candidates:
-        name = f"odexport_placeholder_{index}"
-        probe.graph.initializer.append(numpy_helper.from_array(_index_tensor(shape, base), name))
-        probe.graph.node[index].input[1] = name
-        if weight not in kept_outputs:
-            kept_outputs.append(weight)
-            probe.graph.output.append(helper.make_tensor_value_info(weight, onnx.TensorProto.FLOAT, list(shape)))
-    optimized = ort_optimized(probe, threads=1)
-    out_graph = optimized.graph
-    inits = {t.name: t for t in out_graph.initializer}
-    by_base = {base: (index, weight, shape, label) for index, weight, shape, base, label in candidates}
-    bases = sorted(by_base)
-    done = set()
-    new_nodes = []
-    for node in out_graph.node:
-        if not (node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits):
-            continue
-        values = numpy_helper.to_array(inits[node.input[1]]).ravel()
-        nonzero = values[values > 0]
-        if nonzero.size == 0:
-            continue
-        first = int(nonzero.min()) - 1
-        base = max((b for b in bases if b <= first), default=None)
-        if base is None:
-            continue
-        index, weight, shape, label = by_base[base]
-        size = int(np.prod(shape))
-        if int(nonzero.max()) - 1 >= base + size:
-            continue  # not one of ours (or two placeholders mixed: never seen)
-        perm = np.where(values > 0, values.astype(np.int64) - 1 - base, -1)
-        reordered_shape = list(inits[node.input[1]].dims)
-        source, nodes = _permute_runtime_weight(weight, shape, perm, reordered_shape, block, f"odexport_nchwc_w{index}")
-        new_nodes.append((node, nodes, source))
-        done.add(base)
-    if not done:
-        report.notes.append("onnxruntime did not turn any placeholder Conv into an NCHWc Conv")
+
+def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=None) -> RewriteReport:
+    """Rewrite ``model`` (an ``onnx.ModelProto``) for onnxruntime's CPU provider on this machine.
+
+    * Models with ``com.odexport`` dynamic-conv nodes (the custom form): every layer that the
+      ``policy`` (default :func:`prefer_runtime_weight`) sends to the per-sample form is emitted as
+      per-sample kernels computed directly in onnxruntime's blocked layout (from kernel banks
+      re-laid once, here) feeding NCHWc Convs.  A fixed-batch model is specialised for its batch.
+      A dynamic-batch model is specialised for each size in ``batches`` (default
+      :data:`DEFAULT_BATCHES`, env ``ODEXPORT_ORT_CPU_BATCHES="1,8"``) and becomes
+      ``If(batch == b1, <spec b1>, If(batch == b2, ..., <the model as onnxruntime optimises it>))``
+      -- every branch optimised here as a main graph, because onnxruntime does not run its NCHWc
+      transform inside subgraphs.
+    * Other models: Convs with small runtime weights (e.g. a fixed-batch ``sample`` export) are
+      rewired into NCHWc Convs with a run-time permutation of the weight.
+
+    Exact (the same products and sums, in blocked order) at every batch size.  The result is
+    already optimised and tied to this machine; load it in a session on this machine only.
+    """
+    block = nchwc_block_size()
+    report = RewriteReport(model=model, block=block)
+    if block is None:
+        report.notes.append("onnxruntime does not use NCHWc Conv on this machine/build: nothing rewritten")
         return report
-    # Wire the permuted runtime weights in (the extra nodes go right before their Conv).
-    extra_inits = []
-    for conv, nodes, source in new_nodes:
-        conv.input[1] = source
-        for n in nodes:
-            if isinstance(n, onnx.TensorProto):
-                extra_inits.append(n)
-    added = [n for _, nodes, _ in new_nodes for n in nodes if isinstance(n, onnx.NodeProto)]
-    ordered = _topological(list(out_graph.node) + added, {t.name for t in out_graph.initializer} | {t.name for t in extra_inits}
-                           | {i.name for i in out_graph.input})
-    del out_graph.node[:]
-    out_graph.node.extend(ordered)
-    out_graph.initializer.extend(extra_inits)
-    # Placeholders that onnxruntime did not take: give those Convs their computed weight back.
-    names = {f"odexport_placeholder_{index}": (weight, base, label) for index, weight, shape, base, label in candidates}
-    for node in out_graph.node:
-        for i, name in enumerate(node.input):
-            if name in names:
-                weight, base, label = names[name]
-                node.input[i] = weight
-                report.skipped[label] = "onnxruntime kept it as a plain Conv"
-    for base in done:
-        report.rewritten.append(by_base[base][3])
-    # Drop the kept-alive weights from the outputs and the now unused initializers.
-    keep = [o for o in out_graph.output if o.name not in set(kept_outputs)]
-    del out_graph.output[:]
-    out_graph.output.extend(keep)
-    used_names = {name for n in out_graph.node for name in n.input} | {o.name for o in out_graph.output}
-    remaining = [t for t in out_graph.initializer if t.name in used_names]
-    del out_graph.initializer[:]
-    out_graph.initializer.extend(remaining)
-    report.model = optimized
+    policy = policy or prefer_runtime_weight
+    if any(n.domain == CUSTOM_DOMAIN for n in model.graph.node):
+        batch = _static_batch(model)
+        if batch is not None:
+            specialised = _specialise(model, batch, block, report, policy, threads)
+            if specialised is not None:
+                report.model = specialised
+            return report
+        if batches is None:
+            batches = tuple(int(b) for b in os.environ.get("ODEXPORT_ORT_CPU_BATCHES", "").split(",") if b.strip()) or DEFAULT_BATCHES
+        branches = {}
+        for size in sorted(set(int(b) for b in batches)):
+            specialised = _specialise(model, size, block, report, policy, threads)
+            if specialised is not None:
+                branches[size] = specialised
+        if not branches:
+            return report
+        report.model = batch_switch(branches, ort_optimized(model, threads=1))
+        report.notes.append(f"dynamic batch: an If picks the specialisation for batch {', '.join(map(str, branches))}")
+        return report
+    swaps = _generic_swaps(model, report, max_weight=GENERIC_MAX_WEIGHT)
+    if not swaps:
+        report.notes.append("no Conv with a runtime weight to rewrite")
+        return report
+    optimized = _placeholder_pass(model, swaps, block, report, threads)
+    if optimized is not None:
+        report.model = optimized
     return report
+
+
+DEFAULT_BATCHES = (1,)
+GENERIC_MAX_WEIGHT = 150_000
+CUSTOM_DOMAIN = "com.odexport"
+
+
+def _static_batch(model) -> int | None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+
+
+def prefer_runtime_weight(layer: dict, batch: int) -> bool:
+    """Cost rule (measured, docs/performance.md "Attempts"): the per-sample kernel + NCHWc Conv wins
+    where the K kernels are no bigger than ~1.5x the layer input; past that the patch/K-branch
+    forms with constant weights (read once, as the static twin does) win."""
+    kernels = layer["K"] * layer["O"] * layer["Cg"] * layer["T"]
+    activation = layer["C"] * layer["H"] * layer["W"]
+    return kernels <= 1.5 * activation
+
+
+def _specialise(model, batch: int, block: int, report: RewriteReport, policy, threads):
+    """The model with its chosen ``com.odexport`` nodes emitted as blocked per-sample kernels and
+    NCHWc-bound placeholder Convs, optimised by onnxruntime and rewired (see _placeholder_pass)."""
+    import onnx
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    _fix_batch(work, batch)
+    shapes = _shapes(work)
+    inits = {t.name: t for t in work.graph.initializer}
+    new_nodes, swaps = [], []
+    for index, node in enumerate(work.graph.node):
+        if node.domain != CUSTOM_DOMAIN:
+            new_nodes.append(node)
+            continue
+        label = node.name or node.output[0]
+        layer = _custom_layer(node, inits, shapes, block)
+        if isinstance(layer, str):
+            report.skipped[label] = layer
+            new_nodes.append(node)
+            continue
+        if not policy(layer, batch):
+            report.skipped[label] = "kept its exported form (constant weights are cheaper here)"
+            new_nodes.append(node)
+            continue
+        emitted, inits_new, layer_swaps = _emit_per_sample(node, layer, batch, block, f"odexport_l{index}")
+        new_nodes.extend(emitted)
+        work.graph.initializer.extend(inits_new)
+        for swap in layer_swaps:
+            swap.label = f"{label}#{swap.label}" if batch > 1 else label
+        swaps.extend(layer_swaps)
+    if not swaps:
+        report.notes.append("no dynamic conv is cheaper with a runtime weight at this batch")
+        return None
+    del work.graph.node[:]
+    work.graph.node.extend(new_nodes)
+    optimized = _placeholder_pass(work, swaps, block, report, threads)
+    if optimized is None:
+        report.rewritten.clear()
+    return optimized
+
+
+def _fix_batch(model, batch: int) -> None:
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = batch
+
+
+def _custom_layer(node, inits, shapes, block: int):
+    """What the emitter needs about one ``com.odexport`` node, or a string saying why not."""
+    from onnx import numpy_helper
+
+    formals = {"ODConv2d": ("X", "W", "channel", "filter", "spatial", "kernel", "static_bias"),
+               "DyConv2d": ("X", "W", "kernel", "bias", "static_bias")}.get(node.op_type)
+    if formals is None:
+        return f"unknown odexport op {node.op_type}"
+    args = {name: (node.input[i] if i < len(node.input) else "") for i, name in enumerate(formals)}
+    for name in ("W", "bias", "static_bias"):
+        if args.get(name) and args[name] not in inits:
+            return f"{name} is not a constant"
+    weight = numpy_helper.to_array(inits[args["W"]]).astype(np.float32)
+    x_shape = shapes.get(args["X"])
+    if not x_shape or len(x_shape) != 4 or any(d is None for d in x_shape[1:]):
+        return "the input's shape is not static"
+    k_all, out_ch, in_per_group, kh, kw = weight.shape
+    group = int(_attr(node, "group", 1))
+    channels = in_per_group * group
+    if group == 1 and out_ch % block == 0 and channels % block == 0:
+        layout = "dense"
+    elif group == channels == out_ch and in_per_group == 1 and channels % block == 0:
+        layout = "depthwise"
+    else:
+        return f"no blocked NCHWc layout for {channels}->{out_ch} channels in {group} groups (block {block})"
+    return {
+        "args": args, "weight": weight, "layout": layout, "K": k_all, "O": out_ch, "Cg": in_per_group, "C": channels,
+        "T": kh * kw, "kh": kh, "kw": kw, "H": x_shape[2], "W": x_shape[3], "group": group,
+        "bias": numpy_helper.to_array(inits[args["bias"]]).astype(np.float32) if args.get("bias") else None,
+        "attrs": {a: _attr(node, a) for a in ("strides", "pads", "dilations", "group") if _attr(node, a) is not None},
+    }
+
+
+def blocked_bank(weight: np.ndarray, layout: str, block: int) -> np.ndarray:
+    """The K kernels ``(K, O, C/g, kh, kw)`` re-laid in onnxruntime's blocked order, flat ``(K, N)``."""
+    k_all, out_ch, in_per_group, kh, kw = weight.shape
+    if layout == "dense":
+        perm = blocked_permutation(out_ch, in_per_group, kh, kw, block)
+    else:
+        perm = depthwise_permutation(out_ch, kh, kw, block)
+    return np.ascontiguousarray(weight.reshape(k_all, -1)[:, perm])
+
+
+def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
+    """Nodes computing ``node``'s output with one blocked per-sample kernel + placeholder Conv per sample.
+
+    Per sample (blocked dense layout ``(O/b, C/b, T, b_in, b_out)``; depthwise ``(C/b, T, b)``)::
+
+        W_b = (ka_b @ bank_blocked) * (ca_b x fa_b) * sa_b        (K = 1: the blocked kernel itself)
+        y_b = Conv(x_b, W_b, static_bias [+ ka_b @ dyn_bias])
+
+    ``ca`` folds into the kernel because ``conv(x*ca, W) = conv(x, W*ca)``, ``fa`` because the output
+    scale commutes with the sum; each scale is shaped to broadcast over 256- (dense) or 16-float
+    (depthwise) contiguous runs.
+    """
+    from onnx import helper, numpy_helper
+
+    a = layer["args"]
+    block_of = block
+    k_all, out_ch, cg, taps, channels = layer["K"], layer["O"], layer["Cg"], layer["T"], layer["C"]
+    dense = layer["layout"] == "dense"
+    nodes, inits = [], []
+
+    made = set()
+
+    def const(name, array):
+        full = f"{prefix}_{name}"
+        if full not in made:  # one initializer per name, shared by the samples
+            made.add(full)
+            inits.append(numpy_helper.from_array(np.asarray(array), full))
+        return full
+
+    def shape_const(name, dims):
+        return const(name, np.array(dims, np.int64))
+
+    if dense:
+        kernel_shape = [out_ch // block_of, channels // block_of, taps, block_of, block_of]
+        ca_shape = [1, channels // block_of, 1, block_of, 1]
+        fa_shape = [out_ch // block_of, 1, 1, 1, block_of]
+        sa_shape = [1, 1, taps, 1, 1]
+    else:
+        kernel_shape = [channels // block_of, taps, block_of]
+        ca_shape = fa_shape = [channels // block_of, 1, block_of]
+        sa_shape = [1, taps, 1]
+    bank = blocked_bank(layer["weight"], layer["layout"], block_of)
+    if k_all > 1 and a.get("kernel"):
+        bank_name = const("bank", bank)
+    else:
+        bank_name = const("kernel", bank[0].reshape(kernel_shape))
+    kshape = shape_const("kshape", kernel_shape)
+    static_bias = a.get("static_bias") or ""
+    dyn_bias = const("dynbias", layer["bias"]) if layer["bias"] is not None else None
+    obias_shape = shape_const("oshape", [out_ch])
+
+    def split(name):
+        if batch == 1 or not name:
+            return [name] * batch
+        outs = [f"{prefix}_{name}_s{b}" for b in range(batch)]
+        nodes.append(helper.make_node("Split", [name, shape_const(f"split_{len(nodes)}", [1] * batch)], outs, axis=0))
+        return outs
+
+    xs = split(a["X"])
+    heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
+    swaps, outs = [], []
+    for b in range(batch):
+        tag = f"{prefix}_b{b}"
+        if k_all > 1 and a.get("kernel"):
+            nodes.append(helper.make_node("MatMul", [heads["kernel"][b], bank_name], [f"{tag}_mixed"]))
+            nodes.append(helper.make_node("Reshape", [f"{tag}_mixed", kshape], [f"{tag}_w0"]))
+            current = f"{tag}_w0"
+        else:
+            current = bank_name
+        scale = None
+        for head, dims in (("channel", ca_shape), ("filter", fa_shape)):
+            if a.get(head):
+                name = f"{tag}_{head}"
+                nodes.append(helper.make_node("Reshape", [heads[head][b], shape_const(f"{head}_shape", dims)], [name]))
+                if scale is None:
+                    scale = name
+                else:
+                    nodes.append(helper.make_node("Mul", [scale, name], [f"{tag}_cf"]))
+                    scale = f"{tag}_cf"
+        if scale is not None:
+            nodes.append(helper.make_node("Mul", [current, scale], [f"{tag}_w1"]))
+            current = f"{tag}_w1"
+        if a.get("spatial"):
+            nodes.append(helper.make_node("Reshape", [heads["spatial"][b], shape_const("spatial_shape", sa_shape)], [f"{tag}_sa"]))
+            nodes.append(helper.make_node("Mul", [current, f"{tag}_sa"], [f"{tag}_w2"]))
+            current = f"{tag}_w2"
+        if current == bank_name:  # K = 1 and no attention on the kernel: still give the Conv its own input
+            nodes.append(helper.make_node("Identity", [current], [f"{tag}_w2"]))
+            current = f"{tag}_w2"
+        bias = static_bias
+        if dyn_bias is not None:
+            if k_all > 1 and a.get("kernel"):
+                nodes.append(helper.make_node("MatMul", [heads["kernel"][b], dyn_bias], [f"{tag}_db"]))
+            else:
+                nodes.append(helper.make_node("ReduceSum", [dyn_bias, const("axis0", np.array([0], np.int64))], [f"{tag}_db"], keepdims=0))
+            nodes.append(helper.make_node("Reshape", [f"{tag}_db", obias_shape], [f"{tag}_dbo"]))
+            if static_bias:
+                nodes.append(helper.make_node("Add", [f"{tag}_dbo", static_bias], [f"{tag}_bias"]))
+                bias = f"{tag}_bias"
+            else:
+                bias = f"{tag}_dbo"
+        out = node.output[0] if batch == 1 else f"{tag}_y"
+        conv = helper.make_node("Conv", [xs[b], "", bias] if bias else [xs[b], ""], [out], **layer["attrs"])
+        conv.input[1] = f"{tag}_placeholder_slot"
+        nodes.append(conv)
+        swaps.append(_Swap(out, current, (out_ch, cg, layer["kh"], layer["kw"]), layer["layout"], f"sample{b}"))
+        outs.append(out)
+    if batch > 1:
+        nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
+    return nodes, inits, swaps
+
+
+def batch_switch(specialised: dict, general):
+    """``If(batch == b1, specialised[b1], If(batch == b2, ..., general))`` from optimised models of
+    the same graph interface (one input).
+
+    Every value and initializer of each branch gets a prefix (the branches come from the same
+    source and share names); initializers move to the outer graph; the outputs keep their names.
+    """
+    from onnx import helper, numpy_helper
+
+    input_name = general.graph.input[0].name
+    out_names = [o.name for o in general.graph.output]
+    initializers = []
+    extra = []
+
+    def branch(model, prefix):
+        graph = _prefixed_graph(model.graph, prefix, input_name)
+        initializers.extend(graph.initializer)
+        del graph.initializer[:]
+        return graph
+
+    sizes = sorted(specialised)
+    else_graph = branch(general, "bn/")
+    for depth, size in enumerate(reversed(sizes)):
+        then_graph = branch(specialised[size], f"b{size}/")
+        tag = f"odexport_b{size}"
+        nodes = [
+            helper.make_node("Shape", [input_name], [f"{tag}_batch"], start=0, end=1),
+            helper.make_node("Equal", [f"{tag}_batch", f"{tag}_size"], [f"{tag}_eq"]),
+            helper.make_node("Squeeze", [f"{tag}_eq"], [f"{tag}_cond"]),
+        ]
+        extra.append(numpy_helper.from_array(np.array([size], np.int64), f"{tag}_size"))
+        if depth == len(sizes) - 1:  # outermost: produces the model outputs
+            nodes.append(helper.make_node("If", [f"{tag}_cond"], out_names, then_branch=then_graph, else_branch=else_graph))
+            outer_nodes = nodes
+        else:
+            outs = [f"{tag}/{name}" for name in out_names]
+            nodes.append(helper.make_node("If", [f"{tag}_cond"], outs, then_branch=then_graph, else_branch=else_graph))
+            else_graph = helper.make_graph(nodes, f"else_{size}", [], [_typed_like(o, n) for o, n in zip(general.graph.output, outs)])
+    graph = helper.make_graph(outer_nodes, general.graph.name, list(general.graph.input), list(general.graph.output), initializers + extra)
+    domains = {}
+    for model in [general, *specialised.values()]:
+        for op in model.opset_import:
+            domains[op.domain] = max(domains.get(op.domain, 0), op.version)
+    switched = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in domains.items()])
+    switched.ir_version = max(m.ir_version for m in [general, *specialised.values()])
+    switched.metadata_props.extend(general.metadata_props)
+    return switched
+
+
+def _typed_like(value, name):
+    import onnx
+
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(value)
+    copy.name = name
+    return copy
+
+
+def _prefixed_graph(source, prefix: str, input_name: str):
+    """A copy of ``source`` as a subgraph: no inputs (``input_name`` comes from the outer scope),
+    every produced value and initializer renamed with ``prefix``."""
+    import onnx
+
+    graph = onnx.GraphProto()
+    graph.CopyFrom(source)
+    inputs = {i.name for i in graph.input}
+    if inputs != {input_name}:
+        raise ValueError(f"batch_switch needs one-input models named {input_name!r}, got inputs {sorted(inputs)}")
+    rename = {t.name: prefix + t.name for t in graph.initializer}
+    for n in graph.node:
+        rename.update({o: prefix + o for o in n.output if o})
+    for t in graph.initializer:
+        t.name = rename[t.name]
+    _rename_nodes(graph.node, rename)
+    for v in list(graph.output) + list(graph.value_info):
+        v.name = rename.get(v.name, v.name)
+    del graph.input[:]
+    graph.name = prefix.strip("/")
+    return graph
+
+
+def _rename_nodes(nodes, rename: dict) -> None:
+    for n in nodes:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        n.output[:] = [rename.get(o, o) for o in n.output]
+        for a in n.attribute:
+            for g in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
+                _rename_nodes(g.node, rename)
 
 
 def _topological(nodes, available: set[str]):
@@ -352,7 +765,7 @@ def _permute_runtime_weight(weight: str, shape, perm: np.ndarray, reordered_shap
     items = []
 
     def const(name, array):
-        tensor = numpy_helper.from_array(np.asarray(array), f"{prefix}_{name}")
+        tensor = numpy_helper.from_array(np.asarray(array), f"{prefix}_const_{name}")
         items.append(tensor)
         return tensor.name
 
