@@ -15,15 +15,18 @@ FULL_SIZE = list_models(tiny=False)
 @pytest.mark.parametrize("name", FULL_SIZE)
 def test_full_size_forward(name):
     info = model_info(name)
-    # float64: a random 18-100 layer network amplifies float32 rounding (~1e-4 between batch
-    # sizes); in float64 any difference beyond ~1e-12 would be a real per-sample leak
-    model = calibrate_batchnorm_(create_model(name), info.input_shape, batch=2).double()
+    # float64 and a tolerance relative to the output's scale: a freshly initialised deep network
+    # in eval mode has no normalised activations (they shrink or grow layer after layer) and
+    # amplifies rounding; in float64 a difference beyond ~1e-9 of the scale is a per-sample leak.
+    model = create_model(name).eval().double()
     x = torch.randn(2, *info.input_shape, dtype=torch.float64)
     with torch.no_grad():
         out = model(x)
         first = model(x[:1])
     assert out.shape == (2, info.num_classes) and torch.isfinite(out).all()
-    torch.testing.assert_close(first, out[:1], atol=1e-9, rtol=1e-9)
+    scale = out.abs().max().item()
+    assert scale > 0
+    torch.testing.assert_close(first, out[:1], atol=1e-9 * scale, rtol=1e-9)
 
 
 def test_tardelean_mobilenetv2_runs_per_sample():
