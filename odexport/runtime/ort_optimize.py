@@ -9,15 +9,18 @@ a runtime weight, provided it is already blocked.
 
 How (no assumption about the layout, everything probed on this machine):
 
-1. every Conv whose weight is not a constant gets a *placeholder* constant weight whose values
-   encode their own flat index (``base + 1 + i``, exact in float32 below 2**24); the computed
-   weight stays alive as an extra graph output;
-2. onnxruntime optimises that model (level ALL: its own NCHWc transform, activation / Sum fusion,
-   and the minimal reorders between blocked nodes) and saves it (``optimized_model_filepath``);
-3. each NCHWc Conv whose weight is a re-laid placeholder reveals the permutation from the
-   plain layout to the blocked one (``blocked.flat[j] = W.flat[perm[j]]``, 0 = padding); its weight
-   input is replaced by the computed weight, permuted the same way at run time (one Reshape +
-   Transpose + Reshape when ``perm`` is the known blocked transposition, a Gather otherwise);
+1. every Conv whose weight is not a constant gets a *placeholder* constant weight filled with
+   its own number; the computed weight stays alive as an extra graph output;
+2. onnxruntime optimises that model (level ALL minus the fusions that would fold a following
+   BatchNorm/Mul/Add into the placeholder: its own NCHWc transform, activation / Sum fusion, and
+   the minimal reorders between blocked nodes) and saves it (``optimized_model_filepath``);
+3. each NCHWc Conv whose weight is a re-laid placeholder is found by that number; the
+   permutation from the plain layout to the blocked one (``blocked.flat[j] = W.flat[perm[j]]``,
+   -1 = zero padding) is probed once per weight configuration with a one-Conv model whose weight
+   values are their own flat index (:func:`weight_layout`); the Conv's weight input is replaced by
+   the computed weight, permuted the same way at run time (Reshape + Transpose + Reshape when
+   ``perm`` is the known blocked transposition, a Gather otherwise) -- or, for the custom form,
+   computed directly in the blocked layout from kernels re-laid here once;
 4. the extra outputs and the placeholders are dropped.
 
 The result is exact (a permutation of the same numbers) for every batch size, but it is tied to
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
-_INDEX_LIMIT = 2**24  # float32 represents every integer up to here exactly
+
 
 
 @dataclass
@@ -203,12 +206,53 @@ class _Swap:
     shape: tuple
     layout: str
     label: str
-    base: int = 0
+
+
+def weight_layout(out_ch: int, in_per_group: int, kh: int, kw: int, group: int = 1, attrs: dict | None = None):
+    """How onnxruntime re-lays a constant Conv weight ``(O, C/g, kh, kw)`` on this machine:
+    ``(perm, blocked shape)`` with ``blocked.flat[j] = W.flat[perm[j]]`` (-1: zero padding), or
+    ``None`` when it does not make an NCHWc Conv of it.  Probed with a one-Conv model whose weight
+    values are their own flat index (cached per configuration)."""
+    key = (out_ch, in_per_group, kh, kw, group, tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in (attrs or {}).items())))
+    if key in _LAYOUTS:
+        return _LAYOUTS[key]
+    from onnx import TensorProto, helper, numpy_helper
+
+    attributes = {k: v for k, v in (attrs or {}).items() if k in ("strides", "pads", "dilations")}
+    attributes["group"] = group
+    channels = in_per_group * group
+    size = max(16, kh * 2, kw * 2)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], **attributes)],
+        "layout_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(_index_tensor((out_ch, in_per_group, kh, kw), 0), "w")],
+    )
+    result = None
+    try:
+        optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), disabled=WEIGHT_FOLDING_FUSIONS)
+        inits = {t.name: t for t in optimized.graph.initializer}
+        for node in optimized.graph.node:
+            if node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits:
+                values = numpy_helper.to_array(inits[node.input[1]]).ravel()
+                result = (np.where(values > 0, values.astype(np.int64) - 1, -1), [int(d) for d in inits[node.input[1]].dims])
+    except Exception:
+        result = None
+    _LAYOUTS[key] = result
+    return result
+
+
+_LAYOUTS: dict = {}
 
 
 def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteReport, threads=None):
     """Steps 1-4 of the module docstring for ``swaps``; returns the optimised, rewired model, or
-    ``None`` when onnxruntime converted none of the placeholders."""
+    ``None`` when a pre-blocked swap could not be wired (nothing is half-rewritten).
+
+    Each placeholder is filled with its own number ``i + 1``: onnxruntime's re-laid copy (the same
+    numbers, permuted, zero-padded) says which Conv is which; the permutation itself comes from
+    :func:`weight_layout`."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -216,46 +260,40 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
     probe.CopyFrom(model)
     # Nodes are found by their first output (protobuf copies messages; identities do not survive).
     positions = {n.output[0]: i for i, n in enumerate(probe.graph.node) if n.output}
-    used = 0
     kept_outputs = []
-    by_base = {}
-    for swap in swaps:
-        size = int(np.prod(swap.shape))
-        if used + size >= _INDEX_LIMIT:
-            report.skipped[swap.label] = "too many runtime-weight elements to encode in one pass"
-            continue
-        swap.base = used
-        used += size
-        by_base[swap.base] = swap
-        name = f"odexport_placeholder_{len(by_base)}"
-        probe.graph.initializer.append(numpy_helper.from_array(_index_tensor(swap.shape, swap.base), name))
-        probe.graph.node[positions[swap.node]].input[1] = name
+    attrs_of = {}
+    for number, swap in enumerate(swaps, start=1):
+        node = probe.graph.node[positions[swap.node]]
+        attrs_of[number] = ({a: _attr(node, a) for a in ("strides", "pads", "dilations") if _attr(node, a) is not None}, int(_attr(node, "group", 1)))
+        name = f"odexport_placeholder_{number}"
+        probe.graph.initializer.append(numpy_helper.from_array(np.full(swap.shape, float(number), np.float32), name))
+        node.input[1] = name
         if swap.weight not in kept_outputs:
             kept_outputs.append(swap.weight)
             probe.graph.output.append(helper.make_tensor_value_info(swap.weight, onnx.TensorProto.FLOAT, None))
     optimized = ort_optimized(probe, threads=1, disabled=WEIGHT_FOLDING_FUSIONS)
     graph = optimized.graph
     inits = {t.name: t for t in graph.initializer}
-    bases = sorted(by_base)
-    wired = {}  # base -> (conv node, [nodes], [initializers], weight name)
+    wired = {}  # number -> (conv node, source name, [nodes and initializers], swap)
     for node in graph.node:
         if not (node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits):
             continue
         values = numpy_helper.to_array(inits[node.input[1]]).ravel()
-        nonzero = values[values > 0]
-        if nonzero.size == 0 or not np.array_equal(nonzero, np.round(nonzero)):
-            continue  # not an index encoding (a real weight, or one an optimiser rescaled)
-        first = int(nonzero.min()) - 1
-        base = max((b for b in bases if b <= first), default=None)
-        if base is None or base in wired:
+        marks = np.unique(values[values != 0])
+        if marks.size != 1 or marks[0] != np.round(marks[0]) or not 1 <= marks[0] <= len(swaps):
+            continue  # a real weight
+        number = int(marks[0])
+        if number in wired:
             continue
-        swap = by_base[base]
-        size = int(np.prod(swap.shape))
-        if int(nonzero.max()) - 1 >= base + size:
-            continue  # not a placeholder of ours
-        perm = np.where(values > 0, values.astype(np.int64) - 1 - base, -1)
+        swap = swaps[number - 1]
+        attrs, group = attrs_of[number]
+        layout = weight_layout(*swap.shape, group=group, attrs=attrs)
         reordered_shape = [int(d) for d in inits[node.input[1]].dims]
-        prefix = f"odexport_nchwc_w{base}"
+        prefix = f"odexport_nchwc_w{number}"
+        if layout is None or layout[1] != reordered_shape or int(np.count_nonzero(values)) != int(np.count_nonzero(layout[0] >= 0)):
+            report.skipped[swap.label] = "onnxruntime's re-laid weight does not match the probed layout"
+            continue
+        perm = layout[0]
         if swap.layout == "plain":
             source, items = _permute_runtime_weight(swap.weight, swap.shape, perm, reordered_shape, block, prefix)
         else:
@@ -267,7 +305,7 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
             items = [numpy_helper.from_array(np.array(reordered_shape, np.int64), shape_name),
                      helper.make_node("Reshape", [swap.weight, shape_name], [f"{prefix}_out"])]
             source = f"{prefix}_out"
-        wired[base] = (node, source, items, swap)
+        wired[number] = (node, source, items, swap)
     if not wired:
         report.notes.append("onnxruntime did not turn any placeholder Conv into an NCHWc Conv")
         return None
@@ -279,7 +317,7 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
         report.rewritten.append(swap.label)
     # Placeholders onnxruntime did not take (or whose layout we refused): the computed weight goes
     # back -- in the plain layout only; a pre-blocked weight has no plain form, so it is an error.
-    placeholder_of = {f"odexport_placeholder_{i + 1}": by_base[b] for i, b in enumerate(by_base)}
+    placeholder_of = {f"odexport_placeholder_{number}": swap for number, swap in enumerate(swaps, start=1)}
     for node in graph.node:
         for i, name in enumerate(node.input):
             swap = placeholder_of.get(name)
@@ -490,6 +528,10 @@ def _custom_layer(node, inits, shapes, block: int):
         layout = "depthwise"
     else:
         return f"no blocked NCHWc layout for {channels}->{out_ch} channels in {group} groups (block {block})"
+    attrs = {a: _attr(node, a) for a in ("strides", "pads", "dilations") if _attr(node, a) is not None}
+    probed = weight_layout(out_ch, in_per_group, kh, kw, group=group, attrs=attrs)
+    if probed is None or not np.array_equal(probed[0], _expected_permutation((out_ch, in_per_group, kh, kw), layout, block)):
+        return f"onnxruntime does not re-lay this {layout} weight as expected on this machine"
     return {
         "args": args, "weight": weight, "layout": layout, "K": k_all, "O": out_ch, "Cg": in_per_group, "C": channels,
         "T": kh * kw, "kh": kh, "kw": kw, "H": x_shape[2], "W": x_shape[3], "group": group,
