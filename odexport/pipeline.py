@@ -86,12 +86,16 @@ def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=N
 
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
                  reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
-                 arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None, stage=None):
+                 arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None,
+                 noise_margin=None, stage=None):
     """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
 
     Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
     candidate rejects is a failure of that candidate (a baked-in batch), not an exception.
     ``tolerances`` is a :class:`odexport.report.ToleranceOverrides` (defaults by precision).
+    The reference also runs in the other float precision (float64 for a float32 reference) to
+    measure its own rounding noise, which floors the default atol at ``noise_margin`` (default
+    :data:`odexport.report.compare.NOISE_MARGIN`) times it; ``noise_margin=0`` skips that run.
     """
     import os
 
@@ -125,6 +129,15 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
+    noise, other_precision = {}, None
+    if noise_margin is None or noise_margin > 0:
+        from odexport.runtime.torch_runner import TorchRunner
+
+        other = "float64" if reference_dtype == "float32" else "float32"
+        stage(f"reference in {other} (its own rounding noise)")
+        other_precision = TorchRunner(ref.model, dtype=other, input_shape=shape, threads=threads)
+        alt = run_batched(other_precision, data.x, max(batch_sizes))
+        noise = {k: float(np.abs(alt[k].astype(np.float64) - v.astype(np.float64)).max()) for k, v in reference_outputs.items() if k in alt}
     runs = []
     for artifact, runner in opened:
         stage(f"candidate {artifact}")
@@ -133,16 +146,20 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
             stage(f"per-layer values of {artifact}")
             batch = runner.inputs[0].shape[0]  # a fixed batch is the only one the graph runs
             batch = batch if isinstance(batch, int) and batch > 0 else min(len(data.x), max(batch_sizes))
-            run.layer_values = onnx_layer_values(ref.model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads)
+            run.layer_values = onnx_layer_values(ref.model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads,
+                                                 noise_model=None if other_precision is None else other_precision.model)
         runner.close()
         runs.append(run)
     ref.close()
+    if other_precision is not None:
+        other_precision.close()
     info = getattr(ref, "checkpoint_info", None)
     named = isinstance(reference, (str, os.PathLike))
     described = {"artifact": os.fspath(reference) if named else type(reference).__name__, "backend": ref.backend, "dtype": reference_dtype,
                  "arch": getattr(info, "arch", None), "sha256": getattr(info, "sha256", None),
-                 "temperature": getattr(info, "temperature", None)}
-    return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels)
+                 "temperature": getattr(info, "temperature", None), "rounding_noise": noise}
+    return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
+                         reference_noise=noise, noise_margin=noise_margin)
 
 
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,

@@ -181,20 +181,25 @@ def parity_report(
     runs: list,
     overrides=None,
     labels: np.ndarray | None = None,
+    reference_noise: dict[str, float] | None = None,
+    noise_margin: float | None = None,
 ) -> ParityReport:
     """Build the verdict from raw runs (:class:`odexport.runtime.parity.CandidateRun`).
 
     ``overrides`` is a :class:`~odexport.report.compare.ToleranceOverrides` (defaults by precision
-    otherwise).  With ``labels``, each candidate also gets an :class:`Accuracy` computed from its
-    outputs at the first batch size that ran.
+    otherwise).  ``reference_noise`` (output -> max |r32 - r64|) floors each default atol at
+    ``noise_margin`` times it.  With ``labels``, each candidate also gets an :class:`Accuracy`
+    computed from its outputs at the first batch size that ran.
     """
-    from odexport.report.compare import ToleranceOverrides
+    from odexport.report.compare import NOISE_MARGIN, ToleranceOverrides
 
     overrides = overrides or ToleranceOverrides()
+    margin = NOISE_MARGIN if noise_margin is None else noise_margin
+    noise = reference_noise or {}
     report = ParityReport(reference=reference, inputs=inputs, batch_sizes=list(batch_sizes))
     for run in runs:
         cand = CandidateParity(artifact=run.artifact, backend=run.backend, precision=run.precision)
-        resolve = (lambda name, p=run.precision: overrides.resolve(name, p))
+        resolve = (lambda name, p=run.precision: overrides.resolve(name, p, margin * noise.get(name, 0.0)))
         for batch_size in batch_sizes:
             if batch_size in run.errors:
                 cand.batches.append(BatchParity(batch_size, [], baked_batch_message(batch_size, run.input_shape, run.errors[batch_size])
@@ -206,7 +211,7 @@ def parity_report(
             ref_logits = next(iter(reference_outputs.values()))
             cand.accuracy = accuracy(labels, ref_logits, next(iter(first.values())))
         if run.layer_values is not None:
-            cand.per_layer = per_layer_parity(run.layer_values, overrides, run.precision)
+            cand.per_layer = per_layer_parity(run.layer_values, overrides, run.precision, margin)
         report.candidates.append(cand)
     return report
 
@@ -221,17 +226,20 @@ def _looks_baked(batch_size: int, input_shape, detail: str) -> bool:
     return any(word in lowered for word in ("shape", "dimension", "reshape", "broadcast", "batch"))
 
 
-def per_layer_parity(layer_values: dict, overrides, precision: str) -> PerLayerParity:
+def per_layer_parity(layer_values: dict, overrides, precision: str, noise_margin: float | None = None) -> PerLayerParity:
     """Compare every dynamic conv's components in network order (attentions before the output).
 
     Tolerances are the candidate precision's atol/rtol (global overrides apply) without the
-    top-1/cosine floors, which are meant for network outputs, not attention vectors.
+    top-1/cosine floors, which are meant for network outputs, not attention vectors; the default
+    atol is floored by ``noise_margin`` x the component's own fp32 rounding noise when
+    ``layer_values["noise"]`` has it.
     """
-    from odexport.report.compare import Tolerance, compare_arrays
+    from odexport.report.compare import NOISE_MARGIN, Tolerance, compare_arrays
     from odexport.runtime.intermediates import COMPONENTS
 
+    margin = NOISE_MARGIN if noise_margin is None else noise_margin
     base = overrides.resolve("", precision)
-    tolerance = Tolerance(base.atol, base.rtol, scaled_atol=base.scaled_atol)
+    noise = layer_values.get("noise") or {}
     result = PerLayerParity(batch_size=int(layer_values.get("batch_size", 0)), notes=list(layer_values.get("notes", [])))
     torch_values, candidate = layer_values.get("torch", {}), layer_values.get("candidate", {})
     for layer, components in torch_values.items():
@@ -242,6 +250,8 @@ def per_layer_parity(layer_values: dict, overrides, precision: str) -> PerLayerP
             got = candidate[layer][component]
             if got.size == ref.size and got.shape != ref.shape:
                 got = got.reshape(ref.shape)  # e.g. (B, C, 1, 1) attention vs the flat (B, C)
+            floor = margin * noise.get(layer, {}).get(component, 0.0) if base.scaled_atol else 0.0
+            tolerance = Tolerance(base.atol, base.rtol, scaled_atol=base.scaled_atol, noise_atol=floor)
             result.layers.append(LayerParity(layer, component, compare_arrays(ref, got, tolerance, f"{layer}:{component}")))
     if torch_values and not result.layers:
         result.notes.append("no per-layer value of this export could be matched to PyTorch")

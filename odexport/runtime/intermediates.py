@@ -53,8 +53,8 @@ def torch_layer_values(model, x: np.ndarray, dtype=None) -> "OrderedDict[str, di
             attentions = module.attentions(args[0])
             for head, value in zip(_HEADS, attentions):
                 if value is not None:
-                    values[f"attention.{head}"] = value.detach().float().cpu().numpy()
-            values["output"] = output.detach().float().cpu().numpy()
+                    values[f"attention.{head}"] = value.detach().double().cpu().numpy()
+            values["output"] = output.detach().double().cpu().numpy()
             captured[name] = values
         return hook
 

@@ -37,11 +37,12 @@ def run_candidate(runner: Runner, artifact: str, samples: np.ndarray, batch_size
     return run
 
 
-def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: int | None = None) -> dict:
+def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: int | None = None, noise_model=None) -> dict:
     """Per-layer attentions and outputs of ``reference_model`` (PyTorch) and of the ONNX graph.
 
     ``onnx_model`` is a path or an ``onnx.ModelProto``.  The ONNX copy gets the located values as
-    extra graph outputs and runs in onnxruntime on the same ``x``.
+    extra graph outputs and runs in onnxruntime on the same ``x``.  ``noise_model`` (the reference
+    in the other float precision) adds ``"noise"``: per component, ``max |v32 - v64|``.
     """
     import onnx
 
@@ -49,6 +50,12 @@ def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: in
     from odexport.runtime.onnxruntime_runner import OrtRunner
 
     torch_values = torch_layer_values(reference_model, x)
+    noise: dict[str, dict[str, float]] = {}
+    if noise_model is not None:
+        other = torch_layer_values(noise_model, x)
+        for layer, comps in torch_values.items():
+            noise[layer] = {c: float(np.abs(v.astype(np.float64) - other[layer][c].astype(np.float64)).max())
+                            for c, v in comps.items() if c in other.get(layer, {})}
     notes: list[str] = []
     if not torch_values:
         return {"batch_size": int(x.shape[0]), "torch": {}, "candidate": {}, "notes": ["the reference has no dynamic convs"]}
@@ -71,4 +78,4 @@ def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: in
                 if value_name in by_name:
                     candidate.setdefault(layer, {})[component] = np.asarray(by_name[value_name])
         probe.close()
-    return {"batch_size": int(x.shape[0]), "torch": torch_values, "candidate": candidate, "notes": notes}
+    return {"batch_size": int(x.shape[0]), "torch": torch_values, "candidate": candidate, "notes": notes, "noise": noise}

@@ -44,6 +44,7 @@ def check(
     reference_dtype: Annotated[str, typer.Option(help="Reference precision: float32, or float64 to take its own rounding out of the comparison.")] = "float32",
     atol: Annotated[Optional[list[str]], typer.Option(help="Absolute tolerance: VALUE for every output or OUTPUT=VALUE for one (repeatable). Default by candidate precision, see docs/check.md.", show_default=False)] = None,
     rtol: Annotated[Optional[list[str]], typer.Option(help="Relative tolerance: VALUE or OUTPUT=VALUE (repeatable).", show_default=False)] = None,
+    noise_margin: Annotated[Optional[float], typer.Option(help="The default atol is at least this many times the reference's own rounding noise (PyTorch float32 vs float64 on the same samples); 0 skips that extra run. Default 5.", min=0, show_default=False)] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="For ONNX candidates, also compare every dynamic conv's attentions and output and name the first that diverges.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
     junit: Annotated[Optional[str], typer.Option(help="Write JUnit XML to this file (for CI test reporters).", show_default=False)] = None,
@@ -84,7 +85,8 @@ def check(
             report = check_parity(
                 reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
                 reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
-                temperature=temperature, trust_pickle=trust_pickle, factory=factory, threads=threads, stage=stage,
+                temperature=temperature, trust_pickle=trust_pickle, factory=factory, threads=threads,
+                noise_margin=noise_margin, stage=stage,
             )
         if junit:
             write_atomic(junit, parity_junit(report))

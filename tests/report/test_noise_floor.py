@@ -1,0 +1,76 @@
+"""The reference's own rounding noise floors the default atol, and only the default.
+
+The network below cancels large numbers (sum of x*3 + 1000 minus the offset), so float32 rounding
+moves its outputs by ~1e-2 however it is computed: PyTorch float32 vs float64 differ by that
+much, and so does onnxruntime's float32 from PyTorch's.  A gate at 1e-5 of the output scale would
+fail this correct export; the floor (5 x the measured noise) passes it, and a user's explicit
+atol is still applied as given.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from odexport.pipeline import check_parity
+from odexport.report.compare import NOISE_MARGIN, Tolerance, ToleranceOverrides, compare_arrays
+
+
+class Cancelling(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x):
+        s = (x * 3 + 1000.0).sum(dim=(2, 3)) - 1000.0 * x.shape[2] * x.shape[3]
+        return self.fc(s)
+
+
+@pytest.fixture(scope="module")
+def cancelling(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Cancelling().eval()
+    path = tmp_path_factory.mktemp("noise") / "cancel.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, 16, 16),), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    return model, str(path)
+
+
+def test_noise_floor_passes_a_correct_but_ill_conditioned_export(cancelling):
+    model, path = cancelling
+    report = check_parity(model, [path], input_shape=(3, 16, 16), batch_sizes=(1, 4))
+    noise = report.reference["rounding_noise"]["output"]
+    assert noise > 1e-3, "float32 vs float64 of this network must differ visibly"
+    out = report.candidates[0].batches[0].outputs[0]
+    assert out.atol == pytest.approx(NOISE_MARGIN * noise), "the floor is above 1e-5 of this output's scale"
+    assert report.passed, report.candidates[0].failures
+
+
+def test_without_the_floor_the_same_export_fails(cancelling):
+    model, path = cancelling
+    report = check_parity(model, [path], input_shape=(3, 16, 16), batch_sizes=(1, 4), noise_margin=0)
+    assert report.reference["rounding_noise"] == {}
+    assert not report.passed
+
+
+def test_explicit_atol_is_not_widened(cancelling):
+    model, path = cancelling
+    report = check_parity(model, [path], input_shape=(3, 16, 16), batch_sizes=(1,),
+                          tolerances=ToleranceOverrides.parse(["1e-6"]))
+    assert report.candidates[0].batches[0].outputs[0].atol == 1e-6
+    assert not report.passed
+
+
+def test_tolerance_floor_arithmetic():
+    ref = np.array([[1.0, 2.0]])
+    floored = Tolerance(atol=1e-5, rtol=0.0, scaled_atol=True, noise_atol=0.1)
+    assert compare_arrays(ref, ref + 0.05, floored).passed
+    assert compare_arrays(ref, ref + 0.05, floored).atol == 0.1
+    assert ToleranceOverrides().resolve("output", "fp32", noise_atol=0.3).noise_atol == 0.3
+    assert ToleranceOverrides.parse(["1e-3"]).resolve("output", "fp32", noise_atol=0.3).noise_atol == 0.0
