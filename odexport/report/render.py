@@ -78,7 +78,7 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
     return rows
 
 
-TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "p99 abs", "cosine", "top-1", "atol needed", "verdict")
+TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "cosine", "top-1", "atol needed", "atol", "verdict")
 
 
 def parity_table(report: ParityReport):
@@ -198,7 +198,9 @@ def parity_markdown(report: ParityReport) -> str:
         "",
         f"Reference `{Path(str(ref.get('artifact', ''))).name}` ({ref.get('backend', '')}, {ref.get('dtype', '')}); "
         f"{inputs.get('count', '?')} {inputs.get('source', '')} samples of shape {inputs.get('shape', '?')}; "
-        f"batch sizes {', '.join(map(str, report.batch_sizes))}.",
+        f"batch sizes {', '.join(map(str, report.batch_sizes))}."
+        + (f" Reference rounding noise (float32 vs float64): "
+           f"{', '.join(f'{k} {_num(v)}' for k, v in ref['rounding_noise'].items())}." if ref.get("rounding_noise") else ""),
         "",
         "| " + " | ".join(PARITY_COLUMNS) + " |",
         "|" + "---|" * len(PARITY_COLUMNS),

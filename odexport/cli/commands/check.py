@@ -98,6 +98,10 @@ def check(
             print_json(report.to_dict())
         else:
             wide_console().print(parity_table(report))
+            noise = report.reference.get("rounding_noise") or {}
+            if noise:
+                console.print("reference rounding noise (float32 vs float64, max abs): "
+                              + ", ".join(f"{k} {v:.3g}" for k, v in noise.items()), markup=False)
             for cand in report.candidates:
                 if cand.accuracy is not None:
                     acc = cand.accuracy
