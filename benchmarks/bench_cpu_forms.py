@@ -118,13 +118,17 @@ def export_cached(model, key, plan, batch, input_shape, cache: Path):
     return proto, time.perf_counter() - start
 
 
-def session(proto, threads, ort_cpu=False):
+def session(proto, threads, ort_cpu=False, ratio=None, batches=None):
     import onnxruntime as ort
 
     if ort_cpu:
         from odexport.runtime.ort_optimize import optimize_for_cpu
 
-        proto = optimize_for_cpu(proto).model
+        policy = None
+        if ratio is not None:
+            def policy(layer, batch):  # bench-time override of prefer_runtime_weight's threshold
+                return layer["K"] * layer["O"] * layer["Cg"] * layer["T"] <= ratio * layer["C"] * layer["H"] * layer["W"]
+        proto = optimize_for_cpu(proto, policy=policy, batches=batches).model
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -163,6 +167,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ort-cpu", action="store_true", help="apply odexport.runtime.ort_optimize to the plans' sessions")
+    parser.add_argument("--ort-ratio", type=float, default=None, help="--ort-cpu: per-sample form where K*kernel <= RATIO * input")
     parser.add_argument("--no-reparam", action="store_true")
     parser.add_argument("--cache", default=os.environ.get("ODEXPORT_BENCH_CACHE", "/tmp/odexport-bench-cache"))
     args = parser.parse_args(argv)
@@ -188,7 +193,7 @@ def main(argv=None):
                     continue
                 proto, seconds = export_cached(model, key, name, int(fixed) if fixed else None, input_shape, Path(args.cache))
                 label = plan + ("+ort" if args.ort_cpu else "")
-                sessions[label] = session(proto, args.threads, args.ort_cpu)
+                sessions[label] = session(proto, args.threads, args.ort_cpu, args.ort_ratio, (batch,))
                 out = sessions[label].run(None, {"input": x.numpy()})[0]
                 errors[label] = float(np.abs(out - ref).max() / (np.abs(ref).max() + 1e-12))
             xn = x.numpy()

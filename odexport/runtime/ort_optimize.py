@@ -206,6 +206,7 @@ class _Swap:
     shape: tuple
     layout: str
     label: str
+    bias: str | None = None  # a runtime bias (O,), swapped in like the weight (NCHWc needs a constant one to form)
 
 
 def weight_layout(out_ch: int, in_per_group: int, kh: int, kw: int, group: int = 1, attrs: dict | None = None):
@@ -268,9 +269,14 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
         name = f"odexport_placeholder_{number}"
         probe.graph.initializer.append(numpy_helper.from_array(np.full(swap.shape, float(number), np.float32), name))
         node.input[1] = name
-        if swap.weight not in kept_outputs:
-            kept_outputs.append(swap.weight)
-            probe.graph.output.append(helper.make_tensor_value_info(swap.weight, onnx.TensorProto.FLOAT, None))
+        if swap.bias:
+            bias_name = f"odexport_placeholder_bias_{number}"
+            probe.graph.initializer.append(numpy_helper.from_array(np.zeros(swap.shape[0], np.float32), bias_name))
+            node.input[2] = bias_name
+        for runtime in (swap.weight, swap.bias):
+            if runtime and runtime not in kept_outputs:
+                kept_outputs.append(runtime)
+                probe.graph.output.append(helper.make_tensor_value_info(runtime, onnx.TensorProto.FLOAT, None))
     optimized = ort_optimized(probe, threads=1, disabled=WEIGHT_FOLDING_FUSIONS)
     graph = optimized.graph
     inits = {t.name: t for t in graph.initializer}
@@ -293,6 +299,9 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
         if layout is None or layout[1] != reordered_shape or int(np.count_nonzero(values)) != int(np.count_nonzero(layout[0] >= 0)):
             report.skipped[swap.label] = "onnxruntime's re-laid weight does not match the probed layout"
             continue
+        if swap.bias and (len(node.input) < 3 or node.input[2] not in inits or inits[node.input[2]].dims != [swap.shape[0]]):
+            report.skipped[swap.label] = "onnxruntime changed the bias of the placeholder Conv"
+            continue
         perm = layout[0]
         if swap.layout == "plain":
             source, items = _permute_runtime_weight(swap.weight, swap.shape, perm, reordered_shape, block, prefix)
@@ -312,14 +321,19 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
     extra_inits, added = [], []
     for node, source, items, swap in wired.values():
         node.input[1] = source
+        if swap.bias:
+            node.input[2] = swap.bias
         extra_inits.extend(i for i in items if isinstance(i, onnx.TensorProto))
         added.extend(i for i in items if isinstance(i, onnx.NodeProto))
         report.rewritten.append(swap.label)
     # Placeholders onnxruntime did not take (or whose layout we refused): the computed weight goes
     # back -- in the plain layout only; a pre-blocked weight has no plain form, so it is an error.
     placeholder_of = {f"odexport_placeholder_{number}": swap for number, swap in enumerate(swaps, start=1)}
+    bias_of = {f"odexport_placeholder_bias_{number}": swap for number, swap in enumerate(swaps, start=1)}
     for node in graph.node:
         for i, name in enumerate(node.input):
+            if name in bias_of:
+                node.input[i] = bias_of[name].bias
             swap = placeholder_of.get(name)
             if swap is None:
                 continue
@@ -377,7 +391,8 @@ def _generic_swaps(model, report: RewriteReport, max_weight: int | None = None) 
         if max_weight is not None and int(np.prod(shape)) > max_weight:
             report.skipped[label] = f"runtime weight of {int(np.prod(shape))} elements: permuting it each run costs more than it saves"
             continue
-        swaps.append(_Swap(node.output[0], weight, tuple(int(d) for d in shape), "plain", label))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] and node.input[2] not in constants else None
+        swaps.append(_Swap(node.output[0], weight, tuple(int(d) for d in shape), "plain", label, bias))
     return swaps
 
 
@@ -437,6 +452,111 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
 DEFAULT_BATCHES = (1,)
 GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
+
+
+def simplify_pooled_attention(model, report: RewriteReport | None = None):
+    """Portable, exact rewrites of the attention branches for onnxruntime's CPU provider.
+
+    * ``ReduceMean(x, axes=[2, 3], keepdims=1)`` of a 4-D tensor -> ``GlobalAveragePool(x)``:
+      the same mean, but onnxruntime runs it on NCHWc-blocked activations, where a ReduceMean first
+      needs the activation re-laid (a full copy per layer).
+    * A 1x1, group-1 Conv with a constant weight on a map whose spatial size is statically 1x1
+      (the attention FCs after the pool) -> ``Flatten`` + ``Gemm`` + ``Reshape``: onnxruntime would
+      otherwise run it as a blocked Conv with two re-layouts and a thread-pool dispatch, about 30x
+      the arithmetic of these tiny products.
+    Returns a new model (``model`` untouched); ``report.notes`` says how many nodes changed.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    graph = work.graph
+    shapes = _shapes(work)
+    inits = {t.name: t for t in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    opset = max((o.version for o in work.opset_import if o.domain in ("", "ai.onnx")), default=18)
+
+    def const_ints(name):
+        if name in inits:
+            return [int(v) for v in numpy_helper.to_array(inits[name]).ravel()]
+        if name in consts:
+            return [int(v) for v in numpy_helper.to_array(consts[name].attribute[0].t).ravel()]
+        return None
+
+    out, pools, gemms = [], 0, 0
+    flat_of = {}  # 4-D (B, N, 1, 1) value -> the same numbers as a 2-D (B, N) value
+    for node in graph.node:
+        if node.op_type == "Relu" and node.input[0] in flat_of:
+            # Relu between two pooled FCs: on the 2-D value (the 4-D one only if someone needs it).
+            flat = (node.name or node.output[0]) + "_2d"
+            out.append(helper.make_node("Relu", [flat_of[node.input[0]]], [flat]))
+            n_out = _unsqueeze_like(node.output[0], flat, shapes, graph, out)
+            flat_of[node.output[0]] = flat
+            continue
+        if (node.op_type in ("Reshape", "Flatten") and node.input[0] in flat_of and node.domain in ("", "ai.onnx")
+                and len(shapes.get(node.output[0]) or []) == 2):
+            out.append(helper.make_node("Identity", [flat_of[node.input[0]]], list(node.output)))
+            continue
+        if node.op_type == "ReduceMean" and node.domain in ("", "ai.onnx"):
+            axes = _attr(node, "axes") if opset < 18 else (const_ints(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
+            rank = len(shapes.get(node.input[0]) or [])
+            if rank == 4 and axes is not None and sorted(a % 4 for a in axes) == [2, 3] and int(_attr(node, "keepdims", 1)) == 1:
+                out.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=(node.name or node.output[0]) + "_gap"))
+                pools += 1
+                continue
+        if (node.op_type == "Conv" and node.domain in ("", "ai.onnx") and len(node.input) > 1 and node.input[1] in inits
+                and int(_attr(node, "group", 1)) == 1):
+            weight = inits[node.input[1]]
+            x_shape = shapes.get(node.input[0]) or []
+            if (len(weight.dims) == 4 and list(weight.dims[2:]) == [1, 1] and len(x_shape) == 4 and x_shape[2:] == [1, 1]
+                    and all(v in (None, [0, 0, 0, 0]) for v in [_attr(node, "pads")])):
+                tag = (node.name or node.output[0]) + "_gemm"
+                w2 = numpy_helper.from_array(numpy_helper.to_array(weight).reshape(weight.dims[0], weight.dims[1]), f"{tag}_w")
+                shape = numpy_helper.from_array(np.array([-1, weight.dims[0], 1, 1], np.int64), f"{tag}_shape")
+                graph.initializer.extend([w2, shape])
+                source = flat_of.get(node.input[0])
+                if source is None:
+                    source = f"{tag}_flat"
+                    out.append(helper.make_node("Flatten", [node.input[0]], [source], axis=1))
+                inputs = [source, w2.name] + ([node.input[2]] if len(node.input) > 2 and node.input[2] else [])
+                out.append(helper.make_node("Gemm", inputs, [f"{tag}_y"], transB=1))
+                out.append(helper.make_node("Reshape", [f"{tag}_y", shape.name], list(node.output)))
+                flat_of[node.output[0]] = f"{tag}_y"
+                gemms += 1
+                continue
+        out.append(node)
+    if not pools and not gemms:
+        return model
+    del graph.node[:]
+    graph.node.extend(_live_nodes(out, {o.name for o in graph.output}))
+    _drop_unused_initializers(graph)
+    if report is not None:
+        report.notes.append(f"attention branches: {pools} ReduceMean -> GlobalAveragePool, {gemms} pooled 1x1 Conv -> Gemm")
+    return work
+
+
+def _unsqueeze_like(name_4d: str, flat: str, shapes, graph, out) -> str:
+    """Emit ``name_4d = Reshape(flat, (-1, N, 1, 1))`` (dead code is dropped later if unused)."""
+    from onnx import helper, numpy_helper
+
+    dims = shapes.get(name_4d) or []
+    channels = dims[1] if len(dims) == 4 and dims[1] else -1
+    shape = numpy_helper.from_array(np.array([-1, channels, 1, 1], np.int64), f"{name_4d}_4d_shape")
+    graph.initializer.append(shape)
+    out.append(helper.make_node("Reshape", [flat, shape.name], [name_4d]))
+    return name_4d
+
+
+def _live_nodes(nodes, outputs: set[str]):
+    """``nodes`` without those whose outputs nothing uses (reverse sweep, order kept)."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output if o) or not any(node.output):
+            keep.append(node)
+            needed.update(_node_inputs(node))
+    return list(reversed(keep))
 
 
 def _static_batch(model) -> int | None:
@@ -529,12 +649,17 @@ def _custom_layer(node, inits, shapes, block: int):
     else:
         return f"no blocked NCHWc layout for {channels}->{out_ch} channels in {group} groups (block {block})"
     attrs = {a: _attr(node, a) for a in ("strides", "pads", "dilations") if _attr(node, a) is not None}
+    strides = list(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    dil = list(attrs.get("dilations", [1, 1]))
     probed = weight_layout(out_ch, in_per_group, kh, kw, group=group, attrs=attrs)
     if probed is None or not np.array_equal(probed[0], _expected_permutation((out_ch, in_per_group, kh, kw), layout, block)):
         return f"onnxruntime does not re-lay this {layout} weight as expected on this machine"
     return {
         "args": args, "weight": weight, "layout": layout, "K": k_all, "O": out_ch, "Cg": in_per_group, "C": channels,
         "T": kh * kw, "kh": kh, "kw": kw, "H": x_shape[2], "W": x_shape[3], "group": group,
+        "Ho": (x_shape[2] + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1,
+        "Wo": (x_shape[3] + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1,
         "bias": numpy_helper.to_array(inits[args["bias"]]).astype(np.float32) if args.get("bias") else None,
         "attrs": {a: _attr(node, a) for a in ("strides", "pads", "dilations", "group") if _attr(node, a) is not None},
     }
@@ -608,6 +733,12 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         nodes.append(helper.make_node("Split", [name, shape_const(f"split_{len(nodes)}", [1] * batch)], outs, axis=0))
         return outs
 
+    # Where ca / fa go: the kernel when it is smaller than the activation they scale.
+    per_sample_kernel = out_ch * cg * taps
+    placement = {
+        "channel": "kernel" if per_sample_kernel <= channels * layer["H"] * layer["W"] else "activation",
+        "filter": "kernel" if per_sample_kernel <= out_ch * layer["Ho"] * layer["Wo"] else "activation",
+    }
     xs = split(a["X"])
     heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
     swaps, outs = [], []
@@ -619,9 +750,12 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
             current = f"{tag}_w0"
         else:
             current = bank_name
+        # ca / fa on the kernel (one Mul with their small outer product) where the per-sample
+        # kernel is smaller than the activation they would otherwise scale; else on x / y.
+        on_kernel = {h: bool(a.get(h)) and placement[h] == "kernel" for h in ("channel", "filter")}
         scale = None
         for head, dims in (("channel", ca_shape), ("filter", fa_shape)):
-            if a.get(head):
+            if on_kernel[head]:
                 name = f"{tag}_{head}"
                 nodes.append(helper.make_node("Reshape", [heads[head][b], shape_const(f"{head}_shape", dims)], [name]))
                 if scale is None:
@@ -639,23 +773,44 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         if current == bank_name:  # K = 1 and no attention on the kernel: still give the Conv its own input
             nodes.append(helper.make_node("Identity", [current], [f"{tag}_w2"]))
             current = f"{tag}_w2"
-        bias = static_bias
+        x_in = xs[b]
+        if a.get("channel") and not on_kernel["channel"]:
+            nodes.append(helper.make_node("Reshape", [heads["channel"][b], shape_const("x_scale_shape", [1, channels, 1, 1])], [f"{tag}_ca4"]))
+            nodes.append(helper.make_node("Mul", [x_in, f"{tag}_ca4"], [f"{tag}_xs"]))
+            x_in = f"{tag}_xs"
+        filter_after = bool(a.get("filter")) and not on_kernel["filter"]
+        bias = "" if filter_after else static_bias
         if dyn_bias is not None:
             if k_all > 1 and a.get("kernel"):
                 nodes.append(helper.make_node("MatMul", [heads["kernel"][b], dyn_bias], [f"{tag}_db"]))
             else:
                 nodes.append(helper.make_node("ReduceSum", [dyn_bias, const("axis0", np.array([0], np.int64))], [f"{tag}_db"], keepdims=0))
             nodes.append(helper.make_node("Reshape", [f"{tag}_db", obias_shape], [f"{tag}_dbo"]))
-            if static_bias:
-                nodes.append(helper.make_node("Add", [f"{tag}_dbo", static_bias], [f"{tag}_bias"]))
+            if on_kernel["filter"] and a.get("filter"):  # (conv + b) * fa = conv(x, W*fa) + b*fa
+                nodes.append(helper.make_node("Reshape", [heads["filter"][b], obias_shape], [f"{tag}_fao"]))
+                nodes.append(helper.make_node("Mul", [f"{tag}_dbo", f"{tag}_fao"], [f"{tag}_dbf"]))
+                dbo = f"{tag}_dbf"
+            else:
+                dbo = f"{tag}_dbo"
+            if bias:
+                nodes.append(helper.make_node("Add", [dbo, bias], [f"{tag}_bias"]))
                 bias = f"{tag}_bias"
             else:
-                bias = f"{tag}_dbo"
+                bias = dbo
         out = node.output[0] if batch == 1 else f"{tag}_y"
-        conv = helper.make_node("Conv", [xs[b], "", bias] if bias else [xs[b], ""], [out], **layer["attrs"])
+        conv_out = f"{tag}_conv" if filter_after else out
+        conv = helper.make_node("Conv", [x_in, "", bias] if bias else [x_in, ""], [conv_out], **layer["attrs"])
         conv.input[1] = f"{tag}_placeholder_slot"
         nodes.append(conv)
-        swaps.append(_Swap(out, current, (out_ch, cg, layer["kh"], layer["kw"]), layer["layout"], f"sample{b}"))
+        if filter_after:
+            nodes.append(helper.make_node("Reshape", [heads["filter"][b], shape_const("y_scale_shape", [1, out_ch, 1, 1])], [f"{tag}_fa4"]))
+            target = f"{tag}_yf" if static_bias else out
+            nodes.append(helper.make_node("Mul", [conv_out, f"{tag}_fa4"], [target]))
+            if static_bias:
+                nodes.append(helper.make_node("Reshape", [static_bias, shape_const("sb_shape", [1, out_ch, 1, 1])], [f"{tag}_sb4"]))
+                nodes.append(helper.make_node("Add", [target, f"{tag}_sb4"], [out]))
+        runtime_bias = bias if (bias and bias != static_bias) else None
+        swaps.append(_Swap(conv_out, current, (out_ch, cg, layer["kh"], layer["kw"]), layer["layout"], f"sample{b}", runtime_bias))
         outs.append(out)
     if batch > 1:
         nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
