@@ -420,6 +420,8 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
         report.notes.append("onnxruntime does not use NCHWc Conv on this machine/build: nothing rewritten")
         return report
     policy = policy or prefer_runtime_weight
+    model = simplify_pooled_attention(model, report)
+    report.model = model
     if any(n.domain == CUSTOM_DOMAIN for n in model.graph.node):
         batch = _static_batch(model)
         if batch is not None:
@@ -450,6 +452,7 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
 
 
 DEFAULT_BATCHES = (1,)
+ACTIVATION_SIDE_MIN_KERNEL = 256 * 1024  # elements of one per-sample kernel
 GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
 
@@ -565,12 +568,19 @@ def _static_batch(model) -> int | None:
 
 
 def prefer_runtime_weight(layer: dict, batch: int) -> bool:
-    """Cost rule (measured, docs/performance.md "Attempts"): the per-sample kernel + NCHWc Conv wins
-    where the K kernels are no bigger than ~1.5x the layer input; past that the patch/K-branch
-    forms with constant weights (read once, as the static twin does) win."""
-    kernels = layer["K"] * layer["O"] * layer["Cg"] * layer["T"]
-    activation = layer["C"] * layer["H"] * layer["W"]
-    return kernels <= 1.5 * activation
+    """Cost rule (measured, docs/performance.md "Attempts"), per layer and batch.
+
+    With K > 1 kernels every exact form reads all K kernels per sample, and the constant-weight
+    forms (K-branch, patch) also do K x the arithmetic: the per-sample kernel + NCHWc Conv wins
+    everywhere (OD-ResNet18 K=4, batch 1: 2.2x with it on every layer vs 2.9x with the patch form
+    on the 512-channel stage).  With one kernel the patch form reads the kernel once, like the
+    static twin, while the per-sample kernel costs extra passes over it: the per-sample form wins
+    only while the kernel is at most ~16x the layer input (ResNet-18 stages 1-3, not stage 4).
+    """
+    if layer["K"] > 1:
+        return True
+    kernels = layer["O"] * layer["Cg"] * layer["T"]
+    return kernels <= 16 * layer["C"] * layer["H"] * layer["W"]
 
 
 def _specialise(model, batch: int, block: int, report: RewriteReport, policy, threads):
@@ -642,19 +652,24 @@ def _custom_layer(node, inits, shapes, block: int):
     k_all, out_ch, in_per_group, kh, kw = weight.shape
     group = int(_attr(node, "group", 1))
     channels = in_per_group * group
-    if group == 1 and out_ch % block == 0 and channels % block == 0:
-        layout = "dense"
-    elif group == channels == out_ch and in_per_group == 1 and channels % block == 0:
-        layout = "depthwise"
-    else:
-        return f"no blocked NCHWc layout for {channels}->{out_ch} channels in {group} groups (block {block})"
     attrs = {a: _attr(node, a) for a in ("strides", "pads", "dilations") if _attr(node, a) is not None}
     strides = list(attrs.get("strides", [1, 1]))
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
     dil = list(attrs.get("dilations", [1, 1]))
     probed = weight_layout(out_ch, in_per_group, kh, kw, group=group, attrs=attrs)
-    if probed is None or not np.array_equal(probed[0], _expected_permutation((out_ch, in_per_group, kh, kw), layout, block)):
-        return f"onnxruntime does not re-lay this {layout} weight as expected on this machine"
+    if probed is None:
+        return f"onnxruntime makes no NCHWc Conv of a {channels}->{out_ch} {kh}x{kw} conv in {group} groups here"
+    layout = None
+    for candidate in ("dense", "depthwise"):
+        expected = _expected_permutation((out_ch, in_per_group, kh, kw), candidate, block)
+        if expected is not None and (group == 1 or candidate == "depthwise") and np.array_equal(probed[0], expected):
+            layout = candidate
+    if layout is None:
+        # Padded or NCHW-input layouts: the kernel is computed in the ONNX layout and permuted
+        # (Gather) at run time -- worth it only for small kernels.
+        if out_ch * in_per_group * kh * kw > GENERIC_MAX_WEIGHT:
+            return f"a {channels}->{out_ch} kernel in onnxruntime's padded blocked layout is too large to permute per run"
+        layout = "plain"
     return {
         "args": args, "weight": weight, "layout": layout, "K": k_all, "O": out_ch, "Cg": in_per_group, "C": channels,
         "T": kh * kw, "kh": kh, "kw": kw, "H": x_shape[2], "W": x_shape[3], "group": group,
@@ -707,16 +722,25 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     def shape_const(name, dims):
         return const(name, np.array(dims, np.int64))
 
+    groups = layer["group"]
     if dense:
         kernel_shape = [out_ch // block_of, channels // block_of, taps, block_of, block_of]
         ca_shape = [1, channels // block_of, 1, block_of, 1]
         fa_shape = [out_ch // block_of, 1, 1, 1, block_of]
         sa_shape = [1, 1, taps, 1, 1]
-    else:
+    elif layer["layout"] == "depthwise":
         kernel_shape = [channels // block_of, taps, block_of]
         ca_shape = fa_shape = [channels // block_of, 1, block_of]
         sa_shape = [1, taps, 1]
-    bank = blocked_bank(layer["weight"], layer["layout"], block_of)
+    else:  # "plain": the ONNX layout (g, O/g, C/g, T); permuted to onnxruntime's by _placeholder_pass
+        kernel_shape = [groups, out_ch // groups, cg, taps]
+        ca_shape = [groups, 1, cg, 1]
+        fa_shape = [groups, out_ch // groups, 1, 1]
+        sa_shape = [1, 1, 1, taps]
+    if layer["layout"] == "plain":
+        bank = np.ascontiguousarray(layer["weight"].reshape(k_all, -1))
+    else:
+        bank = blocked_bank(layer["weight"], layer["layout"], block_of)
     if k_all > 1 and a.get("kernel"):
         bank_name = const("bank", bank)
     else:
@@ -733,12 +757,16 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         nodes.append(helper.make_node("Split", [name, shape_const(f"split_{len(nodes)}", [1] * batch)], outs, axis=0))
         return outs
 
-    # Where ca / fa go: the kernel when it is smaller than the activation they scale.
+    # Where ca / fa go: on the kernel (one Mul by their small outer product), unless the kernel is
+    # large AND several times the activation they would otherwise scale -- on the activations they
+    # cost 2-4 extra nodes and stop onnxruntime fusing the Conv with its Add/activation, which on
+    # small layers costs more than a pass over the kernel.
     per_sample_kernel = out_ch * cg * taps
-    placement = {
-        "channel": "kernel" if per_sample_kernel <= channels * layer["H"] * layer["W"] else "activation",
-        "filter": "kernel" if per_sample_kernel <= out_ch * layer["Ho"] * layer["Wo"] else "activation",
-    }
+
+    def side(activation: int) -> str:
+        return "activation" if per_sample_kernel > max(ACTIVATION_SIDE_MIN_KERNEL, 4 * activation) else "kernel"
+
+    placement = {"channel": side(channels * layer["H"] * layer["W"]), "filter": side(out_ch * layer["Ho"] * layer["Wo"])}
     xs = split(a["X"])
     heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
     swaps, outs = [], []
