@@ -49,15 +49,17 @@ class RewriteReport:
     model: object  # onnx.ModelProto
     block: int | None
     rewritten: list[str] = field(default_factory=list)
+    gemm: list[str] = field(default_factory=list)  # layers emitted as per-sample kernel @ scaled patches
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
-        return bool(self.rewritten)
+        return bool(self.rewritten or self.gemm)
 
     def to_dict(self) -> dict:
-        return {"block": self.block, "rewritten": list(self.rewritten), "skipped": dict(self.skipped), "notes": list(self.notes)}
+        return {"block": self.block, "rewritten": list(self.rewritten), "gemm": list(self.gemm), "skipped": dict(self.skipped),
+                "notes": list(self.notes)}
 
 
 def _session_options(threads: int | None, optimized_path: str | None = None, level: str = "all"):
@@ -567,20 +569,31 @@ def _static_batch(model) -> int | None:
     return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
 
 
-def prefer_runtime_weight(layer: dict, batch: int) -> bool:
-    """Cost rule (measured, docs/performance.md "Attempts"), per layer and batch.
+def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
+    """Cost rule (measured, docs/performance.md "Attempts"): the form of one layer at ``batch``.
 
-    With K > 1 kernels every exact form reads all K kernels per sample, and the constant-weight
-    forms (K-branch, patch) also do K x the arithmetic: the per-sample kernel + NCHWc Conv wins
-    everywhere (OD-ResNet18 K=4, batch 1: 2.2x with it on every layer vs 2.9x with the patch form
-    on the 512-channel stage).  With one kernel the patch form reads the kernel once, like the
-    static twin, while the per-sample kernel costs extra passes over it: the per-sample form wins
-    only while the kernel is at most ~16x the layer input (ResNet-18 stages 1-3, not stage 4).
+    ``"nchwc"``: per-sample kernel computed in the blocked layout + NCHWc Conv;  ``"gemm"``:
+    per-sample kernel @ attention-scaled patches;  ``None``: keep the exported (constant-weight) form.
+
+    * K > 1 kernels: every exact form reads all K kernels per sample and the constant-weight ones
+      (K-branch, patch) also do K x the arithmetic, so a per-sample kernel wins everywhere
+      (OD-ResNet18 K=4, batch 1: 2.2x with NCHWc on every layer vs 2.9x with the patch form on the
+      512-channel stage).  Where the kernel is large (>= 1M numbers, ResNet-18's last stage) and
+      has a spatial attention, scaling the patches instead of the kernel saves a pass over it
+      (1.74x vs 1.90x).
+    * One kernel: the patch form reads the kernel once, as the static twin does, while the
+      per-sample kernel costs passes over it: the NCHWc form wins only while the kernel is at most
+      ~16x the layer input (ResNet-18 stages 1-3, not stage 4).
     """
+    kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:
-        return True
-    kernels = layer["O"] * layer["Cg"] * layer["T"]
-    return kernels <= 16 * layer["C"] * layer["H"] * layer["W"]
+        if layer["spatial"] and layer["group"] == 1 and kernel >= GEMM_MIN_KERNEL:
+            return "gemm"
+        return "nchwc"
+    return "nchwc" if kernel <= 16 * layer["C"] * layer["H"] * layer["W"] else None
+
+
+GEMM_MIN_KERNEL = 1_000_000
 
 
 def _specialise(model, batch: int, block: int, report: RewriteReport, policy, threads):
@@ -604,7 +617,15 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
             report.skipped[label] = layer
             new_nodes.append(node)
             continue
-        if not policy(layer, batch):
+        form = policy(layer, batch)
+        form = {True: "nchwc", False: None}.get(form, form)
+        if form == "gemm" and layer["group"] == 1:
+            emitted, inits_new = _emit_patch_gemm(node, layer, batch, f"odexport_l{index}")
+            new_nodes.extend(emitted)
+            work.graph.initializer.extend(inits_new)
+            report.gemm.append(label)
+            continue
+        if form != "nchwc":
             report.skipped[label] = "kept its exported form (constant weights are cheaper here)"
             new_nodes.append(node)
             continue
@@ -614,11 +635,13 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
         for swap in layer_swaps:
             swap.label = f"{label}#{swap.label}" if batch > 1 else label
         swaps.extend(layer_swaps)
-    if not swaps:
-        report.notes.append("no dynamic conv is cheaper with a runtime weight at this batch")
-        return None
     del work.graph.node[:]
     work.graph.node.extend(new_nodes)
+    if not swaps:
+        if report.gemm:
+            return ort_optimized(work, threads=1)
+        report.notes.append("no dynamic conv is cheaper with a runtime weight at this batch")
+        return None
     optimized = _placeholder_pass(work, swaps, block, report, threads)
     if optimized is None:
         report.rewritten.clear()
@@ -671,7 +694,7 @@ def _custom_layer(node, inits, shapes, block: int):
             return f"a {channels}->{out_ch} kernel in onnxruntime's padded blocked layout is too large to permute per run"
         layout = "plain"
     return {
-        "args": args, "weight": weight, "layout": layout, "K": k_all, "O": out_ch, "Cg": in_per_group, "C": channels,
+        "args": args, "weight": weight, "layout": layout, "K": k_all, "spatial": bool(args.get("spatial")), "O": out_ch, "Cg": in_per_group, "C": channels,
         "T": kh * kw, "kh": kh, "kw": kw, "H": x_shape[2], "W": x_shape[3], "group": group,
         "Ho": (x_shape[2] + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1,
         "Wo": (x_shape[3] + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1,
@@ -843,6 +866,108 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     if batch > 1:
         nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
     return nodes, inits, swaps
+
+
+def _emit_patch_gemm(node, layer: dict, batch: int, prefix: str):
+    """``node`` as per-sample kernel @ scaled patches (group 1), for large kernels on small maps::
+
+        P_b = onehot_conv(x_b)                  (C*T, Ho*Wo)   constant one-hot depthwise conv
+        y_b = (ka_b @ bank).view(O, C*T) @ (P_b * (ca_b x sa_b))  [+ ka_b @ dyn_bias] * fa_b + static_bias
+
+    ``sa`` and ``ca`` scale the patches (C*T*Ho*Wo numbers) instead of the kernel (O*C*T): on
+    ResNet-18's last stage the kernel is 2.4M numbers and the patches 226k, so this saves a full
+    pass over the kernel that the NCHWc form needs.
+    """
+    from onnx import helper, numpy_helper
+
+    a = layer["args"]
+    k_all, out_ch, channels, taps = layer["K"], layer["O"], layer["C"], layer["T"]
+    kh, kw, ho, wo = layer["kh"], layer["kw"], layer["Ho"], layer["Wo"]
+    nodes, inits, made = [], [], set()
+
+    def const(name, array):
+        full = f"{prefix}_{name}"
+        if full not in made:
+            made.add(full)
+            inits.append(numpy_helper.from_array(np.asarray(array), full))
+        return full
+
+    def shape(name, dims):
+        return const(name, np.array(dims, np.int64))
+
+    attrs = layer["attrs"]
+    identity = (kh, kw) == (1, 1) and list(attrs.get("strides", [1, 1])) == [1, 1] and not any(attrs.get("pads", [0]))
+    onehot = None if identity else const("onehot", np.tile(np.eye(taps, dtype=np.float32).reshape(taps, 1, kh, kw), (channels, 1, 1, 1)))
+    mixed = k_all > 1 and bool(a.get("kernel"))
+    weight = layer["weight"].reshape(k_all, out_ch * channels * taps)
+    bank = const("bank", weight) if mixed else const("kernel", weight[0].reshape(out_ch, channels * taps))
+    dyn_bias = const("dynbias", layer["bias"]) if layer["bias"] is not None else None
+
+    def split(name):
+        if batch == 1 or not name:
+            return [name] * batch
+        outs = [f"{prefix}_{name}_s{b}" for b in range(batch)]
+        nodes.append(helper.make_node("Split", [name, shape("split", [1] * batch)], outs, axis=0))
+        return outs
+
+    xs = split(a["X"])
+    heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
+    outs = []
+    for b in range(batch):
+        tag = f"{prefix}_b{b}"
+        conv_attrs = {k: v for k, v in attrs.items() if k != "group"}
+        if onehot is None:
+            patches = xs[b]
+        else:
+            nodes.append(helper.make_node("Conv", [xs[b], onehot], [f"{tag}_p"], group=channels, **conv_attrs))
+            patches = f"{tag}_p"
+        nodes.append(helper.make_node("Reshape", [patches, shape("pshape", [channels * taps, ho * wo])], [f"{tag}_p2"]))
+        patches = f"{tag}_p2"
+        scale = None
+        if a.get("channel"):
+            nodes.append(helper.make_node("Reshape", [heads["channel"][b], shape("cshape", [channels, 1])], [f"{tag}_c"]))
+            scale = f"{tag}_c"
+        if a.get("spatial"):
+            nodes.append(helper.make_node("Reshape", [heads["spatial"][b], shape("sshape", [1, taps])], [f"{tag}_s"]))
+            if scale is None:
+                nodes.append(helper.make_node("Expand", [f"{tag}_s", shape("eshape", [channels, taps])], [f"{tag}_cs"]))
+            else:
+                nodes.append(helper.make_node("Mul", [scale, f"{tag}_s"], [f"{tag}_cs"]))
+            scale = f"{tag}_cs"
+        if scale is not None:
+            nodes.append(helper.make_node("Reshape", [scale, shape("colshape", [channels * taps, 1])], [f"{tag}_col"]))
+            nodes.append(helper.make_node("Mul", [patches, f"{tag}_col"], [f"{tag}_ps"]))
+            patches = f"{tag}_ps"
+        if mixed:
+            nodes.append(helper.make_node("MatMul", [heads["kernel"][b], bank], [f"{tag}_wflat"]))
+            nodes.append(helper.make_node("Reshape", [f"{tag}_wflat", shape("wshape", [out_ch, channels * taps])], [f"{tag}_w"]))
+            kernel = f"{tag}_w"
+        else:
+            kernel = bank
+        nodes.append(helper.make_node("MatMul", [kernel, patches], [f"{tag}_y"]))
+        current = f"{tag}_y"
+        if dyn_bias is not None:
+            if mixed:
+                nodes.append(helper.make_node("MatMul", [heads["kernel"][b], dyn_bias], [f"{tag}_db"]))
+            else:
+                nodes.append(helper.make_node("ReduceSum", [dyn_bias, shape("axis0", [0])], [f"{tag}_db"], keepdims=0))
+            nodes.append(helper.make_node("Reshape", [f"{tag}_db", shape("ocol", [out_ch, 1])], [f"{tag}_dbc"]))
+            nodes.append(helper.make_node("Add", [current, f"{tag}_dbc"], [f"{tag}_yb"]))
+            current = f"{tag}_yb"
+        if a.get("filter"):
+            nodes.append(helper.make_node("Reshape", [heads["filter"][b], shape("ocol", [out_ch, 1])], [f"{tag}_f"]))
+            nodes.append(helper.make_node("Mul", [current, f"{tag}_f"], [f"{tag}_yf"]))
+            current = f"{tag}_yf"
+        if a.get("static_bias"):
+            nodes.append(helper.make_node("Reshape", [a["static_bias"], shape("ocol", [out_ch, 1])], [f"{tag}_sb"]))
+            nodes.append(helper.make_node("Add", [current, f"{tag}_sb"], [f"{tag}_ys"]))
+            current = f"{tag}_ys"
+        out = node.output[0] if batch == 1 else f"{tag}_out"
+        nodes.append(helper.make_node("Reshape", [current, shape("yshape", [1, out_ch, ho, wo])], [out]))
+        outs.append(out)
+    if batch > 1:
+        nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
+    return nodes, inits
 
 
 def batch_switch(specialised: dict, general):
