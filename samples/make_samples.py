@@ -2,37 +2,46 @@
 
 Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1797 8x8
 grayscale images, 10 classes, installed with the package, no download).  Each image is scaled to
-[0, 1] (pixel / 16), enlarged 4x by pixel repetition to 32x32 and repeated over 3 channels, so a
-sample is ``(3, 32, 32)`` float32, the input shape of an ImageNet-style RGB network at CIFAR size.
-A fixed stratified split keeps 360 images (20 %) for validation; they are saved, with their labels,
-as ``digits_val.npz`` (keys ``x`` float32 NCHW, ``y`` int64).
+[0, 1] (pixel / 16), enlarged by pixel repetition and repeated over 3 channels: 4x to ``(3, 32,
+32)`` for the OD-ResNet, 8x to ``(3, 64, 64)`` for the DY-MobileNetV2 (the input size each
+architecture is registered with).  A fixed stratified split keeps the same 360 images (20 %) for
+validation at both sizes; they are saved with their labels as ``digits_val.npz`` (32x32) and
+``digits_val_64.npz`` (64x64), keys ``x`` (float32, NCHW) and ``y`` (int64).  Training images are
+shifted by up to 3 pixels (zero fill) as augmentation.
 
 Models (both from the odexport zoo, saved in the layouts of the public training scripts):
 
 * ``od_resnet_digits.pth.tar``: ``od_resnet_tiny`` (ODConv, K=4, all four attentions) saved as
   OSVAI/ODConv's ``main.py`` writes a checkpoint: ``{'epoch', 'state_dict' (every key prefixed
-  ``module.``), 'acc', 'best_acc', 'optimizer'}``.  Trained with ODConv's temperature annealing:
-  ``T = 1 + max(0, 29 * (1 - (epoch * iters + iteration) / (temp_epochs * iters)))``, set on every
-  layer every iteration, so T falls from 30 to 1 over the first ``temp_epochs`` epochs and stays 1.
-* ``dy_mobilenetv2_digits.pth``: ``ta_mobilenetv2`` (DY-Conv, K=4, width multiplier 0.1, 10
-  classes) saved as TArdelean/DynamicConvolution's ``utils.save_checkpoint`` writes one:
-  ``{'model', 'optimizer', 'scheduler', 'epoch'}`` (no ``module.`` prefix).  Trained with that
-  code's ``TemperatureScheduler(30, 1, temp_epochs)``: linear from 30 at epoch 1 to 1 at epoch
-  ``temp_epochs``, one value per epoch.
+  ``module.``), 'acc', 'best_acc', 'optimizer'}``.  Trained with ODConv's temperature annealing,
+  ``T = 1 + max(0, 29 * (1 - (epoch * iters + iteration) / (temp_epochs * iters)))`` set on every
+  layer every iteration, so T falls from 30 to 1 over the first ``--temp-epochs`` epochs and stays 1.
+  One deviation from ODConv's recipe: the BatchNorm inside each attention is kept in eval mode
+  during training (its running statistics stay at their initial 0 and 1; its scale and shift
+  train).  With batch statistics, the first attention normalises pooled features that hardly
+  differ between digits (std ~0.025 across a batch), amplifying their noise ~40x, and training at
+  T = 1 diverged.  The file's layout and the inference math are those of the official code.
+* ``dy_mobilenetv2_digits.pth``: ``ta_mobilenetv2`` (DY-Conv, K=4, reduce 4, width multiplier
+  0.1, 10 classes, 64x64 input) saved as TArdelean/DynamicConvolution's ``utils.save_checkpoint``
+  writes one: ``{'model', 'optimizer', 'scheduler', 'epoch'}`` (no ``module.`` prefix).  Trained
+  with that code's ``TemperatureScheduler(30, 1, temp_epochs)``: linear from 30 at epoch 1 to 1 at
+  epoch ``--dy-temp-epochs``, one value per epoch.
 
-Both are evaluated in eval mode at T = 1 (the only correct temperature for a trained network);
-the script prints the validation accuracy and writes ``samples/README.md``'s numbers to
-``samples/accuracy.json``.
+Both: SGD (momentum 0.9, Nesterov, weight decay 1e-4, learning rate 0.05 with a per-step cosine
+decay), batch 64, cross-entropy.  Both are evaluated in eval mode at T = 1 (the only correct
+temperature for a trained network); the script prints the validation accuracy and records it, with
+sizes and settings, in ``samples/accuracy.json``.
 
 Determinism: fixed seeds, ``torch.use_deterministic_algorithms(True)``, a fixed thread count
-(``--threads``, default 1: float sums reorder with the thread count, so a different count gives
-slightly different weights), data order from a seeded generator.  Re-running with the same torch
-version and thread count reproduces the files bit for bit.
+(``--threads``, default 1: float sums reorder with the thread count, so another count gives
+slightly different weights), data order and augmentation from a seeded generator.  Re-running with
+the same torch version and thread count reproduces the weights bit for bit.
 
 Usage::
 
     pip install -e '.[samples]'          # scikit-learn
-    python samples/make_samples.py       # writes samples/*.pth*, digits_val.npz, accuracy.json
+    python samples/make_samples.py       # writes samples/*.pth*, digits_val*.npz, accuracy.json
+    python samples/make_samples.py --only od   # one of the two
 """
 
 from __future__ import annotations
@@ -55,21 +64,25 @@ from odexport.models import create_model
 HERE = Path(__file__).resolve().parent
 SEED = 0
 NUM_VAL = 360
-UPSCALE = 4  # 8x8 -> 32x32
+UPSCALE = 4  # 8x8 -> 32x32: od_resnet_tiny's input
+DY_UPSCALE = 8  # 8x8 -> 64x64: ta_mobilenetv2's input (Tiny-ImageNet size; at 32x32 its stride-32 trunk ends at 1x1)
 
 OD_ARCH, OD_KWARGS = "od_resnet_tiny", dict(num_classes=10, kernel_num=4)
 DY_ARCH, DY_KWARGS = "ta_mobilenetv2", dict(num_classes=10, width_multiplier=0.1, kernel_num=4, reduce=4)
 
 
 # ----------------------------------------------------------------------------------------- data
-def digits_dataset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_val, y_val)``; x float32 (N, 3, 32, 32) in [0, 1], y int64."""
+def digits_dataset(upscale: int = UPSCALE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_val, y_val)``; x float32 (N, 3, 8*upscale, 8*upscale) in [0, 1], y int64.
+
+    The split does not depend on ``upscale``: the same 360 digits are held out at every size.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     images = digits.images.astype(np.float32) / 16.0  # pixel values are 0..16
-    images = images.repeat(UPSCALE, axis=1).repeat(UPSCALE, axis=2)  # nearest-neighbour 4x
+    images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)  # nearest-neighbour enlargement
     x = np.ascontiguousarray(np.repeat(images[:, None], 3, axis=1))  # grey -> 3 channels
     y = digits.target.astype(np.int64)
     x_tr, x_val, y_tr, y_val = train_test_split(x, y, test_size=NUM_VAL, stratify=y, random_state=SEED)
@@ -156,7 +169,7 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def make_od_resnet(data, args) -> dict:
+def make_od_resnet(data, args, out: Path) -> dict:
     torch.manual_seed(SEED)
     model = create_model(OD_ARCH, **OD_KWARGS)
     attention_bns = [layer.attention.bn for _, layer in dynamic_convs(model)]
@@ -175,28 +188,28 @@ def make_od_resnet(data, args) -> dict:
         "best_acc": torch.tensor(100.0 * max(history)),
         "optimizer": optimizer.state_dict(),
     }
-    path = HERE / "od_resnet_digits.pth.tar"
+    path = out / "od_resnet_digits.pth.tar"
     save_atomic(checkpoint, path)
     return {"file": path.name, "arch": OD_ARCH, "kwargs": OD_KWARGS, "layout": "odconv", "epochs": args.od_epochs,
-            "temp_epochs": args.temp_epochs, "val_accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
+            "temp_epochs": args.temp_epochs, "input_shape": [3, 8 * UPSCALE, 8 * UPSCALE], "val_accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
             "bytes": path.stat().st_size}
 
 
-def make_dy_mobilenetv2(data, args) -> dict:
+def make_dy_mobilenetv2(data, args, out: Path) -> dict:
     torch.manual_seed(SEED)
     model = create_model(DY_ARCH, **DY_KWARGS)
     optimizer, scheduler, _ = train(
         model, data, epochs=args.dy_epochs, lr=0.05, batch=64, log_name="dy_mobilenetv2",
-        temperature_at=lambda epoch, it, iters: tardelean_temperature(epoch + 1, args.temp_epochs),
+        temperature_at=lambda epoch, it, iters: tardelean_temperature(epoch + 1, args.dy_temp_epochs),
     )
     acc = accuracy(model, data[2], data[3])
     # TArdelean utils.save_checkpoint: single device, no "module." prefix.
     checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict(), "epoch": args.dy_epochs}
-    path = HERE / "dy_mobilenetv2_digits.pth"
+    path = out / "dy_mobilenetv2_digits.pth"
     save_atomic(checkpoint, path)
     return {"file": path.name, "arch": DY_ARCH, "kwargs": DY_KWARGS, "layout": "tardelean", "epochs": args.dy_epochs,
-            "temp_epochs": args.temp_epochs, "val_accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
+            "temp_epochs": args.dy_temp_epochs, "input_shape": [3, 8 * DY_UPSCALE, 8 * DY_UPSCALE], "val_accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
             "bytes": path.stat().st_size}
 
 
@@ -204,9 +217,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the files depend on it; default 1)")
     parser.add_argument("--od-epochs", type=int, default=35)
-    parser.add_argument("--dy-epochs", type=int, default=35)
-    parser.add_argument("--temp-epochs", type=int, default=2, help="epochs over which T anneals from 30 to 1")
+    parser.add_argument("--dy-epochs", type=int, default=25)
+    parser.add_argument("--temp-epochs", type=int, default=2, help="OD-ResNet: epochs over which T anneals from 30 to 1")
+    parser.add_argument("--dy-temp-epochs", type=int, default=3, help="DY-MobileNetV2: epoch at which T reaches 1")
     parser.add_argument("--only", choices=("od", "dy"), help="train only one of the two models")
+    parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: samples/)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -214,21 +229,25 @@ def main() -> None:
     torch.manual_seed(SEED)
     np.random.seed(SEED)
 
-    data = digits_dataset()
+    data = digits_dataset(UPSCALE)
     x_val, y_val = data[2], data[3]
-    val_path = HERE / "digits_val.npz"
-    np.savez_compressed(val_path, x=x_val, y=y_val)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "digits_val.npz", x=x_val, y=y_val)
+    data_64 = digits_dataset(DY_UPSCALE)
+    np.savez_compressed(out / "digits_val_64.npz", x=data_64[2], y=data_64[3])
 
     results = {}
-    summary_path = HERE / "accuracy.json"
+    summary_path = out / "accuracy.json"
     if summary_path.exists():
         results = json.loads(summary_path.read_text()).get("models", {})
     if args.only in (None, "od"):
-        results["od_resnet"] = make_od_resnet(data, args)
+        results["od_resnet"] = make_od_resnet(data, args, out)
     if args.only in (None, "dy"):
-        results["dy_mobilenetv2"] = make_dy_mobilenetv2(data, args)
+        results["dy_mobilenetv2"] = make_dy_mobilenetv2(data_64, args, out)
     summary = {
-        "dataset": "sklearn.datasets.load_digits, pixel/16, 4x pixel repetition to 32x32, 3 channels",
+        "dataset": "sklearn.datasets.load_digits, pixel/16, pixel repetition to 32x32 (OD-ResNet) or 64x64 "
+                   "(DY-MobileNetV2), 3 channels",
         "train_samples": int(len(data[0])),
         "val_samples": int(len(x_val)),
         "torch": torch.__version__,
