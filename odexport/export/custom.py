@@ -28,6 +28,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from odexport.errors import InternalError
 from odexport.export.forms import DynamicConvCore, LayerSpec
 
 DOMAIN = "com.odexport"
@@ -48,7 +49,7 @@ def overload_name(spec: LayerSpec, variant: str) -> str:
     heads = "".join(c for c, on in zip("cfsk", (spec.has_channel, spec.has_filter, spec.has_spatial, spec.has_kernel)) if on)
     extras = ("b" if spec.has_dyn_bias else "") + ("s" if spec.has_static_bias else "")
     text = (
-        f"{variant}_c{spec.in_channels}_o{spec.out_channels}_k{spec.kernel_size[0]}x{spec.kernel_size[1]}"
+        f"{variant.replace('|', '-')}_c{spec.in_channels}_o{spec.out_channels}_k{spec.kernel_size[0]}x{spec.kernel_size[1]}"
         f"_s{spec.stride[0]}x{spec.stride[1]}_p{spec.padding[0]}x{spec.padding[1]}_d{spec.dilation[0]}x{spec.dilation[1]}"
         f"_g{spec.groups}_K{spec.num_kernels}_hw{spec.input_hw[0]}x{spec.input_hw[1]}_{heads or 'none'}{'_' + extras if extras else ''}"
     )
@@ -163,9 +164,11 @@ def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, expor
         return []
     wrapper = _AllBodies(entries).eval()
     args, names, dynamic = [], [], []
-    batch_dim = torch.export.Dim("batch")
     batched = {"X", "channel", "filter", "spatial", "kernel"}
-    for key, spec, formals in wrapper.layout:
+    for index, (key, spec, formals) in enumerate(wrapper.layout):
+        # one batch symbol per body: with a shared one the exporter may read the batch size of
+        # one body from another body's input, which would tie the functions together
+        batch_dim = torch.export.Dim(f"batch_{index}")
         example = _example_inputs(spec, example_batch)
         for formal in formals:
             args.append(example[formal])
@@ -177,16 +180,20 @@ def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, expor
     producers = {out: node for node in graph.node for out in node.output}
     order = {id(node): i for i, node in enumerate(graph.node)}
     initializers = {t.name: t for t in graph.initializer}
+    graph_inputs = {value.name for value in graph.input}
     functions = []
     for key, spec, formals in wrapper.layout:
         prefix = _module_name(key) + "__"
         nodes = _cone(producers, prefix + "Y", order)
         rename = {prefix + formal: formal for formal in formals}
         rename[prefix + "Y"] = "Y"
+        foreign = {n for node in nodes for n in _all_inputs(node) if n in graph_inputs and n not in rename}
+        if foreign:
+            raise InternalError(f"the body of {key} reads another body's inputs {sorted(foreign)}")
         body = []
         used_consts = []
         for node in nodes:
-            for name in node.input:
+            for name in _all_inputs(node):
                 if name in initializers and name not in used_consts:
                     used_consts.append(name)
         for name in used_consts:
@@ -198,6 +205,9 @@ def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, expor
             new.ClearField("output")
             new.input.extend(_local(n, rename) if n else "" for n in node.input)
             new.output.extend(_local(n, rename) if n else "" for n in node.output)
+            for attr in new.attribute:  # If/Loop bodies name outer values too
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    _rename_graph(sub, rename)
             new.name = f"n{i}_{node.op_type}"
             body.append(new)
         function = helper.make_function(
@@ -224,6 +234,33 @@ def _local(name: str, rename: dict[str, str]) -> str:
     return "t_" + _SAFE.sub("_", name)
 
 
+def _all_inputs(node: onnx.NodeProto):
+    """Names a node reads, including outer-scope names read inside its subgraphs (If, Loop)."""
+    yield from (n for n in node.input if n)
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for inner in sub.node:
+                yield from _all_inputs(inner)
+
+
+def _rename_graph(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
+    """Apply :func:`_local` to every value name of a subgraph (consistent with the body)."""
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = _local(value.name, rename)
+    for tensor in graph.initializer:
+        tensor.name = _local(tensor.name, rename)
+    for node in graph.node:
+        for i, n in enumerate(node.input):
+            if n:
+                node.input[i] = _local(n, rename)
+        for i, n in enumerate(node.output):
+            if n:
+                node.output[i] = _local(n, rename)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_graph(sub, rename)
+
+
 def _copy_tensor(tensor: onnx.TensorProto) -> onnx.TensorProto:
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         array = numpy_helper.to_array(tensor)
@@ -244,7 +281,7 @@ def _cone(producers: dict[str, onnx.NodeProto], output: str, order: dict[int, in
         if node is None or id(node) in seen:
             continue
         seen[id(node)] = node
-        stack.extend(n for n in node.input if n)
+        stack.extend(_all_inputs(node))
     return sorted(seen.values(), key=lambda n: order[id(n)])
 
 

@@ -19,8 +19,13 @@ Variants (the exact decomposition one layer uses; ``LayerPlan.variant``):
              conv to ``K*O`` channels (the dynamic bias rides along as its bias, since
              ``sum_k ka_k (c_k + b_k) = sum_k ka_k c_k + sum_k ka_k b_k``), then a batched MatMul
              ``ka[b] (1,K) @ Y_b (K, O*L)``.  Needs no spatial attention.  Conv FLOPs x K.
+``patch``    (:mod:`odexport.export.fast_forms`) the same one-hot patches, scaled by ``ca x sa``,
+             then a 1x1 conv whose weight is the layer's *constant* kernel (K-fold for K > 1):
+             no per-sample kernel, so the runtime's blocked conv layouts apply.
 ``static``   one kernel and no spatial attention (ODConv 1x1 K=1, DY-Conv K=1): a static conv of
              ``x*ca`` times ``fa``; the softmax over one kernel is exactly 1.
+``sample|V`` a batch switch: ``If(batch == 1)`` the per-sample kernel computed once and fed to a
+             plain conv whose weight is a tensor (:class:`SingleSampleConv`), else variant ``V``.
 ``grouped``  the reference batch-folded conv (``groups = g*B``): the layer's own forward, only with
              a fixed batch.
 
@@ -48,8 +53,8 @@ from odexport.layers import DYNAMIC_CONV_TYPES, DyConv2d, ODConv2d, dynamic_conv
 from odexport.layers.functional import Attentions
 
 FORMS = ("auto", "custom", "decomposed", "grouped")
-VARIANTS = ("bmm", "kbranch", "static", "grouped")
-DYNAMIC_VARIANTS = ("bmm", "kbranch", "static")  # keep the batch symbolic
+VARIANTS = ("bmm", "kbranch", "patch", "static", "grouped")
+DYNAMIC_VARIANTS = ("bmm", "kbranch", "patch", "static")  # keep the batch symbolic
 
 CORE_NAME = "odexport_core"  # temporary child of each layer during export
 AGGREGATE_NAME = "aggregate"  # child of the core: kernel / output aggregation (fp32 in fp16 exports)
@@ -107,6 +112,7 @@ def applicable_variants(spec: LayerSpec) -> tuple[str, ...]:
         found.append("kbranch")
     if spec.has_spatial or spec.num_kernels > 1:
         found.append("bmm")
+        found.append("patch")  # odexport.export.fast_forms.PatchCore: exact for every layer
     return tuple(found)
 
 
@@ -270,13 +276,17 @@ class KernelAggregation(nn.Module):
         s = self.spec
         k_all, out_ch = weight.shape[:2]
         per_tap = s.in_per_group
+        size = out_ch * per_tap * s.taps
         if kernel is not None:
-            mixed = torch.matmul(kernel, weight.reshape(k_all, -1))  # (B, O*Cg*kk)
+            mixed = torch.matmul(kernel, weight.reshape(k_all, size))  # (B, O*Cg*kk)
+            rows = -1
         else:
-            mixed = weight[0].reshape(1, -1)  # one kernel: broadcast over the batch
+            mixed = weight[0].reshape(1, size)  # one kernel: broadcast over the batch
+            rows = 1  # explicit: inside an If branch every unnamed size may become symbolic
         if spatial is not None:
-            mixed = mixed.reshape(-1, out_ch * per_tap, s.taps) * spatial.reshape(-1, 1, s.taps)
-        return mixed.reshape(-1, s.groups, out_ch // s.groups, per_tap * s.taps)
+            mixed = mixed.reshape(rows, out_ch * per_tap, s.taps) * spatial.reshape(-1, 1, s.taps)
+            rows = -1
+        return mixed.reshape(rows, s.groups, out_ch // s.groups, per_tap * s.taps)
 
     def bias(self, dyn_bias: torch.Tensor | None, kernel: torch.Tensor | None) -> torch.Tensor | None:
         if dyn_bias is None:
@@ -301,6 +311,82 @@ class OutputMix(nn.Module):
         return mixed.reshape(-1, s.out_channels, *s.output_hw)
 
 
+class SingleSampleConv(nn.Module):
+    """Batch 1: the per-sample kernel computed once and fed to a Conv whose weight is a tensor.
+
+    ``W_1 = sa[0] * (ka[0] @ W)`` (and ``fa[0]``, ``ca[0]`` folded into it where the kernel is the
+    smaller tensor), then one ordinary grouped conv: conv FLOPs x1, no patches, no batched
+    MatMul.  It reads sample 0's attentions only, so it is exact **only at batch 1**; it runs as
+    the batch-1 branch of a ``switch`` variant (an ONNX ``If`` on the batch size).
+    """
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__()
+        self.spec = spec
+        self.aggregate = _SampleKernel(spec)
+        weight_size = spec.out_channels * spec.in_per_group * spec.taps
+        self.channel_on_weight = weight_size <= spec.in_channels * spec.input_hw[0] * spec.input_hw[1]
+        self.filter_on_weight = weight_size <= spec.out_channels * spec.out_pixels
+
+    def forward(self, x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias):
+        s = self.spec
+        channel_w = channel if self.channel_on_weight else None
+        filter_w = filter if self.filter_on_weight else None
+        w, bias = self.aggregate(weight, kernel, spatial, channel_w, filter_w, dyn_bias)
+        if channel is not None and channel_w is None:
+            x = x * channel[:1].reshape(1, s.in_channels, 1, 1)
+        y = F.conv2d(x, w, bias, s.stride, s.padding, s.dilation, s.groups)
+        if filter is not None and filter_w is None:
+            y = y * filter[:1].reshape(1, s.out_channels, 1, 1)
+        if static_bias is not None:
+            y = y + static_bias.reshape(1, -1, 1, 1)
+        return y
+
+
+class _SampleKernel(nn.Module):
+    """Sample 0's kernel ``(O, C/g, kh, kw)`` and bias, attentions folded in (fp32 aggregation).
+
+    ``fa`` scales output rows and ``ca`` input columns of the kernel:
+    ``conv(x*ca, W)*fa = conv(x, W * fa[o] * ca[c])``; with a dynamic bias ``(conv + b)*fa =
+    conv(x, W*fa) + b*fa``.  The small scales are multiplied together first so the kernel is
+    touched by one Mul after the mix.
+    """
+
+    def __init__(self, spec: LayerSpec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, weight, kernel, spatial, channel, filter, dyn_bias):
+        s = self.spec
+        k_all, out_ch = weight.shape[:2]
+        g, og, cg, taps = s.groups, out_ch // s.groups, s.in_per_group, s.taps
+        if kernel is not None:
+            w = torch.matmul(kernel[:1], weight.reshape(k_all, out_ch * cg * taps))
+        else:
+            w = weight[0]
+        w = w.reshape(g, og, cg, taps)
+        scale = None
+        if channel is not None:
+            scale = channel[:1].reshape(g, 1, cg, 1)
+        if filter is not None:
+            f = filter[:1].reshape(g, og, 1, 1)
+            scale = f if scale is None else scale * f
+        if spatial is not None:
+            sa = spatial[:1].reshape(1, 1, 1, taps)
+            scale = sa if scale is None else scale * sa
+        if scale is not None:
+            w = w * scale
+        bias = None
+        if dyn_bias is not None:
+            bias = torch.matmul(kernel[:1], dyn_bias).reshape(out_ch) if kernel is not None else dyn_bias[0]
+            if filter is not None:
+                bias = bias * filter[:1].reshape(out_ch)
+        return w.reshape(out_ch, cg, *s.kernel_size), bias
+
+
+SWITCH = "sample|"  # variant prefix: "sample|bmm" = If(batch == 1) per-sample kernel conv, else bmm
+
+
 class DynamicConvCore(nn.Module):
     """The convolution of one dynamic layer in one variant: ``(x, W, attentions, biases) -> y``.
 
@@ -313,6 +399,13 @@ class DynamicConvCore(nn.Module):
         super().__init__()
         from odexport.export.fast_forms import FAST_VARIANTS, make_core
 
+        if variant.startswith(SWITCH):
+            # If(batch == 1): the per-sample kernel once and a plain conv; else the general variant.
+            self.spec, self.variant, self.onehot, self.fast = spec, variant, None, None
+            self.single = SingleSampleConv(spec)
+            self.general = DynamicConvCore(spec, variant[len(SWITCH):])
+            return
+        self.single = None
         # Variants of odexport.export.fast_forms (patch, sample) are whole cores of their own.
         self.fast = make_core(spec, variant) if variant in FAST_VARIANTS else None
         if self.fast is not None:
@@ -353,6 +446,8 @@ class DynamicConvCore(nn.Module):
         dyn_bias: torch.Tensor | None,
         static_bias: torch.Tensor | None,
     ) -> torch.Tensor:
+        if self.single is not None:
+            return self._switch(x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias)
         if self.fast is not None:
             return self.fast(x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias)
         s = self.spec
@@ -375,6 +470,21 @@ class DynamicConvCore(nn.Module):
         if static_bias is not None:
             y = y + static_bias.reshape(1, -1, 1, 1)
         return y
+
+    def _switch(self, x, weight, channel, filter, spatial, kernel, dyn_bias, static_bias):
+        names = ("channel", "filter", "spatial", "kernel", "dyn_bias", "static_bias")
+        given = dict(zip(names, (channel, filter, spatial, kernel, dyn_bias, static_bias)))
+        present = [n for n in names if given[n] is not None]
+
+        def branch(core):
+            def run(x, weight, *values):
+                args = dict(zip(present, values))
+                return core(x, weight, *(args.get(n) for n in names))
+
+            return run
+
+        operands = (x, weight, *(given[n] for n in present))
+        return torch.cond(x.shape[0] == 1, branch(self.single), branch(self.general), operands)
 
     def _kbranch(self, x, weight, kernel, dyn_bias):
         s = self.spec
@@ -432,7 +542,7 @@ def exporting_forms(model: nn.Module, variants: dict[str, tuple[LayerSpec, str]]
             if name not in variants:
                 raise ExportError(f"no export form planned for layer '{name}'", "plan every dynamic conv layer")
             spec, variant = variants[name]
-            core = DynamicConvCore(spec, variant)
+            core = DynamicConvCore(spec, variant).to(layer.weight.dtype)  # constants in the layer's dtype
             layer.add_module(CORE_NAME, core)
             had_forward = "forward" in layer.__dict__
             old_forward = layer.__dict__.get("forward")

@@ -365,7 +365,8 @@ def export_onnx(
                 "call model.float() first (use --fp16 for a mixed-precision model)",
             )
         specs, num_outputs = probe_model(model, shape)
-        plans = plan_layers(specs, form, target=target, batch=batch)
+        # fp16 keeps to the variants whose aggregation the precision pass places in fp32
+        plans = plan_layers(specs, form, target=target, batch=batch, exclude=("patch",) if fp16 else ())
         say("trace")
         proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=form == "custom", num_outputs=num_outputs, example_batch=example_batch)
         counts = {}

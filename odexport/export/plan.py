@@ -1,21 +1,28 @@
 """Choosing an export form per layer: the cost model behind ``--form auto`` and ``--plan``.
 
-For each dynamic conv, every exact variant (see :mod:`odexport.export.forms`) gets an estimated
+For each dynamic conv every exact variant (see :mod:`odexport.export.forms`) gets an estimated
 latency from a roofline-style model: arithmetic at an effective rate for the kind of kernel the
-runtime will use, plus bytes moved at an effective memory bandwidth, plus a fixed per-node
-overhead.  With ``B`` the batch, ``L`` the output pixels, ``T = kh*kw`` the taps, ``Cg = C/g``::
+runtime uses, plus the bytes each variant moves through memory at an effective bandwidth, plus a
+fixed per-node overhead.  On a CPU the bytes dominate: a dynamic conv's extra cost is the tensors
+it materialises (patches, per-sample kernels, K branches), not its FLOPs.  With ``B`` the batch,
+``L`` the output pixels, ``T = kh*kw`` taps, ``Cg = C/g``, ``F = 2*B*O*Cg*T*L`` the conv FLOPs,
+``P = 4*B*C*T*L`` the patch bytes, ``Wb = 4*O*Cg*T`` one kernel's bytes::
 
-    F      = 2 * B * O * Cg * T * L                      conv FLOPs of one output
     static : F / conv_rate
-    kbranch: K * F / conv_rate  +  B*K*O*L*4 bytes (branches written and read)  +  mix GEMM
-    bmm    : 2*B*K*O*Cg*T / agg_rate  +  K*O*Cg*T*4 bytes (the K kernels, read once)
-             + B*O*Cg*T*4 bytes (per-sample kernel)  +  2*B*C*T*L*4 bytes (patches)
-             + F / bmm_rate
-    grouped: as bmm for the kernel, then F / grouped_rate(B)   (fixed batch only)
+    patch  : P (gather) + 2P (scale by ca x sa) + P (read) + K*F / conv_rate     (K = 1, or mix "out")
+             + K*P + ... (mix "in": K scaled copies)  -- a constant 1x1 GEMM, blocked layouts apply
+    bmm    : K*Wb (read the K kernels) + 2*B*Wb (+2*B*Wb to scale by sa) + 2P + F / bmm_rate
+    kbranch: 2*4*B*K*O*L (branches written and read) + K*F / conv_rate
+    grouped: K*Wb + 2*B*Wb + 2P (the runtime's own im2col) + F / grouped_rate(B)  (fixed batch only)
 
-The rates per target are in :data:`TARGETS` (calibrated on the measurements recorded in
-docs/forms.md; they rank variants, they do not promise milliseconds).  ``auto`` takes the
-cheapest variant; ``grouped`` only competes when the batch is fixed.
+(``2P`` means written and read once; a patch tensor of a 1x1 stride-1 conv is the input itself.)
+The rates per target are in :data:`TARGETS`, calibrated on whole-model and per-layer onnxruntime
+measurements of OD-ResNet18 (see docs/forms.md); they rank variants, they do not promise
+milliseconds.  ``auto`` takes the cheapest variant; ``grouped`` only competes when the batch is
+fixed.  The model predicts what was measured on two CPU cores: at K=1 the per-sample kernel
+(``bmm``) wins where the input is large next to the weight (early stages) and the constant-weight
+patch GEMM (``patch``) where the weight is large (late stages); at K=4 the patch GEMM's K-fold
+FLOPs lose to ``bmm``; at a large batch on a GPU ``kbranch`` wins for late layers.
 """
 
 from __future__ import annotations
@@ -30,9 +37,8 @@ from odexport.export.forms import FORMS, LayerSpec, applicable_variants
 class TargetCosts:
     """Effective rates of one target (FLOP/s and bytes/s) and a per-node overhead (s)."""
 
-    conv_rate: float
-    bmm_rate: float  # batched MatMul of per-sample kernels with patches
-    agg_rate: float  # the small GEMM ka @ W
+    conv_rate: float  # static conv with a constant weight (blocked / tensor-core kernels)
+    bmm_rate: float  # batched MatMul of per-sample kernels with patches, or a runtime-weight conv
     grouped_rate_b1: float  # grouped conv with the batch folded, batch 1 (a plain conv with a runtime weight)
     grouped_rate_per_sample_decay: float  # grouped conv efficiency falls as 1 / (1 + decay*(B-1))
     bandwidth: float
@@ -40,11 +46,11 @@ class TargetCosts:
 
 
 TARGETS = {
-    # 2-core x86 CPU, onnxruntime CPU (MLAS).
-    "cpu": TargetCosts(conv_rate=60e9, bmm_rate=30e9, agg_rate=8e9, grouped_rate_b1=45e9,
-                       grouped_rate_per_sample_decay=0.05, bandwidth=8e9, node_overhead=5e-6),
+    # 2-core x86 CPU, onnxruntime CPU (MLAS; NCHWc for constant-weight convs).
+    "cpu": TargetCosts(conv_rate=150e9, bmm_rate=100e9, grouped_rate_b1=100e9,
+                       grouped_rate_per_sample_decay=0.05, bandwidth=10e9, node_overhead=5e-6),
     # One datacenter GPU (TensorRT / onnxruntime CUDA, fp16 tensor cores).
-    "gpu": TargetCosts(conv_rate=150e12, bmm_rate=40e12, agg_rate=2e12, grouped_rate_b1=60e12,
+    "gpu": TargetCosts(conv_rate=150e12, bmm_rate=40e12, grouped_rate_b1=60e12,
                        grouped_rate_per_sample_decay=0.5, bandwidth=2e12, node_overhead=4e-6),
 }
 
@@ -70,31 +76,42 @@ class LayerPlan:
 def estimate_cost(spec: LayerSpec, variant: str, batch: int, target: str = "cpu") -> float:
     """Estimated seconds of one layer's convolution in ``variant`` at ``batch`` on ``target``."""
     t = TARGETS[target]
+    if variant.startswith("sample|"):  # batch switch: costed as its general branch
+        variant = variant.split("|", 1)[1]
     b = max(1, batch)
     k_all = spec.num_kernels
     o, cg, taps, pixels, c = spec.out_channels, spec.in_per_group, spec.taps, spec.out_pixels, spec.in_channels
+    mixed = spec.has_kernel and k_all > 1
     flops = 2.0 * b * o * cg * taps * pixels
-    weight_bytes = 4.0 * k_all * o * cg * taps
-    kernel_bytes = 4.0 * b * o * cg * taps
+    one_kernel = 4.0 * o * cg * taps
+    identity_patches = spec.kernel_size == (1, 1) and spec.stride == (1, 1) and spec.padding == (0, 0)
+    patches = 0.0 if identity_patches else 4.0 * b * c * taps * pixels
+    patch_read = 4.0 * b * c * taps * pixels
+    scaled = spec.has_channel or spec.has_spatial
     if variant == "static":
-        return flops / t.conv_rate + weight_bytes / t.bandwidth + t.node_overhead
+        return flops / t.conv_rate + one_kernel / t.bandwidth + t.node_overhead
     if variant == "kbranch":
-        branch_bytes = 4.0 * b * k_all * o * pixels
-        mix_flops = 2.0 * b * k_all * o * pixels
-        return k_all * flops / t.conv_rate + 2 * branch_bytes / t.bandwidth + mix_flops / t.agg_rate + weight_bytes / t.bandwidth + 3 * t.node_overhead
-    aggregation = 2.0 * b * k_all * o * cg * taps / t.agg_rate + (weight_bytes + kernel_bytes) / t.bandwidth
+        branches = 4.0 * b * k_all * o * pixels
+        return k_all * flops / t.conv_rate + (2 * branches + k_all * one_kernel) / t.bandwidth + 3 * t.node_overhead
+    if variant == "patch":
+        moved = patches + (2 * patch_read if scaled else 0.0) + patch_read
+        if mixed:
+            mix_in = c * taps <= o  # the rule of fast_forms.PatchCore
+            moved += k_all * patch_read * 2 if mix_in else 2 * 4.0 * b * k_all * o * pixels
+        work = (k_all if mixed else 1) * flops
+        return work / t.conv_rate + (moved + k_all * one_kernel) / t.bandwidth + 4 * t.node_overhead
+    kernels = k_all * one_kernel + 2 * b * one_kernel * (2 if spec.has_spatial else 1)
     if variant == "bmm":
-        patch_bytes = 0.0 if spec.kernel_size == (1, 1) and spec.stride == (1, 1) else 2 * 4.0 * b * c * taps * pixels
-        return aggregation + patch_bytes / t.bandwidth + flops / t.bmm_rate + 5 * t.node_overhead
+        return (kernels + 2 * patches) / t.bandwidth + flops / t.bmm_rate + 5 * t.node_overhead
     if variant == "grouped":
         rate = t.grouped_rate_b1 / (1.0 + t.grouped_rate_per_sample_decay * (b - 1))
-        return aggregation + flops / rate + 4 * t.node_overhead
-    raise ExportError(f"unknown variant {variant!r}", "use bmm, kbranch, static or grouped")
+        return (kernels + 2 * patch_read) / t.bandwidth + flops / rate + 4 * t.node_overhead
+    raise ExportError(f"unknown variant {variant!r}", "use bmm, kbranch, patch, static or grouped")
 
 
-def choose_variant(spec: LayerSpec, batch: int, target: str, allow_grouped: bool) -> tuple[str, float, str]:
+def choose_variant(spec: LayerSpec, batch: int, target: str, allow_grouped: bool, exclude: tuple[str, ...] = ()) -> tuple[str, float, str]:
     """``(variant, cost, reason)``: the cheapest exact variant by :func:`estimate_cost`."""
-    candidates = list(applicable_variants(spec))
+    candidates = [v for v in applicable_variants(spec) if v not in exclude] or list(applicable_variants(spec))
     if allow_grouped and "static" not in candidates:
         candidates.append("grouped")
     costs = {v: estimate_cost(spec, v, batch, target) for v in candidates}
@@ -120,12 +137,17 @@ def _describe(variant: str) -> str:
         "static": "static conv",
         "kbranch": "K-branch conv + mix",
         "bmm": "per-sample kernel + patch MatMul",
+        "patch": "attention-scaled patches + constant 1x1 GEMM",
         "grouped": "batch-folded grouped conv",
     }[variant]
 
 
-def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cpu", batch: int | None = None) -> list[LayerPlan]:
-    """Plan every layer for ``form``; ``batch`` None means a dynamic batch (cost at batch 1)."""
+def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cpu", batch: int | None = None,
+                exclude: tuple[str, ...] = ()) -> list[LayerPlan]:
+    """Plan every layer for ``form``; ``batch`` None means a dynamic batch (cost at batch 1).
+
+    ``exclude`` removes variants from the choice (the fp16 export keeps to variants whose kernel
+    aggregation it can place in fp32)."""
     if form not in FORMS:
         raise ExportError(f"unknown export form {form!r}", f"use one of {', '.join(FORMS)}")
     if target not in TARGETS:
@@ -144,7 +166,7 @@ def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cp
             reason = "batch-folded grouped conv, as asked" if variant == "grouped" else "static conv: one kernel and no spatial attention"
             plans.append(LayerPlan(spec.name, "grouped", reason, cost, variant, spec))
             continue
-        variant, cost, reason = choose_variant(spec, hint, target, allow_grouped=form == "auto" and batch is not None)
+        variant, cost, reason = choose_variant(spec, hint, target, allow_grouped=form == "auto" and batch is not None, exclude=exclude)
         if form == "auto":
             chosen = "grouped" if variant == "grouped" else "decomposed"
         else:

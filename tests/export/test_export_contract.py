@@ -223,3 +223,21 @@ def test_static_model_without_dynamic_layers(tmp_path):
     model = nn.Sequential(nn.Conv2d(8, 4, 3), nn.ReLU()).eval()
     result = export_onnx(model, tmp_path / "s.onnx", input_shape=SHAPE)
     assert result.forms == [] and result.parity.passed
+
+
+@pytest.mark.parametrize("form", ["decomposed", "custom"])
+def test_batch_switch_and_patch_variants_export(tmp_path, form):
+    """``sample|bmm`` (an If on the batch size: per-sample kernel conv at batch 1) and ``patch``
+    export with a dynamic batch in both forms and match PyTorch on both sides of the switch."""
+    from odexport.export.forms import describe_layers
+    from odexport.export.onnx_export import build_onnx
+    from odexport.export.plan import LayerPlan
+
+    model = small_model()
+    specs = describe_layers(model, SHAPE)
+    plans = [LayerPlan(specs[0].name, form, "test", 0.0, "sample|bmm", specs[0]), LayerPlan(specs[1].name, form, "test", 0.0, "patch", specs[1])]
+    proto = build_onnx(model, plans, input_shape=SHAPE, batch=None, opset=18, custom=form == "custom", example_batch=13)
+    ops = {n.op_type for n in proto.graph.node} | {n.op_type for f in proto.functions for n in f.node}
+    assert "If" in ops
+    assert batch_constants(proto, 13) == []
+    assert_runs_at_batches(model, proto, SHAPE, batches=(1, 2, 7))

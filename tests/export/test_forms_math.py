@@ -65,9 +65,12 @@ def test_every_variant_equals_per_sample_loop_in_float64(make):
     model.double()
     with torch.no_grad():
         expected = _loop_reference(layer, x)
-        for variant in applicable_variants(spec) + ("grouped",):
+        switches = tuple(f"sample|{v}" for v in applicable_variants(spec) if v != "static")
+        for variant in applicable_variants(spec) + ("grouped",) + switches:
             with exporting_forms(model, {"0": (spec, variant)}):
                 got = model(x)
+                if variant.startswith("sample|"):  # the batch-1 branch too
+                    torch.testing.assert_close(model(x[1:2]), expected[1:2], atol=1e-12, rtol=1e-12, msg=variant)
             torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12, msg=variant)
 
 
@@ -85,8 +88,8 @@ def test_forms_are_restored_after_an_error():
 
 def test_applicable_variants_follow_the_layer():
     cases = {
-        (3, 4, True): ("bmm",),  # spatial attention: only the per-sample kernel
-        (1, 4, False): ("kbranch", "bmm"),
+        (3, 4, True): ("bmm", "patch"),  # spatial attention: no K-branch
+        (1, 4, False): ("kbranch", "bmm", "patch"),
         (1, 1, False): ("static",),
     }
     for (k, num, spatial), expected in cases.items():
