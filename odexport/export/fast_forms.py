@@ -238,23 +238,46 @@ def make_core(spec, variant: str, **options) -> nn.Module:
     raise ValueError(f"unknown fast variant {variant!r}; use one of {', '.join(FAST_VARIANTS)}")
 
 
-def plan_cpu(specs, batch: int | None = None):
-    """Per-layer variants for onnxruntime CPU (``LayerPlan`` list, like ``plan.plan_layers``).
+def cpu_variant(spec, batch: int | None, general: str | None = None) -> tuple[str | None, str]:
+    """The fast variant for one layer on onnxruntime CPU (plain sessions), or ``None`` to keep the
+    general cost model's choice; with the reason.  Measured on ResNet-18 / MobileNetV2 layers
+    (docs/performance.md, "Attempts"; ratios to a static conv of the same shape, batch 1):
 
-    ``batch`` 1 (fixed) may use ``sample``; otherwise only dynamic-batch variants.
+    * ``sample`` (fixed batch only) where the K kernels are at most 2x the layer input: a
+      runtime-weight Conv costs 1.6x there against 2.4-3.4x for the patch/bmm forms; past that the
+      per-sample kernel dominates (stage 4: 5.0x).
+    * ``patch`` for one kernel (K = 1) where the kernel is at least the layer input: the constant
+      1x1 GEMM reads the kernel once, like the static conv (stage 4: 1.35x vs 3.7x for bmm).  With
+      K > 1 it costs K x the arithmetic (OD-ResNet18 K=4: 7.2x vs 4.5x whole-model), and on large
+      maps the T x patches cost more than they save (OD-MobileNetV2: 13x vs 7.4x) -- kept off there.
+    * ``sample`` also where the general plan (``general``) chose ``grouped`` at a fixed batch: the
+      same per-sample kernel conv, with the attentions applied in one Mul over long spans.
     """
-    from odexport.export.forms import applicable_variants
-    from odexport.export.plan import LayerPlan
+    kernel = spec.out_channels * spec.in_per_group * spec.taps
+    kernels = spec.num_kernels * kernel
+    activation = spec.in_channels * spec.input_hw[0] * spec.input_hw[1]
+    if batch is not None and kernels <= 2 * activation and (spec.has_spatial or spec.num_kernels > 1):
+        return "sample", f"fixed batch {batch}: the K kernels ({kernels}) <= 2x the input ({activation}): per-sample kernel, runtime-weight conv"
+    if batch is not None and general == "grouped":
+        return "sample", f"fixed batch {batch}: per-sample kernel conv (grouped's conv, attentions applied in one pass)"
+    one_kernel = spec.num_kernels == 1 or not spec.has_kernel
+    if one_kernel and spec.has_spatial and kernel >= activation and not spec.depthwise:
+        return "patch", f"one kernel ({kernel}) >= input ({activation}): attention-scaled patches @ the constant kernel"
+    return None, ""
+
+
+def plan_cpu(specs, batch: int | None = None):
+    """Per-layer plan for onnxruntime CPU: the general plan (``plan.plan_layers(form="auto")``)
+    with :func:`cpu_variant`'s measured choices where they apply.  ``batch`` None: a dynamic
+    batch (no ``sample``)."""
+    from dataclasses import replace
+
+    from odexport.export.plan import plan_layers
 
     plans = []
-    for spec in specs:
-        weight = spec.num_kernels * spec.out_channels * spec.in_per_group * spec.taps
-        activation = spec.in_channels * spec.input_hw[0] * spec.input_hw[1]
-        if "static" in applicable_variants(spec):
-            variant, reason = "static", "one kernel, no spatial attention: static conv and two Muls"
-        elif batch is not None and weight <= activation:
-            variant, reason = "sample", f"fixed batch, kernels ({weight}) <= input ({activation}): per-sample kernel, runtime-weight conv"
-        else:
-            variant, reason = "patch", f"kernels ({weight}) > input ({activation}) or dynamic batch: patches + constant GEMM"
-        plans.append(LayerPlan(spec.name, "decomposed", reason, 0.0, variant, spec))
+    for plan, spec in zip(plan_layers(specs, "auto", target="cpu", batch=batch), specs):
+        variant, reason = cpu_variant(spec, batch, plan.variant)
+        if variant is not None and variant != plan.variant:
+            plan = replace(plan, form="decomposed", variant=variant, reason=reason)
+        plans.append(plan)
     return plans

@@ -1008,6 +1008,9 @@ def batch_switch(specialised: dict, general):
             outs = [f"{tag}/{name}" for name in out_names]
             nodes.append(helper.make_node("If", [f"{tag}_cond"], outs, then_branch=then_graph, else_branch=else_graph))
             else_graph = helper.make_graph(nodes, f"else_{size}", [], [_typed_like(o, n) for o, n in zip(general.graph.output, outs)])
+    initializers, rename = _deduplicated(initializers)
+    if rename:
+        _rename_nodes(outer_nodes, rename)
     graph = helper.make_graph(outer_nodes, general.graph.name, list(general.graph.input), list(general.graph.output), initializers + extra)
     domains = {}
     for model in [general, *specialised.values()]:
@@ -1017,6 +1020,26 @@ def batch_switch(specialised: dict, general):
     switched.ir_version = max(m.ir_version for m in [general, *specialised.values()])
     switched.metadata_props.extend(general.metadata_props)
     return switched
+
+
+def _deduplicated(initializers):
+    """Initializers with identical type, shape and bytes kept once (the branches of a batch switch
+    share their constants: kernel banks, onnxruntime's re-laid static weights); returns
+    ``(kept, {dropped name: kept name})``."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    kept, rename, seen = [], {}, {}
+    for tensor in initializers:
+        data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.sha1(data).hexdigest())
+        if key in seen:
+            rename[tensor.name] = seen[key]
+        else:
+            seen[key] = tensor.name
+            kept.append(tensor)
+    return kept, rename
 
 
 def _typed_like(value, name):
