@@ -32,10 +32,11 @@ class DocCommand:
     line: int  # 1-based line of the command's first line
     text: str  # the command as shown (continuations joined, comment removed)
     expected_exit: int | None  # from a "# exit N" comment
+    part: int = 0  # index among the commands joined by && on that line
 
     @property
     def id(self) -> str:
-        return f"{self.doc}:{self.line}"
+        return f"{self.doc}:{self.line}" + (f"+{self.part}" if self.part else "")
 
     def argv(self) -> list[str]:
         """Arguments after ``odexport`` (a ``> FILE`` redirect is kept as the last two)."""
@@ -122,10 +123,10 @@ def _commands_of_block(rel: str, lang: str, block: list[tuple[int, str]]) -> lis
         return []
     found = []
     for lineno, text, code in logical:
-        for part in text.split("&&"):
-            part = part.strip()
-            if part.startswith("odexport ") or part == "odexport":
-                found.append(DocCommand(rel, lineno, part, code))
+        parts = [p.strip() for p in text.split("&&")]
+        odexport_parts = [p for p in parts if p.startswith("odexport ") or p == "odexport"]
+        for index, part in enumerate(odexport_parts):
+            found.append(DocCommand(rel, lineno, part, code, index))
     return found
 
 
@@ -141,3 +142,26 @@ def setup_commands_in_readme() -> tuple[str, str]:
         index = lines.index(marker)
         found[marker] = lines[index + 2]
     return found["<!-- sample-command -->"], found["<!-- test-command -->"]
+
+
+# Docs whose ```python blocks are complete programs (run by the tests); other docs show API sketches.
+RUNNABLE_PYTHON_DOCS = ("README.md", "docs/quickstart.md")
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    """``(first line, code)`` of every ```python block in ``path``."""
+    blocks, current, start, in_python = [], [], 0, False
+    in_block = False
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fence = _FENCE.match(line)
+        if fence and not in_block:
+            in_block, in_python, current, start = True, fence.group(3).lower() == "python", [], lineno + 1
+            continue
+        if fence and in_block:
+            if in_python:
+                blocks.append((start, "\n".join(current)))
+            in_block = in_python = False
+            continue
+        if in_block:
+            current.append(line)
+    return blocks
