@@ -20,8 +20,10 @@ configurations in one export, and cutting each output's cone out of the graph.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import types
 
 import onnx
 import torch
@@ -154,28 +156,106 @@ def _example_inputs(spec: LayerSpec, batch: int) -> dict[str, torch.Tensor]:
     return {name: torch.rand(*shapes[name]) for name in present_formals(spec)}
 
 
+def body_module(entries: dict[str, tuple[LayerSpec, str]]) -> nn.Module:
+    """Every distinct core of ``entries`` (overload key -> (spec, variant)) in one module."""
+    return _AllBodies(entries).eval()
+
+
+def body_inputs(bodies: nn.Module, example_batch: int, dynamic: bool) -> tuple[list, list[str], list, list[str]]:
+    """``(example args, input names, dynamic shapes, output names)`` of :func:`body_module`'s forward."""
+    args, names, shapes = [], [], []
+    batched = {"X", "channel", "filter", "spatial", "kernel"}
+    for index, (key, spec, formals) in enumerate(bodies.layout):
+        # one batch symbol per body: with a shared one the exporter may read the batch size of
+        # one body from another body's input, which would tie the functions together
+        batch_dim = torch.export.Dim(f"{_module_name(key)}_batch")
+        example = _example_inputs(spec, example_batch)
+        for formal in formals:
+            args.append(example[formal])
+            names.append(f"{_module_name(key)}__{formal}")
+            shapes.append({0: batch_dim} if dynamic and formal in batched else None)
+    outputs = [f"{_module_name(key)}__Y" for key, _, _ in bodies.layout]
+    return args, names, shapes, outputs
+
+
+BODIES_NAME = "odexport_bodies"
+
+
+class RidingAlong(nn.Module):
+    """Trace the bodies in the same export as the model: ``forward(x, *body_inputs)`` returns the
+    model's outputs followed by the bodies' (one torch export instead of two).
+
+    A *view* of ``model``, not a wrapper: it shares the model's parameter, buffer and child
+    dictionaries, so every initializer and module scope keeps the name it has in the model, and
+    the model's own forward is called as is (a container's forward that iterates its children
+    never sees the bodies)."""
+
+    def __init__(self, model: nn.Module, bodies: nn.Module):
+        super().__init__()
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self._modules = dict(model._modules)
+        self._modules[BODIES_NAME] = bodies
+        object.__setattr__(self, "_model", model)  # not a child: its contents are ours already
+
+    def forward(self, x, *flat):
+        out = self._model.forward(x)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return (*outs, *self._modules[BODIES_NAME](*flat))
+
+
+def split_bodies(proto: onnx.ModelProto, bodies: nn.Module, entries: dict[str, tuple[LayerSpec, str]],
+                 body_names: list[str], body_outputs: list[str]) -> list[onnx.FunctionProto]:
+    """Cut every body out of a graph traced with :class:`RidingAlong` into its FunctionProto,
+    then remove the bodies' inputs, outputs and nodes from the graph (in place)."""
+    functions = functions_from_graph(proto, bodies, entries)
+    graph = proto.graph
+    dropped_inputs, dropped_outputs = set(body_names), set(body_outputs)
+    keep_outputs = [o for o in graph.output if o.name not in dropped_outputs]
+    producers = {out: node for node in graph.node for out in node.output}
+    order = {id(node): i for i, node in enumerate(graph.node)}
+    live: dict[int, onnx.NodeProto] = {}
+    for output in keep_outputs:
+        for node in _cone(producers, output.name, order):
+            live[id(node)] = node
+    reads = {n for node in live.values() for n in _all_inputs(node)}
+    if reads & dropped_inputs:
+        raise InternalError(f"the model graph reads body inputs {sorted(reads & dropped_inputs)}")
+    nodes = [node for node in graph.node if id(node) in live]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    kept_in = [i for i in graph.input if i.name not in dropped_inputs]
+    graph.ClearField("input")
+    graph.input.extend(kept_in)
+    graph.ClearField("output")
+    graph.output.extend(keep_outputs)
+    produced = {o for node in nodes for o in node.output} | {i.name for i in kept_in}
+    kept_vi = [v for v in graph.value_info if v.name in produced]
+    graph.ClearField("value_info")
+    graph.value_info.extend(kept_vi)
+    used = reads | {o.name for o in keep_outputs}
+    kept_init = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept_init)
+    return functions
+
+
 def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, export_fn, example_batch: int) -> list[onnx.FunctionProto]:
-    """One FunctionProto per overload key, bodies exported from the torch cores in one go.
+    """One FunctionProto per overload key from a separate export of the bodies alone.
 
     ``export_fn(module, args, input_names, output_names, dynamic_shapes) -> ModelProto`` is the
     exporter the model export uses (same opset and options).
     """
     if not entries:
         return []
-    wrapper = _AllBodies(entries).eval()
-    args, names, dynamic = [], [], []
-    batched = {"X", "channel", "filter", "spatial", "kernel"}
-    for index, (key, spec, formals) in enumerate(wrapper.layout):
-        # one batch symbol per body: with a shared one the exporter may read the batch size of
-        # one body from another body's input, which would tie the functions together
-        batch_dim = torch.export.Dim(f"batch_{index}")
-        example = _example_inputs(spec, example_batch)
-        for formal in formals:
-            args.append(example[formal])
-            names.append(f"{_module_name(key)}__{formal}")
-            dynamic.append({0: batch_dim} if formal in batched else None)
-    output_names = [f"{_module_name(key)}__Y" for key, _, _ in wrapper.layout]
+    wrapper = body_module(entries)
+    args, names, dynamic, output_names = body_inputs(wrapper, example_batch, dynamic=True)
     model = export_fn(wrapper, tuple(args), names, output_names, (tuple(dynamic),))  # forward(*flat)
+    return functions_from_graph(model, wrapper, entries)
+
+
+def functions_from_graph(model: onnx.ModelProto, wrapper: nn.Module, entries: dict[str, tuple[LayerSpec, str]]) -> list[onnx.FunctionProto]:
+    """Each body's cone (from its output back to its own inputs and constants) as a function."""
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     order = {id(node): i for i, node in enumerate(graph.node)}
@@ -189,7 +269,7 @@ def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, expor
         rename[prefix + "Y"] = "Y"
         foreign = {n for node in nodes for n in _all_inputs(node) if n in graph_inputs and n not in rename}
         if foreign:
-            raise InternalError(f"the body of {key} reads another body's inputs {sorted(foreign)}")
+            raise InternalError(f"the body of {key} reads inputs that are not its own: {sorted(foreign)}")
         body = []
         used_consts = []
         for node in nodes:

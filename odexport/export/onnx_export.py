@@ -204,19 +204,24 @@ def build_onnx(
     example = torch.zeros(trace_batch, *input_shape)
     dynamic = None if batch is not None else ({0: torch.export.Dim(BATCH_DIM)},)
     output_names = [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{i}" for i in range(1, num_outputs)]
-    emitter = custom_form.emit_custom_node if custom else None
-    with exporting_forms(model, variants, emitter=emitter):
-        proto = torch_to_onnx(model, (example,), [INPUT_NAME], output_names, dynamic, opset)
-    if custom:
-        entries = {}
-        for p in plans:
-            entries.setdefault(custom_form.overload_name(p.spec, p.variant), (p.spec, p.variant))
-
-        def export_fn(module, args, names, outs, dyn):
-            return torch_to_onnx(module, args, names, outs, dyn if batch is None else None, opset)
-
-        functions = custom_form.build_functions(entries, opset, export_fn, trace_batch)
-        custom_form.finish_custom_model(proto, functions)
+    if not custom or not plans:
+        with exporting_forms(model, variants):
+            proto = torch_to_onnx(model, (example,), [INPUT_NAME], output_names, dynamic, opset)
+        _strip_bulky_metadata(proto)
+        return proto
+    # The custom form: one com.odexport node per layer, and each distinct layer configuration's
+    # core traced in the same export (weight as an input) to become that node's function body.
+    entries = {}
+    for p in plans:
+        entries.setdefault(custom_form.overload_name(p.spec, p.variant), (p.spec, p.variant))
+    bodies = custom_form.body_module(entries)
+    body_args, body_names, body_shapes, body_outputs = custom_form.body_inputs(bodies, trace_batch, dynamic=batch is None)
+    shapes = None if batch is not None else (dynamic[0], tuple(body_shapes))
+    with exporting_forms(model, variants, emitter=custom_form.emit_custom_node):
+        rider = custom_form.RidingAlong(model, bodies)
+        proto = torch_to_onnx(rider, (example, *body_args), [INPUT_NAME, *body_names], output_names + body_outputs, shapes, opset)
+    functions = custom_form.split_bodies(proto, bodies, entries, body_names, body_outputs)
+    custom_form.finish_custom_model(proto, functions)
     _strip_bulky_metadata(proto)
     return proto
 
