@@ -96,6 +96,8 @@ def test_fixed_batch_decomposed_and_auto_with_batch_hint(tmp_path):
     result = export_onnx(model, tmp_path / "a.onnx", form="auto", batch=4, input_shape=SHAPE)
     assert result.parity.passed and result.metadata["odexport.batch"] == "4"
     assert {p.form for p in result.forms} <= {"decomposed", "grouped"}
+    custom = export_onnx(model, tmp_path / "c.onnx", form="custom", batch=4, input_shape=SHAPE)
+    assert custom.parity.passed and len(onnx.load(str(custom.path)).functions) == 2
 
 
 def test_external_data_above_the_threshold(tmp_path, monkeypatch):
