@@ -422,9 +422,23 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
         report.notes.append("onnxruntime does not use NCHWc Conv on this machine/build: nothing rewritten")
         return report
     policy = policy or prefer_runtime_weight
+    try:
+        return _optimize(model, report, policy, batches, threads)
+    except Exception as exc:  # an optimisation must never cost the user a working session
+        if os.environ.get("ODEXPORT_DEBUG"):
+            raise
+        report.model, report.rewritten, report.gemm = model, [], []
+        report.notes.append(f"rewrite abandoned, the model runs as exported: {type(exc).__name__}: {exc}")
+        return report
+
+
+def _optimize(model, report: RewriteReport, policy, batches, threads) -> RewriteReport:
+    block = report.block
     model = simplify_pooled_attention(model, report)
     report.model = model
-    if any(n.domain == CUSTOM_DOMAIN for n in model.graph.node):
+    if len(model.graph.input) != 1 or model.graph.input[0].type.tensor_type.elem_type != 1:  # one float32 input
+        report.notes.append("the per-layer specialisation needs one float32 model input; only generic rewrites applied")
+    elif any(n.domain == CUSTOM_DOMAIN for n in model.graph.node):
         batch = _static_batch(model)
         if batch is not None:
             specialised = _specialise(model, batch, block, report, policy, threads)
@@ -668,7 +682,9 @@ def _custom_layer(node, inits, shapes, block: int):
     for name in ("W", "bias", "static_bias"):
         if args.get(name) and args[name] not in inits:
             return f"{name} is not a constant"
-    weight = numpy_helper.to_array(inits[args["W"]]).astype(np.float32)
+    if inits[args["W"]].data_type != 1:
+        return "the kernels are not float32 (a mixed-precision export keeps its own form)"
+    weight = numpy_helper.to_array(inits[args["W"]])
     x_shape = shapes.get(args["X"])
     if not x_shape or len(x_shape) != 4 or any(d is None for d in x_shape[1:]):
         return "the input's shape is not static"
