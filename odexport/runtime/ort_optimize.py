@@ -469,6 +469,7 @@ def _optimize(model, report: RewriteReport, policy, batches, threads) -> Rewrite
 
 DEFAULT_BATCHES = (1,)
 ACTIVATION_SIDE_MIN_KERNEL = 256 * 1024  # elements of one per-sample kernel
+CHUNK_BYTES = 1 << 20  # per-sample kernels above this are made and used in output-channel chunks
 GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
 
@@ -601,8 +602,6 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
     """
     kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:
-        if layer["spatial"] and layer["group"] == 1 and kernel >= GEMM_MIN_KERNEL:
-            return "gemm"
         return "nchwc"
     return "nchwc" if kernel <= 16 * layer["C"] * layer["H"] * layer["W"] else None
 
@@ -715,6 +714,7 @@ def _custom_layer(node, inits, shapes, block: int):
         "Ho": (x_shape[2] + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1,
         "Wo": (x_shape[3] + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1,
         "bias": numpy_helper.to_array(inits[args["bias"]]).astype(np.float32) if args.get("bias") else None,
+        "static_bias": numpy_helper.to_array(inits[args["static_bias"]]).astype(np.float32) if args.get("static_bias") else None,
         "attrs": {a: _attr(node, a) for a in ("strides", "pads", "dilations", "group") if _attr(node, a) is not None},
     }
 
@@ -808,67 +808,91 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     placement = {"channel": side(channels * layer["H"] * layer["W"]), "filter": side(out_ch * layer["Ho"] * layer["Wo"])}
     xs = split(a["X"])
     heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
+    on_kernel = {h: bool(a.get(h)) and placement[h] == "kernel" for h in ("channel", "filter")}
+    # A large dense kernel is made and consumed in output-channel chunks of <= CHUNK_BYTES, so each
+    # chunk is still in the core's cache when its Conv reads it (one DRAM pass over the bank
+    # instead of bank + kernel written + kernel read); possible when no scale but sa (per tap,
+    # the same for every chunk) is on the kernel.
+    chunks = [(0, out_ch)]
+    if dense and not any(on_kernel.values()) and 4 * per_sample_kernel > CHUNK_BYTES:
+        step = max(1, CHUNK_BYTES // (4 * channels * taps * block_of)) * block_of
+        chunks = [(o, min(o + step, out_ch)) for o in range(0, out_ch, step)]
+    per_block = channels * taps * block_of  # blocked bank elements per block of output channels
     swaps, outs = [], []
     for b in range(batch):
         tag = f"{prefix}_b{b}"
-        if k_all > 1 and a.get("kernel"):
-            nodes.append(helper.make_node("MatMul", [heads["kernel"][b], bank_name], [f"{tag}_mixed"]))
-            nodes.append(helper.make_node("Reshape", [f"{tag}_mixed", kshape], [f"{tag}_w0"]))
-            current = f"{tag}_w0"
-        else:
-            current = bank_name
-        # ca / fa on the kernel (one Mul with their small outer product) where the per-sample
-        # kernel is smaller than the activation they would otherwise scale; else on x / y.
-        on_kernel = {h: bool(a.get(h)) and placement[h] == "kernel" for h in ("channel", "filter")}
-        scale = None
-        for head, dims in (("channel", ca_shape), ("filter", fa_shape)):
-            if on_kernel[head]:
-                name = f"{tag}_{head}"
-                nodes.append(helper.make_node("Reshape", [heads[head][b], shape_const(f"{head}_shape", dims)], [name]))
-                if scale is None:
-                    scale = name
-                else:
-                    nodes.append(helper.make_node("Mul", [scale, name], [f"{tag}_cf"]))
-                    scale = f"{tag}_cf"
-        if scale is not None:
-            nodes.append(helper.make_node("Mul", [current, scale], [f"{tag}_w1"]))
-            current = f"{tag}_w1"
-        if a.get("spatial"):
-            nodes.append(helper.make_node("Reshape", [heads["spatial"][b], shape_const("spatial_shape", sa_shape)], [f"{tag}_sa"]))
-            nodes.append(helper.make_node("Mul", [current, f"{tag}_sa"], [f"{tag}_w2"]))
-            current = f"{tag}_w2"
-        if current == bank_name:  # K = 1 and no attention on the kernel: still give the Conv its own input
-            nodes.append(helper.make_node("Identity", [current], [f"{tag}_w2"]))
-            current = f"{tag}_w2"
         x_in = xs[b]
         if a.get("channel") and not on_kernel["channel"]:
             nodes.append(helper.make_node("Reshape", [heads["channel"][b], shape_const("x_scale_shape", [1, channels, 1, 1])], [f"{tag}_ca4"]))
             nodes.append(helper.make_node("Mul", [x_in, f"{tag}_ca4"], [f"{tag}_xs"]))
             x_in = f"{tag}_xs"
         filter_after = bool(a.get("filter")) and not on_kernel["filter"]
-        bias = "" if filter_after else static_bias
-        if dyn_bias is not None:
-            if k_all > 1 and a.get("kernel"):
-                nodes.append(helper.make_node("MatMul", [heads["kernel"][b], dyn_bias], [f"{tag}_db"]))
-            else:
-                nodes.append(helper.make_node("ReduceSum", [dyn_bias, const("axis0", np.array([0], np.int64))], [f"{tag}_db"], keepdims=0))
-            nodes.append(helper.make_node("Reshape", [f"{tag}_db", obias_shape], [f"{tag}_dbo"]))
-            if on_kernel["filter"] and a.get("filter"):  # (conv + b) * fa = conv(x, W*fa) + b*fa
-                nodes.append(helper.make_node("Reshape", [heads["filter"][b], obias_shape], [f"{tag}_fao"]))
-                nodes.append(helper.make_node("Mul", [f"{tag}_dbo", f"{tag}_fao"], [f"{tag}_dbf"]))
-                dbo = f"{tag}_dbf"
-            else:
-                dbo = f"{tag}_dbo"
-            if bias:
-                nodes.append(helper.make_node("Add", [dbo, bias], [f"{tag}_bias"]))
-                bias = f"{tag}_bias"
-            else:
-                bias = dbo
         out = node.output[0] if batch == 1 else f"{tag}_y"
         conv_out = f"{tag}_conv" if filter_after else out
-        conv = helper.make_node("Conv", [x_in, "", bias] if bias else [x_in, ""], [conv_out], **layer["attrs"])
-        conv.input[1] = f"{tag}_placeholder_slot"
-        nodes.append(conv)
+        chunk_outs = []
+        for c, (o0, o1) in enumerate(chunks):
+            ctag = tag if len(chunks) == 1 else f"{tag}_c{c}"
+            whole = len(chunks) == 1
+            oc = o1 - o0
+            if k_all > 1 and a.get("kernel"):
+                chunk_bank = bank_name if whole else const(f"bank_c{c}", bank[:, o0 // block_of * per_block:o1 // block_of * per_block])
+                chunk_shape = kshape if whole else shape_const(f"kshape_c{c}", [oc // block_of] + kernel_shape[1:])
+                nodes.append(helper.make_node("MatMul", [heads["kernel"][b], chunk_bank], [f"{ctag}_mixed"]))
+                nodes.append(helper.make_node("Reshape", [f"{ctag}_mixed", chunk_shape], [f"{ctag}_w0"]))
+                current = f"{ctag}_w0"
+            else:
+                current = bank_name if whole else const(f"kernel_c{c}", bank[0, o0 // block_of * per_block:o1 // block_of * per_block].reshape([oc // block_of] + kernel_shape[1:]))
+            scale = None
+            for head, dims in (("channel", ca_shape), ("filter", fa_shape)):
+                if on_kernel[head]:
+                    name = f"{ctag}_{head}"
+                    nodes.append(helper.make_node("Reshape", [heads[head][b], shape_const(f"{head}_shape", dims)], [name]))
+                    if scale is None:
+                        scale = name
+                    else:
+                        nodes.append(helper.make_node("Mul", [scale, name], [f"{ctag}_cf"]))
+                        scale = f"{ctag}_cf"
+            if scale is not None:
+                nodes.append(helper.make_node("Mul", [current, scale], [f"{ctag}_w1"]))
+                current = f"{ctag}_w1"
+            if a.get("spatial"):
+                if f"{tag}_sa" not in {o for n in nodes for o in n.output}:
+                    nodes.append(helper.make_node("Reshape", [heads["spatial"][b], shape_const("spatial_shape", sa_shape)], [f"{tag}_sa"]))
+                nodes.append(helper.make_node("Mul", [current, f"{tag}_sa"], [f"{ctag}_w2"]))
+                current = f"{ctag}_w2"
+            if current.startswith(f"{prefix}_kernel"):  # no attention on the kernel: give the Conv its own input
+                nodes.append(helper.make_node("Identity", [current], [f"{ctag}_w2"]))
+                current = f"{ctag}_w2"
+            bias = ""
+            if not filter_after and static_bias:
+                bias = static_bias if whole else const(f"sbias_c{c}", layer["static_bias"][o0:o1])
+            if dyn_bias is not None:
+                chunk_db = dyn_bias if whole else const(f"dynbias_c{c}", layer["bias"][:, o0:o1])
+                if k_all > 1 and a.get("kernel"):
+                    nodes.append(helper.make_node("MatMul", [heads["kernel"][b], chunk_db], [f"{ctag}_db"]))
+                else:
+                    nodes.append(helper.make_node("ReduceSum", [chunk_db, const("axis0", np.array([0], np.int64))], [f"{ctag}_db"], keepdims=0))
+                nodes.append(helper.make_node("Reshape", [f"{ctag}_db", shape_const(f"oshape_{oc}", [oc])], [f"{ctag}_dbo"]))
+                dbo = f"{ctag}_dbo"
+                if on_kernel["filter"]:  # (conv + b) * fa = conv(x, W*fa) + b*fa  (whole kernel only)
+                    nodes.append(helper.make_node("Reshape", [heads["filter"][b], obias_shape], [f"{ctag}_fao"]))
+                    nodes.append(helper.make_node("Mul", [dbo, f"{ctag}_fao"], [f"{ctag}_dbf"]))
+                    dbo = f"{ctag}_dbf"
+                if bias:
+                    nodes.append(helper.make_node("Add", [dbo, bias], [f"{ctag}_bias"]))
+                    bias = f"{ctag}_bias"
+                else:
+                    bias = dbo
+            y = conv_out if whole else f"{ctag}_y"
+            conv = helper.make_node("Conv", [x_in, "", bias] if bias else [x_in, ""], [y], **layer["attrs"])
+            conv.input[1] = f"{ctag}_placeholder_slot"
+            nodes.append(conv)
+            runtime_bias = bias if (bias and bias != static_bias and not bias.startswith(f"{prefix}_sbias")) else None
+            label = f"sample{b}" if whole else f"sample{b}.chunk{c}"
+            swaps.append(_Swap(y, current, (oc, cg, layer["kh"], layer["kw"]), layer["layout"], label, runtime_bias))
+            chunk_outs.append(y)
+        if len(chunks) > 1:
+            nodes.append(helper.make_node("Concat", chunk_outs, [conv_out], axis=1))
         if filter_after:
             nodes.append(helper.make_node("Reshape", [heads["filter"][b], shape_const("y_scale_shape", [1, out_ch, 1, 1])], [f"{tag}_fa4"]))
             target = f"{tag}_yf" if static_bias else out
@@ -876,8 +900,6 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
             if static_bias:
                 nodes.append(helper.make_node("Reshape", [static_bias, shape_const("sb_shape", [1, out_ch, 1, 1])], [f"{tag}_sb4"]))
                 nodes.append(helper.make_node("Add", [target, f"{tag}_sb4"], [out]))
-        runtime_bias = bias if (bias and bias != static_bias) else None
-        swaps.append(_Swap(conv_out, current, (out_ch, cg, layer["kh"], layer["kw"]), layer["layout"], f"sample{b}", runtime_bias))
         outs.append(out)
     if batch > 1:
         nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
