@@ -587,18 +587,18 @@ def _static_batch(model) -> int | None:
 def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
     """Cost rule (measured, docs/performance.md "Attempts"): the form of one layer at ``batch``.
 
-    ``"nchwc"``: per-sample kernel computed in the blocked layout + NCHWc Conv;  ``"gemm"``:
-    per-sample kernel @ attention-scaled patches;  ``None``: keep the exported (constant-weight) form.
+    ``"nchwc"``: per-sample kernel computed in the blocked layout + NCHWc Conv (large kernels in
+    cache-sized chunks);  ``"gemm"``: per-sample kernel @ attention-scaled patches (available to
+    callers, not chosen: chunked NCHWc measured better);  ``None``: keep the exported
+    (constant-weight) form.
 
     * K > 1 kernels: every exact form reads all K kernels per sample and the constant-weight ones
-      (K-branch, patch) also do K x the arithmetic, so a per-sample kernel wins everywhere
-      (OD-ResNet18 K=4, batch 1: 2.2x with NCHWc on every layer vs 2.9x with the patch form on the
-      512-channel stage).  Where the kernel is large (>= 1M numbers, ResNet-18's last stage) and
-      has a spatial attention, scaling the patches instead of the kernel saves a pass over it
-      (1.74x vs 1.90x).
+      (K-branch, patch) also do K x the arithmetic, so the per-sample kernel wins everywhere
+      (OD-ResNet18 K=4, batch 1: 1.65x with chunked NCHWc on every layer, 1.94x with the gemm form
+      on the last stage, 2.9x with the patch form there).
     * One kernel: the patch form reads the kernel once, as the static twin does, while the
       per-sample kernel costs passes over it: the NCHWc form wins only while the kernel is at most
-      ~16x the layer input (ResNet-18 stages 1-3, not stage 4).
+      ~16x the layer input (ResNet-18 stages 1-3, not stage 4: 1.18x vs 1.36x with NCHWc there).
     """
     kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:

@@ -287,3 +287,19 @@ def test_batch_switch_shares_identical_constants():
     two = optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 2)).model
     size = lambda m: sum(len(t.raw_data) for t in m.graph.initializer)  # noqa: E731
     assert size(two) < 1.5 * size(one)  # the batch-2 branch reuses the banks and static weights
+
+
+def test_large_kernels_are_made_in_chunks(monkeypatch):
+    """Output-channel chunks of the blocked kernel, each consumed by its own NCHWc Conv, concatenated."""
+    from odexport.runtime import ort_optimize
+
+    monkeypatch.setattr(ort_optimize, "CHUNK_BYTES", 4 * 16 * 16 * 9 * 2)
+    monkeypatch.setattr(ort_optimize, "ACTIVATION_SIDE_MIN_KERNEL", 0)
+    for arch in ("od_resnet_tiny", "dy_resnet_tiny"):
+        model, proto = _custom_export(arch)
+        report = ort_optimize.optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 2))
+        for batch in (1, 2, 3):
+            x = torch.randn(batch, 3, 32, 32)
+            assert_close(run_ort(report.model, x), torch_out(model, x), what=f"{arch} batch {batch}")
+        if ort_optimize.nchwc_block_size() is not None:
+            assert any(".chunk1" in label for label in report.rewritten), report.to_dict()
