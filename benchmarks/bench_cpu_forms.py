@@ -7,21 +7,24 @@ with the static twin exported the same way.  Printed: median latency ratio vs th
 and over rounds (absolute times on a shared 2-core box are noise; same-run ratios are not).
 
     python benchmarks/bench_cpu_forms.py                                   # the issue's targets
-    python benchmarks/bench_cpu_forms.py --models od_resnet18:1 --plans auto,cpu-fast --batches 1,8
-    python benchmarks/bench_cpu_forms.py --plans cpu-fast --ort-cpu        # + onnxruntime NCHWc rewrite
+    python benchmarks/bench_cpu_forms.py --models od_resnet18:1 --plans auto,patch --batches 1,8
+    python benchmarks/bench_cpu_forms.py --plans auto,auto/custom+ort     # portable vs specialised
 
 Plans: ``auto`` (``plan_layers(form="auto")``), ``cpu-fast`` (:func:`odexport.export.fast_forms.plan_cpu`,
 the measured cost model; a fixed batch when the timed batch is fixed), ``patch`` (patch everywhere),
 ``bmm`` / ``decomposed`` (the export engineer's dynamic variants).  ``/custom`` exports the plan in
 the custom form (one ``com.odexport`` node per layer, the plan's variant as its function body),
 which is what ``--ort-cpu`` specialises.  ``@1`` after a plan exports with a fixed batch of 1
-(timed at batch 1 only).  Exports are cached under ``--cache`` by model, plan,
+(timed at batch 1 only).  ``+ort`` after a plan: that plan's session gets the onnxruntime-CPU
+rewrite (:func:`odexport.runtime.ort_optimize.optimize_for_cpu`, specialised for the timed batch);
+``--ort-cpu`` applies it to every plan.  Exports are cached under ``--cache`` by model, plan,
 batch and the source files' modification times.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import os
 import sys
@@ -161,7 +164,7 @@ def interleaved(fns: dict, iters: int, warmup: int = 2, cpu: dict | None = None)
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="od_resnet18:1,od_resnet18:4,od_mobilenetv2_050:4,dy_resnet18")
-    parser.add_argument("--plans", default="cpu-fast")
+    parser.add_argument("--plans", default="auto,auto/custom+ort")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
@@ -185,17 +188,21 @@ def main(argv=None):
             x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
             with torch.no_grad():
                 ref = model(x).numpy()
+                ref64 = copy.deepcopy(model).double()(x.double()).numpy()  # the float64 truth
             sessions = {"twin": session(twin, args.threads)}
-            errors = {}
+            errors, errors64 = {}, {}
             for plan in args.plans.split(","):
+                rewrite = args.ort_cpu or plan.endswith("+ort")
+                plan = plan.removesuffix("+ort")
                 name, _, fixed = plan.partition("@")
                 if fixed and int(fixed) != batch:
                     continue
                 proto, seconds = export_cached(model, key, name, int(fixed) if fixed else None, input_shape, Path(args.cache))
-                label = plan + ("+ort" if args.ort_cpu else "")
-                sessions[label] = session(proto, args.threads, args.ort_cpu, args.ort_ratio, (batch,))
+                label = plan + ("+ort" if rewrite else "")
+                sessions[label] = session(proto, args.threads, rewrite, args.ort_ratio, (batch,))
                 out = sessions[label].run(None, {"input": x.numpy()})[0]
                 errors[label] = float(np.abs(out - ref).max() / (np.abs(ref).max() + 1e-12))
+                errors64[label] = float(np.abs(out - ref64).max() / (np.abs(ref64).max() + 1e-12))
             xn = x.numpy()
             per_round = {k: [] for k in sessions if k != "twin"}
             cpu_round = {k: [] for k in per_round}
@@ -209,7 +216,8 @@ def main(argv=None):
                 target = TARGETS.get((key, batch))
                 verdict = "" if target is None else (" meets" if np.median(ratios) <= target else " MISSES") + f" target {target}x"
                 print(f"{key:<22} B={batch} {k:<22} ratio {np.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
-                      f"cpu-time ratio {np.median(cpu_round[k]):.2f}x; twin {med['twin']:.1f} ms; rel err {errors[k]:.1e}; reparam {reparamed}){verdict}", flush=True)
+                      f"cpu-time ratio {np.median(cpu_round[k]):.2f}x; twin {med['twin']:.1f} ms; err vs torch fp32 {errors[k]:.1e}, vs fp64 {errors64[k]:.1e} "
+                      f"(torch fp32 vs fp64 {float(np.abs(ref - ref64).max() / np.abs(ref64).max()):.1e}); reparam {reparamed}){verdict}", flush=True)
                 rows.append((key, batch, k, float(np.median(ratios))))
     return rows
 
