@@ -261,6 +261,12 @@ def _spec_from(name: str, layer: nn.Module, x: torch.Tensor, att: Attentions) ->
 # The cores
 
 
+def spatial_on_patches(spec: LayerSpec) -> bool:
+    """``bmm`` applies the spatial attention to the patches (``B*C*T*L`` values) rather than to
+    the per-sample kernel (``B*O*C/g*T``) when they are the smaller tensor."""
+    return spec.in_channels * spec.out_pixels < spec.out_channels * spec.in_per_group
+
+
 class KernelAggregation(nn.Module):
     """Per-sample kernels ``W_b = sa[b] * sum_k ka[b,k] W_k`` as ``(B, g, O/g, C/g*kh*kw)``.
 
@@ -501,11 +507,16 @@ class DynamicConvCore(nn.Module):
 
     def _bmm(self, x, weight, spatial, kernel, dyn_bias):
         s = self.spec
-        kernels = self.aggregate(weight, kernel, spatial)  # (B, g, O/g, Cg*kk)
+        # sa scales a kernel tap for every (o, c) and a patch row for every pixel: apply it to
+        # whichever tensor is smaller (the patches in late stages, the kernel in early ones)
+        on_patches = spatial is not None and spatial_on_patches(s)
+        kernels = self.aggregate(weight, kernel, None if on_patches else spatial)  # (B, g, O/g, Cg*kk)
         if self.onehot is None:
             patches = x
         else:
             patches = F.conv2d(x, self.onehot.to(x.dtype), None, s.stride, s.padding, s.dilation, s.in_channels)
+        if on_patches:
+            patches = patches.reshape(-1, s.in_channels, s.taps, s.out_pixels) * spatial.reshape(-1, 1, s.taps, 1)
         patches = patches.reshape(-1, s.groups, s.in_per_group * s.taps, s.out_pixels)
         y = torch.matmul(kernels, patches).reshape(-1, s.out_channels, *s.output_hw)
         bias = self.aggregate.bias(dyn_bias, kernel)

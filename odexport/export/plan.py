@@ -11,7 +11,8 @@ it materialises (patches, per-sample kernels, K branches), not its FLOPs.  With 
     static : F / conv_rate
     patch  : P (gather) + 2P (scale by ca x sa) + P (read) + K*F / conv_rate     (K = 1, or mix "out")
              + K*P + ... (mix "in": K scaled copies)  -- a constant 1x1 GEMM, blocked layouts apply
-    bmm    : K*Wb (read the K kernels) + 2*B*Wb (+2*B*Wb to scale by sa) + 2P + F / bmm_rate
+    bmm    : K*Wb (read the K kernels) + 2*B*Wb (the per-sample kernel, when K > 1 or sa is on it)
+             + 2*min(B*Wb, P) (scale by sa, on the smaller tensor) + 2P + F / bmm_rate
     kbranch: 2*4*B*K*O*L (branches written and read) + K*F / conv_rate
     grouped: K*Wb + 2*B*Wb + 2P (the runtime's own im2col) + F / grouped_rate(B)  (fixed batch only)
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from odexport.errors import ExportError
-from odexport.export.forms import FORMS, LayerSpec, applicable_variants
+from odexport.export.forms import FORMS, LayerSpec, applicable_variants, spatial_on_patches
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,15 @@ def estimate_cost(spec: LayerSpec, variant: str, batch: int, target: str = "cpu"
             moved += k_all * patch_read * 2 if mix_in else 2 * 4.0 * b * k_all * o * pixels
         work = (k_all if mixed else 1) * flops
         return work / t.conv_rate + (moved + k_all * one_kernel) / t.bandwidth + 4 * t.node_overhead
-    kernels = k_all * one_kernel + 2 * b * one_kernel * (2 if spec.has_spatial else 1)
     if variant == "bmm":
-        return (kernels + 2 * patches) / t.bandwidth + flops / t.bmm_rate + 5 * t.node_overhead
+        # sa goes on the smaller of the per-sample kernel and the patches (forms.spatial_on_patches)
+        on_patches = spec.has_spatial and spatial_on_patches(spec)
+        per_sample = mixed or (spec.has_spatial and not on_patches)
+        moved = k_all * one_kernel + (2 * b * one_kernel if per_sample else 0.0) + 2 * patches
+        if spec.has_spatial:
+            moved += 2 * patch_read if on_patches else 2 * b * one_kernel
+        return moved / t.bandwidth + flops / t.bmm_rate + 5 * t.node_overhead
+    kernels = k_all * one_kernel + 2 * b * one_kernel * (2 if spec.has_spatial else 1)
     if variant == "grouped":
         rate = t.grouped_rate_b1 / (1.0 + t.grouped_rate_per_sample_decay * (b - 1))
         return (kernels + 2 * patch_read) / t.bandwidth + flops / rate + 4 * t.node_overhead

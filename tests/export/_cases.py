@@ -60,10 +60,18 @@ def torch_out(model, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
-def assert_runs_at_batches(model, onnx_model, shape, batches=(1, 2, 7), tol=TOL, seed=0):
-    """onnxruntime equals PyTorch at each batch size (seeded inputs)."""
+def assert_runs_at_batches(model, onnx_model, shape, batches=(1, 2, 7), tol=TOL, seed=0, scale_relative: float | None = None):
+    """onnxruntime equals PyTorch at each batch size (seeded inputs): elementwise within ``tol``,
+    or, with ``scale_relative``, ``max|d| <= scale_relative * max|reference|`` (deep random
+    full-size networks amplify float rounding; the relative-to-scale error is what is meaningful)."""
     g = torch.Generator().manual_seed(seed)
     for batch in batches:
         x = torch.randn(batch, *shape, generator=g)
         got = run_ort(onnx_model, x)
-        np.testing.assert_allclose(got, torch_out(model, x), **tol, err_msg=f"batch {batch}")
+        expected = torch_out(model, x)
+        if scale_relative is None:
+            np.testing.assert_allclose(got, expected, **tol, err_msg=f"batch {batch}")
+        else:
+            assert got.shape == expected.shape
+            error = float(np.abs(got - expected).max() / np.abs(expected).max())
+            assert error <= scale_relative, f"batch {batch}: max|d|/max|ref| = {error:.3g}"
