@@ -25,17 +25,21 @@ and is a drop-in core for :class:`odexport.export.forms.DynamicConvCore`: same c
             Conv FLOPs x K (x1 for K = 1); patches T x the input.  Best where ``H'*W'`` is small
             next to the weight (late ResNet stages): the weight is read once, as by the static conv.
 
-``sample``  (batch 1 only).  The per-sample kernel computed once, ``W_1 = (ka @ W.view(K, -1))``,
-            fed to a Conv whose weight is a runtime tensor.  Each attention is applied where its
-            tensor is smallest: ``sa`` always on the kernel; ``ca`` on the kernel (``O*Cg*T``) or on
-            the input (``C*H*W``), ``fa`` on the kernel or on the output (``O*H'*W'``) -- and the
-            kernel-side scales are multiplied together first (``fa x ca`` is ``O*Cg``, T times
-            smaller than the kernel) so the full kernel is touched by at most one Mul after the
-            aggregation.  ``static_bias`` (and the mixed dynamic bias) ride in the Conv's bias.
-            A reshape to ``(K,)`` / ``(T,)`` makes any batch other than 1 fail loudly in the
-            runtime instead of silently using sample 0's kernel; it is meant for the batch-1
-            branch of :func:`batch_switch` (and for onnxruntime's runtime-weight NCHWc rewrite,
-            :mod:`odexport.runtime.ort_optimize`).
+``sample``  (fixed batch only).  Per sample, the kernel computed once, ``W_b = ka_b @ W.view(K, -1)``,
+            fed to a Conv whose weight is a runtime tensor (a fixed batch B > 1 is unrolled into
+            B such convs at export time).  ``sa`` always scales the kernel; ``ca`` scales the kernel
+            (``O*Cg*T``) or the input (``C*H*W``), ``fa`` the kernel or the output (``O*H'*W'``),
+            whichever is smaller.  On the kernel they are laid out so each Mul runs over long
+            contiguous spans -- ``(g, Og, Cg*T) * (g, 1, Cg*T)`` for ``ca x sa`` and
+            ``* (g, Og, 1)`` for ``fa`` -- because onnxruntime's broadcast loops once per span
+            (a ``(.., T)`` scale would cost one call per 9 numbers).  ``static_bias`` (and the
+            mixed dynamic bias) ride in the Conv's bias.  Traced with a symbolic batch it raises:
+            a per-sample kernel has no dynamic-batch form.  onnxruntime CPU runs its
+            runtime-weight Conv through im2col; :mod:`odexport.runtime.ort_optimize` moves it to
+            the blocked NCHWc kernels at session time.
+
+:func:`cpu_variant` is the measured onnxruntime-CPU choice among these and the general variants
+(docs/performance.md, "Attempts"); ``plan.plan_layers`` applies it for ``--target cpu``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FAST_VARIANTS = ("patch", "sample")
-BATCH1_VARIANTS = ("sample",)  # exact only at batch 1: used in the batch-1 branch of an If
+FIXED_BATCH_VARIANTS = ("sample",)  # need the batch fixed at export time
 
 
 def onehot_patch_weight(in_channels: int, kernel_size: tuple[int, int], dtype=torch.float32) -> torch.Tensor:
@@ -53,13 +57,6 @@ def onehot_patch_weight(in_channels: int, kernel_size: tuple[int, int], dtype=to
     kh, kw = kernel_size
     taps = kh * kw
     return torch.eye(taps, dtype=dtype).reshape(taps, 1, kh, kw).repeat(in_channels, 1, 1, 1)
-
-
-def fast_applicable(spec) -> tuple[str, ...]:
-    """The fast variants that are exact for the layer ``spec`` (a ``forms.LayerSpec``)."""
-    found = ["patch"]
-    found.append("sample")
-    return tuple(found)
 
 
 class PatchCore(nn.Module):
