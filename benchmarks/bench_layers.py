@@ -13,10 +13,8 @@ shared 2-core box; ratios measured in the same run are not).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
-import types
 
 import numpy as np
 import torch
@@ -94,8 +92,6 @@ def core_for(spec, variant):
 def nchwc_model(layer, spec, x, batch):
     """The layer in the custom form (one com.odexport node), specialised for ``batch`` with the
     per-sample blocked-kernel NCHWc form forced on."""
-    from odexport.export.custom import emit_custom_node
-    from odexport.export.forms import exporting_forms
     from odexport.export.onnx_export import build_onnx
     from odexport.export.plan import LayerPlan
     from odexport.runtime.ort_optimize import optimize_for_cpu

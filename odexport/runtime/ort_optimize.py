@@ -511,7 +511,7 @@ def simplify_pooled_attention(model, report: RewriteReport | None = None):
             # Relu between two pooled FCs: on the 2-D value (the 4-D one only if someone needs it).
             flat = (node.name or node.output[0]) + "_2d"
             out.append(helper.make_node("Relu", [flat_of[node.input[0]]], [flat]))
-            n_out = _unsqueeze_like(node.output[0], flat, shapes, graph, out)
+            _unsqueeze_like(node.output[0], flat, shapes, graph, out)
             flat_of[node.output[0]] = flat
             continue
         if (node.op_type in ("Reshape", "Flatten") and node.input[0] in flat_of and node.domain in ("", "ai.onnx")
@@ -605,8 +605,6 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
         return "nchwc"
     return "nchwc" if kernel <= 16 * layer["C"] * layer["H"] * layer["W"] else None
 
-
-GEMM_MIN_KERNEL = 1_000_000
 
 
 def _specialise(model, batch: int, block: int, report: RewriteReport, policy, threads):
