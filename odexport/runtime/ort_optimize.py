@@ -474,7 +474,7 @@ GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
 
 
-def simplify_pooled_attention(model, report: RewriteReport | None = None):
+def simplify_pooled_attention(model, report: RewriteReport | None = None, *, gemm: bool = True):
     """Portable, exact rewrites of the attention branches for onnxruntime's CPU provider.
 
     * ``ReduceMean(x, axes=[2, 3], keepdims=1)`` of a 4-D tensor -> ``GlobalAveragePool(x)``:
@@ -525,7 +525,7 @@ def simplify_pooled_attention(model, report: RewriteReport | None = None):
                 out.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=(node.name or node.output[0]) + "_gap"))
                 pools += 1
                 continue
-        if (node.op_type == "Conv" and node.domain in ("", "ai.onnx") and len(node.input) > 1 and node.input[1] in inits
+        if (gemm and node.op_type == "Conv" and node.domain in ("", "ai.onnx") and len(node.input) > 1 and node.input[1] in inits
                 and int(_attr(node, "group", 1)) == 1):
             weight = inits[node.input[1]]
             x_shape = shapes.get(node.input[0]) or []
