@@ -174,6 +174,13 @@ def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cp
             plans.append(LayerPlan(spec.name, "grouped", reason, cost, variant, spec))
             continue
         variant, cost, reason = choose_variant(spec, hint, target, allow_grouped=form == "auto" and batch is not None, exclude=exclude)
+        if target == "cpu" and not exclude:
+            # Measured onnxruntime-CPU choices (odexport.export.fast_forms.cpu_variant) override the model.
+            from odexport.export.fast_forms import cpu_variant
+
+            fast, why = cpu_variant(spec, batch, variant)
+            if fast is not None:
+                variant, reason = fast, why
         if form == "auto":
             chosen = "grouped" if variant == "grouped" else "decomposed"
         else:
