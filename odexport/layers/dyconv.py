@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from odexport.layers import functional as Fdyn
-from odexport.layers.functional import Attentions
+from odexport.layers.functional import Attentions, AttentionTemperature
 
 KEY_LAYOUTS = ("kaijieshi7", "tardelean")
 
@@ -63,7 +63,7 @@ class DyAttention(nn.Module):
         return Fdyn.softmax_attention(self.logits(x), self.temperature)
 
 
-class DyConv2d(nn.Module):
+class DyConv2d(AttentionTemperature, nn.Module):
     """Dynamic convolution with an optional dynamic bias ``(K, O)`` and explicit temperature.
 
     ``temperature`` defaults to 1, the value a trained network is evaluated at. (kaijieshi7's
@@ -122,17 +122,6 @@ class DyConv2d(nn.Module):
         """Build from ``DynamicConvolution``'s constructor arguments (T is a forward argument there)."""
         return cls(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, nof_kernels,
                    Fdyn.tardelean_hidden_channels(in_channels, reduce), 0.25, True, True, temperature, "tardelean")
-
-    @property
-    def temperature(self) -> float:
-        return self.attention.temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.attention.temperature = float(value)
-
-    def update_temperature(self, temperature: float) -> None:
-        self.temperature = temperature
 
     def attentions(self, x: torch.Tensor) -> Attentions:
         return Attentions(kernel=self.attention(x))

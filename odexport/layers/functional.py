@@ -41,6 +41,26 @@ class Attentions(NamedTuple):
     kernel: torch.Tensor | None = None
 
 
+class AttentionTemperature:
+    """The one temperature of a dynamic conv, held by its attention (``layer.attention.temperature``).
+
+    Mixed into every dynamic conv module so ``layer.temperature`` reads and sets it;
+    ``update_temperature`` is the reference implementations' name, kept so user training code that
+    calls it keeps working.
+    """
+
+    @property
+    def temperature(self) -> float:
+        return self.attention.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.attention.temperature = float(value)
+
+    def update_temperature(self, temperature: float) -> None:
+        self.temperature = temperature
+
+
 def odconv_hidden_channels(in_planes: int, reduction: float, min_channel: int = 16) -> int:
     """ODConv's attention width ``max(int(in*reduction), min_channel)`` (``int`` truncates)."""
     return max(int(in_planes * reduction), min_channel)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from odexport.layers import functional as Fdyn
-from odexport.layers.functional import Attentions
+from odexport.layers.functional import Attentions, AttentionTemperature
 
 HEAD_NAMES = ("channel", "filter", "spatial", "kernel")
 
@@ -168,7 +168,7 @@ class ODConvAttention(nn.Module):
         self.temperature = float(spec["temperature"])
 
 
-class ODConv2d(nn.Module):
+class ODConv2d(AttentionTemperature, nn.Module):
     """Omni-dimensional dynamic convolution; constructor and keys of the official ``ODConv2d``.
 
     ``temperature`` is explicit (official default 1.0, the only right value for a trained network
@@ -206,18 +206,6 @@ class ODConv2d(nn.Module):
         for i in range(kernel_num):
             nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
         self.static_bias: nn.Parameter | None = None
-
-    @property
-    def temperature(self) -> float:
-        return self.attention.temperature
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.attention.temperature = float(value)
-
-    def update_temperature(self, temperature: float) -> None:
-        """Official API name, kept so user training code that calls it keeps working."""
-        self.temperature = temperature
 
     def attentions(self, x: torch.Tensor) -> Attentions:
         return self.attention(x)
