@@ -275,6 +275,6 @@ def plan_cpu(specs, batch: int | None = None):
     for plan, spec in zip(plan_layers(specs, "auto", target="cpu", batch=batch), specs):
         variant, reason = cpu_variant(spec, batch, plan.variant)
         if variant is not None and variant != plan.variant:
-            plan = replace(plan, form="decomposed", variant=variant, reason=reason)
+            plan = replace(plan, form="decomposed" if plan.form == "grouped" else plan.form, variant=variant, reason=reason)
         plans.append(plan)
     return plans

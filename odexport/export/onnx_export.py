@@ -373,7 +373,7 @@ def export_onnx(
         # fp16 keeps to the variants whose aggregation the precision pass places in fp32
         plans = plan_layers(specs, form, target=target, batch=batch, exclude=("patch",) if fp16 else ())
         say("trace")
-        proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=form == "custom", num_outputs=num_outputs, example_batch=example_batch)
+        proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=any(p.form == "custom" for p in plans), num_outputs=num_outputs, example_batch=example_batch)
         counts = {}
         if fp16:
             from odexport.export.precision import convert_to_mixed_precision

@@ -28,7 +28,7 @@ FLOPs lose to ``bmm``; at a large batch on a GPU ``kbranch`` wins for late layer
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from odexport.errors import ExportError
 from odexport.export.forms import FORMS, LayerSpec, applicable_variants, spatial_on_patches
@@ -45,6 +45,13 @@ class TargetCosts:
     bandwidth: float
     node_overhead: float
 
+
+# The container ``auto`` puts each layer's chosen variant in, per target.  CPU: the custom node
+# (com.odexport, its function body is the same decomposed variant, so stock onnxruntime runs it
+# as fast as the decomposed form) because it keeps what odexport's onnxruntime-CPU specialisation
+# (odexport.runtime.ort_optimize, `odexport ort`) needs: the kernels as initializers and the
+# attentions as node inputs.  GPU: standard ops, which every TensorRT parses without a plugin.
+AUTO_FORM = {"cpu": "custom", "gpu": "decomposed"}
 
 TARGETS = {
     # 2-core x86 CPU, onnxruntime CPU (MLAS; NCHWc for constant-weight convs).
@@ -182,10 +189,13 @@ def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cp
             if fast is not None:
                 variant, reason = fast, why
         if form == "auto":
-            chosen = "grouped" if variant == "grouped" else "decomposed"
+            chosen = "grouped" if variant == "grouped" else AUTO_FORM[target]
         else:
             chosen = form
         plans.append(LayerPlan(spec.name, chosen, reason, cost, variant, spec))
+    if form == "auto" and any(p.form == "grouped" for p in plans):
+        # one export is either custom or not: a batch-folded layer keeps the others decomposed
+        plans = [replace(p, form="decomposed") if p.form == "custom" else p for p in plans]
     return plans
 
 

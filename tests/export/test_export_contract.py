@@ -95,7 +95,13 @@ def test_fixed_batch_decomposed_and_auto_with_batch_hint(tmp_path):
     model = small_model()
     result = export_onnx(model, tmp_path / "a.onnx", form="auto", batch=4, input_shape=SHAPE)
     assert result.parity.passed and result.metadata["odexport.batch"] == "4"
-    assert {p.form for p in result.forms} <= {"decomposed", "grouped"}
+    # on CPU auto keeps each variant in a com.odexport node (what `odexport ort` specialises) ...
+    assert {p.form for p in result.forms} == {"custom"}
+    assert any(n.domain == "com.odexport" for n in onnx.load(str(result.path)).graph.node)
+    # ... for a GPU, standard ops only (every TensorRT parses them without a plugin)
+    gpu = export_onnx(model, tmp_path / "g.onnx", form="auto", batch=4, input_shape=SHAPE, target="gpu")
+    assert gpu.parity.passed and {p.form for p in gpu.forms} <= {"decomposed", "grouped"}
+    assert not onnx.load(str(gpu.path)).functions
     custom = export_onnx(model, tmp_path / "c.onnx", form="custom", batch=4, input_shape=SHAPE)
     assert custom.parity.passed and len(onnx.load(str(custom.path)).functions) == 2
 

@@ -20,8 +20,10 @@ def test_plan_covers_every_layer_with_an_exact_variant():
     plans = plan_forms(model, target="cpu", batch=None, input_shape=(3, 32, 32))
     specs = describe_layers(model, (3, 32, 32))
     assert [p.name for p in plans] == [s.name for s in specs]
+    gpu = plan_forms(model, target="gpu", batch=None, input_shape=(3, 32, 32))
+    assert {p.form for p in gpu} == {"decomposed"}  # standard ops for TensorRT
     for plan, spec in zip(plans, specs):
-        assert isinstance(plan, LayerPlan) and plan.form == "decomposed"
+        assert isinstance(plan, LayerPlan) and plan.form == "custom"  # on CPU, what `odexport ort` specialises
         assert plan.variant in applicable_variants(spec) and plan.est_cost > 0 and plan.reason
 
 
@@ -37,7 +39,7 @@ def test_grouped_competes_only_with_a_fixed_batch():
     assert all(p.variant != "grouped" for p in dynamic)
     for batch in (1, 8):
         fixed = plan_forms(model, batch=batch, input_shape=(16, 14, 14))
-        assert fixed[0].form in ("decomposed", "grouped")
+        assert fixed[0].form in ("custom", "decomposed", "grouped")
     with pytest.raises(ExportError):
         plan_forms(model, form="grouped", batch=None, input_shape=(16, 14, 14))
 
