@@ -479,7 +479,15 @@ def simplify_pooled_attention(model, report: RewriteReport | None = None, *, gem
 
     * ``ReduceMean(x, axes=[2, 3], keepdims=1)`` of a 4-D tensor -> ``GlobalAveragePool(x)``:
       the same mean, but onnxruntime runs it on NCHWc-blocked activations, where a ReduceMean first
-      needs the activation re-laid (a full copy per layer).
+      needs the activation re-laid (a full copy per layer).  onnxruntime's (NCHWc) GlobalAveragePool
+      sums the H*W values of a channel one after the other in fp32, so on a large map it is ~10x
+      less accurate than ReduceMean (56x56: 1-3e-6 relative vs 2e-7), and DY/OD attentions pass
+      that error on to every mixed kernel.  Above :data:`POOL_SEQUENTIAL_MAX` values the mean is
+      taken in two short sums, both still on blocked activations (see :func:`pool_tile`)::
+
+          mean(x) = GlobalAveragePool(AveragePool(x, kernel=strides=(th, tw)))   th | H, tw | W
+
+      (the mean of equal-sized tile means is the mean).  A map of unknown size keeps its ReduceMean.
     * A 1x1, group-1 Conv with a constant weight on a map whose spatial size is statically 1x1
       (the attention FCs after the pool) -> ``Flatten`` + ``Gemm`` + ``Reshape``: onnxruntime would
       otherwise run it as a blocked Conv with two re-layouts and a thread-pool dispatch, about 30x
@@ -522,9 +530,16 @@ def simplify_pooled_attention(model, report: RewriteReport | None = None, *, gem
             axes = _attr(node, "axes") if opset < 18 else (const_ints(node.input[1]) if len(node.input) > 1 and node.input[1] else None)
             rank = len(shapes.get(node.input[0]) or [])
             if rank == 4 and axes is not None and sorted(a % 4 for a in axes) == [2, 3] and int(_attr(node, "keepdims", 1)) == 1:
-                out.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=(node.name or node.output[0]) + "_gap"))
-                pools += 1
-                continue
+                height, width = shapes[node.input[0]][2:]
+                if height and width:  # statically known: a short sum, or two
+                    tile = pool_tile(height, width)
+                    source = node.input[0]
+                    if tile is not None:
+                        source = (node.name or node.output[0]) + "_tiles"
+                        out.append(helper.make_node("AveragePool", [node.input[0]], [source], name=source, kernel_shape=list(tile), strides=list(tile)))
+                    out.append(helper.make_node("GlobalAveragePool", [source], list(node.output), name=(node.name or node.output[0]) + "_gap"))
+                    pools += 1
+                    continue
         if (gemm and node.op_type == "Conv" and node.domain in ("", "ai.onnx") and len(node.input) > 1 and node.input[1] in inits
                 and int(_attr(node, "group", 1)) == 1):
             weight = inits[node.input[1]]
@@ -552,8 +567,30 @@ def simplify_pooled_attention(model, report: RewriteReport | None = None, *, gem
     graph.node.extend(_live_nodes(out, {o.name for o in graph.output}))
     _drop_unused_initializers(graph)
     if report is not None:
-        report.notes.append(f"attention branches: {pools} ReduceMean -> GlobalAveragePool, {gemms} pooled 1x1 Conv -> Gemm")
+        report.notes.append(f"attention branches: {pools} ReduceMean -> (AveragePool +) GlobalAveragePool, {gemms} pooled 1x1 Conv -> Gemm")
     return work
+
+
+POOL_SEQUENTIAL_MAX = 64  # values one fp32 pooling sum may run over (error grows ~ with the count)
+
+
+def pool_tile(height: int, width: int) -> tuple[int, int] | None:
+    """The tile ``(th, tw)`` (``th | height``, ``tw | width``) whose two-stage mean has the shortest
+    sums -- ``th * tw`` values per tile, then ``height * width / (th * tw)`` tile means, minimising
+    their total (the worst-case rounding error of a sequential sum grows with its length); ``None``
+    when the whole map is at most :data:`POOL_SEQUENTIAL_MAX` values (one sum is short enough).
+    56x56 -> 7x8 then 56; 28x28 -> 4x7 then 28; 14x14 -> 2x7 then 14."""
+    if height * width <= POOL_SEQUENTIAL_MAX:
+        return None
+    best = None
+    for th in (d for d in range(1, height + 1) if height % d == 0):
+        for tw in (d for d in range(1, width + 1) if width % d == 0):
+            if (th, tw) in ((1, 1), (height, width)):
+                continue
+            key = (th * tw + height * width // (th * tw), abs(th - tw), th)
+            if best is None or key < best[0]:
+                best = (key, (th, tw))
+    return None if best is None else best[1]
 
 
 def _unsqueeze_like(name_4d: str, flat: str, shapes, graph, out) -> str:
