@@ -184,7 +184,9 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
     stage = stage or (lambda _name: None)
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
-    options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite)
+    # a rewrite specialises the batch sizes being timed (the others would take its general branch)
+    options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
+                   cpu_batches=tuple(batch_sizes) if cpu_rewrite else None)
     report = BenchReport(machine=machine_facts(), settings={
         "backend": backend, "device": device, "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations,
         "threads": threads, "baseline": baseline, "cpu_rewrite": cpu_rewrite, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
@@ -196,6 +198,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             kind = artifact_kind(artifact)
             runner = open_runner(artifact, backend, input_shape=input_shape, **options, **(load if kind == "checkpoint" else {}))
             pairs.append((str(artifact), "candidate", None, runner))
+            _record_specialisation(report, str(artifact), runner)
             if baseline == "static-twin":
                 stage(f"static twin of {artifact}")
                 twin, note = _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load)
@@ -222,6 +225,24 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             runner.close()
     report.settings["input_shape"] = list(shape)
     return report
+
+
+def _record_specialisation(report, label: str, runner) -> None:
+    """Put what made an onnxruntime-CPU candidate fast in the report: the session-time rewrite
+    (``--cpu-rewrite``) or the machine record of a file written by ``odexport ort``."""
+    from odexport.runtime.ort_specialise import recorded
+
+    rewrite = getattr(runner, "rewrite_report", None)
+    record = recorded(getattr(runner, "metadata", None) or {})
+    if rewrite is None and record is None:
+        return
+    entry = report.settings.setdefault("specialisation", {})[label] = {}
+    if rewrite is not None:
+        entry["rewrite"] = rewrite.to_dict()
+        if not rewrite.changed:
+            report.notes.append(f"{label}: --cpu-rewrite changed nothing ({'; '.join(rewrite.notes) or 'no dynamic conv to rewrite'})")
+    if record is not None:
+        entry["ort_cpu"] = record
 
 
 def _sample_shape(pairs, input_shape):
@@ -271,12 +292,26 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     opset = int(meta.get("odexport.opset") or 18)
     onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape, opset=opset, check=False)
     if kind == "onnx":
-        return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items() if k in ("device", "threads", "allow_spinning", "cpu_rewrite")}), None
+        return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items()
+                                                         if k in ("device", "threads", "allow_spinning", "cpu_rewrite", "cpu_batches")}), None
     engine_path = Path(scratch) / (onnx_path.stem + ".engine")
     half = getattr(runner, "precision", "fp32") in ("fp16", "mixed")
     engine_from_onnx(onnx_path, engine_path, fp16=half, input_shape=shape)
     note = f"the static twin of {artifact} was built with TensorRT defaults{' and fp16' if half else ''} (profile 1:8:32)"
     return open_runner(engine_path, "tensorrt"), note
+
+
+def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=(1,), threads=None, check: bool = True, measure: bool = True,
+                      tolerance: float = 1e-3, stage=None):
+    """A portable custom-form export specialised for onnxruntime CPU on this machine, written to
+    ``output`` (default ``MODEL.ort-cpu.onnx``) -> :class:`odexport.runtime.ort_specialise.SpecialisedModel`.
+    See :func:`odexport.runtime.ort_specialise.specialise_onnx`."""
+    from odexport._optional import require
+    from odexport.runtime.ort_specialise import specialise_onnx
+
+    require("onnxruntime", "specialising a model for onnxruntime")
+    return specialise_onnx(onnx_path, output, batch_sizes=batch_sizes, threads=threads, check=check, measure=measure, tolerance=tolerance,
+                           stage=stage)
 
 
 # -- TensorRT engines (trt engineer) ------------------------------------------------------------

@@ -44,6 +44,7 @@ FORMAL_INPUTS = {
 ATTRIBUTES = ("strides", "pads", "dilations", "group")
 OVERLOAD_KEY = "odexport.overload"
 VARIANT_KEY = "odexport.variant"
+LAYER_KEY = "odexport.layer"
 
 
 def overload_name(spec: LayerSpec, variant: str) -> str:
@@ -87,7 +88,7 @@ def emit_custom_node(layer: nn.Module, core: DynamicConvCore, x, att, dyn_bias, 
         dtype=x.dtype,
         shape=shape,
         version=DOMAIN_VERSION,
-        metadata_props={OVERLOAD_KEY: overload_name(spec, core.variant), VARIANT_KEY: core.variant},
+        metadata_props={OVERLOAD_KEY: overload_name(spec, core.variant), VARIANT_KEY: core.variant, LAYER_KEY: spec.name},
     )
 
 
@@ -366,12 +367,18 @@ def _cone(producers: dict[str, onnx.NodeProto], output: str, order: dict[int, in
 
 
 def finish_custom_model(model: onnx.ModelProto, functions: list[onnx.FunctionProto]) -> None:
-    """Give every ``com.odexport`` node its overload and attach the functions (in place)."""
+    """Give every ``com.odexport`` node its overload and the name of its PyTorch layer (what
+    reports and the onnxruntime-CPU specialisation show), and attach the functions (in place)."""
+    taken = {node.name for node in model.graph.node}
     for node in model.graph.node:
         if node.domain != DOMAIN:
             continue
         props = {p.key: p.value for p in node.metadata_props}
         node.overload = props[OVERLOAD_KEY]
+        layer = props.get(LAYER_KEY)
+        if layer and layer not in taken:
+            taken.add(layer)
+            node.name = layer
     model.functions.extend(functions)
     if model.ir_version < 10:  # function overloads need IR version 10
         model.ir_version = 10

@@ -80,6 +80,7 @@ def open_runner(
     providers: list | None = None,
     allow_spinning: bool = True,
     cpu_rewrite: bool = False,
+    cpu_batches: tuple[int, ...] | None = None,
     input_shape: tuple[int, ...] | None = None,
     cuda_graphs: bool = False,
     arch: str | None = None,
@@ -90,8 +91,8 @@ def open_runner(
     """Open the right runner for ``artifact`` (see the module table).
 
     ``backend`` checks the choice (a checkpoint runs in torch only; export it to run elsewhere).
-    ``dtype`` applies to torch runners (default float32); ``allow_spinning`` and ``cpu_rewrite``
-    to onnxruntime (see :class:`.onnxruntime_runner.OrtRunner`).  ``arch``/``temperature``/``trust_pickle``/
+    ``dtype`` applies to torch runners (default float32); ``allow_spinning``, ``cpu_rewrite``
+    and ``cpu_batches`` to onnxruntime (see :class:`.onnxruntime_runner.OrtRunner`).  ``arch``/``temperature``/``trust_pickle``/
     ``factory`` are passed to :func:`odexport.pipeline.model_from_checkpoint` for checkpoint files.
     The returned runner carries ``.source`` (the artifact) and, for checkpoints, ``.checkpoint_info``.
     """
@@ -132,7 +133,7 @@ def open_runner(
         from odexport.runtime.onnxruntime_runner import OrtRunner
 
         runner = OrtRunner(artifact, providers=providers, threads=threads, device=device, allow_spinning=allow_spinning,
-                           cpu_rewrite=cpu_rewrite)
+                           cpu_rewrite=cpu_rewrite, cpu_batches=cpu_batches)
     else:
         runner = _tensorrt_runner_class()(artifact)
     runner.source = artifact

@@ -68,7 +68,9 @@ class OrtRunner(Runner):
     ``model`` is a path to an ``.onnx`` file, or serialized bytes / an ``onnx.ModelProto`` (used for
     the per-layer parity copy with extra graph outputs).  ``cpu_rewrite`` applies
     :func:`odexport.runtime.ort_optimize.optimize_for_cpu` in memory (CPU only; exact, tied to this
-    machine); ``rewrite_report`` says what it changed.  ``threads`` sets the intra-op pool size
+    machine) for the batch sizes ``cpu_batches`` (default: its own default); ``rewrite_report`` says
+    what it changed.  A model written by ``odexport ort`` runs as it is, after a check that it was
+    made for this machine's onnxruntime (:func:`odexport.runtime.ort_specialise.verify_machine`).  ``threads`` sets the intra-op pool size
     (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
     from spinning (always wanted when several sessions share cores).  Inputs are cast to the dtype
     the graph declares, so an fp16 model accepts float32 arrays.
@@ -84,6 +86,7 @@ class OrtRunner(Runner):
         allow_spinning: bool = True,
         optimization: str = "all",
         cpu_rewrite: bool = False,
+        cpu_batches: tuple[int, ...] | None = None,
     ):
         import onnxruntime as ort
 
@@ -104,9 +107,16 @@ class OrtRunner(Runner):
 
             from odexport.runtime.ort_optimize import optimize_for_cpu
 
+            from odexport.runtime.ort_specialise import SPECIALISATION_KEY
+
             proto = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
-            self.rewrite_report = optimize_for_cpu(proto, threads=threads)
-            source = self.rewrite_report.model.SerializeToString()
+            if any(p.key == SPECIALISATION_KEY for p in proto.metadata_props):
+                from odexport.runtime.ort_optimize import RewriteReport
+
+                self.rewrite_report = RewriteReport(proto, None, notes=["already specialised (`odexport ort`): run as it is"])
+            else:
+                self.rewrite_report = optimize_for_cpu(proto, threads=threads, batches=cpu_batches)
+                source = self.rewrite_report.model.SerializeToString()
         options = ort.SessionOptions()
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -127,10 +137,13 @@ class OrtRunner(Runner):
         self.device = device
         self.threads = threads
         chosen = _providers_for(device, providers)
+        from odexport.runtime.ort_specialise import verify_machine
+
+        where = self.path or "the model"
         try:
             self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-            where = self.path or "the model"
+            verify_machine(_metadata_of(source), where, device)  # a model specialised elsewhere: say so
             raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",
                              "validate it with `python -m onnx.checker`, or re-export with `odexport onnx`") from exc
         active = self.session.get_providers()
@@ -139,6 +152,7 @@ class OrtRunner(Runner):
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
         self.precision = _precision_of(model, self._inputs)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        verify_machine(self.metadata, where, device)
         self.input_shape = _sample_shape(self._inputs[0].shape[1:] if self._inputs else (), self.metadata)
 
     @property
@@ -202,6 +216,17 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+
+
+def _metadata_of(source) -> dict:
+    """The metadata of a model given as a path or bytes, without its weights; {} if unreadable."""
+    import onnx
+
+    try:
+        proto = onnx.load(source, load_external_data=False) if isinstance(source, str) else onnx.load_from_string(source)
+    except Exception:  # the load error itself is reported by the caller
+        return {}
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def _sample_shape(dims, metadata: dict) -> tuple[int, ...] | None:

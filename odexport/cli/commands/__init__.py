@@ -2,7 +2,7 @@
 
 import importlib
 
-for _name in ("inspect", "run", "reparam", "onnx", "trt", "check", "bench", "doctor"):
+for _name in ("inspect", "run", "reparam", "onnx", "ort", "trt", "check", "bench", "doctor"):
     try:
         importlib.import_module(f"odexport.cli.commands.{_name}")
     except ModuleNotFoundError as _exc:

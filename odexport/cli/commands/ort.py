@@ -1,0 +1,72 @@
+"""``odexport ort``: specialise a portable export for onnxruntime CPU on this machine (like an engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from odexport.cli.app import app
+
+
+@app.command()
+def ort(
+    source: Annotated[str, typer.Argument(metavar="MODEL.onnx", help="Portable export from `odexport onnx` (custom form: --form auto on --target cpu, or --form custom).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: MODEL.ort-cpu.onnx).", show_default=False)] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to specialise; other sizes run the general graph (exact, slower).")] = "1",
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads used while optimising and checking (default: onnxruntime's).", min=1, show_default=False)] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare with the portable export on seeded inputs at each size and one general-branch size; a deviation above --tolerance exits 2 and writes nothing.")] = True,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the portable and the specialised model at each size (a few seconds) and specialise only the sizes where it is faster.")] = True,
+    tolerance: Annotated[float, typer.Option(help="Largest accepted max|difference| as a fraction of max|portable output|.", min=0.0)] = 1e-3,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines; print only the written path.")] = False,
+) -> None:
+    """Specialise a portable ONNX export for onnxruntime's CPU provider on this machine.
+
+    Each dynamic conv's per-sample kernel is made directly in onnxruntime's blocked (NCHWc)
+    layout and fed to its fast convolution, one specialisation per batch size. Exact, but tied to
+    this onnxruntime version and CPU block size, which the file records: odexport refuses to run
+    it elsewhere; build it where it is served, as you would a TensorRT engine. Exit 0 written,
+    1 bad input or nothing to specialise (or slower at every size), 2 deviation above --tolerance,
+    3 no NCHWc kernels here.
+    """
+    from odexport.cli._common import run_command
+
+    run_command(lambda: _specialise(source, output, batch_sizes, threads, check, measure, tolerance, json_output, quiet))
+
+
+def _specialise(source, output, batch_sizes, threads, check, measure, tolerance, json_output, quiet) -> None:
+    from odexport.cli._common import console, print_json, stages
+    from odexport.cli.commands.check import parse_batch_sizes
+    from odexport.pipeline import ort_cpu_from_onnx
+
+    sizes = parse_batch_sizes(batch_sizes)
+    with stages(quiet or json_output) as stage:
+        result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, stage=stage)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    if quiet:
+        console.print(str(result.path), markup=False, highlight=False)
+        return
+    record = result.record
+    lines = [
+        f"written  {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB) from {result.source}",
+        f"machine  onnxruntime {record['onnxruntime']}, NCHWc block {record['nchwc_block']}, {record['cpu']}",
+        f"batches  {', '.join(map(str, record['batches']))} specialised; other sizes run the general graph",
+        f"layers   {record['rewritten']} per-sample NCHWc convs, {record['gemm']} per-sample GEMMs, "
+        f"{record['kept']} kept as exported (constant weights cheaper there)",
+    ]
+    if record.get("speedup_vs_portable"):
+        lines.append("speed    " + "; ".join(f"batch {b}: {v:.2f}x faster" if v >= 1 else f"batch {b}: {1 / v:.2f}x slower (not specialised)"
+                                              for b, v in record["speedup_vs_portable"].items()) + " than the portable export (interleaved medians)")
+    if result.deviation:
+        worst = max(result.deviation.values())
+        lines.append(f"check    max deviation from the portable export {worst:.1e} of the output scale "
+                     f"(batches {', '.join(map(str, result.deviation))}; tolerance {result.tolerance:g})")
+    for note in result.rewrite.get("notes", []):
+        lines.append(f"note     {note}")
+    lines.append(f"next     odexport check CHECKPOINT {result.path}   (gate it against the trained model)")
+    for line in lines:
+        console.print(line, markup=False, highlight=False)

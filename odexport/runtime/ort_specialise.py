@@ -1,0 +1,247 @@
+"""An onnxruntime-CPU model specialised for this machine, written to disk (``odexport ort``).
+
+The portable export (one ``com.odexport`` node per dynamic conv, each with an exact function
+body) runs in any onnxruntime, but onnxruntime's fast CPU convolution (NCHWc) needs constant
+weights and a dynamic conv's weight is computed per sample.
+:func:`odexport.runtime.ort_optimize.optimize_for_cpu` rewrites the model for the onnxruntime
+on this machine: per-sample kernels made directly in its blocked layout, fed to its NCHWc
+convolutions, one specialisation per batch size behind an ``If`` on the batch (other sizes take
+the general graph).  The result is exact but, like a TensorRT engine, tied to what it was made
+for: the NCHWc block size (16 with AVX-512, 8 with AVX2) and the onnxruntime build whose
+kernels it names.  This module writes that model with a record of both, and refuses to run it
+(:func:`verify_machine`) where either differs, so a mismatched file fails with a message rather
+than computing garbage.
+
+Any onnxruntime session can load the written file (``ort.InferenceSession(path)``); only
+odexport checks the record, so build it on the kind of machine that serves it (as one would an
+engine) and gate it with ``odexport check CHECKPOINT model.ort-cpu.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from odexport.errors import ExportError, InputError, MissingDependencyError, ParityError
+
+SPECIALISATION_KEY = "odexport.ort_cpu"
+DEFAULT_SUFFIX = ".ort-cpu.onnx"
+DEFAULT_TOLERANCE = 1e-3  # of max|portable output|: a wrong layout errs by O(1), rounding by ~1e-6
+
+
+@dataclass
+class SpecialisedModel:
+    """What :func:`specialise_onnx` wrote: the file, the machine record, what the rewrite did and
+    how far the specialised session is from the portable one (``max|d| / max|portable|`` per batch)."""
+
+    path: Path
+    source: Path
+    record: dict
+    rewrite: dict
+    deviation: dict = field(default_factory=dict)
+    tolerance: float = DEFAULT_TOLERANCE
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "source": str(self.source), "record": self.record, "rewrite": self.rewrite,
+                "deviation": {str(k): v for k, v in self.deviation.items()}, "tolerance": self.tolerance}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (informative: the layout depends on the block size, not the model)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_record() -> dict:
+    """What a specialised model depends on here: onnxruntime's version and NCHWc block size
+    (``None`` when onnxruntime has no NCHWc kernels on this machine), plus the CPU for reference."""
+    import onnxruntime as ort
+
+    from odexport.runtime.ort_optimize import nchwc_block_size
+
+    return {"onnxruntime": ort.__version__, "nchwc_block": nchwc_block_size(), "cpu": cpu_name(), "machine": platform.machine()}
+
+
+def recorded(metadata: dict) -> dict | None:
+    """The machine record of a specialised model from its metadata, or ``None`` for other models."""
+    text = (metadata or {}).get(SPECIALISATION_KEY)
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"unreadable": text}
+
+
+def verify_machine(metadata: dict, where, device: str = "cpu") -> None:
+    """Raise :class:`InputError` when the model's record (if any) does not fit this machine."""
+    record = recorded(metadata)
+    if record is None:
+        return
+    rebuild = f"run it from the portable export on this machine: `odexport ort PORTABLE.onnx`"
+    if device != "cpu":
+        raise InputError(f"{where} is specialised for onnxruntime's CPU provider and cannot run on {device}",
+                         "use the portable export for other providers")
+    here = machine_record()
+    for key, what in (("onnxruntime", "onnxruntime"), ("nchwc_block", "NCHWc block size")):
+        if record.get(key) != here[key]:
+            raise InputError(f"{where} was specialised for {what} {record.get(key)} but this machine has {here[key]}", rebuild)
+
+
+def default_output(source: Path) -> Path:
+    """``model.onnx`` -> ``model.ort-cpu.onnx``."""
+    return source.with_name(source.stem + DEFAULT_SUFFIX)
+
+
+def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | None = None, check: bool = True,
+                    tolerance: float = DEFAULT_TOLERANCE, measure: bool = True, seed: int = 0, stage=None) -> SpecialisedModel:
+    """Write ``source`` (a portable odexport export, custom form) specialised for onnxruntime CPU
+    on this machine at ``batch_sizes`` to ``output`` (default ``<source stem>.ort-cpu.onnx``).
+
+    ``measure`` times the portable and the specialised model at each size, interleaved (a few
+    seconds), and keeps only the sizes where the specialisation is faster (small networks can
+    lose: per-sample convs of tiny maps cost more than they save); the others are noted and run
+    the general graph.  ``check`` runs both models on the same seeded inputs at every specialised
+    size and one other (the general branch); a deviation above ``tolerance`` x max|portable|
+    raises :class:`ParityError` and writes nothing.  Raises :class:`InputError` for a file that is
+    not a custom-form export, :class:`ExportError` when no size is specialised (nothing to
+    rewrite, or slower everywhere), and :class:`MissingDependencyError` where onnxruntime has no
+    NCHWc kernels.
+    """
+    import onnx
+
+    from odexport.export.onnx_export import write_model_atomically
+    from odexport.runtime.ort_optimize import CUSTOM_DOMAIN, optimize_for_cpu
+
+    say = stage or (lambda _name: None)
+    source = Path(source)
+    if not source.is_file():
+        raise InputError(f"{source} does not exist", "pass an ONNX file written by `odexport onnx`")
+    sizes = sorted({int(b) for b in batch_sizes})
+    if not sizes or sizes[0] < 1:
+        raise InputError(f"batch sizes {sizes} must be positive integers", "use e.g. --batch-sizes 1,8")
+    out = Path(output) if output is not None else default_output(source)
+    if out.resolve() == source.resolve():
+        raise InputError(f"the output {out} would overwrite the portable export", "pass another -o path")
+    say(f"load {source}")
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise InputError(f"{source} is not a readable ONNX file ({type(exc).__name__})", "pass an ONNX file written by `odexport onnx`") from exc
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if SPECIALISATION_KEY in metadata:
+        raise InputError(f"{source} is already specialised for onnxruntime CPU", "pass the portable export it was made from")
+    if not any(node.domain == CUSTOM_DOMAIN for node in model.graph.node):
+        raise InputError(f"{source} has no com.odexport dynamic-conv nodes to specialise",
+                         "export it with `odexport onnx CKPT --form custom` (or --form auto --target cpu)")
+    record = machine_record()
+    if record["nchwc_block"] is None:
+        raise MissingDependencyError("this onnxruntime build does not use NCHWc convolutions on this CPU: nothing to specialise",
+                                     "deploy the portable export as it is")
+
+    def rewrite(batches):
+        say(f"specialise for batch {', '.join(map(str, batches))} (NCHWc block {record['nchwc_block']})")
+        report = optimize_for_cpu(model, threads=threads, batches=batches)
+        if not report.changed:
+            why = "; ".join(report.notes) or "no layer is faster with a runtime weight"
+            raise ExportError(f"no dynamic conv of {source} could be specialised ({why})", "deploy the portable export as it is")
+        return report
+
+    report = rewrite(sizes)
+    speedup, notes = {}, []
+    if measure:
+        say("time the portable and the specialised model")
+        speedup = _speedups(model, report.model, sizes, threads)
+        slower = [b for b in sizes if speedup[b] < 1.0]
+        notes = [f"batch {b}: the specialisation took {1 / speedup[b]:.2f}x the portable latency here; "
+                 "that size runs the general graph" for b in slower]
+        if len(slower) == len(sizes):
+            measured = ", ".join(f"batch {b}: {1 / speedup[b]:.2f}x" for b in sizes)
+            raise ExportError(f"the specialisation is slower than the portable export on this machine ({measured} its latency)",
+                              "deploy the portable export as it is (`odexport bench` compares them)")
+        if slower:
+            sizes = [b for b in sizes if b not in slower]
+            report = rewrite(sizes)
+    specialised = report.model
+    record = {**record, "batches": sizes, "source": source.name, "rewritten": len(report.rewritten), "gemm": len(report.gemm),
+              "kept": len(report.skipped), "speedup_vs_portable": {str(b): round(v, 3) for b, v in speedup.items()}}
+    onnx.helper.set_model_props(specialised, {**{p.key: p.value for p in specialised.metadata_props}, **metadata,
+                                              SPECIALISATION_KEY: json.dumps(record, sort_keys=True)})
+    details = report.to_dict()
+    details["notes"] = notes + details["notes"]
+    result = SpecialisedModel(out, source, record, details, tolerance=tolerance)
+    if check:
+        say("compare with the portable export")
+        result.deviation = _deviation(model, specialised, _check_batches(sizes), threads, seed)
+        worst = max(result.deviation.values())
+        if not worst <= tolerance:
+            raise ParityError(f"the specialised model differs from {source.name} by {worst:.2e} of its output scale (> {tolerance:g})",
+                              "report this with the model; deploy the portable export meanwhile")
+    say(f"write {out}")
+    write_model_atomically(specialised, out)
+    return result
+
+
+def _speedups(portable, specialised, sizes, threads, rounds: int = 12, seconds: float = 6.0) -> dict[int, float]:
+    """Median portable latency over median specialised latency per batch size (> 1: faster),
+    the two sessions called in turn (spinning off) so a busy machine slows both alike."""
+    from odexport.runtime.onnxruntime_runner import OrtRunner
+    from odexport.runtime.timing import interleaved_latencies
+
+    runners = {"portable": OrtRunner(portable, threads=threads, allow_spinning=False),
+               "specialised": OrtRunner(specialised, threads=threads, allow_spinning=False)}
+    shape = runners["portable"].input_shape
+    if not shape:
+        raise InputError("the model's sample shape is not recorded", "re-export it with `odexport onnx`")
+    rng = np.random.default_rng(0)
+    result = {}
+    try:
+        for batch in sizes:
+            x = rng.standard_normal((batch, *shape)).astype(np.float32)
+            timers = {name: runner.timer(x) for name, runner in runners.items()}
+            times = interleaved_latencies(timers, warmup=2, iterations=rounds, max_seconds=seconds)
+            result[batch] = float(np.median(times["portable"]) / np.median(times["specialised"]))
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return result
+
+
+def _check_batches(sizes: list[int]) -> list[int]:
+    """The specialised sizes and the smallest size that takes the general branch."""
+    other = next(b for b in range(1, max(sizes) + 2) if b not in sizes)
+    return sorted(set(sizes) | {other})
+
+
+def _deviation(portable, specialised, batches, threads, seed) -> dict[int, float]:
+    from odexport.runtime.onnxruntime_runner import OrtRunner
+
+    plain = OrtRunner(portable, threads=threads, allow_spinning=False)
+    fast = OrtRunner(specialised, threads=threads, allow_spinning=False)
+    shape = plain.input_shape
+    if not shape:
+        raise InputError("the model's sample shape is not recorded", "re-export it with `odexport onnx`")
+    rng = np.random.default_rng(seed)
+    deviation = {}
+    for batch in batches:
+        x = rng.standard_normal((batch, *shape)).astype(np.float32)
+        a, b = plain.infer({plain.inputs[0].name: x}), fast.infer({fast.inputs[0].name: x})
+        worst = 0.0
+        for name, ref in a.items():
+            ref = ref.astype(np.float64)
+            scale = float(np.abs(ref).max()) or 1.0
+            worst = max(worst, float(np.abs(b[name].astype(np.float64) - ref).max()) / scale)
+        deviation[batch] = worst
+    plain.close()
+    fast.close()
+    return deviation

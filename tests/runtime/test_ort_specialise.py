@@ -1,0 +1,184 @@
+"""``specialise_onnx`` / ``odexport ort``: the machine-specialised onnxruntime-CPU file.
+
+References are independent of the code under test: the trained sample checkpoint (and a tiny
+DY-Conv network) evaluated by PyTorch in float64, and a plain ``onnxruntime.InferenceSession``
+loading the written file the way a user's server would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport.cli.app import app
+from odexport.errors import ExportError, InputError, ParityError
+from odexport.runtime.ort_optimize import nchwc_block_size
+from odexport.runtime.ort_specialise import SPECIALISATION_KEY, machine_record, recorded, specialise_onnx
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "od_resnet_digits.pth.tar"
+SHAPE = (3, 32, 32)
+
+needs_nchwc = pytest.mark.skipif(nchwc_block_size() is None, reason="this onnxruntime build/CPU has no NCHWc convolutions to specialise for")
+
+
+def _float64_outputs(model, x: np.ndarray) -> np.ndarray:
+    import copy
+
+    with torch.no_grad():
+        return copy.deepcopy(model).double().eval()(torch.from_numpy(x).double()).numpy()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """The trained OD sample and a tiny DY-Conv network, exported with the CPU default (auto)."""
+    from odexport.models import create_model
+    from odexport.pipeline import model_from_checkpoint, onnx_from_model
+    from tests.models._util import calibrate_batchnorm_
+
+    root = tmp_path_factory.mktemp("ort")
+    od = model_from_checkpoint(str(SAMPLE)).model.eval()
+    torch.manual_seed(0)
+    dy = calibrate_batchnorm_(create_model("dy_resnet_tiny"), SHAPE).eval()
+    made = {}
+    for name, model in (("od", od), ("dy", dy)):
+        path = root / f"{name}.onnx"
+        onnx_from_model(model, path, input_shape=SHAPE, check=False)
+        made[name] = (model, path)
+    return made
+
+
+@needs_nchwc
+@pytest.mark.parametrize("name", ["od", "dy"])
+def test_written_file_runs_in_plain_onnxruntime_and_matches_float64(exports, name, tmp_path):
+    import onnxruntime as ort
+
+    model, source = exports[name]
+    result = specialise_onnx(source, tmp_path / "m.ort-cpu.onnx", batch_sizes=(1, 3), measure=False)
+    assert result.path.is_file() and result.record["batches"] == [1, 3] and result.record["rewritten"] > 0
+    assert set(result.deviation) == {1, 2, 3}  # the specialised sizes and one general-branch size
+    written = onnx.load(str(result.path))
+    meta = {p.key: p.value for p in written.metadata_props}
+    assert recorded(meta)["nchwc_block"] == nchwc_block_size() == machine_record()["nchwc_block"]
+    assert meta["odexport.input_shape"] == "3x32x32"  # the export's own metadata is kept
+    assert any(n.domain == "com.microsoft.nchwc" for g in _graphs(written.graph) for n in g.node)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for batch in (1, 2, 3):
+        x = rng.standard_normal((batch, *SHAPE)).astype(np.float32)
+        got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        expected = _float64_outputs(model, x)
+        scale = float(np.abs(expected).max())
+        assert scale > 1e-2
+        assert float(np.abs(got - expected).max()) <= 1e-5 * scale, f"batch {batch}"
+
+
+def _graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _graphs(attr.g)
+
+
+@needs_nchwc
+def test_runner_refuses_a_file_made_for_another_machine(exports, tmp_path):
+    from odexport.runtime.onnxruntime_runner import OrtRunner
+
+    _, source = exports["od"]
+    made = specialise_onnx(source, tmp_path / "here.onnx", batch_sizes=(1,), check=False, measure=False)
+    proto = onnx.load(str(made.path))
+    for key, value in (("nchwc_block", 8 if nchwc_block_size() != 8 else 16), ("onnxruntime", "0.0.1")):
+        record = {**made.record, key: value}
+        props = {p.key: p.value for p in proto.metadata_props}
+        onnx.helper.set_model_props(proto, {**props, SPECIALISATION_KEY: json.dumps(record)})
+        path = tmp_path / f"elsewhere_{key}.onnx"
+        onnx.save(proto, str(path))
+        with pytest.raises(InputError) as err:
+            OrtRunner(str(path))
+        assert f"was specialised for" in err.value.message and "odexport ort" in err.value.hint
+    with pytest.raises(InputError, match="cannot run on cuda"):
+        from odexport.runtime.ort_specialise import verify_machine
+
+        verify_machine({SPECIALISATION_KEY: json.dumps(made.record)}, "m.onnx", device="cuda")
+    runner = OrtRunner(str(made.path))  # made here: runs
+    assert runner.input_shape == SHAPE
+
+
+@needs_nchwc
+def test_bad_requests_write_nothing(exports, tmp_path):
+    from odexport.pipeline import onnx_from_model
+
+    model, source = exports["od"]
+    decomposed = tmp_path / "dec.onnx"
+    onnx_from_model(model, decomposed, form="decomposed", input_shape=SHAPE, check=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(InputError, match="no com.odexport"):
+        specialise_onnx(decomposed, tmp_path / "x.onnx")
+    with pytest.raises(InputError, match="overwrite"):
+        specialise_onnx(source, source)
+    with pytest.raises(ParityError, match="differs"):  # a tolerance no fp32 reordering meets
+        specialise_onnx(source, tmp_path / "y.onnx", tolerance=1e-12, measure=False)
+    made = specialise_onnx(source, tmp_path / "z.onnx", check=False, measure=False)
+    with pytest.raises(InputError, match="already specialised"):
+        specialise_onnx(made.path, tmp_path / "w.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["z.onnx"])
+
+
+@needs_nchwc
+def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
+    _, source = exports["od"]
+    out = tmp_path / "cli.onnx"
+    runner = CliRunner()
+    result = runner.invoke(app, ["ort", str(source), "-o", str(out), "--batch-sizes", "1,2", "--no-measure", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["path"] == str(out) and data["record"]["batches"] == [1, 2] and max(data["deviation"].values()) < 1e-3
+    assert out.is_file()
+    plain = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "q.onnx"), "--no-measure", "--quiet"])
+    assert plain.exit_code == 0 and plain.stdout.strip() == str(tmp_path / "q.onnx")
+    failed = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "t.onnx"), "--no-measure", "--tolerance", "1e-12"])
+    assert failed.exit_code == 2 and not (tmp_path / "t.onnx").exists()
+    again = runner.invoke(app, ["ort", str(out)])
+    assert again.exit_code == 1 and "already specialised" in again.output and "Traceback" not in again.output
+    bad = runner.invoke(app, ["ort", str(source), "--batch-sizes", "0"])
+    assert bad.exit_code == 1
+
+
+@needs_nchwc
+def test_bench_records_what_made_the_candidate_fast(exports, tmp_path):
+    _, source = exports["od"]
+    made = specialise_onnx(source, tmp_path / "b.ort-cpu.onnx", batch_sizes=(1,), check=False, measure=False)
+    runner = CliRunner()
+    common = ["--quiet", "--warmup", "1", "--iters", "2", "--json", "--baseline", "none"]
+    result = runner.invoke(app, ["bench", str(made.path), *common])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["specialisation"][str(made.path)]["ort_cpu"]["batches"] == [1]
+    result = runner.invoke(app, ["bench", str(source), "--cpu-rewrite", "--batch-sizes", "1,2", *common])
+    assert result.exit_code == 0, result.output
+    rewrite = json.loads(result.stdout)["settings"]["specialisation"][str(source)]["rewrite"]
+    assert rewrite["block"] == nchwc_block_size() and rewrite["rewritten"]
+    # both timed sizes are specialised: per-sample convs of sample 0 and 1 exist for batch 2
+    assert any(name.endswith("#sample1") for name in rewrite["rewritten"])
+
+
+@needs_nchwc
+def test_measured_sizes_keep_only_what_is_faster(exports, tmp_path):
+    """Which sizes win depends on the machine; what must hold: every requested size is timed, the
+    written sizes are exactly the faster ones, and each dropped size is named in a note."""
+    _, source = exports["od"]
+    try:
+        made = specialise_onnx(source, tmp_path / "m.onnx", batch_sizes=(1, 4))
+    except ExportError as exc:  # slower at every size on this machine: nothing written, says so
+        assert "slower" in exc.message and not (tmp_path / "m.onnx").exists()
+        return
+    speed = made.record["speedup_vs_portable"]
+    assert set(speed) == {"1", "4"} and all(v > 0 for v in speed.values())
+    assert made.record["batches"] == [b for b in (1, 4) if speed[str(b)] >= 1.0]
+    dropped = [b for b in (1, 4) if speed[str(b)] < 1.0]
+    assert len([n for n in made.rewrite["notes"] if "runs the general graph" in n]) == len(dropped)
