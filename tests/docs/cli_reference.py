@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_DOC = REPO / "docs" / "cli.md"
-COMMANDS = ("inspect", "run", "reparam", "onnx", "trt", "check", "bench", "doctor")
+COMMANDS = ("inspect", "run", "reparam", "onnx", "ort", "trt", "check", "bench", "doctor")
 
 _TYPE = r"<[^>]+>(?:\s+\[[^\]]*\])?"
 _OPTION_ROW = re.compile(rf"^(?P<req>\*)?\s*(?P<names>-[\w-]+(?:\s+-[\w-]+)*)\s+(?P<type>{_TYPE})\s*(?P<help>.*)$")

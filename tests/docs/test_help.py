@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-COMMANDS = ("inspect", "run", "reparam", "onnx", "trt", "check", "bench", "doctor")
+COMMANDS = ("inspect", "run", "reparam", "onnx", "ort", "trt", "check", "bench", "doctor")
 
 # Runs the CLI in-process on argv and reports which heavy modules got imported.
 _PROBE = r"""

@@ -23,7 +23,7 @@ def bench(
     reference: Annotated[Optional[str], typer.Option(help="Checkpoint an ONNX/engine artifact was made from (to build its static twin).", show_default=False)] = None,
     dtype: Annotated[Optional[str], typer.Option(help="PyTorch dtype for checkpoints: float32 or float16.", show_default=False)] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="PyTorch on CUDA: capture and replay a CUDA graph.")] = False,
-    cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: rewrite runtime-weight convs into onnxruntime's blocked NCHWc kernels in memory (exact; tied to this machine).")] = False,
+    cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: specialise .onnx candidates for this machine in memory at --batch-sizes, as `odexport ort` writes them (exact).")] = False,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (at least 5 rounds).", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw latency vs batch size to this PNG (needs matplotlib).", show_default=False)] = None,
