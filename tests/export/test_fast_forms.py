@@ -303,3 +303,32 @@ def test_large_kernels_are_made_in_chunks(monkeypatch):
             assert_close(run_ort(report.model, x), torch_out(model, x), what=f"{arch} batch {batch}")
         if ort_optimize.nchwc_block_size() is not None:
             assert any(".chunk1" in label for label in report.rewritten), report.to_dict()
+
+
+def test_pooled_attention_mean_keeps_fp32_accuracy_on_large_maps():
+    """onnxruntime's blocked GlobalAveragePool sums a whole map sequentially (1-3e-6 relative on
+    56x56, 10x ReduceMean's error, amplified by deep networks); the simplification pools tiles
+    first.  Reference: the float64 mean of the same activations."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from odexport.runtime.ort_optimize import simplify_pooled_attention
+
+    rng = np.random.default_rng(0)
+    channels, size = 32, 56
+    weight = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("ReduceMean", ["r", "axes"], ["m"])],
+        "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, None), helper.make_tensor_value_info("r", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
+    model = simplify_pooled_attention(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    assert "ReduceMean" not in {n.op_type for n in model.graph.node}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for _ in range(4):
+        mean, act = session.run(None, {"x": rng.standard_normal((1, channels, size, size)).astype(np.float32)})
+        exact = act.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+        worst = max(worst, float(np.abs((mean - exact) / exact).max()))
+    assert worst < 6e-7, worst  # ReduceMean itself: ~2e-7
