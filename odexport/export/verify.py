@@ -29,6 +29,7 @@ class OutputComparison:
     max_rel: float
     top1_agreement: float | None
     passed: bool
+    noise_floor: float | None = None  # 5 x max|r32 - r64|, measured when the fixed tolerance alone failed
 
 
 @dataclass
@@ -77,14 +78,17 @@ def seeded_inputs(input_shape: Sequence[int], batch: int, seed: int) -> np.ndarr
     return rng.standard_normal((batch, *input_shape)).astype(np.float32)
 
 
-def torch_outputs(model, x: np.ndarray) -> list[np.ndarray]:
+def torch_outputs(model, x: np.ndarray, keep_dtype: bool = False) -> list[np.ndarray]:
+    """The model's outputs on ``x`` (cast to the model's float dtype), as float32 arrays unless
+    ``keep_dtype``."""
     import torch
 
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     with torch.no_grad():
-        out = model(torch.from_numpy(x))
+        out = model(torch.from_numpy(x).to(dtype))
     if isinstance(out, torch.Tensor):
         out = (out,)
-    return [o.detach().float().numpy() for o in out]
+    return [o.detach().numpy() if keep_dtype else o.detach().float().numpy() for o in out]
 
 
 def compare_arrays(name: str, batch: int, reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> OutputComparison:
@@ -114,22 +118,47 @@ def compare_with_torch(
     input_name: str = "input",
 ) -> ParityResult:
     """Run ``onnx_model`` in onnxruntime CPU and ``torch_model`` in PyTorch on the same seeded
-    inputs at each batch size; compare every output."""
+    inputs at each batch size; compare every output.
+
+    The noise floor (default tolerances, fp32): some networks amplify rounding so much that
+    PyTorch float32 is itself far from the exact result (sharp attentions, large activations);
+    an export that rounds differently cannot be held closer than that.  Where the fixed
+    tolerance fails, the reference is re-run in float64 on the same inputs and the comparison
+    passes when ``max_abs <= 5 * max|r32 - r64|`` -- the floor ``odexport check`` uses.
+    """
     default_atol, default_rtol = TOLERANCES[precision]
+    use_floor = atol is None and rtol is None and precision == "fp32"
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     session = ort_session(onnx_model)
     names = [o.name for o in session.get_outputs()]
     result = ParityResult(True, atol, rtol, precision, seed)
+    exact_model = None
     for batch in batches:
         x = seeded_inputs(input_shape, batch, seed)
         expected = torch_outputs(torch_model, x)
         got = session.run(None, {input_name: x})
-        for name, ref, cand in zip(names, expected, got):
-            comparison = compare_arrays(name, batch, ref, cand, atol, rtol)
+        comparisons = [compare_arrays(name, batch, ref, cand, atol, rtol) for name, ref, cand in zip(names, expected, got)]
+        if use_floor and not all(c.passed for c in comparisons):
+            exact_model = exact_model or _float64_copy(torch_model)
+            exact = torch_outputs(exact_model, x, keep_dtype=True)
+            for comparison, ref, exact_ref in zip(comparisons, expected, exact):
+                floor = NOISE_FLOOR_FACTOR * float(np.abs(ref.astype(np.float64) - exact_ref).max())
+                comparison.noise_floor = floor
+                comparison.passed = bool(comparison.passed or comparison.max_abs <= floor)
+        for comparison in comparisons:
             result.comparisons.append(comparison)
             result.passed &= comparison.passed
     return result
+
+
+NOISE_FLOOR_FACTOR = 5.0
+
+
+def _float64_copy(model):
+    import copy
+
+    return copy.deepcopy(model).double().eval()
 
 
 def batch_constants(model: onnx.ModelProto, batch: int) -> list[str]:

@@ -74,3 +74,28 @@ def test_tolerance_floor_arithmetic():
     assert compare_arrays(ref, ref + 0.05, floored).atol == 0.1
     assert ToleranceOverrides().resolve("output", "fp32", noise_atol=0.3).noise_atol == 0.3
     assert ToleranceOverrides.parse(["1e-3"]).resolve("output", "fp32", noise_atol=0.3).noise_atol == 0.0
+
+
+def test_export_check_uses_the_same_floor_and_only_by_default(cancelling, tmp_path):
+    """``odexport onnx``'s own check (compare_with_torch): fixed 1e-4 tolerances fail this correct
+    export, the measured float64 floor passes it; a wrong weight fails either way."""
+    import onnx
+    from onnx import numpy_helper
+
+    from odexport.export.verify import NOISE_FLOOR_FACTOR, compare_with_torch
+
+    model, path = cancelling
+    result = compare_with_torch(model, path, (3, 16, 16), batches=(1, 4))
+    assert result.passed, result.summary()
+    floored = [c for c in result.comparisons if c.noise_floor is not None]
+    # the floor was needed (fixed tolerances fail, next line) and holds: 5x the fp32 noise > error
+    assert floored and all(1e-3 < c.noise_floor / NOISE_FLOOR_FACTOR and c.max_abs <= c.noise_floor for c in floored)
+    assert not compare_with_torch(model, path, (3, 16, 16), batches=(1,), atol=1e-4, rtol=1e-4).passed
+    proto = onnx.load(path)
+    weight = next(t for t in proto.graph.initializer if numpy_helper.to_array(t).shape == (10, 3))
+    changed = numpy_helper.to_array(weight).copy()
+    changed[0, 0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(changed, weight.name))
+    wrong = tmp_path / "wrong.onnx"
+    onnx.save(proto, str(wrong))
+    assert not compare_with_torch(model, str(wrong), (3, 16, 16), batches=(1,)).passed
