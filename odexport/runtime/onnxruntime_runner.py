@@ -70,8 +70,8 @@ class OrtRunner(Runner):
     :func:`odexport.runtime.ort_optimize.optimize_for_cpu` in memory (CPU only; exact, tied to this
     machine) for the batch sizes ``cpu_batches`` (default: its own default); ``rewrite_report`` says
     what it changed.  A model written by ``odexport ort`` runs as it is, after a check that it was
-    made for this machine's onnxruntime (:func:`odexport.runtime.ort_specialise.verify_machine`).  ``threads`` sets the intra-op pool size
-    (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
+    made for this machine's onnxruntime (:func:`odexport.runtime.ort_specialise.verify_machine`).
+    ``threads`` sets the intra-op pool size (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
     from spinning (always wanted when several sessions share cores).  Inputs are cast to the dtype
     the graph declares, so an fp16 model accepts float32 arrays.
     """
@@ -105,14 +105,11 @@ class OrtRunner(Runner):
             # machine-local: runtime-weight Convs into onnxruntime's blocked NCHWc kernels (exact)
             import onnx
 
-            from odexport.runtime.ort_optimize import optimize_for_cpu
-
+            from odexport.runtime.ort_optimize import RewriteReport, optimize_for_cpu
             from odexport.runtime.ort_specialise import SPECIALISATION_KEY
 
             proto = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
             if any(p.key == SPECIALISATION_KEY for p in proto.metadata_props):
-                from odexport.runtime.ort_optimize import RewriteReport
-
                 self.rewrite_report = RewriteReport(proto, None, notes=["already specialised (`odexport ort`): run as it is"])
             else:
                 self.rewrite_report = optimize_for_cpu(proto, threads=threads, batches=cpu_batches)
