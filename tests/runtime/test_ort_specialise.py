@@ -101,7 +101,7 @@ def test_runner_refuses_a_file_made_for_another_machine(exports, tmp_path):
         onnx.save(proto, str(path))
         with pytest.raises(InputError) as err:
             OrtRunner(str(path))
-        assert f"was specialised for" in err.value.message and "odexport ort" in err.value.hint
+        assert "was specialised for" in err.value.message and "odexport ort" in err.value.hint
     with pytest.raises(InputError, match="cannot run on cuda"):
         from odexport.runtime.ort_specialise import verify_machine
 
