@@ -764,6 +764,28 @@ def blocked_bank(weight: np.ndarray, layout: str, block: int) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(k_all, -1)[:, perm])
 
 
+class _LayerConstants:
+    """The initializers one emitted layer adds: ``const(name, array)`` makes ``<prefix>_<name>`` once
+    (samples and chunks share it) and returns its name; ``tensors`` is the list to add to the graph."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.tensors: list = []
+        self._names: set[str] = set()
+
+    def __call__(self, name: str, array) -> str:
+        from onnx import numpy_helper
+
+        full = f"{self.prefix}_{name}"
+        if full not in self._names:
+            self._names.add(full)
+            self.tensors.append(numpy_helper.from_array(np.asarray(array), full))
+        return full
+
+    def shape(self, name: str, dims) -> str:
+        return self(name, np.array(dims, np.int64))
+
+
 def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     """Nodes computing ``node``'s output with one blocked per-sample kernel + placeholder Conv per sample.
 
@@ -776,25 +798,15 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     scale commutes with the sum; each scale is shaped to broadcast over 256- (dense) or 16-float
     (depthwise) contiguous runs.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     a = layer["args"]
     block_of = block
     k_all, out_ch, cg, taps, channels = layer["K"], layer["O"], layer["Cg"], layer["T"], layer["C"]
     dense = layer["layout"] == "dense"
-    nodes, inits = [], []
-
-    made = set()
-
-    def const(name, array):
-        full = f"{prefix}_{name}"
-        if full not in made:  # one initializer per name, shared by the samples
-            made.add(full)
-            inits.append(numpy_helper.from_array(np.asarray(array), full))
-        return full
-
-    def shape_const(name, dims):
-        return const(name, np.array(dims, np.int64))
+    nodes = []
+    const = _LayerConstants(prefix)
+    shape_const, inits = const.shape, const.tensors
 
     groups = layer["group"]
     if dense:
@@ -951,22 +963,14 @@ def _emit_patch_gemm(node, layer: dict, batch: int, prefix: str):
     ResNet-18's last stage the kernel is 2.4M numbers and the patches 226k, so this saves a full
     pass over the kernel that the NCHWc form needs.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     a = layer["args"]
     k_all, out_ch, channels, taps = layer["K"], layer["O"], layer["C"], layer["T"]
     kh, kw, ho, wo = layer["kh"], layer["kw"], layer["Ho"], layer["Wo"]
-    nodes, inits, made = [], [], set()
-
-    def const(name, array):
-        full = f"{prefix}_{name}"
-        if full not in made:
-            made.add(full)
-            inits.append(numpy_helper.from_array(np.asarray(array), full))
-        return full
-
-    def shape(name, dims):
-        return const(name, np.array(dims, np.int64))
+    nodes = []
+    const = _LayerConstants(prefix)
+    shape, inits = const.shape, const.tensors
 
     attrs = layer["attrs"]
     identity = (kh, kw) == (1, 1) and list(attrs.get("strides", [1, 1])) == [1, 1] and not any(attrs.get("pads", [0]))
