@@ -5,7 +5,7 @@ The public API is imported lazily so that ``odexport --help`` stays fast (no tor
 
 from __future__ import annotations
 
-import importlib
+from odexport._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -21,8 +21,4 @@ _PUBLIC = {
 
 __all__ = ["__version__", *_PUBLIC]
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'odexport' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

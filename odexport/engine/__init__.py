@@ -8,7 +8,7 @@ is plain Python and runs (and is tested) without TensorRT or a GPU.
 
 from __future__ import annotations
 
-import importlib
+from odexport._lazy import lazy_getattr
 
 _PUBLIC = {
     "BuildOptions": "odexport.engine.build",
@@ -29,8 +29,4 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'odexport.engine' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)

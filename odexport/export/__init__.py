@@ -10,7 +10,7 @@ Submodules import torch and onnx; import them only when exporting.
 
 from __future__ import annotations
 
-import importlib
+from odexport._lazy import lazy_getattr
 
 _PUBLIC = {
     "export_onnx": "odexport.export.onnx_export",
@@ -29,8 +29,4 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'odexport.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _PUBLIC)
