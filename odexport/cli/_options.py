@@ -74,6 +74,10 @@ InputShapeOption = Annotated[
     ),
 ]
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")]
+
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")]
+
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
     """``"3x224x224"`` -> ``(3, 224, 224)``; a wrong form raises :class:`odexport.errors.InputError`.

@@ -6,7 +6,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, TemperatureOption, TrustPickleOption
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    InputShapeOption,
+    JsonOption,
+    QuietOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
 from odexport.cli.app import app
 
 
@@ -25,14 +33,14 @@ def bench(
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="PyTorch on CUDA: capture and replay a CUDA graph.")] = False,
     cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: specialise .onnx candidates for this machine in memory at --batch-sizes, as `odexport ort` writes them (exact).")] = False,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (at least 5 rounds).", show_default=False)] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    json_output: JsonOption = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw latency vs batch size to this PNG (needs matplotlib).", show_default=False)] = None,
     input_shape: InputShapeOption = None,
     arch: ArchOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Latency p50/p90/p99 and throughput of each ARTIFACT, with the ratio to its static twin.
 

@@ -6,7 +6,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, TemperatureOption, TrustPickleOption
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    InputShapeOption,
+    JsonOption,
+    QuietOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
 from odexport.cli.app import app
 
 
@@ -46,7 +54,7 @@ def check(
     rtol: Annotated[Optional[list[str]], typer.Option(help="Relative tolerance: VALUE or OUTPUT=VALUE (repeatable).", show_default=False)] = None,
     noise_margin: Annotated[Optional[float], typer.Option(help="The default atol is at least this many times the reference's own rounding noise (PyTorch float32 vs float64 on the same samples); 0 skips that extra run. Default 5.", min=0, show_default=False)] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="For ONNX candidates, also compare every dynamic conv's attentions and output and name the first that diverges.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    json_output: JsonOption = False,
     junit: Annotated[Optional[str], typer.Option(help="Write JUnit XML to this file (for CI test reporters).", show_default=False)] = None,
     markdown: Annotated[Optional[str], typer.Option(help="Write a Markdown summary to this file (for a pull-request comment).", show_default=False)] = None,
     input_shape: InputShapeOption = None,
@@ -55,7 +63,7 @@ def check(
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and onnxruntime.", min=1, show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Prove each CANDIDATE computes what REFERENCE computes, at several batch sizes.
 

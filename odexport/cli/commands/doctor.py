@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
+from odexport.cli._options import JsonOption
 from odexport.cli.app import app
 
 
 @app.command()
 def doctor(
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Report torch and CUDA, GPUs, onnxruntime and its providers, TensorRT (or why it is missing)
     and the plugin libraries found. Always exits 0: it reports problems, it does not fail on them."""

@@ -10,7 +10,9 @@ from odexport.cli._options import (
     ArchOption,
     FactoryOption,
     InputShapeOption,
+    JsonOption,
     KernelNumOption,
+    QuietOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -24,13 +26,13 @@ KAIJIESHI7_NOTE = ("kaijieshi7's Dynamic_conv2d starts training at temperature 3
 def inspect(
     source: Annotated[str, typer.Argument(help="A checkpoint file (.pt/.pth/.pth.tar/.tar/.safetensors) or a registered architecture name.", show_default=False)],
     kernel_num: KernelNumOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
+    json_output: JsonOption = False,
     arch: ArchOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
     input_shape: InputShapeOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Architecture, layout, parameters, MACs (static + dynamic extra), per-layer table and temperature.
 

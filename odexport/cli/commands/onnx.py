@@ -7,7 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, KernelNumOption, TemperatureOption, TrustPickleOption
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    InputShapeOption,
+    JsonOption,
+    KernelNumOption,
+    QuietOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
 from odexport.cli.app import app
 
 _FORM_HELP = (
@@ -36,8 +45,8 @@ def onnx_command(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Export to ONNX with a dynamic batch (or a fixed one), per-layer forms, metadata and a parity check.
 

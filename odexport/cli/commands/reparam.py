@@ -10,7 +10,9 @@ from odexport.cli._options import (
     ArchOption,
     FactoryOption,
     InputShapeOption,
+    JsonOption,
     KernelNumOption,
+    QuietOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -40,8 +42,8 @@ def reparam(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (and nothing else) on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Fold, fuse and collapse a trained model's inference-time structure; write a deploy checkpoint.
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from odexport.cli._options import ArchOption, FactoryOption, TemperatureOption, TrustPickleOption
+from odexport.cli._options import ArchOption, FactoryOption, QuietOption, TemperatureOption, TrustPickleOption
 from odexport.cli.app import app
 
 
@@ -21,7 +21,7 @@ def run(
     factory: FactoryOption = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend: torch (checkpoints), onnxruntime (.onnx), tensorrt (engines). Default: the artifact's own.", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object describing the run on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run ARTIFACT in eval mode (float32) on the batch in --input and save the output to -o.
 

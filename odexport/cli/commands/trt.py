@@ -7,7 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from odexport.cli._options import ArchOption, FactoryOption, InputShapeOption, KernelNumOption, TemperatureOption, TrustPickleOption
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    InputShapeOption,
+    KernelNumOption,
+    QuietOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
 from odexport.cli.app import app
 
 ONNX_SUFFIXES = (".onnx",)
@@ -38,7 +46,7 @@ def trt(
     factory: FactoryOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show TensorRT's own log.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (the build report and sidecar) on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Build a TensorRT engine with dynamic-batch optimisation profiles and write its JSON sidecar.
 
