@@ -11,6 +11,9 @@ Three ways a checkpoint becomes a model:
 * **deploy**: a file written by ``odexport reparam`` (``{"odexport_deploy": manifest,
   "state_dict": ...}``) is rebuilt by :func:`odexport.reparam.deploy.model_from_deploy`.
 
+A composite checkpoint (an mmdet detector: ``backbone.``, ``neck.``, ``rpn_head.``, ...) gives up its
+backbone first (:mod:`odexport.checkpoint.submodel`); the other parts are ignored and reported.
+
 Temperature: every dynamic layer runs at ``temperature`` when given, else at 1.0 -- the value a
 trained network is evaluated at in all three reference codes (none saves it in the checkpoint;
 kaijieshi7's constructor default 34 is the *training start* value).  The one exception is the
@@ -33,6 +36,14 @@ from odexport.checkpoint.detect import detect_architecture, no_weight_init
 from odexport.checkpoint.info import CheckpointInfo, LoadedModel
 from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
 from odexport.checkpoint.state_dict import extract_state_dict
+from odexport.checkpoint.submodel import (
+    SubModel,
+    classifier_warning,
+    find_submodel,
+    headless_error,
+    missing_classifier,
+    submodel_candidates,
+)
 from odexport.errors import ArchitectureError, CheckpointError, InputError
 
 DEPLOY_KEY = "odexport_deploy"
@@ -58,8 +69,13 @@ def load_checkpoint(
     trust_pickle: bool = False,
     factory: str | None = None,
     prefer_ema: bool = False,
+    submodel: str | None = None,
 ) -> LoadedModel:
     """Load ``path`` into a model in eval mode; see the module docstring.
+
+    ``submodel`` picks the part of a composite checkpoint to load (``"backbone"`` of an mmdet
+    detector); by default a single ``backbone.`` holding dynamic layers is found, and ``""`` keeps
+    the whole file (:mod:`odexport.checkpoint.submodel`).
 
     Raises :class:`~odexport.errors.CheckpointError` / :class:`~odexport.errors.ArchitectureError`
     (one line with a fix) for every file or fit problem.
@@ -90,18 +106,41 @@ def load_checkpoint(
         extras["dropped_non_tensors"] = weights.dropped_non_tensors
     if weights.ema_entry and not weights.used_ema:
         extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used")
+    meta = raw.obj.get("meta") if isinstance(raw.obj, Mapping) else None
     if factory:
-        return _from_factory(raw, weights.state_dict, factory, temperature, extras)
-    return _from_zoo(raw, weights.state_dict, arch, kernel_num, temperature, extras)
+        return _from_factory(raw, weights.state_dict, factory, temperature, extras, submodel, meta)
+    part = find_submodel(weights.state_dict, submodel=submodel, meta=meta)
+    if part is not None:
+        _note_submodel(extras, part)
+    return _from_zoo(raw, weights.state_dict if part is None else part.state_dict, arch, kernel_num, temperature, extras, part)
 
 
-def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, extras) -> LoadedModel:
+def _note_submodel(extras: dict[str, Any], part: SubModel) -> None:
+    extras["submodel"] = part.to_dict()
+    extras["warnings"].insert(0, part.sentence())
+
+
+def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, extras, part: SubModel | None = None) -> LoadedModel:
+    from odexport.checkpoint.detect import classifier_key
     from odexport.layers import dynamic_convs, set_temperature
-    from odexport.models import create_model, model_info
+    from odexport.models import create_model, list_models, model_info
 
     file_shapes = shapes_of_state_dict(state_dict)
-    detection = detect_architecture(file_shapes, arch=arch, kernel_num=kernel_num)
+    try:
+        detection = detect_architecture(file_shapes, arch=arch, kernel_num=kernel_num)
+    except (ArchitectureError, CheckpointError) as exc:
+        # a backbone saved without its head fits but for the classifier: say that, not "N keys missing"
+        headless = missing_classifier(file_shapes, arch=arch) if arch is None or arch in list_models() else None
+        if headless:
+            raise headless_error(part.where if part else "the checkpoint", *headless) from exc
+        if part is not None:
+            raise type(exc)(f"{part.where}: {exc.message}", exc.hint) from exc
+        raise
     info = model_info(detection.arch)
+    if part is not None:
+        warning = classifier_warning(part, classifier_key(detection.arch))
+        if warning:
+            extras["warnings"].append(warning)
     with no_weight_init():  # every parameter is overwritten by the strict load below: skip the random init
         model = create_model(detection.arch, **detection.model_kwargs)
     conformed = conform_dynamic_layers(model, file_shapes, detection.conformed_layers) if detection.conformed_layers else []
@@ -118,11 +157,18 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     ))
 
 
-def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, extras) -> LoadedModel:
+def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, extras, submodel=None, meta=None) -> LoadedModel:
     from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
     from odexport.layers import dynamic_convs, set_temperature
 
     model = build_from_factory(factory)
+    # the user's model may itself be the composite (its own keys start with 'backbone.'): then load all of it
+    own = list(model.state_dict())
+    composite = submodel is None and any(k.startswith(p) for p in submodel_candidates(state_dict) for k in own)
+    part = None if composite else find_submodel(state_dict, submodel=submodel, meta=meta)
+    if part is not None:
+        _note_submodel(extras, part)
+        state_dict = part.state_dict
     load_weights_strict(model, state_dict, what=f"the model built by --factory {factory}")
     report = convert_reference_layers(model, tardelean_temperature=temperature)
     model = report.model

@@ -1,0 +1,211 @@
+"""Detection checkpoints (mmdet, as OSVAI/ODConv's object_detection code saves them): the backbone is loaded.
+
+Each test saves a real file with ``torch.save`` in the mmdet layout -- ``{'meta', 'state_dict'}``
+with ``backbone.``/``neck.``/``rpn_head.``/``roi_head.`` keys -- and compares the loaded model with
+the same network built here with the same weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from odexport.checkpoint import load_checkpoint
+from odexport.cli.app import app
+from odexport.errors import ArchitectureError, CheckpointError
+from odexport.models import create_model
+
+ARCH = "od_resnet_tiny"
+SHAPE = (3, 32, 32)
+DETECTOR_PARTS = {  # a few keys of each part of a Faster R-CNN with FPN (shapes do not matter to the loader)
+    "neck": {"neck.lateral_convs.0.conv.weight": (16, 8, 1, 1), "neck.fpn_convs.0.conv.weight": (16, 16, 3, 3)},
+    "rpn_head": {"rpn_head.rpn_conv.weight": (16, 16, 3, 3), "rpn_head.rpn_cls.weight": (3, 16, 1, 1)},
+    "roi_head": {"roi_head.bbox_head.fc_cls.weight": (81, 64), "roi_head.bbox_head.fc_cls.bias": (81,),
+                 "roi_head.bbox_head.fc_reg.weight": (320, 64)},
+}
+
+
+def _trained_like(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights and BatchNorm statistics away from their init, so a part loaded wrongly shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=g))
+            else:
+                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=g))
+    return model.eval()
+
+
+def _backbone(seed: int = 0, **kwargs) -> nn.Module:
+    return _trained_like(create_model(ARCH, **kwargs), seed)
+
+
+def _detector_state(backbone: nn.Module, prefix: str = "backbone.", drop: tuple[str, ...] = ()) -> dict:
+    state = {f"{prefix}{k}": v for k, v in backbone.state_dict().items() if not k.startswith(drop)}
+    for part in DETECTOR_PARTS.values():
+        state.update({k: torch.zeros(shape) for k, shape in part.items()})
+    return state
+
+
+def _save_mmdet(path, state: dict, wrap: str = ""):
+    torch.save({"meta": {"epoch": 12, "mmdet_version": "2.11.0", "CLASSES": ["person", "car"]},
+                "state_dict": {f"{wrap}{k}": v for k, v in state.items()}}, path)
+    return path
+
+
+def _assert_same_outputs(reference: nn.Module, loaded: nn.Module):
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("wrap", ["", "module."])
+def test_mmdet_checkpoint_loads_its_backbone_and_names_what_was_ignored(tmp_path, wrap):
+    backbone = _backbone()
+    path = _save_mmdet(tmp_path / "det.pth", _detector_state(backbone), wrap=wrap)
+    loaded = load_checkpoint(path)
+    info = loaded.info
+    assert info.arch == ARCH and info.layout == "odconv" and info.num_classes == 10
+    assert not loaded.model.training
+    _assert_same_outputs(backbone, loaded.model)
+
+    num_keys = len(backbone.state_dict())
+    assert info.extras["submodel"] == {
+        "prefix": "backbone.", "kind": "detection checkpoint (mmdet 2.11.0)", "num_keys": num_keys,
+        "ignored": {"neck": 2, "rpn_head": 2, "roi_head": 3}, "explicit": False,
+    }
+    assert info.extras["stripped_prefixes"] == (["module."] if wrap else [])
+    report, classifier = info.warnings[:2]
+    assert report == (f"detection checkpoint (mmdet 2.11.0): loaded the backbone ({num_keys} keys under 'backbone.'); "
+                      "ignored 7 keys of neck, rpn_head, roi_head (not part of the exported backbone)")
+    assert "classifier 'fc'" in classifier and "not meaningful" in classifier
+
+
+def test_arch_names_the_backbone_architecture(tmp_path):
+    backbone = _backbone(kernel_num=2, num_classes=5)
+    path = _save_mmdet(tmp_path / "det.pth", _detector_state(backbone))
+    loaded = load_checkpoint(path, arch=ARCH)
+    assert loaded.info.arch == ARCH and loaded.info.model_kwargs == {"kernel_num": 2, "num_classes": 5}
+    _assert_same_outputs(backbone, loaded.model)
+
+
+def test_mmcv_ema_buffers_are_reported_as_one_part(tmp_path):
+    backbone = _backbone()
+    state = _detector_state(backbone)
+    # mmcv's EMAHook keeps its averages as top-level buffers with the dots replaced by '_'
+    state.update({f"ema_backbone_{k.replace('.', '_')}": v + 1 for k, v in backbone.state_dict().items()})
+    loaded = load_checkpoint(_save_mmdet(tmp_path / "ema.pth", state))
+    assert loaded.info.extras["submodel"]["ignored"]["ema_* (EMA buffers)"] == len(backbone.state_dict())
+    _assert_same_outputs(backbone, loaded.model)
+
+
+def test_a_backbone_without_its_classifier_is_one_clear_error(tmp_path):
+    path = _save_mmdet(tmp_path / "headless.pth", _detector_state(_backbone(), drop=("fc.",)))
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("the backbone under 'backbone.' of this detection checkpoint (mmdet 2.11.0) has no classifier")
+    assert f"no 'fc.*' keys; otherwise the weights fit {ARCH}" in message and "--factory" in message
+    with pytest.raises(CheckpointError, match="has no classifier"):
+        load_checkpoint(path, arch=ARCH)
+
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "has no classifier" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def build_headless_tiny() -> nn.Module:
+    """--factory for the headless backbone: od_resnet_tiny without its classifier (pooled features out)."""
+    model = create_model(ARCH)
+    model.fc = nn.Identity()
+    return model
+
+
+def test_factory_loads_a_headless_backbone(tmp_path):
+    backbone = _backbone()
+    path = _save_mmdet(tmp_path / "headless.pth", _detector_state(backbone, drop=("fc.",)))
+    loaded = load_checkpoint(path, factory=f"{__name__}:build_headless_tiny")
+    assert loaded.info.extras["submodel"]["prefix"] == "backbone."
+    backbone.fc = nn.Identity()
+    _assert_same_outputs(backbone, loaded.model)
+
+
+class _Composite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = create_model(ARCH)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+def build_composite() -> nn.Module:
+    return _Composite()
+
+
+def test_factory_model_that_owns_the_backbone_prefix_loads_the_whole_file(tmp_path):
+    backbone = _backbone()
+    path = tmp_path / "whole.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, path)
+    loaded = load_checkpoint(path, factory=f"{__name__}:build_composite")
+    assert "submodel" not in loaded.info.extras
+    _assert_same_outputs(backbone, loaded.model)
+
+
+def test_two_backbones_are_ambiguous_until_one_is_named(tmp_path):
+    student, teacher = _backbone(seed=0), _backbone(seed=1)
+    state = {**_detector_state(student, prefix="student.backbone."), **_detector_state(teacher, prefix="teacher.backbone.")}
+    path = _save_mmdet(tmp_path / "distill.pth", state)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "2 sub-models with dynamic-convolution layers ('student.backbone.', 'teacher.backbone.')" in message
+    assert "submodel='student.backbone'" in message
+
+    loaded = load_checkpoint(path, submodel="teacher.backbone")
+    assert loaded.info.extras["submodel"]["explicit"] is True
+    assert loaded.info.extras["submodel"]["ignored"] == {"student": len(student.state_dict()), "neck": 2,
+                                                         "rpn_head": 2, "roi_head": 3}
+    _assert_same_outputs(teacher, loaded.model)
+
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "sub-models" in result.output
+
+
+def test_explicit_submodel_choices(tmp_path):
+    backbone = _backbone()
+    path = _save_mmdet(tmp_path / "det.pth", _detector_state(backbone))
+    with pytest.raises(CheckpointError, match=r"no key of the checkpoint starts with 'bakbone\.' .*backbone, neck"):
+        load_checkpoint(path, submodel="bakbone")
+    # submodel='' keeps the whole file: the detector's own keys then fit no architecture (as before this feature)
+    with pytest.raises(ArchitectureError, match="unexpected in the file"):
+        load_checkpoint(path, submodel="")
+    _assert_same_outputs(backbone, load_checkpoint(path, submodel="backbone.").model)
+
+
+def test_backbone_that_fits_nothing_says_which_part_was_tried(tmp_path):
+    backbone = _backbone()
+    state = _detector_state(backbone)
+    state["backbone.layer9.0.conv1.weight"] = torch.zeros(8, 8, 3, 3)  # a stage no registered architecture has
+    with pytest.raises(ArchitectureError) as caught:
+        load_checkpoint(_save_mmdet(tmp_path / "odd.pth", state))
+    assert str(caught.value).startswith("the backbone under 'backbone.' of this detection checkpoint (mmdet 2.11.0): "
+                                        "no registered odconv architecture fits")
+
+
+def test_plain_classification_checkpoints_are_not_taken_for_detectors(tmp_path):
+    """od_mobilenetv2 keeps every dynamic layer under 'features.': that is not a sub-model prefix."""
+    model = _trained_like(create_model("od_mobilenetv2_tiny"), seed=0)
+    path = tmp_path / "cls.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.info.arch == "od_mobilenetv2_tiny" and "submodel" not in loaded.info.extras
+    _assert_same_outputs(model, loaded.model)
