@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NCHWC_DOMAIN = "com.microsoft.nchwc"
+from .nchwc_layout import NCHWC_DOMAIN, propagate_blocked_layout
+
+KEEP_BLOCKED_LAYOUT = True  # run :func:`propagate_blocked_layout` on each specialisation
 
 
 
@@ -693,6 +695,11 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
     optimized = _placeholder_pass(work, swaps, block, report, threads)
     if optimized is None:
         report.rewritten.clear()
+        return None
+    if KEEP_BLOCKED_LAYOUT:
+        removed = propagate_blocked_layout(optimized, block, shapes=shapes)
+        if removed:
+            report.notes.append(f"batch {batch}: {removed} layout reorders removed (layout-free nodes run on blocked tensors)")
     return optimized
 
 
