@@ -35,6 +35,9 @@ import numpy as np
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 LAYOUT_FREE_UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Identity", "Neg"})
 LAYOUT_FREE_BINARY = frozenset({"Add", "Mul", "Sub", "Div"})
+# Name prefix of Reshape nodes whose emitter guarantees a view in both layouts: only the batch and
+# channel axes are merged or split (channel counts multiples of the block), H and W are kept.
+BLOCKED_VIEW = "odexport_blocked_view/"
 
 
 def _int_attr(node, name, default):
@@ -144,6 +147,11 @@ def propagate_blocked_layout(model, block: int, shapes: dict | None = None) -> i
         elif op in LAYOUT_FREE_BINARY:
             kinds = [_operand_kind(n, channels, blocked, shapes) for n in node.input]
             ok = len(node.input) == 2 and all(kinds) and (kinds.count("blocked") < 2 or _same_full_shape(node.input, shapes))
+        elif op == "Reshape" and node.name.startswith(BLOCKED_VIEW):
+            target = shapes.get(node.output[0])
+            ok = node.input[0] in blocked and target is not None and len(target) == 4 and target[1] % block == 0
+            if ok:
+                channels = target[1]
         elif op == "Split":
             ok = _int_attr(node, "axis", 0) == 0 and node.input[0] in blocked
         elif op == "Concat":

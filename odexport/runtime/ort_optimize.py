@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .nchwc_layout import NCHWC_DOMAIN, propagate_blocked_layout
+from .nchwc_layout import BLOCKED_VIEW, NCHWC_DOMAIN, propagate_blocked_layout
 
 KEEP_BLOCKED_LAYOUT = True  # run :func:`propagate_blocked_layout` on each specialisation
 
@@ -52,15 +52,21 @@ class RewriteReport:
     block: int | None
     rewritten: list[str] = field(default_factory=list)
     gemm: list[str] = field(default_factory=list)  # layers emitted as per-sample kernel @ scaled patches
+    patches: list[str] = field(default_factory=list)  # layers emitted as blocked patches + static 1x1 NCHWc Conv
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
+    def kernel_convs(self) -> list[str]:
+        """Rewritten convs that take a per-sample kernel (not the per-sample scale convs of the patch form)."""
+        return [label for label in self.rewritten if "#channel" not in label and "#filter" not in label]
+
+    @property
     def changed(self) -> bool:
-        return bool(self.rewritten or self.gemm)
+        return bool(self.rewritten or self.gemm or self.patches)
 
     def to_dict(self) -> dict:
-        return {"block": self.block, "rewritten": list(self.rewritten), "gemm": list(self.gemm), "skipped": dict(self.skipped),
+        return {"block": self.block, "rewritten": list(self.rewritten), "gemm": list(self.gemm), "patches": list(self.patches), "skipped": dict(self.skipped),
                 "notes": list(self.notes)}
 
 
@@ -429,7 +435,7 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
     except Exception as exc:  # an optimisation must never cost the user a working session
         if os.environ.get("ODEXPORT_DEBUG"):
             raise
-        report.model, report.rewritten, report.gemm = model, [], []
+        report.model, report.rewritten, report.gemm, report.patches = model, [], [], []
         report.notes.append(f"rewrite abandoned, the model runs as exported: {type(exc).__name__}: {exc}")
         return report
 
@@ -627,21 +633,27 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
     """Cost rule (measured, docs/performance.md "Attempts"): the form of one layer at ``batch``.
 
     ``"nchwc"``: per-sample kernel computed in the blocked layout + NCHWc Conv (large kernels in
-    cache-sized chunks);  ``"gemm"``: per-sample kernel @ attention-scaled patches (available to
-    callers, not chosen: chunked NCHWc measured better);  ``None``: keep the exported
-    (constant-weight) form.
+    cache-sized chunks);  ``"patches"``: attention-scaled patches gathered in the blocked layout +
+    one static 1x1 NCHWc Conv for the whole batch (:func:`_emit_blocked_patches`);  ``"gemm"``:
+    per-sample kernel @ scaled patches (available to callers, not chosen);  ``None``: keep the
+    exported (constant-weight) form.
 
     * K > 1 kernels: every exact form reads all K kernels per sample and the constant-weight ones
       (K-branch, patch) also do K x the arithmetic, so the per-sample kernel wins everywhere
       (OD-ResNet18 K=4, batch 1: 1.65x with chunked NCHWc on every layer, 1.94x with the gemm form
       on the last stage, 2.9x with the patch form there).
-    * One kernel: the patch form reads the kernel once, as the static twin does, while the
-      per-sample kernel costs passes over it: the NCHWc form wins only while the kernel is at most
-      ~16x the layer input (ResNet-18 stages 1-3, not stage 4: 1.18x vs 1.36x with NCHWc there).
+    * One kernel: the patch form reads the kernel once, as the static twin does, and scales
+      C*T*Ho*Wo patch numbers where the per-sample kernel scales O*C*T kernel numbers per sample:
+      patches where Ho*Wo <= O (ResNet-18 stages 3-4; OD-ResNet18 K=1 1.40x -> 1.28x at batch 1,
+      1.56x -> 1.39x at batch 8), the per-sample kernel on larger maps while the kernel is at most
+      ~16x the layer input, else the exported form.
     """
     kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:
         return "nchwc"
+    if (layer["layout"] == "dense" and layer["group"] == 1 and layer.get("bias") is None
+            and layer["Ho"] * layer["Wo"] <= layer["O"]):
+        return "patches"
     return "nchwc" if kernel <= 16 * layer["C"] * layer["H"] * layer["W"] else None
 
 
@@ -657,6 +669,7 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
     shapes = _shapes(work)
     inits = {t.name: t for t in work.graph.initializer}
     new_nodes, swaps = [], []
+    emitted_patches = 0
     for index, node in enumerate(work.graph.node):
         if node.domain != CUSTOM_DOMAIN:
             new_nodes.append(node)
@@ -669,6 +682,16 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
             continue
         form = policy(layer, batch)
         form = {True: "nchwc", False: None}.get(form, form)
+        if form == "patches" and layer["K"] == 1 and layer["layout"] == "dense" and layer["bias"] is None:
+            emitted, inits_new, layer_swaps = _emit_blocked_patches(node, layer, batch, block, f"odexport_l{index}")
+            new_nodes.extend(emitted)
+            work.graph.initializer.extend(inits_new)
+            for swap in layer_swaps:
+                swap.label = f"{label}#{swap.label}" + (f"#batch{batch}" if batch > 1 else "")
+            swaps.extend(layer_swaps)
+            report.patches.append(label if batch == 1 else f"{label}#batch{batch}")
+            emitted_patches += 1
+            continue
         if form == "gemm" and layer["group"] == 1:
             emitted, inits_new = _emit_patch_gemm(node, layer, batch, f"odexport_l{index}")
             new_nodes.extend(emitted)
@@ -688,15 +711,16 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
     del work.graph.node[:]
     work.graph.node.extend(new_nodes)
     if not swaps:
-        if report.gemm:
-            return ort_optimized(work, threads=1)
-        report.notes.append("no dynamic conv is cheaper with a runtime weight at this batch")
-        return None
-    optimized = _placeholder_pass(work, swaps, block, report, threads)
-    if optimized is None:
-        report.rewritten.clear()
-        return None
-    if KEEP_BLOCKED_LAYOUT:
+        if not (report.gemm or emitted_patches):
+            report.notes.append("no dynamic conv is cheaper with a runtime weight at this batch")
+            return None
+        optimized = ort_optimized(work, threads=1)
+    else:
+        optimized = _placeholder_pass(work, swaps, block, report, threads)
+        if optimized is None:
+            report.rewritten.clear()
+            return None
+    if KEEP_BLOCKED_LAYOUT or emitted_patches:  # the patch form relies on the pass to cancel its reorders
         removed = propagate_blocked_layout(optimized, block, shapes=shapes)
         if removed:
             report.notes.append(f"batch {batch}: {removed} layout reorders removed (layout-free nodes run on blocked tensors)")
@@ -1052,6 +1076,98 @@ def _emit_patch_gemm(node, layer: dict, batch: int, prefix: str):
     if batch > 1:
         nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
     return nodes, inits
+
+
+def _emit_blocked_patches(node, layer: dict, batch: int, block: int, prefix: str):
+    """``node`` (one kernel, group 1) as attention-scaled patches gathered in the blocked layout,
+    then one static 1x1 NCHWc Conv over them, for the whole batch at once::
+
+        x5 = blocked(x).view(N, C/b, H, W, b) * ca.view(N, C/b, 1, 1, b)
+        P  = gather(pad(x5), taps x output positions)    (N, C/b, T, Ho*Wo, b)   patch channel (c/b, t, c%b)
+        P  = P * sa.view(N, 1, T, 1, 1)
+        y  = Conv1x1(P.view(N, T*C, Ho, Wo), W')  * fa + static_bias,   W'[o, (c/b, t, c%b)] = W[o, c, t]
+
+    The same products as the convolution (``sum_c,t W[o,c,t] ca[c] sa[t] x[c, tap t]``), in another
+    order of summation.  Why: ``ca`` and ``sa`` scale the input and the patches (C*T*Ho*Wo numbers)
+    instead of a per-sample kernel (O*C*T), the kernel stays a constant that onnxruntime re-lays
+    once, and the batch is not split into samples.  The gather moves ``b`` contiguous floats per
+    index (one element per index is 16x slower); the patches are made blocked, so the
+    ``ReorderOutput`` emitted before the Conv cancels against the ``ReorderInput`` onnxruntime puts
+    after it (:func:`propagate_blocked_layout`).
+    """
+    from onnx import helper
+
+    a = layer["args"]
+    out_ch, channels, taps = layer["O"], layer["C"], layer["T"]
+    kw, height, width, ho, wo = layer["kw"], layer["H"], layer["W"], layer["Ho"], layer["Wo"]
+    attrs = layer["attrs"]
+    sh, sw = list(attrs.get("strides", [1, 1]))
+    dh, dw = list(attrs.get("dilations", [1, 1]))
+    top, left, bottom, right = list(attrs.get("pads", [0, 0, 0, 0]))
+    hp, wp = height + top + bottom, width + left + right
+    cb = channels // block
+    const = _LayerConstants(prefix)
+    shape, inits = const.shape, const.tensors
+    nodes = []
+
+    tap_rows, tap_cols = np.divmod(np.arange(taps), kw)
+    rows = np.arange(ho)[None, :, None] * sh + tap_rows[:, None, None] * dh
+    cols = np.arange(wo)[None, None, :] * sw + tap_cols[:, None, None] * dw
+    index = const("gather_index", (rows * wp + cols).reshape(-1).astype(np.int64))
+    weight = layer["weight"][0].reshape(out_ch, cb, block, taps).transpose(0, 1, 3, 2).reshape(out_ch, taps * channels, 1, 1)
+    kernel = const("patch_kernel", np.ascontiguousarray(weight, dtype=np.float32))
+
+    swaps = []
+
+    def channel_scale(source: str, scale: str, channels_: int, size: tuple, out: str, bias=None, tag=""):
+        """``source * scale.view(N, C, 1, 1) [+ bias]`` as a 1x1 depthwise NCHWc Conv whose weight is
+        the per-sample scale (the batch folded into the channels: a view in both layouts), so the
+        scale costs one pass, fused with the bias -- and with a following residual Add and Relu
+        where onnxruntime fuses them -- instead of broadcast Mul/Add nodes over 16-float runs."""
+        folded = batch * channels_
+        x_in = source
+        if batch > 1:
+            nodes.append(helper.make_node("Reshape", [source, shape(f"{tag}_fold", [1, folded, *size])], [f"{prefix}_{tag}_in"],
+                                          name=f"{BLOCKED_VIEW}{prefix}_{tag}_fold"))
+            x_in = f"{prefix}_{tag}_in"
+        conv_out = out if batch == 1 else f"{prefix}_{tag}_out"
+        inputs = [x_in, ""] + ([const(f"{tag}_bias", np.tile(bias, batch).astype(np.float32))] if bias is not None else [])
+        conv = helper.make_node("Conv", inputs, [conv_out], group=folded)
+        conv.input[1] = f"{prefix}_{tag}_placeholder_slot"
+        nodes.append(conv)
+        swaps.append(_Swap(conv_out, scale, (folded, 1, 1, 1), "depthwise", tag))
+        if batch > 1:
+            nodes.append(helper.make_node("Reshape", [conv_out, shape(f"{tag}_unfold", [batch, channels_, *size])], [out],
+                                          name=f"{BLOCKED_VIEW}{prefix}_{tag}_unfold"))
+
+    x_in = a["X"]
+    if a.get("channel"):
+        channel_scale(x_in, a["channel"], channels, (height, width), f"{prefix}_xc", tag="channel")
+        x_in = f"{prefix}_xc"
+    nodes.append(helper.make_node("ReorderInput", [x_in], [f"{prefix}_xb"], domain=NCHWC_DOMAIN, channels_last=0))
+    nodes.append(helper.make_node("Reshape", [f"{prefix}_xb", shape("x5_shape", [0, cb, 0, 0, block])], [f"{prefix}_x5"]))
+    current = f"{prefix}_x5"
+    if top or left or bottom or right:
+        nodes.append(helper.make_node("Pad", [current, shape("pads", [0, 0, top, left, 0, 0, 0, bottom, right, 0])], [f"{prefix}_xp"]))
+        current = f"{prefix}_xp"
+    nodes.append(helper.make_node("Reshape", [current, shape("flat_shape", [0, cb, hp * wp, block])], [f"{prefix}_xf"]))
+    nodes.append(helper.make_node("Gather", [f"{prefix}_xf", index], [f"{prefix}_g"], axis=2))
+    current = f"{prefix}_g"
+    if a.get("spatial"):
+        nodes.append(helper.make_node("Reshape", [current, shape("g5_shape", [0, cb, taps, ho * wo, block])], [f"{prefix}_g5"]))
+        nodes.append(helper.make_node("Reshape", [a["spatial"], shape("sa5_shape", [batch, 1, taps, 1, 1])], [f"{prefix}_sa5"]))
+        nodes.append(helper.make_node("Mul", [f"{prefix}_g5", f"{prefix}_sa5"], [f"{prefix}_gs"]))
+        current = f"{prefix}_gs"
+    nodes.append(helper.make_node("Reshape", [current, shape("p4_shape", [0, taps * channels, ho, wo])], [f"{prefix}_pb"]))
+    nodes.append(helper.make_node("ReorderOutput", [f"{prefix}_pb"], [f"{prefix}_p"], domain=NCHWC_DOMAIN,
+                                  channels=taps * channels, channels_last=0))
+    has_filter = bool(a.get("filter"))
+    bias = [a["static_bias"]] if a.get("static_bias") and not has_filter else []
+    conv_out = f"{prefix}_y" if has_filter else node.output[0]
+    nodes.append(helper.make_node("Conv", [f"{prefix}_p", kernel, *bias], [conv_out]))
+    if has_filter:
+        channel_scale(conv_out, a["filter"], out_ch, (ho, wo), node.output[0], bias=layer["static_bias"], tag="filter")
+    return nodes, inits, swaps
 
 
 def batch_switch(specialised: dict, general):

@@ -173,7 +173,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
             sizes = [b for b in sizes if b not in slower]
             report = rewrite(sizes)
     specialised = report.model
-    record = {**record, "batches": sizes, "source": source.name, "rewritten": len(report.rewritten), "gemm": len(report.gemm),
+    record = {**record, "batches": sizes, "source": source.name, "rewritten": len(report.kernel_convs), "patches": len(report.patches), "gemm": len(report.gemm),
               "kept": len(report.skipped), "speedup_vs_portable": {str(b): round(v, 3) for b, v in speedup.items()}}
     onnx.helper.set_model_props(specialised, {**{p.key: p.value for p in specialised.metadata_props}, **metadata,
                                               SPECIALISATION_KEY: json.dumps(record, sort_keys=True)})

@@ -229,6 +229,44 @@ def test_specialised_custom_form_is_exact_at_every_batch(arch, form):
             assert report.gemm
 
 
+class _PatchNet(nn.Module):
+    """One-kernel ODConvs on small maps (the patch form's domain): stride 1 and 2, a dilated 3x3,
+    residual adds and ReLUs after them (which onnxruntime fuses into the scale convs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = with_static_bias(ODConv2d(32, 32, 3, 1, 1, kernel_num=1))
+        self.c2 = with_static_bias(ODConv2d(32, 64, 3, 2, 1, kernel_num=1))
+        self.c3 = with_static_bias(ODConv2d(64, 64, 3, 1, 2, dilation=2, kernel_num=1))
+
+    def forward(self, x):
+        y = torch.relu(torch.relu(self.c1(x)) + x)
+        z = self.c2(y)
+        return torch.relu(self.c3(z) + z)
+
+
+def test_patch_form_is_exact_at_every_batch():
+    """Blocked patches + static 1x1 NCHWc Conv, ca/fa as per-sample depthwise NCHWc Convs with the
+    batch folded into the channels: equal to PyTorch at the specialised sizes (1, 2) and the
+    general branch (3)."""
+    from odexport.runtime.ort_optimize import nchwc_block_size, optimize_for_cpu
+
+    torch.manual_seed(0)
+    model = lively(_PatchNet().eval())
+    shape = (32, 6, 6)
+    specs = describe_layers(model, shape)
+    plans = [LayerPlan(s.name, "custom", "test", 0.0, "patch", s) for s in specs]
+    proto = build_onnx(model, plans, input_shape=shape, batch=None, opset=18, custom=True)
+    report = optimize_for_cpu(proto, policy=lambda layer, batch: "patches", batches=(1, 2))
+    for batch in (1, 2, 3):
+        x = torch.randn(batch, *shape)
+        assert_close(run_ort(report.model, x), torch_out(model, x), what=f"batch {batch}")
+    if nchwc_block_size() is not None:
+        assert len(report.patches) == 6, report.to_dict()  # 3 layers x 2 batch sizes
+        assert any("#filter" in label for label in report.rewritten), report.to_dict()
+        assert any("#channel#batch2" in label for label in report.rewritten), report.to_dict()
+
+
 def test_specialised_fixed_batch_model_has_no_switch():
     from odexport.runtime.ort_optimize import nchwc_block_size, optimize_for_cpu
 

@@ -55,7 +55,7 @@ def _specialise(source, output, batch_sizes, threads, check, measure, tolerance,
         f"written  {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB) from {result.source}",
         f"machine  onnxruntime {record['onnxruntime']}, NCHWc block {record['nchwc_block']}, {record['cpu']}",
         f"batches  {', '.join(map(str, record['batches']))} specialised; other sizes run the general graph",
-        f"layers   {record['rewritten']} per-sample NCHWc convs, {record['gemm']} per-sample GEMMs, "
+        f"layers   {record['rewritten']} per-sample NCHWc convs, {record.get('patches', 0)} blocked-patch convs, {record['gemm']} per-sample GEMMs, "
         f"{record['kept']} kept as exported (constant weights cheaper there)",
     ]
     if record.get("speedup_vs_portable"):
