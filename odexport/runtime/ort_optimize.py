@@ -477,7 +477,12 @@ def _optimize(model, report: RewriteReport, policy, batches, threads) -> Rewrite
 
 DEFAULT_BATCHES = (1,)
 ACTIVATION_SIDE_MIN_KERNEL = 256 * 1024  # elements of one per-sample kernel
-CHUNK_BYTES = 1 << 20  # per-sample kernels above this are made and used in output-channel chunks
+ACTIVATION_SIDE_RATIO = 4  # ... and this many times the activation the scale would otherwise multiply
+# Per-sample kernels above this many bytes are made and used in output-channel chunks (None: never).
+# Off: measured slower once ca/fa moved to depthwise convs (OD-ResNet18 K=4 batch 1 2.21x with 1 MiB
+# chunks, 2.04x whole; DY-ResNet18 2.04x -> 1.80x; K=4 batch 8 2.56x -> 2.14x): the convs over few
+# output channels lose more than the kernel staying in L2 saves.
+CHUNK_BYTES: int | None = None
 GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
 
@@ -881,7 +886,7 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     per_sample_kernel = out_ch * cg * taps
 
     def side(activation: int) -> str:
-        return "activation" if per_sample_kernel > max(ACTIVATION_SIDE_MIN_KERNEL, 4 * activation) else "kernel"
+        return "activation" if per_sample_kernel > max(ACTIVATION_SIDE_MIN_KERNEL, ACTIVATION_SIDE_RATIO * activation) else "kernel"
 
     placement = {"channel": side(channels * layer["H"] * layer["W"]), "filter": side(out_ch * layer["Ho"] * layer["Wo"])}
     xs = split(a["X"])
@@ -892,7 +897,7 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     # instead of bank + kernel written + kernel read); possible when no scale but sa (per tap,
     # the same for every chunk) is on the kernel.
     chunks = [(0, out_ch)]
-    if dense and not any(on_kernel.values()) and 4 * per_sample_kernel > CHUNK_BYTES:
+    if CHUNK_BYTES is not None and dense and not any(on_kernel.values()) and 4 * per_sample_kernel > CHUNK_BYTES:
         step = max(1, CHUNK_BYTES // (4 * channels * taps * block_of)) * block_of
         chunks = [(o, min(o + step, out_ch)) for o in range(0, out_ch, step)]
     per_block = channels * taps * block_of  # blocked bank elements per block of output channels
