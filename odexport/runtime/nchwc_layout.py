@@ -96,6 +96,32 @@ def _same_full_shape(names, shapes) -> bool:
     return all(k is not None and len(k) == 4 and None not in k for k in known) and all(k == known[0] for k in known)
 
 
+def bypass_pooled_reorders(model, block: int) -> int:
+    """Drop the ``ReorderOutput`` after a blocked global pooling (``(N, C, 1, 1)``, ``C`` a multiple
+    of the block): with one pixel the blocked order ``(n, c // b, c % b)`` is the NCHW order, so the
+    reorder is a copy.  Its consumers read the pooled tensor directly.  Returns the number dropped."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    rename, keep = {}, []
+    for node in graph.node:
+        source = producers.get(node.input[0]) if node.input else None
+        if (_reorder_output_channels(node, block) is not None and source is not None and source.domain == NCHWC_DOMAIN
+                and source.op_type in ("GlobalAveragePool", "GlobalMaxPool") and node.output[0] not in outputs):
+            rename[node.output[0]] = node.input[0]
+            continue
+        keep.append(node)
+    if not rename:
+        return 0
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
+
+
 def propagate_blocked_layout(model, block: int, shapes: dict | None = None) -> int:
     """Rewrite ``model``'s main graph in place (see the module docstring); returns the number of
     reorder nodes removed (0 when nothing was worth rewriting).

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .nchwc_layout import BLOCKED_VIEW, NCHWC_DOMAIN, propagate_blocked_layout
+from .nchwc_layout import BLOCKED_VIEW, NCHWC_DOMAIN, bypass_pooled_reorders, propagate_blocked_layout
 
 KEEP_BLOCKED_LAYOUT = True  # run :func:`propagate_blocked_layout` on each specialisation
 
@@ -726,7 +726,7 @@ def _specialise(model, batch: int, block: int, report: RewriteReport, policy, th
             report.rewritten.clear()
             return None
     if KEEP_BLOCKED_LAYOUT or emitted_patches:  # the patch form relies on the pass to cancel its reorders
-        removed = propagate_blocked_layout(optimized, block, shapes=shapes)
+        removed = propagate_blocked_layout(optimized, block, shapes=shapes) + bypass_pooled_reorders(optimized, block)
         if removed:
             report.notes.append(f"batch {batch}: {removed} layout reorders removed (layout-free nodes run on blocked tensors)")
     return optimized

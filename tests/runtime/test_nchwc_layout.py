@@ -162,3 +162,29 @@ def test_blocked_operands_of_different_shapes_are_not_combined():
         gate_mul = [n for n in rewritten.graph.node if n.op_type == "Mul" and any("gate" in i for i in n.input)]
         assert gate_mul and all(producers[i].op_type != "Reshape" for n in gate_mul for i in n.input if i in producers)
         np.testing.assert_array_equal(_run(rewritten, x), _run(optimized, x))
+
+
+def test_reorder_after_global_pooling_is_dropped_with_identical_results():
+    """(N, C, 1, 1) has the same memory order blocked and NCHW: the pooled vector feeds the
+    classifier without a reorder."""
+    from odexport.runtime.nchwc_layout import bypass_pooled_reorders
+
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc"], ["y"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((CHANNELS, CHANNELS, 3, 3)).astype(np.float32) * 0.1, "w"),
+             numpy_helper.from_array(rng.standard_normal((5, CHANNELS)).astype(np.float32), "fc")]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, CHANNELS, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), threads=1)
+    assert _reorders(optimized) >= 2  # ReorderInput before the conv, ReorderOutput after the pooling
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(optimized)
+    assert bypass_pooled_reorders(rewritten, BLOCK) == 1
+    assert _reorders(rewritten) == _reorders(optimized) - 1
+    x = rng.standard_normal((BATCH, CHANNELS, SIZE, SIZE)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x), _run(optimized, x))
