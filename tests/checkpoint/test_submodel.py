@@ -209,3 +209,19 @@ def test_plain_classification_checkpoints_are_not_taken_for_detectors(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.info.arch == "od_mobilenetv2_tiny" and "submodel" not in loaded.info.extras
     _assert_same_outputs(model, loaded.model)
+
+
+def test_onnx_export_of_a_detection_checkpoint_says_it_exported_the_backbone(tmp_path):
+    """`odexport onnx` is not silent about what loading chose: the notes are printed and in --json."""
+    import json
+
+    path = _save_mmdet(tmp_path / "det.pth", _detector_state(_backbone()))
+    out = tmp_path / "det.onnx"
+    shown = CliRunner().invoke(app, ["onnx", str(path), "-o", str(out), "--no-check"])
+    assert shown.exit_code == 0, shown.output
+    assert "note  detection checkpoint (mmdet 2.11.0): loaded the backbone" in shown.output
+    assert "class scores" in shown.output
+    data = CliRunner().invoke(app, ["onnx", str(path), "-o", str(out), "--no-check", "--json"])
+    assert data.exit_code == 0, data.output
+    notes = json.loads(data.stdout)["load_notes"]
+    assert notes[0].startswith("detection checkpoint") and len(notes) == 2

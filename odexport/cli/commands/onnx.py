@@ -138,13 +138,16 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         else:
             console.print(_plan_table(plans, target, batch))
         return
+    load_notes = list(info.warnings)
     if json_output:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "load_notes": load_notes})
         return
     if not quiet:
         console.print(_forms_summary(result.forms))
         if result.parity is not None:
             _print_parity(console, result.parity)
+        for note in load_notes:  # what loading chose or ignored (e.g. the backbone of a detector) is not silent
+            console.print(f"note  {note}", markup=False, highlight=False)
     console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
 
 
