@@ -1111,10 +1111,10 @@ def _emit_blocked_patches(node, layer: dict, batch: int, block: int, prefix: str
     """``node`` (one kernel, group 1) as attention-scaled patches gathered in the blocked layout,
     then one static 1x1 NCHWc Conv over them, for the whole batch at once::
 
-        x5 = blocked(x).view(N, C/b, H, W, b) * ca.view(N, C/b, 1, 1, b)
+        x5 = blocked(x * ca).view(N, C/b, H, W, b)        (x * ca: a per-sample depthwise conv, _channel_scale_conv)
         P  = gather(pad(x5), taps x output positions)    (N, C/b, T, Ho*Wo, b)   patch channel (c/b, t, c%b)
         P  = P * sa.view(N, 1, T, 1, 1)
-        y  = Conv1x1(P.view(N, T*C, Ho, Wo), W')  * fa + static_bias,   W'[o, (c/b, t, c%b)] = W[o, c, t]
+        y  = Conv1x1(P.view(N, T*C, Ho, Wo), W') * fa + static_bias      W'[o, (c/b, t, c%b)] = W[o, c, t]
 
     The same products as the convolution (``sum_c,t W[o,c,t] ca[c] sa[t] x[c, tap t]``), in another
     order of summation.  Why: ``ca`` and ``sa`` scale the input and the patches (C*T*Ho*Wo numbers)
