@@ -637,8 +637,9 @@ def _static_batch(model) -> int | None:
 def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
     """Cost rule (measured, docs/performance.md "Attempts"): the form of one layer at ``batch``.
 
-    ``"nchwc"``: per-sample kernel computed in the blocked layout + NCHWc Conv;  ``"patches"``: attention-scaled patches gathered in the blocked layout +
-    one static 1x1 NCHWc Conv for the whole batch (:func:`_emit_blocked_patches`);  ``"gemm"``:
+    ``"nchwc"``: per-sample kernel computed in the blocked layout + NCHWc Conv;  ``"patches"``:
+    attention-scaled patches gathered in the blocked layout + one static 1x1 NCHWc Conv for the
+    whole batch (:func:`_emit_blocked_patches`);  ``"gemm"``:
     per-sample kernel @ scaled patches (available to callers, not chosen);  ``None``: keep the
     exported (constant-weight) form.
 
