@@ -290,7 +290,8 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
     optimized = ort_optimized(probe, threads=1, disabled=WEIGHT_FOLDING_FUSIONS)
     graph = optimized.graph
     inits = {t.name: t for t in graph.initializer}
-    wired = {}  # number -> (conv node, source name, [nodes and initializers], swap)
+    wired = {}  # number -> (conv node, weight source, bias source, [nodes and initializers], swap)
+    refused = []  # NCHWc Convs holding a re-laid placeholder that could not be wired
     for node in graph.node:
         if not (node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits):
             continue
@@ -307,32 +308,48 @@ def _placeholder_pass(model, swaps: list[_Swap], block: int, report: RewriteRepo
         reordered_shape = [int(d) for d in inits[node.input[1]].dims]
         prefix = f"odexport_nchwc_w{number}"
         if layout is None or layout[1] != reordered_shape or int(np.count_nonzero(values)) != int(np.count_nonzero(layout[0] >= 0)):
-            report.skipped[swap.label] = "onnxruntime's re-laid weight does not match the probed layout"
+            refused.append(f"{swap.label}: onnxruntime's re-laid weight does not match the probed layout")
             continue
-        if swap.bias and (len(node.input) < 3 or node.input[2] not in inits or inits[node.input[2]].dims != [swap.shape[0]]):
-            report.skipped[swap.label] = "onnxruntime changed the bias of the placeholder Conv"
-            continue
+        bias_source, items = swap.bias, []
+        if swap.bias:
+            # onnxruntime pads the bias of a blocked Conv to whole blocks (O=24 -> 32 with 16-wide blocks)
+            bias_dims = list(inits[node.input[2]].dims) if len(node.input) > 2 and node.input[2] in inits else None
+            out_ch = swap.shape[0]
+            padded = bias_dims is not None and len(bias_dims) == 1 and out_ch < bias_dims[0] < out_ch + block and bias_dims[0] % block == 0
+            if not (bias_dims == [out_ch] or padded):
+                refused.append(f"{swap.label}: onnxruntime changed the bias of the placeholder Conv")
+                continue
+            if bias_dims[0] > swap.shape[0]:
+                pads = f"{prefix}_const_bias_pads"
+                items += [numpy_helper.from_array(np.array([0, bias_dims[0] - swap.shape[0]], np.int64), pads),
+                          helper.make_node("Pad", [swap.bias, pads], [f"{prefix}_bias"])]
+                bias_source = f"{prefix}_bias"
         perm = layout[0]
         if swap.layout == "plain":
-            source, items = _permute_runtime_weight(swap.weight, swap.shape, perm, reordered_shape, block, prefix)
+            source, weight_items = _permute_runtime_weight(swap.weight, swap.shape, perm, reordered_shape, block, prefix)
+            items += weight_items
         else:
             expected = _expected_permutation(swap.shape, swap.layout, block)
             if expected is None or not np.array_equal(perm, expected):
-                report.skipped[swap.label] = f"onnxruntime's blocked layout here is not the expected {swap.layout} layout"
+                refused.append(f"{swap.label}: onnxruntime's blocked layout here is not the expected {swap.layout} layout")
                 continue
             shape_name = f"{prefix}_const_shape"
-            items = [numpy_helper.from_array(np.array(reordered_shape, np.int64), shape_name),
-                     helper.make_node("Reshape", [swap.weight, shape_name], [f"{prefix}_out"])]
+            items += [numpy_helper.from_array(np.array(reordered_shape, np.int64), shape_name),
+                      helper.make_node("Reshape", [swap.weight, shape_name], [f"{prefix}_out"])]
             source = f"{prefix}_out"
-        wired[number] = (node, source, items, swap)
+        wired[number] = (node, source, bias_source, items, swap)
+    if refused:
+        # Such a Conv computes with the placeholder's numbers: nothing of this specialisation is kept.
+        report.notes.append("specialisation abandoned: " + "; ".join(refused))
+        return None
     if not wired:
         report.notes.append("onnxruntime did not turn any placeholder Conv into an NCHWc Conv")
         return None
     extra_inits, added = [], []
-    for node, source, items, swap in wired.values():
+    for node, source, bias_source, items, swap in wired.values():
         node.input[1] = source
-        if swap.bias:
-            node.input[2] = swap.bias
+        if bias_source:
+            node.input[2] = bias_source
         extra_inits.extend(i for i in items if isinstance(i, onnx.TensorProto))
         added.extend(i for i in items if isinstance(i, onnx.NodeProto))
         report.rewritten.append(swap.label)
