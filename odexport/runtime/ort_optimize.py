@@ -1159,7 +1159,7 @@ def _emit_blocked_patches(node, layer: dict, batch: int, block: int, prefix: str
     tap_rows, tap_cols = np.divmod(np.arange(taps), kw)
     rows = np.arange(ho)[None, :, None] * sh + tap_rows[:, None, None] * dh
     cols = np.arange(wo)[None, None, :] * sw + tap_cols[:, None, None] * dw
-    index = const("gather_index", (rows * wp + cols).reshape(-1).astype(np.int64))
+    index = (rows * wp + cols).reshape(-1).astype(np.int64)
     weight = layer["weight"][0].reshape(out_ch, cb, block, taps).transpose(0, 1, 3, 2).reshape(out_ch, taps * channels, 1, 1)
     kernel = const("patch_kernel", np.ascontiguousarray(weight, dtype=np.float32))
 
@@ -1172,12 +1172,14 @@ def _emit_blocked_patches(node, layer: dict, batch: int, block: int, prefix: str
     nodes.append(helper.make_node("ReorderInput", [x_in], [f"{prefix}_xb"], domain=NCHWC_DOMAIN, channels_last=0))
     nodes.append(helper.make_node("Reshape", [f"{prefix}_xb", shape("x5_shape", [0, cb, 0, 0, block])], [f"{prefix}_x5"]))
     current = f"{prefix}_x5"
-    if top or left or bottom or right:
-        nodes.append(helper.make_node("Pad", [current, shape("pads", [0, 0, top, left, 0, 0, 0, bottom, right, 0])], [f"{prefix}_xp"]))
-        current = f"{prefix}_xp"
-    nodes.append(helper.make_node("Reshape", [current, shape("flat_shape", [0, cb, hp * wp, block])], [f"{prefix}_xf"]))
-    nodes.append(helper.make_node("Gather", [f"{prefix}_xf", index], [f"{prefix}_g"], axis=2))
-    current = f"{prefix}_g"
+    identity = taps == 1 and (sh, sw) == (1, 1) and not (top or left or bottom or right)
+    if not identity:  # a 1x1 stride-1 conv's patches are its input: no gather
+        if top or left or bottom or right:
+            nodes.append(helper.make_node("Pad", [current, shape("pads", [0, 0, top, left, 0, 0, 0, bottom, right, 0])], [f"{prefix}_xp"]))
+            current = f"{prefix}_xp"
+        nodes.append(helper.make_node("Reshape", [current, shape("flat_shape", [0, cb, hp * wp, block])], [f"{prefix}_xf"]))
+        nodes.append(helper.make_node("Gather", [f"{prefix}_xf", const("gather_index", index)], [f"{prefix}_g"], axis=2))
+        current = f"{prefix}_g"
     if a.get("spatial"):
         nodes.append(helper.make_node("Reshape", [current, shape("g5_shape", [0, cb, taps, ho * wo, block])], [f"{prefix}_g5"]))
         nodes.append(helper.make_node("Reshape", [a["spatial"], shape("sa5_shape", [batch, 1, taps, 1, 1])], [f"{prefix}_sa5"]))

@@ -233,18 +233,19 @@ def test_specialised_custom_form_is_exact_at_every_batch(arch, form):
 
 class _PatchNet(nn.Module):
     """One-kernel ODConvs on small maps (the patch form's domain): stride 1 and 2, a dilated 3x3,
-    residual adds and ReLUs after them (which onnxruntime fuses into the scale convs)."""
+    a 1x1, residual adds and ReLUs after them (which onnxruntime fuses into the scale convs)."""
 
     def __init__(self):
         super().__init__()
         self.c1 = with_static_bias(ODConv2d(32, 32, 3, 1, 1, kernel_num=1))
         self.c2 = with_static_bias(ODConv2d(32, 64, 3, 2, 1, kernel_num=1))
         self.c3 = with_static_bias(ODConv2d(64, 64, 3, 1, 2, dilation=2, kernel_num=1))
+        self.c4 = with_static_bias(ODConv2d(64, 32, 1, kernel_num=1))  # 1x1: the patches are the input
 
     def forward(self, x):
         y = torch.relu(torch.relu(self.c1(x)) + x)
         z = self.c2(y)
-        return torch.relu(self.c3(z) + z)
+        return self.c4(torch.relu(self.c3(z) + z))
 
 
 def test_patch_form_is_exact_at_every_batch():
@@ -264,7 +265,7 @@ def test_patch_form_is_exact_at_every_batch():
         x = torch.randn(batch, *shape)
         assert_close(run_ort(report.model, x), torch_out(model, x), what=f"batch {batch}")
     if nchwc_block_size() is not None:
-        assert len(report.patches) == 6, report.to_dict()  # 3 layers x 2 batch sizes
+        assert len(report.patches) == 8, report.to_dict()  # 4 layers x 2 batch sizes
         assert any("#filter" in label for label in report.rewritten), report.to_dict()
         assert any("#channel#batch2" in label for label in report.rewritten), report.to_dict()
 
