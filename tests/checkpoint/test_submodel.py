@@ -225,3 +225,10 @@ def test_onnx_export_of_a_detection_checkpoint_says_it_exported_the_backbone(tmp
     assert data.exit_code == 0, data.output
     notes = json.loads(data.stdout)["load_notes"]
     assert notes[0].startswith("detection checkpoint") and len(notes) == 2
+
+
+def test_reparam_of_a_detection_checkpoint_says_it_took_the_backbone(tmp_path):
+    path = _save_mmdet(tmp_path / "det.pth", _detector_state(_backbone()))
+    shown = CliRunner().invoke(app, ["reparam", str(path), "-o", str(tmp_path / "deploy.pt")])
+    assert shown.exit_code == 0, shown.output
+    assert "note  detection checkpoint (mmdet 2.11.0): loaded the backbone" in shown.output

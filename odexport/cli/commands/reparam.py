@@ -95,8 +95,11 @@ def reparam(
         if json_output:
             from odexport.cli._common import print_json
 
-            print_json({"output": str(path), "source": str(loaded.info.path) if loaded.info.path else None, **report.to_dict(notes=explain)})
+            print_json({"output": str(path), "source": str(loaded.info.path) if loaded.info.path else None, **report.to_dict(notes=explain),
+                        "load_notes": list(loaded.info.warnings)})
             return
+        for note in loaded.info.warnings:  # what loading chose or ignored (e.g. a detector's parts) is not silent
+            console.print(f"note  {note}", markup=False, highlight=False)
         if explain:
             console.print(_explain_table(report))
         if report.freeze is not None:
