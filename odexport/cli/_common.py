@@ -60,6 +60,13 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def print_load_notes(console, info) -> None:
+    """One ``note`` line per thing loading chose or ignored (e.g. the backbone of a detection
+    checkpoint): commands that load a checkpoint never do so silently."""
+    for note in info.warnings:
+        console.print(f"note  {note}", markup=False, highlight=False)
+
+
 @contextlib.contextmanager
 def stages(quiet: bool = False) -> Iterator[Callable[[str], None]]:
     """Progress for long work: ``with stages() as stage: stage("load"); ...``.

@@ -61,7 +61,7 @@ def onnx_command(
 
 def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,
             json_output, quiet) -> None:
-    from odexport.cli._common import console, print_json, stages
+    from odexport.cli._common import console, print_json, print_load_notes, stages
     from odexport.cli._options import parse_input_shape
     from odexport.errors import ExportError, InputError, ParityError
     from odexport.export.forms import FORMS
@@ -146,8 +146,7 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         console.print(_forms_summary(result.forms))
         if result.parity is not None:
             _print_parity(console, result.parity)
-        for note in load_notes:  # what loading chose or ignored (e.g. the backbone of a detector) is not silent
-            console.print(f"note  {note}", markup=False, highlight=False)
+        print_load_notes(console, info)
     console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
 
 

@@ -49,7 +49,7 @@ def reparam(
 
     The five default passes preserve the outputs exactly (up to float rounding); --calibration with --freeze-below adds an approximate pass and reports the deviation it causes. Every other command (inspect, run, onnx, trt, check) accepts the deploy checkpoint.
     """
-    from odexport.cli._common import console, run_command, stages
+    from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
         from odexport.cli._options import parse_input_shape
@@ -98,8 +98,7 @@ def reparam(
             print_json({"output": str(path), "source": str(loaded.info.path) if loaded.info.path else None, **report.to_dict(notes=explain),
                         "load_notes": list(loaded.info.warnings)})
             return
-        for note in loaded.info.warnings:  # what loading chose or ignored (e.g. a detector's parts) is not silent
-            console.print(f"note  {note}", markup=False, highlight=False)
+        print_load_notes(console, loaded.info)
         if explain:
             console.print(_explain_table(report))
         if report.freeze is not None:
