@@ -493,8 +493,15 @@ def _optimize(model, report: RewriteReport, policy, batches, threads) -> Rewrite
 
 
 DEFAULT_BATCHES = (1,)
-ACTIVATION_SIDE_MIN_KERNEL = 256 * 1024  # elements of one per-sample kernel
-ACTIVATION_SIDE_RATIO = 4  # ... and this many times the activation the scale would otherwise multiply
+# ca / fa scale the activation instead of the kernel when the per-sample kernel has more than
+# this many elements ...
+ACTIVATION_SIDE_MIN_KERNEL = 4096
+# ... and more than this many times the elements of the activation the scale would multiply.
+# Measured (attempt 34, docs/performance.md): 1 -- scale whichever is smaller.  The kernel-side
+# Muls broadcast over 16-float runs (the blocked channel order) and ran at a few GB/s, while the
+# activation-side scale is one per-sample depthwise NCHWc Conv; OD-MobileNetV2-0.5 2.33x -> 2.08x,
+# the ResNet-18 variants unchanged.  (Before: 256 Ki elements and 4x.)
+ACTIVATION_SIDE_RATIO = 1
 # Per-sample kernels above this many bytes are made and used in output-channel chunks (None: never).
 # Off: measured slower once ca/fa moved to depthwise convs (OD-ResNet18 K=4 batch 1 2.21x with 1 MiB
 # chunks, 2.04x whole; DY-ResNet18 2.04x -> 1.80x; K=4 batch 8 2.56x -> 2.14x): the convs over few
@@ -897,15 +904,19 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         return outs
 
     # Where ca / fa go: on the kernel (one Mul by their small outer product), unless the kernel is
-    # large AND several times the activation they would otherwise scale -- on the activations they
-    # cost 2-4 extra nodes and stop onnxruntime fusing the Conv with its Add/activation, which on
-    # small layers costs more than a pass over the kernel.
+    # larger than the activation they would otherwise scale (ACTIVATION_SIDE_RATIO) and not tiny --
+    # on the activations they cost 2-4 extra nodes, which on the smallest layers costs more than a
+    # pass over the kernel.
     per_sample_kernel = out_ch * cg * taps
 
-    def side(activation: int) -> str:
-        return "activation" if per_sample_kernel > max(ACTIVATION_SIDE_MIN_KERNEL, ACTIVATION_SIDE_RATIO * activation) else "kernel"
+    def side(scaled_channels: int, activation: int) -> str:
+        # the activation-side scale is a depthwise NCHWc Conv: only over whole blocks of channels
+        # (onnxruntime pads others, and their blocked weight is not the depthwise layout wired)
+        if scaled_channels % block_of or per_sample_kernel <= max(ACTIVATION_SIDE_MIN_KERNEL, ACTIVATION_SIDE_RATIO * activation):
+            return "kernel"
+        return "activation"
 
-    placement = {"channel": side(channels * layer["H"] * layer["W"]), "filter": side(out_ch * layer["Ho"] * layer["Wo"])}
+    placement = {"channel": side(channels, channels * layer["H"] * layer["W"]), "filter": side(out_ch, out_ch * layer["Ho"] * layer["Wo"])}
     xs = split(a["X"])
     heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
     on_kernel = {h: bool(a.get(h)) and placement[h] == "kernel" for h in ("channel", "filter")}
