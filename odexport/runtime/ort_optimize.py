@@ -658,6 +658,9 @@ def _static_batch(model) -> int | None:
     return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
 
 
+PATCH_MAP_FRACTION = 4  # the patch form where PATCH_MAP_FRACTION * Ho * Wo <= O (prefer_runtime_weight)
+
+
 def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
     """Cost rule (measured, docs/performance.md "Attempts"): the form of one layer at ``batch``.
 
@@ -671,17 +674,19 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
       (K-branch, patch) also do K x the arithmetic, so the per-sample kernel wins everywhere
       (OD-ResNet18 K=4, batch 1: 1.65x with chunked NCHWc on every layer, 1.94x with the gemm form
       on the last stage, 2.9x with the patch form there).
-    * One kernel: the patch form reads the kernel once, as the static twin does, and scales
-      C*T*Ho*Wo patch numbers where the per-sample kernel scales O*C*T kernel numbers per sample:
-      patches where Ho*Wo <= O (ResNet-18 stages 3-4; OD-ResNet18 K=1 1.40x -> 1.28x at batch 1,
-      1.56x -> 1.39x at batch 8), the per-sample kernel on larger maps while the kernel is at most
-      ~16x the layer input, else the exported form.
+    * One kernel: the patch form reads the kernel once, as the static twin does, and gathers and
+      scales C*T*Ho*Wo patch numbers where the per-sample kernel scales O*C*T kernel numbers per
+      sample (only by ``sa`` once ``ca``/``fa`` went to the activations, ACTIVATION_SIDE_RATIO):
+      patches where 4*Ho*Wo <= O, i.e. the patches are at most a quarter of the kernel (ResNet-18
+      stage 4; OD-ResNet18 K=1 batch 1 1.285x -> 1.25x against Ho*Wo <= O, which also took
+      stage 3; batch 8 1.38x either way), the per-sample kernel on larger maps while the kernel
+      is at most ~16x the layer input, else the exported form.
     """
     kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:
         return "nchwc"
     if (layer["layout"] == "dense" and layer["group"] == 1 and layer.get("bias") is None
-            and layer["Ho"] * layer["Wo"] <= layer["O"]):
+            and PATCH_MAP_FRACTION * layer["Ho"] * layer["Wo"] <= layer["O"]):
         return "patches"
     return "nchwc" if kernel <= 16 * layer["C"] * layer["H"] * layer["W"] else None
 
