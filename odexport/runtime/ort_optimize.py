@@ -922,9 +922,19 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         return "activation"
 
     placement = {"channel": side(channels, channels * layer["H"] * layer["W"]), "filter": side(out_ch, out_ch * layer["Ho"] * layer["Wo"])}
-    xs = split(a["X"])
-    heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
     on_kernel = {h: bool(a.get(h)) and placement[h] == "kernel" for h in ("channel", "filter")}
+    # Activation-side scales of a batch run once, before the per-sample Split (ca) and after the
+    # Concat (fa), each as one depthwise conv over the batch folded into the channels: one node
+    # instead of one per sample, and onnxruntime fuses the residual Add and ReLU after it into
+    # that conv, as it does at batch 1 (OD-ResNet18 K=1 batch 8, attempt 36).
+    swaps, outs = [], []
+    x_source = a["X"]
+    if batch > 1 and a.get("channel") and not on_kernel["channel"]:
+        _channel_scale_conv(nodes, const, swaps, f"{prefix}_ca", a["X"], a["channel"], channels, batch, (layer["H"], layer["W"]),
+                            f"{prefix}_xs", tag="channel")
+        x_source = f"{prefix}_xs"
+    xs = split(x_source)
+    heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
     # A large dense kernel is made and consumed in output-channel chunks of <= CHUNK_BYTES, so each
     # chunk is still in the core's cache when its Conv reads it (one DRAM pass over the bank
     # instead of bank + kernel written + kernel read); possible when no scale but sa (per tap,
@@ -934,17 +944,16 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         step = max(1, CHUNK_BYTES // (4 * channels * taps * block_of)) * block_of
         chunks = [(o, min(o + step, out_ch)) for o in range(0, out_ch, step)]
     per_block = channels * taps * block_of  # blocked bank elements per block of output channels
-    swaps, outs = [], []
     for b in range(batch):
         tag = f"{prefix}_b{b}"
         x_in = xs[b]
-        if a.get("channel") and not on_kernel["channel"]:
+        if batch == 1 and a.get("channel") and not on_kernel["channel"]:
             _channel_scale_conv(nodes, const, swaps, f"{tag}_ca", x_in, heads["channel"][b], channels, 1, (layer["H"], layer["W"]),
                                 f"{tag}_xs", tag=f"channel.sample{b}")
             x_in = f"{tag}_xs"
         filter_after = bool(a.get("filter")) and not on_kernel["filter"]
         out = node.output[0] if batch == 1 else f"{tag}_y"
-        conv_out = f"{tag}_conv" if filter_after else out
+        conv_out = f"{tag}_conv" if filter_after and batch == 1 else out
         chunk_outs = []
         for c, (o0, o1) in enumerate(chunks):
             ctag = tag if len(chunks) == 1 else f"{tag}_c{c}"
@@ -1009,12 +1018,17 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
             chunk_outs.append(y)
         if len(chunks) > 1:
             nodes.append(helper.make_node("Concat", chunk_outs, [conv_out], axis=1))
-        if filter_after:
+        if filter_after and batch == 1:
             _channel_scale_conv(nodes, const, swaps, f"{tag}_fa", conv_out, heads["filter"][b], out_ch, 1, (layer["Ho"], layer["Wo"]),
                                 out, bias=layer["static_bias"], tag=f"filter.sample{b}")
         outs.append(out)
     if batch > 1:
-        nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
+        if filter_after:
+            nodes.append(helper.make_node("Concat", outs, [f"{prefix}_conv"], axis=0))
+            _channel_scale_conv(nodes, const, swaps, f"{prefix}_fa", f"{prefix}_conv", a["filter"], out_ch, batch, (layer["Ho"], layer["Wo"]),
+                                node.output[0], bias=layer["static_bias"], tag="filter")
+        else:
+            nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
     return nodes, inits, swaps
 
 
