@@ -10,22 +10,23 @@ from __future__ import annotations
 # -- checkpoints (checkpoint engineer) ----------------------------------------------------------
 
 def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None, trust_pickle: bool = False,
-                          factory=None, prefer_ema: bool = False):
+                          factory=None, prefer_ema: bool = False, submodel=None):
     """Checkpoint file -> :class:`odexport.checkpoint.LoadedModel` (``.model`` in eval mode, ``.info``).
 
     Reads safely (weights only unless ``trust_pickle``), detects the architecture from key names
     and shapes unless ``arch`` names it, or builds the user's own with ``factory``
     (``"module:function"``); also accepts deploy checkpoints written by ``odexport reparam``.
     Every dynamic layer runs at ``temperature`` (default 1.0, the trained network's value).
+    ``submodel`` picks the part of a composite (e.g. mmdet detector) checkpoint to load.
     """
     from odexport.checkpoint import load_checkpoint
 
     return load_checkpoint(path, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
-                           factory=factory, prefer_ema=prefer_ema)
+                           factory=factory, prefer_ema=prefer_ema, submodel=submodel)
 
 
 def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads=None, arch=None, temperature=None,
-                 trust_pickle: bool = False, factory=None):
+                 trust_pickle: bool = False, factory=None, submodel=None):
     """Run a checkpoint (or module, ONNX file, engine) on an input batch -> ``(outputs, runner facts)``.
 
     ``inputs``: an (N, C, H, W) array or a path to ``.npy``/``.npz``/``.pt``.  Checked before
@@ -44,7 +45,7 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     x = read_input_array(inputs) if isinstance(inputs, (str, os.PathLike)) else np.ascontiguousarray(inputs, dtype=np.float32)
     check_input_batch(x, None)
     kind = artifact_kind(artifact)
-    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory) if kind == "checkpoint" else {}
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel) if kind == "checkpoint" else {}
     if kind == "module" and temperature is not None:
         load["temperature"] = temperature
     # torch runs any H x W a CNN accepts: fix the runner's sample shape to this input's, after checking channels
@@ -87,7 +88,7 @@ def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=N
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
                  reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
                  arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None,
-                 noise_margin=None, stage=None):
+                 noise_margin=None, stage=None, submodel=None):
     """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
 
     Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
@@ -111,7 +112,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
-    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel)
     if artifact_kind(reference) not in ("checkpoint", "module"):
         raise InputError(f"the reference {reference} is not a checkpoint: the reference runs in PyTorch",
                          "pass the checkpoint the artifacts were made from first, then the artifacts to check")
@@ -165,7 +166,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
               threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
               trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None,
-              cpu_rewrite: bool = False, stage=None):
+              cpu_rewrite: bool = False, stage=None, submodel=None):
     """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
 
     Returns a :class:`odexport.report.BenchReport`.  Runners are made with onnxruntime spinning
@@ -183,7 +184,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     if baseline not in ("static-twin", "none"):
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
     stage = stage or (lambda _name: None)
-    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory)
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
     options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
                    cpu_batches=tuple(batch_sizes) if cpu_rewrite else None)

@@ -18,7 +18,7 @@ convention (``backbone.`` next to ``decode_head.`` or ``neck.``/``head.``).
 and under which dynamic-convolution layers live.  Exactly one such prefix: its keys, with the
 prefix removed, are the weights (architecture detection then runs as for any checkpoint) and every
 other key is ignored and reported by part (``neck``, ``rpn_head``, ...).  More than one: nothing
-is guessed; the error lists them and names the ``submodel`` argument.  ``submodel="backbone"``
+is guessed; the error lists them and names the ``submodel`` argument (``--submodel`` on the command line).  ``submodel="backbone"``
 picks a prefix explicitly and ``submodel=""`` keeps the whole file.
 
 **The backbone's classifier.** A detector neither runs nor trains its backbone's ``fc``: in an
@@ -157,7 +157,8 @@ def find_submodel(state_dict: Mapping[str, Any], *, submodel: str | None = None,
             tops = sorted({k.split(".")[0] for k in state_dict if "." in k})
             raise CheckpointError(
                 f"no key of the checkpoint starts with '{prefix}' (its top-level parts: {', '.join(tops[:8]) or 'none'})",
-                "pass one of those parts as the sub-model (e.g. submodel='backbone'), or submodel='' for the whole file",
+                "pass one of those parts with --submodel (e.g. --submodel backbone; submodel='backbone' in the library), "
+                "or --submodel '' for the whole file",
             )
         explicit = True
     else:
@@ -169,7 +170,7 @@ def find_submodel(state_dict: Mapping[str, Any], *, submodel: str | None = None,
             raise CheckpointError(
                 f"the checkpoint holds {len(found)} sub-models with dynamic-convolution layers ({shown}); "
                 "odexport exports one network and does not guess which",
-                f"pick one with submodel='{found[0].rstrip('.')}' (odexport.checkpoint.load_checkpoint), "
+                f"pick one with --submodel {found[0].rstrip('.')} (submodel='{found[0].rstrip('.')}' in odexport.checkpoint.load_checkpoint), "
                 "or save that part's state_dict on its own",
             )
         prefix, explicit = found[0], False

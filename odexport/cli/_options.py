@@ -55,6 +55,16 @@ TrustPickleOption = Annotated[
     ),
 ]
 
+SubmodelOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--submodel",
+        help="The part of a composite checkpoint to load (a detector's 'backbone', 'student.backbone', ...). "
+        "Found by itself when exactly one part holds dynamic convolutions; '' loads the whole file.",
+        show_default=False,
+    ),
+]
+
 FactoryOption = Annotated[
     Optional[str],
     typer.Option(

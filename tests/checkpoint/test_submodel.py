@@ -168,7 +168,7 @@ def test_two_backbones_are_ambiguous_until_one_is_named(tmp_path):
     message = str(caught.value)
     assert "\n" not in message
     assert "2 sub-models with dynamic-convolution layers ('student.backbone.', 'teacher.backbone.')" in message
-    assert "submodel='student.backbone'" in message
+    assert "submodel='student.backbone'" in message and "--submodel student.backbone" in message
 
     loaded = load_checkpoint(path, submodel="teacher.backbone")
     assert loaded.info.extras["submodel"]["explicit"] is True
@@ -232,3 +232,37 @@ def test_reparam_of_a_detection_checkpoint_says_it_took_the_backbone(tmp_path):
     shown = CliRunner().invoke(app, ["reparam", str(path), "-o", str(tmp_path / "deploy.pt")])
     assert shown.exit_code == 0, shown.output
     assert "note  detection checkpoint (mmdet 2.11.0): loaded the backbone" in shown.output
+
+
+def test_submodel_option_picks_the_part_on_the_command_line(tmp_path):
+    """`--submodel` (the fix the ambiguity error names) reaches every command that loads a checkpoint:
+    the exported teacher runs like the teacher built here, and `check` gates it against the file."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    student, teacher = _backbone(seed=0), _backbone(seed=1)
+    state = {**_detector_state(student, prefix="student.backbone."), **_detector_state(teacher, prefix="teacher.backbone.")}
+    path = _save_mmdet(tmp_path / "distill.pth", state)
+    refused = CliRunner().invoke(app, ["onnx", str(path), "-o", str(tmp_path / "x.onnx"), "--no-check"])
+    assert refused.exit_code == 1 and "--submodel student.backbone" in refused.output
+    assert not (tmp_path / "x.onnx").exists()
+
+    shown = CliRunner().invoke(app, ["inspect", str(path), "--submodel", "teacher.backbone", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["arch"] == ARCH
+
+    out = tmp_path / "teacher.onnx"
+    made = CliRunner().invoke(app, ["onnx", str(path), "--submodel", "teacher.backbone", "-o", str(out), "--no-check"])
+    assert made.exit_code == 0, made.output
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        expected = teacher(x).numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+    gate = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "teacher.backbone", "--samples", "2"])
+    assert gate.exit_code == 0, gate.output
+    wrong = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "student.backbone", "--samples", "2"])
+    assert wrong.exit_code == 2, wrong.output

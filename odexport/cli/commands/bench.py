@@ -12,6 +12,7 @@ from odexport.cli._options import (
     InputShapeOption,
     JsonOption,
     QuietOption,
+    SubmodelOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -40,6 +41,7 @@ def bench(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Latency p50/p90/p99 and throughput of each ARTIFACT, with the ratio to its static twin.
@@ -63,7 +65,7 @@ def bench(
             report = benchmark(
                 artifacts, backend=backend, device=device, batch_sizes=parse_batch_sizes(batch_sizes), warmup=warmup,
                 iterations=iters, threads=threads, baseline=baseline, input_shape=shape, arch=arch, reference=reference,
-                temperature=temperature, trust_pickle=trust_pickle, factory=factory, dtype=dtype, cuda_graphs=cuda_graphs,
+                temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
                 max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage,
             )
         if plot:

@@ -12,6 +12,7 @@ from odexport.cli._options import (
     InputShapeOption,
     JsonOption,
     QuietOption,
+    SubmodelOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -62,6 +63,7 @@ def check(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and onnxruntime.", min=1, show_default=False)] = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -93,7 +95,7 @@ def check(
             report = check_parity(
                 reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
                 reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
-                temperature=temperature, trust_pickle=trust_pickle, factory=factory, threads=threads,
+                temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, threads=threads,
                 noise_margin=noise_margin, stage=stage,
             )
         if junit:

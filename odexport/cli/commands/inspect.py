@@ -13,6 +13,7 @@ from odexport.cli._options import (
     JsonOption,
     KernelNumOption,
     QuietOption,
+    SubmodelOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -31,6 +32,7 @@ def inspect(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     input_shape: InputShapeOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -50,7 +52,7 @@ def inspect(
         with stages(quiet or json_output) as stage:
             stage(f"load {source}")
             loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                trust_pickle=trust_pickle, factory=factory, materialize=False)
+                                trust_pickle=trust_pickle, factory=factory, submodel=submodel, materialize=False)
             shape = shape or loaded.info.input_shape or (3, 224, 224)
             stage(f"count parameters and MACs at {'x'.join(map(str, shape))}")
             analysis = analyse_model(loaded.model, shape)

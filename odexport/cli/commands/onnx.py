@@ -14,6 +14,7 @@ from odexport.cli._options import (
     JsonOption,
     KernelNumOption,
     QuietOption,
+    SubmodelOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -45,6 +46,7 @@ def onnx_command(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -56,7 +58,7 @@ def onnx_command(
 
     run_command(lambda: _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check,
                                 target, plan, dict(arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                                   trust_pickle=trust_pickle, factory=factory), json_output, quiet))
+                                                   trust_pickle=trust_pickle, factory=factory, submodel=submodel), json_output, quiet))
 
 
 def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,

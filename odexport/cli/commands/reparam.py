@@ -13,6 +13,7 @@ from odexport.cli._options import (
     JsonOption,
     KernelNumOption,
     QuietOption,
+    SubmodelOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -42,6 +43,7 @@ def reparam(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -67,7 +69,7 @@ def reparam(
         with stages(quiet or json_output) as stage:
             stage(f"load {checkpoint}")
             loaded = model_from_checkpoint(checkpoint, arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                           trust_pickle=trust_pickle, factory=factory)
+                                           trust_pickle=trust_pickle, factory=factory, submodel=submodel)
             shape = parse_input_shape(input_shape) if input_shape else loaded.info.input_shape
             calib = None
             if calibration is not None:

@@ -6,7 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from odexport.cli._options import ArchOption, FactoryOption, QuietOption, TemperatureOption, TrustPickleOption
+from odexport.cli._options import (
+    ArchOption,
+    FactoryOption,
+    QuietOption,
+    SubmodelOption,
+    TemperatureOption,
+    TrustPickleOption,
+)
 from odexport.cli.app import app
 
 
@@ -19,6 +26,7 @@ def run(
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend: torch (checkpoints), onnxruntime (.onnx), tensorrt (engines). Default: the artifact's own.", show_default=False)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object describing the run on stdout.")] = False,
     quiet: QuietOption = False,
@@ -45,7 +53,7 @@ def run(
         with stages(quiet or json_output) as stage:
             stage(f"load {artifact} and run {input}")
             result = run_artifact(artifact, input, backend=backend, arch=arch, temperature=temperature,
-                                  trust_pickle=trust_pickle, factory=factory)
+                                  trust_pickle=trust_pickle, factory=factory, submodel=submodel)
             stage(f"save {target}")
             save_array_atomic(target, result["outputs"])
         info = result["info"]

@@ -13,6 +13,7 @@ from odexport.cli._options import (
     InputShapeOption,
     KernelNumOption,
     QuietOption,
+    SubmodelOption,
     TemperatureOption,
     TrustPickleOption,
 )
@@ -44,6 +45,7 @@ def trt(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     factory: FactoryOption = None,
+    submodel: SubmodelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show TensorRT's own log.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object (the build report and sidecar) on stdout.")] = False,
     quiet: QuietOption = False,
@@ -58,7 +60,7 @@ def trt(
     run_command(lambda: _build(
         source, output, fp16, min_batch, opt_batch, max_batch, profile, workspace, opt_level, timing_cache, plugin,
         input_shape, tf32, form, save_onnx, dict(arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                                 trust_pickle=trust_pickle, factory=factory),
+                                                 trust_pickle=trust_pickle, factory=factory, submodel=submodel),
         verbose, json_output, quiet,
     ))
 
@@ -147,7 +149,8 @@ def _fixed_batch(profiles) -> int | None:
 
 def _load_args(load: dict, form: str, shape=None) -> tuple[str, ...]:
     args = []
-    for key, flag in (("arch", "--arch"), ("kernel_num", "--kernel-num"), ("temperature", "--temperature"), ("factory", "--factory")):
+    for key, flag in (("arch", "--arch"), ("kernel_num", "--kernel-num"), ("temperature", "--temperature"), ("factory", "--factory"),
+                      ("submodel", "--submodel")):
         if load.get(key) is not None:
             args += [flag, str(load[key])]
     if load.get("trust_pickle"):
