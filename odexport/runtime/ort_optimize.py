@@ -497,7 +497,7 @@ DEFAULT_BATCHES = (1,)
 # this many elements ...
 ACTIVATION_SIDE_MIN_KERNEL = 4096
 # ... and more than this many times the elements of the activation the scale would multiply.
-# Measured (attempt 34, docs/performance.md): 1 -- scale whichever is smaller.  The kernel-side
+# Measured (attempt 35, docs/performance.md): 1 -- scale whichever is smaller.  The kernel-side
 # Muls broadcast over 16-float runs (the blocked channel order) and ran at a few GB/s, while the
 # activation-side scale is one per-sample depthwise NCHWc Conv; OD-MobileNetV2-0.5 2.33x -> 2.08x,
 # the ResNet-18 variants unchanged.  (Before: 256 Ki elements and 4x.)
@@ -926,7 +926,7 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     # Activation-side scales of a batch run once, before the per-sample Split (ca) and after the
     # Concat (fa), each as one depthwise conv over the batch folded into the channels: one node
     # instead of one per sample, and onnxruntime fuses the residual Add and ReLU after it into
-    # that conv, as it does at batch 1 (OD-ResNet18 K=1 batch 8, attempt 36).
+    # that conv, as it does at batch 1 (docs/performance.md, attempt 37).
     swaps, outs = [], []
     x_source = a["X"]
     if batch > 1 and a.get("channel") and not on_kernel["channel"]:
@@ -934,7 +934,9 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
                             f"{prefix}_xs", tag="channel")
         x_source = f"{prefix}_xs"
     xs = split(x_source)
-    heads = {h: split(a.get(h, "")) for h in ("channel", "filter", "spatial", "kernel")}
+    # per-sample heads (an activation-side ca / fa of a batch is used whole, above and below)
+    heads = {h: split(a.get(h, "") if batch == 1 or h in ("spatial", "kernel") or on_kernel[h] else "")
+             for h in ("channel", "filter", "spatial", "kernel")}
     # A large dense kernel is made and consumed in output-channel chunks of <= CHUNK_BYTES, so each
     # chunk is still in the core's cache when its Conv reads it (one DRAM pass over the bank
     # instead of bank + kernel written + kernel read); possible when no scale but sa (per tap,
