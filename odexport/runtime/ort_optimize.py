@@ -219,6 +219,11 @@ class _Swap:
     bias: str | None = None  # a runtime bias (O,), swapped in like the weight (NCHWc needs a constant one to form)
 
 
+# weight_layout's probe values (flat index + 1, float32) are exact below 2**24: larger weights
+# cannot be probed, so no form may hand onnxruntime one.
+PROBE_EXACT_WEIGHT = 2 ** 24
+
+
 def weight_layout(out_ch: int, in_per_group: int, kh: int, kw: int, group: int = 1, attrs: dict | None = None):
     """How onnxruntime re-lays a constant Conv weight ``(O, C/g, kh, kw)`` on this machine:
     ``(perm, blocked shape)`` with ``blocked.flat[j] = W.flat[perm[j]]`` (-1: zero padding), or
@@ -507,6 +512,8 @@ ACTIVATION_SIDE_RATIO = 1
 # chunks, 2.04x whole; DY-ResNet18 2.04x -> 1.80x; K=4 batch 8 2.56x -> 2.14x): the convs over few
 # output channels lose more than the kernel staying in L2 saves.
 CHUNK_BYTES: int | None = None
+# A batch specialisation's per-sample kernels as one grouped Conv (_grouped_batch) where it can.
+GROUPED_BATCH = True
 GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
 
@@ -933,6 +940,11 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         _channel_scale_conv(nodes, const, swaps, f"{prefix}_ca", a["X"], a["channel"], channels, batch, (layer["H"], layer["W"]),
                             f"{prefix}_xs", tag="channel")
         x_source = f"{prefix}_xs"
+    if (batch > 1 and GROUPED_BATCH and dense and layer["bias"] is None and not any(on_kernel.values())
+            and (k_all == 1 or a.get("kernel")) and batch * per_sample_kernel < PROBE_EXACT_WEIGHT
+            and (CHUNK_BYTES is None or 4 * per_sample_kernel <= CHUNK_BYTES)):
+        _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape)
+        return nodes, inits, swaps
     xs = split(x_source)
     # per-sample heads (an activation-side ca / fa of a batch is used whole, above and below)
     heads = {h: split(a.get(h, "") if batch == 1 or h in ("spatial", "kernel") or on_kernel[h] else "")
@@ -1032,6 +1044,57 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         else:
             nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=0))
     return nodes, inits, swaps
+
+
+def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape):
+    """Append a batch's per-sample kernels as ONE grouped NCHWc Conv (the reference code's batch
+    folded into the groups, here on onnxruntime's blocked tensors)::
+
+        W_all = (ka @ bank).view(N, O/b, C/b, T, b, b) * sa.view(N, 1, 1, T, 1, 1)   (K = 1: bank * sa)
+        y     = Conv(x.view(1, N*C, H, W), W_all.view(N*O/b, C/b, T, b, b), group=N).view(N, O, Ho, Wo)
+
+    Sample n's kernel is group n's: the blocked filter order of a grouped Conv is that of the
+    stacked ``(N*O, C, kh, kw)`` weight, output channels outermost, so the stacked blocked kernels
+    are it.  Both views are free in the blocked layout (``BLOCKED_VIEW``), so there is no
+    per-sample ``Split`` / ``Concat`` copy and one Conv node instead of N.  Only with ca / fa off
+    the kernel (on the activations, or absent) and no dynamic bias; ``fa`` follows over the batch."""
+    from onnx import helper
+
+    a = layer["args"]
+    k_all, out_ch, channels = layer["K"], layer["O"], layer["C"]
+    stacked_shape = const.shape("stacked_shape", [batch] + kernel_shape)
+    if k_all > 1:
+        nodes.append(helper.make_node("MatMul", [a["kernel"], const("bank", bank)], [f"{prefix}_mixed"]))
+        nodes.append(helper.make_node("Reshape", [f"{prefix}_mixed", stacked_shape], [f"{prefix}_w0"]))
+        current = f"{prefix}_w0"
+    else:
+        current = const("kernel1", bank[0].reshape([1] + kernel_shape))
+    if a.get("spatial"):
+        sa_all = const.shape("sa_all_shape", [batch] + sa_shape)
+        nodes.append(helper.make_node("Reshape", [a["spatial"], sa_all], [f"{prefix}_sa_all"]))
+        nodes.append(helper.make_node("Mul", [current, f"{prefix}_sa_all"], [f"{prefix}_w2"]))
+        current = f"{prefix}_w2"
+    elif k_all == 1:
+        nodes.append(helper.make_node("Tile", [current, const.shape("tile_batch", [batch] + [1] * len(kernel_shape))], [f"{prefix}_w2"]))
+        current = f"{prefix}_w2"
+    filter_after = bool(a.get("filter"))
+    height, width, ho, wo = layer["H"], layer["W"], layer["Ho"], layer["Wo"]
+    nodes.append(helper.make_node("Reshape", [x_source, const.shape("fold_x", [1, batch * channels, height, width])], [f"{prefix}_xf"],
+                                  name=f"{BLOCKED_VIEW}{prefix}_fold_x"))
+    bias = []
+    if not filter_after and layer["static_bias"] is not None:
+        bias = [const("sbias_all", np.tile(layer["static_bias"], batch).astype(np.float32))]
+    attrs = {**layer["attrs"], "group": batch}
+    conv = helper.make_node("Conv", [f"{prefix}_xf", "", *bias], [f"{prefix}_yf"], **attrs)
+    conv.input[1] = f"{prefix}_placeholder_slot"
+    nodes.append(conv)
+    swaps.append(_Swap(f"{prefix}_yf", current, (batch * out_ch, channels, layer["kh"], layer["kw"]), "dense", "batch"))
+    y = f"{prefix}_y" if filter_after else node.output[0]
+    nodes.append(helper.make_node("Reshape", [f"{prefix}_yf", const.shape("unfold_y", [batch, out_ch, ho, wo])], [y],
+                                  name=f"{BLOCKED_VIEW}{prefix}_unfold_y"))
+    if filter_after:
+        _channel_scale_conv(nodes, const, swaps, f"{prefix}_fa", y, a["filter"], out_ch, batch, (ho, wo), node.output[0],
+                            bias=layer["static_bias"], tag="filter")
 
 
 def _emit_patch_gemm(node, layer: dict, batch: int, prefix: str):

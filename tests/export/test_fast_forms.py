@@ -284,7 +284,8 @@ def test_specialised_fixed_batch_model_has_no_switch():
 
 def test_attentions_on_activations_where_the_kernel_is_large(monkeypatch):
     """ca on x and fa on y (not on the kernel) when the kernel dwarfs the activations; in a batch
-    specialisation once for the whole batch (before the per-sample Split, after the Concat)."""
+    specialisation once for the whole batch, around one grouped Conv of the per-sample kernels --
+    or, where the stacked kernels are too large to probe, per-sample Convs between Split and Concat."""
     from odexport.runtime import ort_optimize
 
     monkeypatch.setattr(ort_optimize, "ACTIVATION_SIDE_MIN_KERNEL", 0)
@@ -293,14 +294,16 @@ def test_attentions_on_activations_where_the_kernel_is_large(monkeypatch):
     shape = (32, 2, 2)
     spec = describe_layers(model, shape)[0]
     proto = build_onnx(model, [LayerPlan(spec.name, "custom", "test", 0.0, "patch", spec)], input_shape=shape, batch=None, opset=18, custom=True)
-    report = ort_optimize.optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 2))
-    for batch in (1, 2, 3):
-        x = torch.randn(batch, *shape)
-        assert_close(run_ort(report.model, x), torch_out(model, x), what=f"batch {batch}")
-    if ort_optimize.nchwc_block_size() is not None:
-        wired = set(report.rewritten)
-        assert {"0#channel.sample0", "0#filter.sample0"} <= wired, report.to_dict()
-        assert {"0#channel", "0#filter", "0#sample1"} <= wired, report.to_dict()  # batch 2: once, per-sample kernels
+    for probe_limit, batch_kernels in ((ort_optimize.PROBE_EXACT_WEIGHT, {"0#batch"}), (1, {"0#sample0", "0#sample1"})):
+        monkeypatch.setattr(ort_optimize, "PROBE_EXACT_WEIGHT", probe_limit)
+        report = ort_optimize.optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 2))
+        for batch in (1, 2, 3):
+            x = torch.randn(batch, *shape)
+            assert_close(run_ort(report.model, x), torch_out(model, x), what=f"batch {batch}, probe limit {probe_limit}")
+        if ort_optimize.nchwc_block_size() is not None:
+            wired = set(report.rewritten)
+            assert {"0#channel.sample0", "0#filter.sample0"} <= wired, report.to_dict()
+            assert {"0#channel", "0#filter"} | batch_kernels <= wired, report.to_dict()  # batch 2: the scales once
 
 
 def test_pooled_attention_simplification_is_exact():
