@@ -868,7 +868,10 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
 
     ``ca`` folds into the kernel because ``conv(x*ca, W) = conv(x, W*ca)``, ``fa`` because the output
     scale commutes with the sum; each scale is shaped to broadcast over 256- (dense) or 16-float
-    (depthwise) contiguous runs.
+    (depthwise) contiguous runs.  Where the kernel is larger than the activation, ``ca`` / ``fa``
+    scale the activations instead (:func:`_channel_scale_conv`).  At a batch > 1 a dense layer
+    whose kernels carry only ``ka`` / ``sa`` runs all samples as one grouped Conv
+    (:func:`_grouped_batch`); otherwise the samples are split and concatenated.
     """
     from onnx import helper
 
