@@ -158,7 +158,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     named = isinstance(reference, (str, os.PathLike))
     described = {"artifact": os.fspath(reference) if named else type(reference).__name__, "backend": ref.backend, "dtype": reference_dtype,
                  "arch": getattr(info, "arch", None), "sha256": getattr(info, "sha256", None),
-                 "temperature": getattr(info, "temperature", None), "rounding_noise": noise}
+                 "temperature": getattr(info, "temperature", None), "rounding_noise": noise,
+                 "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin)
 

@@ -264,5 +264,8 @@ def test_submodel_option_picks_the_part_on_the_command_line(tmp_path):
 
     gate = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "teacher.backbone", "--samples", "2"])
     assert gate.exit_code == 0, gate.output
+    assert "note  detection checkpoint (mmdet 2.11.0): loaded the backbone (256 keys under 'teacher.backbone.')" in gate.output
+    data = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "teacher.backbone", "--samples", "2", "--json"])
+    assert data.exit_code == 0 and json.loads(data.stdout)["reference"]["load_notes"][0].startswith("detection checkpoint")
     wrong = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "student.backbone", "--samples", "2"])
     assert wrong.exit_code == 2, wrong.output

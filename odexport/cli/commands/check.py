@@ -107,6 +107,8 @@ def check(
 
             print_json(report.to_dict())
         else:
+            for note in report.reference.get("load_notes") or []:  # what loading the reference chose
+                console.print(f"note  {note}", markup=False, highlight=False)
             wide_console().print(parity_table(report))
             noise = report.reference.get("rounding_noise") or {}
             if noise:
