@@ -262,6 +262,12 @@ def test_submodel_option_picks_the_part_on_the_command_line(tmp_path):
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
+    np.save(tmp_path / "x.npy", x.numpy())
+    ran = CliRunner().invoke(app, ["run", str(path), "--submodel", "teacher.backbone", "-i", str(tmp_path / "x.npy"),
+                                   "-o", str(tmp_path / "y.npy")])
+    assert ran.exit_code == 0 and "loaded the backbone (256 keys under 'teacher.backbone.')" in ran.output, ran.output
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() <= 1e-5 * np.abs(expected).max()
+
     gate = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "teacher.backbone", "--samples", "2"])
     assert gate.exit_code == 0, gate.output
     assert "note  detection checkpoint (mmdet 2.11.0): loaded the backbone (256 keys under 'teacher.backbone.')" in gate.output

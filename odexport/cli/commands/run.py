@@ -36,7 +36,7 @@ def run(
     A checkpoint's architecture is detected from its keys (or --arch / --factory); every dynamic
     layer runs at --temperature (default 1.0, the value of a trained network).
     """
-    from odexport.cli._common import console, print_json, run_command, stages
+    from odexport.cli._common import console, print_json, print_load_notes, run_command, stages
 
     def action() -> None:
         from pathlib import Path
@@ -63,8 +63,11 @@ def run(
                 "artifact": artifact, "output_file": str(target), "backend": result["backend"], "input_shape": list(result["input_shape"]),
                 "outputs": shapes, "arch": getattr(info, "arch", None), "layout": getattr(info, "layout", None),
                 "temperature": getattr(info, "temperature", None), "sha256": getattr(info, "sha256", None),
+                "load_notes": list(info.warnings) if info is not None else [],
             })
             return
+        if info is not None:
+            print_load_notes(console, info)
         described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
         what = f"{info.arch} ({info.layout}), temperature {info.temperature}" if info is not None else Path(artifact).name
         console.print(f"wrote {target}: {described} float32 -- {what}, backend {result['backend']}", markup=False, highlight=False)
