@@ -60,10 +60,10 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def print_load_notes(console, info) -> None:
-    """One ``note`` line per thing loading chose or ignored (e.g. the backbone of a detection
-    checkpoint): commands that load a checkpoint never do so silently."""
-    for note in info.warnings:
+def print_load_notes(console, notes) -> None:
+    """One ``note`` line per thing loading chose or ignored (``CheckpointInfo.warnings``, e.g. the
+    backbone of a detection checkpoint): commands that load a checkpoint never do so silently."""
+    for note in notes:
         console.print(f"note  {note}", markup=False, highlight=False)
 
 

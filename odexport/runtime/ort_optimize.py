@@ -1065,8 +1065,8 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
 
     a = layer["args"]
     k_all, out_ch, channels = layer["K"], layer["O"], layer["C"]
-    stacked_shape = const.shape("stacked_shape", [batch] + kernel_shape)
     if k_all > 1:
+        stacked_shape = const.shape("stacked_shape", [batch] + kernel_shape)
         nodes.append(helper.make_node("MatMul", [a["kernel"], const("bank", bank)], [f"{prefix}_mixed"]))
         nodes.append(helper.make_node("Reshape", [f"{prefix}_mixed", stacked_shape], [f"{prefix}_w0"]))
         current = f"{prefix}_w0"

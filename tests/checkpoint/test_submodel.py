@@ -27,8 +27,10 @@ DETECTOR_PARTS = {  # a few keys of each part of a Faster R-CNN with FPN (shapes
 }
 
 
-def _trained_like(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and BatchNorm statistics away from their init, so a part loaded wrongly shows."""
+def _random_weights(model: nn.Module, seed: int) -> nn.Module:
+    """Every weight and BatchNorm statistic drawn at random (test_detect's `_trained_like` only
+    perturbs BatchNorms and biases): two backbones of one file differ everywhere, so a part loaded
+    wrongly shows."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
@@ -42,7 +44,7 @@ def _trained_like(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _backbone(seed: int = 0, **kwargs) -> nn.Module:
-    return _trained_like(create_model(ARCH, **kwargs), seed)
+    return _random_weights(create_model(ARCH, **kwargs), seed)
 
 
 def _detector_state(backbone: nn.Module, prefix: str = "backbone.", drop: tuple[str, ...] = ()) -> dict:
@@ -203,7 +205,7 @@ def test_backbone_that_fits_nothing_says_which_part_was_tried(tmp_path):
 
 def test_plain_classification_checkpoints_are_not_taken_for_detectors(tmp_path):
     """od_mobilenetv2 keeps every dynamic layer under 'features.': that is not a sub-model prefix."""
-    model = _trained_like(create_model("od_mobilenetv2_tiny"), seed=0)
+    model = _random_weights(create_model("od_mobilenetv2_tiny"), seed=0)
     path = tmp_path / "cls.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
     loaded = load_checkpoint(path)

@@ -71,7 +71,7 @@ def check(
 
     Exit 0 when every candidate passes, 2 on any parity failure (numbers out of tolerance, or a batch size a candidate rejects), 1 on an input error, 3 when a backend is missing.
     """
-    from odexport.cli._common import console, run_command, stages
+    from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
         from odexport.cli._options import parse_input_shape
@@ -107,8 +107,7 @@ def check(
 
             print_json(report.to_dict())
         else:
-            for note in report.reference.get("load_notes") or []:  # what loading the reference chose
-                console.print(f"note  {note}", markup=False, highlight=False)
+            print_load_notes(console, report.reference.get("load_notes") or [])  # what loading the reference chose
             wide_console().print(parity_table(report))
             noise = report.reference.get("rounding_noise") or {}
             if noise:

@@ -148,7 +148,7 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         console.print(_forms_summary(result.forms))
         if result.parity is not None:
             _print_parity(console, result.parity)
-        print_load_notes(console, info)
+        print_load_notes(console, info.warnings)
     console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
 
 

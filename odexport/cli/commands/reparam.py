@@ -100,7 +100,7 @@ def reparam(
             print_json({"output": str(path), "source": str(loaded.info.path) if loaded.info.path else None, **report.to_dict(notes=explain),
                         "load_notes": list(loaded.info.warnings)})
             return
-        print_load_notes(console, loaded.info)
+        print_load_notes(console, loaded.info.warnings)
         if explain:
             console.print(_explain_table(report))
         if report.freeze is not None:

@@ -67,7 +67,7 @@ def run(
             })
             return
         if info is not None:
-            print_load_notes(console, info)
+            print_load_notes(console, info.warnings)
         described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
         what = f"{info.arch} ({info.layout}), temperature {info.temperature}" if info is not None else Path(artifact).name
         console.print(f"wrote {target}: {described} float32 -- {what}, backend {result['backend']}", markup=False, highlight=False)
