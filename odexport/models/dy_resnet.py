@@ -149,6 +149,44 @@ def dy_resnet50(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.2
     return KaijieshiDyResNet(DyBottleneck, [3, 4, 6, 3], num_classes, kernel_num=kernel_num, ratio=ratio)
 
 
+@register_model(**_FAMILY)
+def dy_resnet101(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.25):
+    """DY-ResNet-101, kaijieshi7 layout."""
+    return KaijieshiDyResNet(DyBottleneck, [3, 4, 23, 3], num_classes, kernel_num=kernel_num, ratio=ratio)
+
+
+@register_model(**_FAMILY)
+def dy_resnet152(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.25):
+    """DY-ResNet-152, kaijieshi7 layout."""
+    return KaijieshiDyResNet(DyBottleneck, [3, 8, 36, 3], num_classes, kernel_num=kernel_num, ratio=ratio)
+
+
+@register_model(**_FAMILY)
+def dy_resnext50_32x4d(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.25):
+    """DY-ResNeXt-50 32x4d, kaijieshi7 layout (grouped dynamic 3x3: 32 groups of 4 channels per 64)."""
+    return KaijieshiDyResNet(DyBottleneck, [3, 4, 6, 3], num_classes, groups=32, width_per_group=4,
+                             kernel_num=kernel_num, ratio=ratio)
+
+
+@register_model(**_FAMILY)
+def dy_resnext101_32x8d(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.25):
+    """DY-ResNeXt-101 32x8d, kaijieshi7 layout."""
+    return KaijieshiDyResNet(DyBottleneck, [3, 4, 23, 3], num_classes, groups=32, width_per_group=8,
+                             kernel_num=kernel_num, ratio=ratio)
+
+
+@register_model(**_FAMILY)
+def dy_wide_resnet50_2(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.25):
+    """DY-Wide-ResNet-50-2, kaijieshi7 layout (bottleneck width doubled)."""
+    return KaijieshiDyResNet(DyBottleneck, [3, 4, 6, 3], num_classes, width_per_group=128, kernel_num=kernel_num, ratio=ratio)
+
+
+@register_model(**_FAMILY)
+def dy_wide_resnet101_2(num_classes: int = 1000, kernel_num: int = 4, ratio: float = 0.25):
+    """DY-Wide-ResNet-101-2, kaijieshi7 layout."""
+    return KaijieshiDyResNet(DyBottleneck, [3, 4, 23, 3], num_classes, width_per_group=128, kernel_num=kernel_num, ratio=ratio)
+
+
 @register_model(family="dy_resnet", layout="kaijieshi7", input_shape=(3, 32, 32), tiny=True)
 def dy_resnet_tiny(num_classes: int = 10, kernel_num: int = 4, ratio: float = 0.25):
     """Tiny kaijieshi7 DY-ResNet for tests: ResNeXt-style bottlenecks (grouped 3x3, groups=2),

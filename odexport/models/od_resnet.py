@@ -163,6 +163,12 @@ def od_resnet101(num_classes: int = 1000, dropout: float = 0.1, reduction: float
     return ODResNet(ODBottleneck, [3, 4, 23, 3], num_classes, dropout, reduction, kernel_num)
 
 
+@register_model(**_FAMILY)
+def od_resnet152(num_classes: int = 1000, dropout: float = 0.1, reduction: float = 0.0625, kernel_num: int = 1):
+    """OD-ResNet-152: the official code's blocks at the depth its mmdet backbone also lists."""
+    return ODResNet(ODBottleneck, [3, 8, 36, 3], num_classes, dropout, reduction, kernel_num)
+
+
 @register_model(family="od_resnet", layout="odconv", input_shape=(3, 32, 32), tiny=True)
 def od_resnet_tiny(num_classes: int = 10, dropout: float = 0.1, reduction: float = 0.0625, kernel_num: int = 4):
     """Tiny OD-ResNet for tests: bottleneck blocks (1x1, strided 3x3), static downsample, 3x3/1 stem."""

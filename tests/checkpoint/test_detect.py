@@ -12,7 +12,7 @@ from odexport.layers import DyConv2d, dynamic_convs
 from odexport.models import create_model, list_models, model_info
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-TINY = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny"]
+TINY = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny", "dy_vgg_tiny"]
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -44,6 +44,22 @@ def _same_outputs(expected_model, loaded_model, shape):
 
 def test_every_tiny_variant_is_registered():
     assert set(TINY) <= set(list_models(tiny=True))
+
+
+@pytest.mark.parametrize("name,num_classes", [
+    ("od_resnet152", 1000), ("dy_resnet101", 1000), ("dy_resnet152", 1000), ("dy_resnext50_32x4d", 1000),
+    ("dy_resnext101_32x8d", 100), ("dy_wide_resnet50_2", 1000), ("dy_wide_resnet101_2", 1000),
+    ("dy_vgg11", 10), ("dy_vgg13_bn", 1000), ("dy_vgg16", 100), ("dy_vgg16_bn", 10), ("dy_vgg19_bn", 1000),
+])
+def test_deep_and_wide_reference_architectures_are_told_apart(name, num_classes):
+    # shapes only (meta device): ResNeXt / Wide-ResNet / ResNet-50 share their keys, VGG-16 and
+    # VGG-16-BN differ by BN keys; the reference main.py trains on CIFAR (10 or 100 classes)
+    from odexport.checkpoint.detect import detect_architecture
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in create_model(name, num_classes=num_classes).state_dict().items()}
+    detection = detect_architecture(shapes)
+    assert detection.arch == name and detection.model_kwargs.get("num_classes", 1000) == num_classes
 
 
 @pytest.mark.parametrize("name", TINY)

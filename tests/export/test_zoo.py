@@ -13,7 +13,7 @@ from odexport.models import create_model, list_models, model_info
 from odexport.layers import dynamic_convs
 from tests.export._cases import TINY_SHAPE, assert_runs_at_batches
 
-TINY = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny"]
+TINY = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny", "dy_vgg_tiny"]
 
 
 def _perturbed(model):

@@ -181,6 +181,13 @@ def test_dy_paper_layers():
         ("dy_resnet18_paper", 11_689_512),
         ("od_mobilenetv2_100", 3_504_872),  # torchvision mobilenet_v2
         ("dy_mobilenetv2_100", 3_504_872),
+        ("od_resnet152", 60_192_808),  # torchvision resnet152
+        ("dy_resnet101", 44_549_160),  # torchvision resnet101
+        ("dy_resnet152", 60_192_808),
+        ("dy_resnext50_32x4d", 25_028_904),  # torchvision resnext50_32x4d
+        ("dy_resnext101_32x8d", 88_791_336),  # torchvision resnext101_32x8d
+        ("dy_wide_resnet50_2", 68_883_240),  # torchvision wide_resnet50_2
+        ("dy_wide_resnet101_2", 126_886_696),  # torchvision wide_resnet101_2
     ],
 )
 def test_static_twin_counts_equal_torchvision(name, static_params):
@@ -200,3 +207,28 @@ def test_dy_paper_static_baselines():
                                    ("dy_mobilenetv3_small", 2.9, 0.05), ("dy_resnet18_paper", 11.1, 0.6),
                                    ("dy_resnet10_paper", 5.2, 0.25)]:
         assert abs(millions(static_twin(build_meta(name))) - paper) <= tolerance, name
+
+
+# torchvision's VGG feature configurations (A, B, D, E), written out here as the reference.
+VGG_CFG = {11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+           13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+           16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+           19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]}
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_dy_vgg_counts(depth, batch_norm):
+    # formats.md B.1: bias-free Dynamic_conv2d(K=4, ratio=0.25) 3x3 convs, hidden int(in/4)+1 (K on
+    # 3 input channels), fc2 with bias, one Linear(512*7*7, classes) head
+    convs = [c for c in VGG_CFG[depth] if c != "M"]
+    ins = [3] + convs[:-1]
+    static = sum(9 * i * o + (2 * o if batch_norm else 0) for i, o in zip(ins, convs)) + 512 * 49 * 1000 + 1000
+    hidden = [4 if i == 3 else int(i * 0.25) + 1 for i in ins]
+    attention = sum(h * i + 4 * h + 4 for h, i in zip(hidden, ins))
+    dynamic = static + 3 * sum(9 * i * o for i, o in zip(ins, convs)) + attention
+    name = f"dy_vgg{depth}" + ("_bn" if batch_norm else "")
+    model = build_meta(name)
+    assert sum(p.numel() for p in model.parameters()) == dynamic
+    assert sum(p.numel() for p in static_twin(model).parameters()) == static
+    assert len(dynamic_convs(model)) == len(convs) and model.classifier[0].in_features == 512 * 49

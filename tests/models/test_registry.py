@@ -17,16 +17,23 @@ ISSUE_NAMES = [
     "dy_mobilenetv2_100", "dy_mobilenetv2_075", "dy_mobilenetv2_050", "dy_mobilenetv2_035",
     "dy_mobilenetv3_small", "dy_resnet10_paper", "dy_resnet18_paper",
 ]
-TINY_NAMES = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny"]
+# the rest of the reference code's builders (formats.md B.1: ResNet 18 to 152, ResNeXt, Wide-ResNet,
+# VGG 11 to 19; A.5: the mmdet backbone's depth 152)
+REFERENCE_NAMES = [
+    "od_resnet152", "dy_resnet101", "dy_resnet152", "dy_resnext50_32x4d", "dy_resnext101_32x8d",
+    "dy_wide_resnet50_2", "dy_wide_resnet101_2",
+    "dy_vgg11", "dy_vgg11_bn", "dy_vgg13", "dy_vgg13_bn", "dy_vgg16", "dy_vgg16_bn", "dy_vgg19", "dy_vgg19_bn",
+]
+TINY_NAMES = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny", "dy_vgg_tiny"]
 
 
 def test_every_required_architecture_is_registered():
-    assert set(ISSUE_NAMES + TINY_NAMES) <= set(list_models())
+    assert set(ISSUE_NAMES + REFERENCE_NAMES + TINY_NAMES) == set(list_models())
     assert list_models(tiny=True) == sorted(TINY_NAMES)
 
 
 def test_list_models_filters():
-    assert list_models("od_*") == sorted(n for n in ISSUE_NAMES + TINY_NAMES if n.startswith("od_"))
+    assert list_models("od_*") == sorted(n for n in ISSUE_NAMES + REFERENCE_NAMES + TINY_NAMES if n.startswith("od_"))
     assert list_models("nothing_like_this*") == []
     assert set(list_models(layout="tardelean")) == {"ta_resnet10", "ta_resnet18", "ta_mobilenetv2", "ta_resnet_tiny"}
     assert list_models() == sorted(list_models())
@@ -48,7 +55,7 @@ def test_model_info_fields():
     assert model_info("dy_mobilenetv2_100").layout == "odexport"
 
 
-@pytest.mark.parametrize("name", sorted(set(ISSUE_NAMES + TINY_NAMES)))
+@pytest.mark.parametrize("name", sorted(set(ISSUE_NAMES + REFERENCE_NAMES + TINY_NAMES)))
 def test_infos_are_consistent(name):
     info = model_info(name)
     assert info.layout in ("odconv", "kaijieshi7", "tardelean", "odexport")

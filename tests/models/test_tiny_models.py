@@ -18,8 +18,8 @@ def tiny(request):
     return request.param, model
 
 
-def test_there_are_five_tiny_variants_one_per_layout_family():
-    assert len(TINY) == 5
+def test_there_are_six_tiny_variants_one_per_family():
+    assert len(TINY) == 6 and len({model_info(n).family for n in TINY}) == 6
     assert {model_info(n).layout for n in TINY} == {"odconv", "kaijieshi7", "tardelean", "odexport"}
 
 
