@@ -452,6 +452,12 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
         report.notes.append("onnxruntime does not use NCHWc Conv on this machine/build: nothing rewritten")
         return report
     policy = policy or prefer_runtime_weight
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    if weight_bytes > REWRITE_MAX_WEIGHT_BYTES:
+        report.notes.append(
+            f"nothing rewritten: the weights ({weight_bytes / 2**30:.1f} GiB) are too large for the in-memory rewrite "
+            f"(its graphs hold the kernels twice, in both layouts, and protobuf stops at 2 GiB); the model runs as exported")
+        return report
     try:
         return _optimize(model, report, policy, batches, threads)
     except Exception as exc:  # an optimisation must never cost the user a working session
@@ -498,6 +504,7 @@ def _optimize(model, report: RewriteReport, policy, batches, threads) -> Rewrite
 
 
 DEFAULT_BATCHES = (1,)
+REWRITE_MAX_WEIGHT_BYTES = 2**30  # the rewritten graphs hold the kernels in both layouts: 2x must stay < 2 GiB
 # ca / fa scale the activation instead of the kernel when the per-sample kernel has more than
 # this many elements ...
 ACTIVATION_SIDE_MIN_KERNEL = 4096

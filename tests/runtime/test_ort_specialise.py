@@ -131,6 +131,19 @@ def test_bad_requests_write_nothing(exports, tmp_path):
 
 
 @needs_nchwc
+def test_weights_beyond_the_rewrite_limit_are_refused_by_name(exports, tmp_path, monkeypatch):
+    # a 276 M-parameter DY-Wide-ResNet-50-2 held its kernels twice and failed to serialize (2 GiB);
+    # the limit is lowered here so the tiny export stands in for such a model
+    from odexport.runtime import ort_optimize
+
+    _, source = exports["od"]
+    monkeypatch.setattr(ort_optimize, "REWRITE_MAX_WEIGHT_BYTES", 1000)
+    with pytest.raises(ExportError, match="too large for the in-memory rewrite"):
+        specialise_onnx(source, tmp_path / "big.onnx", measure=False)
+    assert not (tmp_path / "big.onnx").exists()
+
+
+@needs_nchwc
 def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
     _, source = exports["od"]
     out = tmp_path / "cli.onnx"
