@@ -200,6 +200,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             kind = artifact_kind(artifact)
             runner = open_runner(artifact, backend, input_shape=input_shape, **options, **(load if kind == "checkpoint" else {}))
             pairs.append((str(artifact), "candidate", None, runner))
+            # what loading a checkpoint chose or ignored (e.g. the backbone of a detection checkpoint)
+            report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
             _record_specialisation(report, str(artifact), runner)
             if baseline == "static-twin":
                 stage(f"static twin of {artifact}")

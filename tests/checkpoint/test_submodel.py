@@ -277,3 +277,7 @@ def test_submodel_option_picks_the_part_on_the_command_line(tmp_path):
     assert data.exit_code == 0 and json.loads(data.stdout)["reference"]["load_notes"][0].startswith("detection checkpoint")
     wrong = CliRunner().invoke(app, ["check", str(path), str(out), "--submodel", "student.backbone", "--samples", "2"])
     assert wrong.exit_code == 2, wrong.output
+    timed = CliRunner().invoke(app, ["bench", str(path), "--submodel", "teacher.backbone", "--baseline", "none", "--batch-sizes", "1",
+                                     "--warmup", "1", "--iters", "2", "--json"])
+    assert timed.exit_code == 0, timed.output
+    assert any("loaded the backbone (256 keys under 'teacher.backbone.')" in n for n in json.loads(timed.stdout)["notes"])

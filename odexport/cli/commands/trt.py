@@ -110,23 +110,25 @@ def _build(source, output, fp16, min_batch, opt_batch, max_batch, profile, works
                              "give it with --profile N (e.g. --profile 1), or use --form decomposed / custom / auto for a dynamic batch")
     require_tensorrt("`odexport trt`")
 
+    load_notes: list[str] = []
     with stages(quiet or json_output) as stage:
         if not from_checkpoint:
             result = build_engine(path, engine_path, options, stage=stage)
         else:
             with tempfile.TemporaryDirectory(prefix="odexport-trt-") as scratch:
                 onnx_path = save_onnx or Path(scratch) / (path.stem + ("_fp16" if fp16 else "") + ".onnx")
-                _export(path, onnx_path, form, fp16, profiles, shape, load, stage)
+                load_notes = _export(path, onnx_path, form, fp16, profiles, shape, load, stage)
                 options.source_checkpoint = path
                 options.rebuild_source = path
                 options.rebuild_extra_args = _load_args(load, form, shape)
                 # the export fixed the sample shape; --input-shape was for the export
                 options.input_shape = None
                 result = build_engine(onnx_path, engine_path, options, stage=stage)
-    _report(result, json_output, quiet, print_json)
+    _report(result, json_output, quiet, print_json, load_notes)
 
 
-def _export(checkpoint: Path, onnx_path: Path, form: str, fp16: bool, profiles, shape, load: dict, stage) -> None:
+def _export(checkpoint: Path, onnx_path: Path, form: str, fp16: bool, profiles, shape, load: dict, stage) -> list[str]:
+    """Export the checkpoint for the engine; returns what loading it chose or ignored."""
     from odexport.pipeline import model_from_checkpoint, onnx_from_model
 
     stage(f"load {checkpoint.name}")
@@ -138,6 +140,7 @@ def _export(checkpoint: Path, onnx_path: Path, form: str, fp16: bool, profiles, 
     onnx_from_model(loaded.model, onnx_path, form=form, batch=_fixed_batch(profiles) if form == "grouped" else None,
                     input_shape=input_shape, fp16=fp16, target="gpu", architecture=getattr(loaded.info, "arch", None),
                     source_sha256=getattr(loaded.info, "sha256", None), progress=stage)
+    return list(getattr(loaded.info, "warnings", None) or [])
 
 
 def _fixed_batch(profiles) -> int | None:
@@ -162,12 +165,14 @@ def _load_args(load: dict, form: str, shape=None) -> tuple[str, ...]:
     return tuple(args)
 
 
-def _report(result, json_output: bool, quiet: bool, print_json) -> None:
-    from odexport.cli._common import console, err_console
+def _report(result, json_output: bool, quiet: bool, print_json, load_notes=()) -> None:
+    from odexport.cli._common import console, err_console, print_load_notes
 
     if json_output:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "load_notes": list(load_notes)})
         return
+    if not quiet:
+        print_load_notes(console, load_notes)
     meta = result.metadata
     for warning in result.warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
