@@ -119,11 +119,12 @@ def _as_old_kaijieshi7(model: nn.Module) -> nn.Module:
     return model
 
 
-def test_old_kaijieshi7_checkpoint_is_conformed_to_its_shapes(tmp_path):
-    model = _trained_like(_as_old_kaijieshi7(create_model("dy_resnet_tiny")), seed=3)
+@pytest.mark.parametrize("name", ["dy_resnet_tiny", "dy_vgg_tiny"])  # the VGG's first attention sees 3 channels
+def test_old_kaijieshi7_checkpoint_is_conformed_to_its_shapes(tmp_path, name):
+    model = _trained_like(_as_old_kaijieshi7(create_model(name)), seed=3)
     assert not any(k.endswith("fc2.bias") for k in model.state_dict())
     loaded = load_checkpoint(_save(model, tmp_path / "old.pth"))
-    assert loaded.info.arch == "dy_resnet_tiny"
+    assert loaded.info.arch == name
     conformed = loaded.info.extras["conformed_layers"]
     assert len(conformed) == len(dynamic_convs(model))
     assert all(layer.attention.fc2.bias is None for _, layer in dynamic_convs(loaded.model))
