@@ -232,3 +232,22 @@ def test_dy_vgg_counts(depth, batch_norm):
     assert sum(p.numel() for p in model.parameters()) == dynamic
     assert sum(p.numel() for p in static_twin(model).parameters()) == static
     assert len(dynamic_convs(model)) == len(convs) and model.classifier[0].in_features == 512 * 49
+
+
+# The ODConv README's "Madds" of the static baselines (224x224). The MAC counter reproduces them
+# exactly; the ResNet-50/101 baselines there are the stride-on-the-1x1 ResNets (v1): with the
+# stride on the 3x3, as in the official OD-ResNet code and torchvision, they are 4.089G / 7.801G.
+@pytest.mark.parametrize("name,paper_mmacs,stride_on_1x1", [
+    ("od_mobilenetv2_100", 300.8, False), ("od_mobilenetv2_075", 209.1, False), ("od_mobilenetv2_050", 97.1, False),
+    ("od_resnet18", 1814.0, False), ("od_resnet50", 3858.0, True), ("od_resnet101", 7570.0, True),
+])
+def test_static_macs_equal_the_odconv_readme_baselines(name, paper_mmacs, stride_on_1x1):
+    from odexport.analysis import analyse_model
+
+    with torch.device("meta"):
+        twin = static_twin(create_model(name))
+    if stride_on_1x1:
+        for stage in (twin.layer2, twin.layer3, twin.layer4):
+            stage[0].conv1.stride, stage[0].conv2.stride = (2, 2), (1, 1)
+    macs = analyse_model(twin, (3, 224, 224)).macs_dict()["total"] / 1e6
+    assert round(macs, 1 if paper_mmacs < 1000 else 0) == paper_mmacs
