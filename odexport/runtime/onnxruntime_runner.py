@@ -91,6 +91,7 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         self.path: Path | None = None
+        self._scratch = None  # a folder for a model past protobuf's 2 GiB, kept until close()
         if isinstance(model, (str, os.PathLike)):
             self.path = Path(model)
             if not self.path.is_file():
@@ -99,7 +100,7 @@ class OrtRunner(Runner):
         elif isinstance(model, (bytes, bytearray)):
             source = bytes(model)
         else:
-            source = model.SerializeToString()  # onnx.ModelProto
+            source = self._session_source(model)  # onnx.ModelProto
         self.rewrite_report = None
         if cpu_rewrite and device == "cpu":
             # machine-local: runtime-weight Convs into onnxruntime's blocked NCHWc kernels (exact)
@@ -113,7 +114,7 @@ class OrtRunner(Runner):
                 self.rewrite_report = RewriteReport(proto, None, notes=["already specialised (`odexport ort`): run as it is"])
             else:
                 self.rewrite_report = optimize_for_cpu(proto, threads=threads, batches=cpu_batches)
-                source = self.rewrite_report.model.SerializeToString()
+                source = self._session_source(self.rewrite_report.model)
         options = ort.SessionOptions()
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -211,8 +212,23 @@ class OrtRunner(Runner):
             facts["path"] = str(self.path)
         return facts
 
+    def _session_source(self, proto):
+        """``proto``'s bytes, or past protobuf's 2 GiB a copy with external data in a folder kept until close()."""
+        from odexport.runtime.ort_optimize import session_source, too_large_to_serialize
+
+        if not too_large_to_serialize(proto):
+            return proto.SerializeToString()
+        import tempfile
+
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="odexport-session-")
+        return session_source(proto, self._scratch.name)
+
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
 
 def _metadata_of(source) -> dict:

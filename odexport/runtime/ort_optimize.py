@@ -95,6 +95,33 @@ def _session_options(threads: int | None, optimized_path: str | None = None, lev
 WEIGHT_FOLDING_FUSIONS = ("ConvBNFusion", "ConvMulFusion", "ConvAddFusion")
 
 
+PROTOBUF_LIMIT = 2**31 - 2**26  # bytes one serialised ModelProto may take: protobuf's 2 GiB, with headroom
+
+
+def too_large_to_serialize(model) -> bool:
+    try:
+        return model.ByteSize() >= PROTOBUF_LIMIT
+    except Exception:  # some protobuf builds refuse to size a message past the limit
+        return True
+
+
+def session_source(model, scratch: str):
+    """What ``onnxruntime.InferenceSession`` takes for ``model``: its bytes, or -- past protobuf's
+    2 GiB, which one serialised ModelProto cannot exceed (a DY-Wide-ResNet's rewrite holds its
+    kernels in both layouts) -- the path of a copy written into ``scratch`` with its tensors as
+    external data.  ``scratch`` must outlive the session's creation."""
+    import onnx
+
+    if not too_large_to_serialize(model):
+        return model.SerializeToString()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving as external data empties the tensors of the proto it is given
+    path = os.path.join(scratch, "model.onnx")
+    onnx.save_model(copy, path, save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data",
+                    size_threshold=1024)
+    return path
+
+
 def ort_optimized(model, threads: int | None = 1, disabled: tuple[str, ...] = ()):
     """onnxruntime's own CPU optimisation (level ALL) of ``model``, as an ``onnx.ModelProto``."""
     import onnx
@@ -102,7 +129,11 @@ def ort_optimized(model, threads: int | None = 1, disabled: tuple[str, ...] = ()
 
     with tempfile.TemporaryDirectory(prefix="odexport-ort-") as scratch:
         path = os.path.join(scratch, "optimized.onnx")
-        ort.InferenceSession(model.SerializeToString(), _session_options(threads, path), providers=["CPUExecutionProvider"],
+        options = _session_options(threads, path)
+        if too_large_to_serialize(model):  # onnxruntime writes a large optimised model with external data too
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(session_source(model, scratch), options, providers=["CPUExecutionProvider"],
                              disabled_optimizers=list(disabled))
         return onnx.load(path)
 
@@ -452,12 +483,6 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
         report.notes.append("onnxruntime does not use NCHWc Conv on this machine/build: nothing rewritten")
         return report
     policy = policy or prefer_runtime_weight
-    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
-    if weight_bytes > REWRITE_MAX_WEIGHT_BYTES:
-        report.notes.append(
-            f"nothing rewritten: the weights ({weight_bytes / 2**30:.1f} GiB) are too large for the in-memory rewrite "
-            f"(its graphs hold the kernels twice, in both layouts, and protobuf stops at 2 GiB); the model runs as exported")
-        return report
     try:
         return _optimize(model, report, policy, batches, threads)
     except Exception as exc:  # an optimisation must never cost the user a working session
@@ -504,7 +529,6 @@ def _optimize(model, report: RewriteReport, policy, batches, threads) -> Rewrite
 
 
 DEFAULT_BATCHES = (1,)
-REWRITE_MAX_WEIGHT_BYTES = 2**30  # the rewritten graphs hold the kernels in both layouts: 2x must stay < 2 GiB
 # ca / fa scale the activation instead of the kernel when the per-sample kernel has more than
 # this many elements ...
 ACTIVATION_SIDE_MIN_KERNEL = 4096
