@@ -974,7 +974,7 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         _channel_scale_conv(nodes, const, swaps, f"{prefix}_ca", a["X"], a["channel"], channels, batch, (layer["H"], layer["W"]),
                             f"{prefix}_xs", tag="channel")
         x_source = f"{prefix}_xs"
-    if (batch > 1 and GROUPED_BATCH and dense and layer["bias"] is None and not any(on_kernel.values())
+    if (batch > 1 and GROUPED_BATCH and dense and (layer["bias"] is None or not a.get("filter")) and not any(on_kernel.values())
             and (k_all == 1 or a.get("kernel")) and batch * per_sample_kernel < PROBE_EXACT_WEIGHT
             and (CHUNK_BYTES is None or 4 * per_sample_kernel <= CHUNK_BYTES)):
         _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape)
@@ -1091,7 +1091,9 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
     stacked ``(N*O, C, kh, kw)`` weight, output channels outermost, so the stacked blocked kernels
     are it.  Both views are free in the blocked layout (``BLOCKED_VIEW``), so there is no
     per-sample ``Split`` / ``Concat`` copy and one Conv node instead of N.  Only with ca / fa off
-    the kernel (on the activations, or absent) and no dynamic bias; ``fa`` follows over the batch."""
+    the kernel (on the activations, or absent); a DY-Conv dynamic bias becomes one runtime bias
+    ``(ka @ bias_bank).view(N*O)`` (ODConv, the only one with ``fa``, has none); ``fa`` follows
+    over the batch."""
     from onnx import helper
 
     a = layer["args"]
@@ -1115,14 +1117,28 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
     height, width, ho, wo = layer["H"], layer["W"], layer["Ho"], layer["Wo"]
     nodes.append(helper.make_node("Reshape", [x_source, const.shape("fold_x", [1, batch * channels, height, width])], [f"{prefix}_xf"],
                                   name=f"{BLOCKED_VIEW}{prefix}_fold_x"))
-    bias = []
-    if not filter_after and layer["static_bias"] is not None:
+    bias, runtime_bias = [], None
+    if layer["bias"] is not None:
+        # DY-Conv's dynamic bias, every sample's at once: (ka @ bias_bank)[n] [+ static] -> (N*O,),
+        # a runtime bias the placeholder pass swaps in like the weight
+        if k_all > 1:
+            nodes.append(helper.make_node("MatMul", [a["kernel"], const("dynbias", layer["bias"])], [f"{prefix}_db"]))
+            if layer["static_bias"] is not None:
+                nodes.append(helper.make_node("Add", [f"{prefix}_db", const("sbias", layer["static_bias"])], [f"{prefix}_dbs"]))
+            source = f"{prefix}_dbs" if layer["static_bias"] is not None else f"{prefix}_db"
+            nodes.append(helper.make_node("Reshape", [source, const.shape("bias_all_shape", [batch * out_ch])], [f"{prefix}_bias_all"]))
+            runtime_bias = f"{prefix}_bias_all"
+            bias = [runtime_bias]
+        else:
+            total = layer["bias"].sum(axis=0) + (layer["static_bias"] if layer["static_bias"] is not None else 0)
+            bias = [const("sbias_all", np.tile(total, batch).astype(np.float32))]
+    elif not filter_after and layer["static_bias"] is not None:
         bias = [const("sbias_all", np.tile(layer["static_bias"], batch).astype(np.float32))]
     attrs = {**layer["attrs"], "group": batch}
     conv = helper.make_node("Conv", [f"{prefix}_xf", "", *bias], [f"{prefix}_yf"], **attrs)
     conv.input[1] = f"{prefix}_placeholder_slot"
     nodes.append(conv)
-    swaps.append(_Swap(f"{prefix}_yf", current, (batch * out_ch, channels, layer["kh"], layer["kw"]), "dense", "batch"))
+    swaps.append(_Swap(f"{prefix}_yf", current, (batch * out_ch, channels, layer["kh"], layer["kw"]), "dense", "batch", runtime_bias))
     y = f"{prefix}_y" if filter_after else node.output[0]
     nodes.append(helper.make_node("Reshape", [f"{prefix}_yf", const.shape("unfold_y", [batch, out_ch, ho, wo])], [y],
                                   name=f"{BLOCKED_VIEW}{prefix}_unfold_y"))

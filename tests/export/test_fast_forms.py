@@ -231,6 +231,42 @@ def test_specialised_custom_form_is_exact_at_every_batch(arch, form):
             assert report.gemm
 
 
+class _DyBiasNet(nn.Module):
+    """DY-Conv layers with a dynamic bias (and a static one, as reparameterisation leaves after
+    folding a BatchNorm), 32 channels: whole blocks, so a batch runs as one grouped Conv."""
+
+    def __init__(self, kernel_num):
+        super().__init__()
+        self.c1 = with_static_bias(DyConv2d(32, 32, 3, 1, 1, bias=True, num_kernels=kernel_num, hidden_channels=8))
+        self.c2 = with_static_bias(DyConv2d(32, 32, 3, 2, 1, bias=True, num_kernels=kernel_num, hidden_channels=8))
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x)))
+
+
+@pytest.mark.parametrize("kernel_num", [4, 1])
+def test_grouped_batch_carries_the_dynamic_bias(kernel_num):
+    from odexport.export.plan import plan_layers
+    from odexport.runtime.ort_optimize import nchwc_block_size, optimize_for_cpu
+
+    if nchwc_block_size() is None:
+        pytest.skip("onnxruntime forms no NCHWc Conv on this machine")
+    torch.manual_seed(kernel_num)
+    model = _DyBiasNet(kernel_num).eval()
+    shape = (32, 12, 12)
+    proto = build_onnx(model, plan_layers(describe_layers(model, shape), "custom", target="cpu", batch=None),
+                       input_shape=shape, batch=None, opset=18, custom=True)
+    report = optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 3))
+    # batch 3: one grouped Conv per layer ("#batch"), not three per-sample ones ("#sample0", ...)
+    assert report.rewritten == ["c1", "c2", "c1#batch", "c2#batch"], report.to_dict()
+    for batch in (1, 3, 2):  # the specialisations, then the general branch
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            expected = model.double()(x.double()).numpy()
+        model.float()
+        assert_close(run_ort(report.model, x), expected, rel=2e-6, what=f"batch {batch}")
+
+
 class _PatchNet(nn.Module):
     """One-kernel ODConvs on small maps (the patch form's domain): stride 1 and 2, a dilated 3x3,
     a 1x1, residual adds and ReLUs after them (which onnxruntime fuses into the scale convs)."""
