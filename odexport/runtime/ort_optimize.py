@@ -974,10 +974,14 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         _channel_scale_conv(nodes, const, swaps, f"{prefix}_ca", a["X"], a["channel"], channels, batch, (layer["H"], layer["W"]),
                             f"{prefix}_xs", tag="channel")
         x_source = f"{prefix}_xs"
-    if (batch > 1 and GROUPED_BATCH and dense and (layer["bias"] is None or not a.get("filter")) and not any(on_kernel.values())
-            and (k_all == 1 or a.get("kernel")) and batch * per_sample_kernel < PROBE_EXACT_WEIGHT
+    # a dense layer's stacked kernels take only ka / sa (ca, fa on the kernel would scale within a
+    # sample's blocks); a depthwise one's also ca (its per-channel scale), and it has no fa
+    groupable = ((dense and (layer["bias"] is None or not a.get("filter")) and not any(on_kernel.values()))
+                 or (layer["layout"] == "depthwise" and not a.get("filter") and channels % block_of == 0))
+    if (batch > 1 and GROUPED_BATCH and groupable and (k_all == 1 or a.get("kernel")) and batch * per_sample_kernel < PROBE_EXACT_WEIGHT
             and (CHUNK_BYTES is None or 4 * per_sample_kernel <= CHUNK_BYTES)):
-        _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape)
+        _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape,
+                       ca_shape if on_kernel["channel"] else None)
         return nodes, inits, swaps
     xs = split(x_source)
     # per-sample heads (an activation-side ca / fa of a batch is used whole, above and below)
@@ -1080,7 +1084,7 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     return nodes, inits, swaps
 
 
-def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape):
+def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape, ca_shape=None):
     """Append a batch's per-sample kernels as ONE grouped NCHWc Conv (the reference code's batch
     folded into the groups, here on onnxruntime's blocked tensors)::
 
@@ -1093,7 +1097,11 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
     per-sample ``Split`` / ``Concat`` copy and one Conv node instead of N.  Only with ca / fa off
     the kernel (on the activations, or absent); a DY-Conv dynamic bias becomes one runtime bias
     ``(ka @ bias_bank).view(N*O)`` (ODConv, the only one with ``fa``, has none); ``fa`` follows
-    over the batch."""
+    over the batch.
+
+    A depthwise layer is the same with ``group = N*C``: its blocked kernel ``(C/b, T, b)`` stacked
+    over the batch is the depthwise kernel of ``N*C`` channels, and ``ca`` (``ca_shape`` given:
+    it is on the kernel) scales it per channel, ``.view(N, C/b, 1, b)``."""
     from onnx import helper
 
     a = layer["args"]
@@ -1105,12 +1113,17 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
         current = f"{prefix}_w0"
     else:
         current = const("kernel1", bank[0].reshape([1] + kernel_shape))
+    if ca_shape is not None:
+        ca_all = const.shape("ca_all_shape", [batch] + ca_shape)
+        nodes.append(helper.make_node("Reshape", [a["channel"], ca_all], [f"{prefix}_ca_all"]))
+        nodes.append(helper.make_node("Mul", [current, f"{prefix}_ca_all"], [f"{prefix}_w1"]))
+        current = f"{prefix}_w1"
     if a.get("spatial"):
         sa_all = const.shape("sa_all_shape", [batch] + sa_shape)
         nodes.append(helper.make_node("Reshape", [a["spatial"], sa_all], [f"{prefix}_sa_all"]))
         nodes.append(helper.make_node("Mul", [current, f"{prefix}_sa_all"], [f"{prefix}_w2"]))
         current = f"{prefix}_w2"
-    elif k_all == 1:
+    elif k_all == 1 and ca_shape is None:
         nodes.append(helper.make_node("Tile", [current, const.shape("tile_batch", [batch] + [1] * len(kernel_shape))], [f"{prefix}_w2"]))
         current = f"{prefix}_w2"
     filter_after = bool(a.get("filter"))
@@ -1134,11 +1147,13 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
             bias = [const("sbias_all", np.tile(total, batch).astype(np.float32))]
     elif not filter_after and layer["static_bias"] is not None:
         bias = [const("sbias_all", np.tile(layer["static_bias"], batch).astype(np.float32))]
-    attrs = {**layer["attrs"], "group": batch}
+    depthwise = layer["layout"] == "depthwise"
+    attrs = {**layer["attrs"], "group": batch * channels if depthwise else batch}
     conv = helper.make_node("Conv", [f"{prefix}_xf", "", *bias], [f"{prefix}_yf"], **attrs)
     conv.input[1] = f"{prefix}_placeholder_slot"
     nodes.append(conv)
-    swaps.append(_Swap(f"{prefix}_yf", current, (batch * out_ch, channels, layer["kh"], layer["kw"]), "dense", "batch", runtime_bias))
+    weight_shape = (batch * out_ch, 1 if depthwise else channels, layer["kh"], layer["kw"])
+    swaps.append(_Swap(f"{prefix}_yf", current, weight_shape, layer["layout"], "batch", runtime_bias))
     y = f"{prefix}_y" if filter_after else node.output[0]
     nodes.append(helper.make_node("Reshape", [f"{prefix}_yf", const.shape("unfold_y", [batch, out_ch, ho, wo])], [y],
                                   name=f"{BLOCKED_VIEW}{prefix}_unfold_y"))

@@ -267,6 +267,41 @@ def test_grouped_batch_carries_the_dynamic_bias(kernel_num):
         assert_close(run_ort(report.model, x), expected, rel=2e-6, what=f"batch {batch}")
 
 
+class _DepthwiseNet(nn.Module):
+    """Depthwise dynamic convs on 32 channels: ODConv (channel, spatial and kernel attentions; no
+    filter head on a depthwise conv), one-kernel ODConv, DY-Conv with a dynamic bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.od4 = with_static_bias(ODConv2d(32, 32, 3, 1, 1, groups=32, kernel_num=4))
+        self.od1 = with_static_bias(ODConv2d(32, 32, 3, 2, 1, groups=32, kernel_num=1))
+        self.dy = with_static_bias(DyConv2d(32, 32, 3, 1, 1, groups=32, bias=True, num_kernels=4, hidden_channels=8))
+
+    def forward(self, x):
+        return self.dy(torch.relu(self.od1(torch.relu(self.od4(x)))))
+
+
+def test_grouped_batch_runs_depthwise_layers_as_one_conv():
+    from odexport.export.plan import plan_layers
+    from odexport.runtime.ort_optimize import nchwc_block_size, optimize_for_cpu
+
+    if nchwc_block_size() is None:
+        pytest.skip("onnxruntime forms no NCHWc Conv on this machine")
+    torch.manual_seed(5)
+    model = _DepthwiseNet().eval()
+    shape = (32, 12, 12)
+    proto = build_onnx(model, plan_layers(describe_layers(model, shape), "custom", target="cpu", batch=None),
+                       input_shape=shape, batch=None, opset=18, custom=True)
+    report = optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 3))
+    assert {label for label in report.rewritten if "#" in label} == {"od4#batch", "od1#batch", "dy#batch"}, report.to_dict()
+    for batch in (1, 3, 2):
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            expected = model.double()(x.double()).numpy()
+        model.float()
+        assert_close(run_ort(report.model, x), expected, rel=2e-6, what=f"batch {batch}")
+
+
 class _PatchNet(nn.Module):
     """One-kernel ODConvs on small maps (the patch form's domain): stride 1 and 2, a dilated 3x3,
     a 1x1, residual adds and ReLUs after them (which onnxruntime fuses into the scale convs)."""
