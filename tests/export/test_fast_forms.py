@@ -244,27 +244,32 @@ class _DyBiasNet(nn.Module):
         return self.c2(torch.relu(self.c1(x)))
 
 
-@pytest.mark.parametrize("kernel_num", [4, 1])
-def test_grouped_batch_carries_the_dynamic_bias(kernel_num):
+def _grouped_batch_3_report(model, shape):
+    """The rewrite of ``model``'s custom export specialised at batches 1 and 3, after checking it
+    against float64 at those sizes and at 2 (the general branch)."""
     from odexport.export.plan import plan_layers
     from odexport.runtime.ort_optimize import nchwc_block_size, optimize_for_cpu
 
     if nchwc_block_size() is None:
         pytest.skip("onnxruntime forms no NCHWc Conv on this machine")
-    torch.manual_seed(kernel_num)
-    model = _DyBiasNet(kernel_num).eval()
-    shape = (32, 12, 12)
     proto = build_onnx(model, plan_layers(describe_layers(model, shape), "custom", target="cpu", batch=None),
                        input_shape=shape, batch=None, opset=18, custom=True)
     report = optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 3))
-    # batch 3: one grouped Conv per layer ("#batch"), not three per-sample ones ("#sample0", ...)
-    assert report.rewritten == ["c1", "c2", "c1#batch", "c2#batch"], report.to_dict()
-    for batch in (1, 3, 2):  # the specialisations, then the general branch
+    for batch in (1, 3, 2):
         x = torch.randn(batch, *shape)
         with torch.no_grad():
             expected = model.double()(x.double()).numpy()
         model.float()
         assert_close(run_ort(report.model, x), expected, rel=2e-6, what=f"batch {batch}")
+    return report
+
+
+@pytest.mark.parametrize("kernel_num", [4, 1])
+def test_grouped_batch_carries_the_dynamic_bias(kernel_num):
+    torch.manual_seed(kernel_num)
+    report = _grouped_batch_3_report(_DyBiasNet(kernel_num).eval(), (32, 12, 12))
+    # batch 3: one grouped Conv per layer ("#batch"), not three per-sample ones ("#sample0", ...)
+    assert report.rewritten == ["c1", "c2", "c1#batch", "c2#batch"], report.to_dict()
 
 
 class _DepthwiseNet(nn.Module):
@@ -282,24 +287,9 @@ class _DepthwiseNet(nn.Module):
 
 
 def test_grouped_batch_runs_depthwise_layers_as_one_conv():
-    from odexport.export.plan import plan_layers
-    from odexport.runtime.ort_optimize import nchwc_block_size, optimize_for_cpu
-
-    if nchwc_block_size() is None:
-        pytest.skip("onnxruntime forms no NCHWc Conv on this machine")
     torch.manual_seed(5)
-    model = _DepthwiseNet().eval()
-    shape = (32, 12, 12)
-    proto = build_onnx(model, plan_layers(describe_layers(model, shape), "custom", target="cpu", batch=None),
-                       input_shape=shape, batch=None, opset=18, custom=True)
-    report = optimize_for_cpu(proto, policy=lambda layer, batch: "nchwc", batches=(1, 3))
+    report = _grouped_batch_3_report(_DepthwiseNet().eval(), (32, 12, 12))
     assert {label for label in report.rewritten if "#" in label} == {"od4#batch", "od1#batch", "dy#batch"}, report.to_dict()
-    for batch in (1, 3, 2):
-        x = torch.randn(batch, *shape)
-        with torch.no_grad():
-            expected = model.double()(x.double()).numpy()
-        model.float()
-        assert_close(run_ort(report.model, x), expected, rel=2e-6, what=f"batch {batch}")
 
 
 class _PatchNet(nn.Module):
