@@ -974,14 +974,13 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
         _channel_scale_conv(nodes, const, swaps, f"{prefix}_ca", a["X"], a["channel"], channels, batch, (layer["H"], layer["W"]),
                             f"{prefix}_xs", tag="channel")
         x_source = f"{prefix}_xs"
-    # a dense layer's stacked kernels take only ka / sa (ca, fa on the kernel would scale within a
-    # sample's blocks); a depthwise one's also ca (its per-channel scale), and it has no fa
-    groupable = ((dense and (layer["bias"] is None or not a.get("filter")) and not any(on_kernel.values()))
+    # depthwise layers have no fa (ODConv skips it there); a dynamic bias (DY-Conv) never meets fa
+    groupable = ((dense and (layer["bias"] is None or not a.get("filter")))
                  or (layer["layout"] == "depthwise" and not a.get("filter") and channels % block_of == 0))
     if (batch > 1 and GROUPED_BATCH and groupable and (k_all == 1 or a.get("kernel")) and batch * per_sample_kernel < PROBE_EXACT_WEIGHT
             and (CHUNK_BYTES is None or 4 * per_sample_kernel <= CHUNK_BYTES)):
         _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape,
-                       ca_shape if on_kernel["channel"] else None)
+                       ca_shape if on_kernel["channel"] else None, fa_shape if on_kernel["filter"] else None)
         return nodes, inits, swaps
     xs = split(x_source)
     # per-sample heads (an activation-side ca / fa of a batch is used whole, above and below)
@@ -1084,7 +1083,8 @@ def _emit_per_sample(node, layer: dict, batch: int, block: int, prefix: str):
     return nodes, inits, swaps
 
 
-def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape, ca_shape=None):
+def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, bank, kernel_shape, sa_shape, ca_shape=None,
+                   fa_shape=None):
     """Append a batch's per-sample kernels as ONE grouped NCHWc Conv (the reference code's batch
     folded into the groups, here on onnxruntime's blocked tensors)::
 
@@ -1094,14 +1094,15 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
     Sample n's kernel is group n's: the blocked filter order of a grouped Conv is that of the
     stacked ``(N*O, C, kh, kw)`` weight, output channels outermost, so the stacked blocked kernels
     are it.  Both views are free in the blocked layout (``BLOCKED_VIEW``), so there is no
-    per-sample ``Split`` / ``Concat`` copy and one Conv node instead of N.  Only with ca / fa off
-    the kernel (on the activations, or absent); a DY-Conv dynamic bias becomes one runtime bias
-    ``(ka @ bias_bank).view(N*O)`` (ODConv, the only one with ``fa``, has none); ``fa`` follows
-    over the batch.
+    per-sample ``Split`` / ``Concat`` copy and one Conv node instead of N.  ``ca`` / ``fa`` on the
+    kernel (``ca_shape`` / ``fa_shape`` given: small kernels) scale all samples' kernels in one
+    ``Mul`` by their outer product, ``ca.view(N, 1, C/b, 1, b, 1) * fa.view(N, O/b, 1, 1, 1, b)``;
+    on the activations they run over the batch before and after.  A DY-Conv dynamic bias becomes
+    one runtime bias ``(ka @ bias_bank).view(N*O)`` (ODConv, the only one with ``fa``, has none).
 
     A depthwise layer is the same with ``group = N*C``: its blocked kernel ``(C/b, T, b)`` stacked
-    over the batch is the depthwise kernel of ``N*C`` channels, and ``ca`` (``ca_shape`` given:
-    it is on the kernel) scales it per channel, ``.view(N, C/b, 1, b)``."""
+    over the batch is the depthwise kernel of ``N*C`` channels, and ``ca`` scales it per channel,
+    ``.view(N, C/b, 1, b)``."""
     from onnx import helper
 
     a = layer["args"]
@@ -1113,20 +1114,26 @@ def _grouped_batch(nodes, const, swaps, node, layer, batch, prefix, x_source, ba
         current = f"{prefix}_w0"
     else:
         current = const("kernel1", bank[0].reshape([1] + kernel_shape))
-    if ca_shape is not None:
-        ca_all = const.shape("ca_all_shape", [batch] + ca_shape)
-        nodes.append(helper.make_node("Reshape", [a["channel"], ca_all], [f"{prefix}_ca_all"]))
-        nodes.append(helper.make_node("Mul", [current, f"{prefix}_ca_all"], [f"{prefix}_w1"]))
+    scales = []
+    for head, dims in (("channel", ca_shape), ("filter", fa_shape)):
+        if dims is not None:
+            nodes.append(helper.make_node("Reshape", [a[head], const.shape(f"{head}_all_shape", [batch] + dims)], [f"{prefix}_{head}_all"]))
+            scales.append(f"{prefix}_{head}_all")
+    if len(scales) == 2:
+        nodes.append(helper.make_node("Mul", scales, [f"{prefix}_cf_all"]))
+        scales = [f"{prefix}_cf_all"]
+    if scales:
+        nodes.append(helper.make_node("Mul", [current, scales[0]], [f"{prefix}_w1"]))
         current = f"{prefix}_w1"
     if a.get("spatial"):
         sa_all = const.shape("sa_all_shape", [batch] + sa_shape)
         nodes.append(helper.make_node("Reshape", [a["spatial"], sa_all], [f"{prefix}_sa_all"]))
         nodes.append(helper.make_node("Mul", [current, f"{prefix}_sa_all"], [f"{prefix}_w2"]))
         current = f"{prefix}_w2"
-    elif k_all == 1 and ca_shape is None:
+    elif k_all == 1 and not scales:
         nodes.append(helper.make_node("Tile", [current, const.shape("tile_batch", [batch] + [1] * len(kernel_shape))], [f"{prefix}_w2"]))
         current = f"{prefix}_w2"
-    filter_after = bool(a.get("filter"))
+    filter_after = bool(a.get("filter")) and fa_shape is None
     height, width, ho, wo = layer["H"], layer["W"], layer["Ho"], layer["Wo"]
     nodes.append(helper.make_node("Reshape", [x_source, const.shape("fold_x", [1, batch * channels, height, width])], [f"{prefix}_xf"],
                                   name=f"{BLOCKED_VIEW}{prefix}_fold_x"))

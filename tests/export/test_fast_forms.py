@@ -292,6 +292,26 @@ def test_grouped_batch_runs_depthwise_layers_as_one_conv():
     assert {label for label in report.rewritten if "#" in label} == {"od4#batch", "od1#batch", "dy#batch"}, report.to_dict()
 
 
+class _ODScaledKernelNet(nn.Module):
+    """Dense ODConvs whose kernels (32x32x3x3) are smaller than their activations (32x24x24), so
+    ca and fa scale the kernels, K=4 and K=1."""
+
+    def __init__(self):
+        super().__init__()
+        self.k4 = with_static_bias(ODConv2d(32, 32, 3, 1, 1, kernel_num=4))
+        self.k1 = with_static_bias(ODConv2d(32, 32, 3, 1, 1, kernel_num=1))
+
+    def forward(self, x):
+        return self.k1(torch.relu(self.k4(x)))
+
+
+def test_grouped_batch_scales_small_kernels_by_ca_and_fa():
+    torch.manual_seed(6)
+    report = _grouped_batch_3_report(_ODScaledKernelNet().eval(), (32, 24, 24))
+    # no per-sample scale convs: ca and fa went onto the stacked kernels
+    assert report.rewritten == ["k4", "k1", "k4#batch", "k1#batch"], report.to_dict()
+
+
 class _PatchNet(nn.Module):
     """One-kernel ODConvs on small maps (the patch form's domain): stride 1 and 2, a dilated 3x3,
     a 1x1, residual adds and ReLUs after them (which onnxruntime fuses into the scale convs)."""
