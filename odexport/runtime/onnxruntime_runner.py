@@ -100,7 +100,7 @@ class OrtRunner(Runner):
         elif isinstance(model, (bytes, bytearray)):
             source = bytes(model)
         else:
-            source = self._session_source(model)  # onnx.ModelProto
+            source = model  # onnx.ModelProto: serialised (or written out) once, below, after any rewrite
         self.rewrite_report = None
         if cpu_rewrite and device == "cpu":
             # machine-local: runtime-weight Convs into onnxruntime's blocked NCHWc kernels (exact)
@@ -109,12 +109,15 @@ class OrtRunner(Runner):
             from odexport.runtime.ort_optimize import RewriteReport, optimize_for_cpu
             from odexport.runtime.ort_specialise import SPECIALISATION_KEY
 
-            proto = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
+            if isinstance(source, str):
+                proto = onnx.load(source)
+            else:
+                proto = onnx.load_from_string(source) if isinstance(source, bytes) else source
             if any(p.key == SPECIALISATION_KEY for p in proto.metadata_props):
                 self.rewrite_report = RewriteReport(proto, None, notes=["already specialised (`odexport ort`): run as it is"])
             else:
                 self.rewrite_report = optimize_for_cpu(proto, threads=threads, batches=cpu_batches)
-                source = self._session_source(self.rewrite_report.model)
+                source = self.rewrite_report.model
         options = ort.SessionOptions()
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -138,6 +141,8 @@ class OrtRunner(Runner):
         from odexport.runtime.ort_specialise import verify_machine
 
         where = self.path or "the model"
+        if not isinstance(source, (str, bytes)):
+            source = self._session_source(source)
         try:
             self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
