@@ -1,21 +1,27 @@
 """Parameters, multiply-accumulates (MACs) and a per-layer table of a model, for ``odexport inspect``.
 
-MACs are counted for one sample of ``input_shape`` by running the model once at batch 1 with
-forward hooks that record every layer's input and output sizes:
+This module holds odexport's one MAC convention (:func:`dynamic_conv_macs`, :func:`static_conv_macs`);
+the reparameterisation report counts what a frozen layer saves with the same functions.  MACs are
+counted for one sample of ``input_shape`` by running the model once at batch 1 with forward hooks
+that record every layer's input and output sizes:
 
 * **static**: every convolution and linear layer as if static, ``O*H'*W' * C/g*kh*kw`` for a conv
   (a dynamic conv counts the convolution with its per-sample kernel here) and ``in*out`` for a
   linear layer;
 * **dynamic extra**, what a dynamic conv costs beyond that convolution:
 
-  - ``attention``: the attention branch's own 1x1 convs / linear layers (on the pooled input,
-    so ``in*out`` each), plus applying ODConv's channel attention to the input (``C*H*W``) and its
-    filter attention to the output (``O*H'*W'``);
+  - ``attention``: the attention branch's own 1x1 convs (on the pooled input, so ``in*out``
+    each), plus applying ODConv's channel attention to the input (``C*H*W``) and its filter
+    attention to the output (``O*H'*W'``);
   - ``aggregation``: mixing the candidate kernels into the per-sample kernel,
     ``K * O * C/g * kh * kw`` (and ``K*O`` for a dynamic bias); zero where the layer runs a
-    static conv (ODConv's 1x1, K=1 path).
+    static conv (ODConv's 1x1, K=1 path).  Counted once even with a spatial attention: the
+    reference multiplies the small ``sa * ka`` first and the ``K`` kernels by that product once,
+    and the sum over ``K`` is the accumulate of those multiplies.
 
-Pooling, normalisation, activations and the softmax/sigmoid are not counted (they are not MACs).
+Pooling, normalisation, activations and the softmax/sigmoid are not counted: they are not MACs (the
+static count would otherwise have to include every pooling layer too, and it equals the published
+baselines as it is).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from odexport.layers import DYNAMIC_CONV_TYPES
+from odexport.layers import DYNAMIC_CONV_TYPES, DyConv2d, ODConv2d
 
 
 @dataclass
@@ -107,7 +113,6 @@ def analyse_model(model: nn.Module, input_shape: tuple[int, int, int] = (3, 224,
     from odexport.errors import InputError
 
     dynamic = {name: module for name, module in model.named_modules() if isinstance(module, DYNAMIC_CONV_TYPES)}
-    owners = _attention_owners(model, dynamic)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = []
     for name, module in model.named_modules():
@@ -132,22 +137,10 @@ def analyse_model(model: nn.Module, input_shape: tuple[int, int, int] = (3, 224,
         model.train(was_training)
 
     rows: list[LayerRow] = []
-    attention_by_owner: dict[str, int] = {}
     for name, module in model.named_modules():
-        if name not in shapes:
+        if name not in shapes or _inside_dynamic(name, dynamic):  # a dynamic conv counts its attention itself
             continue
-        owner = owners.get(name)
-        if owner is not None:  # a conv/linear inside a dynamic conv's attention branch
-            attention_by_owner[owner] = attention_by_owner.get(owner, 0) + _plain_macs(module, *shapes[name])
-            continue
-        if name in dynamic:
-            rows.append(_dynamic_row(name, module, *shapes[name]))
-        elif _inside_dynamic(name, dynamic):
-            continue
-        else:
-            rows.append(_static_row(name, module, *shapes[name]))
-    for row in rows:
-        row.attention_macs += attention_by_owner.get(row.name, 0)
+        rows.append(_dynamic_row(name, module, *shapes[name]) if name in dynamic else _static_row(name, module, *shapes[name]))
     dynamic_params = sum(count_parameters(m) for m in dynamic.values())
     attention_params = sum(count_parameters(m.attention) for m in dynamic.values() if getattr(m, "attention", None) is not None)
     return ModelAnalysis(
@@ -169,17 +162,6 @@ def _recorder(name, shapes):
         if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and name not in shapes:
             shapes[name] = (tuple(x.shape), tuple(output.shape))
     return hook
-
-
-def _attention_owners(model: nn.Module, dynamic: dict[str, nn.Module]) -> dict[str, str]:
-    """Module name -> the dynamic conv whose attention branch holds it."""
-    owners = {}
-    for owner in dynamic:
-        prefix = f"{owner}.attention." if owner else "attention."
-        for name, _ in model.named_modules():
-            if name.startswith(prefix):
-                owners[name] = owner
-    return owners
 
 
 def _inside_dynamic(name: str, dynamic: dict[str, nn.Module]) -> bool:
@@ -224,22 +206,53 @@ def _dynamic_row(name, module, in_shape, out_shape) -> LayerRow:
     num_kernels, out_ch, in_per_group = int(weight.shape[0]), int(weight.shape[1]), int(weight.shape[2])
     kh, kw = int(weight.shape[3]), int(weight.shape[4])
     groups = int(module.groups)
-    heads = _heads(module)
-    per_position = in_per_group * kh * kw
     out_hw = tuple(int(d) for d in out_shape[-2:])
-    static = out_ch * out_hw[0] * out_hw[1] * per_position
-    uses_static_path = "spatial" not in heads and ("kernel" not in heads or num_kernels == 1)
-    aggregation = 0 if uses_static_path else num_kernels * out_ch * per_position
-    if getattr(module, "bias", None) is not None and isinstance(module.bias, torch.Tensor) and not uses_static_path:
-        aggregation += num_kernels * out_ch
-    apply = 0
-    if "channel" in heads:
-        apply += _numel(in_shape)
-    if "filter" in heads:
-        apply += _numel(out_shape)
+    macs = dynamic_conv_macs(module, tuple(int(d) for d in in_shape[-2:]), out_hw)
     return LayerRow(name, type(module).__name__, in_per_group * groups, out_ch, (kh, kw), _pair(module.stride), groups,
-                    num_kernels, heads, float(module.temperature), count_parameters(module), static,
-                    attention_macs=apply, aggregation_macs=aggregation, output_hw=out_hw)
+                    num_kernels, _heads(module), float(module.temperature), count_parameters(module), macs["conv"],
+                    attention_macs=macs["attention"], aggregation_macs=macs["aggregation"], output_hw=out_hw)
+
+
+def static_conv_macs(out_channels: int, in_per_group: int, kernel_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """``O * C/g * kh * kw * H' * W'`` per sample."""
+    return out_channels * in_per_group * kernel_hw[0] * kernel_hw[1] * out_hw[0] * out_hw[1]
+
+
+def attention_convs(layer: nn.Module) -> list[nn.Conv2d]:
+    """The 1x1 convs (matmuls) a dynamic layer's attention runs per sample, on its pooled input."""
+    if isinstance(layer, DyConv2d):
+        return [layer.attention.fc1, layer.attention.fc2]
+    att = layer.attention
+    convs = [att.fc] if att.present_heads() else []
+    convs += [att.head(name) for name in ("channel", "filter", "spatial", "kernel") if att.head(name) is not None]
+    if att.heads is not None:
+        convs.append(att.heads)
+    return convs
+
+
+def dynamic_conv_macs(layer: nn.Module, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> dict[str, int]:
+    """MACs per sample of one dynamic conv: ``conv``, ``attention``, ``aggregation`` and ``total``.
+
+    See the module docstring for what each counts.  A layer runs a static conv with its attention
+    on the features (no aggregation) when it has one kernel and no spatial attention (ODConv) or
+    one kernel (DY-Conv: the softmax over one kernel is 1).
+    """
+    num_kernels, out_ch, in_per_group, kh, kw = (int(d) for d in layer.weight.shape)
+    conv = static_conv_macs(out_ch, in_per_group, (kh, kw), out_hw)
+    attention = sum(c.in_channels * c.out_channels // c.groups for c in attention_convs(layer))
+    aggregation = 0
+    if isinstance(layer, ODConv2d):
+        heads = set(layer.attention.present_heads())
+        attention += in_per_group * layer.groups * in_hw[0] * in_hw[1] if "channel" in heads else 0
+        attention += out_ch * out_hw[0] * out_hw[1] if "filter" in heads else 0
+        runs_static_conv = "spatial" not in heads and num_kernels == 1
+    else:
+        runs_static_conv = num_kernels == 1
+    if not runs_static_conv:
+        aggregation = num_kernels * out_ch * in_per_group * kh * kw
+        if isinstance(getattr(layer, "bias", None), torch.Tensor):
+            aggregation += num_kernels * out_ch
+    return {"conv": conv, "attention": attention, "aggregation": aggregation, "total": conv + attention + aggregation}
 
 
 def _heads(module) -> list[str]:

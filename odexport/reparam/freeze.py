@@ -21,7 +21,8 @@ from odexport.reparam.base import (
     require_eval_batchnorm,
 )
 from odexport.reparam.collapse import fold_attentions_into_kernels, static_conv_from
-from odexport.reparam.cost import count_params, dynamic_conv_macs, static_conv_macs
+from odexport.analysis import dynamic_conv_macs, static_conv_macs
+from odexport.reparam.cost import count_params
 
 HEADS = ("channel", "filter", "spatial", "kernel")
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from odexport.analysis import analyse_model
 from odexport.errors import InputError
 from odexport.layers import DyConv2d, ODConv2d
 from odexport.reparam import FreezeLowSpread, reparameterise
@@ -70,6 +71,11 @@ def test_freezes_low_spread_layers_and_reports_truthfully():
     rec = records["0"]
     assert rec["params_saved"] == sum(p.numel() for p in source[0].parameters()) - sum(p.numel() for p in model[0].parameters())
     assert rec["params_saved"] > 0 and rec["macs_saved"] > 0
+    hidden = source[0].attention.fc.out_channels
+    attention = 8 * hidden + hidden * (8 + 16 + 9 + 4) + 8 * 10 * 10 + 16 * 10 * 10  # branch, then ca and fa applied
+    assert rec["macs_saved"] == attention + 4 * 16 * 8 * 9  # + K * O * C * k * k, the aggregation
+    inspected = next(r for r in analyse_model(source, (8, 10, 10)).layers if r.name == "0")
+    assert rec["macs_saved"] == inspected.attention_macs + inspected.aggregation_macs  # one convention with inspect
     with torch.no_grad():
         layer_in = source[:0](x)
         layer_dev = rel_dev(model[0](x), source[0](x))
