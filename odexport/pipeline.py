@@ -147,8 +147,12 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
             stage(f"per-layer values of {artifact}")
             batch = runner.inputs[0].shape[0]  # a fixed batch is the only one the graph runs
             batch = batch if isinstance(batch, int) and batch > 0 else min(len(data.x), max(batch_sizes))
-            run.layer_values = onnx_layer_values(ref.model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads,
-                                                 noise_model=None if other_precision is None else other_precision.model)
+            layer_model, layer_noise_model, layer_note = _per_layer_reference(
+                ref.model, None if other_precision is None else other_precision.model, artifact)
+            run.layer_values = onnx_layer_values(layer_model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads,
+                                                 noise_model=layer_noise_model)
+            if layer_note:
+                run.layer_values.setdefault("notes", []).insert(0, layer_note)
         runner.close()
         runs.append(run)
     ref.close()
@@ -162,6 +166,35 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                  "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin)
+
+
+def _per_layer_reference(model, noise_model, onnx_path):
+    """The PyTorch models whose dynamic convs compute what the export's layers compute.
+
+    ``odexport onnx`` exports a checkpoint reparameterised with the default (exact) passes, which
+    fold a following BatchNorm into each dynamic conv and fuse its attention heads: the export's
+    layer outputs are then the reparameterised layers' outputs, not the checkpoint's.  For such an
+    export (its ``odexport.reparam`` metadata says so) the reference and its other-precision twin
+    are reparameterised the same way; the network outputs are still compared with the checkpoint
+    as loaded.  Returns ``(model, noise_model, note)``.
+    """
+    import copy
+
+    import onnx
+
+    from odexport.reparam import DEFAULT_PASSES_NOTE, reparameterise
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    recorded = {p.key: p.value for p in proto.metadata_props}.get("odexport.reparam", "")
+    if recorded != DEFAULT_PASSES_NOTE:
+        return model, noise_model, None
+    dtype = next(model.parameters()).dtype
+    deploy = reparameterise(copy.deepcopy(model).float()).model.to(dtype).eval()
+    noise_deploy = None
+    if noise_model is not None:
+        noise_deploy = copy.deepcopy(deploy).to(next(noise_model.parameters()).dtype).eval()
+    return deploy, noise_deploy, ("per-layer reference: the checkpoint reparameterised with the default (exact) passes, "
+                                  "as the export was; the outputs above are compared with the checkpoint as loaded")
 
 
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,

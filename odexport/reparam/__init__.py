@@ -44,6 +44,8 @@ EXACT_PASSES: dict[str, type[ReparamPass]] = {
 PASS_ORDER: tuple[str, ...] = (*EXACT_PASSES, FreezeLowSpread.name)
 #: What runs when ``passes`` is not given.
 DEFAULT_PASSES: tuple[str, ...] = tuple(EXACT_PASSES)
+#: The ``odexport.reparam`` metadata of an export made from ``reparameterise(model)`` with the defaults.
+DEFAULT_PASSES_NOTE = "reparameterised with the default passes"
 
 
 def resolve_passes(passes: str | Iterable[str] | None) -> list[str]:
@@ -220,6 +222,7 @@ def _check(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> dict[s
 __all__ = [
     "CollapseDegenerate",
     "DEFAULT_PASSES",
+    "DEFAULT_PASSES_NOTE",
     "EXACT_PASSES",
     "FoldAttentionBN",
     "FoldFollowingBN",

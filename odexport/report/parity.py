@@ -82,10 +82,22 @@ class PerLayerParity:
     def first_divergence(self) -> LayerParity | None:
         return next((entry for entry in self.layers if not entry.comparison.passed), None)
 
+    @property
+    def verdict(self) -> str:
+        """One line: the first divergence, that none diverges (and how much was compared), or that nothing was."""
+        first = self.first_divergence
+        if first is not None:
+            return f"first divergence at {first.layer} ({first.kind}: {first.component})"
+        if not self.layers:
+            return "nothing compared: no per-layer value of this export could be located (the outputs were compared; see the notes)"
+        layers = len({entry.layer for entry in self.layers})
+        return f"no dynamic conv diverges ({len(self.layers)} values of {layers} layers compared)"
+
     def to_dict(self) -> dict:
         first = self.first_divergence
         return {
             "batch_size": self.batch_size,
+            "compared": len(self.layers),
             "first_divergence": None if first is None else {"layer": first.layer, "component": first.component, "kind": first.kind},
             "layers": [entry.to_dict() for entry in self.layers],
             "notes": list(self.notes),

@@ -216,9 +216,7 @@ def parity_markdown(report: ParityReport) -> str:
             lines += ["", f"Accuracy on {acc.samples} labelled samples: reference {_pct(acc.reference)}, "
                           f"`{Path(cand.artifact).name}` {_pct(acc.candidate)}, top-1 agreement {_pct(acc.top1_agreement)}."]
         if cand.per_layer is not None:
-            first = cand.per_layer.first_divergence
-            where = "no dynamic conv diverges" if first is None else f"first divergence: `{first.layer}` ({first.component}, {first.kind})"
-            lines += ["", f"Per-layer (`{Path(cand.artifact).name}`): {where}."]
+            lines += ["", f"Per-layer (`{Path(cand.artifact).name}`): {cand.per_layer.verdict}."]
     return "\n".join(lines) + "\n"
 
 

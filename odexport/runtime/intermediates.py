@@ -15,8 +15,9 @@ Finding the same values in an ONNX graph, in order of preference:
 2. **PyTorch name scopes**: the torch.export-based exporter records each node's module path in
    its ``pkg.torch.onnx.name_scopes`` metadata.  A layer's output is the last value its scope
    hands to the rest of the graph; its attention heads are the values the ``<layer>.attention``
-   scope hands out, in the order the heads are computed.  A layer whose heads were fused (one value
-   for all heads) or whose scope was optimised away is compared on its output only, with a note.
+   scope hands out, in the order the heads are computed (with fused heads, the values of the
+   heads' sizes in that order: the joint logits also leave the scope).  A layer whose heads cannot
+   be told apart or whose scope was optimised away is compared on its output only, with a note.
 
 The legacy TorchScript exporter records no usable scopes; such graphs get a note and no per-layer
 comparison unless the exporter declared the values (1).
@@ -53,8 +54,8 @@ def torch_layer_values(model, x: np.ndarray, dtype=None) -> "OrderedDict[str, di
             attentions = module.attentions(args[0])
             for head, value in zip(_HEADS, attentions):
                 if value is not None:
-                    values[f"attention.{head}"] = value.detach().double().cpu().numpy()
-            values["output"] = output.detach().double().cpu().numpy()
+                    values[f"attention.{head}"] = _snapshot(value)
+            values["output"] = _snapshot(output)
             captured[name] = values
         return hook
 
@@ -67,6 +68,29 @@ def torch_layer_values(model, x: np.ndarray, dtype=None) -> "OrderedDict[str, di
         for handle in handles:
             handle.remove()
     return captured
+
+
+def _specialised_from(proto) -> str | None:
+    """The portable export an ``odexport ort`` file was made from (its ``odexport.ort_cpu`` record), else None."""
+    import json
+
+    for prop in proto.metadata_props:
+        if prop.key == "odexport.ort_cpu":
+            try:
+                return str(json.loads(prop.value).get("source") or "the portable export")
+            except (ValueError, AttributeError):
+                return "the portable export"
+    return None
+
+
+def _snapshot(value) -> np.ndarray:
+    """A float64 copy of a hooked tensor, taken now.
+
+    ``.double().numpy()`` of a float64 CPU tensor is a view of it, and the network may then modify
+    the tensor in place (``ReLU(inplace=True)`` after a conv): the recorded value would become the
+    activation's output.
+    """
+    return np.array(value.detach().double().cpu().numpy(), copy=True)
 
 
 def onnx_layer_value_names(proto, layers: dict[str, dict[str, tuple]]) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -86,8 +110,13 @@ def onnx_layer_value_names(proto, layers: dict[str, dict[str, tuple]]) -> tuple[
 
     scopes = _node_scopes(proto)
     if not any(scopes):
-        notes.append("this ONNX graph records no PyTorch module scopes (legacy TorchScript exporter?) and declares no "
-                     f"'{METADATA_KEY}' metadata: per-layer values cannot be located")
+        source = _specialised_from(proto)
+        if source is not None:
+            notes.append(f"an `odexport ort` file keeps no PyTorch module scopes (onnxruntime rewrote its graph): run --per-layer "
+                         f"on the portable export it was made from ({source}); `odexport ort` compared the two when it wrote this one")
+        else:
+            notes.append("this ONNX graph records no PyTorch module scopes (legacy TorchScript exporter?) and declares no "
+                         f"'{METADATA_KEY}' metadata: per-layer values cannot be located")
         return {}, notes
     nodes = list(proto.graph.node)
     consumers: dict[str, list[int]] = {}
@@ -106,6 +135,14 @@ def onnx_layer_value_names(proto, layers: dict[str, dict[str, tuple]]) -> tuple[
                     values.append(out)
         return values
 
+    inferred: dict[str, int | None] | None = None
+
+    def sample_sizes() -> dict[str, int | None]:
+        nonlocal inferred
+        if inferred is None:
+            inferred = _per_sample_sizes(proto)
+        return inferred
+
     mapping: dict[str, dict[str, str]] = {}
     for layer, components in layers.items():
         found: dict[str, str] = {}
@@ -114,6 +151,8 @@ def onnx_layer_value_names(proto, layers: dict[str, dict[str, tuple]]) -> tuple[
             found["output"] = out_values[-1]
         heads = [c for c in COMPONENTS if c.startswith("attention.") and c in components]
         att_values = handed_out(f"{layer}.attention")
+        if heads and len(att_values) > len(heads):
+            att_values = _by_size_in_order(att_values, [int(np.prod(components[h])) for h in heads], sample_sizes()) or att_values
         if heads and len(att_values) == len(heads):
             found.update(zip(heads, att_values))
         elif heads:
@@ -124,6 +163,35 @@ def onnx_layer_value_names(proto, layers: dict[str, dict[str, tuple]]) -> tuple[
         if found:
             mapping[layer] = found
     return mapping, notes
+
+
+def _by_size_in_order(values: list[str], wanted: list[int], sizes: dict[str, int | None]) -> list[str] | None:
+    """The values, in graph order, whose per-sample sizes are ``wanted`` in that order, or None.
+
+    A fused-heads attention also hands its joint logits (``C + O + k*k + K`` per sample) to the
+    split outside its scope; the heads themselves are the later values of their own sizes.
+    """
+    picked: list[str] = []
+    for name in values:
+        if len(picked) < len(wanted) and sizes.get(name) == wanted[len(picked)]:
+            picked.append(name)
+    return picked if len(picked) == len(wanted) else None
+
+
+def _per_sample_sizes(proto) -> dict[str, int | None]:
+    """Element count per sample (all dims but the first) of every value shape inference can size."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # best effort: without sizes, fused heads are compared on the layer output only
+        return {}
+    sizes: dict[str, int | None] = {}
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        rest = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+        sizes[info.name] = int(np.prod(rest)) if dims and all(rest) else None
+    return sizes
 
 
 def with_extra_outputs(proto, value_names: list[str]):

@@ -8,6 +8,7 @@ dynamic axes (batch baked in).  The reference is the checkpoint run in PyTorch.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import warnings
 import xml.etree.ElementTree as ET
 
@@ -130,6 +131,65 @@ def test_per_layer_on_the_correct_export_finds_no_divergence(artifacts):
     assert result.exit_code == 0, result.output
     per_layer = json.loads(result.stdout)["candidates"][0]["per_layer"]
     assert per_layer["first_divergence"] is None and len(per_layer["layers"]) >= 12
+    assert per_layer["compared"] == len(per_layer["layers"])
+
+
+def test_per_layer_on_a_specialised_file_says_nothing_was_compared(artifacts):
+    """An `odexport ort` file loses the module scopes: the verdict must not read as a pass of every layer."""
+    from odexport.pipeline import ort_cpu_from_onnx
+    from odexport.runtime.ort_optimize import nchwc_block_size
+
+    if nchwc_block_size() is None:
+        pytest.skip("this onnxruntime build/CPU has no NCHWc convolutions to specialise for")
+    specialised = ort_cpu_from_onnx(artifacts["good"], artifacts["root"] / "good.ort-cpu.onnx", measure=False).path
+    result = _check(artifacts["ckpt"], specialised, "--per-layer", "--batch-sizes", "1")
+    assert result.exit_code == 0, result.output  # the outputs still match
+    text = " ".join(result.output.split())
+    assert "per-layer: nothing compared" in text and "no dynamic conv diverges" not in text
+    assert "run --per-layer on the portable export it was made from (good.onnx)" in text
+    per_layer = json.loads(_check(artifacts["ckpt"], specialised, "--per-layer", "--json", "--batch-sizes", "1").stdout)["candidates"][0]["per_layer"]
+    assert per_layer["compared"] == 0 and per_layer["layers"] == [] and per_layer["first_divergence"] is None
+
+
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory):
+    """The shipped trained sample through `odexport onnx` (reparameterised: BNs folded, heads fused)."""
+    root = tmp_path_factory.mktemp("cli_export")
+    sample = Path(__file__).resolve().parents[2] / "samples" / "od_resnet_digits.pth.tar"
+    path = root / "digits.onnx"
+    result = CliRunner().invoke(app, ["onnx", str(sample), "-o", str(path), "--no-check", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return sample, path
+
+
+def test_per_layer_follows_the_reparameterised_export(cli_export):
+    """The export's layers compute the reparameterised layers (a following BN folded in): per-layer compares those,
+    attentions included, and finds nothing on a correct export of a trained checkpoint."""
+    sample, path = cli_export
+    result = _check(sample, path, "--per-layer", "--json", "--batch-sizes", "2")
+    assert result.exit_code == 0, result.output
+    per_layer = json.loads(result.stdout)["candidates"][0]["per_layer"]
+    assert per_layer["first_divergence"] is None, per_layer["layers"][:2]
+    components = {entry["component"] for entry in per_layer["layers"]}
+    assert "output" in components and {"attention.channel", "attention.kernel"} <= components
+    assert len({entry["layer"] for entry in per_layer["layers"]}) == 12
+    assert any("reparameterised" in note for note in per_layer["notes"])
+
+
+def test_per_layer_names_the_perturbed_layer_of_a_reparameterised_export(cli_export, tmp_path):
+    sample, path = cli_export
+    proto = onnx.load(str(path))
+    banks = [i for i in proto.graph.initializer if len(i.dims) == 5]  # the dynamic convs' kernel banks, in graph order
+    target = banks[len(banks) // 2]
+    weight = numpy_helper.to_array(target) * np.float32(1.5)  # every kernel: a trained net has dead input channels
+    target.CopyFrom(numpy_helper.from_array(weight, target.name))
+    perturbed = tmp_path / "perturbed.onnx"
+    onnx.save(proto, perturbed)
+    result = _check(sample, perturbed, "--per-layer", "--json", "--batch-sizes", "2")
+    first = json.loads(result.stdout)["candidates"][0]["per_layer"]["first_divergence"]
+    consumer = next(n for n in proto.graph.node if target.name in n.input)
+    assert first is not None and first["component"] == "output" and first["kind"] == "convolution"
+    assert any(first["layer"] in prop.value for prop in consumer.metadata_props)  # the layer whose kernel changed
 
 
 def test_labelled_inputs_report_accuracy(artifacts, tmp_path):

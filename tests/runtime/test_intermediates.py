@@ -148,3 +148,17 @@ def test_with_extra_outputs_keeps_the_original(exported):
     extended = with_extra_outputs(proto, [name])
     assert [o.name for o in extended.graph.output][-1] == name
     assert name not in [o.name for o in proto.graph.output]
+
+
+def test_float64_values_are_taken_before_an_inplace_activation():
+    """The float64 reference (the rounding-noise run, --reference-dtype float64) records each layer's own output:
+    a view of it would become the output of the in-place ReLU that follows."""
+    torch.manual_seed(0)
+    conv = ODConv2d(4, 8, 3, padding=1, kernel_num=2)
+    model = nn.Sequential(conv, nn.ReLU(inplace=True)).double().eval()
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6))
+    recorded = torch_layer_values(model, x)["0"]["output"]
+    with torch.no_grad():
+        expected = conv(torch.from_numpy(x)).numpy()
+    assert (expected < 0).any()  # the ReLU would have changed it
+    np.testing.assert_array_equal(recorded, expected)

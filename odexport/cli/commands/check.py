@@ -121,8 +121,7 @@ def check(
                 if cand.per_layer is not None:
                     if cand.per_layer.layers:
                         wide_console().print(per_layer_table(cand))
-                    first = cand.per_layer.first_divergence
-                    console.print(f"per-layer: {'no dynamic conv diverges' if first is None else f'first divergence at {first.layer} ({first.kind}: {first.component})'}")
+                    console.print(f"per-layer: {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
             for line in parity_failure_lines(report):

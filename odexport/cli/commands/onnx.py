@@ -106,13 +106,13 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         reparam_note = None
         if reparam and getattr(info, "source", None) != "deploy":
             try:
-                from odexport.reparam import reparameterise
+                from odexport.reparam import DEFAULT_PASSES_NOTE, reparameterise
             except ImportError:
                 reparam_note = "reparam passes are not available; exported as loaded"
             else:
                 stage("reparam")
                 model = reparameterise(model).model.eval()
-                reparam_note = "reparameterised with the default passes"
+                reparam_note = DEFAULT_PASSES_NOTE
         if plan:
             from odexport.export.plan import plan_forms
 
