@@ -178,11 +178,12 @@ def batch_parity(batch_size: int, reference: dict[str, np.ndarray], candidate: d
 
 def baked_batch_message(batch_size: int, input_shape, detail: str) -> str:
     """The message for a batch size the candidate rejects: it names the likely cause."""
-    fixed = ""
+    fixed, intended = "", ""
     if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0:
         fixed = f" (its input shape is {tuple(input_shape)}: batch {input_shape[0]} is fixed)"
+        intended = f"; if the fixed batch is intended (`odexport onnx --batch {input_shape[0]}`), check it at that size: --batch-sizes {input_shape[0]}"
     return (f"rejected batch size {batch_size}{fixed}; the batch seems baked in -- re-export with a dynamic batch "
-            f"(`odexport onnx`, which never fixes the batch unless asked). Backend said: {detail}")
+            f"(`odexport onnx`, which never fixes the batch unless asked){intended}. Backend said: {detail}")
 
 
 def parity_report(

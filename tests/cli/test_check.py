@@ -97,6 +97,7 @@ def test_baked_in_batch_fails_with_exit_2(artifacts):
     result = _check(artifacts["ckpt"], artifacts["baked"])
     assert result.exit_code == 2, result.output
     assert "baked in" in result.output
+    assert "--batch-sizes 2" in " ".join(result.output.split())  # how to check it at its own batch, if that was meant
     # at its own batch the numbers agree: only the batch sizes fail
     data = json.loads(_check(artifacts["ckpt"], artifacts["baked"], "--json").stdout)
     passed = {b["batch_size"]: b["passed"] for b in data["candidates"][0]["batches"]}
