@@ -171,30 +171,46 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 def _per_layer_reference(model, noise_model, onnx_path):
     """The PyTorch models whose dynamic convs compute what the export's layers compute.
 
-    ``odexport onnx`` exports a checkpoint reparameterised with the default (exact) passes, which
-    fold a following BatchNorm into each dynamic conv and fuse its attention heads: the export's
-    layer outputs are then the reparameterised layers' outputs, not the checkpoint's.  For such an
-    export (its ``odexport.reparam`` metadata says so) the reference and its other-precision twin
-    are reparameterised the same way; the network outputs are still compared with the checkpoint
-    as loaded.  Returns ``(model, noise_model, note)``.
+    ``odexport onnx`` exports a checkpoint reparameterised (by default with the exact passes, which
+    fold a following BatchNorm into each dynamic conv and fuse its attention heads): the export's
+    layer outputs are then the reparameterised layers' outputs, not the checkpoint's.  The export
+    records the passes that changed its model (``odexport.reparam_passes``; older files only say
+    ``odexport.reparam``); the reference and its other-precision twin are reparameterised with the
+    same exact passes.  An approximate pass (``freeze-low-spread``) cannot be redone without its
+    calibration set: a note says the layers it changed will differ.  The network outputs are
+    always compared with the checkpoint as loaded.  Returns ``(model, noise_model, note)``.
     """
     import copy
 
     import onnx
 
-    from odexport.reparam import DEFAULT_PASSES_NOTE, reparameterise
+    from odexport.reparam import DEFAULT_PASSES, DEFAULT_PASSES_NOTE, EXACT_PASSES, reparameterise
+    from odexport.reparam.base import metadata
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    recorded = {p.key: p.value for p in proto.metadata_props}.get("odexport.reparam", "")
-    if recorded != DEFAULT_PASSES_NOTE:
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    if "odexport.reparam_passes" in props:
+        passes = [p for p in props["odexport.reparam_passes"].split(",") if p]
+    else:
+        passes = list(DEFAULT_PASSES) if props.get("odexport.reparam") == DEFAULT_PASSES_NOTE else []
+    done = set(metadata(model)["passes"])
+    todo = [p for p in passes if p not in done]
+    if not todo:
         return model, noise_model, None
+    exact = [p for p in passes if p in EXACT_PASSES]
+    approximate = [p for p in todo if p not in EXACT_PASSES]
+    note = (f"per-layer reference: the checkpoint reparameterised as the export was ({', '.join(exact)}); "
+            "the outputs above are compared with the checkpoint as loaded")
+    if approximate:
+        note += (f"; {', '.join(approximate)} (approximate) is not redone without its calibration set, so the layers it "
+                 "changed will differ")
+    if not [p for p in todo if p in EXACT_PASSES]:
+        return model, noise_model, note
     dtype = next(model.parameters()).dtype
-    deploy = reparameterise(copy.deepcopy(model).float()).model.to(dtype).eval()
+    deploy = reparameterise(copy.deepcopy(model).float(), passes=exact).model.to(dtype).eval()
     noise_deploy = None
     if noise_model is not None:
         noise_deploy = copy.deepcopy(deploy).to(next(noise_model.parameters()).dtype).eval()
-    return deploy, noise_deploy, ("per-layer reference: the checkpoint reparameterised with the default (exact) passes, "
-                                  "as the export was; the outputs above are compared with the checkpoint as loaded")
+    return deploy, noise_deploy, note
 
 
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,

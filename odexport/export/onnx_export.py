@@ -393,6 +393,8 @@ def export_onnx(
             "odexport.input_shape": "x".join(map(str, shape)),
             "odexport.precision": "fp16" if fp16 else "fp32",
             "odexport.target": target,
+            # which reparameterisation passes changed the exported model: `check --per-layer` redoes them on the checkpoint
+            "odexport.reparam_passes": ",".join(_reparam_passes(model)),
             **{f"odexport.{k}": str(v) for k, v in (extra_metadata or {}).items()},
         }
         onnx.helper.set_model_props(proto, metadata)
@@ -444,3 +446,11 @@ def _version() -> str:
     from odexport import __version__
 
     return __version__
+
+
+def _reparam_passes(model) -> list[str]:
+    """The reparameterisation passes recorded on ``model`` (:func:`odexport.reparam.base.metadata`), in order."""
+    from odexport.reparam.base import META_ATTR
+
+    meta = getattr(model, META_ATTR, None)
+    return [str(p) for p in meta.get("passes", [])] if isinstance(meta, dict) else []

@@ -177,6 +177,20 @@ def test_per_layer_follows_the_reparameterised_export(cli_export):
     assert any("reparameterised" in note for note in per_layer["notes"])
 
 
+def test_per_layer_follows_a_library_export_of_a_reparameterised_model(cli_export, tmp_path):
+    """The passes travel in the export's metadata, whoever exported: `onnx_from_model` on `reparameterise(...)`."""
+    from odexport.pipeline import check_parity, model_from_checkpoint, onnx_from_model
+    from odexport.reparam import reparameterise
+
+    sample, _ = cli_export
+    deployed = reparameterise(model_from_checkpoint(str(sample)).model).model.eval()
+    path = tmp_path / "library.onnx"
+    onnx_from_model(deployed, path, input_shape=SHAPE, check=False)
+    assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["odexport.reparam_passes"] == "fold-attention-bn,fold-bn,fuse-heads"
+    per_layer = check_parity(str(sample), [str(path)], batch_sizes=(2,), per_layer=True).candidates[0].per_layer
+    assert per_layer.first_divergence is None and len({entry.layer for entry in per_layer.layers}) == 12
+
+
 def test_per_layer_names_the_perturbed_layer_of_a_reparameterised_export(cli_export, tmp_path):
     sample, path = cli_export
     proto = onnx.load(str(path))
