@@ -67,6 +67,13 @@ def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto serialises ``ir_version`` (field 1, varint: tag 0x08; versions 3-20 so far
+    fit one byte) first, then a length-delimited field such as ``producer_name`` (tag 0x12) or
+    ``opset_import`` (tag 0x42)."""
+    return len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42)
+
+
 def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False) -> RawCheckpoint:
     """Read ``path`` without running code from it (unless ``trust_pickle``); see the module docstring.
 
@@ -87,6 +94,12 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         file_format = "torch-legacy"
     elif _is_torch_tar(path):  # torch < 0.4 wrote a tar of 'sys_info', 'pickle', 'storages', 'tensors'
         file_format = "torch-legacy"
+    elif path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+        raise CheckpointError(
+            f"{path} is an ONNX model, not a checkpoint (this command reads the trained weights)",
+            "pass the checkpoint it was exported from; an export's metadata is in its sidecar "
+            f"{path.name}.json, and `odexport check CHECKPOINT {path.name}` compares the two",
+        )
     else:
         raise CheckpointError(
             f"{path} is not a checkpoint (neither a torch file nor safetensors; it starts with {head[:8]!r})",

@@ -248,6 +248,21 @@ def test_random_bytes_text_and_empty_file(tmp_path):
     _one_line_error(empty, "empty")
 
 
+def test_onnx_file_is_named_as_such(tmp_path):
+    """An export passed where a checkpoint belongs: say what it is, whatever its name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, producer_name="test")
+    for name in ("model.onnx", "weights.bin"):
+        path = tmp_path / name
+        onnx.save(model, str(path))
+        _one_line_error(path, "is an ONNX model, not a checkpoint")
+
+
 def test_zip_that_is_not_a_checkpoint(tmp_path):
     import zipfile
 
