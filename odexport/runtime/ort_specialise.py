@@ -103,6 +103,16 @@ def default_output(source: Path) -> Path:
     return source.with_name(source.stem + DEFAULT_SUFFIX)
 
 
+def _torch_file(path: Path) -> bool:
+    """A torch.save zip (``PK``) or legacy pickle (``0x80``) file: a checkpoint given where an export belongs."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"
+
+
 def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | None = None, check: bool = True,
                     tolerance: float = DEFAULT_TOLERANCE, measure: bool = True, seed: int = 0, stage=None) -> SpecialisedModel:
     """Write ``source`` (a portable odexport export, custom form) specialised for onnxruntime CPU
@@ -137,6 +147,9 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     try:
         model = onnx.load(str(source))
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        if _torch_file(source):
+            raise InputError(f"{source} is a PyTorch checkpoint, not an ONNX export",
+                             f"export it first: `odexport onnx {source.name} -o MODEL.onnx`, then `odexport ort MODEL.onnx`") from exc
         raise InputError(f"{source} is not a readable ONNX file ({type(exc).__name__})", "pass an ONNX file written by `odexport onnx`") from exc
     metadata = {p.key: p.value for p in model.metadata_props}
     if SPECIALISATION_KEY in metadata:

@@ -169,6 +169,9 @@ def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
     assert again.exit_code == 1 and "already specialised" in again.output and "Traceback" not in again.output
     bad = runner.invoke(app, ["ort", str(source), "--batch-sizes", "0"])
     assert bad.exit_code == 1
+    checkpoint = runner.invoke(app, ["ort", str(SAMPLE), "-o", str(tmp_path / "c.onnx")])  # the checkpoint, not its export
+    assert checkpoint.exit_code == 1 and "is a PyTorch checkpoint" in checkpoint.output and "odexport onnx" in checkpoint.output
+    assert not (tmp_path / "c.onnx").exists()
 
 
 @needs_nchwc
