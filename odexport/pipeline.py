@@ -243,7 +243,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
         "threads": threads, "baseline": baseline, "cpu_rewrite": cpu_rewrite, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
         "interleaved": True})
     with tempfile.TemporaryDirectory(prefix="odexport-bench-") as scratch:
-        pairs = []  # (label, role, baseline_of, runner)
+        pairs = []  # (label, role, baseline_of, runner); a twin shared by candidates appears once per candidate
+        twins = {}  # what a twin is built from -> its runner: one session for candidates of one architecture
         for artifact in artifacts:
             stage(f"open {artifact}")
             kind = artifact_kind(artifact)
@@ -253,8 +254,16 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
             _record_specialisation(report, str(artifact), runner)
             if baseline == "static-twin":
-                stage(f"static twin of {artifact}")
-                twin, note = _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load)
+                key = _twin_key(artifact, kind, runner, input_shape, reference, load)
+                if key is not None and key in twins:
+                    twin = twins[key]
+                    shared_with = next(label for label, role, _, r in pairs if r is twin)
+                    note = f"{artifact} shares {shared_with.replace('static twin of ', 'the static twin of ')} (same architecture, shape and opset): one baseline session, its timings in both rows"
+                else:
+                    stage(f"static twin of {artifact}")
+                    twin, note = _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load)
+                    if key is not None:
+                        twins[key] = twin
                 if twin is not None:
                     pairs.append((f"static twin of {artifact}", "baseline", str(artifact), twin))
                 if note:
@@ -264,17 +273,22 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
         for batch_size in batch_sizes:
             stage(f"batch {batch_size}")
             x = rng.standard_normal((batch_size, *shape)).astype(np.float32)
-            timers = {}
-            for index, (label, role, of, runner) in enumerate(pairs):
+            timers, failed = {}, {}
+            for label, role, of, runner in pairs:
+                if id(runner) in timers or id(runner) in failed:
+                    continue  # a shared twin is timed once
                 try:
-                    timers[index] = runner.timer(x)
+                    timers[id(runner)] = runner.timer(x)
                 except InputError as exc:  # e.g. a batch the artifact rejects: record it, time the rest
-                    report.entries.append(BenchEntry(label, role, runner.backend, batch_size, None, of, exc.message))
+                    failed[id(runner)] = exc.message
             samples = interleaved_latencies(timers, warmup, iterations, max_seconds=max_seconds)
-            for index, values in samples.items():
-                label, role, of, runner = pairs[index]
-                report.entries.append(BenchEntry(label, role, runner.backend, batch_size, LatencyStats.from_samples(values, batch_size), of))
-        for *_, runner in pairs:
+            for label, role, of, runner in pairs:
+                if id(runner) in failed:
+                    report.entries.append(BenchEntry(label, role, runner.backend, batch_size, None, of, failed[id(runner)]))
+                elif id(runner) in samples:
+                    stats = LatencyStats.from_samples(samples[id(runner)], batch_size)
+                    report.entries.append(BenchEntry(label, role, runner.backend, batch_size, stats, of))
+        for runner in {id(r): r for *_, r in pairs}.values():
             runner.close()
     report.settings["input_shape"] = list(shape)
     return report
@@ -308,6 +322,24 @@ def _sample_shape(pairs, input_shape):
         if known:
             return tuple(known)
     raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
+
+
+def _twin_key(artifact, kind, runner, input_shape, reference, load):
+    """What the static twin of an ONNX candidate is built from; equal keys, one twin.  None: never shared
+    (a checkpoint's twin comes from its own weights-free structure but costs nothing to make; an
+    engine's depends on its precision)."""
+    import json
+
+    if kind != "onnx":
+        return None
+    meta = getattr(runner, "metadata", {}) or {}
+    source = str(reference) if reference is not None else (load.get("arch") or meta.get("odexport.arch") or None)
+    if source is None:
+        return None
+    kwargs = "" if reference is not None or load.get("arch") else meta.get("odexport.model_kwargs") or "{}"
+    shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
+    return (source, json.dumps(json.loads(kwargs), sort_keys=True) if kwargs else "", tuple(shape or ()),
+            meta.get("odexport.opset") or "18")
 
 
 def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load):

@@ -70,6 +70,24 @@ def test_onnx_against_its_exported_static_twin(artifacts, tmp_path):
         assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_candidates_of_one_architecture_share_one_twin(artifacts, tmp_path):
+    """Two exports of one model (e.g. portable and `odexport ort`): one twin session, its timings in both baseline rows."""
+    import shutil
+
+    second = tmp_path / "copy.onnx"
+    shutil.copy(artifacts["fixed"], second)
+    result = _bench(artifacts["fixed"], second, "--batch-sizes", "2", "--arch", "od_resnet_tiny", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    baselines = {row["baseline_of"]: row for row in data["results"] if row["role"] == "baseline"}
+    assert set(baselines) == {artifacts["fixed"], str(second)}
+    first, other = baselines.values()
+    assert first["p50_ms"] == other["p50_ms"] and first["p99_ms"] == other["p99_ms"]  # the same samples
+    assert any("shares the static twin" in note for note in data["notes"])
+    candidates = [row for row in data["results"] if row["role"] == "candidate"]
+    assert len(candidates) == 2 and all(row["ratio_to_baseline"] > 0 for row in candidates)
+
+
 def test_rejected_batch_is_recorded_and_exits_1(artifacts):
     result = _bench(artifacts["fixed"], "--batch-sizes", "1,2", "--baseline", "none", "--json")
     assert result.exit_code == 1
