@@ -127,6 +127,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if shape is None:
         raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
     ref.input_shape = shape
+    for candidate, runner in opened:
+        _require_sample_shape(candidate, runner, shape, reference)
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
@@ -166,6 +168,26 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                  "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin)
+
+
+def _require_sample_shape(candidate, runner, shape, reference) -> None:
+    """An export whose graph fixes another sample shape cannot be compared on these samples: an
+    input error naming both shapes (and both architectures when the export records its own), not a
+    parity failure blamed on the batch."""
+    from odexport.errors import InputError
+
+    if getattr(runner, "backend", "").startswith("torch"):
+        return  # a PyTorch candidate takes what its reference takes
+    declared = tuple(runner.inputs[0].shape[1:]) if runner.inputs else ()
+    if not declared or not all(isinstance(d, int) and d > 0 for d in declared) or declared == tuple(shape):
+        return
+    arch = (getattr(runner, "metadata", None) or {}).get("odexport.arch")
+    made_from = f" (exported from {arch})" if arch else ""
+    raise InputError(
+        f"{candidate}{made_from} takes samples of shape {declared}, the reference {reference} {tuple(shape)}",
+        "pass the export of this checkpoint, or --input-shape "
+        + "x".join(map(str, declared)) + " if the reference accepts that size too",
+    )
 
 
 def _per_layer_reference(model, noise_model, onnx_path):

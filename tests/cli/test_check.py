@@ -104,6 +104,19 @@ def test_baked_in_batch_fails_with_exit_2(artifacts):
     assert passed == {1: False, 2: True, 8: False}
 
 
+def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
+    """Not a parity failure blamed on the batch: the candidate cannot take these samples at all."""
+    from odexport.models import create_model
+    from odexport.pipeline import onnx_from_model
+
+    other = tmp_path / "48px.onnx"
+    onnx_from_model(create_model("od_resnet_tiny").eval(), other, input_shape=(3, 48, 48), check=False)
+    result = _check(artifacts["ckpt"], other)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "takes samples of shape (3, 48, 48)" in text and "(3, 32, 32)" in text and "baked" not in text
+
+
 def test_one_failing_candidate_fails_the_run(artifacts):
     result = _check(artifacts["ckpt"], artifacts["good"], artifacts["baked"], "--json")
     assert result.exit_code == 2
