@@ -225,7 +225,7 @@ def _per_layer_reference(model, noise_model, onnx_path):
     if approximate:
         note += (f"; {', '.join(approximate)} (approximate) is not redone without its calibration set, so the layers it "
                  "changed will differ")
-    if not [p for p in todo if p in EXACT_PASSES]:
+    if not any(p in EXACT_PASSES for p in todo):
         return model, noise_model, note
     dtype = next(model.parameters()).dtype
     deploy = reparameterise(copy.deepcopy(model).float(), passes=exact).model.to(dtype).eval()
@@ -347,9 +347,9 @@ def _sample_shape(pairs, input_shape):
 
 
 def _twin_key(artifact, kind, runner, input_shape, reference, load):
-    """What the static twin of an ONNX candidate is built from; equal keys, one twin.  None: never shared
-    (a checkpoint's twin comes from its own weights-free structure but costs nothing to make; an
-    engine's depends on its precision)."""
+    """What the static twin of an ONNX candidate is built from (architecture, options, sample shape,
+    opset): equal keys, one twin.  None: not shared (a checkpoint's twin is cheap to make from its
+    own model; an engine's twin also depends on the engine's precision)."""
     import json
 
     if kind != "onnx":
