@@ -234,6 +234,8 @@ def test_labelled_inputs_report_accuracy(artifacts, tmp_path):
 
 def test_checkpoint_candidate(artifacts):
     assert _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1,3").exit_code == 0
+    asked = _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1", "--per-layer")
+    assert asked.exit_code == 0 and "per-layer: not compared for" in " ".join(asked.output.split())  # said, not silently skipped
 
 
 @pytest.mark.parametrize(

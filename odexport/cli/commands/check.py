@@ -124,6 +124,9 @@ def check(
                     console.print(f"per-layer: {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
+                elif per_layer:
+                    console.print(f"per-layer: not compared for {cand.artifact} ({cand.backend}): only ONNX candidates expose "
+                                  "their layers (for an engine, run --per-layer on the ONNX it was built from)", markup=False)
             for line in parity_failure_lines(report):
                 console.print(f"FAIL {line}", markup=False, style="red")
         if not report.passed:
