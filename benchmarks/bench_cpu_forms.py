@@ -141,16 +141,20 @@ def session(proto, threads, ort_cpu=False, ratio=None, batches=None):
 
 
 def interleaved(fns: dict, iters: int, warmup: int = 2, cpu: dict | None = None) -> dict:
-    """Median wall ms per function, the functions run in turn ``iters`` times.  ``cpu``, when
-    given, receives the median process CPU ms too (all threads): on a box shared with other jobs it
-    measures the work done, which preemption does not inflate -- a diagnostic, not the metric."""
+    """Median wall ms per function, the functions run in turn ``iters`` times (the first of each turn
+    rotating).  ``cpu``, when given, receives the median process CPU ms too (all threads): on a box
+    shared with other jobs it measures the work done, which preemption does not inflate -- a
+    diagnostic, not the metric."""
     times = {k: [] for k in fns}
     cpu_times = {k: [] for k in fns}
     for _ in range(warmup):
         for f in fns.values():
             f()
-    for _ in range(iters):
-        for k, f in fns.items():
+    keys = list(fns)
+    for i in range(iters):
+        # the first of each round rotates, as in `odexport bench`: no session always follows the same one
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            f = fns[k]
             c = time.process_time_ns()
             t = time.perf_counter_ns()
             f()
