@@ -141,28 +141,28 @@ def session(proto, threads, ort_cpu=False, ratio=None, batches=None):
 
 
 def interleaved(fns: dict, iters: int, warmup: int = 2, cpu: dict | None = None) -> dict:
-    """Median wall ms per function, the functions run in turn ``iters`` times (the first of each turn
-    rotating).  ``cpu``, when given, receives the median process CPU ms too (all threads): on a box
-    shared with other jobs it measures the work done, which preemption does not inflate -- a
-    diagnostic, not the metric."""
-    times = {k: [] for k in fns}
+    """Median wall ms per function, called in turn as ``odexport bench`` does
+    (:func:`odexport.runtime.timing.interleaved_latencies`: the first of each turn rotates).
+    ``cpu``, when given, receives the median process CPU ms too (all threads): on a box shared with
+    other jobs it measures the work done, which preemption does not inflate -- a diagnostic, not
+    the metric."""
+    from odexport.runtime.timing import interleaved_latencies
+
     cpu_times = {k: [] for k in fns}
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    keys = list(fns)
-    for i in range(iters):
-        # the first of each round rotates, as in `odexport bench`: no session always follows the same one
-        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
-            f = fns[k]
-            c = time.process_time_ns()
-            t = time.perf_counter_ns()
-            f()
-            times[k].append(time.perf_counter_ns() - t)
-            cpu_times[k].append(time.process_time_ns() - c)
-    if cpu is not None:
-        cpu.update({k: float(np.median(v)) / 1e6 for k, v in cpu_times.items()})
-    return {k: float(np.median(v)) / 1e6 for k, v in times.items()}
+
+    def timed(key):
+        def run_once() -> float:
+            c, t = time.process_time_ns(), time.perf_counter_ns()
+            fns[key]()
+            wall = time.perf_counter_ns() - t
+            cpu_times[key].append(time.process_time_ns() - c)
+            return wall / 1e6
+        return run_once
+
+    times = interleaved_latencies({k: timed(k) for k in fns}, warmup, iters)
+    if cpu is not None:  # warm-up calls are in cpu_times too: keep the timed ones
+        cpu.update({k: float(np.median(v[-len(times[k]):])) / 1e6 for k, v in cpu_times.items()})
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv=None):

@@ -207,14 +207,14 @@ def _per_layer_reference(model, noise_model, onnx_path):
     import onnx
 
     from odexport.reparam import DEFAULT_PASSES, DEFAULT_PASSES_NOTE, EXACT_PASSES, reparameterise
-    from odexport.reparam.base import metadata
+    from odexport.reparam.base import recorded_passes
 
     props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     if "odexport.reparam_passes" in props:
         passes = [p for p in props["odexport.reparam_passes"].split(",") if p]
     else:
         passes = list(DEFAULT_PASSES) if props.get("odexport.reparam") == DEFAULT_PASSES_NOTE else []
-    done = set(metadata(model)["passes"])
+    done = set(recorded_passes(model))
     todo = [p for p in passes if p not in done]
     if not todo:
         return model, noise_model, None

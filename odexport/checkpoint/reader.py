@@ -67,6 +67,11 @@ def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def looks_like_torch_file(head: bytes) -> bool:
+    """``torch.save`` output, by its first bytes: a zip archive or a pickle (protocol >= 2)."""
+    return head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC) or (bool(head) and head[0] == _PICKLE_PROTO)
+
+
 def _looks_like_onnx(head: bytes) -> bool:
     """An ONNX ModelProto serialises ``ir_version`` (field 1, varint: tag 0x08; versions 3-20 so far
     fit one byte) first, then a length-delimited field such as ``producer_name`` (tag 0x12) or

@@ -379,6 +379,8 @@ def export_onnx(
             from odexport.export.precision import convert_to_mixed_precision
 
             counts = convert_to_mixed_precision(proto, {p.name for p in plans})
+        from odexport.reparam.base import recorded_passes  # lazy: the exporter does not need the passes themselves
+
         metadata = {
             "odexport.version": _version(),
             "odexport.source_sha256": source_sha256 or state_dict_sha256(model),
@@ -394,7 +396,7 @@ def export_onnx(
             "odexport.precision": "fp16" if fp16 else "fp32",
             "odexport.target": target,
             # which reparameterisation passes changed the exported model: `check --per-layer` redoes them on the checkpoint
-            "odexport.reparam_passes": ",".join(_reparam_passes(model)),
+            "odexport.reparam_passes": ",".join(recorded_passes(model)),
             **{f"odexport.{k}": str(v) for k, v in (extra_metadata or {}).items()},
         }
         onnx.helper.set_model_props(proto, metadata)
@@ -446,11 +448,3 @@ def _version() -> str:
     from odexport import __version__
 
     return __version__
-
-
-def _reparam_passes(model) -> list[str]:
-    """The reparameterisation passes recorded on ``model`` (:func:`odexport.reparam.base.metadata`), in order."""
-    from odexport.reparam.base import META_ATTR
-
-    meta = getattr(model, META_ATTR, None)
-    return [str(p) for p in meta.get("passes", [])] if isinstance(meta, dict) else []

@@ -167,6 +167,12 @@ def batchnorm_unfoldable_reason(bn: nn.Module) -> str | None:
     return None
 
 
+def recorded_passes(model: nn.Module) -> list[str]:
+    """The passes recorded as having changed ``model`` (see :func:`metadata`), without creating the record."""
+    meta = getattr(model, META_ATTR, None)
+    return [str(p) for p in meta.get("passes", [])] if isinstance(meta, dict) else []
+
+
 def metadata(model: nn.Module) -> dict[str, Any]:
     """The model's reparameterisation metadata (a plain dict attribute, created on first use).
 

@@ -74,8 +74,10 @@ def _specialised_from(proto) -> str | None:
     """The portable export an ``odexport ort`` file was made from (its ``odexport.ort_cpu`` record), else None."""
     import json
 
+    from odexport.runtime.ort_specialise import SPECIALISATION_KEY
+
     for prop in proto.metadata_props:
-        if prop.key == "odexport.ort_cpu":
+        if prop.key == SPECIALISATION_KEY:
             try:
                 return str(json.loads(prop.value).get("source") or "the portable export")
             except (ValueError, AttributeError):

@@ -104,13 +104,14 @@ def default_output(source: Path) -> Path:
 
 
 def _torch_file(path: Path) -> bool:
-    """A torch.save zip (``PK``) or legacy pickle (``0x80``) file: a checkpoint given where an export belongs."""
+    """A file ``torch.save`` wrote: a checkpoint given where an export belongs."""
+    from odexport.checkpoint.reader import looks_like_torch_file
+
     try:
         with open(path, "rb") as handle:
-            head = handle.read(2)
+            return looks_like_torch_file(handle.read(4))
     except OSError:
         return False
-    return head == b"PK" or head[:1] == b"\x80"
 
 
 def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | None = None, check: bool = True,
