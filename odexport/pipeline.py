@@ -153,7 +153,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                 ref.model, None if other_precision is None else other_precision.model, artifact)
             run.layer_values = onnx_layer_values(layer_model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads,
                                                  noise_model=layer_noise_model)
-            if layer_note:
+            if layer_note and run.layer_values.get("candidate"):  # about the values compared: moot when none were located
                 run.layer_values.setdefault("notes", []).insert(0, layer_note)
         runner.close()
         runs.append(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -121,7 +122,7 @@ def check(
                 if cand.per_layer is not None:
                     if cand.per_layer.layers:
                         wide_console().print(per_layer_table(cand))
-                    console.print(f"per-layer: {cand.per_layer.verdict}", markup=False)
+                    console.print(f"per-layer ({Path(cand.artifact).name}): {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
                 elif per_layer:
