@@ -322,8 +322,13 @@ def _record_specialisation(report, label: str, runner) -> None:
     from odexport.runtime.ort_specialise import recorded
 
     rewrite = getattr(runner, "rewrite_report", None)
-    record = recorded(getattr(runner, "metadata", None) or {})
+    metadata = getattr(runner, "metadata", None) or {}
+    record = recorded(metadata)
     if rewrite is None and record is None:
+        if getattr(runner, "backend", "") == "onnxruntime-cpu" and _has_custom_layers(metadata):
+            # the portable file runs its dynamic convs at onnxruntime's generic speed: say what makes it fast
+            report.notes.append(f"{label} is the portable export: on onnxruntime CPU, `odexport ort {label}` writes a copy "
+                                "specialised for this machine and the batch sizes you serve (docs/performance.md; --cpu-rewrite times one in memory)")
         return
     entry = report.settings.setdefault("specialisation", {})[label] = {}
     if rewrite is not None:
@@ -332,6 +337,17 @@ def _record_specialisation(report, label: str, runner) -> None:
             report.notes.append(f"{label}: --cpu-rewrite changed nothing ({'; '.join(rewrite.notes) or 'no dynamic conv to rewrite'})")
     if record is not None:
         entry["ort_cpu"] = record
+
+
+def _has_custom_layers(metadata: dict) -> bool:
+    """Does the export's form record name a ``custom`` layer (what `odexport ort` specialises)?"""
+    import json
+
+    try:
+        forms = json.loads(metadata.get("odexport.forms", "[]"))
+    except ValueError:
+        return False
+    return any(isinstance(entry, dict) and entry.get("form") == "custom" for entry in forms)
 
 
 def _sample_shape(pairs, input_shape):

@@ -111,3 +111,16 @@ def test_plot_without_matplotlib_exits_3_before_timing(artifacts, tmp_path):
         pytest.skip("matplotlib is installed")
     result = _bench(artifacts["ckpt"], "--plot", tmp_path / "x.png")
     assert result.exit_code == 3 and "matplotlib" in result.output
+
+
+def test_portable_export_on_cpu_points_to_odexport_ort(artifacts, tmp_path):
+    """Timing the portable file on onnxruntime CPU says how to get the fast one, and only then."""
+    portable = tmp_path / "tiny.onnx"
+    exported = CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(portable), "--form", "custom", "--quiet"])
+    assert exported.exit_code == 0, exported.output
+    plain = _bench(portable, "--batch-sizes", "1", "--baseline", "none", "--threads", "1", "--json")
+    assert plain.exit_code == 0, plain.output
+    assert any(f"`odexport ort {portable}`" in note for note in json.loads(plain.stdout)["notes"])
+    rewritten = _bench(portable, "--batch-sizes", "1", "--baseline", "none", "--threads", "1", "--json", "--cpu-rewrite")
+    assert rewritten.exit_code == 0, rewritten.output
+    assert not any("odexport ort" in note for note in json.loads(rewritten.stdout)["notes"])
