@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from odexport import __version__
 
+# Click's UsageError, wherever this typer takes Click from (a dependency, or vendored since 0.2x)
+_UsageError = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+
+
+class _InputErrorExitGroup(TyperGroup):
+    """Click exits 2 on a usage error (unknown option, bad value); 2 is our parity failure.
+
+    A CI gate must not read a mistyped ``odexport check --atoll`` as "the model diverged", so a
+    usage error leaves with 1, the input-error code, like every other bad input.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _UsageError as exc:
+            exc.exit_code = 1
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _UsageError as exc:  # the subcommand's own options and arguments
+            exc.exit_code = 1
+            raise
+
+
 app = typer.Typer(
     name="odexport",
+    cls=_InputErrorExitGroup,
     help="Take trained dynamic-convolution CNNs (ODConv, DY-Conv) to ONNX Runtime and TensorRT, "
     "with a dynamic batch and a parity gate.\n\nExit codes: 0 success, 1 input error, "
     "2 parity failure, 3 missing optional dependency or hardware.",

@@ -274,3 +274,15 @@ def test_engine_without_tensorrt_exits_3(artifacts, tmp_path):
 def test_reference_must_be_a_checkpoint(artifacts):
     result = _check(artifacts["good"], artifacts["good"])
     assert result.exit_code == 1 and "not a checkpoint" in result.output
+
+
+@pytest.mark.parametrize("args", [["--atoll", "1e-3"], ["--samples", "many"], []])
+def test_usage_errors_exit_1_not_the_parity_code(artifacts, args):
+    """Click's own exit code for a usage error is 2, which a CI gate would read as a parity failure."""
+    argv = ["check", artifacts["ckpt"], artifacts["good"], *args] if args else ["check"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1, result.output
+
+
+def test_unknown_command_exits_1():
+    assert CliRunner().invoke(app, ["chek"]).exit_code == 1

@@ -123,7 +123,7 @@ def test_bad_input_is_one_line_exit_1(args, message):
 
 def test_kernel_num_must_be_positive():
     result = _invoke("dy_resnet_tiny", "--kernel-num", "0")
-    assert result.exit_code == 2 and "kernel-num" in result.output  # a usage error, reported by the CLI parser
+    assert result.exit_code == 1 and "kernel-num" in result.output  # a usage error, reported by the CLI parser: an input error
 
 
 def test_corrupted_checkpoint(tmp_path):
