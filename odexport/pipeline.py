@@ -145,6 +145,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     for artifact, runner in opened:
         stage(f"candidate {artifact}")
         run = run_candidate(runner, artifact, data.x, batch_sizes)
+        made_from = _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference)
+        if made_from:
+            run.notes.append(made_from)
         if per_layer and artifact_kind(artifact) == "onnx":
             stage(f"per-layer values of {artifact}")
             batch = runner.inputs[0].shape[0]  # a fixed batch is the only one the graph runs
@@ -168,6 +171,33 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                  "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin)
+
+
+def _provenance_note(runner, reference_info, reference) -> str | None:
+    """Say so when an export records another source file than the reference (a stale export, or
+    the export of another training run): the usual cause of a parity failure that is no bug.
+
+    Lineage on either side: a file's own sha256 and, for a deploy checkpoint (or an export of
+    one, ``odexport.deploy_source_sha256``), the sha256 of the checkpoint it was made from; any
+    shared checksum is a match. Not an error: a re-saved or converted checkpoint has another
+    checksum and the same weights, which the comparison itself settles.
+    """
+    metadata = getattr(runner, "metadata", None) or {}
+    made_from = metadata.get("odexport.source_sha256")
+    own = getattr(reference_info, "sha256", None)
+    if not made_from or not own or getattr(runner, "backend", "").startswith("torch"):
+        return None
+    if metadata.get("odexport.source_kind") != "checkpoint":
+        return None  # a checksum of an in-memory state dict, not of a file: nothing to compare with
+    manifest = (getattr(reference_info, "extras", None) or {}).get("manifest") or {}
+    lineage = {own, (manifest.get("source") or {}).get("sha256")} - {None}
+    if {made_from, metadata.get("odexport.deploy_source_sha256")} & lineage:
+        return None
+    import os
+
+    name = os.path.basename(os.fspath(reference)) if isinstance(reference, (str, os.PathLike)) else "the reference"
+    return (f"exported from a file with sha256 {made_from[:12]}..., not from {name} ({own[:12]}...): "
+            "if the outputs differ, re-export from this checkpoint (a deploy checkpoint or re-saved copy of it is fine)")
 
 
 def _require_sample_shape(candidate, runner, shape, reference) -> None:

@@ -115,6 +115,7 @@ class CandidateParity:
     accuracy: Accuracy | None = None
     per_layer: PerLayerParity | None = None
     error: str | None = None  # could not be opened at all (and is not a missing backend)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -138,6 +139,7 @@ class CandidateParity:
             "precision": self.precision,
             "passed": self.passed,
             "error": self.error,
+            "notes": list(self.notes),
             "failures": self.failures,
             "batches": [b.to_dict() for b in self.batches],
             "accuracy": None if self.accuracy is None else self.accuracy.to_dict(),
@@ -211,7 +213,7 @@ def parity_report(
     noise = reference_noise or {}
     report = ParityReport(reference=reference, inputs=inputs, batch_sizes=list(batch_sizes))
     for run in runs:
-        cand = CandidateParity(artifact=run.artifact, backend=run.backend, precision=run.precision)
+        cand = CandidateParity(artifact=run.artifact, backend=run.backend, precision=run.precision, notes=list(run.notes))
         resolve = (lambda name, p=run.precision: overrides.resolve(name, p, margin * noise.get(name, 0.0)))
         for batch_size in batch_sizes:
             if batch_size in run.errors:

@@ -211,6 +211,8 @@ def parity_markdown(report: ParityReport) -> str:
     if failures:
         lines += ["", "**Failures**", ""] + [f"- {line}" for line in failures]
     for cand in report.candidates:
+        for note in cand.notes:
+            lines += ["", f"Note (`{Path(cand.artifact).name}`): {note}."]
         if cand.accuracy is not None:
             acc = cand.accuracy
             lines += ["", f"Accuracy on {acc.samples} labelled samples: reference {_pct(acc.reference)}, "

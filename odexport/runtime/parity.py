@@ -24,6 +24,7 @@ class CandidateRun:
     outputs: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     layer_values: dict | None = None  # {"batch_size", "torch": {...}, "candidate": {...}, "notes": [...]}
+    notes: list[str] = field(default_factory=list)  # e.g. where the artifact says it came from
 
 
 def run_candidate(runner: Runner, artifact: str, samples: np.ndarray, batch_sizes: list[int]) -> CandidateRun:

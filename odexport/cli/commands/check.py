@@ -115,6 +115,8 @@ def check(
                 console.print("reference rounding noise (float32 vs float64, max abs): "
                               + ", ".join(f"{k} {v:.3g}" for k, v in noise.items()), markup=False)
             for cand in report.candidates:
+                for note in cand.notes:
+                    console.print(f"note: {Path(cand.artifact).name}: {note}", markup=False)
                 if cand.accuracy is not None:
                     acc = cand.accuracy
                     console.print(f"accuracy on {acc.samples} labelled samples: reference {acc.reference:.2%}, "

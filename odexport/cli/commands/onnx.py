@@ -124,7 +124,7 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
                 result = onnx_from_model(
                     model, out, form=form, opset=opset, batch=batch, input_shape=shape, fp16=fp16, target=target, check=check,
                     architecture=info.arch, model_kwargs=info.model_kwargs, source_sha256=info.sha256,
-                    extra_metadata={"reparam": reparam_note or "no"}, progress=stage,
+                    extra_metadata=_provenance(info, reparam_note), progress=stage,
                 )
             except ParityError as exc:
                 result = getattr(exc, "result", None)
@@ -204,3 +204,14 @@ def _verdict(comparison) -> str:
     if floor is not None:  # the fixed tolerance failed; the network's own rounding noise allows it
         return f"[green]ok[/] (within 5x PyTorch's own fp32 noise, {floor:.2g})"
     return "[green]ok[/]"
+
+
+def _provenance(info, reparam_note) -> dict:
+    """Metadata beyond the checksum: how the model was reparameterised and, for a deploy
+    checkpoint, the checkpoint it was made from (so `odexport check ORIGINAL` knows the export)."""
+    extra = {"reparam": reparam_note or "no"}
+    origin = ((info.extras.get("manifest") or {}).get("source") or {}).get("sha256") if info.source == "deploy" else None
+    if origin:
+        extra["deploy_source_sha256"] = origin
+    return extra
+
