@@ -127,10 +127,10 @@ def session(proto, threads, ort_cpu=False, ratio=None, batches=None):
     if ort_cpu:
         from odexport.runtime.ort_optimize import optimize_for_cpu
 
-        policy = None
-        if ratio is not None:
-            def policy(layer, batch):  # bench-time override of prefer_runtime_weight's threshold
-                return layer["K"] * layer["O"] * layer["Cg"] * layer["T"] <= ratio * layer["C"] * layer["H"] * layer["W"]
+        def below_ratio(layer, batch):  # bench-time override of prefer_runtime_weight's threshold
+            return layer["K"] * layer["O"] * layer["Cg"] * layer["T"] <= ratio * layer["C"] * layer["H"] * layer["W"]
+
+        policy = below_ratio if ratio is not None else None
         proto = optimize_for_cpu(proto, policy=policy, batches=batches).model
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

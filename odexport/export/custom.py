@@ -20,10 +20,8 @@ configurations in one export, and cutting each output's cone out of the graph.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-import types
 
 import onnx
 import torch

@@ -16,7 +16,6 @@ from odexport.reparam.base import (
     ReparamPass,
     batchnorm_scale_shift,
     batchnorm_unfoldable_reason,
-    fmt,
     replace_module,
     require_dynamic_convs,
     require_eval_batchnorm,

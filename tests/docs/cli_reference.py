@@ -161,7 +161,7 @@ def render_markdown(root: CommandHelp, commands: list[CommandHelp]) -> str:
     ]
     for cmd in commands:
         out.append(f"| [`{cmd.name}`](#odexport-{cmd.name}) | {_md(cmd.description[0] if cmd.description else '')} |")
-    out += ["", f"Global options: `odexport --version`, `odexport --help`.", ""]
+    out += ["", "Global options: `odexport --version`, `odexport --help`.", ""]
     for cmd in commands:
         out += [f"## odexport {cmd.name}", "", "```text", f"odexport {cmd.usage.split(' ', 1)[1] if ' ' in cmd.usage else ''}".rstrip(), "```", ""]
         out += [p for para in cmd.description for p in (para, "")]

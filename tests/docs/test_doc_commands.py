@@ -26,7 +26,6 @@ code a ``# exit N`` comment in the docs gives.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 

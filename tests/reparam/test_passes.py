@@ -3,7 +3,6 @@ and that a failed precondition leaves the model untouched and says why."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

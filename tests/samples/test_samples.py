@@ -9,7 +9,6 @@ through an ONNX export run in onnxruntime, and must reproduce it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
