@@ -310,7 +310,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                 if key is not None and key in twins:
                     twin = twins[key]
                     shared_with = next(label for label, role, _, r in pairs if r is twin)
-                    note = f"{artifact} shares {shared_with.replace('static twin of ', 'the static twin of ')} (same architecture, shape and opset): one baseline session, its timings in both rows"
+                    note = f"{artifact} shares {shared_with.replace('static twin of ', 'the static twin of ')} (same architecture, shape, opset and precision): one baseline session, its timings in both rows"
                 else:
                     stage(f"static twin of {artifact}")
                     twin, note = _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load)
@@ -394,7 +394,7 @@ def _sample_shape(pairs, input_shape):
 
 def _twin_key(artifact, kind, runner, input_shape, reference, load):
     """What the static twin of an ONNX candidate is built from (architecture, options, sample shape,
-    opset): equal keys, one twin.  None: not shared (a checkpoint's twin is cheap to make from its
+    opset, precision): equal keys, one twin.  None: not shared (a checkpoint's twin is cheap to make from its
     own model; an engine's twin also depends on the engine's precision)."""
     import json
 
@@ -407,7 +407,13 @@ def _twin_key(artifact, kind, runner, input_shape, reference, load):
     kwargs = "" if reference is not None or load.get("arch") else meta.get("odexport.model_kwargs") or "{}"
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     return (source, json.dumps(json.loads(kwargs), sort_keys=True) if kwargs else "", tuple(shape or ()),
-            meta.get("odexport.opset") or "18")
+            meta.get("odexport.opset") or "18", _half_precision(runner))
+
+
+def _half_precision(runner) -> bool:
+    """Does the candidate compute in fp16 (an ``--fp16`` export, or an engine built so)? Its twin must too."""
+    recorded = (getattr(runner, "metadata", None) or {}).get("odexport.precision")
+    return recorded == "fp16" or getattr(runner, "precision", "fp32") in ("fp16", "mixed")
 
 
 def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, reference, load):
@@ -441,14 +447,15 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     if not shape:
         raise InputError(f"{artifact} has a dynamic sample shape {tuple(runner.inputs[0].shape[1:])}", "pass --input-shape CxHxW")
     onnx_path = Path(scratch) / f"twin-{abs(hash(str(artifact)))}.onnx"
-    # exported like the candidate (same exporter, opset and optimiser); parity of a baseline is moot
+    # exported like the candidate (same exporter, opset, precision and optimiser); parity of a baseline is moot
     opset = int(meta.get("odexport.opset") or 18)
-    onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape, opset=opset, check=False)
+    half = _half_precision(runner)
+    onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape, opset=opset, check=False, fp16=half and kind == "onnx")
     if kind == "onnx":
-        return open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items()
-                                                         if k in ("device", "threads", "allow_spinning", "cpu_rewrite", "cpu_batches")}), None
+        runner = open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items()
+                                                           if k in ("device", "threads", "allow_spinning", "cpu_rewrite", "cpu_batches")})
+        return runner, (f"the static twin of {artifact} is exported in fp16 like it" if half else None)
     engine_path = Path(scratch) / (onnx_path.stem + ".engine")
-    half = getattr(runner, "precision", "fp32") in ("fp16", "mixed")
     engine_from_onnx(onnx_path, engine_path, fp16=half, input_shape=shape)
     note = f"the static twin of {artifact} was built with TensorRT defaults{' and fp16' if half else ''} (profile 1:8:32)"
     return open_runner(engine_path, "tensorrt"), note

@@ -124,3 +124,17 @@ def test_portable_export_on_cpu_points_to_odexport_ort(artifacts, tmp_path):
     rewritten = _bench(portable, "--batch-sizes", "1", "--baseline", "none", "--threads", "1", "--json", "--cpu-rewrite")
     assert rewritten.exit_code == 0, rewritten.output
     assert not any("odexport ort" in note for note in json.loads(rewritten.stdout)["notes"])
+
+
+def test_fp16_export_gets_an_fp16_twin(artifacts, tmp_path):
+    """The baseline is exported as the candidate was: an --fp16 export against an fp32 twin would
+    flatter (on a GPU) or punish (on a CPU) the dynamic convs with a precision difference."""
+    half, full = tmp_path / "half.onnx", tmp_path / "full.onnx"
+    for path, extra in ((half, ["--fp16"]), (full, [])):
+        made = CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(path), "--quiet", "--no-check", *extra])
+        assert made.exit_code == 0, made.output
+    result = _bench(half, full, "--batch-sizes", "1", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["notes"]
+    assert any(f"the static twin of {half} is exported in fp16" in note for note in notes)
+    assert not any("shares the static twin" in note for note in notes)  # precision is part of the twin's key
