@@ -132,6 +132,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
+    _require_label_range(data, reference_outputs, inputs)
     noise, other_precision = {}, None
     if noise_margin is None or noise_margin > 0:
         from odexport.runtime.torch_runner import TorchRunner
@@ -171,6 +172,20 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                  "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin)
+
+
+def _require_label_range(data, reference_outputs, inputs) -> None:
+    """Labels are class indices into the (first) output: one past its width or negative means the
+    labels file belongs to another dataset or counts from 1, and every accuracy would be wrong."""
+    from odexport.errors import InputError
+
+    if data.labels is None or not len(data.labels) or not reference_outputs:
+        return
+    classes = int(next(iter(reference_outputs.values())).reshape(len(data.labels), -1).shape[1])
+    low, high = int(data.labels.min()), int(data.labels.max())
+    if low < 0 or high >= classes:
+        raise InputError(f"labels in {inputs} run from {low} to {high}, but the model has {classes} classes",
+                         f"store class indices 0..{classes - 1} (labels counted from 1? subtract 1), or omit the labels")
 
 
 def _provenance_note(runner, reference_info, reference) -> str | None:

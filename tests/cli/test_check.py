@@ -232,6 +232,16 @@ def test_labelled_inputs_report_accuracy(artifacts, tmp_path):
     assert data["inputs"]["source"] == str(path) and data["reference"]["dtype"] == "float64"
 
 
+def test_labels_outside_the_classes_are_an_input_error(artifacts, tmp_path):
+    """Labels counted from 1 (or from another dataset) would make every accuracy wrong: refused."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "one_based.npz"
+    np.savez(path, x=rng.standard_normal((4, *SHAPE)).astype(np.float32), y=np.array([1, 4, 7, 10]))
+    result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", path)
+    assert result.exit_code == 1, result.output
+    assert "run from 1 to 10, but the model has 10 classes" in " ".join(result.output.split())
+
+
 def test_checkpoint_candidate(artifacts):
     assert _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1,3").exit_code == 0
     asked = _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1", "--per-layer")
