@@ -102,7 +102,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 
     import numpy as np
 
-    from odexport.errors import InputError
+    from odexport.errors import InputError, MissingDependencyError
     from odexport.report.parity import parity_report
     from odexport.runtime import artifact_kind, open_runner
     from odexport.runtime.batching import load_samples, random_samples, run_batched
@@ -119,8 +119,15 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     stage(f"load reference {reference}")
     ref = open_runner(reference, "torch", dtype=reference_dtype, input_shape=input_shape, threads=threads, **load)
     stage("open candidates")
-    opened = [(c, open_runner(c, dtype="float32", threads=threads, **(load if artifact_kind(c) == "checkpoint" else {})))
-              for c in candidates]
+    opened, missing = [], {}
+    for candidate in candidates:
+        try:
+            opened.append((candidate, open_runner(candidate, dtype="float32", threads=threads,
+                                                  **(load if artifact_kind(candidate) == "checkpoint" else {}))))
+        except MissingDependencyError as exc:  # e.g. an engine on a machine without TensorRT: compare the others
+            missing[str(candidate)] = exc
+    if not opened and missing:
+        raise next(iter(missing.values()))  # nothing to compare: the first reason, as it was raised
     shape = tuple(input_shape) if input_shape else ref.input_shape
     for _, runner in opened:
         shape = shape or getattr(runner, "input_shape", None)
@@ -171,7 +178,12 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                  "temperature": getattr(info, "temperature", None), "rounding_noise": noise,
                  "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
-                         reference_noise=noise, noise_margin=noise_margin)
+                         reference_noise=noise, noise_margin=noise_margin,
+                         missing={artifact: (_BACKEND_OF_KIND.get(artifact_kind(artifact), ""), str(exc))
+                                  for artifact, exc in missing.items()})
+
+
+_BACKEND_OF_KIND = {"engine": "tensorrt", "onnx": "onnxruntime", "checkpoint": "torch"}
 
 
 def _require_label_range(data, reference_outputs, inputs) -> None:

@@ -114,8 +114,9 @@ class CandidateParity:
     batches: list[BatchParity] = field(default_factory=list)
     accuracy: Accuracy | None = None
     per_layer: PerLayerParity | None = None
-    error: str | None = None  # could not be opened at all (and is not a missing backend)
+    error: str | None = None  # could not be opened at all
     notes: list[str] = field(default_factory=list)
+    missing_backend: bool = False  # ``error`` says which backend this machine lacks: not compared, not diverged
 
     @property
     def passed(self) -> bool:
@@ -139,6 +140,7 @@ class CandidateParity:
             "precision": self.precision,
             "passed": self.passed,
             "error": self.error,
+            "missing_backend": self.missing_backend,
             "notes": list(self.notes),
             "failures": self.failures,
             "batches": [b.to_dict() for b in self.batches],
@@ -159,6 +161,16 @@ class ParityReport:
     @property
     def passed(self) -> bool:
         return bool(self.candidates) and all(c.passed for c in self.candidates)
+
+    @property
+    def diverged(self) -> list[CandidateParity]:
+        """Candidates that ran and failed (exit 2), as opposed to those not compared for want of a backend."""
+        return [c for c in self.candidates if not c.passed and not c.missing_backend]
+
+    @property
+    def not_compared(self) -> list[CandidateParity]:
+        """Candidates whose backend this machine lacks (exit 3 when nothing diverged)."""
+        return [c for c in self.candidates if c.missing_backend]
 
     def to_dict(self) -> dict:
         return {
@@ -198,13 +210,15 @@ def parity_report(
     labels: np.ndarray | None = None,
     reference_noise: dict[str, float] | None = None,
     noise_margin: float | None = None,
+    missing: dict[str, tuple[str, str]] | None = None,
 ) -> ParityReport:
     """Build the verdict from raw runs (:class:`odexport.runtime.parity.CandidateRun`).
 
     ``overrides`` is a :class:`~odexport.report.compare.ToleranceOverrides` (defaults by precision
     otherwise).  ``reference_noise`` (output -> max |r32 - r64|) floors each default atol at
     ``noise_margin`` times it.  With ``labels``, each candidate also gets an :class:`Accuracy`
-    computed from its outputs at the first batch size that ran.
+    computed from its outputs at the first batch size that ran.  ``missing`` (artifact -> (backend, why)) lists
+    candidates whose backend this machine lacks: reported as not compared, after the others.
     """
     from odexport.report.compare import NOISE_MARGIN, ToleranceOverrides
 
@@ -228,6 +242,8 @@ def parity_report(
         if run.layer_values is not None:
             cand.per_layer = per_layer_parity(run.layer_values, overrides, run.precision, margin)
         report.candidates.append(cand)
+    for artifact, (backend, reason) in (missing or {}).items():
+        report.candidates.append(CandidateParity(artifact=artifact, backend=backend, error=reason, missing_backend=True))
     return report
 
 

@@ -63,7 +63,7 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
     for cand in report.candidates:
         name = Path(cand.artifact).name
         if cand.error:
-            rows.append([name, "-", "-", *["-"] * 9, "ERROR"])
+            rows.append([name, "-", "-", *["-"] * 9, "NOT RUN" if cand.missing_backend else "ERROR"])
             continue
         for batch in cand.batches:
             if batch.error:
@@ -81,12 +81,19 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
 TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "cosine", "top-1", "atol needed", "atol", "verdict")
 
 
+def _verdict(report: ParityReport, passed: str, failed: str, incomplete: str) -> str:
+    """PASS; FAIL when a candidate diverged; INCOMPLETE when none did but some could not run here."""
+    if report.passed:
+        return passed
+    return failed if report.diverged else incomplete
+
+
 def parity_table(report: ParityReport):
     """A rich Table of every comparison (the full set of numbers is in JSON/JUnit/Markdown)."""
     from rich import box
     from rich.table import Table
 
-    verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    verdict = _verdict(report, "[bold green]PASS[/]", "[bold red]FAIL[/]", "[bold yellow]INCOMPLETE[/]")
     ref = report.reference
     table = Table(title=f"parity vs {Path(str(ref.get('artifact', 'reference'))).name} ({ref.get('backend', '')}, "
                         f"{ref.get('dtype', '')}): {verdict}", title_justify="left", box=box.SIMPLE_HEAD)
@@ -95,7 +102,7 @@ def parity_table(report: ParityReport):
         left = column in ("candidate", "output", "verdict")
         table.add_column(column, justify="left" if left else "right", overflow="fold")
     for row in parity_rows(report):
-        style = {"pass": "green", "FAIL": "red", "ERROR": "red"}[row[-1]]
+        style = {"pass": "green", "FAIL": "red", "ERROR": "red", "NOT RUN": "yellow"}[row[-1]]
         cells = [row[i] for i in keep]
         table.add_row(*cells[:-1], f"[{style}]{cells[-1]}[/]")
     return table
@@ -103,7 +110,7 @@ def parity_table(report: ParityReport):
 
 def parity_failure_lines(report: ParityReport) -> list[str]:
     lines = []
-    for cand in report.candidates:
+    for cand in report.diverged:
         for reason in cand.failures:
             lines.append(f"{Path(cand.artifact).name}: {reason}")
     return lines
@@ -142,16 +149,20 @@ def parity_junit(report: ParityReport) -> str:
     message; the numbers travel as properties so a dashboard can chart them.
     """
     root = ET.Element("testsuites", name="odexport check")
-    total = failures = errors = 0
+    total = failures = errors = skipped = 0
     for cand in report.candidates:
         suite = ET.SubElement(root, "testsuite", name=f"odexport.check.{Path(cand.artifact).name}")
         props = ET.SubElement(suite, "properties")
         for key, value in (("artifact", cand.artifact), ("backend", cand.backend), ("precision", cand.precision),
                            ("reference", str(report.reference.get("artifact", "")))):
             ET.SubElement(props, "property", name=key, value=str(value))
-        cases = fails = errs = 0
+        cases = fails = errs = skips = 0
         classname = f"odexport.check.{Path(cand.artifact).stem}"
-        if cand.error:
+        if cand.error and cand.missing_backend:  # not run here: skipped, and the exit code (3) says why
+            case = ET.SubElement(suite, "testcase", classname=classname, name="open")
+            ET.SubElement(case, "skipped", message=cand.error).text = cand.error
+            cases, skips = 1, 1
+        elif cand.error:
             case = ET.SubElement(suite, "testcase", classname=classname, name="open")
             ET.SubElement(case, "error", message=cand.error, type="CandidateError").text = cand.error
             cases, errs = 1, 1
@@ -180,10 +191,12 @@ def parity_junit(report: ParityReport) -> str:
         suite.set("tests", str(cases))
         suite.set("failures", str(fails))
         suite.set("errors", str(errs))
-        total, failures, errors = total + cases, failures + fails, errors + errs
+        suite.set("skipped", str(skips))
+        total, failures, errors, skipped = total + cases, failures + fails, errors + errs, skipped + skips
     root.set("tests", str(total))
     root.set("failures", str(failures))
     root.set("errors", str(errors))
+    root.set("skipped", str(skipped))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -191,7 +204,7 @@ def parity_junit(report: ParityReport) -> str:
 def parity_markdown(report: ParityReport) -> str:
     """A Markdown summary for a pull-request comment."""
     ref = report.reference
-    head = "✅ **parity PASS**" if report.passed else "❌ **parity FAIL**"
+    head = _verdict(report, "✅ **parity PASS**", "❌ **parity FAIL**", "⚠️ **parity INCOMPLETE** (a backend is missing)")
     inputs = report.inputs
     lines = [
         f"### odexport check: {head}",
@@ -210,6 +223,9 @@ def parity_markdown(report: ParityReport) -> str:
     failures = parity_failure_lines(report)
     if failures:
         lines += ["", "**Failures**", ""] + [f"- {line}" for line in failures]
+    if report.not_compared:
+        lines += ["", "**Not compared** (backend missing on this machine)", ""]
+        lines += [f"- `{Path(c.artifact).name}`: {c.error}" for c in report.not_compared]
     for cand in report.candidates:
         for note in cand.notes:
             lines += ["", f"Note (`{Path(cand.artifact).name}`): {note}."]

@@ -281,6 +281,28 @@ def test_engine_without_tensorrt_exits_3(artifacts, tmp_path):
     assert "TensorRT" in result.output
 
 
+def test_engine_without_tensorrt_next_to_an_onnx(artifacts, tmp_path):
+    """The ONNX is still gated: a missing backend for one candidate is reported as not compared
+    (exit 3, JUnit skipped), and a divergence of another still exits 2."""
+    if available("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT is available here")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 32)
+    junit = tmp_path / "parity.xml"
+    result = _check(artifacts["ckpt"], artifacts["good"], engine, "--batch-sizes", "1", "--json", "--junit", junit)
+    assert result.exit_code == 3, result.output
+    data = json.loads(result.stdout)
+    onnx_entry, engine_entry = data["candidates"]
+    assert onnx_entry["passed"] and onnx_entry["batches"][0]["outputs"][0]["max_abs"] is not None
+    assert engine_entry["missing_backend"] and engine_entry["backend"] == "tensorrt" and not engine_entry["batches"]
+    root = ET.parse(junit).getroot()
+    assert root.get("skipped") == "1" and root.get("failures") == "0" and root.get("errors") == "0"
+
+    diverged = _check(artifacts["ckpt"], artifacts["perturbed"], engine, "--batch-sizes", "1")
+    assert diverged.exit_code == 2, diverged.output
+    assert "1 not compared" in " ".join(diverged.output.split())
+
+
 def test_reference_must_be_a_checkpoint(artifacts):
     result = _check(artifacts["good"], artifacts["good"])
     assert result.exit_code == 1 and "not a checkpoint" in result.output

@@ -76,7 +76,7 @@ def check(
 
     def action() -> None:
         from odexport.cli._options import parse_input_shape
-        from odexport.errors import InputError, ParityError
+        from odexport.errors import InputError, MissingDependencyError, ParityError
         from odexport.pipeline import check_parity
         from odexport.report.compare import ToleranceOverrides
         from odexport.report.render import (
@@ -127,14 +127,21 @@ def check(
                     console.print(f"per-layer ({Path(cand.artifact).name}): {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
-                elif per_layer:
+                elif per_layer and not cand.missing_backend:
                     console.print(f"per-layer: not compared for {cand.artifact} ({cand.backend}): only ONNX candidates expose "
                                   "their layers (for an engine, run --per-layer on the ONNX it was built from)", markup=False)
             for line in parity_failure_lines(report):
                 console.print(f"FAIL {line}", markup=False, style="red")
-        if not report.passed:
-            failed = [c for c in report.candidates if not c.passed]
-            raise ParityError(f"{len(failed)} of {len(report.candidates)} candidates failed the parity check",
+            for cand in report.not_compared:
+                console.print(f"NOT COMPARED {Path(cand.artifact).name}: {cand.error}", markup=False, style="yellow")
+        skipped = report.not_compared
+        if report.diverged:
+            also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
+            raise ParityError(f"{len(report.diverged)} of {len(report.candidates)} candidates failed the parity check{also}",
                               "see the failures above; loosen --atol/--rtol only if the numbers are expected")
+        if skipped:
+            names = ", ".join(Path(c.artifact).name for c in skipped)
+            raise MissingDependencyError(f"{names} not compared: this machine lacks the backend (the other candidates passed)",
+                                         "run the check where the backend is installed (see `odexport doctor`)")
 
     run_command(action)
