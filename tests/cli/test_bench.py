@@ -113,11 +113,20 @@ def test_plot_without_matplotlib_exits_3_before_timing(artifacts, tmp_path):
     assert result.exit_code == 3 and "matplotlib" in result.output
 
 
-def test_portable_export_on_cpu_points_to_odexport_ort(artifacts, tmp_path):
+@pytest.fixture(scope="module")
+def exports(artifacts, tmp_path_factory):
+    """The tiny checkpoint exported by the CLI twice: portable fp32 (custom form) and --fp16."""
+    root = tmp_path_factory.mktemp("bench-exports")
+    made = {"full": root / "full.onnx", "half": root / "half.onnx"}
+    for key, extra in (("full", ["--form", "custom"]), ("half", ["--fp16"])):
+        result = CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(made[key]), "--quiet", "--no-check", *extra])
+        assert result.exit_code == 0, result.output
+    return made
+
+
+def test_portable_export_on_cpu_points_to_odexport_ort(exports):
     """Timing the portable file on onnxruntime CPU says how to get the fast one, and only then."""
-    portable = tmp_path / "tiny.onnx"
-    exported = CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(portable), "--form", "custom", "--quiet"])
-    assert exported.exit_code == 0, exported.output
+    portable = exports["full"]
     plain = _bench(portable, "--batch-sizes", "1", "--baseline", "none", "--threads", "1", "--json")
     assert plain.exit_code == 0, plain.output
     assert any(f"`odexport ort {portable}`" in note for note in json.loads(plain.stdout)["notes"])
@@ -126,13 +135,10 @@ def test_portable_export_on_cpu_points_to_odexport_ort(artifacts, tmp_path):
     assert not any("odexport ort" in note for note in json.loads(rewritten.stdout)["notes"])
 
 
-def test_fp16_export_gets_an_fp16_twin(artifacts, tmp_path):
+def test_fp16_export_gets_an_fp16_twin(exports):
     """The baseline is exported as the candidate was: an --fp16 export against an fp32 twin would
     flatter (on a GPU) or punish (on a CPU) the dynamic convs with a precision difference."""
-    half, full = tmp_path / "half.onnx", tmp_path / "full.onnx"
-    for path, extra in ((half, ["--fp16"]), (full, [])):
-        made = CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(path), "--quiet", "--no-check", *extra])
-        assert made.exit_code == 0, made.output
+    half, full = exports["half"], exports["full"]
     result = _bench(half, full, "--batch-sizes", "1", "--threads", "1", "--json")
     assert result.exit_code == 0, result.output
     notes = json.loads(result.stdout)["notes"]
