@@ -305,7 +305,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
 
     import numpy as np
 
-    from odexport.errors import InputError
+    from odexport.errors import InputError, MissingDependencyError
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
     from odexport.runtime import artifact_kind, open_runner
     from odexport.runtime.timing import interleaved_latencies
@@ -324,10 +324,15 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     with tempfile.TemporaryDirectory(prefix="odexport-bench-") as scratch:
         pairs = []  # (label, role, baseline_of, runner); a twin shared by candidates appears once per candidate
         twins = {}  # what a twin is built from -> its runner: one session for candidates of one architecture
+        missing = {}  # artifact -> why it cannot run here (e.g. an engine without TensorRT): the others are timed
         for artifact in artifacts:
             stage(f"open {artifact}")
             kind = artifact_kind(artifact)
-            runner = open_runner(artifact, backend, input_shape=input_shape, **options, **(load if kind == "checkpoint" else {}))
+            try:
+                runner = open_runner(artifact, backend, input_shape=input_shape, **options, **(load if kind == "checkpoint" else {}))
+            except MissingDependencyError as exc:
+                missing[str(artifact)] = exc
+                continue
             pairs.append((str(artifact), "candidate", None, runner))
             # what loading a checkpoint chose or ignored (e.g. the backbone of a detection checkpoint)
             report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
@@ -347,6 +352,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     pairs.append((f"static twin of {artifact}", "baseline", str(artifact), twin))
                 if note:
                     report.notes.append(note)
+        if not pairs and missing:
+            raise next(iter(missing.values()))  # nothing to time: the first reason, as it was raised
         shape = _sample_shape(pairs, input_shape)
         rng = np.random.default_rng(0)
         for batch_size in batch_sizes:
@@ -367,6 +374,9 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                 elif id(runner) in samples:
                     stats = LatencyStats.from_samples(samples[id(runner)], batch_size)
                     report.entries.append(BenchEntry(label, role, runner.backend, batch_size, stats, of))
+            for artifact, exc in missing.items():
+                report.entries.append(BenchEntry(artifact, "candidate", _BACKEND_OF_KIND.get(artifact_kind(artifact), ""), batch_size,
+                                                 error=str(exc), missing_backend=True))
         for runner in {id(r): r for *_, r in pairs}.values():
             runner.close()
     report.settings["input_shape"] = list(shape)

@@ -62,10 +62,11 @@ class BenchEntry:
     stats: LatencyStats | None = None
     baseline_of: str | None = None  # for a baseline: the candidate it belongs to
     error: str | None = None
+    missing_backend: bool = False  # not run: this machine lacks the backend (``error`` says which)
 
     def to_dict(self) -> dict:
         return {"artifact": self.artifact, "role": self.role, "backend": self.backend, "batch_size": self.batch_size,
-                "baseline_of": self.baseline_of, "error": self.error,
+                "baseline_of": self.baseline_of, "error": self.error, "missing_backend": self.missing_backend,
                 **({} if self.stats is None else self.stats.to_dict())}
 
 

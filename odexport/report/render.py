@@ -253,7 +253,7 @@ def bench_table(report: BenchReport):
         name = _bench_label(entry)
         if entry.stats is None:
             table.add_row(name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
-                          "[red]error[/]")
+                          "[yellow]not run[/]" if entry.missing_backend else "[red]error[/]")
             continue
         ratio = report.ratio(entry) if entry.role == "candidate" else None
         s = entry.stats
@@ -269,7 +269,14 @@ def _bench_label(entry) -> str:
 
 
 def bench_error_lines(report: BenchReport) -> list[str]:
-    return [f"{_bench_label(e)} at batch {e.batch_size}: {e.error}" for e in report.entries if e.error]
+    seen, lines = set(), []
+    for e in report.entries:
+        if e.missing_backend and e.artifact not in seen:  # once per artifact, not per batch size
+            seen.add(e.artifact)
+            lines.append(f"{_bench_label(e)} not run: {e.error}")
+        elif e.error and not e.missing_backend:
+            lines.append(f"{_bench_label(e)} at batch {e.batch_size}: {e.error}")
+    return lines
 
 
 def bench_plot(report: BenchReport, path: str | Path) -> Path:

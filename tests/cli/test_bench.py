@@ -144,3 +144,20 @@ def test_fp16_export_gets_an_fp16_twin(exports):
     notes = json.loads(result.stdout)["notes"]
     assert any(f"the static twin of {half} is exported in fp16" in note for note in notes)
     assert not any("shares the static twin" in note for note in notes)  # precision is part of the twin's key
+
+
+def test_engine_without_tensorrt_next_to_another_artifact(artifacts, tmp_path):
+    """The artifact that can run is timed; the engine is reported as not run, and the exit is 3."""
+    if available("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT is available here")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 32)
+    result = _bench(artifacts["ckpt"], engine, "--batch-sizes", "1,2", "--baseline", "none", "--threads", "1", "--json")
+    assert result.exit_code == 3, result.output
+    rows = json.loads(result.stdout)["results"]
+    timed = [r for r in rows if r["artifact"] == artifacts["ckpt"]]
+    not_run = [r for r in rows if r["artifact"] == str(engine)]
+    assert len(timed) == 2 and all(r["p50_ms"] > 0 and not r["missing_backend"] for r in timed)
+    assert len(not_run) == 2 and all(r["missing_backend"] and r["backend"] == "tensorrt" and "p50_ms" not in r for r in not_run)
+    alone = _bench(engine)
+    assert alone.exit_code == 3 and "TensorRT" in alone.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -80,11 +81,17 @@ def bench(
                 console.print(f"error: {line}", markup=False, style="red")
             for note in report.notes:
                 console.print(f"note: {note}", markup=False)
-        failed = [e for e in report.entries if e.error]
+        failed = [e for e in report.entries if e.error and not e.missing_backend]
         if failed:
             from odexport.errors import InputError
 
             raise InputError(f"{len(failed)} of {len(report.entries)} measurements could not run",
                              "see the errors above (a batch size the artifact rejects?); the rest were measured")
+        not_run = sorted({Path(e.artifact).name for e in report.entries if e.missing_backend})
+        if not_run:
+            from odexport.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"{', '.join(not_run)} not timed: this machine lacks the backend (the others were measured)",
+                                         "run the benchmark where the backend is installed (see `odexport doctor`)")
 
     run_command(action)
