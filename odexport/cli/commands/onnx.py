@@ -214,4 +214,3 @@ def _provenance(info, reparam_note) -> dict:
     if origin:
         extra["deploy_source_sha256"] = origin
     return extra
-
