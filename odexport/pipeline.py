@@ -136,6 +136,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     ref.input_shape = shape
     for candidate, runner in opened:
         _require_sample_shape(candidate, runner, shape, reference)
+        if getattr(runner, "backend", "").startswith("torch"):
+            runner.input_shape = shape  # a checkpoint fixes no sample shape: it runs on the reference's samples
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))

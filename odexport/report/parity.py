@@ -253,6 +253,8 @@ def _looks_baked(batch_size: int, input_shape, detail: str) -> bool:
     graph's constants shows up."""
     if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0 and input_shape[0] != batch_size:
         return True
+    if re.search(r"\baxis [1-9]\d* has size", detail):
+        return False  # the runner named a sample axis (channels, height, width), not the batch
     lowered = detail.lower()
     return any(word in lowered for word in ("shape", "dimension", "reshape", "broadcast", "batch"))
 

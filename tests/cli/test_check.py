@@ -244,6 +244,10 @@ def test_labels_outside_the_classes_are_an_input_error(artifacts, tmp_path):
 
 def test_checkpoint_candidate(artifacts):
     assert _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1,3").exit_code == 0
+    # a checkpoint fixes no sample shape: at another resolution than its architecture's default the
+    # candidate runs on the reference's samples (it used to be rejected as a "baked-in batch")
+    other = _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1,2", "--input-shape", "3x24x24", "--samples", "2")
+    assert other.exit_code == 0, other.output
     asked = _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1", "--per-layer")
     assert asked.exit_code == 0 and "per-layer: not compared for" in " ".join(asked.output.split())  # said, not silently skipped
 
