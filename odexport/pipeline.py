@@ -142,6 +142,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
     _require_label_range(data, reference_outputs, inputs)
+    if tolerances is not None:
+        tolerances.require_known(reference_outputs)
     noise, other_precision = {}, None
     if noise_margin is None or noise_margin > 0:
         from odexport.runtime.torch_runner import TorchRunner

@@ -115,6 +115,16 @@ class ToleranceOverrides:
                     setattr(out, option, value)
         return out
 
+    def require_known(self, outputs) -> None:
+        """A per-output value for an output the model does not have (a typo) would silently not
+        apply: an input error naming the outputs there are."""
+        known = list(outputs)
+        for option, per in (("atol", self.per_output_atol), ("rtol", self.per_output_rtol)):
+            unknown = sorted(set(per) - set(known))
+            if unknown:
+                raise InputError(f"--{option} names output {unknown[0]!r}, which the model does not have (outputs: {', '.join(known)})",
+                                 f"use --{option} {known[0] if known else 'OUTPUT'}=VALUE, or --{option} VALUE for every output")
+
     def resolve(self, output: str, precision: str, noise_atol: float = 0.0) -> Tolerance:
         """The tolerance of ``output`` for a candidate at ``precision``; ``noise_atol`` floors the
         default (scaled) atol, never one the user gave."""

@@ -344,3 +344,12 @@ def test_export_of_another_checkpoint_is_named(artifacts, tmp_path):
     torch.save(state, retrained)
     text = " ".join(_check(retrained, export, *quick).output.split())
     assert "exported from a file with sha256" in text and "not from retrained.pth" in text
+
+
+def test_tolerance_for_an_output_the_model_lacks_is_an_input_error(artifacts):
+    """`--atol logits=1e-3` on a model whose output is named `output` would silently not apply."""
+    result = _check(artifacts["ckpt"], artifacts["good"], "--batch-sizes", "1", "--samples", "2", "--atol", "logits=1e-3")
+    assert result.exit_code == 1, result.output
+    assert "names output 'logits', which the model does not have (outputs: output)" in " ".join(result.output.split())
+    named = _check(artifacts["ckpt"], artifacts["good"], "--batch-sizes", "1", "--samples", "2", "--atol", "output=1e-3")
+    assert named.exit_code == 0, named.output
