@@ -83,6 +83,13 @@ def _as_attentions(output: Any) -> Attentions:
     return Attentions(kernel=output) if isinstance(output, torch.Tensor) else output
 
 
+def _top1_agreement(frozen: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """Share of calibration samples whose argmax class is unchanged (None for non-logit outputs)."""
+    if reference.ndim != 2 or reference.shape[1] < 2:
+        return None
+    return float((frozen.argmax(dim=1) == reference.argmax(dim=1)).float().mean())
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
@@ -190,14 +197,17 @@ class FreezeLowSpread(ReparamPass):
                 records[name]["frozen"] = True
             frozen_output = self._forward_all(model)
             output_deviation = relative_deviation(frozen_output, reference)
+            top1_agreement = _top1_agreement(frozen_output, reference)
         else:
-            output_deviation = 0.0
+            output_deviation, top1_agreement = 0.0, 1.0
 
         samples = int(self.calibration.shape[0])
         self.extras = {
             "eps": self.eps,
             "samples": samples,
             "output_deviation": output_deviation,
+            # what a relative deviation means for a classifier: how often the decision stays the same
+            "top1_agreement": top1_agreement,
             "layers": list(records.values()),
         }
         notes = []

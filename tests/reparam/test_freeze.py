@@ -119,3 +119,22 @@ def test_reparameterise_with_calibration():
         reparameterise(source, freeze_below=0.1)
     with pytest.raises(InputError, match="not \\(N, C, H, W\\)"):
         reparameterise(source, calibration=torch.randn(8, 10, 10), freeze_below=0.1)
+
+
+def test_top1_agreement_of_a_trained_classifier():
+    """On the shipped trained sample the freeze reports how often the decision survives: the same
+    share as argmax of the source checkpoint against argmax of the frozen deploy model."""
+    import numpy as np
+
+    from odexport.checkpoint import load_checkpoint
+    from tests.conftest import REPO_ROOT
+
+    source = load_checkpoint(REPO_ROOT / "samples" / "od_resnet_digits.pth.tar").model.eval()
+    with np.load(REPO_ROOT / "samples" / "digits_val.npz") as data:
+        x = torch.from_numpy(data["x"][:120])
+    report = reparameterise(copy.deepcopy(source), calibration=x, freeze_below=0.05)
+    assert any(r["frozen"] for r in report.freeze["layers"])
+    with torch.no_grad():
+        independent = float((report.model(x).argmax(1) == source(x).argmax(1)).float().mean())
+    assert report.freeze["top1_agreement"] == pytest.approx(independent, abs=1 / 120)  # a tie may flip one sample
+    assert report.freeze["top1_agreement"] < 1.0  # at this threshold the freeze does change decisions

@@ -169,7 +169,10 @@ def _print_summary(console, report, path, deviation) -> None:
     if report.freeze is not None:
         frozen = [rec["layer"] for rec in report.freeze["layers"] if rec.get("frozen")]
         if frozen:
+            agreement = report.freeze.get("top1_agreement")
+            decided = "" if agreement is None else f", top-1 agreement with the unfrozen model {agreement:.2%}"
             console.print(f"[bold yellow]frozen (approximate):[/] {len(frozen)} layer(s): {', '.join(frozen)}; "
-                          f"model output deviation on the calibration set {report.freeze['output_deviation']:.3g}", markup=True, highlight=False)
+                          f"model output deviation on the calibration set {report.freeze['output_deviation']:.3g}{decided}",
+                          markup=True, highlight=False)
         else:
             console.print("no layer frozen", markup=False)
