@@ -7,6 +7,7 @@ passes only when every output passes at every batch size and nothing failed to r
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
