@@ -104,7 +104,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.parity import parity_report
-    from odexport.runtime import artifact_kind, open_runner
+    from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
     from odexport.runtime.batching import load_samples, random_samples, run_batched
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
@@ -183,11 +183,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                  "load_notes": list(getattr(info, "warnings", None) or [])}
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin,
-                         missing={artifact: (_BACKEND_OF_KIND.get(artifact_kind(artifact), ""), str(exc))
-                                  for artifact, exc in missing.items()})
-
-
-_BACKEND_OF_KIND = {"engine": "tensorrt", "onnx": "onnxruntime", "checkpoint": "torch"}
+                         missing={artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()})
 
 
 def _require_label_range(data, reference_outputs, inputs) -> None:
@@ -220,8 +216,7 @@ def _provenance_note(runner, reference_info, reference) -> str | None:
         return None
     if metadata.get("odexport.source_kind") != "checkpoint":
         return None  # a checksum of an in-memory state dict, not of a file: nothing to compare with
-    manifest = (getattr(reference_info, "extras", None) or {}).get("manifest") or {}
-    lineage = {own, (manifest.get("source") or {}).get("sha256")} - {None}
+    lineage = {own, getattr(reference_info, "origin_sha256", None)} - {None}
     if {made_from, metadata.get("odexport.deploy_source_sha256")} & lineage:
         return None
     import os
@@ -267,12 +262,13 @@ def _per_layer_reference(model, noise_model, onnx_path):
 
     import onnx
 
+    from odexport.export.onnx_export import REPARAM_PASSES_KEY
     from odexport.reparam import DEFAULT_PASSES, DEFAULT_PASSES_NOTE, EXACT_PASSES, reparameterise
     from odexport.reparam.base import recorded_passes
 
     props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    if "odexport.reparam_passes" in props:
-        passes = [p for p in props["odexport.reparam_passes"].split(",") if p]
+    if REPARAM_PASSES_KEY in props:
+        passes = [p for p in props[REPARAM_PASSES_KEY].split(",") if p]
     else:
         passes = list(DEFAULT_PASSES) if props.get("odexport.reparam") == DEFAULT_PASSES_NOTE else []
     done = set(recorded_passes(model))
@@ -311,7 +307,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
 
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
-    from odexport.runtime import artifact_kind, open_runner
+    from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
     from odexport.runtime.timing import interleaved_latencies
 
     if baseline not in ("static-twin", "none"):
@@ -379,7 +375,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     stats = LatencyStats.from_samples(samples[id(runner)], batch_size)
                     report.entries.append(BenchEntry(label, role, runner.backend, batch_size, stats, of))
             for artifact, exc in missing.items():
-                report.entries.append(BenchEntry(artifact, "candidate", _BACKEND_OF_KIND.get(artifact_kind(artifact), ""), batch_size,
+                report.entries.append(BenchEntry(artifact, "candidate", NATURAL_BACKEND[artifact_kind(artifact)], batch_size,
                                                  error=str(exc), missing_backend=True))
         for runner in {id(r): r for *_, r in pairs}.values():
             runner.close()

@@ -40,6 +40,13 @@ class CheckpointInfo:
     def warnings(self) -> list[str]:
         return list(self.extras.get("warnings", []))
 
+    @property
+    def origin_sha256(self) -> str | None:
+        """For a deploy checkpoint: the sha256 of the checkpoint it was made from (its manifest's record)."""
+        if self.source != "deploy":
+            return None
+        return ((self.extras.get("manifest") or {}).get("source") or {}).get("sha256")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["path"] = None if self.path is None else str(self.path)

@@ -48,6 +48,8 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 DEFAULT_EXAMPLE_BATCH = 2
+#: Metadata key: the reparameterisation passes that changed the exported model, comma-separated.
+REPARAM_PASSES_KEY = "odexport.reparam_passes"
 
 
 @dataclass
@@ -396,7 +398,7 @@ def export_onnx(
             "odexport.precision": "fp16" if fp16 else "fp32",
             "odexport.target": target,
             # which reparameterisation passes changed the exported model: `check --per-layer` redoes them on the checkpoint
-            "odexport.reparam_passes": ",".join(recorded_passes(model)),
+            REPARAM_PASSES_KEY: ",".join(recorded_passes(model)),
             **{f"odexport.{k}": str(v) for k, v in (extra_metadata or {}).items()},
         }
         onnx.helper.set_model_props(proto, metadata)

@@ -29,6 +29,10 @@ _ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "onnxruntime": "onnxrun
             "trt": "tensorrt", "tensorrt": "tensorrt"}
 
 
+#: The backend each kind of artifact runs on (``artifact_kind`` -> backend).
+NATURAL_BACKEND = {"module": "torch", "checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+
+
 def normalise_backend(backend: str | None) -> str | None:
     """``"ort"`` -> ``"onnxruntime"``, ``"trt"`` -> ``"tensorrt"``; unknown names are an input error."""
     if backend is None:
@@ -101,7 +105,7 @@ def open_runner(
     kind = artifact_kind(artifact)
     if kind != "module" and not Path(artifact).exists():
         raise InputError(f"{artifact} does not exist", "check the path")
-    natural = {"module": "torch", "checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
+    natural = NATURAL_BACKEND[kind]
     if backend is not None and backend != natural:
         what = {"module": "a PyTorch module", "checkpoint": "a checkpoint", "onnx": "an ONNX file", "engine": "a TensorRT engine"}[kind]
         fix = {
@@ -157,6 +161,7 @@ def capabilities() -> list[Capability]:
 
 __all__ = [
     "BACKENDS",
+    "NATURAL_BACKEND",
     "Capability",
     "InferenceError",
     "Runner",

@@ -210,7 +210,6 @@ def _provenance(info, reparam_note) -> dict:
     """Metadata beyond the checksum: how the model was reparameterised and, for a deploy
     checkpoint, the checkpoint it was made from (so `odexport check ORIGINAL` knows the export)."""
     extra = {"reparam": reparam_note or "no"}
-    origin = ((info.extras.get("manifest") or {}).get("source") or {}).get("sha256") if info.source == "deploy" else None
-    if origin:
-        extra["deploy_source_sha256"] = origin
+    if info.origin_sha256:
+        extra["deploy_source_sha256"] = info.origin_sha256
     return extra
