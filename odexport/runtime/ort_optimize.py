@@ -157,7 +157,7 @@ def nchwc_block_size() -> int | None:
     )
     block = None
     try:
-        optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=HAND_BUILT_IR_VERSION))
         inits = {t.name: t for t in optimized.graph.initializer}
         for node in optimized.graph.node:
             if node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits:
@@ -173,6 +173,11 @@ def nchwc_block_size() -> int | None:
 
 
 _UNSET = object()
+
+# The IR version of the small models built here by hand (probes).  onnx's helper stamps its own
+# newest (14 with onnx 1.23), which an older onnxruntime refuses to load (1.31 reads up to 13):
+# the probe then failed and NCHWc looked absent.  IR 8 carries opset 18 and model-local functions.
+HAND_BUILT_IR_VERSION = 8
 _BLOCK_PROBED: object = _UNSET
 
 
@@ -278,7 +283,7 @@ def weight_layout(out_ch: int, in_per_group: int, kh: int, kw: int, group: int =
     )
     result = None
     try:
-        optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), disabled=WEIGHT_FOLDING_FUSIONS)
+        optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=HAND_BUILT_IR_VERSION), disabled=WEIGHT_FOLDING_FUSIONS)
         inits = {t.name: t for t in optimized.graph.initializer}
         for node in optimized.graph.node:
             if node.domain == NCHWC_DOMAIN and node.op_type == "Conv" and node.input[1] in inits:

@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from odexport.runtime.ort_optimize import HAND_BUILT_IR_VERSION
+
 
 def conv_model(path: Path, dims=("batch", 3, 8, 8), *, fp16: bool = False, out_channels: int = 4, metadata=None) -> Path:
     """``input`` -> Conv 3x3 (pad 1) -> Relu -> ``output``; with ``fp16`` the conv runs in float16 between Casts."""
@@ -32,7 +34,7 @@ def conv_model(path: Path, dims=("batch", 3, 8, 8), *, fp16: bool = False, out_c
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(out_dims))],
         [numpy_helper.from_array(weight, "weight")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=HAND_BUILT_IR_VERSION)
     model.ir_version = 8
     for key, value in (metadata or {}).items():
         entry = model.metadata_props.add()
@@ -50,7 +52,7 @@ def two_input_model(path: Path) -> Path:
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("a", "b")],
         [helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=HAND_BUILT_IR_VERSION)
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))

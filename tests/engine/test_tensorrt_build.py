@@ -14,6 +14,8 @@ import json
 import numpy as np
 import pytest
 
+from odexport.runtime.ort_optimize import HAND_BUILT_IR_VERSION
+
 pytestmark = pytest.mark.tensorrt
 
 MODELS = ("od_resnet_tiny", "dy_resnet_tiny")
@@ -171,7 +173,7 @@ def test_parser_errors_name_the_node(tmp_path):
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8, 8])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.odexport", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.odexport", 1)], ir_version=HAND_BUILT_IR_VERSION)
     path = tmp_path / "opaque.onnx"
     onnx.save(model, str(path))
     with pytest.raises(ExportError) as info:

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from odexport.runtime.nchwc_layout import NCHWC_DOMAIN, propagate_blocked_layout
 from odexport.runtime.ort_optimize import _shapes, nchwc_block_size, ort_optimized
+from odexport.runtime.ort_optimize import HAND_BUILT_IR_VERSION
 
 BLOCK = nchwc_block_size()
 pytestmark = pytest.mark.skipif(BLOCK is None, reason="this onnxruntime build/CPU has no NCHWc convolutions")
@@ -51,7 +52,7 @@ def _graph(channel_operand: str = "scale"):
     inits = [numpy_helper.from_array(v, k) for k, v in w.items()] + [numpy_helper.from_array(np.array([1, 1], np.int64), "halves")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, CHANNELS, SIZE, SIZE])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), w
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=HAND_BUILT_IR_VERSION), w
 
 
 def _float64_reference(x, w):
@@ -151,7 +152,7 @@ def test_blocked_operands_of_different_shapes_are_not_combined():
     inits = [numpy_helper.from_array(v, k) for k, v in w.items()] + [numpy_helper.from_array(np.array([1, 1], np.int64), "halves")]
     graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, CHANNELS, SIZE, SIZE])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=HAND_BUILT_IR_VERSION)
     optimized = ort_optimized(model, threads=1)
     x = rng.standard_normal((BATCH, CHANNELS, SIZE, SIZE)).astype(np.float32)
     for shapes in (None, _shapes(model)):
@@ -180,7 +181,7 @@ def test_reorder_after_global_pooling_is_dropped_with_identical_results():
              numpy_helper.from_array(rng.standard_normal((5, CHANNELS)).astype(np.float32), "fc")]
     graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, CHANNELS, SIZE, SIZE])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), threads=1)
+    optimized = ort_optimized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=HAND_BUILT_IR_VERSION), threads=1)
     assert _reorders(optimized) >= 2  # ReorderInput before the conv, ReorderOutput after the pooling
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(optimized)

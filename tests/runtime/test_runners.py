@@ -13,6 +13,7 @@ from odexport.errors import InputError, MissingDependencyError
 from odexport.runtime import InferenceError, artifact_kind, capabilities, normalise_backend, open_runner
 from odexport.runtime.onnxruntime_runner import OrtRunner
 from odexport.runtime.torch_runner import TorchRunner
+from odexport.runtime.ort_optimize import HAND_BUILT_IR_VERSION
 
 
 def _x(batch=3, seed=1):
@@ -200,7 +201,7 @@ def test_ort_cpu_rewrite_of_runtime_weight_conv_is_exact(tmp_path):
              helper.make_node("Conv", ["input", "w"], ["output"], pads=[1, 1, 1, 1])]
     graph = helper.make_graph(nodes, "runtime_weight", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8, 12, 12])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], [w0, scale])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=HAND_BUILT_IR_VERSION)
     path = tmp_path / "rw.onnx"
     onnx.save(model, path)
     x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
