@@ -88,7 +88,7 @@ def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=N
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
                  reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
                  arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None,
-                 noise_margin=None, stage=None, submodel=None):
+                 noise_margin=None, stage=None, submodel=None, device: str = "cpu"):
     """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
 
     Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
@@ -97,6 +97,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     The reference also runs in the other float precision (float64 for a float32 reference) to
     measure its own rounding noise, which floors the default atol at ``noise_margin`` (default
     :data:`odexport.report.compare.NOISE_MARGIN`) times it; ``noise_margin=0`` skips that run.
+    ``device`` (cpu | cuda) is where .onnx and checkpoint candidates run (onnxruntime's CUDA
+    provider, PyTorch CUDA; engines always run on the GPU); the reference stays on the CPU.
     """
     import os
 
@@ -122,7 +124,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     opened, missing = [], {}
     for candidate in candidates:
         try:
-            opened.append((candidate, open_runner(candidate, dtype="float32", threads=threads,
+            opened.append((candidate, open_runner(candidate, dtype="float32", threads=threads, device=device,
                                                   **(load if artifact_kind(candidate) == "checkpoint" else {}))))
         except MissingDependencyError as exc:  # e.g. an engine on a machine without TensorRT: compare the others
             missing[str(candidate)] = exc
@@ -167,7 +169,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
             layer_model, layer_noise_model, layer_note = _per_layer_reference(
                 ref.model, None if other_precision is None else other_precision.model, artifact)
             run.layer_values = onnx_layer_values(layer_model, artifact, data.x[np.arange(batch) % len(data.x)], threads=threads,
-                                                 noise_model=layer_noise_model)
+                                                 noise_model=layer_noise_model, device=device)
             if layer_note and run.layer_values.get("candidate"):  # about the values compared: moot when none were located
                 run.layer_values.setdefault("notes", []).insert(0, layer_note)
         runner.close()

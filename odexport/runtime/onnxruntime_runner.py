@@ -58,8 +58,33 @@ def _providers_for(device: str, providers) -> list:
                 "onnxruntime's CUDA execution provider is not available in this installation",
                 "pip install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --device cpu",
             )
-        return [CUDA, CPU]
+        _load_cuda_libraries(ort)
+        # fp32 means IEEE fp32 here as in PyTorch: the provider's TF32 default (10-bit mantissa
+        # products in Conv/MatMul) would fail fp32 tolerances; an fp16 export is the fast GPU path
+        return [(CUDA, {"use_tf32": "0"}), CPU]
     raise InputError(f"unsupported device {device!r} for onnxruntime", "use cpu or cuda")
+
+
+def _load_cuda_libraries(ort) -> None:
+    """Make the CUDA and cuDNN libraries visible to onnxruntime's CUDA provider before it loads.
+
+    The provider library is opened when the session starts and needs libcudart, cuBLAS and cuDNN
+    by name; glibc's search path is fixed at process start, so they must already be loaded.
+    torch (a dependency) loads its own copies on import, and ``preload_dlls`` (onnxruntime-gpu
+    >= 1.21) reuses those, else the ``nvidia-*`` wheels'.  Without this the session silently
+    comes up on the CPU provider alone."""
+    import torch  # noqa: F401  (its CUDA libraries first: preload_dlls prefers them)
+
+    # cuDNN's frontend logs each execution plan it cannot build as an error on onnxruntime's
+    # process-wide logger, then the provider uses another plan: noise in every report.  A real
+    # failure still raises from the session.
+    ort.set_default_logger_severity(4)
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # a best effort: the session start below reports what is really missing
+            pass
 
 
 class OrtRunner(Runner):
@@ -150,6 +175,11 @@ class OrtRunner(Runner):
             raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",
                              "validate it with `python -m onnx.checker`, or re-export with `odexport onnx`") from exc
         active = self.session.get_providers()
+        if device == "cuda" and not providers and CUDA not in active:
+            raise MissingDependencyError(
+                f"onnxruntime could not start its CUDA execution provider for {where} (CUDA or cuDNN libraries missing or of another major version)",
+                "install the onnxruntime-gpu build for this machine's CUDA (see onnxruntime.ai's CUDA requirements), or use --device cpu",
+            )
         self.backend = "onnxruntime-cuda" if CUDA in active else "onnxruntime-cpu"
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]

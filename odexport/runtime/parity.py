@@ -38,11 +38,12 @@ def run_candidate(runner: Runner, artifact: str, samples: np.ndarray, batch_size
     return run
 
 
-def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: int | None = None, noise_model=None) -> dict:
+def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: int | None = None, noise_model=None,
+                      device: str = "cpu") -> dict:
     """Per-layer attentions and outputs of ``reference_model`` (PyTorch) and of the ONNX graph.
 
     ``onnx_model`` is a path or an ``onnx.ModelProto``.  The ONNX copy gets the located values as
-    extra graph outputs and runs in onnxruntime on the same ``x``.  ``noise_model`` (the reference
+    extra graph outputs and runs in onnxruntime (on ``device``, like the candidate) on the same ``x``.  ``noise_model`` (the reference
     in the other float precision) adds ``"noise"``: per component, ``max |v32 - v64|``.
     """
     import onnx
@@ -67,7 +68,7 @@ def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: in
     candidate: dict[str, dict[str, np.ndarray]] = {}
     if mapping:
         names = sorted({v for comps in mapping.values() for v in comps.values()})
-        probe = OrtRunner(with_extra_outputs(proto, names), threads=threads)
+        probe = OrtRunner(with_extra_outputs(proto, names), threads=threads, device=device)
         try:
             values = probe.session.run(names, {probe.inputs[0].name: np.ascontiguousarray(x, dtype=probe.inputs[0].dtype)})
         except Exception as exc:

@@ -9,6 +9,7 @@ measured the way a graph-capturing server would see it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -66,7 +67,9 @@ class TorchRunner(Runner):
     tuple/list, and by key for a dict.  ``input_shape`` (C, H, W) fixes the per-sample shape the
     runner validates against (the batch axis is always dynamic); without it only the rank (4) is
     checked.  ``threads`` sets ``torch.set_num_threads`` (process-wide: torch has one pool).
-    ``cuda_graphs`` makes :meth:`timer` capture and replay a CUDA graph (CUDA only).
+    ``cuda_graphs`` makes :meth:`timer` capture and replay a CUDA graph (CUDA only).  float32 on
+    CUDA is IEEE float32: cuDNN's TF32 convolutions (torch's default) are switched off around
+    every forward, so an fp32 candidate meets fp32 tolerances and an fp32 latency is fp32's.
     """
 
     def __init__(
@@ -125,7 +128,7 @@ class TorchRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = self._to_tensor(feed[self._input_name])
         try:
-            with torch.inference_mode():
+            with self._forward_mode():
                 result = self.model(x)
         except RuntimeError as exc:
             raise InferenceError(f"PyTorch failed on an input of shape {tuple(x.shape)}: {_one_line(exc)}",
@@ -149,7 +152,7 @@ class TorchRunner(Runner):
         if self.device.type == "cpu":
             def run_cpu() -> float:
                 start = time.perf_counter_ns()
-                with torch.inference_mode():
+                with self._forward_mode():
                     self.model(x)
                 return (time.perf_counter_ns() - start) / 1e6
             return run_cpu
@@ -160,7 +163,7 @@ class TorchRunner(Runner):
         if not self.cuda_graphs:
             def run_cuda() -> float:
                 start.record()
-                with torch.inference_mode():
+                with self._forward_mode():
                     self.model(x)
                 end.record()
                 end.synchronize()
@@ -170,12 +173,12 @@ class TorchRunner(Runner):
         # warm up on a side stream before capture (lazy init, cuDNN autotuning must not be captured)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
+        with torch.cuda.stream(side), self._forward_mode():
             for _ in range(3):
                 self.model(static_x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
+        with torch.cuda.graph(graph), self._forward_mode():
             self.model(static_x)
         torch.cuda.synchronize()
 
@@ -190,6 +193,19 @@ class TorchRunner(Runner):
         return run_graph
 
     # -- helpers -----------------------------------------------------------------------------
+    def _forward_mode(self) -> contextlib.AbstractContextManager:
+        """``inference_mode``, and on CUDA the TF32 switches off (they are process-wide flags,
+        set only for the duration of the forward)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.device.type == "cuda":
+            stack.enter_context(torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                                           benchmark=torch.backends.cudnn.benchmark,
+                                                           deterministic=torch.backends.cudnn.deterministic,
+                                                           allow_tf32=False))
+            stack.enter_context(_matmul_tf32(False))
+        return stack
+
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(array)).to(device=self.device, dtype=self.dtype)
         if self.channels_last and x.dim() == 4:
@@ -216,3 +232,16 @@ def _name_outputs(result) -> dict[str, torch.Tensor]:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextlib.contextmanager
+def _matmul_tf32(allowed: bool):
+    previous = torch.backends.cuda.matmul.allow_tf32
+    if previous == allowed:  # the default (off): leave the flag, and its deprecation notices, alone
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous

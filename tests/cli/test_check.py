@@ -259,6 +259,7 @@ def test_checkpoint_candidate(artifacts):
         (["--atol", "abc"], "not a non-negative number"),
         (["--reference-dtype", "float16"], "reference-dtype"),
         (["--input-shape", "3x16"], "CxHxW"),
+        (["--device", "gpu"], "unsupported device"),
     ],
 )
 def test_bad_options_exit_1(artifacts, extra, message):
@@ -353,3 +354,33 @@ def test_tolerance_for_an_output_the_model_lacks_is_an_input_error(artifacts):
     assert "names output 'logits', which the model does not have (outputs: output)" in " ".join(result.output.split())
     named = _check(artifacts["ckpt"], artifacts["good"], "--batch-sizes", "1", "--samples", "2", "--atol", "output=1e-3")
     assert named.exit_code == 0, named.output
+
+
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_device_cuda_without_the_cuda_provider_exits_3(artifacts):
+    """The candidate cannot run where it was asked to: a missing backend, not a pass on the CPU."""
+    if _ort_has_cuda():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    result = _check(artifacts["ckpt"], artifacts["good"], "--device", "cuda")
+    assert result.exit_code == 3, result.output
+    assert "CUDA" in result.output and "PASS" not in result.output
+
+
+@pytest.mark.gpu
+def test_device_cuda_gates_on_the_gpu(artifacts):
+    """fp32 on the GPU (TF32 off in both runtimes) meets the fp32 tolerances; the perturbed
+    weight still fails there."""
+    if not _ort_has_cuda():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    result = _check(artifacts["ckpt"], artifacts["good"], artifacts["ckpt"], "--device", "cuda", "--json")
+    assert result.exit_code == 0, result.output
+    backends = [c["backend"] for c in json.loads(result.stdout)["candidates"]]
+    assert backends == ["onnxruntime-cuda", "torch-cuda"]
+    result = _check(artifacts["ckpt"], artifacts["perturbed"], "--device", "cuda")
+    assert result.exit_code == 2, result.output
+

@@ -141,3 +141,16 @@ def test_other_errors_exit_1(tiny, tmp_path, case, message):
     result = _invoke(ckpt, "--input", str(source), "-o", str(out), *extra)
     assert result.exit_code == 1 and message in result.output, result.output
     assert not out.exists()
+
+
+def test_device_cuda_runs_there_or_exits_3(tiny, tmp_path):
+    """--device cuda runs the checkpoint in PyTorch CUDA (float32, TF32 off: the CPU's numbers to
+    rounding), or, with no GPU, exits 3 and writes nothing."""
+    source, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(source, tiny["x"])
+    result = _invoke(str(tiny["path"]), "-i", str(source), "-o", str(out), "--device", "cuda")
+    if not torch.cuda.is_available():
+        assert result.exit_code == 3 and "CUDA" in result.output and not out.exists(), result.output
+        return
+    assert result.exit_code == 0 and "torch-cuda" in result.output, result.output
+    np.testing.assert_allclose(np.load(out), tiny["expected"], rtol=1e-4, atol=1e-5)

@@ -24,7 +24,8 @@ CLI_DOC = REPO / "docs" / "cli.md"
 COMMANDS = ("inspect", "run", "reparam", "onnx", "ort", "trt", "check", "bench", "doctor")
 
 _TYPE = r"<[^>]+>(?:\s+\[[^\]]*\])?"
-_OPTION_ROW = re.compile(rf"^(?P<req>\*)?\s*(?P<names>-[\w-]+(?:\s+-[\w-]+)*)\s+(?P<type>{_TYPE})\s*(?P<help>.*)$")
+# some Typer/Rich versions join an option's long names with a comma ("--input,--inputs")
+_OPTION_ROW = re.compile(rf"^(?P<req>\*)?\s*(?P<names>-[\w-]+(?:[\s,]+-[\w-]+)*)\s+(?P<type>{_TYPE})\s*(?P<help>.*)$")
 _ARGUMENT_ROW = re.compile(rf"^(?P<req>\*)?\s*(?P<name>[\w.]+(?:\.\.\.)?)\s+(?P<type>{_TYPE})\s*(?P<help>.*)$")
 _DEFAULT = re.compile(r"\s*\[default: (?P<value>[^\]]*)\]")
 _REQUIRED = re.compile(r"\s*\[required\]")
@@ -99,7 +100,7 @@ def parse_help(name: str, text: str) -> CommandHelp:
             if match:
                 if current:
                     target.append(_finish(current))
-                names = [match.group("name")] if title == "Arguments" else match.group("names").split()
+                names = [match.group("name")] if title == "Arguments" else re.split(r"[\s,]+", match.group("names"))
                 current = Param(names, match.group("type"), match.group("help"), bool(match.group("req")))
             elif current and row:
                 current.help += " " + row

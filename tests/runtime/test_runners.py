@@ -64,7 +64,7 @@ def test_torch_runner_cuda_matches_cpu_and_times_with_events(tiny_net):
     x = _x()
     cpu = TorchRunner(tiny_net, input_shape=(3, 16, 16)).infer(x)["output"]
     gpu = TorchRunner(tiny_net, device="cuda", input_shape=(3, 16, 16), cuda_graphs=True)
-    np.testing.assert_allclose(gpu.infer(x)["output"], cpu, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(gpu.infer(x)["output"], cpu, atol=1e-5, rtol=1e-5)  # TF32 off: fp32 rounding only
     timer = gpu.timer(x)
     assert all(timer() > 0 for _ in range(3))
 
@@ -153,6 +153,24 @@ def test_ort_cuda_without_provider_is_missing_dependency(tiny_onnx):
         pytest.skip("this onnxruntime has the CUDA provider")
     with pytest.raises(MissingDependencyError, match="CUDA execution provider"):
         OrtRunner(tiny_onnx, device="cuda")
+
+
+@pytest.mark.gpu
+def test_ort_cuda_runs_fp32_as_fp32_and_times_with_io_binding(tiny_net, tiny_onnx):
+    """The session is really on the GPU (not a silent CPU fallback), and with TF32 off its fp32
+    numbers are the CPU's to float32 rounding."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    x = _x(batch=5)
+    runner = OrtRunner(tiny_onnx, device="cuda")
+    assert runner.backend == "onnxruntime-cuda" and runner.session.get_providers()[0] == "CUDAExecutionProvider"
+    with torch.no_grad():
+        expected = tiny_net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runner.infer(x)["output"], expected, atol=1e-5, rtol=1e-5)
+    timer = runner.timer(x)
+    assert all(timer() > 0 for _ in range(3))
 
 
 def test_open_runner_dispatch(tiny_net, tiny_onnx, tmp_path):

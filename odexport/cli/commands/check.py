@@ -66,6 +66,7 @@ def check(
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and onnxruntime.", min=1, show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="Where .onnx and checkpoint candidates run: cpu, or cuda (onnxruntime's CUDA provider, PyTorch CUDA). The reference runs on the CPU; engines on the GPU.")] = "cpu",
     quiet: QuietOption = False,
 ) -> None:
     """Prove each CANDIDATE computes what REFERENCE computes, at several batch sizes.
@@ -97,7 +98,7 @@ def check(
                 reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
                 reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
                 temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, threads=threads,
-                noise_margin=noise_margin, stage=stage,
+                noise_margin=noise_margin, stage=stage, device=device,
             )
         if junit:
             write_atomic(junit, parity_junit(report))

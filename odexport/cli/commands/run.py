@@ -28,6 +28,7 @@ def run(
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend: torch (checkpoints), onnxruntime (.onnx), tensorrt (engines). Default: the artifact's own.", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (PyTorch CUDA for checkpoints, onnxruntime's CUDA provider for .onnx; engines always run on the GPU).")] = "cpu",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object describing the run on stdout.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -52,7 +53,7 @@ def run(
             raise InputError(f"output {target} is a directory", "give a file name, e.g. -o out.npy")
         with stages(quiet or json_output) as stage:
             stage(f"load {artifact} and run {input}")
-            result = run_artifact(artifact, input, backend=backend, arch=arch, temperature=temperature,
+            result = run_artifact(artifact, input, backend=backend, device=device, arch=arch, temperature=temperature,
                                   trust_pickle=trust_pickle, factory=factory, submodel=submodel)
             stage(f"save {target}")
             save_array_atomic(target, result["outputs"])
