@@ -8,6 +8,7 @@ ratio measured between sessions interleaved in one process.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable
@@ -71,13 +72,14 @@ def _load_cuda_libraries(ort) -> None:
     The provider library is opened when the session starts and needs libcudart, cuBLAS and cuDNN
     by name; glibc's search path is fixed at process start, so they must already be loaded.
     torch (a dependency) loads its own copies on import, and ``preload_dlls`` (onnxruntime-gpu
-    >= 1.21) reuses those, else the ``nvidia-*`` wheels'.  Without this the session silently
-    comes up on the CPU provider alone."""
-    import torch  # noqa: F401  (its CUDA libraries first: preload_dlls prefers them)
+    >= 1.21) reuses those, else the ``nvidia-*`` wheels'.  When the provider still cannot load,
+    onnxruntime falls back to the CPU provider with no more than a log line; :class:`OrtRunner`
+    checks the session's providers and refuses that."""
+    importlib.import_module("torch")  # its CUDA libraries first: preload_dlls prefers them
 
     # cuDNN's frontend logs each execution plan it cannot build as an error on onnxruntime's
     # process-wide logger, then the provider uses another plan: noise in every report.  A real
-    # failure still raises from the session.
+    # failure still raises from the session, and a fallback to the CPU is caught after it starts.
     ort.set_default_logger_severity(4)
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
