@@ -202,14 +202,18 @@ def main(argv=None) -> int:
         print(json.dumps({key: {b: round(v["dynamic"]["p50_ms"] / v["twin"]["p50_ms"], 2) for b, v in entry["onnxruntime"].items()}}),
               file=sys.stderr)
 
-    table = markdown_table(record)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    emit(markdown_table(record), record, args.markdown, args.json)
     scratch.cleanup()
     return 0
+
+
+def emit(table: str, record: dict, markdown_path: str | None, json_path: str | None) -> None:
+    """Print the table last (what a remote run's output tail keeps) and write the files asked for."""
+    print(table)
+    if markdown_path:
+        Path(markdown_path).write_text(table + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def torch_cuda(model, twin, shape, batches, warmup: int, iters: int) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forms import MODELS, build, deploy_form  # noqa: E402  (one model set for both records)
+from bench_forms import MODELS, build, deploy_form, emit  # noqa: E402  (one model set for both records)
 
 DEFAULT_MODELS = ("od_resnet18:1", "od_resnet18:4", "od_mobilenetv2_050:4", "dy_resnet18")
 VARIANTS = ("bmm", "kbranch", "patch", "static")
@@ -265,12 +265,7 @@ def main(argv=None) -> int:
             say(f"## {key}: onnxruntime CUDA (exports: {took})")
             record["models"][key]["onnxruntime_cuda"] = onnx_part(key, exports, batches, shape, args.warmup, args.iters)
         pool.shutdown()
-    table = markdown(record)
-    print(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    emit(markdown(record), record, args.markdown, args.json)
     scratch.cleanup()
     return 0
 
