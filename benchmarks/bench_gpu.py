@@ -79,7 +79,7 @@ def export_one(key: str, kind: str, variant: str, fp16: bool, batch: int | None,
     return {"path": path, "forms": sorted({p.variant for p in plans}), "seconds": round(time.perf_counter() - start, 1)}
 
 
-def export_jobs(keys, batches, size: int, folder: Path) -> list[tuple]:
+def export_jobs(keys, batches) -> list[tuple]:
     """(key, label, kind, variant, fp16, batch) for every export the ONNX part times."""
     jobs = []
     for key in keys:
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         import multiprocessing
 
         pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
-        for key, label, kind, variant, fp16, batch in export_jobs(keys, batches, args.size, Path(scratch.name)):
+        for key, label, kind, variant, fp16, batch in export_jobs(keys, batches):
             path = str(Path(scratch.name) / f"{key.replace(':', '-k')}-{label.replace(' ', '-')}.onnx")
             pending[(key, label)] = pool.submit(export_one, key, kind, variant, fp16, batch, args.size, path)
     if not args.skip_torch:  # while the exports run on the CPU

@@ -43,8 +43,9 @@ def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: in
     """Per-layer attentions and outputs of ``reference_model`` (PyTorch) and of the ONNX graph.
 
     ``onnx_model`` is a path or an ``onnx.ModelProto``.  The ONNX copy gets the located values as
-    extra graph outputs and runs in onnxruntime (on ``device``, like the candidate) on the same ``x``.  ``noise_model`` (the reference
-    in the other float precision) adds ``"noise"``: per component, ``max |v32 - v64|``.
+    extra graph outputs and runs in onnxruntime on ``device`` (the candidate's) on the same ``x``.
+    ``noise_model`` (the reference in the other float precision) adds ``"noise"``: per component,
+    ``max |v32 - v64|``.
     """
     import onnx
 
