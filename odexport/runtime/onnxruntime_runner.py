@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,7 +172,11 @@ class OrtRunner(Runner):
         if not isinstance(source, (str, bytes)):
             source = self._session_source(source)
         try:
-            self.session = ort.InferenceSession(source, options, providers=chosen)
+            with warnings.catch_warnings():
+                # a CUDA provider that cannot start is a Python warning and a CPU session; the
+                # check below turns that into one clear error instead
+                warnings.simplefilter("ignore")
+                self.session = ort.InferenceSession(source, options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             verify_machine(_metadata_of(source), where, device)  # a model specialised elsewhere: say so
             raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",

@@ -155,6 +155,24 @@ def test_ort_cuda_without_provider_is_missing_dependency(tiny_onnx):
         OrtRunner(tiny_onnx, device="cuda")
 
 
+def test_ort_cuda_that_falls_back_to_the_cpu_is_refused(tiny_onnx, monkeypatch):
+    """A GPU build whose CUDA libraries do not load lists the provider, then onnxruntime starts the
+    session on the CPU with only a warning.  Here the provider is listed but absent, which makes a
+    real session do exactly that: the runner must refuse it, not time the CPU as the GPU."""
+    import warnings
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    listed = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *listed])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # onnxruntime's fallback warning must not leak either
+        with pytest.raises(MissingDependencyError, match="could not start its CUDA execution provider"):
+            OrtRunner(tiny_onnx, device="cuda")
+
+
 @pytest.mark.gpu
 def test_ort_cuda_runs_fp32_as_fp32_and_times_with_io_binding(tiny_net, tiny_onnx):
     """The session is really on the GPU (not a silent CPU fallback), and with TF32 off its fp32
