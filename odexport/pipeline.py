@@ -339,6 +339,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             # what loading a checkpoint chose or ignored (e.g. the backbone of a detection checkpoint)
             report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
             _record_specialisation(report, str(artifact), runner)
+            _note_gpu_fp32(report, str(artifact), runner)
             if baseline == "static-twin":
                 key = _twin_key(artifact, kind, runner, input_shape, reference, load)
                 if key is not None and key in twins:
@@ -383,6 +384,14 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             runner.close()
     report.settings["input_shape"] = list(shape)
     return report
+
+
+def _note_gpu_fp32(report, label: str, runner) -> None:
+    """fp32 on a GPU is timed as IEEE fp32 (the runners switch TF32 off so that check's fp32
+    tolerances hold), which is slower than a TF32 session: say so next to the numbers."""
+    if getattr(runner, "backend", "") in ("onnxruntime-cuda", "torch-cuda") and getattr(runner, "precision", "") == "fp32":
+        report.notes.append(f"{label} runs in IEEE fp32 on the GPU (TF32 off, as `odexport check` gates fp32); "
+                            "the fast GPU form is fp16: an `odexport onnx --fp16` export, or --dtype float16 for a checkpoint")
 
 
 def _record_specialisation(report, label: str, runner) -> None:

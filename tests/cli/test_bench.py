@@ -161,3 +161,20 @@ def test_engine_without_tensorrt_next_to_another_artifact(artifacts, tmp_path):
     assert len(not_run) == 2 and all(r["missing_backend"] and r["backend"] == "tensorrt" and "p50_ms" not in r for r in not_run)
     alone = _bench(engine)
     assert alone.exit_code == 3 and "TensorRT" in alone.output
+
+
+@pytest.mark.gpu
+def test_cuda_fp32_is_said_to_be_ieee_fp32(artifacts):
+    """fp32 on the GPU is timed with TF32 off; the report says so, and points to fp16."""
+    fp32 = _bench(artifacts["ckpt"], "--device", "cuda", "--json")
+    assert fp32.exit_code == 0, fp32.output
+    assert any("IEEE fp32 on the GPU" in note for note in json.loads(fp32.stdout)["notes"])
+    half = _bench(artifacts["ckpt"], "--device", "cuda", "--dtype", "float16", "--cuda-graphs", "--json")
+    assert half.exit_code == 0, half.output
+    assert not any("IEEE fp32" in note for note in json.loads(half.stdout)["notes"])
+
+
+def test_cpu_timings_carry_no_gpu_precision_note(artifacts):
+    result = _bench(artifacts["ckpt"], "--json", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert not any("IEEE fp32" in note for note in json.loads(result.stdout)["notes"])
