@@ -69,9 +69,17 @@ def _needs_missing_capability(argv: list[str]) -> bool:
     if not cuda_available() and ("--cuda-graphs" in argv or "cuda" in argv or "--target=gpu" in argv):
         if argv[0] != "onnx":  # onnx --target gpu only steers the form choice
             return True
+    if "cuda" in argv and any(a.endswith(".onnx") for a in argv) and not _ort_has_cuda():
+        return True  # --device cuda runs .onnx candidates on onnxruntime's CUDA provider (onnxruntime-gpu)
     if "--plot" in argv and not available("matplotlib"):
         return True
     return False
+
+
+def _ort_has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def expected_exit(cmd: DocCommand, argv: list[str]) -> int:
