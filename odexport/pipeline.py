@@ -6,6 +6,7 @@ calls; the work happens in the stage packages.  Data flows one way: no stage cal
 
 from __future__ import annotations
 
+from odexport.export import metadata_keys as keys  # names only: imports neither torch nor onnx
 
 # -- checkpoints (checkpoint engineer) ----------------------------------------------------------
 
@@ -212,14 +213,14 @@ def _provenance_note(runner, reference_info, reference) -> str | None:
     checksum and the same weights, which the comparison itself settles.
     """
     metadata = getattr(runner, "metadata", None) or {}
-    made_from = metadata.get("odexport.source_sha256")
+    made_from = metadata.get(keys.SOURCE_SHA256)
     own = getattr(reference_info, "sha256", None)
     if not made_from or not own or getattr(runner, "backend", "").startswith("torch"):
         return None
-    if metadata.get("odexport.source_kind") != "checkpoint":
+    if metadata.get(keys.SOURCE_KIND) != "checkpoint":
         return None  # a checksum of an in-memory state dict, not of a file: nothing to compare with
     lineage = {own, getattr(reference_info, "origin_sha256", None)} - {None}
-    if {made_from, metadata.get("odexport.deploy_source_sha256")} & lineage:
+    if {made_from, metadata.get(keys.DEPLOY_SOURCE_SHA256)} & lineage:
         return None
     import os
 
@@ -239,7 +240,7 @@ def _require_sample_shape(candidate, runner, shape, reference) -> None:
     declared = tuple(runner.inputs[0].shape[1:]) if runner.inputs else ()
     if not declared or not all(isinstance(d, int) and d > 0 for d in declared) or declared == tuple(shape):
         return
-    arch = (getattr(runner, "metadata", None) or {}).get("odexport.arch")
+    arch = (getattr(runner, "metadata", None) or {}).get(keys.ARCH)
     made_from = f" (exported from {arch})" if arch else ""
     raise InputError(
         f"{candidate}{made_from} takes samples of shape {declared}, the reference {reference} {tuple(shape)}",
@@ -264,15 +265,14 @@ def _per_layer_reference(model, noise_model, onnx_path):
 
     import onnx
 
-    from odexport.export.onnx_export import REPARAM_PASSES_KEY
     from odexport.reparam import DEFAULT_PASSES, DEFAULT_PASSES_NOTE, EXACT_PASSES, reparameterise
     from odexport.reparam.base import recorded_passes
 
     props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    if REPARAM_PASSES_KEY in props:
-        passes = [p for p in props[REPARAM_PASSES_KEY].split(",") if p]
+    if keys.REPARAM_PASSES in props:
+        passes = [p for p in props[keys.REPARAM_PASSES].split(",") if p]
     else:
-        passes = list(DEFAULT_PASSES) if props.get("odexport.reparam") == DEFAULT_PASSES_NOTE else []
+        passes = list(DEFAULT_PASSES) if props.get(keys.REPARAM) == DEFAULT_PASSES_NOTE else []
     done = set(recorded_passes(model))
     todo = [p for p in passes if p not in done]
     if not todo:
@@ -422,7 +422,7 @@ def _has_custom_layers(metadata: dict) -> bool:
     import json
 
     try:
-        forms = json.loads(metadata.get("odexport.forms", "[]"))
+        forms = json.loads(metadata.get(keys.FORMS, "[]"))
     except ValueError:
         return False
     return any(isinstance(entry, dict) and entry.get("form") == "custom" for entry in forms)
@@ -449,18 +449,18 @@ def _twin_key(artifact, kind, runner, input_shape, reference, load):
     if kind != "onnx":
         return None
     meta = getattr(runner, "metadata", {}) or {}
-    source = str(reference) if reference is not None else (load.get("arch") or meta.get("odexport.arch") or None)
+    source = str(reference) if reference is not None else (load.get("arch") or meta.get(keys.ARCH) or None)
     if source is None:
         return None
-    kwargs = "" if reference is not None or load.get("arch") else meta.get("odexport.model_kwargs") or "{}"
+    kwargs = "" if reference is not None or load.get("arch") else meta.get(keys.MODEL_KWARGS) or "{}"
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     return (source, json.dumps(json.loads(kwargs), sort_keys=True) if kwargs else "", tuple(shape or ()),
-            meta.get("odexport.opset") or "18", _half_precision(runner))
+            meta.get(keys.OPSET) or "18", _half_precision(runner))
 
 
 def _half_precision(runner) -> bool:
     """Does the candidate compute in fp16 (an ``--fp16`` export, or an engine built so)? Its twin must too."""
-    recorded = (getattr(runner, "metadata", None) or {}).get("odexport.precision")
+    recorded = (getattr(runner, "metadata", None) or {}).get(keys.PRECISION)
     return recorded == "fp16" or getattr(runner, "precision", "fp32") in ("fp16", "mixed")
 
 
@@ -483,20 +483,20 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     if reference is not None:
         model = model_from_checkpoint(reference, **load).model
     else:
-        name = load.get("arch") or meta.get("odexport.arch") or None
+        name = load.get("arch") or meta.get(keys.ARCH) or None
         if not name:
             raise InputError(f"cannot build the static twin of {artifact}: its architecture is unknown",
                              "pass --reference CHECKPOINT or --arch NAME, or --baseline none")
         from odexport.models import create_model
 
-        kwargs = json.loads(meta.get("odexport.model_kwargs") or "{}") if not load.get("arch") else {}
+        kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if not load.get("arch") else {}
         model = create_model(name, **kwargs)
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     if not shape:
         raise InputError(f"{artifact} has a dynamic sample shape {tuple(runner.inputs[0].shape[1:])}", "pass --input-shape CxHxW")
     onnx_path = Path(scratch) / f"twin-{abs(hash(str(artifact)))}.onnx"
     # exported like the candidate (same exporter, opset, precision and optimiser); parity of a baseline is moot
-    opset = int(meta.get("odexport.opset") or 18)
+    opset = int(meta.get(keys.OPSET) or 18)
     half = _half_precision(runner)
     onnx_from_model(static_twin(model).eval(), onnx_path, input_shape=shape, opset=opset, check=False, fp16=half and kind == "onnx")
     if kind == "onnx":

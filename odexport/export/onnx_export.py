@@ -39,6 +39,7 @@ from torch import nn
 
 from odexport.errors import ExportError, InputError, ParityError
 from odexport.export import custom as custom_form
+from odexport.export import metadata_keys as keys
 from odexport.export.forms import FORMS, exporting_forms, probe_model
 from odexport.export.plan import TARGETS, LayerPlan, plan_layers
 from odexport.export.verify import DEFAULT_BATCHES, ParityResult, compare_with_torch
@@ -48,8 +49,6 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "output", "batch"
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 DEFAULT_EXAMPLE_BATCH = 2
-#: Metadata key: the reparameterisation passes that changed the exported model, comma-separated.
-REPARAM_PASSES_KEY = "odexport.reparam_passes"
 
 
 @dataclass
@@ -384,22 +383,22 @@ def export_onnx(
         from odexport.reparam.base import recorded_passes  # lazy: the exporter does not need the passes themselves
 
         metadata = {
-            "odexport.version": _version(),
-            "odexport.source_sha256": source_sha256 or state_dict_sha256(model),
-            "odexport.source_kind": "checkpoint" if source_sha256 else "state_dict",
-            "odexport.arch": architecture or "",
-            "odexport.model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "odexport.model_kwargs": json.dumps(model_kwargs or {}, sort_keys=True, default=str),
-            "odexport.form": form,
-            "odexport.forms": json.dumps([{"name": p.name, "form": p.form, "variant": p.variant} for p in plans]),
-            "odexport.opset": str(opset),
-            "odexport.batch": "dynamic" if batch is None else str(batch),
-            "odexport.input_shape": "x".join(map(str, shape)),
-            "odexport.precision": "fp16" if fp16 else "fp32",
-            "odexport.target": target,
+            keys.VERSION: _version(),
+            keys.SOURCE_SHA256: source_sha256 or state_dict_sha256(model),
+            keys.SOURCE_KIND: "checkpoint" if source_sha256 else "state_dict",
+            keys.ARCH: architecture or "",
+            keys.MODEL_CLASS: f"{type(model).__module__}.{type(model).__qualname__}",
+            keys.MODEL_KWARGS: json.dumps(model_kwargs or {}, sort_keys=True, default=str),
+            keys.FORM: form,
+            keys.FORMS: json.dumps([{"name": p.name, "form": p.form, "variant": p.variant} for p in plans]),
+            keys.OPSET: str(opset),
+            keys.BATCH: "dynamic" if batch is None else str(batch),
+            keys.INPUT_SHAPE: "x".join(map(str, shape)),
+            keys.PRECISION: "fp16" if fp16 else "fp32",
+            keys.TARGET: target,
             # which reparameterisation passes changed the exported model: `check --per-layer` redoes them on the checkpoint
-            REPARAM_PASSES_KEY: ",".join(recorded_passes(model)),
-            **{f"odexport.{k}": str(v) for k, v in (extra_metadata or {}).items()},
+            keys.REPARAM_PASSES: ",".join(recorded_passes(model)),
+            **{keys.prefixed(k): str(v) for k, v in (extra_metadata or {}).items()},
         }
         onnx.helper.set_model_props(proto, metadata)
         proto.producer_name, proto.producer_version = "odexport", _version()
@@ -427,7 +426,7 @@ def export_onnx(
 
 def _sidecar(result: ExportResult) -> dict:
     data = result.to_dict()
-    data["metadata"] = dict(result.metadata, **{"odexport.forms": json.loads(result.metadata["odexport.forms"])})
+    data["metadata"] = dict(result.metadata, **{keys.FORMS: json.loads(result.metadata[keys.FORMS])})
     return data
 
 

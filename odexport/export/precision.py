@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from odexport.export import metadata_keys as keys
 from odexport.export.forms import AGGREGATE_NAME, CORE_NAME
 
 ROLE_KEY = "odexport.role"
@@ -274,7 +275,7 @@ def _layer_names_from_metadata(model: onnx.ModelProto) -> set[str]:
     import json
 
     for prop in model.metadata_props:
-        if prop.key == "odexport.forms":
+        if prop.key == keys.FORMS:
             try:
                 return {entry["name"] for entry in json.loads(prop.value)}
             except (ValueError, KeyError, TypeError):

@@ -31,9 +31,11 @@ from collections import OrderedDict
 
 import numpy as np
 
+from odexport.export import metadata_keys as keys
+
 COMPONENTS = ("attention.channel", "attention.filter", "attention.spatial", "attention.kernel", "output")
 _HEADS = ("channel", "filter", "spatial", "kernel")
-METADATA_KEY = "odexport.layer_values"
+METADATA_KEY = keys.LAYER_VALUES
 
 
 def torch_layer_values(model, x: np.ndarray, dtype=None) -> "OrderedDict[str, dict[str, np.ndarray]]":

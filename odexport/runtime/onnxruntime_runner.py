@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from odexport.errors import InputError, MissingDependencyError
+from odexport.export import metadata_keys as keys
 from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec
 
 _ORT_TYPES = {
@@ -288,7 +289,7 @@ def _sample_shape(dims, metadata: dict) -> tuple[int, ...] | None:
     """One sample's shape: the graph's static dims, else what odexport's exporter recorded."""
     if dims and all(isinstance(d, int) and d > 0 for d in dims):
         return tuple(dims)
-    recorded = metadata.get("odexport.input_shape", "")
+    recorded = metadata.get(keys.INPUT_SHAPE, "")
     try:
         parsed = tuple(int(v) for v in recorded.lower().split("x")) if recorded else ()
     except ValueError:

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from odexport.errors import ExportError, InputError, MissingDependencyError, ParityError
+from odexport.export import metadata_keys as keys
 
-SPECIALISATION_KEY = "odexport.ort_cpu"
+SPECIALISATION_KEY = keys.ORT_CPU
 DEFAULT_SUFFIX = ".ort-cpu.onnx"
 DEFAULT_TOLERANCE = 1e-3  # of max|portable output|: a wrong layout errs by O(1); rounding 2e-7 (ResNets) to 2e-4 (random DY-ResNet18)
 

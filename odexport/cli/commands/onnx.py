@@ -209,7 +209,9 @@ def _verdict(comparison) -> str:
 def _provenance(info, reparam_note) -> dict:
     """Metadata beyond the checksum: how the model was reparameterised and, for a deploy
     checkpoint, the checkpoint it was made from (so `odexport check ORIGINAL` knows the export)."""
-    extra = {"reparam": reparam_note or "no"}
+    from odexport.export import metadata_keys as keys
+
+    extra = {keys.REPARAM: reparam_note or "no"}
     if info.origin_sha256:
-        extra["deploy_source_sha256"] = info.origin_sha256
+        extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
     return extra
