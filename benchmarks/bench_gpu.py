@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_forms  # noqa: E402
 from bench_forms import MODELS, build, deploy_form, emit  # noqa: E402  (one model set for both records)
 
 DEFAULT_MODELS = ("od_resnet18:1", "od_resnet18:4", "od_mobilenetv2_050:4", "dy_resnet18")
@@ -95,13 +96,8 @@ def export_jobs(keys, batches) -> list[tuple]:
 # -- timing ---------------------------------------------------------------------------------------
 
 def timed(runners: dict, batch: int, shape, warmup: int, iters: int) -> dict:
-    from odexport.report.latency import LatencyStats
-    from odexport.runtime.timing import interleaved_latencies
-
-    x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
-    timers = {name: runner.timer(x) for name, runner in runners.items()}
-    samples = interleaved_latencies(timers, warmup, iters)
-    return {name: LatencyStats.from_samples(values, batch).p50_ms for name, values in samples.items()}
+    """p50 ms per runner, interleaved (bench_forms.timed)."""
+    return {name: stats.p50_ms for name, stats in bench_forms.timed(runners, batch, shape, warmup, iters).items()}
 
 
 def torch_part(key: str, batches, shape, warmup: int, iters: int) -> dict:
@@ -125,15 +121,13 @@ def torch_part(key: str, batches, shape, warmup: int, iters: int) -> dict:
 
 
 def reference_outputs(key: str, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Input and the deployed model's float32 output at batch 2, on the GPU with TF32 off."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """Input and the deployed model's float32 output at batch 2, on the GPU (TorchRunner: TF32 off)."""
+    from odexport.runtime.torch_runner import TorchRunner
+
     _, model = build(key)
     deployed, _ = deploy_form(model)
     x = np.random.default_rng(7).standard_normal((2, *shape)).astype(np.float32)
-    with torch.inference_mode():
-        ref = deployed.cuda()(torch.from_numpy(x).cuda()).float().cpu().numpy()
-    return x, ref
+    return x, TorchRunner(deployed, device="cuda", input_shape=shape).infer(x)["output"]
 
 
 def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int) -> dict:

@@ -172,12 +172,12 @@ def nchwc_block_size() -> int | None:
     return block
 
 
-_UNSET = object()
-
 # The IR version of the small models built here by hand (probes).  onnx's helper stamps its own
 # newest (14 with onnx 1.23), which an older onnxruntime refuses to load (1.31 reads up to 13):
 # the probe then failed and NCHWc looked absent.  IR 8 carries opset 18 and model-local functions.
 HAND_BUILT_IR_VERSION = 8
+
+_UNSET = object()
 _BLOCK_PROBED: object = _UNSET
 
 

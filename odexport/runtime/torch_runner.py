@@ -196,14 +196,15 @@ class TorchRunner(Runner):
     def _forward_mode(self) -> contextlib.AbstractContextManager:
         """``inference_mode``, and on CUDA the TF32 switches off (they are process-wide flags,
         set only for the duration of the forward)."""
+        if self.device.type != "cuda":
+            return torch.inference_mode()  # nothing else to set: keep the CPU's timed region bare
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        if self.device.type == "cuda":
-            stack.enter_context(torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
-                                                           benchmark=torch.backends.cudnn.benchmark,
-                                                           deterministic=torch.backends.cudnn.deterministic,
-                                                           allow_tf32=False))
-            stack.enter_context(_matmul_tf32(False))
+        stack.enter_context(torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                                       benchmark=torch.backends.cudnn.benchmark,
+                                                       deterministic=torch.backends.cudnn.deterministic,
+                                                       allow_tf32=False))
+        stack.enter_context(_matmul_tf32(False))
         return stack
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
