@@ -22,10 +22,12 @@ def _weights():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).state_dict()
 
 
-def _same(a, b):
-    assert sorted(a) == sorted(b)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+def _same(loaded, saved):
+    """The loaded weights are the saved ones, on the CPU whatever device they were saved from."""
+    assert sorted(loaded) == sorted(saved)
+    for key in loaded:
+        assert loaded[key].device.type == "cpu", key
+        torch.testing.assert_close(loaded[key], saved[key].cpu(), rtol=0, atol=0)
 
 
 def _extract(path, **kw):
@@ -45,7 +47,10 @@ def test_bare_state_dict_and_sha256(tmp_path):
 
 
 def test_odconv_training_script_container_with_module_prefix_and_optimizer(tmp_path):
-    """OSVAI/ODConv main.py: {'epoch','state_dict' (module.-prefixed),'acc','best_acc','optimizer'}."""
+    """OSVAI/ODConv main.py: {'epoch','state_dict' (module.-prefixed),'acc','best_acc','optimizer'}.
+
+    On a machine with a GPU, DataParallel moves the model there, so the file holds CUDA tensors.
+    """
     model = nn.DataParallel(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 5, 5)).sum().backward()

@@ -24,8 +24,12 @@ CLI_DOC = REPO / "docs" / "cli.md"
 COMMANDS = ("inspect", "run", "reparam", "onnx", "ort", "trt", "check", "bench", "doctor")
 
 _TYPE = r"<[^>]+>(?:\s+\[[^\]]*\])?"
-# some Typer/Rich versions join an option's long names with a comma ("--input,--inputs")
-_OPTION_ROW = re.compile(rf"^(?P<req>\*)?\s*(?P<names>-[\w-]+(?:[\s,]+-[\w-]+)*)\s+(?P<type>{_TYPE})\s*(?P<help>.*)$")
+# Some Typer/Rich versions join an option's long names with a comma ("--input,--inputs"), and some
+# print no type for a flag ("--json   Print one JSON object"): the type is optional, and without it
+# the help starts after two spaces.
+_OPTION_ROW = re.compile(
+    rf"^(?P<req>\*)?\s*(?P<names>-[\w-]+(?:(?:,|\s+)-[\w-]+)*)(?:\s+(?P<type>{_TYPE})\s*|\s\s+|\s*$)(?P<help>.*)$"
+)
 _ARGUMENT_ROW = re.compile(rf"^(?P<req>\*)?\s*(?P<name>[\w.]+(?:\.\.\.)?)\s+(?P<type>{_TYPE})\s*(?P<help>.*)$")
 _DEFAULT = re.compile(r"\s*\[default: (?P<value>[^\]]*)\]")
 _REQUIRED = re.compile(r"\s*\[required\]")
@@ -47,6 +51,7 @@ class CommandHelp:
     description: list[str]
     arguments: list[Param] = field(default_factory=list)
     options: list[Param] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)  # option-like rows no regex matched
 
 
 def render_help(args: list[str]) -> str:
@@ -101,7 +106,9 @@ def parse_help(name: str, text: str) -> CommandHelp:
                 if current:
                     target.append(_finish(current))
                 names = [match.group("name")] if title == "Arguments" else re.split(r"[\s,]+", match.group("names"))
-                current = Param(names, match.group("type"), match.group("help"), bool(match.group("req")))
+                current = Param(names, match.group("type") or "<bool>", match.group("help"), bool(match.group("req")))
+            elif title != "Arguments" and row.lstrip("* ").startswith("-"):
+                cmd.unparsed.append(row)
             elif current and row:
                 current.help += " " + row
         if current:

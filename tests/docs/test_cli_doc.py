@@ -21,6 +21,7 @@ def test_every_option_of_every_command_is_documented(command):
     section = _section(text, command)
     help_ = parse_help(command, render_help([command, "--help"]))
     assert help_.options, f"could not parse the options of `odexport {command} --help`"
+    assert not help_.unparsed, f"rows of `odexport {command} --help` the parser does not read: {help_.unparsed}"
     missing = [name for opt in help_.options for name in opt.names if f"`{name}`" not in section]
     missing += [arg.names[0] for arg in help_.arguments if f"`{arg.names[0]}`" not in section]
     assert not missing, (

@@ -149,6 +149,30 @@ def _substitute(argv: list[str]) -> list[str]:
     return out
 
 
+def _outputs(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-o", "--output", ">")]
+
+
+def _run_earlier_producers(cmd: DocCommand, argv: list[str], root: Path, invoke) -> None:
+    """Run the earlier command of the same doc that writes a file this one reads, where that file is
+    missing: under pytest-xdist the producer may have run in another worker's workspace."""
+    for arg in argv[1:]:
+        if (root / arg).exists():
+            continue
+        for earlier in COMMANDS:
+            if earlier.doc != cmd.doc or (earlier.line, earlier.part) >= (cmd.line, cmd.part):
+                continue
+            producer = _substitute(earlier.argv())
+            if arg not in _outputs(producer):
+                continue
+            if ">" in producer:
+                continue  # redirected output: the test writes it, not the command
+            _run_earlier_producers(earlier, producer, root, invoke)
+            result = invoke(producer)
+            assert result.exit_code == 0, f"{earlier.id} (which makes {arg}) exited {result.exit_code}\n{result.output[-2000:]}"
+            break
+
+
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[c.id for c in COMMANDS])
 def test_documented_command_runs(cmd: DocCommand, workspaces: Workspaces, monkeypatch):
     from typer.testing import CliRunner
@@ -179,6 +203,7 @@ def test_documented_command_runs(cmd: DocCommand, workspaces: Workspaces, monkey
     if key in _ALREADY_RAN:  # shown twice in the same doc
         assert _ALREADY_RAN[key] == want
         return
+    _run_earlier_producers(cmd, argv, root, invoke)
     workspaces.ensure_onnx(argv, root, invoke)
     result = invoke(argv)
     _ALREADY_RAN[key] = result.exit_code
