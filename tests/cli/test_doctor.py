@@ -43,6 +43,9 @@ def test_json_report_matches_this_machine(tmp_path):
         assert trt["version"]
     assert [os.path.basename(p["path"]) for p in report["plugin_libraries"]] == ["libodexport_plugin.so"]
     assert report["can"]["export_onnx"] is True
+    gpu_provider = "CUDAExecutionProvider" in onnxruntime.get_available_providers() and torch.cuda.is_available()
+    assert ("cuda_session" in report["onnxruntime"]) == gpu_provider  # started only where it can work
+    assert report["can"]["onnxruntime_cuda"] == bool(report["onnxruntime"].get("cuda_session", {}).get("started"))
     assert report["can"]["tensorrt_engines"] == bool(trt.get("usable"))
 
 
@@ -84,3 +87,30 @@ def test_render_of_a_gpu_machine_with_tensorrt():
     assert "GPU 0        NVIDIA H100, compute capability 9.0, 79.1 GiB" in text
     assert "TensorRT     10.13.0.35 (strongly typed builds, BuilderFlag.FP16, no parser plugin override (needs >= 10.15)" in text
     assert "TensorRT engines yes" in text
+
+
+def test_cuda_provider_is_proven_by_a_session_not_by_its_name():
+    """The probe starts a real session on the CUDA provider: on a machine without the provider or
+    without a GPU it reports why it could not, where both exist it runs a Conv there."""
+    from odexport.engine.environment import onnxruntime_cuda_session
+
+    result = onnxruntime_cuda_session()
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert result == {"started": False, "why": "onnxruntime's CUDA execution provider is not available in this installation"}
+    else:
+        assert result["started"] == torch.cuda.is_available(), result["why"]
+
+
+def test_render_says_when_the_cuda_provider_does_not_start():
+    lines = render_report({
+        "odexport": "0.1.0", "python": "3.12", "platform": "Linux", "cpu_count": 16,
+        "torch": {"version": "2.11.0", "cuda_build": "13.0", "cuda_available": True, "cudnn": 91900, "gpus": []},
+        "onnx": "1.23", "onnxscript": "0.7",
+        "onnxruntime": {"version": "1.31.1", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                        "cuda_session": {"started": False, "why": "onnxruntime could not start its CUDA execution provider"}},
+        "tensorrt": {"available": False, "why_missing": "no module", "install": "pip install 'odexport[trt]'"},
+        "plugin_libraries": [], "can": {"onnxruntime_cuda": False},
+    })
+    text = "\n".join(lines)
+    assert "CUDA provider could not start: onnxruntime could not start its CUDA execution provider" in text
+    assert "onnxruntime CUDA no" in text

@@ -60,6 +60,10 @@ def render_report(report: dict) -> list[str]:
         lines.append(f"onnxruntime  not usable: {ort['error']}")
     else:
         lines.append(f"onnxruntime  {ort.get('version')}, providers: {', '.join(ort.get('providers', [])) or 'none'}")
+        session = ort.get("cuda_session")
+        if session is not None:
+            state = "started" if session.get("started") else "could not start"
+            lines.append(f"             CUDA provider {state}: {session.get('why') or session.get('error')}")
 
     trt = report.get("tensorrt", {})
     if "error" in trt:
