@@ -42,6 +42,7 @@ CHECKPOINT_ALIASES = ("model.pth", "model.pth.tar", "ckpt.pth", "my_ckpt.pth", "
 ENGINE_PLACEHOLDERS = ("model.engine", "dist/model.engine")
 INPUT_ALIASES = ("val.npz", "calib.npz")
 ONNX_ALIASES = ("model.onnx", "a.onnx", "b.onnx")
+SLOWER_EVERYWHERE = "the specialisation is slower than the portable export on this machine"
 VAL_SUBSET = 64  # val.npz / calib.npz: the first 64 validation digits, standing in for a user's file
 
 FACTORY_MODULE = '''"""A user's own model code, as --factory imports it (docs/formats.md)."""
@@ -150,7 +151,22 @@ def _substitute(argv: list[str]) -> list[str]:
 
 
 def _outputs(argv: list[str]) -> list[str]:
-    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-o", "--output", ">")]
+    """Files the command writes: after -o/--output/>, else the command's own default name."""
+    named = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-o", "--output", ">")]
+    if named or len(argv) < 2:
+        return named
+    source = Path(argv[1])
+    if argv[0] == "onnx":
+        from odexport.cli.commands.onnx import default_output
+
+        return [str(default_output(source))]
+    if argv[0] == "ort":
+        from odexport.runtime.ort_specialise import default_output
+
+        return [str(default_output(source))]
+    if argv[0] == "trt":
+        return [str(source.with_suffix(".engine"))]
+    return []
 
 
 def _run_earlier_producers(cmd: DocCommand, argv: list[str], root: Path, invoke) -> None:
@@ -165,11 +181,16 @@ def _run_earlier_producers(cmd: DocCommand, argv: list[str], root: Path, invoke)
             producer = _substitute(earlier.argv())
             if arg not in _outputs(producer):
                 continue
+            redirect = None
             if ">" in producer:
-                continue  # redirected output: the test writes it, not the command
+                index = producer.index(">")
+                redirect, producer = producer[index + 1], producer[:index]
             _run_earlier_producers(earlier, producer, root, invoke)
             result = invoke(producer)
             assert result.exit_code == 0, f"{earlier.id} (which makes {arg}) exited {result.exit_code}\n{result.output[-2000:]}"
+            if redirect:
+                Path(redirect).parent.mkdir(parents=True, exist_ok=True)
+                Path(redirect).write_text(result.stdout)
             break
 
 
@@ -206,6 +227,11 @@ def test_documented_command_runs(cmd: DocCommand, workspaces: Workspaces, monkey
     _run_earlier_producers(cmd, argv, root, invoke)
     workspaces.ensure_onnx(argv, root, invoke)
     result = invoke(argv)
+    if argv[0] == "ort" and result.exit_code == 1 and want == 0 and SLOWER_EVERYWHERE in result.output:
+        # `odexport ort` times what it makes and, as documented, writes nothing (exit 1) where the
+        # specialisation is slower at every size: a loaded machine can measure that.  The doc's
+        # later commands still need the file, so it is written without the timing.
+        result = invoke([*argv, "--no-measure"])
     _ALREADY_RAN[key] = result.exit_code
     output = result.output
     assert result.exit_code == want, (
