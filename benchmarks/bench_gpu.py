@@ -130,16 +130,20 @@ def reference_outputs(key: str, shape) -> tuple[np.ndarray, np.ndarray]:
     return x, TorchRunner(deployed, device="cuda", input_shape=shape).infer(x)["output"]
 
 
-def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int) -> dict:
-    """Per export: rel error vs PyTorch fp32 and p50 ms per batch on onnxruntime CUDA, twin in the same rounds."""
+def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int, graphs: bool = False) -> dict:
+    """Per export: rel error vs PyTorch fp32 and p50 ms per batch on onnxruntime CUDA, twin in the same rounds.
+
+    ``graphs``: each session is timed as onnxruntime's CUDA graph (``OrtRunner(cuda_graphs=True)``);
+    an export whose graph cannot be captured is recorded under ``graph_failed`` and left out."""
+    from odexport.errors import OdexportError
     from odexport.runtime.onnxruntime_runner import OrtRunner
 
     x, ref = reference_outputs(key, shape)
     scale = max(float(np.abs(ref).max()), 1e-30)
-    result = {"rel": {}, "forms": {}, "p50_ms": {}}
+    result = {"rel": {}, "forms": {}, "p50_ms": {}, "graph_failed": {}}
     runners = {}
     for label, info in exports.items():
-        runner = OrtRunner(info["path"], device="cuda")
+        runner = OrtRunner(info["path"], device="cuda", cuda_graphs=graphs)
         result["forms"][label] = info["forms"]
         if "grouped" not in label and "twin" not in label:
             got = runner.infer(x)["output"].astype(np.float32)
@@ -151,6 +155,14 @@ def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int) 
             if label.startswith("grouped"):
                 got = runner.infer(np.resize(x, (batch, *shape)))["output"].astype(np.float32)[: min(batch, 2)]
                 result["rel"][label] = float(np.abs(got - ref[: got.shape[0]]).max() / scale)
+        if graphs:
+            for label, runner in list(here.items()):
+                try:
+                    runner.timer(np.zeros((batch, *shape), np.float32))
+                except OdexportError as exc:
+                    result["graph_failed"][label] = exc.message
+                    say(f"   {key} {label} batch {batch}: {exc.message}")
+                    del here[label]
         result["p50_ms"][batch] = timed(here, batch, shape, warmup, iters)
     for runner in runners.values():
         runner.close()
@@ -173,7 +185,8 @@ def markdown(record: dict) -> str:
             lines.append(f"| {key} | {batch} | {tw:.3f} | {p['reference folded']:.3f} | {p['reference folded'] / tw:.2f}x "
                          f"| {p['deployed']:.3f} | {p['deployed'] / tw:.2f}x |")
     if any("onnxruntime_cuda" in e for e in record["models"].values()):
-        lines += ["onnxruntime CUDA provider (p50 ms; ratio to the twin of the same precision; rel = max|d|/max|ref| vs PyTorch fp32):", "",
+        graphs = " with onnxruntime's CUDA graphs" if record["settings"].get("ort_cuda_graphs") else ""
+        lines += [f"onnxruntime CUDA provider{graphs} (p50 ms; ratio to the twin of the same precision; rel = max|d|/max|ref| vs PyTorch fp32):", "",
                   "| model | export | variants | rel | " + " | ".join(f"batch {b}" for b in record["settings"]["batches"]) + " |",
                   "|---|---|---|---|" + "---|" * len(record["settings"]["batches"])]
         for key, entry in record["models"].items():
@@ -187,10 +200,13 @@ def markdown(record: dict) -> str:
                     if label not in p:
                         cells.append("")
                         continue
-                    twin = p["twin fp32"] if label.endswith("fp32") else p["twin fp16"]
-                    cells.append(f"{p[label]:.3f}" if label.startswith("twin") else f"{p[label]:.3f} ({p[label] / twin:.2f}x)")
+                    twin = p.get("twin fp32" if label.endswith("fp32") else "twin fp16")
+                    cells.append(f"{p[label]:.3f}" if label.startswith("twin") or not twin else f"{p[label]:.3f} ({p[label] / twin:.2f}x)")
                 rel = o["rel"].get(label)
                 lines.append(f"| {key} | {label} | {'+'.join(forms)} | {'' if rel is None else f'{rel:.1e}'} | " + " | ".join(cells) + " |")
+        for key, entry in record["models"].items():
+            for label, why in entry.get("onnxruntime_cuda", {}).get("graph_failed", {}).items():
+                lines.append(f"\n{key} {label}: no CUDA graph ({why})")
     return "\n".join(lines).replace("|\nonnxruntime CUDA", "|\n\nonnxruntime CUDA")
 
 
@@ -204,6 +220,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="export processes")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--ort-cuda-graphs", action="store_true",
+                        help="time the onnxruntime sessions as CUDA graphs (`odexport bench --cuda-graphs` on an .onnx)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated export labels to time (e.g. 'twin fp16,auto fp16'); default: all")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
@@ -238,7 +258,10 @@ def main(argv=None) -> int:
         import multiprocessing
 
         pool = concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+        wanted = {v.strip() for v in args.variants.split(",") if v.strip()}
         for key, label, kind, variant, fp16, batch in export_jobs(keys, batches):
+            if wanted and label not in wanted and not (label.startswith("grouped") and "grouped" in wanted):
+                continue
             path = str(Path(scratch.name) / f"{key.replace(':', '-k')}-{label.replace(' ', '-')}.onnx")
             pending[(key, label)] = pool.submit(export_one, key, kind, variant, fp16, batch, args.size, path)
     if not args.skip_torch:  # while the exports run on the CPU
@@ -257,7 +280,8 @@ def main(argv=None) -> int:
                         say(f"   {key} {label}: export failed: {type(exc).__name__}: {exc}")
             took = ", ".join(f"{label} {info['seconds']}s" for label, info in exports.items())
             say(f"## {key}: onnxruntime CUDA (exports: {took})")
-            record["models"][key]["onnxruntime_cuda"] = onnx_part(key, exports, batches, shape, args.warmup, args.iters)
+            record["models"][key]["onnxruntime_cuda"] = onnx_part(key, exports, batches, shape, args.warmup, args.iters,
+                                                                  graphs=args.ort_cuda_graphs)
         pool.shutdown()
     emit(markdown(record), record, args.markdown, args.json)
     scratch.cleanup()

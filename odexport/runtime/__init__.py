@@ -139,8 +139,11 @@ def open_runner(
         from odexport.runtime.onnxruntime_runner import OrtRunner
 
         runner = OrtRunner(artifact, providers=providers, threads=threads, device=device, allow_spinning=allow_spinning,
-                           cpu_rewrite=cpu_rewrite, cpu_batches=cpu_batches)
+                           cpu_rewrite=cpu_rewrite, cpu_batches=cpu_batches, cuda_graphs=cuda_graphs)
     else:
+        if cuda_graphs:
+            raise InputError("--cuda-graphs applies to PyTorch and onnxruntime on CUDA, not to TensorRT engines",
+                             "drop --cuda-graphs for engines")
         runner = _tensorrt_runner_class()(artifact)
     runner.source = artifact
     return runner

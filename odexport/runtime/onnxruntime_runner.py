@@ -100,7 +100,8 @@ class OrtRunner(Runner):
     machine) for the batch sizes ``cpu_batches`` (default: its own default); ``rewrite_report`` says
     what it changed.  A model written by ``odexport ort`` runs as it is, after a check that it was
     made for this machine's onnxruntime (:func:`odexport.runtime.ort_specialise.verify_machine`).
-    ``threads`` sets the intra-op pool size (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
+    ``cuda_graphs`` (CUDA only) makes :meth:`timer` run a second session that onnxruntime captures
+    in a CUDA graph and replays (``enable_cuda_graph``).  ``threads`` sets the intra-op pool size (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
     from spinning (always wanted when several sessions share cores).  Inputs are cast to the dtype
     the graph declares, so an fp16 model accepts float32 arrays.
     """
@@ -116,11 +117,16 @@ class OrtRunner(Runner):
         optimization: str = "all",
         cpu_rewrite: bool = False,
         cpu_batches: tuple[int, ...] | None = None,
+        cuda_graphs: bool = False,
     ):
         import onnxruntime as ort
 
+        if cuda_graphs and device != "cuda":
+            raise InputError("CUDA graphs need device cuda", "drop --cuda-graphs or use --device cuda")
+
         self.path: Path | None = None
         self._scratch = None  # a folder for a model past protobuf's 2 GiB, kept until close()
+        self._graph_sessions: list = []  # cuda_graphs: one per timed batch size (a graph has fixed shapes)
         if isinstance(model, (str, os.PathLike)):
             self.path = Path(model)
             if not self.path.is_file():
@@ -189,6 +195,8 @@ class OrtRunner(Runner):
                 "install the onnxruntime-gpu build for this machine's CUDA (see onnxruntime.ai's CUDA requirements), or use --device cpu",
             )
         self.backend = "onnxruntime-cuda" if CUDA in active else "onnxruntime-cpu"
+        self.cuda_graphs = cuda_graphs
+        self._graph_source = (source, options, chosen) if cuda_graphs else None
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
         self.precision = _precision_of(model, self._inputs)
@@ -235,7 +243,10 @@ class OrtRunner(Runner):
             return run_cpu
         import onnxruntime as ort
 
-        binding = self.session.io_binding()
+        if self.cuda_graphs:
+            return self._graph_timer(cast)
+        session = self.session
+        binding = session.io_binding()
         for name, array in cast.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
         for spec in self._outputs:
@@ -243,10 +254,55 @@ class OrtRunner(Runner):
 
         def run_bound() -> float:
             start = time.perf_counter_ns()
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             return (time.perf_counter_ns() - start) / 1e6
 
         return run_bound
+
+    def _graph_timer(self, cast: dict[str, np.ndarray]) -> Callable[[], float]:
+        """A timer over a CUDA graph of the model at ``cast``'s shapes.
+
+        onnxruntime captures a graph on a session made with ``enable_cuda_graph`` at its second
+        run and replays it afterwards.  A graph reads and writes fixed device addresses, so inputs
+        and outputs are bound once, and it has fixed shapes, so each batch size gets its own
+        session.  The replayed outputs are compared with the plain session's before timing: a
+        graph that captured something else must not be timed as this model."""
+        import onnxruntime as ort
+
+        where = self.path or "the model"
+        source, options, chosen = self._graph_source
+        providers = [(name, {**opts, "enable_cuda_graph": "1"}) if name == CUDA else name
+                     for name, opts in (p if isinstance(p, tuple) else (p, {}) for p in chosen)]
+        expected = self.session.run(None, cast)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                session = ort.InferenceSession(source, options, providers=providers)
+            binding = session.io_binding()
+            for name, array in cast.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+            outputs = [ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype.type, "cuda", 0) for value in expected]
+            for spec, value in zip(self._outputs, outputs):
+                binding.bind_ortvalue_output(spec.name, value)
+            for _ in range(3):  # a plain run (allocations), the capture, a replay
+                session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise InputError(f"onnxruntime could not capture a CUDA graph of {where}: {_one_line(exc)}",
+                             "time it without --cuda-graphs (a graph needs every node on the CUDA provider and no control flow)") from exc
+        for spec, want, got in zip(self._outputs, expected, binding.copy_outputs_to_cpu()):
+            replayed = np.asarray(got, dtype=np.float64)
+            scale = max(float(np.abs(want).max()), 1e-30)
+            if replayed.shape != want.shape or float(np.abs(replayed - want).max()) > 1e-3 * scale:
+                raise InferenceError(f"the CUDA graph of {where} replays other values than the session for output {spec.name}",
+                                     "time it without --cuda-graphs, and report this with `odexport doctor --json`")
+        self._graph_sessions.append(session)
+
+        def run_graph() -> float:
+            start = time.perf_counter_ns()
+            session.run_with_iobinding(binding)
+            return (time.perf_counter_ns() - start) / 1e6
+
+        return run_graph
 
     def describe(self) -> dict:
         facts = super().describe()
@@ -269,6 +325,7 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+        self._graph_sessions.clear()
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None

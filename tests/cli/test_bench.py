@@ -174,6 +174,33 @@ def test_cuda_fp32_is_said_to_be_ieee_fp32(artifacts):
     assert not any("IEEE fp32" in note for note in json.loads(half.stdout)["notes"])
 
 
+def test_cuda_graphs_on_the_cpu_is_refused_for_onnx_too(artifacts):
+    """--cuda-graphs is never dropped silently: an .onnx on the CPU is refused as a checkpoint is."""
+    for artifact in (artifacts["fixed"], artifacts["ckpt"]):
+        result = _bench(artifact, "--cuda-graphs", "--batch-sizes", "2", "--arch", "od_resnet_tiny")
+        assert result.exit_code == 1, result.output
+        assert "error: CUDA graphs need device cuda -- drop --cuda-graphs or use --device cuda" in result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.gpu
+def test_onnx_on_cuda_graphs_against_its_twin(artifacts, tmp_path):
+    """onnxruntime's CUDA graph of an odexport export (dynamic batch: one graph per batch size) and
+    of its twin, both timed; the runner compares each replay with the plain session first."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    exported = tmp_path / "od_tiny.onnx"
+    made = CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(exported), "--target", "gpu", "--fp16", "--no-check", "--quiet"])
+    assert made.exit_code == 0, made.output
+    result = _bench(exported, "--device", "cuda", "--cuda-graphs", "--batch-sizes", "1,3", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert sorted((r["role"], r["batch_size"]) for r in rows) == [("baseline", 1), ("baseline", 3), ("candidate", 1), ("candidate", 3)]
+    assert all(r["backend"] == "onnxruntime-cuda" and r["p50_ms"] > 0 for r in rows)
+
+
 def test_cpu_timings_carry_no_gpu_precision_note(artifacts):
     result = _bench(artifacts["ckpt"], "--json", "--threads", "1")
     assert result.exit_code == 0, result.output

@@ -191,6 +191,25 @@ def test_ort_cuda_runs_fp32_as_fp32_and_times_with_io_binding(tiny_net, tiny_onn
     assert all(timer() > 0 for _ in range(3))
 
 
+@pytest.mark.gpu
+def test_ort_cuda_graph_timer_per_batch_size(tiny_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    runner = OrtRunner(tiny_onnx, device="cuda", cuda_graphs=True)
+    for batch in (1, 4):  # a captured graph has fixed shapes: one session per batch size
+        timer = runner.timer(_x(batch=batch))
+        assert all(timer() > 0 for _ in range(3))
+    assert len(runner._graph_sessions) == 2
+    runner.close()
+
+
+def test_ort_cuda_graphs_need_cuda(tiny_onnx):
+    with pytest.raises(InputError, match="CUDA graphs need device cuda"):
+        OrtRunner(tiny_onnx, cuda_graphs=True)
+
+
 def test_open_runner_dispatch(tiny_net, tiny_onnx, tmp_path):
     assert isinstance(open_runner(tiny_net, input_shape=(3, 16, 16)), TorchRunner)
     runner = open_runner(tiny_onnx)

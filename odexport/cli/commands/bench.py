@@ -32,7 +32,7 @@ def bench(
     baseline: Annotated[str, typer.Option(help="static-twin (each dynamic conv replaced by a static conv of the same shape, run the same way) or none.")] = "static-twin",
     reference: Annotated[Optional[str], typer.Option(help="Checkpoint an ONNX/engine artifact was made from (to build its static twin).", show_default=False)] = None,
     dtype: Annotated[Optional[str], typer.Option(help="PyTorch dtype for checkpoints: float32 or float16.", show_default=False)] = None,
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="PyTorch on CUDA: capture and replay a CUDA graph.")] = False,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA (PyTorch, or onnxruntime's CUDA provider): capture the model in a CUDA graph once per batch size and time its replays.")] = False,
     cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: specialise .onnx candidates for this machine in memory at --batch-sizes, as `odexport ort` writes them (exact).")] = False,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (at least 5 rounds).", show_default=False)] = None,
     json_output: JsonOption = False,
