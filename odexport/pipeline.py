@@ -160,9 +160,10 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     for artifact, runner in opened:
         stage(f"candidate {artifact}")
         run = run_candidate(runner, artifact, data.x, batch_sizes)
-        made_from = _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference)
-        if made_from:
-            run.notes.append(made_from)
+        for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
+                     _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference)):
+            if note:
+                run.notes.append(note)
         if per_layer and artifact_kind(artifact) == "onnx":
             stage(f"per-layer values of {artifact}")
             batch = runner.inputs[0].shape[0]  # a fixed batch is the only one the graph runs
@@ -201,6 +202,18 @@ def _require_label_range(data, reference_outputs, inputs) -> None:
     if low < 0 or high >= classes:
         raise InputError(f"labels in {inputs} run from {low} to {high}, but the model has {classes} classes",
                          f"store class indices 0..{classes - 1} (labels counted from 1? subtract 1), or omit the labels")
+
+
+def _architecture_note(runner, reference_info) -> str | None:
+    """Say so when the candidate is another architecture than the reference (a checkpoint's
+    detected one, or the one an export records): a different model, not a deployment of this one."""
+    own = getattr(reference_info, "arch", None)
+    info = getattr(runner, "checkpoint_info", None)
+    theirs = getattr(info, "arch", None) if info is not None else (getattr(runner, "metadata", None) or {}).get(keys.ARCH)
+    if not own or not theirs or own == theirs:
+        return None
+    return (f"the candidate's architecture is {theirs}, the reference's {own}: another model, not a deployment of "
+            "this one -- compare a checkpoint with its own export")
 
 
 def _provenance_note(runner, reference_info, reference) -> str | None:

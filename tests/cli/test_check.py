@@ -347,6 +347,18 @@ def test_export_of_another_checkpoint_is_named(artifacts, tmp_path):
     assert "exported from a file with sha256" in text and "not from retrained.pth" in text
 
 
+def test_candidate_of_another_architecture_is_named(artifacts):
+    """A checkpoint of another network fails (exit 2) and the report says what it is: the usual
+    cause is a wrong path in a CI job, not a broken export."""
+    samples = Path(__file__).resolve().parents[2] / "samples"
+    reference, other = str(samples / "od_resnet_digits.pth.tar"), str(samples / "dy_mobilenetv2_digits.pth")
+    result = _check(reference, other, "--batch-sizes", "1", "--samples", "2", "--json")
+    assert result.exit_code == 2, result.output
+    notes = json.loads(result.stdout)["candidates"][0]["notes"]
+    assert notes == ["the candidate's architecture is ta_mobilenetv2, the reference's od_resnet_tiny: another model, "
+                     "not a deployment of this one -- compare a checkpoint with its own export"]
+
+
 def test_tolerance_for_an_output_the_model_lacks_is_an_input_error(artifacts):
     """`--atol logits=1e-3` on a model whose output is named `output` would silently not apply."""
     result = _check(artifacts["ckpt"], artifacts["good"], "--batch-sizes", "1", "--samples", "2", "--atol", "logits=1e-3")
