@@ -101,7 +101,8 @@ class OrtRunner(Runner):
     what it changed.  A model written by ``odexport ort`` runs as it is, after a check that it was
     made for this machine's onnxruntime (:func:`odexport.runtime.ort_specialise.verify_machine`).
     ``cuda_graphs`` (CUDA only) makes :meth:`timer` run a second session that onnxruntime captures
-    in a CUDA graph and replays (``enable_cuda_graph``).  ``threads`` sets the intra-op pool size (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
+    in a CUDA graph and replays (``enable_cuda_graph``).  ``threads`` sets the intra-op pool size
+    (inter-op is 1: these graphs are sequential).  ``allow_spinning=False`` stops idle pool threads
     from spinning (always wanted when several sessions share cores).  Inputs are cast to the dtype
     the graph declares, so an fp16 model accepts float32 arrays.
     """
