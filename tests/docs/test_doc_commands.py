@@ -169,6 +169,29 @@ def _outputs(argv: list[str]) -> list[str]:
     return []
 
 
+def _split_redirect(argv: list[str]) -> tuple[list[str], str | None]:
+    """``[..., ">", FILE]`` -> (the command, FILE); the test writes stdout there, as the shell would."""
+    if ">" not in argv:
+        return argv, None
+    index = argv.index(">")
+    return argv[:index], argv[index + 1]
+
+
+def _write_redirect(redirect: str, stdout: str) -> None:
+    Path(redirect).parent.mkdir(parents=True, exist_ok=True)
+    Path(redirect).write_text(stdout)
+
+
+def _run_documented(invoke, argv: list[str]):
+    """Invoke a doc's command.  `odexport ort` times what it makes and, as documented, writes
+    nothing (exit 1) where the specialisation is slower at every size, which a loaded machine can
+    measure; the doc's later commands still need the file, so it is then written without timing."""
+    result = invoke(argv)
+    if argv[0] == "ort" and result.exit_code == 1 and SLOWER_EVERYWHERE in result.output:
+        result = invoke([*argv, "--no-measure"])
+    return result
+
+
 def _run_earlier_producers(cmd: DocCommand, argv: list[str], root: Path, invoke) -> None:
     """Run the earlier command of the same doc that writes a file this one reads, where that file is
     missing: under pytest-xdist the producer may have run in another worker's workspace."""
@@ -181,16 +204,12 @@ def _run_earlier_producers(cmd: DocCommand, argv: list[str], root: Path, invoke)
             producer = _substitute(earlier.argv())
             if arg not in _outputs(producer):
                 continue
-            redirect = None
-            if ">" in producer:
-                index = producer.index(">")
-                redirect, producer = producer[index + 1], producer[:index]
+            producer, redirect = _split_redirect(producer)
             _run_earlier_producers(earlier, producer, root, invoke)
-            result = invoke(producer)
+            result = _run_documented(invoke, producer)
             assert result.exit_code == 0, f"{earlier.id} (which makes {arg}) exited {result.exit_code}\n{result.output[-2000:]}"
             if redirect:
-                Path(redirect).parent.mkdir(parents=True, exist_ok=True)
-                Path(redirect).write_text(result.stdout)
+                _write_redirect(redirect, result.stdout)
             break
 
 
@@ -210,10 +229,7 @@ def test_documented_command_runs(cmd: DocCommand, workspaces: Workspaces, monkey
         return runner.invoke(app, args, catch_exceptions=False)
 
     argv = _substitute(cmd.argv())
-    redirect = None
-    if ">" in argv:
-        index = argv.index(">")
-        redirect, argv = argv[index + 1], argv[:index]
+    argv, redirect = _split_redirect(argv)
     if not argv:
         pytest.fail(f"{cmd.id}: empty command")
     if "--help" in argv:
@@ -226,12 +242,7 @@ def test_documented_command_runs(cmd: DocCommand, workspaces: Workspaces, monkey
         return
     _run_earlier_producers(cmd, argv, root, invoke)
     workspaces.ensure_onnx(argv, root, invoke)
-    result = invoke(argv)
-    if argv[0] == "ort" and result.exit_code == 1 and want == 0 and SLOWER_EVERYWHERE in result.output:
-        # `odexport ort` times what it makes and, as documented, writes nothing (exit 1) where the
-        # specialisation is slower at every size: a loaded machine can measure that.  The doc's
-        # later commands still need the file, so it is written without the timing.
-        result = invoke([*argv, "--no-measure"])
+    result = _run_documented(invoke, argv) if want == 0 else invoke(argv)
     _ALREADY_RAN[key] = result.exit_code
     output = result.output
     assert result.exit_code == want, (
@@ -240,8 +251,7 @@ def test_documented_command_runs(cmd: DocCommand, workspaces: Workspaces, monkey
     if want == 3:
         assert "error:" in output and "Traceback" not in output
     if redirect and want == 0:
-        Path(redirect).parent.mkdir(parents=True, exist_ok=True)
-        Path(redirect).write_text(result.stdout)
+        _write_redirect(redirect, result.stdout)
         if "--json" in argv:
             import json
 
