@@ -180,11 +180,7 @@ class OrtRunner(Runner):
         if not isinstance(source, (str, bytes)):
             source = self._session_source(source)
         try:
-            with warnings.catch_warnings():
-                # a CUDA provider that cannot start is a Python warning and a CPU session; the
-                # check below turns that into one clear error instead
-                warnings.simplefilter("ignore")
-                self.session = ort.InferenceSession(source, options, providers=chosen)
+            self.session = _new_session(ort, source, options, chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             verify_machine(_metadata_of(source), where, device)  # a model specialised elsewhere: say so
             raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",
@@ -247,9 +243,7 @@ class OrtRunner(Runner):
         if self.cuda_graphs:
             return self._graph_timer(cast)
         session = self.session
-        binding = session.io_binding()
-        for name, array in cast.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        binding = _bound_on_cuda(ort, session, cast)
         for spec in self._outputs:
             binding.bind_output(spec.name, "cuda")
 
@@ -276,12 +270,8 @@ class OrtRunner(Runner):
                      for name, opts in (p if isinstance(p, tuple) else (p, {}) for p in chosen)]
         expected = self.session.run(None, cast)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                session = ort.InferenceSession(source, options, providers=providers)
-            binding = session.io_binding()
-            for name, array in cast.items():
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+            session = _new_session(ort, source, options, providers)
+            binding = _bound_on_cuda(ort, session, cast)
             outputs = [ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype.type, "cuda", 0) for value in expected]
             for spec, value in zip(self._outputs, outputs):
                 binding.bind_ortvalue_output(spec.name, value)
@@ -330,6 +320,23 @@ class OrtRunner(Runner):
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def _new_session(ort, source, options, providers):
+    """An ``InferenceSession`` with onnxruntime's Python warnings silenced: a CUDA provider that
+    cannot start is such a warning and a CPU session, which the callers check and turn into one
+    clear error instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ort.InferenceSession(source, options, providers=providers)
+
+
+def _bound_on_cuda(ort, session, cast: dict[str, np.ndarray]):
+    """An IO binding of ``session`` with the inputs copied to the GPU once (outputs left to the caller)."""
+    binding = session.io_binding()
+    for name, array in cast.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    return binding
 
 
 def _metadata_of(source) -> dict:
