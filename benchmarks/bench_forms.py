@@ -9,7 +9,8 @@ same shape) the same way.  Then, in this one process:
   batch 1 and 8: what ``odexport check`` gates on);
 * **onnxruntime CPU** latency of export and twin, sessions interleaved call by call, 2 intra-op
   threads, ``session.intra_op.allow_spinning = 0`` (an idle session's spinning pool would steal
-  the cores of the one being timed);
+  the cores of the one being timed); with ``--spinning``, onnxruntime's default spinning threads
+  and the sessions timed in alternating blocks of calls instead;
 * **PyTorch eager** latency of the model as loaded (the reference folded form, ``groups = g*B``)
   and of its twin, interleaved the same way.
 
@@ -113,13 +114,13 @@ def parity(model, onnx_path: Path, shape, threads: int) -> dict:
     return result
 
 
-def timed(runners: dict, batch: int, shape, warmup: int, iters: int) -> dict:
+def timed(runners: dict, batch: int, shape, warmup: int, iters: int, blocks: bool = False) -> dict:
     from odexport.report.latency import LatencyStats
-    from odexport.runtime.timing import interleaved_latencies
+    from odexport.runtime.timing import block_latencies, interleaved_latencies
 
     x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
     timers = {name: runner.timer(x) for name, runner in runners.items()}
-    samples = interleaved_latencies(timers, warmup, iters)
+    samples = (block_latencies if blocks else interleaved_latencies)(timers, warmup, iters)
     return {name: LatencyStats.from_samples(values, batch) for name, values in samples.items()}
 
 
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ort-cpu", action="store_true",
                         help="also time the export specialised for onnxruntime CPU on this machine at --batch-sizes (`odexport ort`)")
     parser.add_argument("--no-eager", action="store_true")
+    parser.add_argument("--spinning", action="store_true",
+                        help="onnxruntime sessions with idle threads spinning (its default) timed in alternating blocks (`odexport bench --spinning`)")
     parser.add_argument("--torch-cuda", default="", metavar="BATCHES",
                         help="also time PyTorch on CUDA, fp16 with CUDA graphs, at these batch sizes (e.g. 1,32); needs a GPU")
     parser.add_argument("--size", type=int, default=224)
@@ -175,17 +178,17 @@ def main(argv=None) -> int:
         entry = {"zoo": name, "kwargs": MODELS[key][1], "deploy": how, "forms": forms,
                  "export_s": {"candidate": round(cand_s, 1), "twin": round(twin_s, 1)},
                  "parity_rel_max_abs": parity(deployed, cand_path, shape, args.threads), "onnxruntime": {}, "eager": {}}
-        runners = {"twin": OrtRunner(twin_path, threads=args.threads, allow_spinning=False),
-                   "dynamic": OrtRunner(cand_path, threads=args.threads, allow_spinning=False)}
+        runners = {"twin": OrtRunner(twin_path, threads=args.threads, allow_spinning=args.spinning),
+                   "dynamic": OrtRunner(cand_path, threads=args.threads, allow_spinning=args.spinning)}
         if args.ort_cpu:
             from odexport.runtime.ort_specialise import specialise_onnx
 
             specialised = specialise_onnx(cand_path, cache / f"{stem}-{args.form}.ort-cpu.onnx", batch_sizes=batches, threads=args.threads)
             entry["ort_cpu"] = {"record": specialised.record, "deviation_from_portable": specialised.deviation}
-            runners["dynamic+ort"] = OrtRunner(specialised.path, threads=args.threads, allow_spinning=False)
+            runners["dynamic+ort"] = OrtRunner(specialised.path, threads=args.threads, allow_spinning=args.spinning)
         for batch in batches:
             print(f"   onnxruntime batch {batch}", file=sys.stderr)
-            stats = timed(runners, batch, shape, args.warmup, args.iters)
+            stats = timed(runners, batch, shape, args.warmup, args.iters, blocks=args.spinning)
             entry["onnxruntime"][batch] = {k: s.to_dict() for k, s in stats.items()}
         for runner in runners.values():
             runner.close()

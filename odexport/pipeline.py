@@ -310,11 +310,14 @@ def _per_layer_reference(model, noise_model, onnx_path):
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
               threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
               trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None,
-              cpu_rewrite: bool = False, stage=None, submodel=None):
+              cpu_rewrite: bool = False, stage=None, submodel=None, spinning: bool = False):
     """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
 
-    Returns a :class:`odexport.report.BenchReport`.  Runners are made with onnxruntime spinning
-    off, so idle sessions do not steal the cores of the one being timed.
+    Returns a :class:`odexport.report.BenchReport`.  By default runners are made with onnxruntime
+    spinning off, so idle sessions do not steal the cores of the one being timed, and are called in
+    turn, one call each.  ``spinning=True`` keeps onnxruntime's default (idle threads spin, as on a
+    server running one model: no thread wake-up per operator) and times in alternating blocks of
+    calls instead (:func:`odexport.runtime.timing.block_latencies`).
     """
     import tempfile
 
@@ -323,19 +326,19 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
-    from odexport.runtime.timing import interleaved_latencies
+    from odexport.runtime.timing import block_latencies, interleaved_latencies
 
     if baseline not in ("static-twin", "none"):
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
     stage = stage or (lambda _name: None)
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
-    options = dict(device=device, threads=threads, allow_spinning=False, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
+    options = dict(device=device, threads=threads, allow_spinning=spinning, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
                    cpu_batches=tuple(batch_sizes) if cpu_rewrite else None)
     report = BenchReport(machine=machine_facts(), settings={
         "backend": backend, "device": device, "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations,
         "threads": threads, "baseline": baseline, "cpu_rewrite": cpu_rewrite, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
-        "interleaved": True})
+        "interleaved": not spinning, "spinning": spinning, "timing": "blocks" if spinning else "call by call"})
     with tempfile.TemporaryDirectory(prefix="odexport-bench-") as scratch:
         pairs = []  # (label, role, baseline_of, runner); a twin shared by candidates appears once per candidate
         twins = {}  # what a twin is built from -> its runner: one session for candidates of one architecture
@@ -383,7 +386,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     timers[id(runner)] = runner.timer(x)
                 except InputError as exc:  # e.g. a batch the artifact rejects: record it, time the rest
                     failed[id(runner)] = exc.message
-            samples = interleaved_latencies(timers, warmup, iterations, max_seconds=max_seconds)
+            measure = block_latencies if spinning else interleaved_latencies
+            samples = measure(timers, warmup, iterations, max_seconds=max_seconds)
             for label, role, of, runner in pairs:
                 if id(runner) in failed:
                     report.entries.append(BenchEntry(label, role, runner.backend, batch_size, None, of, failed[id(runner)]))

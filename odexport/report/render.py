@@ -245,7 +245,8 @@ def bench_table(report: BenchReport):
 
     from rich import box
 
-    table = Table(title="latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured interleaved)", title_justify="left",
+    how = ("alternating blocks, onnxruntime spinning on" if report.settings.get("spinning") else "interleaved")
+    table = Table(title=f"latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured {how})", title_justify="left",
                   box=box.SIMPLE_HEAD)
     for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):
         table.add_column(column, justify="left" if column in ("artifact", "role", "backend") else "right")

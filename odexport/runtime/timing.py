@@ -4,6 +4,14 @@ Why interleave: on a shared machine clock speed, cache contents and neighbours' 
 seconds.  Timing A for a while and then B for a while puts that drift into the A/B ratio; calling
 A, B, A, B, ... (rotating who goes first each round) spreads it evenly over both, so the ratio of
 their medians is stable even when the absolute numbers are not.
+
+Why blocks (:func:`block_latencies`): onnxruntime's default keeps an idle session's threads
+spinning for a while after each call.  Interleaved call by call, those spinning threads steal the
+cores of the session being timed, so interleaving needs spinning off -- and with spinning off every
+parallel operator pays a thread wake-up, which a server running one model with onnxruntime's
+defaults never does.  To time that deployed setting, each timer runs a block of consecutive calls
+(its first calls, while the other pools wind down, discarded) and the blocks alternate, rotating
+who goes first, so slow drift still falls on every timer alike.
 """
 
 from __future__ import annotations
@@ -37,5 +45,46 @@ def interleaved_latencies(
         for key in keys[shift:] + keys[:shift]:
             samples[key].append(float(timers[key]()))
         if max_seconds is not None and round_index + 1 >= min_iterations and time.perf_counter() - started > max_seconds:
+            break
+    return samples
+
+
+def block_latencies(
+    timers: dict[Hashable, Callable[[], float]],
+    warmup: int = 10,
+    iterations: int = 50,
+    *,
+    rounds: int = 6,
+    settle: int = 2,
+    max_seconds: float | None = None,
+    min_iterations: int = 5,
+) -> dict[Hashable, list[float]]:
+    """Call every timer ``warmup`` times (discarded), then ``rounds`` rounds of one block per timer.
+
+    A block is ``settle`` discarded calls (the previous timer's spinning threads going idle) and
+    ``ceil(iterations / rounds)`` kept ones; the order of the blocks rotates every round, and a
+    timer stops once it has ``iterations`` samples.  ``max_seconds`` stops after a round once every
+    timer has at least ``min_iterations`` samples.
+    """
+    keys = list(timers)
+    for _ in range(max(warmup, 0)):
+        for key in keys:
+            timers[key]()
+    iterations = max(iterations, 1)
+    rounds = max(1, min(rounds, iterations))
+    block = -(-iterations // rounds)
+    samples: dict[Hashable, list[float]] = {key: [] for key in keys}
+    started = time.perf_counter()
+    for round_index in range(rounds):
+        shift = round_index % len(keys) if keys else 0
+        for key in keys[shift:] + keys[:shift]:
+            todo = min(block, iterations - len(samples[key]))
+            if todo <= 0:
+                continue
+            for _ in range(max(settle, 0)):
+                timers[key]()
+            samples[key].extend(float(timers[key]()) for _ in range(todo))
+        enough = all(len(values) >= min(min_iterations, iterations) for values in samples.values())
+        if max_seconds is not None and enough and time.perf_counter() - started > max_seconds:
             break
     return samples

@@ -42,6 +42,7 @@ def test_checkpoint_against_its_static_twin(artifacts):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["settings"]["timer"] == "perf_counter_ns" and data["settings"]["interleaved"] is True
+    assert data["settings"]["spinning"] is False and data["settings"]["timing"] == "call by call"
     assert data["settings"]["input_shape"] == list(SHAPE)
     assert data["machine"]["cpu_count"] >= 1 and "torch" in data["machine"]
     rows = data["results"]
@@ -86,6 +87,19 @@ def test_candidates_of_one_architecture_share_one_twin(artifacts, tmp_path):
     assert any("shares the static twin" in note for note in data["notes"])
     candidates = [row for row in data["results"] if row["role"] == "candidate"]
     assert len(candidates) == 2 and all(row["ratio_to_baseline"] > 0 for row in candidates)
+
+
+def test_spinning_times_in_blocks(artifacts):
+    """--spinning: onnxruntime's default threads, candidate and twin timed in alternating blocks."""
+    result = _bench(artifacts["fixed"], "--batch-sizes", "2", "--arch", "od_resnet_tiny", "--threads", "2", "--spinning", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["spinning"] is True and data["settings"]["interleaved"] is False
+    assert data["settings"]["timing"] == "blocks"
+    assert sorted(row["role"] for row in data["results"]) == ["baseline", "candidate"]
+    assert all(row["iterations"] == 3 and row["p50_ms"] > 0 for row in data["results"])
+    table = _bench(artifacts["fixed"], "--batch-sizes", "2", "--arch", "od_resnet_tiny", "--threads", "1", "--spinning")
+    assert table.exit_code == 0 and "alternating blocks, onnxruntime spinning on" in " ".join(table.output.split())
 
 
 def test_rejected_batch_is_recorded_and_exits_1(artifacts):

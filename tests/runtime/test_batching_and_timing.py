@@ -10,7 +10,7 @@ from odexport.errors import InputError
 from odexport.runtime import InferenceError
 from odexport.runtime.batching import load_samples, random_samples, run_batched
 from odexport.runtime.onnxruntime_runner import OrtRunner
-from odexport.runtime.timing import interleaved_latencies
+from odexport.runtime.timing import block_latencies, interleaved_latencies
 from odexport.runtime.torch_runner import TorchRunner
 
 
@@ -98,6 +98,30 @@ def test_interleaved_latencies_rotate_and_drop_warmup():
     assert calls[4:] == ["a", "b", "b", "a", "a", "b"], "the first in a round rotates"
     assert len(samples["a"]) == 3 and len(samples["b"]) == 3
     assert min(samples["a"] + samples["b"]) > 4, "warm-up values are discarded"
+
+
+def test_block_latencies_alternate_blocks_and_drop_settling_calls():
+    calls: list[str] = []
+
+    def timer(name):
+        def run():
+            calls.append(name)
+            return float(len(calls))
+        return run
+
+    samples = block_latencies({"a": timer("a"), "b": timer("b")}, warmup=1, iterations=5, rounds=2, settle=1)
+    assert calls[:2] == ["a", "b"], "warm-up calls every timer"
+    # blocks of ceil(5 / 2) = 3 kept calls after 1 settling call; b goes first in round 2; the last block holds what is left
+    assert calls[2:] == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
+    assert len(samples["a"]) == 5 and len(samples["b"]) == 5
+    assert samples["a"] == [4.0, 5.0, 6.0, 15.0, 16.0], "warm-up and settling calls are discarded"
+    assert samples["b"] == [8.0, 9.0, 10.0, 12.0, 13.0]
+
+
+def test_block_latencies_stop_after_max_seconds():
+    samples = block_latencies({"x": lambda: 0.1, "y": lambda: 0.2}, warmup=0, iterations=10_000, rounds=1000, settle=0,
+                              max_seconds=0.0, min_iterations=5)
+    assert len(samples["x"]) == 10 and len(samples["y"]) == 10, "rounds of 10 until both have 5"
 
 
 def test_interleaved_latencies_stop_after_max_seconds():

@@ -34,6 +34,7 @@ def bench(
     dtype: Annotated[Optional[str], typer.Option(help="PyTorch dtype for checkpoints: float32 or float16.", show_default=False)] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA (PyTorch, or onnxruntime's CUDA provider): capture the model in a CUDA graph once per batch size and time its replays.")] = False,
     cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: specialise .onnx candidates for this machine in memory at --batch-sizes, as `odexport ort` writes them (exact).")] = False,
+    spinning: Annotated[bool, typer.Option("--spinning", help="onnxruntime: keep idle threads spinning (its default, as a server running one model does) and time in alternating blocks of calls instead of call by call.")] = False,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (at least 5 rounds).", show_default=False)] = None,
     json_output: JsonOption = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw latency vs batch size to this PNG (needs matplotlib).", show_default=False)] = None,
@@ -47,7 +48,7 @@ def bench(
 ) -> None:
     """Latency p50/p90/p99 and throughput of each ARTIFACT, with the ratio to its static twin.
 
-    Warm-up calls are excluded; CPU timings use perf_counter_ns, GPU timings CUDA events. The artifact and its baseline are called in turn in the same run (never one after the other), with onnxruntime thread spinning off, so their ratio holds on a busy machine.
+    Warm-up calls are excluded; CPU timings use perf_counter_ns, GPU timings CUDA events. The artifact and its baseline are called in turn in the same run (never one after the other), with onnxruntime thread spinning off, so their ratio holds on a busy machine; --spinning times onnxruntime's default setting in alternating blocks instead.
     """
     from odexport.cli._common import console, run_command, stages
 
@@ -67,7 +68,7 @@ def bench(
                 artifacts, backend=backend, device=device, batch_sizes=parse_batch_sizes(batch_sizes), warmup=warmup,
                 iterations=iters, threads=threads, baseline=baseline, input_shape=shape, arch=arch, reference=reference,
                 temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
-                max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage,
+                max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage, spinning=spinning,
             )
         if plot:
             bench_plot(report, plot)
