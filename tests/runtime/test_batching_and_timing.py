@@ -109,7 +109,7 @@ def test_block_latencies_alternate_blocks_and_drop_settling_calls():
             return float(len(calls))
         return run
 
-    samples = block_latencies({"a": timer("a"), "b": timer("b")}, warmup=1, iterations=5, rounds=2, settle=1)
+    samples = block_latencies({"a": timer("a"), "b": timer("b")}, warmup=1, iterations=5, rounds=2, settle=1, pause=0)
     assert calls[:2] == ["a", "b"], "warm-up calls every timer"
     # blocks of ceil(5 / 2) = 3 kept calls after 1 settling call; b goes first in round 2; the last block holds what is left
     assert calls[2:] == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
@@ -120,7 +120,7 @@ def test_block_latencies_alternate_blocks_and_drop_settling_calls():
 
 def test_block_latencies_stop_after_max_seconds():
     samples = block_latencies({"x": lambda: 0.1, "y": lambda: 0.2}, warmup=0, iterations=10_000, rounds=1000, settle=0,
-                              max_seconds=0.0, min_iterations=5)
+                              pause=0, max_seconds=0.0, min_iterations=5)
     assert len(samples["x"]) == 10 and len(samples["y"]) == 10, "rounds of 10 until both have 5"
 
 
