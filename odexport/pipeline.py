@@ -373,6 +373,9 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     report.notes.append(note)
         if not pairs and missing:
             raise next(iter(missing.values()))  # nothing to time: the first reason, as it was raised
+        if spinning and not any(str(getattr(r, "backend", "")).startswith("onnxruntime") for *_, r in pairs):
+            report.notes.append("--spinning sets onnxruntime's thread spinning; no onnxruntime session was timed here, "
+                                "so it only changed the timing to alternating blocks of calls")
         shape = _sample_shape(pairs, input_shape)
         rng = np.random.default_rng(0)
         for batch_size in batch_sizes:

@@ -43,6 +43,8 @@ def test_checkpoint_against_its_static_twin(artifacts):
     data = json.loads(result.stdout)
     assert data["settings"]["timer"] == "perf_counter_ns" and data["settings"]["interleaved"] is True
     assert data["settings"]["spinning"] is False and data["settings"]["timing"] == "call by call"
+    assert not any("--spinning" in note for note in data["notes"])
+
     assert data["settings"]["input_shape"] == list(SHAPE)
     assert data["machine"]["cpu_count"] >= 1 and "torch" in data["machine"]
     rows = data["results"]
@@ -57,6 +59,14 @@ def test_checkpoint_against_its_static_twin(artifacts):
             assert row["ratio_to_baseline"] > 0
         else:
             assert row["baseline_of"] == artifacts["ckpt"]
+
+
+def test_spinning_without_onnxruntime_says_what_it_changed(artifacts):
+    result = _bench(artifacts["ckpt"], "--batch-sizes", "1", "--threads", "1", "--spinning", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["timing"] == "blocks"
+    assert any("no onnxruntime session was timed" in note for note in data["notes"])
 
 
 def test_onnx_against_its_exported_static_twin(artifacts, tmp_path):
