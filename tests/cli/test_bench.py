@@ -44,7 +44,6 @@ def test_checkpoint_against_its_static_twin(artifacts):
     assert data["settings"]["timer"] == "perf_counter_ns" and data["settings"]["interleaved"] is True
     assert data["settings"]["spinning"] is False and data["settings"]["timing"] == "call by call"
     assert not any("--spinning" in note for note in data["notes"])
-
     assert data["settings"]["input_shape"] == list(SHAPE)
     assert data["machine"]["cpu_count"] >= 1 and "torch" in data["machine"]
     rows = data["results"]
