@@ -101,6 +101,22 @@ def dynamic_layer_keys(shapes: Mapping[str, tuple[int, ...]]) -> list[DynamicLay
     return layers
 
 
+def condconv_blocks(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+    """timm CondConv blocks (``CondConvResidual``): ``<block>.routing_fn.weight`` of shape
+    ``(E, C)`` next to expert kernels stored flattened, ``<block>.conv_*.weight`` of shape
+    ``(E, O*C/g*kh*kw)``.  Returns ``(routing key, first expert key)`` per block."""
+    blocks = []
+    for key, shape in shapes.items():
+        if not key.endswith("routing_fn.weight") or len(shape) != 2:
+            continue
+        head = key[: -len("routing_fn.weight")]
+        experts = [k for k, s in shapes.items() if k.startswith(f"{head}conv_") and k.endswith(".weight")
+                   and k.count(".") == head.count(".") + 1 and len(s) == 2 and s[0] == shape[0]]
+        if experts:
+            blocks.append((key, experts[0]))
+    return blocks
+
+
 def key_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """The family of most dynamic layers in the file (``None`` without any)."""
     layers = dynamic_layer_keys(shapes)
@@ -323,6 +339,16 @@ def detect_architecture(file_shapes: Mapping[str, tuple[int, ...]], *, arch: str
             raise_if_misfit(attempt.fit, what=f"architecture {arch}" + _kwargs_note(attempt.kwargs))
         return Detection(arch, info.layout, attempt.kwargs, family or "", _misfit_layers(attempt), attempt.overrides, detected=False)
 
+    if family is None and condconv_blocks(file_shapes):
+        blocks = condconv_blocks(file_shapes)
+        routing, expert = blocks[0]
+        raise ArchitectureError(
+            f"this is a timm CondConv checkpoint: {len(blocks)} block{'s' if len(blocks) != 1 else ''} route {file_shapes[routing][0]} experts through a "
+            f"sigmoid ('{routing}' {fmt_shape(file_shapes[routing])}, '{expert}' {fmt_shape(file_shapes[expert])}); "
+            "odexport loads ODConv and DY-Conv layers, not CondConv",
+            "CondConv is not supported yet (docs/formats.md); meanwhile export the timm model at a fixed batch with "
+            "torch.onnx.export, which runs at that batch size only",
+        )
     if family is None:
         raise ArchitectureError(
             "no dynamic-convolution layers found in the checkpoint (looked for ODConv '<layer>.attention.channel_fc.weight', "

@@ -208,3 +208,43 @@ def test_checkpoint_without_dynamic_layers(tmp_path):
     torch.save(nn.Conv2d(3, 8, 3).state_dict(), path)
     with pytest.raises(ArchitectureError, match="no dynamic-convolution layers"):
         load_checkpoint(path)
+
+
+class _FlatExperts(nn.Module):
+    """timm's CondConv2d parameter layout: E expert kernels flattened to (E, O*C/g*kh*kw)."""
+
+    def __init__(self, experts, out_channels, in_per_group, k):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(experts, out_channels * in_per_group * k * k))
+
+
+class _CondConvResidual(nn.Module):
+    """The key layout of timm's CondConvResidual (docs: ../shared/design/formats.md B.3)."""
+
+    def __init__(self, c_in=8, c_mid=24, c_out=8, experts=4):
+        super().__init__()
+        self.conv_pw, self.bn1 = _FlatExperts(experts, c_mid, c_in, 1), nn.BatchNorm2d(c_mid)
+        self.conv_dw, self.bn2 = _FlatExperts(experts, c_mid, 1, 3), nn.BatchNorm2d(c_mid)
+        self.conv_pwl, self.bn3 = _FlatExperts(experts, c_out, c_mid, 1), nn.BatchNorm2d(c_out)
+        self.routing_fn = nn.Linear(c_in, experts)
+
+
+def test_timm_condconv_checkpoint_is_named_not_called_static(tmp_path):
+    from typer.testing import CliRunner
+
+    from odexport.cli.app import app
+
+    model = nn.Module()
+    model.conv_stem, model.bn1 = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+    model.blocks = nn.Sequential(nn.Sequential(_CondConvResidual()), nn.Sequential(_CondConvResidual()))
+    path = tmp_path / "tf_efficientnet_cc.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(ArchitectureError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "timm CondConv" in message and "2 blocks route 4 experts" in message
+    assert "'blocks.0.0.routing_fn.weight' (4, 8)" in message and "'blocks.0.0.conv_pw.weight' (4, 192)" in message
+    assert "no dynamic-convolution layers" not in message and "\n" not in message
+    result = CliRunner().invoke(app, ["onnx", str(path), "-o", str(tmp_path / "cc.onnx"), "--quiet"])
+    assert result.exit_code == 1 and "CondConv is not supported yet" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cc.onnx").exists()
