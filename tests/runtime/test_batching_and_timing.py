@@ -84,7 +84,8 @@ def test_load_samples_errors(tmp_path):
         load_samples(tmp_path / "text.txt")
 
 
-def test_interleaved_latencies_rotate_and_drop_warmup():
+def _counting_timers(*names):
+    """Timers that log their calls and return the call's position (1, 2, ...) as its latency."""
     calls: list[str] = []
 
     def timer(name):
@@ -93,7 +94,12 @@ def test_interleaved_latencies_rotate_and_drop_warmup():
             return float(len(calls))
         return run
 
-    samples = interleaved_latencies({"a": timer("a"), "b": timer("b")}, warmup=2, iterations=3)
+    return calls, {name: timer(name) for name in names}
+
+
+def test_interleaved_latencies_rotate_and_drop_warmup():
+    calls, timers = _counting_timers("a", "b")
+    samples = interleaved_latencies(timers, warmup=2, iterations=3)
     assert calls[:4] == ["a", "b", "a", "b"], "warm-up calls every timer"
     assert calls[4:] == ["a", "b", "b", "a", "a", "b"], "the first in a round rotates"
     assert len(samples["a"]) == 3 and len(samples["b"]) == 3
@@ -101,15 +107,8 @@ def test_interleaved_latencies_rotate_and_drop_warmup():
 
 
 def test_block_latencies_alternate_blocks_and_drop_settling_calls():
-    calls: list[str] = []
-
-    def timer(name):
-        def run():
-            calls.append(name)
-            return float(len(calls))
-        return run
-
-    samples = block_latencies({"a": timer("a"), "b": timer("b")}, warmup=1, iterations=5, rounds=2, settle=1, pause=0)
+    calls, timers = _counting_timers("a", "b")
+    samples = block_latencies(timers, warmup=1, iterations=5, rounds=2, settle=1, pause=0)
     assert calls[:2] == ["a", "b"], "warm-up calls every timer"
     # blocks of ceil(5 / 2) = 3 kept calls after 1 settling call; b goes first in round 2; the last block holds what is left
     assert calls[2:] == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
@@ -121,7 +120,7 @@ def test_block_latencies_alternate_blocks_and_drop_settling_calls():
 def test_block_latencies_stop_after_max_seconds():
     samples = block_latencies({"x": lambda: 0.1, "y": lambda: 0.2}, warmup=0, iterations=10_000, rounds=1000, settle=0,
                               pause=0, max_seconds=0.0, min_iterations=5)
-    assert len(samples["x"]) == 10 and len(samples["y"]) == 10, "rounds of 10 until both have 5"
+    assert len(samples["x"]) == 10 and len(samples["y"]) == 10, "one round of 10-call blocks gives both their 5"
 
 
 def test_interleaved_latencies_stop_after_max_seconds():
