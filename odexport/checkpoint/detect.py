@@ -339,8 +339,8 @@ def detect_architecture(file_shapes: Mapping[str, tuple[int, ...]], *, arch: str
             raise_if_misfit(attempt.fit, what=f"architecture {arch}" + _kwargs_note(attempt.kwargs))
         return Detection(arch, info.layout, attempt.kwargs, family or "", _misfit_layers(attempt), attempt.overrides, detected=False)
 
-    if family is None and condconv_blocks(file_shapes):
-        blocks = condconv_blocks(file_shapes)
+    blocks = condconv_blocks(file_shapes) if family is None else []
+    if blocks:
         routing, expert = blocks[0]
         raise ArchitectureError(
             f"this is a timm CondConv checkpoint: {len(blocks)} block{'s' if len(blocks) != 1 else ''} route {file_shapes[routing][0]} experts through a "

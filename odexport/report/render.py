@@ -245,7 +245,10 @@ def bench_table(report: BenchReport):
 
     from rich import box
 
-    how = ("alternating blocks, onnxruntime spinning on" if report.settings.get("spinning") else "interleaved")
+    how = "interleaved"
+    if report.settings.get("spinning"):
+        spun = any(str(e.backend).startswith("onnxruntime") for e in report.entries)
+        how = "in alternating blocks" + (", onnxruntime spinning on" if spun else "")
     table = Table(title=f"latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured {how})", title_justify="left",
                   box=box.SIMPLE_HEAD)
     for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):

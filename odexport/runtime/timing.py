@@ -65,8 +65,8 @@ def block_latencies(
     """Call every timer ``warmup`` times (discarded), then ``rounds`` rounds of one block per timer.
 
     A block is a ``pause`` (seconds: the previous timer's spinning threads go idle), ``settle``
-    discarded calls and ``ceil(iterations / rounds)`` kept ones; the order of the blocks rotates every round, and a
-    timer stops once it has ``iterations`` samples.  ``max_seconds`` stops after a round once every
+    discarded calls and ``ceil(iterations / rounds)`` kept ones.  The order of the blocks rotates
+    every round; a timer stops once it has ``iterations`` samples.  ``max_seconds`` stops after a round once every
     timer has at least ``min_iterations`` samples.
     """
     keys = list(timers)
