@@ -373,7 +373,10 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     report.notes.append(note)
         if not pairs and missing:
             raise next(iter(missing.values()))  # nothing to time: the first reason, as it was raised
-        if spinning and not any(str(getattr(r, "backend", "")).startswith("onnxruntime") for *_, r in pairs):
+        sessions_spin = {r.spinning for *_, r in pairs if isinstance(getattr(r, "spinning", None), bool)}
+        if sessions_spin:  # what the onnxruntime sessions were made with, read back from them
+            report.settings["spinning"] = sessions_spin == {True}
+        elif spinning:
             report.notes.append("--spinning sets onnxruntime's thread spinning; no onnxruntime session was timed here, "
                                 "so it only changed the timing to alternating blocks of calls")
         shape = _sample_shape(pairs, input_shape)

@@ -246,8 +246,8 @@ def bench_table(report: BenchReport):
     from rich import box
 
     how = "interleaved"
-    if report.settings.get("spinning"):
-        spun = any(str(e.backend).startswith("onnxruntime") for e in report.entries)
+    if report.settings.get("timing") == "blocks":
+        spun = report.settings.get("spinning") and any(str(e.backend).startswith("onnxruntime") for e in report.entries)
         how = "in alternating blocks" + (", onnxruntime spinning on" if spun else "")
     table = Table(title=f"latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured {how})", title_justify="left",
                   box=box.SIMPLE_HEAD)

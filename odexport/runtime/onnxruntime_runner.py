@@ -209,6 +209,15 @@ class OrtRunner(Runner):
     def outputs(self) -> list[TensorSpec]:
         return list(self._outputs)
 
+    @property
+    def spinning(self) -> bool:
+        """Whether the session's idle intra-op threads spin, read back from the session itself
+        (onnxruntime's default when the entry was never set)."""
+        try:
+            return self.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # "does not have configuration with key": never set
+            return True
+
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = {spec.name: np.ascontiguousarray(feed[spec.name], dtype=spec.dtype) for spec in self._inputs}
         try:
