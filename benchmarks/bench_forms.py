@@ -240,7 +240,13 @@ def torch_cuda(model, twin, shape, batches, warmup: int, iters: int) -> dict:
 
 
 def markdown_table(record: dict) -> str:
+    settings = record["settings"]
+    protocol = ("onnxruntime's default spinning threads, sessions timed in alternating blocks" if settings.get("spinning")
+                else "spinning off, sessions called in turn, call by call")
     lines = [
+        f"onnxruntime CPU, {settings.get('threads')} intra-op threads, {protocol}; p50 of {settings.get('iters')} calls "
+        f"({record['date']}).",
+        "",
         "| model | batch | twin, onnxruntime | export, onnxruntime | ratio | target | twin, eager | reference folded, eager | eager ratio | max abs err / max abs |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

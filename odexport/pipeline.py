@@ -377,6 +377,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
         if sessions_spin:  # what the onnxruntime sessions were made with, read back from them
             report.settings["spinning"] = sessions_spin == {True}
         elif spinning:
+            report.settings["spinning"] = None  # no onnxruntime session: nothing was made to spin
             report.notes.append("--spinning sets onnxruntime's thread spinning; no onnxruntime session was timed here, "
                                 "so it only changed the timing to alternating blocks of calls")
         shape = _sample_shape(pairs, input_shape)

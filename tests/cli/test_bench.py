@@ -65,6 +65,7 @@ def test_spinning_without_onnxruntime_says_what_it_changed(artifacts):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["settings"]["timing"] == "blocks"
+    assert data["settings"]["spinning"] is None  # nothing was made to spin: neither true nor false
     assert any("no onnxruntime session was timed" in note for note in data["notes"])
 
 
