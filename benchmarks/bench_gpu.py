@@ -136,7 +136,9 @@ def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int, 
     ``graphs``: each session is timed as onnxruntime's CUDA graph (``OrtRunner(cuda_graphs=True)``);
     an export whose graph cannot be captured is recorded under ``graph_failed`` and left out."""
     from odexport.errors import OdexportError
+    from odexport.report.latency import LatencyStats
     from odexport.runtime.onnxruntime_runner import OrtRunner
+    from odexport.runtime.timing import interleaved_latencies
 
     x, ref = reference_outputs(key, shape)
     scale = max(float(np.abs(ref).max()), 1e-30)
@@ -155,15 +157,19 @@ def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int, 
             if label.startswith("grouped"):
                 got = runner.infer(np.resize(x, (batch, *shape)))["output"].astype(np.float32)[: min(batch, 2)]
                 result["rel"][label] = float(np.abs(got - ref[: got.shape[0]]).max() / scale)
-        if graphs:
-            for label, runner in list(here.items()):
-                try:
-                    runner.timer(np.zeros((batch, *shape), np.float32))
-                except OdexportError as exc:
-                    result["graph_failed"][label] = exc.message
-                    say(f"   {key} {label} batch {batch}: {exc.message}")
-                    del here[label]
-        result["p50_ms"][batch] = timed(here, batch, shape, warmup, iters)
+        # each timer is made once: with graphs, making one captures a graph in a session of its own
+        feed = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        timers = {}
+        for label, runner in here.items():
+            try:
+                timers[label] = runner.timer(feed)
+            except OdexportError as exc:
+                if not graphs:
+                    raise
+                result["graph_failed"][label] = exc.message
+                say(f"   {key} {label} batch {batch}: {exc.message}")
+        samples = interleaved_latencies(timers, warmup, iters)
+        result["p50_ms"][batch] = {label: LatencyStats.from_samples(values, batch).p50_ms for label, values in samples.items()}
     for runner in runners.values():
         runner.close()
     return result
