@@ -7,7 +7,7 @@ import subprocess
 
 from tests.docs.doc_commands import REPO, setup_commands_in_readme
 
-TEST_COMMAND = "pip install -e '.[dev]' && python -m pytest -q -m \"not slow\""
+TEST_COMMAND = "pip install -e '.[dev]' && python -m pytest -q -m \"not slow\" -n 2"
 
 
 def test_two_setup_commands_under_their_markers():
