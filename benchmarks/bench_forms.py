@@ -115,11 +115,20 @@ def parity(model, onnx_path: Path, shape, threads: int) -> dict:
 
 
 def timed(runners: dict, batch: int, shape, warmup: int, iters: int, blocks: bool = False) -> dict:
+    x = timing_input(batch, shape)
+    return timed_timers({name: runner.timer(x) for name, runner in runners.items()}, batch, warmup, iters, blocks)
+
+
+def timing_input(batch: int, shape) -> np.ndarray:
+    """The seeded batch every runner is timed on (one draw per batch size)."""
+    return np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def timed_timers(timers: dict, batch: int, warmup: int, iters: int, blocks: bool = False) -> dict:
+    """LatencyStats per timer (``Runner.timer`` callables), interleaved call by call or in blocks."""
     from odexport.report.latency import LatencyStats
     from odexport.runtime.timing import block_latencies, interleaved_latencies
 
-    x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
-    timers = {name: runner.timer(x) for name, runner in runners.items()}
     samples = (block_latencies if blocks else interleaved_latencies)(timers, warmup, iters)
     return {name: LatencyStats.from_samples(values, batch) for name, values in samples.items()}
 

@@ -136,9 +136,7 @@ def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int, 
     ``graphs``: each session is timed as onnxruntime's CUDA graph (``OrtRunner(cuda_graphs=True)``);
     an export whose graph cannot be captured is recorded under ``graph_failed`` and left out."""
     from odexport.errors import OdexportError
-    from odexport.report.latency import LatencyStats
     from odexport.runtime.onnxruntime_runner import OrtRunner
-    from odexport.runtime.timing import interleaved_latencies
 
     x, ref = reference_outputs(key, shape)
     scale = max(float(np.abs(ref).max()), 1e-30)
@@ -158,7 +156,7 @@ def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int, 
                 got = runner.infer(np.resize(x, (batch, *shape)))["output"].astype(np.float32)[: min(batch, 2)]
                 result["rel"][label] = float(np.abs(got - ref[: got.shape[0]]).max() / scale)
         # each timer is made once: with graphs, making one captures a graph in a session of its own
-        feed = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+        feed = bench_forms.timing_input(batch, shape)
         timers = {}
         for label, runner in here.items():
             try:
@@ -168,8 +166,7 @@ def onnx_part(key: str, exports: dict, batches, shape, warmup: int, iters: int, 
                     raise
                 result["graph_failed"][label] = exc.message
                 say(f"   {key} {label} batch {batch}: {exc.message}")
-        samples = interleaved_latencies(timers, warmup, iters)
-        result["p50_ms"][batch] = {label: LatencyStats.from_samples(values, batch).p50_ms for label, values in samples.items()}
+        result["p50_ms"][batch] = {label: stats.p50_ms for label, stats in bench_forms.timed_timers(timers, batch, warmup, iters).items()}
     for runner in runners.values():
         runner.close()
     return result
