@@ -110,7 +110,8 @@ def export_cached(model, key, plan, batch, input_shape, cache: Path):
     from odexport.export.onnx_export import build_onnx
 
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{key.replace(':', '-')}_{plan.replace('/', '-')}_{batch or 'dyn'}_{_source_stamp()}.onnx"
+    size = "x".join(map(str, input_shape[1:]))
+    path = cache / f"{key.replace(':', '-')}_{size}_{plan.replace('/', '-')}_{batch or 'dyn'}_{_source_stamp()}.onnx"
     if path.exists():
         return onnx.load(str(path)), None
     name, _, style = plan.partition("/")
@@ -176,13 +177,24 @@ def main(argv=None):
     parser.add_argument("--ort-cpu", action="store_true", help="apply odexport.runtime.ort_optimize to the plans' sessions")
     parser.add_argument("--ort-ratio", type=float, default=None, help="--ort-cpu: per-sample form where K*kernel <= RATIO * input")
     parser.add_argument("--no-reparam", action="store_true")
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--cache", default=os.environ.get("ODEXPORT_BENCH_CACHE", "/tmp/odexport-bench-cache"))
     args = parser.parse_args(argv)
+    unknown = [k for k in args.models.split(",") if k not in MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    from odexport.export.fast_forms import FAST_VARIANTS
+    from odexport.export.forms import VARIANTS
+
+    known = ("auto", "decomposed", "cpu-fast", *VARIANTS, *FAST_VARIANTS)
+    bad = [p for p in args.plans.split(",") if p.removesuffix("+ort").partition("@")[0].partition("/")[0] not in known]
+    if bad:
+        parser.error(f"unknown plans {bad}; a plan is one of {', '.join(dict.fromkeys(known))}, optionally /custom, @BATCH, +ort")
     torch.set_num_threads(1)
     import onnxruntime as ort
 
     print(f"# onnxruntime {ort.__version__}, {args.threads} threads, spinning off, {os.cpu_count()} cpus", flush=True)
-    input_shape = (3, 224, 224)
+    input_shape = (3, args.size, args.size)
     rows = []
     for key in args.models.split(","):
         model, reparamed = load_model(key, reparam=not args.no_reparam)
@@ -222,7 +234,8 @@ def main(argv=None):
                 print(f"{key:<22} B={batch} {k:<22} ratio {np.median(ratios):.2f}x (rounds {', '.join(f'{r:.2f}' for r in ratios)}; "
                       f"cpu-time ratio {np.median(cpu_round[k]):.2f}x; twin {med['twin']:.1f} ms; err vs torch fp32 {errors[k]:.1e}, vs fp64 {errors64[k]:.1e} "
                       f"(torch fp32 vs fp64 {float(np.abs(ref - ref64).max() / np.abs(ref64).max()):.1e}); reparam {reparamed}){verdict}", flush=True)
-                rows.append((key, batch, k, float(np.median(ratios))))
+                rows.append({"model": key, "batch": batch, "plan": k, "ratio": float(np.median(ratios)),
+                             "error_vs_fp32": errors[k], "error_vs_fp64": errors64[k]})
     return rows
 
 

@@ -231,15 +231,15 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown")
     args = parser.parse_args(argv)
 
-    from odexport.errors import MissingDependencyError
     from odexport.report.latency import machine_facts
 
-    if not torch.cuda.is_available():
-        raise MissingDependencyError("bench_gpu.py needs a CUDA GPU", "run it on a machine with an NVIDIA GPU and a CUDA build of torch")
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    if not torch.cuda.is_available():  # exit 3, as `odexport check` does for a missing backend
+        parser.exit(3, f"{parser.prog}: error: no CUDA GPU: torch {torch.__version__} sees none -- run it on a machine "
+                       "with an NVIDIA GPU and a CUDA build of torch\n")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     shape = (3, args.size, args.size)
     ort_cuda = False

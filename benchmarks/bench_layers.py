@@ -195,9 +195,17 @@ def main(argv=None):
     parser.add_argument("--ort-cpu", action="store_true", help="also time the onnxruntime NCHWc rewrite of sample")
     parser.add_argument("--metric", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time (diagnostic on a busy box)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    sets = args.cases.split(",")
+    unknown = [name for name in sets if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case sets {unknown}; choose from {', '.join(CASES)}")
     only = set(filter(None, args.only.split(",")))
-    for set_name in args.cases.split(","):
+    missing = only - {case[0] for name in sets for case in CASES[name]}
+    if missing:
+        parser.error(f"no case named {sorted(missing)} in {', '.join(sets)}")
+    torch.set_num_threads(1)
+    rows = []
+    for set_name in sets:
         for case in CASES[set_name]:
             if only and case[0] not in only:
                 continue
@@ -211,7 +219,10 @@ def main(argv=None):
                     cells = "  ".join(f"{v} {t / base:.2f}x" for v, t in med.items() if v != "static")
                     worst = max(errors.values()) if errors else 0.0
                     print(f"{set_name}:{case[0]:<8} K={num_kernels} B={batch}: static {base:.3f} ms | {cells} | max rel err {worst:.1e}", flush=True)
+                    rows.append({"case": f"{set_name}:{case[0]}", "kernels": num_kernels, "batch": batch,
+                                 "ratios": {v: t / base for v, t in med.items() if v != "static"}, "errors": errors})
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main() else 1)
