@@ -18,7 +18,8 @@ family         keys                                                             
 2. *Options* read from the file: ``kernel_num`` K = ``weight.shape[0]`` of the first dynamic layer,
    ``num_classes`` = rows of the last ``nn.Linear``; then the options that change shapes
    (width multiplier, attention reduction/ratio/reduce, dynamic bias) are searched until every
-   shape fits -- the width multiplier starting from the ratio of stem widths.
+   shape fits -- the width multiplier starting from the ratio of stem widths (or, where the stem
+   keeps its width, of the dynamic layers' widths).
 3. *Per-layer shapes*: what is left that only concerns a dynamic layer's own attention (hidden
    width, kaijieshi7 ``fc2`` bias absent in checkpoints before 2020-10-17, its old ``int(in*ratio)``
    width, a per-layer K, a dynamic bias) is **read from the file**: that layer is rebuilt with the
@@ -306,11 +307,20 @@ def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, k
 
 
 def _width_candidates(name, kwargs, option, default, file_shapes) -> list[float]:
-    file_stem = _stem_width(file_shapes)
-    base_stem = _stem_width(model_shapes(name, kwargs))
+    """The ten width multipliers nearest an estimate: the ratio of stem widths, or, where the stem
+    does not scale with the width (TArdelean's MobileNetV3 keeps 16 channels), the median ratio
+    of the output widths of the dynamic layers both hold under the same key."""
+    base_shapes = model_shapes(name, kwargs)
+    file_stem, base_stem = _stem_width(file_shapes), _stem_width(base_shapes)
+    ratio = file_stem / base_stem if file_stem and base_stem and file_stem != base_stem else None
+    if ratio is None:
+        base_layers = {layer.prefix: layer.weight_shape for layer in dynamic_layer_keys(base_shapes)}
+        ratios = sorted(layer.weight_shape[1] / base_layers[layer.prefix][1] for layer in dynamic_layer_keys(file_shapes)
+                        if layer.prefix in base_layers and len(layer.weight_shape) > 1 and len(base_layers[layer.prefix]) > 1)
+        ratio = ratios[len(ratios) // 2] if ratios else None
     values = list(_WIDTH_VALUES)
-    if file_stem and base_stem:
-        estimate = float(default) * file_stem / base_stem
+    if ratio:
+        estimate = float(default) * ratio
         values.sort(key=lambda v: abs(math.log(v / estimate)) if v > 0 else 1e9)
     return values[:10]
 
@@ -366,6 +376,22 @@ def detect_architecture(file_shapes: Mapping[str, tuple[int, ...]], *, arch: str
         best = min(fitting, key=lambda a: (not a.fit.ok, len(_misfit_layers(a)), a.overrides, a.arch))
         return Detection(best.arch, model_info(best.arch).layout, best.kwargs, family, _misfit_layers(best), best.overrides)
     raise _no_fit(file_shapes, family, names, attempts)
+
+
+def raise_if_tardelean_deeplab(file_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """TArdelean's DY-DeepLabV3+ (``backbone.`` / ``aspp.`` / ``decoder.``, formats.md B.2) is not
+    registered; without this its backbone would be taken for a sub-model and reported as a misfit."""
+    heads = [k for k in file_shapes if k.startswith(("aspp.", "decoder."))]
+    if {k.partition(".")[0] for k in heads} != {"aspp", "decoder"}:
+        return
+    dynamic = [layer for layer in dynamic_layer_keys(file_shapes) if layer.family == "tardelean"]
+    if dynamic:
+        raise ArchitectureError(
+            f"this is a TArdelean DY-DeepLabV3+ segmentation checkpoint ({len(dynamic)} dynamic layers, an 'aspp.' head "
+            f"and a 'decoder.', e.g. '{heads[0]}'); odexport registers TArdelean's classifiers, not its DeepLabV3+",
+            "build the model with your copy of the reference code and pass --factory module:function (docs/formats.md, "
+            "'Your own architecture')",
+        )
 
 
 def _misfit_layers(attempt: _Attempt) -> list[str]:

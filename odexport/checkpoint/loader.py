@@ -32,7 +32,7 @@ from torch import nn
 
 from odexport.checkpoint.compat import load_weights_strict, shapes_of_state_dict
 from odexport.checkpoint.conform import conform_dynamic_layers
-from odexport.checkpoint.detect import detect_architecture, no_weight_init
+from odexport.checkpoint.detect import detect_architecture, no_weight_init, raise_if_tardelean_deeplab
 from odexport.checkpoint.info import CheckpointInfo, LoadedModel
 from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
 from odexport.checkpoint.state_dict import extract_state_dict
@@ -109,6 +109,8 @@ def load_checkpoint(
     meta = raw.obj.get("meta") if isinstance(raw.obj, Mapping) else None
     if factory:
         return _from_factory(raw, weights.state_dict, factory, temperature, extras, submodel, meta)
+    if submodel is None and arch is None:
+        raise_if_tardelean_deeplab(shapes_of_state_dict(weights.state_dict))
     part = find_submodel(weights.state_dict, submodel=submodel, meta=meta)
     if part is not None:
         _note_submodel(extras, part)

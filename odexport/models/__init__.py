@@ -14,11 +14,12 @@ file                        layout       architectures
 ``dy_vgg.py``               kaijieshi7   ``dy_vgg11/13/16/19`` and ``..._bn``
 ``ta_resnet.py``            tardelean    ``ta_resnet10/18`` (TArdelean/DynamicConvolution)
 ``ta_mobilenetv2.py``       tardelean    ``ta_mobilenetv2``
+``ta_mobilenetv3.py``       tardelean    ``ta_mobilenetv3_small/large``
 ``dy_mobilenet.py``         odexport     ``dy_mobilenetv2_100/075/050/035``, ``dy_mobilenetv3_small``
 ``dy_resnet_paper.py``      odexport     ``dy_resnet10/18`` (the DY-Conv paper's ResNets)
 ==========================  ===========  ==============================================
 
-Each family also registers a ``*_tiny`` variant (``tiny=True``) used by the tests.
+Each family but ``ta_mobilenetv3`` (small enough at width 0.25) also registers a ``*_tiny`` variant (``tiny=True``) used by the tests.
 :func:`static_twin` turns any of them into the plain-convolution baseline of the benchmarks.
 """
 
@@ -26,7 +27,7 @@ from odexport.models._registry import ModelInfo, close_matches, create_model, li
 from odexport.models.twin import static_twin
 
 # Importing the family modules registers their builders.
-from odexport.models import od_resnet, od_mobilenetv2, dy_resnet, ta_resnet, ta_mobilenetv2  # noqa: E402,F401
+from odexport.models import od_resnet, od_mobilenetv2, dy_resnet, ta_resnet, ta_mobilenetv2, ta_mobilenetv3  # noqa: E402,F401
 from odexport.models import dy_mobilenet, dy_resnet_paper, dy_vgg  # noqa: E402,F401
 
 __all__ = ["ModelInfo", "close_matches", "create_model", "list_models", "model_info", "register_model", "static_twin"]

@@ -248,3 +248,24 @@ def test_timm_condconv_checkpoint_is_named_not_called_static(tmp_path):
     result = CliRunner().invoke(app, ["onnx", str(path), "-o", str(tmp_path / "cc.onnx"), "--quiet"])
     assert result.exit_code == 1 and "CondConv is not supported yet" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "cc.onnx").exists()
+
+
+def test_tardelean_deeplab_checkpoint_is_named(tmp_path):
+    """TArdelean's DY-DeepLabV3+ (``backbone`` / ``aspp`` / ``decoder``, formats.md B.2) is not a
+    registered architecture: the error says what the file is and how to load it anyway."""
+    from tests.convert.standins import DynamicConvolution
+
+    model = nn.Module()
+    model.backbone = nn.Module()
+    model.backbone.features = nn.Sequential(nn.Conv2d(3, 8, 3), DynamicConvolution(4, 4, 8, 8, 3, bias=False))
+    model.aspp = nn.Module()
+    model.aspp.aspp1 = DynamicConvolution(4, 4, 8, 16, 1, bias=False)
+    model.decoder = nn.Module()
+    model.decoder.last_conv = nn.Sequential(DynamicConvolution(4, 4, 16, 16, 3, bias=False), nn.Conv2d(16, 21, 1))
+    path = tmp_path / "dy_deeplabv3plus_50.pth"
+    torch.save({"model": model.state_dict(), "epoch": 50}, path)
+    with pytest.raises(ArchitectureError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "TArdelean DY-DeepLabV3+ segmentation checkpoint (3 dynamic layers" in message
+    assert "--factory module:function" in message and "\n" not in message

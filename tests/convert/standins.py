@@ -203,3 +203,96 @@ def build_mixed():
 
 def build_tardelean_style():
     return TardeleanStyleNet()
+
+
+# --- TArdelean's DY-MobileNetV3 (models/mobilenetv3.py), its module tree and forward -------------
+class TempModule(nn.Module):
+    """Marks the modules ``CustomSequential`` hands the temperature to."""
+
+
+class CustomSequential(TempModule):
+    def __init__(self, *modules):
+        super().__init__()
+        self.layers = nn.ModuleList(modules)
+
+    def forward(self, x, temperature):
+        for layer in self.layers:
+            x = layer(x, temperature) if isinstance(layer, (TempModule, DynamicConvolution)) else layer(x)
+        return x
+
+
+class Hswish(nn.Module):
+    def forward(self, x):
+        return x * F.relu6(x + 3.0) / 6.0
+
+
+class Hsigmoid(nn.Module):
+    def forward(self, x):
+        return F.relu6(x + 3.0) / 6.0
+
+
+class SEModule(nn.Module):
+    def __init__(self, channel, reduction=4):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Linear(channel, channel // reduction, bias=False), nn.ReLU(),
+                                nn.Linear(channel // reduction, channel, bias=False), Hsigmoid())
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        return x * self.fc(self.avg_pool(x).view(b, c)).view(b, c, 1, 1)
+
+
+class MobileBottleneck(TempModule):
+    def __init__(self, inp, oup, kernel, stride, exp, se, nl, conv_layer):
+        super().__init__()
+        act = nn.ReLU if nl == "RE" else Hswish
+        self.use_res_connect = stride == 1 and inp == oup
+        self.conv = CustomSequential(
+            conv_layer(inp, exp, 1, 1, 0, bias=False), nn.BatchNorm2d(exp), act(),
+            conv_layer(exp, exp, kernel, stride, (kernel - 1) // 2, groups=exp, bias=False), nn.BatchNorm2d(exp),
+            SEModule(exp) if se else nn.Identity(), act(),
+            conv_layer(exp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup))
+
+    def forward(self, x, temperature):
+        y = self.conv(x, temperature)
+        return x + y if self.use_res_connect else y
+
+
+class MobileNetV3(TempModule):
+    SMALL = [(3, 16, 16, True, "RE", 2), (3, 72, 24, False, "RE", 2), (3, 88, 24, False, "RE", 1),
+             (5, 96, 40, True, "HS", 2), (5, 240, 40, True, "HS", 1), (5, 240, 40, True, "HS", 1),
+             (5, 120, 48, True, "HS", 1), (5, 144, 48, True, "HS", 1), (5, 288, 96, True, "HS", 2),
+             (5, 576, 96, True, "HS", 1), (5, 576, 96, True, "HS", 1)]
+    LARGE = [(3, 16, 16, False, "RE", 1), (3, 64, 24, False, "RE", 2), (3, 72, 24, False, "RE", 1),
+             (5, 72, 40, True, "RE", 2), (5, 120, 40, True, "RE", 1), (5, 120, 40, True, "RE", 1),
+             (3, 240, 80, False, "HS", 2), (3, 200, 80, False, "HS", 1), (3, 184, 80, False, "HS", 1),
+             (3, 184, 80, False, "HS", 1), (3, 480, 112, True, "HS", 1), (3, 672, 112, True, "HS", 1),
+             (5, 672, 160, True, "HS", 2), (5, 960, 160, True, "HS", 1), (5, 960, 160, True, "HS", 1)]
+
+    def __init__(self, n_class=200, mode="small", width_mult=1.0, nof_kernels=4, reduce=4):
+        super().__init__()
+
+        def conv_layer(*args, **kwargs):
+            return DynamicConvolution(nof_kernels, reduce, *args, **kwargs)
+
+        def divisible(x):
+            return int(math.ceil(x / 8) * 8)
+
+        last_channel = divisible(1280 * width_mult) if width_mult > 1.0 else 1280
+        features = [nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), Hswish())]
+        channels = 16
+        for k, exp, c, se, nl, s in self.SMALL if mode == "small" else self.LARGE:
+            features.append(MobileBottleneck(channels, divisible(c * width_mult), k, s, divisible(exp * width_mult), se, nl, conv_layer))
+            channels = divisible(c * width_mult)
+        last_conv = divisible((576 if mode == "small" else 960) * width_mult)
+        # a plain nn.Sequential: CustomSequential does not hand the temperature to the conv inside
+        features += [nn.Sequential(conv_layer(channels, last_conv, 1, 1, 0, bias=False), nn.BatchNorm2d(last_conv), Hswish()),
+                     nn.AdaptiveAvgPool2d(1), conv_layer(last_conv, last_channel, 1, 1, 0), Hswish()]
+        self.features = CustomSequential(*features)
+        self.classifier = CustomSequential(nn.Dropout(p=0.8), nn.Linear(last_channel, n_class), nn.LogSoftmax(dim=-1))
+        _randomise_bn(self)
+
+    def forward(self, x, temperature):
+        x = self.features(x, temperature).mean(3).mean(2)
+        return self.classifier(x, temperature)

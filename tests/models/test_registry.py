@@ -23,6 +23,7 @@ REFERENCE_NAMES = [
     "od_resnet152", "dy_resnet101", "dy_resnet152", "dy_resnext50_32x4d", "dy_resnext101_32x8d",
     "dy_wide_resnet50_2", "dy_wide_resnet101_2",
     "dy_vgg11", "dy_vgg11_bn", "dy_vgg13", "dy_vgg13_bn", "dy_vgg16", "dy_vgg16_bn", "dy_vgg19", "dy_vgg19_bn",
+    "ta_mobilenetv3_small", "ta_mobilenetv3_large",  # B.2: "Also MobileNetV3"
 ]
 TINY_NAMES = ["od_resnet_tiny", "od_mobilenetv2_tiny", "dy_resnet_tiny", "ta_resnet_tiny", "dy_mobilenetv2_tiny", "dy_vgg_tiny"]
 
@@ -35,7 +36,8 @@ def test_every_required_architecture_is_registered():
 def test_list_models_filters():
     assert list_models("od_*") == sorted(n for n in ISSUE_NAMES + REFERENCE_NAMES + TINY_NAMES if n.startswith("od_"))
     assert list_models("nothing_like_this*") == []
-    assert set(list_models(layout="tardelean")) == {"ta_resnet10", "ta_resnet18", "ta_mobilenetv2", "ta_resnet_tiny"}
+    assert set(list_models(layout="tardelean")) == {"ta_resnet10", "ta_resnet18", "ta_mobilenetv2", "ta_resnet_tiny",
+                                                     "ta_mobilenetv3_small", "ta_mobilenetv3_large"}
     assert list_models() == sorted(list_models())
 
 

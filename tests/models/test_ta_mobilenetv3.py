@@ -1,0 +1,59 @@
+"""TArdelean DY-MobileNetV3 checkpoints: detected, loaded strictly, and computing what the reference
+computes.  The reference here is the test-side stand-in of its ``models/mobilenetv3.py``
+(``tests.convert.standins``, whose ``DynamicConvolution`` is checked against reference data made
+with the public code), saved the way its ``utils.save_checkpoint`` saves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport.cli import app
+from odexport.pipeline import model_from_checkpoint
+from tests.convert import standins
+
+
+def save_like_tardelean(model, path, epoch=200):
+    """``{'model', 'optimizer', 'scheduler', 'epoch'}``, single GPU (no ``module.`` prefix)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 200)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch}, path)
+
+
+@pytest.mark.parametrize("mode, width, classes", [("small", 0.5, 200), ("small", 0.25, 10), ("large", 1.0, 10)])
+def test_detected_and_equal_to_the_reference(mode, width, classes, tmp_path):
+    torch.manual_seed(1)
+    reference = standins.MobileNetV3(n_class=classes, mode=mode, width_mult=width).eval()
+    path = tmp_path / f"MobileNetV3_DY_{mode}_{width}_200.pth"
+    save_like_tardelean(reference, path)
+
+    loaded = model_from_checkpoint(path)
+    assert loaded.info.layout == "tardelean"
+    assert loaded.info.arch == f"ta_mobilenetv3_{mode}"
+    assert loaded.info.model_kwargs.get("width_multiplier", 1.0) == width
+    assert loaded.info.num_classes == classes
+    assert list(loaded.model.state_dict()) == list(reference.state_dict())  # same keys, same order
+
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(x, 1.0)
+        torch.testing.assert_close(loaded.model(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded.model(x[:1]), expected[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_exports_and_passes_the_parity_gate(tmp_path):
+    torch.manual_seed(2)
+    path = tmp_path / "MobileNetV3_DY_025_Tiny_200.pth"
+    save_like_tardelean(standins.MobileNetV3(n_class=10, mode="small", width_mult=0.25).eval(), path)
+    onnx_path = tmp_path / "mbv3.onnx"
+    runner = CliRunner()
+    result = runner.invoke(app, ["onnx", str(path), "-o", str(onnx_path), "--input-shape", "3x32x32"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["check", str(path), str(onnx_path), "--input-shape", "3x32x32", "--samples", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
