@@ -74,6 +74,10 @@ def _tensorrt_runner_class():
     return module.TrtRunner
 
 
+# an artifact argument with one of these suffixes was meant as a report file
+_REPORT_SUFFIXES = (".json", ".xml", ".md", ".png", ".html", ".txt", ".csv")
+
+
 def open_runner(
     artifact,
     backend: str | None = None,
@@ -104,6 +108,10 @@ def open_runner(
     backend = normalise_backend(backend)
     kind = artifact_kind(artifact)
     if kind != "module" and not Path(artifact).exists():
+        if Path(artifact).suffix.lower() in _REPORT_SUFFIXES:  # e.g. `check A B --json out.json`
+            raise InputError(f"{artifact} does not exist, and its name is a report's, not a model's",
+                             "--json is a flag that prints the JSON on stdout (redirect it: --json > out.json); "
+                             "--junit, --markdown and --plot take the file to write")
         raise InputError(f"{artifact} does not exist", "check the path")
     natural = NATURAL_BACKEND[kind]
     if backend is not None and backend != natural:

@@ -276,6 +276,16 @@ def test_missing_candidate_and_bad_inputs_exit_1(artifacts, tmp_path):
     assert result.exit_code == 1 and "sample shape" in result.output
 
 
+def test_a_report_path_given_as_a_candidate_says_json_is_a_flag(artifacts, tmp_path):
+    """``check A B --json out.json``: out.json becomes a second candidate; say why, not just "missing"."""
+    result = _check(artifacts["ckpt"], artifacts["good"], "--json", tmp_path / "out.json")
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "its name is a report's, not a model's" in lines[0]
+    assert "--json is a flag that prints the JSON on stdout" in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "out.json").exists()
+
+
 def test_engine_without_tensorrt_exits_3(artifacts, tmp_path):
     if available("tensorrt") and torch.cuda.is_available():
         pytest.skip("TensorRT is available here")
