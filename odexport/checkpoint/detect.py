@@ -118,6 +118,19 @@ def condconv_blocks(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, st
     return blocks
 
 
+def kaijieshi7_non2d_layers(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+    """``(weight key, shape)`` of kaijieshi7 ``Dynamic_conv1d`` / ``Dynamic_conv3d`` layers: a
+    ``(K, O, C, k)`` or ``(K, O, C, k, k, k)`` kernel next to an ``attention.fc2.weight`` of rank 3 or 5
+    (``attention1d/3d``'s Conv1d/Conv3d)."""
+    found = []
+    for key, shape in shapes.items():
+        prefix, _, leaf = key.rpartition(".")
+        fc2 = shapes.get(f"{prefix + '.' if prefix else ''}attention.fc2.weight")
+        if leaf == "weight" and fc2 is not None and len(shape) in (4, 6) and len(fc2) == len(shape) - 1 and fc2[0] == shape[0]:
+            found.append((key, shape))
+    return found
+
+
 def key_family(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """The family of most dynamic layers in the file (``None`` without any)."""
     layers = dynamic_layer_keys(shapes)
@@ -358,6 +371,17 @@ def detect_architecture(file_shapes: Mapping[str, tuple[int, ...]], *, arch: str
             "odexport loads ODConv and DY-Conv layers, not CondConv",
             "CondConv is not supported yet (docs/formats.md); meanwhile export the timm model at a fixed batch with "
             "torch.onnx.export, which runs at that batch size only",
+        )
+    other_dims = kaijieshi7_non2d_layers(file_shapes) if family is None else []
+    if other_dims:
+        key, shape = other_dims[0]
+        dims = sorted({len(s) - 3 for _, s in other_dims})
+        classes = " and ".join(f"Dynamic_conv{d}d" for d in dims)
+        raise ArchitectureError(
+            f"the checkpoint's dynamic convolutions are {' and '.join(f'{d}-D' for d in dims)} (kaijieshi7 {classes}: "
+            f"'{key}' {fmt_shape(shape)}, {len(other_dims)} layer{'s' if len(other_dims) != 1 else ''}); "
+            "odexport exports 2-D dynamic convolutions only",
+            "export that model with torch.onnx.export at the batch size you serve (the reference form bakes the batch in)",
         )
     if family is None:
         raise ArchitectureError(

@@ -151,6 +151,13 @@ def check_layer_types(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, DYNAMIC_CONV_TYPES) or name in inside_ours:
             continue
+        if _looks_dynamic(module) and re.search(r"conv[13]d", type(module).__name__, re.IGNORECASE):
+            raise ExportError(
+                f"layer '{name or '<root>'}' ({type(module).__module__}.{type(module).__name__}) is a "
+                f"{re.search(r'conv([13])d', type(module).__name__, re.IGNORECASE).group(1)}-D dynamic convolution; "
+                "odexport exports 2-D dynamic convolutions only",
+                "export that model with torch.onnx.export at the batch size you serve (the reference form bakes the batch in)",
+            )
         if _looks_dynamic(module):
             raise ExportError(
                 f"layer '{name or '<root>'}' ({type(module).__module__}.{type(module).__name__}) looks like a dynamic "

@@ -102,6 +102,40 @@ class Dynamic_conv2d(nn.Module):  # noqa: N801
         return y.view(b, self.out_planes, y.size(-2), y.size(-1))
 
 
+class Dynamic_convNd(nn.Module):  # noqa: N801
+    """kaijieshi7's ``Dynamic_conv1d`` / ``Dynamic_conv3d`` parameter layout (``dims`` 1 or 3):
+    ``weight`` (K, O, C, k[, k, k]) and ``attention{1,3}d``'s ``fc1`` / ``fc2`` as Conv1d / Conv3d."""
+
+    def __init__(self, dims, in_planes, out_planes, kernel_size, K=4, ratio=0.25):
+        super().__init__()
+        conv = {1: nn.Conv1d, 3: nn.Conv3d}[dims]
+        hidden = int(in_planes * ratio) + 1
+        self.attention = nn.Module()
+        self.attention.fc1 = conv(in_planes, hidden, 1, bias=False)
+        self.attention.fc2 = conv(hidden, K, 1, bias=dims == 1)  # attention3d's fc2 has no bias
+        self.weight = nn.Parameter(torch.randn(K, out_planes, in_planes, *(kernel_size,) * dims))
+        self.dims, self.K = dims, K
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        pooled = x.mean(tuple(range(2, x.dim())), keepdim=True)
+        att = F.softmax(self.attention.fc2(F.relu(self.attention.fc1(pooled))).view(b, -1), dim=1)
+        weight = (att @ self.weight.view(self.K, -1)).view(-1, c, *self.weight.shape[3:])
+        conv = F.conv1d if self.dims == 1 else F.conv3d
+        y = conv(x.reshape(1, b * c, *x.shape[2:]), weight, None, 1, self.weight.shape[-1] // 2, 1, b)
+        return y.view(b, -1, *y.shape[2:])
+
+
+class Dynamic_conv1d(Dynamic_convNd):  # noqa: N801 (the reference name)
+    def __init__(self, in_planes, out_planes, kernel_size, K=4):
+        super().__init__(1, in_planes, out_planes, kernel_size, K)
+
+
+class Dynamic_conv3d(Dynamic_convNd):  # noqa: N801
+    def __init__(self, in_planes, out_planes, kernel_size, K=4):
+        super().__init__(3, in_planes, out_planes, kernel_size, K)
+
+
 # --- TArdelean/DynamicConvolution ----------------------------------------------------------------
 class AttentionLayer(nn.Module):
     def __init__(self, c_dim, hidden_dim, nof_kernels):
