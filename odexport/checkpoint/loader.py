@@ -151,10 +151,16 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     value = DEFAULT_TEMPERATURE if temperature is None else temperature
     set_temperature(model, value)
     extras.update(detected=detection.detected, key_family=detection.family, conformed_layers=conformed, output=info.output)
+    num_classes = _num_classes(model, detection.model_kwargs, info)
+    input_shape, dataset = info.input_shape_for(num_classes)
+    if dataset is not None and input_shape != tuple(info.input_shape):
+        extras["warnings"].append(
+            f"default input {'x'.join(map(str, input_shape))}: {num_classes} classes is {detection.arch}'s {dataset} "
+            f"setting in the reference code; pass --input-shape if it was trained at another size")
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=detection.layout, arch=detection.arch,
-        model_kwargs=dict(detection.model_kwargs), input_shape=tuple(info.input_shape),
-        num_classes=_num_classes(model, detection.model_kwargs, info), temperature=value if dynamic_convs(model) else None,
+        model_kwargs=dict(detection.model_kwargs), input_shape=input_shape,
+        num_classes=num_classes, temperature=value if dynamic_convs(model) else None,
         source="checkpoint", extras=extras,
     ))
 
@@ -287,9 +293,10 @@ def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: fl
         model = build_meta(name, kwargs).eval()
         set_temperature(model, value)
     full_kwargs = {**dict(info.default_kwargs), **kwargs}
+    num_classes = _num_classes(model, full_kwargs, info)
     return LoadedModel(model, CheckpointInfo(
         path=None, sha256=None, layout=info.layout, arch=name, model_kwargs=full_kwargs,
-        input_shape=tuple(info.input_shape), num_classes=_num_classes(model, full_kwargs, info),
+        input_shape=info.input_shape_for(num_classes)[0], num_classes=num_classes,
         temperature=value if dynamic_convs(model) else None, source="arch",
         extras={"output": info.output, "tiny": info.tiny, "family": info.family, "materialized": materialize, "warnings": []},
     ))

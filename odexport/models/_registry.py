@@ -40,6 +40,17 @@ class ModelInfo:
     input_shape: tuple[int, int, int] = (3, 224, 224)
     output: str = "logits"
     builder: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    # num_classes -> (input shape, dataset) where the reference trains one architecture on
+    # datasets of different image sizes and the class count tells them apart
+    training_sizes: Mapping[int, tuple[tuple[int, int, int], str]] = field(default_factory=dict)
+
+    def input_shape_for(self, num_classes: int | None) -> tuple[tuple[int, int, int], str | None]:
+        """The input shape the reference trained this architecture at for ``num_classes``, and the
+        dataset that implies (``None``: the architecture's one default)."""
+        if num_classes in self.training_sizes:
+            shape, dataset = self.training_sizes[num_classes]
+            return tuple(shape), dataset
+        return tuple(self.input_shape), None
 
     @property
     def num_classes(self) -> int | None:
@@ -57,6 +68,7 @@ def register_model(
     tiny: bool = False,
     output: str = "logits",
     name: str | None = None,
+    training_sizes: Mapping[int, tuple[tuple[int, int, int], str]] | None = None,
 ):
     """Decorator registering a builder under its function name (or ``name``).
 
@@ -85,6 +97,7 @@ def register_model(
             input_shape=tuple(input_shape),
             output=output,
             builder=fn,
+            training_sizes=MappingProxyType(dict(training_sizes or {})),
         )
         return fn
 

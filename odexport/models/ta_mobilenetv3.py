@@ -18,6 +18,9 @@ After kuan-wang/pytorch-mobilenet-v3, trained on Tiny-ImageNet (64x64, 200 class
 * ``classifier`` (a ``CustomSequential``): dropout, ``Linear`` (``classifier.layers.1``), and the
   model **returns ``log_softmax``**.
 
+The default input follows the class count: 64x64 for Tiny-ImageNet's 200 classes (and any other
+count), 224x224 for Imagenette's 10, the two datasets of the reference's configs.
+
 Widths: ``ceil(c * w / 8) * 8`` for the block widths, 1280 for the last unless w > 1.  The
 squeeze-excitation is static: ``avg_pool``, ``fc`` = Linear(c, c // 4, no bias), ReLU,
 Linear(c // 4, c, no bias), h-sigmoid.  Every dynamic conv: ``DyConv2d(key_layout="tardelean")``,
@@ -72,6 +75,9 @@ TA_MOBILENETV3_LARGE = (
     (5, 960, 160, True, "HS", 1),
 )
 _ACTIVATIONS = {"RE": nn.ReLU, "HS": nn.Hardswish}
+# the reference's MobileNetV3 configs: Tiny-ImageNet (200 classes, 64x64) and Imagenette (10 classes,
+# 224x224 crops); the class count in a file tells which one trained it
+TRAINING_SIZES = {200: ((3, 64, 64), "Tiny-ImageNet"), 10: ((3, 224, 224), "Imagenette")}
 
 
 def ceil_to_eight(value: float) -> int:
@@ -145,13 +151,15 @@ class TAMobileNetV3(nn.Module):
         return self.classifier(x.mean((2, 3)))
 
 
-@register_model(family="ta_mobilenetv3", layout="tardelean", input_shape=(3, 64, 64), output="log_softmax")
+@register_model(family="ta_mobilenetv3", layout="tardelean", input_shape=(3, 64, 64), output="log_softmax",
+                training_sizes=TRAINING_SIZES)
 def ta_mobilenetv3_small(num_classes: int = 200, width_multiplier: float = 1.0, kernel_num: int = 4, reduce: int = 4):
     """TArdelean DY-MobileNetV3-Small (Tiny-ImageNet 64x64; static stem; returns log_softmax)."""
     return TAMobileNetV3(TA_MOBILENETV3_SMALL, 576, num_classes, width_multiplier, kernel_num, reduce)
 
 
-@register_model(family="ta_mobilenetv3", layout="tardelean", input_shape=(3, 64, 64), output="log_softmax")
+@register_model(family="ta_mobilenetv3", layout="tardelean", input_shape=(3, 64, 64), output="log_softmax",
+                training_sizes=TRAINING_SIZES)
 def ta_mobilenetv3_large(num_classes: int = 200, width_multiplier: float = 1.0, kernel_num: int = 4, reduce: int = 4):
     """TArdelean DY-MobileNetV3-Large (Tiny-ImageNet 64x64; static stem; returns log_softmax)."""
     return TAMobileNetV3(TA_MOBILENETV3_LARGE, 960, num_classes, width_multiplier, kernel_num, reduce)

@@ -38,6 +38,9 @@ def test_detected_and_equal_to_the_reference(mode, width, classes, tmp_path):
     assert loaded.info.num_classes == classes
     assert list(loaded.model.state_dict()) == list(reference.state_dict())  # same keys, same order
 
+    # the reference's configs: Tiny-ImageNet (200 classes) at 64x64, Imagenette (10 classes) at 224x224
+    assert loaded.info.input_shape == ((3, 64, 64) if classes == 200 else (3, 224, 224))
+    assert any("Imagenette" in w for w in loaded.info.warnings) == (classes == 10)
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = reference(x, 1.0)
