@@ -35,7 +35,8 @@ sizes and settings, in ``samples/accuracy.json``.
 Determinism: fixed seeds, ``torch.use_deterministic_algorithms(True)``, a fixed thread count
 (``--threads``, default 1: float sums reorder with the thread count, so another count gives
 slightly different weights), data order and augmentation from a seeded generator.  Re-running with
-the same torch version and thread count reproduces the weights bit for bit.
+the same torch version and thread count on the same kind of CPU reproduces the weights bit for bit;
+another CPU makes MKL and oneDNN pick kernels that round differently, and training takes another path.
 
 Usage::
 

@@ -307,7 +307,7 @@ def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, k
     for option in [o for o in _WIDTH_OPTIONS if o in defaults] + [o for o in _SEARCH_VALUES if o in defaults]:
         values = list(_SEARCH_VALUES.get(option, _WIDTH_VALUES))
         if option in _WIDTH_OPTIONS:
-            values = _width_candidates(name, kwargs, option, defaults[option], file_shapes)
+            values = _width_candidates(name, kwargs, defaults[option], file_shapes)
         values = [v for v in values if type(v) is type(defaults[option]) and v != best.kwargs.get(option, defaults[option])]
         for value in values:
             trial = _attempt(name, {**best.kwargs, option: value}, file_shapes, dynamic_prefixes)
@@ -319,7 +319,7 @@ def fit_architecture(name: str, file_shapes: Mapping[str, tuple[int, ...]], *, k
     return best if best.conformable else base
 
 
-def _width_candidates(name, kwargs, option, default, file_shapes) -> list[float]:
+def _width_candidates(name, kwargs, default, file_shapes) -> list[float]:
     """The ten width multipliers nearest an estimate: the ratio of stem widths, or, where the stem
     does not scale with the width (TArdelean's MobileNetV3 keeps 16 channels), the median ratio
     of the output widths of the dynamic layers both hold under the same key."""
@@ -329,7 +329,7 @@ def _width_candidates(name, kwargs, option, default, file_shapes) -> list[float]
     if ratio is None:
         base_layers = {layer.prefix: layer.weight_shape for layer in dynamic_layer_keys(base_shapes)}
         ratios = sorted(layer.weight_shape[1] / base_layers[layer.prefix][1] for layer in dynamic_layer_keys(file_shapes)
-                        if layer.prefix in base_layers and len(layer.weight_shape) > 1 and len(base_layers[layer.prefix]) > 1)
+                        if layer.prefix in base_layers)
         ratio = ratios[len(ratios) // 2] if ratios else None
     values = list(_WIDTH_VALUES)
     if ratio:

@@ -111,7 +111,7 @@ def open_runner(
         if Path(artifact).suffix.lower() in _REPORT_SUFFIXES:  # e.g. `check A B --json out.json`
             raise InputError(f"{artifact} does not exist, and its name is a report's, not a model's",
                              "--json is a flag that prints the JSON on stdout (redirect it: --json > out.json); "
-                             "--junit, --markdown and --plot take the file to write")
+                             "the options that write a file take its path (check: --junit, --markdown; bench: --plot)")
         raise InputError(f"{artifact} does not exist", "check the path")
     natural = NATURAL_BACKEND[kind]
     if backend is not None and backend != natural:

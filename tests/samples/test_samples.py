@@ -143,22 +143,32 @@ def test_check_command_reports_accuracy_and_agreement_on_the_validation_set(expo
 
 
 @pytest.mark.slow
-def test_training_script_reproduces_the_dy_sample_bit_for_bit(tmp_path):
-    """samples/make_samples.py is deterministic: a re-run (torch 2.13 CPU, 1 thread) rewrites the same weights.
+def test_training_script_reproduces_the_dy_sample(tmp_path):
+    """samples/make_samples.py is deterministic: a re-run (torch 2.13 CPU, 1 thread) on a CPU of the kind
+    that made the samples rewrites the same weights bit for bit.
 
-    About 2-3 minutes of CPU; the OD-ResNet takes the same path and about twice as long.
+    On another CPU, MKL and oneDNN pick other kernels, float sums round differently and the training
+    takes another path (seen on an AMD EPYC: weights differ, deterministically). There the re-trained
+    checkpoint, loaded by odexport and run on the validation set, must still reach the stated
+    accuracy within two samples. About 2-3 minutes of CPU.
     """
     import subprocess
     import sys
+
+    from odexport.pipeline import model_from_checkpoint
 
     if not torch.__version__.startswith(STATED["torch"].split("+")[0]):
         pytest.skip(f"the samples were made with torch {STATED['torch']}; this is {torch.__version__}")
     subprocess.run([sys.executable, str(SAMPLES / "make_samples.py"), "--only", "dy", "--out", str(tmp_path)],
                    check=True, capture_output=True, timeout=1800)
+    for name in ("digits_val.npz", "digits_val_64.npz"):
+        assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes()
     ours = torch.load(tmp_path / "dy_mobilenetv2_digits.pth", map_location="cpu", weights_only=True)["model"]
     shipped = torch.load(SAMPLES / "dy_mobilenetv2_digits.pth", map_location="cpu", weights_only=True)["model"]
     assert ours.keys() == shipped.keys()
-    for key in shipped:
-        assert torch.equal(ours[key], shipped[key]), key
-    for name in ("digits_val.npz", "digits_val_64.npz"):
-        assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes()
+    if all(torch.equal(ours[key], shipped[key]) for key in shipped):
+        return
+    x, y = _val("digits_val_64.npz")
+    accuracy = float((_torch_predictions(model_from_checkpoint(tmp_path / "dy_mobilenetv2_digits.pth").model, x) == y).mean())
+    stated = STATED["models"]["dy_mobilenetv2"]["val_accuracy"]
+    assert abs(accuracy - stated) <= 2 * ONE_SAMPLE + 1e-9, f"re-trained accuracy {accuracy:.4f}, stated {stated:.4f}"
