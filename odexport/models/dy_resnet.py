@@ -128,7 +128,10 @@ class KaijieshiDyResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-_FAMILY = dict(family="dy_resnet", layout="kaijieshi7", input_shape=(3, 224, 224))
+# the reference's main.py trains only CIFAR-10/100 at 32x32 (with the torchvision 7x7 stem and max-pool):
+# a file with 10 or 100 classes came from there, any other count from the user's own ImageNet-style run
+CIFAR_TRAINING_SIZES = {10: ((3, 32, 32), "CIFAR-10"), 100: ((3, 32, 32), "CIFAR-100")}
+_FAMILY = dict(family="dy_resnet", layout="kaijieshi7", input_shape=(3, 224, 224), training_sizes=CIFAR_TRAINING_SIZES)
 
 
 @register_model(**_FAMILY)

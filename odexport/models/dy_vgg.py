@@ -17,6 +17,7 @@ from torch import nn
 
 from odexport.layers import DyConv2d
 from odexport.models._registry import register_model
+from odexport.models.dy_resnet import CIFAR_TRAINING_SIZES
 
 VGG_CONFIGS = {
     "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -63,7 +64,7 @@ class KaijieshiDyVGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-_FAMILY = dict(family="dy_vgg", layout="kaijieshi7", input_shape=(3, 224, 224))
+_FAMILY = dict(family="dy_vgg", layout="kaijieshi7", input_shape=(3, 224, 224), training_sizes=CIFAR_TRAINING_SIZES)
 
 
 def _register(name: str, config: str, batch_norm: bool, depth: int) -> None:

@@ -269,3 +269,22 @@ def test_tardelean_deeplab_checkpoint_is_named(tmp_path):
     message = str(info.value)
     assert "TArdelean DY-DeepLabV3+ segmentation checkpoint (3 dynamic layers" in message
     assert "--factory module:function" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("arch, classes, shape, dataset", [
+    ("dy_resnet18", 10, (3, 32, 32), "CIFAR-10"),
+    ("dy_vgg11", 100, (3, 32, 32), "CIFAR-100"),
+    ("dy_resnet18", 1000, (3, 224, 224), None),
+])
+def test_kaijieshi7_default_input_follows_the_reference_training_script(arch, classes, shape, dataset, tmp_path):
+    """The reference's main.py trains dy_resnet18 / dy_vgg11 on CIFAR-10/100 only (32x32 crops): a
+    file with 10 or 100 classes defaults to 32x32 and a load note says why; other counts keep 224x224.
+    K=1 keeps the files small; the layout is the same."""
+    torch.manual_seed(0)
+    expected = create_model(arch, num_classes=classes, kernel_num=1).eval()
+    loaded = load_checkpoint(_save(expected, tmp_path / "model.pth"))
+    assert loaded.info.arch == arch and loaded.info.num_classes == classes
+    assert loaded.info.input_shape == shape
+    notes = [w for w in loaded.info.warnings if "--input-shape" in w]
+    assert (len(notes) == 1 and dataset in notes[0]) if dataset else not notes
+    _same_outputs(expected, loaded.model, shape)
