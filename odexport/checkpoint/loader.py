@@ -124,7 +124,7 @@ def _note_submodel(extras: dict[str, Any], part: SubModel) -> None:
 
 def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, extras, part: SubModel | None = None) -> LoadedModel:
     from odexport.checkpoint.detect import classifier_key
-    from odexport.layers import dynamic_convs, set_temperature
+    from odexport.layers import dynamic_convs, pinned_temperature_layers, set_temperature
     from odexport.models import create_model, list_models, model_info
 
     file_shapes = shapes_of_state_dict(state_dict)
@@ -150,6 +150,12 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     model.eval()
     value = DEFAULT_TEMPERATURE if temperature is None else temperature
     set_temperature(model, value)
+    pinned = [name for name, t in pinned_temperature_layers(model) if t != value]
+    if pinned:
+        extras["temperatures"] = {name: float(layer.temperature) for name, layer in dynamic_convs(model)}
+        extras["warnings"].append(
+            f"temperature {value:g} reaches every dynamic layer but {', '.join(pinned)}: {detection.arch}'s reference "
+            f"never hands that layer the temperature, so it runs at {pinned_temperature_layers(model)[0][1]:g}")
     extras.update(detected=detection.detected, key_family=detection.family, conformed_layers=conformed, output=info.output)
     num_classes = _num_classes(model, detection.model_kwargs, info)
     input_shape, dataset = info.input_shape_for(num_classes)
@@ -160,7 +166,7 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=detection.layout, arch=detection.arch,
         model_kwargs=dict(detection.model_kwargs), input_shape=input_shape,
-        num_classes=num_classes, temperature=value if dynamic_convs(model) else None,
+        num_classes=num_classes, temperature=value if dynamic_convs(model) and not pinned else None,
         source="checkpoint", extras=extras,
     ))
 
@@ -277,7 +283,7 @@ def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: fl
     count parameters and MACs (shapes propagate through a meta forward) at a fraction of the cost.
     """
     from odexport.checkpoint.detect import build_meta
-    from odexport.layers import dynamic_convs, set_temperature
+    from odexport.layers import dynamic_convs, pinned_temperature_layers, set_temperature
     from odexport.models import create_model, model_info
 
     temperature = check_temperature(temperature)
@@ -294,10 +300,11 @@ def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: fl
         set_temperature(model, value)
     full_kwargs = {**dict(info.default_kwargs), **kwargs}
     num_classes = _num_classes(model, full_kwargs, info)
+    uniform = all(t == value for _, t in pinned_temperature_layers(model))
     return LoadedModel(model, CheckpointInfo(
         path=None, sha256=None, layout=info.layout, arch=name, model_kwargs=full_kwargs,
         input_shape=info.input_shape_for(num_classes)[0], num_classes=num_classes,
-        temperature=value if dynamic_convs(model) else None, source="arch",
+        temperature=value if dynamic_convs(model) and uniform else None, source="arch",
         extras={"output": info.output, "tiny": info.tiny, "family": info.family, "materialized": materialize, "warnings": []},
     ))
 

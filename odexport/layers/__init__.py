@@ -13,11 +13,24 @@ def dynamic_convs(model):
 
 
 def set_temperature(model, temperature: float) -> int:
-    """Set the temperature of every dynamic conv in ``model``; returns how many were set."""
+    """Set the temperature of every dynamic conv in ``model``; returns how many were set.
+
+    A layer with a ``pinned_temperature`` attribute keeps that value instead: its reference model
+    never hands it the temperature (TArdelean's MobileNetV3 ``conv_1x1_bn``, a plain
+    ``nn.Sequential``, runs its dynamic conv at the forward's default of 1 whatever T the model is
+    given), so a faithful model must not either.
+    """
     layers = dynamic_convs(model)
     for _, layer in layers:
-        layer.temperature = temperature
+        pinned = getattr(layer, "pinned_temperature", None)
+        layer.temperature = temperature if pinned is None else pinned
     return len(layers)
 
 
-__all__ = ["Attentions", "DyAttention", "DyConv2d", "ODConv2d", "ODConvAttention", "DYNAMIC_CONV_TYPES", "dynamic_convs", "set_temperature"]
+def pinned_temperature_layers(model) -> list[tuple[str, float]]:
+    """``(name, temperature)`` of the dynamic convs that keep their own temperature (see :func:`set_temperature`)."""
+    return [(name, float(layer.pinned_temperature)) for name, layer in dynamic_convs(model)
+            if getattr(layer, "pinned_temperature", None) is not None]
+
+
+__all__ = ["Attentions", "DyAttention", "DyConv2d", "ODConv2d", "ODConvAttention", "DYNAMIC_CONV_TYPES", "dynamic_convs", "pinned_temperature_layers", "set_temperature"]

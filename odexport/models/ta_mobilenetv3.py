@@ -27,9 +27,10 @@ Linear(c // 4, c, no bias), h-sigmoid.  Every dynamic conv: ``DyConv2d(key_layou
 K=4, hidden ``max(1, in // 4)``.
 
 Temperature: the reference passes it through ``CustomSequential``s only, so the dynamic conv
-inside the plain ``nn.Sequential`` ``conv_1x1_bn`` always runs at its default of 1.  Test time uses
-T = 1 everywhere, where this makes no difference; a ``--temperature`` other than 1 is applied to
-every layer here.
+inside the plain ``nn.Sequential`` ``conv_1x1_bn`` always runs at its default of 1.  Here that
+layer has ``pinned_temperature = 1``: a ``--temperature`` (a mid-training checkpoint under the
+30 -> 1 schedule) reaches every other dynamic conv, as in the reference.  Test time uses T = 1
+everywhere, where this makes no difference.
 """
 
 from __future__ import annotations
@@ -136,9 +137,10 @@ class TAMobileNetV3(nn.Module):
                                              use_se, activation, **dy))
             input_channel = output_channel
         last_conv = ceil_to_eight(last_conv * width_multiplier)
+        conv_1x1 = tardelean_dyconv(input_channel, last_conv, 1, 1, 0, **dy)
+        conv_1x1.pinned_temperature = 1.0  # inside a plain nn.Sequential in the reference: never given T
         layers += [
-            nn.Sequential(tardelean_dyconv(input_channel, last_conv, 1, 1, 0, **dy), nn.BatchNorm2d(last_conv),
-                          nn.Hardswish(inplace=True)),
+            nn.Sequential(conv_1x1, nn.BatchNorm2d(last_conv), nn.Hardswish(inplace=True)),
             nn.AdaptiveAvgPool2d(1),
             DyConv2d.from_tardelean_args(kernel_num, reduce, last_conv, last_channel, 1, bias=True),
             nn.Hardswish(inplace=True),

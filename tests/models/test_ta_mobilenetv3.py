@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from odexport.cli import app
+from odexport.layers import dynamic_convs
 from odexport.pipeline import model_from_checkpoint
 from tests.convert import standins
 
@@ -60,3 +61,32 @@ def test_exports_and_passes_the_parity_gate(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["passed"] is True
+
+
+def test_a_temperature_reaches_the_layers_the_reference_hands_it_to(tmp_path):
+    """Mid-training (T on the 30 -> 1 schedule): the reference's ``conv_1x1_bn`` is a plain
+    ``nn.Sequential``, so its dynamic conv runs at T=1 while every other one gets T; so here."""
+    torch.manual_seed(3)
+    reference = standins.MobileNetV3(n_class=200, mode="small", width_mult=0.5).eval()
+    with torch.no_grad():  # spread the attention logits so that the temperature matters
+        for name, tensor in reference.state_dict().items():
+            if "to_scores" in name and name.endswith("weight"):
+                tensor.mul_(20)
+    path = tmp_path / "MobileNetV3_DY_05_Tiny_200.pth"
+    save_like_tardelean(reference, path, epoch=4)
+
+    loaded = model_from_checkpoint(path, temperature=7.0)
+    temperatures = {name: layer.temperature for name, layer in dynamic_convs(loaded.model)}
+    assert {name for name, t in temperatures.items() if t != 7.0} == {"features.layers.12.0"}
+    assert loaded.info.temperature is None  # not one temperature any more
+    assert any("features.layers.12.0" in w for w in loaded.info.warnings)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(x, 7.0)
+        torch.testing.assert_close(loaded.model(x), expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(expected, reference(x, 1.0), atol=1e-3)  # T mattered
+
+    result = CliRunner().invoke(app, ["inspect", str(path), "--temperature", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["temperature"] is None and summary["temperatures"]["features.layers.12.0"] == 1.0

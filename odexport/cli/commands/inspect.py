@@ -136,7 +136,10 @@ def _print_rich(summary: dict, analysis) -> None:
                    f"(attention {_giga(macs['attention'])}, kernel aggregation {_giga(macs['aggregation'])})")
     temperature = summary["temperature"]
     if temperature is None and summary.get("temperatures"):
-        shown = ", ".join(f"{k}={v:g}" for k, v in list(summary["temperatures"].items())[:6])
+        by_value: dict[float, list[str]] = {}
+        for name, value in summary["temperatures"].items():
+            by_value.setdefault(value, []).append(name)
+        shown = "; ".join(f"{value:g} ({names[0] if len(names) == 1 else f'{len(names)} layers'})" for value, names in by_value.items())
         header.add_row("temperature", f"per layer: {shown}")
     else:
         header.add_row("temperature", "no dynamic layer" if temperature is None else f"{temperature:g} (every dynamic layer)")

@@ -70,7 +70,8 @@ def run(
         if info is not None:
             print_load_notes(console, info.warnings)
         described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
-        what = f"{info.arch} ({info.layout}), temperature {info.temperature}" if info is not None else Path(artifact).name
+        running_at = "no single temperature" if info is None or info.temperature is None else f"temperature {info.temperature}"
+        what = f"{info.arch} ({info.layout}), {running_at}" if info is not None else Path(artifact).name
         console.print(f"wrote {target}: {described} float32 -- {what}, backend {result['backend']}", markup=False, highlight=False)
 
     run_command(action)
