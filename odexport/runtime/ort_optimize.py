@@ -550,6 +550,12 @@ ACTIVATION_SIDE_RATIO = 1
 CHUNK_BYTES: int | None = None
 # A batch specialisation's per-sample kernels as one grouped Conv (_grouped_batch) where it can.
 GROUPED_BATCH = True
+# K > 1 layers with output maps of at most this many pixels and kernels of at least this many
+# numbers keep their exported K-branch form (prefer_runtime_weight; attempt 59: 2x2 beat 1x1 at
+# batch 8, 4x4 lost at both batches; MobileNet kernels of 6-41k numbers on 2x2 maps are cheaper
+# per sample).
+TINY_MAP_PIXELS = 4
+TINY_MAP_MIN_KERNEL = 2**17
 GENERIC_MAX_WEIGHT = 150_000
 CUSTOM_DOMAIN = "com.odexport"
 
@@ -724,9 +730,21 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
       stage 4; OD-ResNet18 K=1 batch 1 1.285x -> 1.25x against Ho*Wo <= O, which also took
       stage 3; batch 8 1.38x either way), the per-sample kernel on larger maps while the kernel
       is at most ~16x the layer input, else the exported form.
+    * Except K > 1 kernels of at least :data:`TINY_MAP_MIN_KERNEL` numbers on output maps of at
+      most :data:`TINY_MAP_PIXELS` pixels (ResNet stages 3-4 at 32x32 input) keep their exported
+      form.  There the planner's K-branch conv reads the K constant kernels once per batch and its K-fold arithmetic is
+      ``K * N * Ho*Wo * O*Cg*T`` -- a few pixels' worth -- while the per-sample kernel reads the same
+      K kernels *per sample*, writes the mixed kernel and reads it again; on a 1x1 map a padded
+      3x3 NCHWc conv also reads only the centre tap of a constant kernel (1/9) but every tap of
+      the mixed one.  Measured (attempt 59): DY-ResNet18 at 32x32, specialised / portable latency
+      1.58 -> 0.87 (batch 1) and 2.80 -> 0.82 (batch 8); OD-ResNet18 K=4 1.20 -> 0.88 and
+      1.60 -> 0.88; the MobileNets at 64x64, whose small kernels on 2x2 maps are cheaper per
+      sample, unchanged (the kernel floor keeps them per-sample; 0.61 / 0.75 either way).
     """
     kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:
+        if layer["Ho"] * layer["Wo"] <= TINY_MAP_PIXELS and kernel >= TINY_MAP_MIN_KERNEL:
+            return None
         return "nchwc"
     if (layer["layout"] == "dense" and layer["group"] == 1 and layer.get("bias") is None
             and PATCH_MAP_FRACTION * layer["Ho"] * layer["Wo"] <= layer["O"]):

@@ -463,3 +463,27 @@ def test_pooled_attention_mean_keeps_fp32_accuracy_on_large_maps():
         exact = act.astype(np.float64).mean(axis=(2, 3), keepdims=True)
         worst = max(worst, float(np.abs((mean - exact) / exact).max()))
     assert worst < 6e-7, worst  # ReduceMean itself: ~2e-7
+
+
+@pytest.mark.parametrize("size,stride,kept", [(4, 2, True), (4, 1, False)])
+def test_large_multi_kernel_layers_on_tiny_maps_keep_their_exported_form(size, stride, kept):
+    """The default policy (attempt 59): a K=4 kernel of 2^17+ numbers with a 2x2 output map stays in
+    its exported (K-branch) form -- per sample it would read the K kernels once per image; the same
+    layer on a 4x4 map gets the per-sample NCHWc kernel.  Exact either way, at every batch."""
+    from odexport.runtime.ort_optimize import TINY_MAP_MIN_KERNEL, TINY_MAP_PIXELS, nchwc_block_size, optimize_for_cpu
+
+    torch.manual_seed(0)
+    layer = with_static_bias(DyConv2d(128, 128, 3, stride, 1, bias=False, num_kernels=4))
+    assert 128 * 128 * 9 >= TINY_MAP_MIN_KERNEL
+    model = nn.Sequential(layer, nn.ReLU()).eval()
+    shape = (128, size, size)
+    spec = describe_layers(model, shape)[0]
+    assert (spec.out_pixels <= TINY_MAP_PIXELS) == kept
+    proto = build_onnx(model, [LayerPlan(spec.name, "custom", "test", 0.0, "kbranch", spec)], input_shape=shape, batch=None, opset=18, custom=True)
+    report = optimize_for_cpu(proto, batches=(1, 2))
+    for batch in (1, 2, 3):
+        x = torch.randn(batch, *shape)
+        assert_close(run_ort(report.model, x), torch_out(model, x), what=f"batch {batch}")
+    if nchwc_block_size() is not None:
+        assert ("kept its exported form" in report.skipped.get("0", "")) == kept, report.to_dict()
+        assert bool(report.kernel_convs) != kept, report.to_dict()
