@@ -150,12 +150,12 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     model.eval()
     value = DEFAULT_TEMPERATURE if temperature is None else temperature
     set_temperature(model, value)
-    pinned = [name for name, t in pinned_temperature_layers(model) if t != value]
+    pinned = [(name, t) for name, t in pinned_temperature_layers(model) if t != value]
     if pinned:
         extras["temperatures"] = {name: float(layer.temperature) for name, layer in dynamic_convs(model)}
         extras["warnings"].append(
-            f"temperature {value:g} reaches every dynamic layer but {', '.join(pinned)}: {detection.arch}'s reference "
-            f"never hands that layer the temperature, so it runs at {pinned_temperature_layers(model)[0][1]:g}")
+            f"temperature {value:g} reaches every dynamic layer but {', '.join(f'{name} (T={t:g})' for name, t in pinned)}: "
+            f"{detection.arch}'s reference never hands the temperature to {'that layer' if len(pinned) == 1 else 'those layers'}")
     extras.update(detected=detection.detected, key_family=detection.family, conformed_layers=conformed, output=info.output)
     num_classes = _num_classes(model, detection.model_kwargs, info)
     input_shape, dataset = info.input_shape_for(num_classes)

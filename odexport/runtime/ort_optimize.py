@@ -732,11 +732,11 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
       is at most ~16x the layer input, else the exported form.
     * Except K > 1 kernels of at least :data:`TINY_MAP_MIN_KERNEL` numbers on output maps of at
       most :data:`TINY_MAP_PIXELS` pixels (ResNet stages 3-4 at 32x32 input) keep their exported
-      form.  There the planner's K-branch conv reads the K constant kernels once per batch and its K-fold arithmetic is
-      ``K * N * Ho*Wo * O*Cg*T`` -- a few pixels' worth -- while the per-sample kernel reads the same
-      K kernels *per sample*, writes the mixed kernel and reads it again; on a 1x1 map a padded
-      3x3 NCHWc conv also reads only the centre tap of a constant kernel (1/9) but every tap of
-      the mixed one.  Measured (attempt 59): DY-ResNet18 at 32x32, specialised / portable latency
+      form.  There the planner's K-branch conv reads the K constant kernels once per batch, and
+      its K-fold arithmetic ``K * N * Ho*Wo * O*Cg*T`` is a few pixels' worth, while the per-sample
+      kernel reads the same K kernels *per sample*, writes the mixed kernel and reads it again; on
+      a 1x1 map a padded 3x3 NCHWc conv also reads only the centre tap of a constant kernel (1/9)
+      but every tap of the mixed one.  Measured (attempt 59): DY-ResNet18 at 32x32, specialised / portable latency
       1.58 -> 0.87 (batch 1) and 2.80 -> 0.82 (batch 8); OD-ResNet18 K=4 1.20 -> 0.88 and
       1.60 -> 0.88; the MobileNets at 64x64, whose small kernels on 2x2 maps are cheaper per
       sample, unchanged (the kernel floor keeps them per-sample; 0.61 / 0.75 either way).
