@@ -258,6 +258,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
             input_shape = None
     extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "temperature_folded": folded,
               "passes": list(manifest.get("passes") or []), "warnings": []}
+    if value is None and layers and not folded:  # e.g. a layer that keeps T=1 (pinned_temperature) under --temperature
+        extras["temperatures"] = {name: float(layer.temperature) for name, layer in layers}
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=manifest.get("layout") or "deploy", arch=arch or manifest.get("factory"),
         model_kwargs=dict(manifest.get("model_kwargs") or {}),

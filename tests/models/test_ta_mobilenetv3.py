@@ -90,3 +90,12 @@ def test_a_temperature_reaches_the_layers_the_reference_hands_it_to(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["temperature"] is None and summary["temperatures"]["features.layers.12.0"] == 1.0
+
+    # the deploy checkpoint (temperature not folded at T=1) is rebuilt by the builder: the pin holds there too
+    deploy = tmp_path / "deploy.pt"
+    result = CliRunner().invoke(app, ["reparam", str(path), "-o", str(deploy)])
+    assert result.exit_code == 0, result.output
+    redeployed = model_from_checkpoint(deploy, temperature=7.0)
+    assert redeployed.info.temperature is None and redeployed.info.extras["temperatures"]["features.layers.12.0"] == 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(redeployed.model(x), expected, atol=1e-5, rtol=1e-5)
