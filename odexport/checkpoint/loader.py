@@ -150,9 +150,11 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     model.eval()
     value = DEFAULT_TEMPERATURE if temperature is None else temperature
     set_temperature(model, value)
+    single, per_layer = _temperatures(dynamic_convs(model))
+    if per_layer:
+        extras["temperatures"] = per_layer
     pinned = [(name, t) for name, t in pinned_temperature_layers(model) if t != value]
     if pinned:
-        extras["temperatures"] = {name: float(layer.temperature) for name, layer in dynamic_convs(model)}
         extras["warnings"].append(
             f"temperature {value:g} reaches every dynamic layer but {', '.join(f'{name} (T={t:g})' for name, t in pinned)}: "
             f"{detection.arch}'s reference never hands the temperature to {'that layer' if len(pinned) == 1 else 'those layers'}")
@@ -166,7 +168,7 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=detection.layout, arch=detection.arch,
         model_kwargs=dict(detection.model_kwargs), input_shape=input_shape,
-        num_classes=num_classes, temperature=value if dynamic_convs(model) and not pinned else None,
+        num_classes=num_classes, temperature=single,
         source="checkpoint", extras=extras,
     ))
 
@@ -199,8 +201,7 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
             f"no dynamic layer was recognised in the model built by --factory {factory}"
             + (f" (left unchanged: {', '.join(f'{n} ({c})' for n, c, _ in report.skipped[:3])})" if report.skipped else "")
         )
-    temperatures = {name: float(layer.temperature) for name, layer in layers}
-    uniform = set(temperatures.values())
+    single, per_layer = _temperatures(layers)
     extras.update(
         factory=factory,
         converted_layers=[{"name": c.name, "reference": c.reference, "layout": c.layout, "temperature": c.temperature,
@@ -208,12 +209,12 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
         skipped_modules=[{"name": n, "class": c, "reason": r} for n, c, r in report.skipped],
         reference_layouts=report.layouts,
     )
-    if len(uniform) > 1:
-        extras["temperatures"] = temperatures
+    if per_layer:
+        extras["temperatures"] = per_layer
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout="factory", arch=factory, model_kwargs={},
         input_shape=_guess_input_shape(model), num_classes=_num_classes(model, {}, None),
-        temperature=uniform.pop() if len(uniform) == 1 else None, source="factory", extras=extras,
+        temperature=single, source="factory", extras=extras,
     ))
 
 
@@ -243,10 +244,9 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
             )
         set_temperature(model, temperature)
     if folded:
-        value = originals.pop() if len(originals) == 1 else None
+        value, per_layer = (originals.pop() if len(originals) == 1 else None), None
     else:
-        current = {float(layer.temperature) for _, layer in layers}
-        value = current.pop() if len(current) == 1 else None
+        value, per_layer = _temperatures(layers)
     input_shape = manifest.get("input_shape")
     arch = manifest.get("arch")
     if input_shape is None and arch:
@@ -258,8 +258,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
             input_shape = None
     extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "temperature_folded": folded,
               "passes": list(manifest.get("passes") or []), "warnings": []}
-    if value is None and layers and not folded:  # e.g. a layer that keeps T=1 (pinned_temperature) under --temperature
-        extras["temperatures"] = {name: float(layer.temperature) for name, layer in layers}
+    if per_layer:
+        extras["temperatures"] = per_layer
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=manifest.get("layout") or "deploy", arch=arch or manifest.get("factory"),
         model_kwargs=dict(manifest.get("model_kwargs") or {}),
@@ -285,7 +285,7 @@ def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: fl
     count parameters and MACs (shapes propagate through a meta forward) at a fraction of the cost.
     """
     from odexport.checkpoint.detect import build_meta
-    from odexport.layers import dynamic_convs, pinned_temperature_layers, set_temperature
+    from odexport.layers import dynamic_convs, set_temperature
     from odexport.models import create_model, model_info
 
     temperature = check_temperature(temperature)
@@ -302,13 +302,22 @@ def model_from_arch(name: str, *, kernel_num: int | None = None, temperature: fl
         set_temperature(model, value)
     full_kwargs = {**dict(info.default_kwargs), **kwargs}
     num_classes = _num_classes(model, full_kwargs, info)
-    uniform = all(t == value for _, t in pinned_temperature_layers(model))
     return LoadedModel(model, CheckpointInfo(
         path=None, sha256=None, layout=info.layout, arch=name, model_kwargs=full_kwargs,
         input_shape=info.input_shape_for(num_classes)[0], num_classes=num_classes,
-        temperature=value if dynamic_convs(model) and uniform else None, source="arch",
+        temperature=_temperatures(dynamic_convs(model))[0], source="arch",
         extras={"output": info.output, "tiny": info.tiny, "family": info.family, "materialized": materialize, "warnings": []},
     ))
+
+
+def _temperatures(layers) -> tuple[float | None, dict[str, float] | None]:
+    """The one temperature of the dynamic ``layers`` (``None`` without layers or where they differ)
+    and, where they differ (a ``pinned_temperature`` under ``--temperature``), each layer's."""
+    per_layer = {name: float(layer.temperature) for name, layer in layers}
+    values = set(per_layer.values())
+    if len(values) == 1:
+        return values.pop(), None
+    return None, per_layer or None
 
 
 def _num_classes(model: nn.Module, kwargs: Mapping[str, Any], info) -> int | None:

@@ -736,10 +736,11 @@ def prefer_runtime_weight(layer: dict, batch: int) -> str | None:
       its K-fold arithmetic ``K * N * Ho*Wo * O*Cg*T`` is a few pixels' worth, while the per-sample
       kernel reads the same K kernels *per sample*, writes the mixed kernel and reads it again; on
       a 1x1 map a padded 3x3 NCHWc conv also reads only the centre tap of a constant kernel (1/9)
-      but every tap of the mixed one.  Measured (attempt 59): DY-ResNet18 at 32x32, specialised / portable latency
-      1.58 -> 0.87 (batch 1) and 2.80 -> 0.82 (batch 8); OD-ResNet18 K=4 1.20 -> 0.88 and
-      1.60 -> 0.88; the MobileNets at 64x64, whose small kernels on 2x2 maps are cheaper per
-      sample, unchanged (the kernel floor keeps them per-sample; 0.61 / 0.75 either way).
+      but every tap of the mixed one.  Measured (attempt 59), specialised / portable latency:
+      DY-ResNet18 at 32x32 1.58 -> 0.87 (batch 1) and 2.80 -> 0.82 (batch 8); OD-ResNet18 K=4
+      1.20 -> 0.88 and 1.60 -> 0.88.  The MobileNets at 64x64, whose small kernels on 2x2 maps
+      are cheaper per sample, stay per-sample below the kernel floor: DY-MobileNetV2 x0.1 0.61
+      either way; MobileNetV3-Small x0.5, whose last 1x1 (on a 1x1 map) the rule takes, 0.75 -> 0.70.
     """
     kernel = layer["O"] * layer["Cg"] * layer["T"]
     if layer["K"] > 1:

@@ -70,8 +70,10 @@ def run(
         if info is not None:
             print_load_notes(console, info.warnings)
         described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
-        running_at = "no single temperature" if info is None or info.temperature is None else f"temperature {info.temperature}"
-        what = f"{info.arch} ({info.layout}), {running_at}" if info is not None else Path(artifact).name
+        if info is None:
+            what = Path(artifact).name
+        else:
+            what = f"{info.arch} ({info.layout}), " + ("no single temperature" if info.temperature is None else f"temperature {info.temperature}")
         console.print(f"wrote {target}: {described} float32 -- {what}, backend {result['backend']}", markup=False, highlight=False)
 
     run_command(action)
