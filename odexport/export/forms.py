@@ -149,22 +149,21 @@ def check_layer_types(model: nn.Module) -> None:
         if isinstance(module, DYNAMIC_CONV_TYPES):
             inside_ours.update(f"{name}.{sub}" if name else sub for sub, _ in module.named_modules() if sub)
     for name, module in model.named_modules():
-        if isinstance(module, DYNAMIC_CONV_TYPES) or name in inside_ours:
+        if isinstance(module, DYNAMIC_CONV_TYPES) or name in inside_ours or not _looks_dynamic(module):
             continue
-        if _looks_dynamic(module) and re.search(r"conv[13]d", type(module).__name__, re.IGNORECASE):
+        other_dims = re.search(r"conv([13])d", type(module).__name__, re.IGNORECASE)
+        if other_dims:
             raise ExportError(
                 f"layer '{name or '<root>'}' ({type(module).__module__}.{type(module).__name__}) is a "
-                f"{re.search(r'conv([13])d', type(module).__name__, re.IGNORECASE).group(1)}-D dynamic convolution; "
-                "odexport exports 2-D dynamic convolutions only",
+                f"{other_dims.group(1)}-D dynamic convolution; odexport exports 2-D dynamic convolutions only",
                 "export that model with torch.onnx.export at the batch size you serve (the reference form bakes the batch in)",
             )
-        if _looks_dynamic(module):
-            raise ExportError(
-                f"layer '{name or '<root>'}' ({type(module).__module__}.{type(module).__name__}) looks like a dynamic "
-                "convolution but is not an odexport ODConv2d/DyConv2d, so it cannot be exported with a dynamic batch",
-                "replace it with odexport.layers.ODConv2d/DyConv2d (load the checkpoint with odexport, or swap the "
-                "reference layers with odexport.convert) and export again",
-            )
+        raise ExportError(
+            f"layer '{name or '<root>'}' ({type(module).__module__}.{type(module).__name__}) looks like a dynamic "
+            "convolution but is not an odexport ODConv2d/DyConv2d, so it cannot be exported with a dynamic batch",
+            "replace it with odexport.layers.ODConv2d/DyConv2d (load the checkpoint with odexport, or swap the "
+            "reference layers with odexport.convert) and export again",
+        )
 
 
 def describe_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerSpec]:
