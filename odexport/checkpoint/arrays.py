@@ -8,12 +8,12 @@ failure never leaves a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from odexport._files import atomic_path
 from odexport.errors import InputError
 
 INPUT_KEYS = ("input", "x", "inputs", "images", "data")
@@ -94,16 +94,9 @@ def save_array_atomic(path: str | os.PathLike, outputs: np.ndarray | Mapping[str
         outputs = {"output": outputs}
     if not path.parent.exists():
         raise InputError(f"output folder {path.parent} does not exist", "create it first or choose another -o path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if isinstance(outputs, Mapping):
-                np.savez(handle, **{k: np.asarray(v) for k, v in outputs.items()})
-            else:
-                np.save(handle, np.asarray(outputs), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        if isinstance(outputs, Mapping):
+            np.savez(handle, **{k: np.asarray(v) for k, v in outputs.items()})
+        else:
+            np.save(handle, np.asarray(outputs), allow_pickle=False)
     return path

@@ -31,10 +31,10 @@ import hashlib
 import json
 import os
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from odexport._files import temp_beside
 from odexport.errors import InputError
 
 SIDECAR_FORMAT = "odexport-engine/1"
@@ -72,11 +72,9 @@ def _temp_beside(path: Path) -> Path:
     if not parent.is_dir():
         raise InputError(f"cannot write {path}: folder {parent} does not exist", "create the folder or choose another output path")
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        return temp_beside(path)
     except OSError as exc:
         raise InputError(f"cannot write in {parent} ({exc.strerror})", "choose a writable output folder") from exc
-    os.close(handle)
-    return Path(name)
 
 
 def _write_temp(path: Path, data: bytes) -> Path:

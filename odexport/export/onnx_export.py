@@ -37,6 +37,7 @@ import onnx
 import torch
 from torch import nn
 
+from odexport._files import give_default_permissions, write_text_atomically
 from odexport.errors import ExportError, InputError, ParityError
 from odexport.export import custom as custom_form
 from odexport.export import metadata_keys as keys
@@ -283,7 +284,7 @@ def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
         if large:
             onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
             onnx.checker.check_model(str(tmp_model), full_check=False)
-            _readable(tmp_dir / data_name)
+            give_default_permissions(tmp_dir / data_name)
             os.replace(tmp_dir / data_name, parent / data_name)
         else:
             onnx.save_model(proto, tmp_model)
@@ -296,25 +297,8 @@ def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
         tmp_dir.rmdir()
 
 
-def _readable(path: Path) -> None:
-    """Give a file the permissions of a normally created one (some writers make it 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_json_atomically(obj: dict, path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=parent)
-    try:
-        _readable(Path(tmp))  # mkstemp makes 0600; a sidecar is as readable as the model
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def sidecar_path(path: Path) -> Path:

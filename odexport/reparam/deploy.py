@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from odexport._files import atomic_path
 from odexport.errors import CheckpointError, InternalError
 from odexport.layers import DYNAMIC_CONV_TYPES, dynamic_convs
 from odexport.reparam.base import META_ATTR, metadata
@@ -169,13 +170,8 @@ def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_i
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as temp:
+        torch.save(obj, temp)
     return path
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 
 import pytest
@@ -79,6 +81,9 @@ def test_onnx_against_its_exported_static_twin(artifacts, tmp_path):
     assert "static twin of" in result.output and "onnxruntime-cpu" in result.output and "x" in result.output
     if available("matplotlib"):
         assert plot.read_bytes()[:4] == b"\x89PNG"
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(plot.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_candidates_of_one_architecture_share_one_twin(artifacts, tmp_path):

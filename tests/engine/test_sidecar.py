@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import stat
 
 import pytest
 
@@ -59,6 +61,10 @@ def test_sidecar_path_is_beside_the_engine(tmp_path):
 def test_sidecar_contents(tmp_path):
     engine, side = write_engine(tmp_path / "model.engine", ENGINE, _metadata(tmp_path))
     assert engine.read_bytes() == ENGINE
+    umask = os.umask(0)
+    os.umask(umask)
+    # the mode of a normally created file, not mkstemp's owner-only 0600 (odexport._files)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (engine, side)} == {0o666 & ~umask}
     data = json.loads(side.read_text())
     assert data["format"] == "odexport-engine/1"
     assert data["odexport_version"] == __version__

@@ -1,0 +1,61 @@
+"""Output files written whole or not at all.
+
+Every file odexport writes (models, sidecars, engines, reports, arrays, plots) is first written
+under a temporary name in the target's own folder and then renamed onto the target, so a failure
+or an interrupt never leaves a partial file where a CI step would pick it up.  The temporary name
+comes from :func:`tempfile.mkstemp`, which creates the file readable by its owner only (0600);
+the rename would carry that mode to the output, and a report or engine that another user (a CI
+runner's upload step, a serving container) cannot read is a broken artifact.  So each temporary
+file is given the mode a plain ``open(path, "w")`` would: ``0666`` less the process umask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def give_default_permissions(path: str | Path) -> None:
+    """Set ``path``'s mode to what a newly created file gets: ``0666 & ~umask``."""
+    umask = os.umask(0)  # the only portable way to read the umask is to set it and put it back
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
+    """An empty temporary file in ``path``'s folder (so the final rename is atomic), with the
+    permissions of a normally created file.  Raises ``OSError`` as :func:`tempfile.mkstemp` does."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+    os.close(handle)
+    try:
+        give_default_permissions(name)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends without an exception, rename it
+    onto ``path``.  On any exception the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    temp = temp_beside(path, suffix)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all."""
+    path = Path(path)
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return path

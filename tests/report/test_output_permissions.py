@@ -1,0 +1,92 @@
+"""Every file odexport writes gets the permissions of a normally created file (``0666 & ~umask``).
+
+The writers go through a temporary file made by ``tempfile.mkstemp`` (0600) and rename it into
+place; before ``odexport._files`` the JUnit/Markdown reports, ``run``'s arrays, ``bench``'s plot
+and the TensorRT engine files kept that 0600, unreadable to a CI upload step running as another
+user.  The expected modes here come from the umask the test sets, not from the code under test.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from odexport._files import atomic_path, write_text_atomically
+from odexport.cli.app import app
+
+UMASK = 0o022
+EXPECTED = 0o666 & ~UMASK  # 0o644
+
+
+@pytest.fixture
+def umask():
+    previous = os.umask(UMASK)
+    try:
+        yield UMASK
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_text_has_default_permissions(tmp_path, umask):
+    target = write_text_atomically(tmp_path / "report.xml", "<a/>")
+    assert target.read_text() == "<a/>"
+    assert _mode(target) == EXPECTED
+
+
+def test_atomic_path_failure_leaves_nothing(tmp_path, umask):
+    target = tmp_path / "out.npy"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_path(target) as temp:
+            temp.write_bytes(b"partial")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_failure_keeps_the_previous_file(tmp_path, umask):
+    target = tmp_path / "out.md"
+    target.write_text("old")
+    with pytest.raises(ValueError):
+        with atomic_path(target) as temp:
+            temp.write_text("new, half written")
+            raise ValueError
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.md"]
+
+
+def test_cli_outputs_are_readable_by_others(tmp_path, umask):
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("od_resnet_tiny").eval()
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    runner = CliRunner()
+
+    def invoke(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    onnx_path = tmp_path / "tiny.onnx"
+    invoke("onnx", ckpt, "-o", onnx_path, "--input-shape", "3x32x32")
+    invoke("check", ckpt, onnx_path, "--batch-sizes", "1", "--samples", "2",
+           "--junit", tmp_path / "parity.xml", "--markdown", tmp_path / "parity.md")
+    invoke("run", onnx_path, "-i", x, "-o", tmp_path / "out.npz")
+    invoke("reparam", ckpt, "-o", tmp_path / "tiny.deploy.pt")
+
+    written = ["tiny.onnx", "tiny.onnx.json", "parity.xml", "parity.md", "out.npz", "tiny.deploy.pt"]
+    modes = {name: oct(_mode(tmp_path / name)) for name in written}
+    assert modes == {name: oct(EXPECTED) for name in written}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
