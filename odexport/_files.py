@@ -18,11 +18,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask.  Linux reports it in ``/proc/self/status``; elsewhere the only way to read
+    it is to set it and put it back, which changes it for every thread for that instant (to 077, so
+    a file another thread creates then is too private rather than too open): the fallback only."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def give_default_permissions(path: str | Path) -> None:
     """Set ``path``'s mode to what a newly created file gets: ``0666 & ~umask``."""
-    umask = os.umask(0)  # the only portable way to read the umask is to set it and put it back
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:

@@ -43,6 +43,16 @@ def test_atomic_text_has_default_permissions(tmp_path, umask):
     assert _mode(target) == EXPECTED
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_mode_follows_the_umask(tmp_path, mask):
+    previous = os.umask(mask)
+    try:
+        target = write_text_atomically(tmp_path / "report.md", "x")
+    finally:
+        os.umask(previous)
+    assert _mode(target) == 0o666 & ~mask
+
+
 def test_atomic_path_failure_leaves_nothing(tmp_path, umask):
     target = tmp_path / "out.npy"
     with pytest.raises(RuntimeError, match="interrupted"):
