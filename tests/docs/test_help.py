@@ -72,3 +72,17 @@ def test_command_help_is_complete_and_light(command):
     for param in click_command.params:
         if param.param_type_name == "option" and param.name != "help":
             assert param.help, f"odexport {command} {param.opts[0]} has no help text"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_description_is_not_hard_wrapped(command):
+    """Typer (rich markup mode) keeps a docstring's single line breaks, so a paragraph wrapped in the
+    source comes out ragged at every terminal width: each paragraph must be one line."""
+    import inspect
+
+    from odexport.cli.app import app
+
+    info = next(c for c in app.registered_commands if (c.name or c.callback.__name__) == command)
+    paragraphs = inspect.cleandoc(info.help or info.callback.__doc__ or "").split("\n\n")
+    wrapped = [p for p in paragraphs if "\n" in p]
+    assert not wrapped, f"odexport {command}: paragraph wrapped in the source: {wrapped[0][:80]!r}"

@@ -12,8 +12,10 @@ from odexport.cli.app import app
 def doctor(
     json_output: JsonOption = False,
 ) -> None:
-    """Report torch and CUDA, GPUs, onnxruntime and its providers, TensorRT (or why it is missing)
-    and the plugin libraries found. Always exits 0: it reports problems, it does not fail on them."""
+    """Report torch and CUDA, GPUs, onnxruntime and its providers, TensorRT (or why it is missing) and the plugin libraries found.
+
+    Always exits 0: it reports problems, it does not fail on them.
+    """
     from odexport.cli._common import print_json
 
     try:

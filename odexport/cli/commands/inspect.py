@@ -38,8 +38,7 @@ def inspect(
 ) -> None:
     """Architecture, layout, parameters, MACs (static + dynamic extra), per-layer table and temperature.
 
-    SOURCE is a checkpoint (architecture detected from its keys and shapes, or --arch / --factory)
-    or an architecture name (built with random weights; --kernel-num sets K).
+    SOURCE is a checkpoint (architecture detected from its keys and shapes, or --arch / --factory) or an architecture name (built with random weights; --kernel-num sets K).
     """
     from odexport.cli._common import run_command, stages
 

@@ -24,12 +24,7 @@ def ort(
 ) -> None:
     """Specialise a portable ONNX export for onnxruntime's CPU provider on this machine.
 
-    Each dynamic conv's per-sample kernel is made directly in onnxruntime's blocked (NCHWc)
-    layout and fed to its fast convolution, one specialisation per batch size. Exact, but tied to
-    this onnxruntime version and CPU block size, which the file records: odexport refuses to run
-    it elsewhere; build it where it is served, as you would a TensorRT engine. Exit 0 written,
-    1 bad input or nothing to specialise (or slower at every size), 2 deviation above --tolerance,
-    3 no NCHWc kernels here.
+    Each dynamic conv's per-sample kernel is made directly in onnxruntime's blocked (NCHWc) layout and fed to its fast convolution, one specialisation per batch size. Exact, but tied to this onnxruntime version and CPU block size, which the file records: odexport refuses to run it elsewhere; build it where it is served, as you would a TensorRT engine. Exit 0 written, 1 bad input or nothing to specialise (or slower at every size), 2 deviation above --tolerance, 3 no NCHWc kernels here.
     """
     from odexport.cli._common import run_command
 

@@ -34,8 +34,7 @@ def run(
 ) -> None:
     """Run ARTIFACT in eval mode (float32) on the batch in --input and save the output to -o.
 
-    A checkpoint's architecture is detected from its keys (or --arch / --factory); every dynamic
-    layer runs at --temperature (default 1.0, the value of a trained network).
+    A checkpoint's architecture is detected from its keys (or --arch / --factory); every dynamic layer runs at --temperature (default 1.0, the value of a trained network).
     """
     from odexport.cli._common import console, print_json, print_load_notes, run_command, stages
 

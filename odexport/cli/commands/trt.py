@@ -52,8 +52,7 @@ def trt(
 ) -> None:
     """Build a TensorRT engine with dynamic-batch optimisation profiles and write its JSON sidecar.
 
-    Needs TensorRT (pip install 'odexport\\[trt]') and a CUDA GPU: without them it exits 3 before
-    anything is exported or written. Exit 1 on a bad option or a model TensorRT cannot parse.
+    Needs TensorRT (pip install 'odexport\\[trt]') and a CUDA GPU: without them it exits 3 before anything is exported or written. Exit 1 on a bad option or a model TensorRT cannot parse.
     """
     from odexport.cli._common import run_command
 
