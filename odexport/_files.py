@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from odexport.errors import InputError
+
 
 def current_umask() -> int:
     """The process umask.  Linux reports it in ``/proc/self/status``; elsewhere the only way to read
@@ -39,12 +41,33 @@ def give_default_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
-def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
-    """An empty temporary file in ``path``'s folder (so the final rename is atomic), with the
-    permissions of a normally created file.  Raises ``OSError`` as :func:`tempfile.mkstemp` does."""
+def output_folder(path: str | Path, *, create: bool = False) -> Path:
+    """The folder ``path`` will be written in, checked -- and made, with ``create`` -- so that a bad
+    output path is a one-line :class:`InputError` before any work, not an ``OSError`` from a writer."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+    if parent.is_dir():
+        return parent
+    if parent.exists():
+        raise InputError(f"cannot write {path}: {parent} is a file, not a folder", "choose another output path")
+    if not create:
+        raise InputError(f"cannot write {path}: folder {parent} does not exist", "create the folder or choose another output path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # an ancestor is a file, or no permission
+        raise InputError(f"cannot create the folder {parent} for {path.name} ({exc.strerror or exc})", "choose another output path") from exc
+    return parent
+
+
+def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
+    """An empty temporary file in ``path``'s (existing) folder, so the final rename is atomic, with
+    the permissions of a normally created file."""
+    path = Path(path)
+    parent = output_folder(path)
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+    except OSError as exc:
+        raise InputError(f"cannot write in {parent} ({exc.strerror or exc})", "choose a writable output folder") from exc
     os.close(handle)
     try:
         give_default_permissions(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odexport._files import atomic_path
+from odexport._files import atomic_path, output_folder
 from odexport.errors import InputError
 
 INPUT_KEYS = ("input", "x", "inputs", "images", "data")
@@ -92,8 +92,7 @@ def save_array_atomic(path: str | os.PathLike, outputs: np.ndarray | Mapping[str
             outputs = next(iter(outputs.values()))
     elif suffix == ".npz":
         outputs = {"output": outputs}
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist", "create it first or choose another -o path")
+    output_folder(path)
     with atomic_path(path) as temp, open(temp, "wb") as handle:
         if isinstance(outputs, Mapping):
             np.savez(handle, **{k: np.asarray(v) for k, v in outputs.items()})

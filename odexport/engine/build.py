@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from odexport._files import output_folder
 from odexport.engine.parser_errors import CUSTOM_OP_TYPES, complete_node_names, issues_from_parser, parser_error
 from odexport.engine.precision import PrecisionPlan, onnx_precision, plan_precision
 from odexport.engine.profiles import BatchProfile, OnnxSignature, ProfileShapes, onnx_signature, resolve_profiles
@@ -258,9 +259,7 @@ def build_engine(
 
 
 def _check_output_folder(engine_path: Path) -> None:
-    parent = engine_path.parent if str(engine_path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {engine_path}: folder {parent} does not exist", "create the folder or choose another -o path")
+    output_folder(engine_path)  # a missing folder, or a file where the folder should be
     if engine_path.is_dir() or sidecar_path(engine_path).is_dir():
         raise InputError(f"{engine_path} is a folder", "give a file name for the engine, e.g. -o model.engine")
 

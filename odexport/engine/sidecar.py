@@ -67,18 +67,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _temp_beside(path: Path) -> Path:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {parent} does not exist", "create the folder or choose another output path")
-    try:
-        return temp_beside(path)
-    except OSError as exc:
-        raise InputError(f"cannot write in {parent} ({exc.strerror})", "choose a writable output folder") from exc
-
-
 def _write_temp(path: Path, data: bytes) -> Path:
-    temp = _temp_beside(path)
+    temp = temp_beside(path)
     try:
         with open(temp, "wb") as handle:
             handle.write(data)

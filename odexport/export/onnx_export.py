@@ -37,7 +37,7 @@ import onnx
 import torch
 from torch import nn
 
-from odexport._files import give_default_permissions, write_text_atomically
+from odexport._files import give_default_permissions, output_folder, write_text_atomically
 from odexport.errors import ExportError, InputError, ParityError
 from odexport.export import custom as custom_form
 from odexport.export import metadata_keys as keys
@@ -98,8 +98,7 @@ def _validate(form, opset, batch, input_shape, target, path) -> tuple[Path, tupl
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as model.onnx")
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist", "create it or choose another -o path")
+    output_folder(out)  # a missing folder, or a file where the folder should be
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output folder {parent} is not writable", "choose a writable -o path")
     return out, shape  # type: ignore[return-value]

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from odexport._files import atomic_path
+from odexport._files import atomic_path, output_folder
 from odexport.errors import CheckpointError, InternalError
 from odexport.layers import DYNAMIC_CONV_TYPES, dynamic_convs
 from odexport.reparam.base import META_ATTR, metadata
@@ -169,7 +169,7 @@ def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_i
         DEPLOY_KEY: deploy_manifest(model, report, source_info),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path, create=True)
     with atomic_path(path) as temp:
         torch.save(obj, temp)
     return path

@@ -11,7 +11,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from odexport._files import atomic_path, write_text_atomically
+from odexport._files import atomic_path, output_folder, write_text_atomically
 from odexport.report.latency import BenchReport
 from odexport.report.parity import CandidateParity, ParityReport
 
@@ -36,8 +36,7 @@ def _pct(value) -> str:
 
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` whole or not at all (``odexport._files``), creating its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path, create=True)
     return write_text_atomically(path, text)
 
 
@@ -304,7 +303,7 @@ def bench_plot(report: BenchReport, path: str | Path) -> Path:
     ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path, create=True)
     try:
         with atomic_path(path, suffix=".png") as temp:
             fig.savefig(temp, dpi=120, format="png")

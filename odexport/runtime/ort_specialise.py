@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from odexport._files import output_folder
 from odexport.errors import ExportError, InputError, MissingDependencyError, ParityError
 from odexport.export import metadata_keys as keys
 
@@ -145,6 +146,9 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     out = Path(output) if output is not None else default_output(source)
     if out.resolve() == source.resolve():
         raise InputError(f"the output {out} would overwrite the portable export", "pass another -o path")
+    if out.is_dir():
+        raise InputError(f"output path {out} is a directory", "give a file name such as model.ort-cpu.onnx")
+    output_folder(out)  # a missing folder, or a file where the folder should be: before minutes of work
     say(f"load {source}")
     try:
         model = onnx.load(str(source))

@@ -1,4 +1,5 @@
-"""Every file odexport writes gets the permissions of a normally created file (``0666 & ~umask``).
+"""Output files: every one gets the permissions of a normally created file (``0666 & ~umask``), and
+a bad output path is a one-line input error before any work.
 
 The writers go through a temporary file made by ``tempfile.mkstemp`` (0600) and rename it into
 place; before ``odexport._files`` the JUnit/Markdown reports, ``run``'s arrays, ``bench``'s plot
@@ -95,3 +96,35 @@ def test_cli_outputs_are_readable_by_others(tmp_path, umask):
     modes = {name: oct(_mode(tmp_path / name)) for name in written}
     assert modes == {name: oct(EXPECTED) for name in written}
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_output_path_under_a_file_is_a_one_line_input_error(tmp_path):
+    """A file where the output's folder should be: exit 1 with one line naming it, for every
+    command that writes, and nothing written (before: an OSError reported as an internal error)."""
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
+    onnx_path = tmp_path / "tiny.onnx"
+    runner = CliRunner()
+    assert runner.invoke(app, ["onnx", str(ckpt), "-o", str(onnx_path), "--input-shape", "3x32x32", "--no-check"]).exit_code == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    for args in (
+        ["onnx", ckpt, "-o", blocker / "m.onnx", "--input-shape", "3x32x32"],
+        ["ort", onnx_path, "-o", blocker / "m.ort-cpu.onnx"],
+        ["run", onnx_path, "-i", x, "-o", blocker / "out.npy"],
+        ["reparam", ckpt, "-o", blocker / "sub" / "deploy.pt"],
+        ["check", ckpt, onnx_path, "--batch-sizes", "1", "--samples", "1", "--junit", blocker / "parity.xml"],
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        lines = [line for line in result.output.splitlines() if line.startswith(("error:", "internal error:"))]
+        assert result.exit_code == 1, (args[0], result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "blocker" in lines[0], (args[0], result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert blocker.read_text() == "a file, not a folder"

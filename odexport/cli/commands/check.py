@@ -76,6 +76,7 @@ def check(
     from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
+        from odexport._files import output_folder
         from odexport.cli._options import parse_input_shape
         from odexport.errors import InputError, MissingDependencyError, ParityError
         from odexport.pipeline import check_parity
@@ -93,6 +94,9 @@ def check(
             raise InputError(f"--reference-dtype {reference_dtype!r} is not supported", "use float32 or float64")
         overrides = ToleranceOverrides.parse(atol, rtol)
         shape = parse_input_shape(input_shape) if input_shape else None
+        for report_path in (junit, markdown):
+            if report_path:
+                output_folder(report_path, create=True)  # a bad report path fails before the comparison, not after
         with stages(quiet or json_output) as stage:
             report = check_parity(
                 reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),

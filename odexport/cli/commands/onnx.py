@@ -63,6 +63,7 @@ def onnx_command(
 
 def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,
             json_output, quiet) -> None:
+    from odexport._files import output_folder
     from odexport.cli._common import console, print_json, print_load_notes, stages
     from odexport.cli._options import parse_input_shape
     from odexport.errors import ExportError, InputError, ParityError
@@ -87,11 +88,9 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         raise InputError(f"{checkpoint} does not exist", "pass a checkpoint or deploy checkpoint file")
     shape = parse_input_shape(input_shape) if input_shape else None
     out = output if output is not None else default_output(source)
-    parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as -o model.onnx")
-    if not parent.is_dir():
-        raise InputError(f"output folder {parent} does not exist", "create it or choose another -o path")
+    output_folder(out)  # a missing folder, or a file where the folder should be: before the export
 
     with stages(quiet or json_output) as stage:
         from odexport.pipeline import model_from_checkpoint, onnx_from_model
