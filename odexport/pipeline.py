@@ -144,6 +144,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
+    _require_finite_reference(reference, reference_outputs)
     _require_label_range(data, reference_outputs, inputs)
     if tolerances is not None:
         tolerances.require_known(reference_outputs)
@@ -188,6 +189,26 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin,
                          missing={artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()})
+
+
+def _require_finite_reference(reference, reference_outputs) -> None:
+    """A NaN or inf in the reference's own output leaves nothing to compare there (the comparison
+    skips non-finite reference values), so a gate that went on would pass on no evidence."""
+    import os
+
+    import numpy as np
+
+    from odexport.errors import InputError
+
+    label = os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else type(reference).__name__
+    for name, values in reference_outputs.items():
+        bad = ~np.isfinite(np.asarray(values))
+        if bad.any():
+            first = int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+            raise InputError(f"the reference {label} computes {int(bad.sum())} NaN/inf values "
+                             f"in output '{name}' (the first in sample {first})",
+                             "look for NaN/inf in the checkpoint's weights and in the inputs: where the reference is not finite, "
+                             "no candidate can be checked")
 
 
 def _require_label_range(data, reference_outputs, inputs) -> None:

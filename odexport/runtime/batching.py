@@ -118,4 +118,10 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samp
         if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"labels in {path} have shape {labels.shape} and dtype {labels.dtype}",
                              f"store one integer class per sample: shape ({x.shape[0]},)")
-    return Samples(np.ascontiguousarray(x, dtype=np.float32), labels, str(path))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():  # also a float64 value beyond float32's range, now inf
+        first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
+        raise InputError(f"inputs in {path} hold {int(bad.sum())} NaN/inf values (the first in sample {first})",
+                         "clean or drop those samples: a NaN input makes the reference's output NaN too, and NaN against NaN proves nothing")
+    return Samples(x, labels, str(path))

@@ -242,6 +242,33 @@ def test_labels_outside_the_classes_are_an_input_error(artifacts, tmp_path):
     assert "run from 1 to 10, but the model has 10 classes" in " ".join(result.output.split())
 
 
+def test_nan_inputs_are_an_input_error(artifacts, tmp_path):
+    """A NaN input makes the reference's output NaN, and the comparison skips non-finite reference
+    values: before this was refused, NaN inputs passed the gate with max abs 0."""
+    x = np.random.default_rng(0).standard_normal((3, *SHAPE)).astype(np.float32)
+    x[1, 0, 4, 4] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, x)
+    result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", path)
+    assert result.exit_code == 1, result.output
+    assert "1 NaN/inf values (the first in sample 1)" in " ".join(result.output.split())
+    assert "PASS" not in result.output
+
+
+def test_a_reference_that_computes_nan_is_an_input_error(artifacts, tmp_path):
+    """A NaN weight in the checkpoint: the export (made from the clean weights) is not compared
+    with a reference that has nothing finite to compare against; before, this passed with max abs 0."""
+    state = torch.load(artifacts["ckpt"], weights_only=True)["state_dict"]
+    key = next(k for k, v in state.items() if k.endswith("running_mean"))
+    state[key].view(-1)[0] = float("nan")
+    broken = tmp_path / "nan_weight.pth"
+    torch.save({"state_dict": state}, broken)
+    result = _check(broken, artifacts["good"])
+    assert result.exit_code == 1, result.output
+    assert "NaN/inf values in output" in " ".join(result.output.split())
+    assert "PASS" not in result.output
+
+
 def test_checkpoint_candidate(artifacts):
     assert _check(artifacts["ckpt"], artifacts["ckpt"], "--batch-sizes", "1,3").exit_code == 0
     # a checkpoint fixes no sample shape: at another resolution than its architecture's default the
