@@ -207,7 +207,7 @@ def _require_finite_reference(reference, reference_outputs) -> None:
             first = int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
             raise InputError(f"the reference {label} computes {int(bad.sum())} NaN/inf values "
                              f"in output '{name}' (the first in sample {first})",
-                             "look for NaN/inf in the checkpoint's weights and in the inputs: where the reference is not finite, "
+                             "look for NaN/inf in the checkpoint's weights (`odexport inspect` names them) and in the inputs: where the reference is not finite, "
                              "no candidate can be checked")
 
 

@@ -106,6 +106,7 @@ def load_checkpoint(
         extras["dropped_non_tensors"] = weights.dropped_non_tensors
     if weights.ema_entry and not weights.used_ema:
         extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used")
+    _note_non_finite(weights.state_dict, extras)
     meta = raw.obj.get("meta") if isinstance(raw.obj, Mapping) else None
     if factory:
         return _from_factory(raw, weights.state_dict, factory, temperature, extras, submodel, meta)
@@ -115,6 +116,20 @@ def load_checkpoint(
     if part is not None:
         _note_submodel(extras, part)
     return _from_zoo(raw, weights.state_dict if part is None else part.state_dict, arch, kernel_num, temperature, extras, part)
+
+
+def _note_non_finite(state_dict, extras: dict[str, Any]) -> None:
+    """A NaN or inf in the weights (a diverged run, a damaged file) makes every output NaN; loading
+    still succeeds, so that ``inspect`` can show the file, but every command says so up front."""
+    import torch
+
+    bad = {key: int((~torch.isfinite(value)).sum()) for key, value in state_dict.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())}
+    if bad:
+        first, total = next(iter(bad)), sum(bad.values())
+        extras["non_finite_weights"] = bad
+        extras["warnings"].append(f"{total} NaN/inf value{'s' if total > 1 else ''} in {len(bad)} weight tensor{'s' if len(bad) > 1 else ''}, "
+                                  f"the first in '{first}': the model will compute NaN (a diverged training run or a damaged file)")
 
 
 def _note_submodel(extras: dict[str, Any], part: SubModel) -> None:

@@ -185,6 +185,12 @@ def reparameterise(
     work = copy.deepcopy(model).eval()
     meta = metadata(work)
     reference = None if check_t is None else _forward(work, check_t, "check inputs")
+    if reference is not None and not bool(torch.isfinite(reference).all()):
+        # NaN - NaN is NaN: every pass would "deviate by nan", which reads like a bug in the pass
+        raise InputError(f"the model computes {int((~torch.isfinite(reference)).sum())} NaN/inf values on the check inputs before "
+                         "any pass runs, so no pass can be verified",
+                         "look for NaN/inf in the checkpoint's weights (`odexport inspect` names them; a diverged training run or a damaged file); "
+                         "retrain, or take an earlier checkpoint")
 
     results: list[PassResult] = []
     freeze_report = None
