@@ -162,7 +162,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         stage(f"candidate {artifact}")
         run = run_candidate(runner, artifact, data.x, batch_sizes)
         for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
-                     _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference)):
+                     _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
+                     _single_sample_note(len(data.x), batch_sizes)):
             if note:
                 run.notes.append(note)
         if per_layer and artifact_kind(artifact) == "onnx":
@@ -189,6 +190,15 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
                          reference_noise=noise, noise_margin=noise_margin,
                          missing={artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()})
+
+
+def _single_sample_note(count: int, batch_sizes) -> str | None:
+    """Batches are filled by repeating the samples; with one sample every batch is that sample N
+    times, and a candidate that mixes up the samples of a batch computes the same numbers."""
+    if count == 1 and max(batch_sizes) > 1:
+        return ("one input sample: every batch repeats it, so a candidate that mixes up the samples of a batch "
+                "(one sample's kernel used for all) cannot be caught; pass --samples 2 or more (or more samples in --inputs)")
+    return None
 
 
 def _require_finite_reference(reference, reference_outputs) -> None:

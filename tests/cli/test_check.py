@@ -242,6 +242,16 @@ def test_labels_outside_the_classes_are_an_input_error(artifacts, tmp_path):
     assert "run from 1 to 10, but the model has 10 classes" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("samples,noted", [(1, True), (2, False)])
+def test_a_single_sample_is_noted(artifacts, samples, noted):
+    """Batches repeat the samples to fill up: with one sample a candidate that mixes up the samples
+    of a batch cannot be caught, which the report says (the verdict still stands)."""
+    result = _check(artifacts["ckpt"], artifacts["good"], "--samples", samples, "--json")
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["candidates"][0]["notes"]
+    assert any(note.startswith("one input sample: every batch repeats it") for note in notes) == noted, notes
+
+
 def test_nan_inputs_are_an_input_error(artifacts, tmp_path):
     """A NaN input makes the reference's output NaN, and the comparison skips non-finite reference
     values: before this was refused, NaN inputs passed the gate with max abs 0."""
