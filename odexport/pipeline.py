@@ -206,16 +206,15 @@ def _require_finite_reference(reference, reference_outputs) -> None:
     skips non-finite reference values), so a gate that went on would pass on no evidence."""
     import os
 
-    import numpy as np
-
     from odexport.errors import InputError
+    from odexport.runtime.batching import non_finite
 
     label = os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else type(reference).__name__
     for name, values in reference_outputs.items():
-        bad = ~np.isfinite(np.asarray(values))
-        if bad.any():
-            first = int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
-            raise InputError(f"the reference {label} computes {int(bad.sum())} NaN/inf values "
+        found = non_finite(values)
+        if found:
+            count, first = found
+            raise InputError(f"the reference {label} computes {count} NaN/inf values "
                              f"in output '{name}' (the first in sample {first})",
                              "look for NaN/inf in the checkpoint's weights (`odexport inspect` names them) and in the inputs: where the reference is not finite, "
                              "no candidate can be checked")

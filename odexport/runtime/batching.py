@@ -48,6 +48,14 @@ def run_batched(runner: Runner, samples: np.ndarray, batch_size: int) -> dict[st
     return result
 
 
+def non_finite(values: np.ndarray) -> tuple[int, int] | None:
+    """``(how many NaN/inf values, the first sample holding one)`` of a batch-first array, or None."""
+    bad = ~np.isfinite(np.asarray(values))
+    if not bad.any():
+        return None
+    return int(bad.sum()), int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+
+
 @dataclass
 class Samples:
     """Inputs for a parity run: ``x`` (N, C, H, W) float32, optional integer ``labels`` (N,)."""
@@ -119,9 +127,9 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samp
             raise InputError(f"labels in {path} have shape {labels.shape} and dtype {labels.dtype}",
                              f"store one integer class per sample: shape ({x.shape[0]},)")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():  # also a float64 value beyond float32's range, now inf
-        first = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
-        raise InputError(f"inputs in {path} hold {int(bad.sum())} NaN/inf values (the first in sample {first})",
+    found = non_finite(x)  # also a float64 value beyond float32's range, now inf
+    if found:
+        count, first = found
+        raise InputError(f"inputs in {path} hold {count} NaN/inf values (the first in sample {first})",
                          "clean or drop those samples: a NaN input makes the reference's output NaN too, and NaN against NaN proves nothing")
     return Samples(x, labels, str(path))
