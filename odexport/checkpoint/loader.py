@@ -107,6 +107,7 @@ def load_checkpoint(
     if weights.ema_entry and not weights.used_ema:
         extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used")
     _note_non_finite(weights.state_dict, extras)
+    _note_storage_dtypes(weights.state_dict, extras)
     meta = raw.obj.get("meta") if isinstance(raw.obj, Mapping) else None
     if factory:
         return _from_factory(raw, weights.state_dict, factory, temperature, extras, submodel, meta)
@@ -130,6 +131,22 @@ def _note_non_finite(state_dict, extras: dict[str, Any]) -> None:
         extras["non_finite_weights"] = bad
         extras["warnings"].append(f"{total} NaN/inf value{'s' if total > 1 else ''} in {len(bad)} weight tensor{'s' if len(bad) > 1 else ''}, "
                                   f"the first in '{first}': the model will compute NaN (a diverged training run or a damaged file)")
+
+
+def _note_storage_dtypes(state_dict, extras: dict[str, Any]) -> None:
+    """Weights saved in half precision (``model.half()`` before ``torch.save``) are computed in
+    float32 like any others -- the upcast is exact -- but the file then holds only what float16 or
+    bfloat16 kept of the trained values: ``inspect`` names the stored types so that nobody takes
+    an fp32 parity pass for proof against the training run's own float32 weights."""
+    import torch
+
+    counts: dict[str, int] = {}
+    for value in state_dict.values():
+        if torch.is_tensor(value) and value.is_floating_point():
+            name = str(value.dtype).removeprefix("torch.")
+            counts[name] = counts.get(name, 0) + 1
+    if set(counts) - {"float32"}:
+        extras["stored_dtypes"] = dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _note_submodel(extras: dict[str, Any], part: SubModel) -> None:

@@ -93,6 +93,33 @@ def test_checkpoint_table_and_temperature_option(tmp_path):
     assert "3x48x48" in out
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_named_and_computed_in_float32(tmp_path, dtype):
+    """``model.half()`` before saving: the table says what the file stores, and the model built from
+    it holds exactly the stored values, upcast."""
+    from odexport.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in create_model("od_resnet_tiny").state_dict().items()}
+    path = tmp_path / "half.pth"
+    torch.save({"state_dict": weights}, path)
+    data = _json(str(path))
+    name = str(dtype).removeprefix("torch.")
+    assert data["extras"]["stored_dtypes"] == {name: sum(v.is_floating_point() for v in weights.values())}
+    table = _invoke(str(path)).stdout.splitlines()
+    assert f"stored as     {name} ({data['extras']['stored_dtypes'][name]} tensors); computed in float32" in table
+    loaded = load_checkpoint(path).model.state_dict()
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v.float()) for k, v in weights.items() if v.is_floating_point())
+    assert "stored_dtypes" not in _json(str(_tiny_checkpoint(tmp_path)))["extras"]
+
+
+def test_key_value_lines_carry_no_padding(tmp_path):
+    """The lines above the layer table end at their value (a grid padded each to the longest)."""
+    lines = _invoke(str(_tiny_checkpoint(tmp_path))).stdout.splitlines()
+    header = lines[:lines.index(next(line for line in lines if line.startswith("layers"))) + 1]
+    assert len(header) >= 8 and all(line == line.rstrip() for line in header)
+
+
 def test_pickled_module_needs_trust_pickle(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(create_model("ta_resnet_tiny"), path)

@@ -111,39 +111,45 @@ def _giga(n: int) -> str:
 def _print_rich(summary: dict, analysis) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from odexport.cli._common import console as narrow
 
     # the layer table is wide: do not squeeze it into 80 columns when stdout is a pipe or a CI log
     console = Console(width=max(narrow.width, 160), highlight=False)
     source = summary["source"]
-    header = Table.grid(padding=(0, 2))
-    header.add_column(style="bold")
-    header.add_column()
+    # (key, value) lines printed by hand: a rich grid pads every line to the longest one
+    header: list[tuple[str, str]] = []
     if source["path"]:
-        header.add_row("checkpoint", source["path"])
-        header.add_row("sha256", source["sha256"] or "")
-    header.add_row("architecture", f"{summary['arch']}  ({source['kind']})")
-    header.add_row("layout", summary["layout"])
+        header.append(("checkpoint", source["path"]))
+        header.append(("sha256", source["sha256"] or ""))
+    header.append(("architecture", f"{summary['arch']}  ({source['kind']})"))
+    header.append(("layout", summary["layout"]))
+    stored = summary["extras"].get("stored_dtypes")
+    if stored:
+        header.append(("stored as", ", ".join(f"{dtype} ({count} tensor{'s' if count > 1 else ''})" for dtype, count in stored.items())
+                       + "; computed in float32"))
     if summary["model_kwargs"]:
-        header.add_row("options", ", ".join(f"{k}={v}" for k, v in summary["model_kwargs"].items()))
-    header.add_row("input", "x".join(map(str, summary["input_shape"])) + (f" -> output {tuple(summary['output_shape'])}" if summary["output_shape"] else ""))
-    header.add_row("parameters", f"{_millions(summary['params'])} ({summary['params']:,}); dynamic layers "
-                   f"{_millions(summary['params_dynamic_layers'])}, of which attention {_millions(summary['params_attention'])}")
+        header.append(("options", ", ".join(f"{k}={v}" for k, v in summary["model_kwargs"].items())))
+    header.append(("input", "x".join(map(str, summary["input_shape"])) + (f" -> output {tuple(summary['output_shape'])}" if summary["output_shape"] else "")))
+    header.append(("parameters", f"{_millions(summary['params'])} ({summary['params']:,}); dynamic layers "
+                   f"{_millions(summary['params_dynamic_layers'])}, of which attention {_millions(summary['params_attention'])}"))
     macs = summary["macs"]
-    header.add_row("MACs", f"{_giga(macs['total'])} = static {_giga(macs['static'])} + dynamic extra {_giga(macs['dynamic_extra'])} "
-                   f"(attention {_giga(macs['attention'])}, kernel aggregation {_giga(macs['aggregation'])})")
+    header.append(("MACs", f"{_giga(macs['total'])} = static {_giga(macs['static'])} + dynamic extra {_giga(macs['dynamic_extra'])} "
+                   f"(attention {_giga(macs['attention'])}, kernel aggregation {_giga(macs['aggregation'])})"))
     temperature = summary["temperature"]
     if temperature is None and summary.get("temperatures"):
         by_value: dict[float, list[str]] = {}
         for name, value in summary["temperatures"].items():
             by_value.setdefault(value, []).append(name)
         shown = "; ".join(f"{value:g} ({names[0] if len(names) == 1 else f'{len(names)} layers'})" for value, names in by_value.items())
-        header.add_row("temperature", f"per layer: {shown}")
+        header.append(("temperature", f"per layer: {shown}"))
     else:
-        header.add_row("temperature", "no dynamic layer" if temperature is None else f"{temperature:g} (every dynamic layer)")
-    header.add_row("layers", f"{summary['num_layers']} conv/linear, {summary['num_dynamic_layers']} dynamic")
-    console.print(header)
+        header.append(("temperature", "no dynamic layer" if temperature is None else f"{temperature:g} (every dynamic layer)"))
+    header.append(("layers", f"{summary['num_layers']} conv/linear, {summary['num_dynamic_layers']} dynamic"))
+    key_width = max(len(key) for key, _ in header) + 2
+    for key, value in header:
+        console.print(Text(key.ljust(key_width), style="bold") + Text(value), soft_wrap=True)
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
