@@ -11,7 +11,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from odexport._files import atomic_path, output_folder, write_text_atomically
+from odexport._files import atomic_path, output_folder
 from odexport.report.latency import BenchReport
 from odexport.report.parity import CandidateParity, ParityReport
 
@@ -32,12 +32,6 @@ def _num(value, digits: int = 3) -> str:
 
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` whole or not at all (``odexport._files``), creating its folder."""
-    output_folder(path, create=True)
-    return write_text_atomically(path, text)
 
 
 # -- parity -------------------------------------------------------------------------------------

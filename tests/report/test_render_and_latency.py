@@ -9,11 +9,12 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
+from odexport._files import output_folder, write_text_atomically
 from odexport._optional import available
 from odexport.report.compare import ToleranceOverrides
 from odexport.report.latency import BenchEntry, BenchReport, LatencyStats
 from odexport.report.parity import parity_report
-from odexport.report.render import bench_plot, bench_table, parity_junit, parity_markdown, parity_table, write_atomic
+from odexport.report.render import bench_plot, bench_table, parity_junit, parity_markdown, parity_table
 from odexport.runtime.parity import CandidateRun
 
 
@@ -70,9 +71,10 @@ def test_markdown_and_table_show_every_row():
     assert "good.onnx" in rendered and "FAIL" in rendered
 
 
-def test_write_atomic_leaves_no_temporary_files(tmp_path):
+def test_write_text_atomically_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "sub" / "report.xml"
-    write_atomic(target, "<a/>")
+    output_folder(target, create=True)
+    write_text_atomically(target, "<a/>")
     assert target.read_text() == "<a/>"
     assert os.listdir(target.parent) == ["report.xml"]
 

@@ -76,7 +76,7 @@ def check(
     from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
-        from odexport._files import output_folder
+        from odexport._files import output_folder, write_text_atomically
         from odexport.cli._options import parse_input_shape
         from odexport.errors import InputError, MissingDependencyError, ParityError
         from odexport.pipeline import check_parity
@@ -87,7 +87,6 @@ def check(
             parity_markdown,
             parity_table,
             per_layer_table,
-            write_atomic,
         )
 
         if reference_dtype not in ("float32", "float64"):
@@ -105,9 +104,9 @@ def check(
                 noise_margin=noise_margin, stage=stage, device=device,
             )
         if junit:
-            write_atomic(junit, parity_junit(report))
+            write_text_atomically(junit, parity_junit(report))
         if markdown:
-            write_atomic(markdown, parity_markdown(report))
+            write_text_atomically(markdown, parity_markdown(report))
         if json_output:
             from odexport.cli._common import print_json
 
