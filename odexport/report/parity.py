@@ -230,6 +230,7 @@ def parity_report(
     for run in runs:
         cand = CandidateParity(artifact=run.artifact, backend=run.backend, precision=run.precision, notes=list(run.notes))
         resolve = (lambda name, p=run.precision: overrides.resolve(name, p, margin * noise.get(name, 0.0)))
+        cand.notes.extend(input_blind_notes(reference_outputs, resolve))
         for batch_size in batch_sizes:
             if batch_size in run.errors:
                 cand.batches.append(BatchParity(batch_size, [], baked_batch_message(batch_size, run.input_shape, run.errors[batch_size])
@@ -246,6 +247,31 @@ def parity_report(
     for artifact, (backend, reason) in (missing or {}).items():
         report.candidates.append(CandidateParity(artifact=artifact, backend=backend, error=reason, missing_backend=True))
     return report
+
+
+def input_blind_notes(reference_outputs: dict[str, np.ndarray], resolve) -> list[str]:
+    """A note for each output on which a candidate that ignored its input would pass.
+
+    The candidate tried is the midrange of the reference over the samples, ``c = (max_i r_i +
+    min_i r_i) / 2`` element-wise, the same for every sample: it is within ``(max_i r_i - min_i
+    r_i) / 2`` of each sample's output, the least any fixed answer can be. When it passes the
+    tolerance (``resolve(name)``), every floor included, the samples barely move that output --
+    inputs far from the data (blank images, a model saturated on noise), or one sample repeated --
+    and a pass shows little about the candidate.
+    """
+    from odexport.report.compare import compare_arrays
+
+    notes = []
+    for name, values in reference_outputs.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim < 1 or values.shape[0] < 2 or not np.isfinite(values).all():
+            continue  # one sample: its own note; non-finite references are refused before this
+        blind = np.broadcast_to((values.max(axis=0) + values.min(axis=0)) / 2, values.shape)
+        if compare_arrays(values, blind, resolve(name), name).passed:
+            notes.append(f"output '{name}' barely varies across the {values.shape[0]} samples: one fixed output for every "
+                         "sample would pass this tolerance too, so this pass shows little; check on inputs that make the "
+                         "model's outputs differ (real samples in --inputs)")
+    return notes
 
 
 def _looks_baked(batch_size: int, input_shape, detail: str) -> bool:

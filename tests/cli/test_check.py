@@ -252,6 +252,19 @@ def test_a_single_sample_is_noted(artifacts, samples, noted):
     assert any(note.startswith("one input sample: every batch repeats it") for note in notes) == noted, notes
 
 
+def test_inputs_that_do_not_move_the_outputs_are_noted(artifacts, tmp_path):
+    """Four copies of one image: a candidate that ignored its input would pass, which the report
+    says; random samples (the default, and test_a_single_sample_is_noted's two) move the logits."""
+    same = tmp_path / "same.npy"
+    np.save(same, np.repeat(np.random.default_rng(1).normal(size=(1, *SHAPE)).astype(np.float32), 4, axis=0))
+    result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", same, "--json")
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["candidates"][0]["notes"]
+    assert any("barely varies across the 4 samples" in note for note in notes), notes
+    result = _check(artifacts["ckpt"], artifacts["good"], "--json")
+    assert not any("barely varies" in note for note in json.loads(result.stdout)["candidates"][0]["notes"])
+
+
 def test_nan_inputs_are_an_input_error(artifacts, tmp_path):
     """A NaN input makes the reference's output NaN, and the comparison skips non-finite reference
     values: before this was refused, NaN inputs passed the gate with max abs 0."""

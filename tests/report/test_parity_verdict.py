@@ -1,4 +1,5 @@
-"""How a candidate's rejected batch is worded: a baked-in batch, or another sample shape."""
+"""How a candidate's rejected batch is worded (a baked-in batch, or another sample shape), and the note on
+inputs that barely move an output."""
 
 from __future__ import annotations
 
@@ -24,3 +25,35 @@ def test_a_rejected_sample_axis_is_not_called_a_baked_batch():
     detail = "input 'input' axis 2 has size 32, the model expects 64 (shape ('batch', 3, 64, 64))"
     candidate = _report(detail).candidates[0]
     assert not candidate.passed and candidate.batches[0].error == detail
+
+
+def _blind_notes(outputs):
+    from odexport.report.compare import ToleranceOverrides
+    from odexport.report.parity import input_blind_notes
+
+    overrides = ToleranceOverrides()
+    return input_blind_notes(outputs, lambda name: overrides.resolve(name, "fp32"))
+
+
+def test_an_output_the_samples_barely_move_is_noted():
+    """fp32 default: atol 1e-5 of max|r| (here 2e-5), rtol 1e-4. Samples within +-1e-5 of one
+    output: their midrange is within 1e-5 of each, so a fixed answer would pass; one element that
+    moves by 1e-2 between samples is far outside any tolerance and clears the note."""
+    rng = np.random.default_rng(0)
+    base = np.linspace(1.0, 2.0, 10)
+    still = base + rng.uniform(-1e-5, 1e-5, size=(6, 10))
+    assert len(_blind_notes({"logits": still})) == 1
+    assert "output 'logits' barely varies across the 6 samples" in _blind_notes({"logits": still})[0]
+    moving = still.copy()
+    moving[3, 7] += 1e-2
+    assert _blind_notes({"logits": moving}) == []
+    assert _blind_notes({"logits": rng.normal(size=(8, 10))}) == []
+    assert _blind_notes({"logits": still[:1]}) == []  # one sample has its own note
+
+
+def test_the_blind_note_reaches_the_candidate_of_a_report():
+    still = np.tile(np.linspace(1.0, 2.0, 10), (4, 1))
+    run = CandidateRun(artifact="m.onnx", backend="onnxruntime-cpu", precision="fp32", input_shape=("N", 3, 8, 8),
+                       outputs={1: {"out": still.astype(np.float32)}})
+    report = parity_report({}, {}, [1], {"out": still.astype(np.float32)}, [run])
+    assert report.passed and any("barely varies" in note for note in report.candidates[0].notes)
