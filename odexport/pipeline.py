@@ -132,6 +132,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if not opened and missing:
         raise next(iter(missing.values()))  # nothing to compare: the first reason, as it was raised
     shape = tuple(input_shape) if input_shape else ref.input_shape
+    shape_note = None
+    if not input_shape:
+        shape, shape_note = _export_sample_shape(opened, getattr(ref, "checkpoint_info", None), shape)
     for _, runner in opened:
         shape = shape or getattr(runner, "input_shape", None)
     if shape is None:
@@ -163,7 +166,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         run = run_candidate(runner, artifact, data.x, batch_sizes)
         for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
                      _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
-                     _single_sample_note(len(data.x), batch_sizes)):
+                     _single_sample_note(len(data.x), batch_sizes), shape_note):
             if note:
                 run.notes.append(note)
         if per_layer and artifact_kind(artifact) == "onnx":
@@ -262,14 +265,56 @@ def _provenance_note(runner, reference_info, reference) -> str | None:
         return None
     if metadata.get(keys.SOURCE_KIND) != "checkpoint":
         return None  # a checksum of an in-memory state dict, not of a file: nothing to compare with
-    lineage = {own, getattr(reference_info, "origin_sha256", None)} - {None}
-    if {made_from, metadata.get(keys.DEPLOY_SOURCE_SHA256)} & lineage:
+    if _exported_from(runner, reference_info):
         return None
     import os
 
     name = os.path.basename(os.fspath(reference)) if isinstance(reference, (str, os.PathLike)) else "the reference"
     return (f"exported from a file with sha256 {made_from[:12]}..., not from {name} ({own[:12]}...): "
             "if the outputs differ, re-export from this checkpoint (a deploy checkpoint or re-saved copy of it is fine)")
+
+
+def _exported_from(runner, reference_info) -> bool:
+    """Whether an export records the reference's checkpoint file (or, for a deploy checkpoint on
+    either side, the checkpoint it was made from) as its source."""
+    metadata = getattr(runner, "metadata", None) or {}
+    if metadata.get(keys.SOURCE_KIND) != "checkpoint" or not metadata.get(keys.SOURCE_SHA256):
+        return False
+    lineage = {getattr(reference_info, "sha256", None), getattr(reference_info, "origin_sha256", None)} - {None}
+    return bool({metadata.get(keys.SOURCE_SHA256), metadata.get(keys.DEPLOY_SOURCE_SHA256)} & lineage)
+
+
+def _export_sample_shape(opened, reference_info, shape):
+    """The sample shape to check at, and a note when it is not the reference's own.
+
+    An export made from this very checkpoint at another size (``odexport onnx --input-shape
+    3x320x320``) fixes that size in its graph; the checkpoint ran at it when it was exported, so
+    the comparison runs there too rather than asking for ``--input-shape`` again. Only when every
+    candidate with a fixed sample shape declares the same one and at least one of them records
+    this checkpoint as its source (:func:`_exported_from`); otherwise the
+    shape stays and :func:`_require_sample_shape` names the mismatch.
+    """
+    from odexport.errors import InputError
+
+    declared, ours = {}, False
+    for candidate, runner in opened:
+        if getattr(runner, "backend", "").startswith("torch") or not runner.inputs:
+            continue
+        sample = tuple(runner.inputs[0].shape[1:])
+        if not sample or not all(isinstance(d, int) and d > 0 for d in sample):
+            continue
+        declared.setdefault(sample, candidate)
+        ours = ours or _exported_from(runner, reference_info)
+    if len(declared) > 1:
+        (first, one), (second, other) = list(declared.items())[:2]
+        raise InputError(f"the candidates take samples of different shapes: {one} {first}, {other} {second}",
+                         "check each size in its own run (--input-shape CxHxW when it is not the reference's default)")
+    if not declared or not ours or shape is None or next(iter(declared)) == tuple(shape):
+        return shape, None
+    adopted = next(iter(declared))
+    return adopted, (f"checked on samples of shape {'x'.join(map(str, adopted))}, the size this file was exported at from "
+                     f"this checkpoint (the reference's default is {'x'.join(map(str, shape))}); "
+                     "pass --input-shape to check at another size")
 
 
 def _require_sample_shape(candidate, runner, shape, reference) -> None:

@@ -117,6 +117,32 @@ def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
     assert "takes samples of shape (3, 48, 48)" in text and "(3, 32, 32)" in text and "baked" not in text
 
 
+def test_an_export_of_this_checkpoint_at_another_size_is_checked_at_that_size(cli_export, tmp_path):
+    """`odexport onnx --input-shape 3x40x48` of the checkpoint itself: the gate runs at the size the
+    file fixes (the checkpoint ran there when it was exported), with a note, instead of refusing;
+    a perturbed weight still fails at that size, and a second candidate of another size is an input error."""
+    sample, default_size = cli_export
+    wide = tmp_path / "wide.onnx"
+    exported = CliRunner().invoke(app, ["onnx", str(sample), "--input-shape", "3x40x48", "-o", str(wide), "--no-check", "--quiet"])
+    assert exported.exit_code == 0, exported.output
+    result = _check(sample, wide, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["inputs"]["shape"] == [3, 40, 48]
+    assert any(note.startswith("checked on samples of shape 3x40x48") for note in data["candidates"][0]["notes"])
+
+    proto = onnx.load(str(wide))
+    bank = next(i for i in proto.graph.initializer if len(i.dims) == 5)
+    weight = numpy_helper.to_array(bank).copy()
+    weight.reshape(weight.shape[0], -1)[:, weight[0].size // 3] += 1.0  # in every candidate kernel: a trained attention may skip one
+    bank.CopyFrom(numpy_helper.from_array(weight, bank.name))
+    onnx.save(proto, tmp_path / "wide_perturbed.onnx")
+    assert _check(sample, tmp_path / "wide_perturbed.onnx").exit_code == 2
+
+    mixed = _check(sample, wide, default_size)
+    assert mixed.exit_code == 1 and "the candidates take samples of different shapes" in " ".join(mixed.output.split())
+
+
 def test_one_failing_candidate_fails_the_run(artifacts):
     result = _check(artifacts["ckpt"], artifacts["good"], artifacts["baked"], "--json")
     assert result.exit_code == 2
