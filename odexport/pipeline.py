@@ -418,6 +418,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
         pairs = []  # (label, role, baseline_of, runner); a twin shared by candidates appears once per candidate
         twins = {}  # what a twin is built from -> its runner: one session for candidates of one architecture
         missing = {}  # artifact -> why it cannot run here (e.g. an engine without TensorRT): the others are timed
+        fixed_shapes = {}  # sample shape an ONNX file or engine fixes -> the first artifact fixing it
         for artifact in artifacts:
             stage(f"open {artifact}")
             kind = artifact_kind(artifact)
@@ -426,6 +427,12 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             except MissingDependencyError as exc:
                 missing[str(artifact)] = exc
                 continue
+            try:
+                _require_one_fixed_shape(fixed_shapes, artifact, runner)
+            except InputError:
+                for opened in {id(r): r for *_, r in pairs + [(None, None, None, runner)]}.values():
+                    opened.close()
+                raise
             pairs.append((str(artifact), "candidate", None, runner))
             # what loading a checkpoint chose or ignored (e.g. the backbone of a detection checkpoint)
             report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
@@ -456,6 +463,12 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             report.notes.append("--spinning sets onnxruntime's thread spinning; no onnxruntime session was timed here, "
                                 "so it only changed the timing to alternating blocks of calls")
         shape = _sample_shape(pairs, input_shape)
+        for label, role, _, runner in pairs:
+            if getattr(runner, "backend", "").startswith("torch") and tuple(runner.input_shape or ()) != shape:
+                if role == "candidate":
+                    report.notes.append(f"{label} timed on samples of shape {'x'.join(map(str, shape))} (the size the other "
+                                        f"artifacts fix; its default is {'x'.join(map(str, runner.input_shape or ()))})")
+                runner.input_shape = shape  # a PyTorch model takes any size
         rng = np.random.default_rng(0)
         for batch_size in batch_sizes:
             stage(f"batch {batch_size}")
@@ -528,15 +541,34 @@ def _has_custom_layers(metadata: dict) -> bool:
 
 
 def _sample_shape(pairs, input_shape):
+    """One sample's shape for every artifact of a bench: ``--input-shape``, else the one an ONNX
+    file or engine fixes (a PyTorch model takes any size, and runs at that one), else a
+    checkpoint's default; :func:`_require_one_fixed_shape` has refused artifacts that fix two."""
     from odexport.errors import InputError
 
     if input_shape:
         return tuple(input_shape)
-    for *_, runner in pairs:
+    runners = [runner for *_, runner in pairs]
+    for runner in sorted(runners, key=lambda r: getattr(r, "backend", "").startswith("torch")):
         known = getattr(runner, "input_shape", None)
         if known:
             return tuple(known)
     raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
+
+
+def _require_one_fixed_shape(fixed: dict, artifact, runner) -> None:
+    """Artifacts of one bench share their inputs: two that fix different sample shapes are an
+    input error before anything is built or timed. ``fixed``: shape -> the first artifact fixing it."""
+    from odexport.errors import InputError
+
+    known = getattr(runner, "input_shape", None)
+    if getattr(runner, "backend", "").startswith("torch") or not known:
+        return
+    fixed.setdefault(tuple(known), str(artifact))
+    if len(fixed) > 1:
+        (one_shape, one), (other_shape, other) = list(fixed.items())[:2]
+        raise InputError(f"the artifacts take samples of different shapes: {one} {one_shape}, {other} {other_shape}",
+                         "bench each size in its own run (a checkpoint takes --input-shape CxHxW)")
 
 
 def _twin_key(artifact, kind, runner, input_shape, reference, load):

@@ -104,6 +104,26 @@ def test_candidates_of_one_architecture_share_one_twin(artifacts, tmp_path):
     assert len(candidates) == 2 and all(row["ratio_to_baseline"] > 0 for row in candidates)
 
 
+def test_a_checkpoint_runs_at_the_size_an_export_fixes(artifacts, tmp_path):
+    """A checkpoint next to an export of another sample size: both are timed at the export's size
+    (a PyTorch model takes any), with a note; two exports fixing different sizes are an input error."""
+    from odexport.models import create_model
+    from odexport.pipeline import onnx_from_model
+
+    wide = tmp_path / "wide.onnx"
+    onnx_from_model(create_model("od_resnet_tiny").eval(), wide, input_shape=(3, 40, 48), check=False)
+    result = _bench(artifacts["ckpt"], wide, "--baseline", "none", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["input_shape"] == [3, 40, 48]
+    assert all(row["error"] is None and row["p50_ms"] > 0 for row in data["results"]) and len(data["results"]) == 2
+    assert any(note.endswith("timed on samples of shape 3x40x48 (the size the other artifacts fix; its default is 3x32x32)")
+               for note in data["notes"])
+
+    refused = _bench(wide, artifacts["fixed"], "--baseline", "none")
+    assert refused.exit_code == 1 and "the artifacts take samples of different shapes" in " ".join(refused.output.split())
+
+
 def test_spinning_times_in_blocks(artifacts):
     """--spinning: onnxruntime's default threads, candidate and twin timed in alternating blocks."""
     result = _bench(artifacts["fixed"], "--batch-sizes", "2", "--arch", "od_resnet_tiny", "--threads", "2", "--spinning", "--json")
