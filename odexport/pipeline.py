@@ -427,12 +427,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             except MissingDependencyError as exc:
                 missing[str(artifact)] = exc
                 continue
-            try:
-                _require_one_fixed_shape(fixed_shapes, artifact, runner)
-            except InputError:
-                for opened in {id(r): r for *_, r in pairs + [(None, None, None, runner)]}.values():
-                    opened.close()
-                raise
+            _require_one_fixed_shape(fixed_shapes, artifact, runner)
             pairs.append((str(artifact), "candidate", None, runner))
             # what loading a checkpoint chose or ignored (e.g. the backbone of a detection checkpoint)
             report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
