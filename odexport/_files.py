@@ -59,6 +59,23 @@ def output_folder(path: str | Path, *, create: bool = False) -> Path:
     return parent
 
 
+def refuse_overwriting_input(output: str | Path, *inputs, fix: str = "pass another -o path") -> None:
+    """An output path that names one of the command's own input files would replace it -- a
+    checkpoint saved as ``model.onnx`` exports over itself by default, ``-o`` may repeat the
+    input's name -- so it is an :class:`InputError` before any work. Links count: the same file
+    under another name is the same file."""
+    out = Path(output)
+    for source in inputs:
+        if source is None or not out.exists():
+            continue
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:  # the input is missing or unreadable: its own check names that
+            continue
+        if same:
+            raise InputError(f"the output {out} is the input {source} itself: writing it would replace that file", fix)
+
+
 def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
     """An empty temporary file in ``path``'s (existing) folder, so the final rename is atomic, with
     the permissions of a normally created file."""

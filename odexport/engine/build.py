@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from odexport._files import output_folder
+from odexport._files import output_folder, refuse_overwriting_input
 from odexport.engine.parser_errors import CUSTOM_OP_TYPES, complete_node_names, issues_from_parser, parser_error
 from odexport.engine.precision import PrecisionPlan, onnx_precision, plan_precision
 from odexport.engine.profiles import BatchProfile, OnnxSignature, ProfileShapes, onnx_signature, resolve_profiles
@@ -129,6 +129,9 @@ def build_engine(
     onnx_path = inputs.onnx_path
     engine_path = Path(engine_path) if engine_path is not None else default_engine_path(onnx_path)
     _check_output_folder(engine_path)
+    for written in (engine_path, sidecar_path(engine_path), options.timing_cache):
+        if written is not None:
+            refuse_overwriting_input(written, onnx_path)
 
     trt = require_tensorrt("building a TensorRT engine")
     target = current_target(trt)

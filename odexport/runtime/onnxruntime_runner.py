@@ -183,6 +183,7 @@ class OrtRunner(Runner):
             self.session = _new_session(ort, source, options, chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             verify_machine(_metadata_of(source), where, device)  # a model specialised elsewhere: say so
+            _refuse_torch_file(self.path)
             raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",
                              "validate it with `python -m onnx.checker`, or re-export with `odexport onnx`") from exc
         active = self.session.get_providers()
@@ -346,6 +347,21 @@ def _bound_on_cuda(ort, session, cast: dict[str, np.ndarray]):
     for name, array in cast.items():
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
     return binding
+
+
+def _refuse_torch_file(path) -> None:
+    """A checkpoint given an ``.onnx`` name is routed here by its suffix; onnxruntime would only
+    say 'Protobuf parsing failed'. Name what the file is instead."""
+    from odexport.checkpoint.reader import looks_like_torch_file
+
+    if not path or not os.path.isfile(path):
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if looks_like_torch_file(head):
+        name = os.path.basename(os.fspath(path))
+        raise InputError(f"{path} is a PyTorch checkpoint (written by torch.save), not an ONNX model",
+                         f"export it first (`odexport onnx {name}`), or give it a .pt/.pth name where a checkpoint is meant")
 
 
 def _metadata_of(source) -> dict:

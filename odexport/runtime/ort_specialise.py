@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odexport._files import output_folder
+from odexport._files import output_folder, refuse_overwriting_input
 from odexport.errors import ExportError, InputError, MissingDependencyError, ParityError
 from odexport.export import metadata_keys as keys
 
@@ -144,8 +144,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     if not sizes or sizes[0] < 1:
         raise InputError(f"batch sizes {sizes} must be positive integers", "use e.g. --batch-sizes 1,8")
     out = Path(output) if output is not None else default_output(source)
-    if out.resolve() == source.resolve():
-        raise InputError(f"the output {out} would overwrite the portable export", "pass another -o path")
+    refuse_overwriting_input(out, source)
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as model.ort-cpu.onnx")
     output_folder(out)  # a missing folder, or a file where the folder should be: before minutes of work

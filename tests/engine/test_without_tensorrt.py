@@ -42,6 +42,10 @@ def test_build_checks_its_inputs_then_stops_before_writing(tmp_path):
     onnx_path = conv_model(tmp_path / "m.onnx", dims=(2, 3, 8, 8))
     with pytest.raises(InputError, match="fixed batch of 2"):  # input errors come first (exit 1)
         build_engine(onnx_path, tmp_path / "m.engine", BuildOptions(profiles=[BatchProfile(1, 2, 4)]))
+    with pytest.raises(InputError, match="is the input .* itself"):  # the ONNX file as the engine: before TensorRT
+        build_engine(onnx_path, onnx_path)
+    with pytest.raises(InputError, match="is the input .* itself"):
+        build_engine(onnx_path, tmp_path / "m.engine", BuildOptions(timing_cache=onnx_path))
     with pytest.raises(MissingDependencyError) as info:
         build_engine(onnx_path, tmp_path / "m.engine", BuildOptions(timing_cache=tmp_path / "trt.cache"))
     _assert_names_what_is_missing(info.value)

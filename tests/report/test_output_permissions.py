@@ -128,3 +128,52 @@ def test_output_path_under_a_file_is_a_one_line_input_error(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and "blocker" in lines[0], (args[0], result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert blocker.read_text() == "a file, not a folder"
+
+
+def test_an_output_naming_an_input_is_refused_and_the_input_kept(tmp_path):
+    """`-o` naming the command's own input (or a link to it), and a checkpoint saved with an
+    .onnx name, whose default export path is the checkpoint itself: exit 1 before any work, every
+    input byte for byte as it was (before: `odexport onnx ckpt.onnx` replaced the trained weights)."""
+    import hashlib
+
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
+    named_onnx = tmp_path / "weights.onnx"
+    named_onnx.write_bytes(ckpt.read_bytes())
+    onnx_path = tmp_path / "tiny.onnx"
+    runner = CliRunner()
+    assert runner.invoke(app, ["onnx", str(ckpt), "-o", str(onnx_path), "--no-check"]).exit_code == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    link = tmp_path / "link.pth"
+    link.symlink_to(ckpt)
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+
+    for args, fix in (
+        (["onnx", named_onnx], "pass -o weights.export.onnx, or rename the checkpoint to weights.pt"),
+        (["onnx", ckpt, "-o", link], "pass another -o path"),
+        (["reparam", ckpt, "-o", ckpt], "pass another -o path"),
+        (["ort", onnx_path, "-o", onnx_path], "pass another -o path"),
+        (["run", onnx_path, "-i", x, "-o", x], "pass another -o path"),
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1, (args, result.output)
+        assert "itself: writing it would replace that file" in text and text.endswith(fix), (args, result.output)
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == digests
+
+
+def test_a_checkpoint_named_onnx_is_named_when_run(tmp_path):
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "weights.onnx"
+    torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    result = CliRunner().invoke(app, ["run", str(ckpt), "-i", str(x), "-o", str(tmp_path / "out.npy")])
+    assert result.exit_code == 1
+    assert "weights.onnx is a PyTorch checkpoint (written by torch.save), not an ONNX model" in " ".join(result.output.split())

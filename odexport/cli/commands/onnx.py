@@ -63,7 +63,7 @@ def onnx_command(
 
 def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,
             json_output, quiet) -> None:
-    from odexport._files import output_folder
+    from odexport._files import output_folder, refuse_overwriting_input
     from odexport.cli._common import console, print_json, print_load_notes, stages
     from odexport.cli._options import parse_input_shape
     from odexport.errors import ExportError, InputError, ParityError
@@ -91,6 +91,8 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as -o model.onnx")
     output_folder(out)  # a missing folder, or a file where the folder should be: before the export
+    refuse_overwriting_input(out, source, fix=f"the checkpoint has an .onnx name, which the default output takes: pass -o {source.stem}.export.onnx, "
+                             f"or rename the checkpoint to {source.stem}.pt" if output is None else "pass another -o path")
 
     with stages(quiet or json_output) as stage:
         from odexport.pipeline import model_from_checkpoint, onnx_from_model

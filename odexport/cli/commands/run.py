@@ -41,6 +41,7 @@ def run(
     def action() -> None:
         from pathlib import Path
 
+        from odexport._files import refuse_overwriting_input
         from odexport.checkpoint.arrays import save_array_atomic
         from odexport.errors import InputError
         from odexport.pipeline import run_artifact
@@ -50,6 +51,7 @@ def run(
             raise InputError(f"output file {target} must end in .npy or .npz", "e.g. -o out.npy")
         if target.is_dir():
             raise InputError(f"output {target} is a directory", "give a file name, e.g. -o out.npy")
+        refuse_overwriting_input(target, artifact, input)
         with stages(quiet or json_output) as stage:
             stage(f"load {artifact} and run {input}")
             result = run_artifact(artifact, input, backend=backend, device=device, arch=arch, temperature=temperature,
