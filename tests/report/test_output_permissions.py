@@ -158,6 +158,7 @@ def test_an_output_naming_an_input_is_refused_and_the_input_kept(tmp_path):
         (["reparam", ckpt, "-o", ckpt], "pass another -o path"),
         (["ort", onnx_path, "-o", onnx_path], "pass another -o path"),
         (["run", onnx_path, "-i", x, "-o", x], "pass another -o path"),
+        (["check", ckpt, onnx_path, "--batch-sizes", "1", "--junit", onnx_path], "choose another report path"),
     ):
         result = runner.invoke(app, [str(a) for a in args])
         text = " ".join(result.output.split())

@@ -59,11 +59,12 @@ def bench(
         from odexport.report.render import bench_error_lines, bench_plot, bench_table
 
         if plot:
-            from odexport._files import output_folder
+            from odexport._files import output_folder, refuse_overwriting_input
             from odexport._optional import require
 
             require("matplotlib", "--plot")  # fail before timing, not after
             output_folder(plot, create=True)
+            refuse_overwriting_input(plot, *artifacts, reference, fix="choose another --plot path")
         shape = parse_input_shape(input_shape) if input_shape else None
         with stages(quiet or json_output) as stage:
             report = benchmark(

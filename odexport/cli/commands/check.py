@@ -76,7 +76,7 @@ def check(
     from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
-        from odexport._files import output_folder, write_text_atomically
+        from odexport._files import output_folder, refuse_overwriting_input, write_text_atomically
         from odexport.cli._options import parse_input_shape
         from odexport.errors import InputError, MissingDependencyError, ParityError
         from odexport.pipeline import check_parity
@@ -96,6 +96,7 @@ def check(
         for report_path in (junit, markdown):
             if report_path:
                 output_folder(report_path, create=True)  # a bad report path fails before the comparison, not after
+                refuse_overwriting_input(report_path, reference, *candidates, inputs, fix="choose another report path")
         with stages(quiet or json_output) as stage:
             report = check_parity(
                 reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
