@@ -117,6 +117,9 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samp
     if shape is not None and x.ndim == len(shape):
         x = x[None]
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        if len(shape) == 3 and tuple(x.shape[1:]) == (shape[1], shape[2], shape[0]):
+            raise InputError(f"inputs in {path} have sample shape {tuple(x.shape[1:])}: channels last, the model expects {tuple(shape)}",
+                             "store them channels first: np.save(path, x.transpose(0, 3, 1, 2))")
         raise InputError(f"inputs in {path} have sample shape {tuple(x.shape[1:])}, the model expects {tuple(shape)}",
                          "pass inputs of the model's shape (N, C, H, W), or set --input-shape")
     if labels is not None:

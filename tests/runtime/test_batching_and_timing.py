@@ -76,6 +76,10 @@ def test_load_samples_errors(tmp_path):
     np.save(tmp_path / "shape.npy", np.zeros((2, 3, 9, 9), np.float32))
     with pytest.raises(InputError, match="sample shape"):
         load_samples(tmp_path / "shape.npy", (3, 8, 8))
+    np.save(tmp_path / "nhwc.npy", np.zeros((2, 8, 10, 3), np.float32))  # images as PIL/OpenCV hold them
+    with pytest.raises(InputError, match=r"channels last, the model expects \(3, 8, 10\)") as info:
+        load_samples(tmp_path / "nhwc.npy", (3, 8, 10))
+    assert "x.transpose(0, 3, 1, 2)" in info.value.hint
     np.savez(tmp_path / "badlabels.npz", x=np.zeros((2, 3, 8, 8), np.float32), y=np.zeros(3, np.int64))
     with pytest.raises(InputError, match="labels"):
         load_samples(tmp_path / "badlabels.npz")
