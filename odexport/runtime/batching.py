@@ -83,6 +83,8 @@ def random_samples(count: int, shape: tuple[int, ...], seed: int = 0) -> Samples
     """
     if count < 1:
         raise InputError(f"--samples {count} is not positive", "use --samples N with N >= 1")
+    if seed < 0:
+        raise InputError(f"--seed {seed} is negative", "use --seed N with N >= 0")
     rng = np.random.default_rng(seed)
     return Samples(rng.standard_normal((count, *shape)).astype(np.float32), None, "random", seed)
 

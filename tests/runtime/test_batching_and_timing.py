@@ -67,6 +67,12 @@ def test_load_samples_npz_with_labels_and_npy(tmp_path):
     assert load_samples(tmp_path / "one.npy", (3, 8, 8)).x.shape == (1, 3, 8, 8)
 
 
+def test_a_negative_seed_is_an_input_error():
+    """numpy's generator takes no negative seed: one line naming the option, not a ValueError."""
+    with pytest.raises(InputError, match="--seed -1 is negative"):
+        random_samples(2, (3, 8, 8), seed=-1)
+
+
 def test_load_samples_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_samples(tmp_path / "none.npz")

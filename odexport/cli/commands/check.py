@@ -48,7 +48,7 @@ def check(
     reference: Annotated[str, typer.Argument(metavar="REFERENCE", help="Checkpoint (or deploy checkpoint from `odexport reparam`) run in PyTorch as the reference.", show_default=False)],
     candidates: Annotated[list[str], typer.Argument(metavar="CANDIDATE", help="Artifacts to check: .onnx (onnxruntime), .engine/.plan (TensorRT) or another checkpoint.", show_default=False)],
     samples: Annotated[int, typer.Option(help="Number of seeded random samples (ignored with --inputs).", min=1)] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the random samples.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random samples.", min=0)] = 0,
     inputs: Annotated[Optional[str], typer.Option(help="Your own inputs: .npy (N,C,H,W) or .npz with 'x' (and 'y'/'labels' for accuracy).", show_default=False)] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes every candidate must accept; a rejected one fails the check (a baked-in batch).")] = "1,2,8",
     reference_dtype: Annotated[str, typer.Option(help="Reference precision: float32, or float64 to take its own rounding out of the comparison.")] = "float32",
