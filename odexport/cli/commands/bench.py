@@ -35,7 +35,7 @@ def bench(
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA (PyTorch, or onnxruntime's CUDA provider): capture the model in a CUDA graph once per batch size and time its replays.")] = False,
     cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: specialise .onnx candidates for this machine in memory at --batch-sizes, as `odexport ort` writes them (exact).")] = False,
     spinning: Annotated[bool, typer.Option("--spinning", help="onnxruntime: keep idle threads spinning (its default, as a server running one model does) and time in alternating blocks of calls instead of call by call.")] = False,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (each artifact gets at least 5 timed calls).", show_default=False)] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop timing a batch size after this many seconds (each artifact gets at least 5 timed calls).", min=0.0, show_default=False)] = None,
     json_output: JsonOption = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw latency vs batch size to this PNG (needs matplotlib).", show_default=False)] = None,
     input_shape: InputShapeOption = None,
