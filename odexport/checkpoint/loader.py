@@ -42,6 +42,7 @@ from odexport.checkpoint.submodel import (
     find_submodel,
     headless_error,
     missing_classifier,
+    sole_prefix,
     submodel_candidates,
 )
 from odexport.errors import ArchitectureError, CheckpointError, InputError
@@ -116,7 +117,29 @@ def load_checkpoint(
     part = find_submodel(weights.state_dict, submodel=submodel, meta=meta)
     if part is not None:
         _note_submodel(extras, part)
-    return _from_zoo(raw, weights.state_dict if part is None else part.state_dict, arch, kernel_num, temperature, extras, part)
+        return _from_zoo(raw, part.state_dict, arch, kernel_num, temperature, extras, part)
+    try:
+        return _from_zoo(raw, weights.state_dict, arch, kernel_num, temperature, extras)
+    except (ArchitectureError, CheckpointError) as misfit:
+        wrapper = sole_prefix(weights.state_dict) if submodel is None else None
+        if wrapper is None:
+            raise
+        return _from_zoo_under(raw, weights.state_dict, wrapper, arch, kernel_num, temperature, extras, misfit)
+
+
+def _from_zoo_under(raw, state_dict, wrapper: str, arch, kernel_num, temperature, extras, misfit) -> LoadedModel:
+    """Every key under one attribute that does not fit as it is (``model.conv1.weight``: a
+    Lightning module's ``self.model``): the weights under it, if they fit, with a note. Only after
+    the file failed as it is, so a network whose own modules all sit under one name still loads
+    whole; if the weights under it do not fit either, the first misfit is the error."""
+    try:
+        loaded = _from_zoo(raw, {k[len(wrapper):]: v for k, v in state_dict.items()}, arch, kernel_num, temperature, extras)
+    except (ArchitectureError, CheckpointError):
+        raise misfit from None
+    extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper]
+    extras["warnings"].insert(0, f"every key is under '{wrapper}' (a training wrapper's attribute, such as a PyTorch Lightning "
+                                 f"module's self.{wrapper.rstrip('.')}): loaded the network under it")
+    return loaded
 
 
 def _note_non_finite(state_dict, extras: dict[str, Any]) -> None:

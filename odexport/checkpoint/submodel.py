@@ -106,6 +106,17 @@ def submodel_candidates(state_dict: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def sole_prefix(state_dict: Mapping[str, Any]) -> str | None:
+    """``"model."`` when every key lives under one top-level module that holds dynamic layers
+    (a PyTorch Lightning module keeps its network as an attribute, ``self.model`` / ``self.net``,
+    so its checkpoint's keys all start with that name); ``None`` otherwise."""
+    tops = {key.split(".", 1)[0] if "." in key else None for key in state_dict}
+    if len(tops) != 1 or None in tops:
+        return None
+    prefix = next(iter(tops)) + "."
+    return prefix if dynamic_layer_keys(_shapes(_under(state_dict, prefix))) else None
+
+
 def _under(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 

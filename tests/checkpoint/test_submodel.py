@@ -1,4 +1,5 @@
-"""Detection checkpoints (mmdet, as OSVAI/ODConv's object_detection code saves them): the backbone is loaded.
+"""Detection checkpoints (mmdet, as OSVAI/ODConv's object_detection code saves them): the backbone is loaded;
+and Lightning checkpoints, whose keys all sit under the module's attribute (``model.``).
 
 Each test saves a real file with ``torch.save`` in the mmdet layout -- ``{'meta', 'state_dict'}``
 with ``backbone.``/``neck.``/``rpn_head.``/``roi_head.`` keys -- and compares the loaded model with
@@ -281,3 +282,28 @@ def test_submodel_option_picks_the_part_on_the_command_line(tmp_path):
                                      "--warmup", "1", "--iters", "2", "--json"])
     assert timed.exit_code == 0, timed.output
     assert any("loaded the backbone (256 keys under 'teacher.backbone.')" in n for n in json.loads(timed.stdout)["notes"])
+
+
+@pytest.mark.parametrize("attribute", ["model", "net"])
+def test_a_lightning_checkpoint_loads_the_network_under_its_attribute(tmp_path, attribute):
+    """PyTorch Lightning saves the LightningModule's state dict: a network kept as `self.model`
+    has every key under 'model.'. It loads, with a note naming the prefix (before: no architecture fit)."""
+    backbone = _backbone(seed=3)
+    path = tmp_path / "epoch=9-step=100.ckpt"
+    torch.save({"epoch": 9, "global_step": 100, "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 0.1},
+                "optimizer_states": [], "lr_schedulers": [],
+                "state_dict": {f"{attribute}.{k}": v for k, v in backbone.state_dict().items()}}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.info.arch == ARCH and loaded.info.extras["stripped_prefixes"] == [f"{attribute}."]
+    assert loaded.info.warnings[0].startswith(f"every key is under '{attribute}.'")
+    _assert_same_outputs(backbone, loaded.model)
+    with pytest.raises(ArchitectureError, match=f"'{attribute}.conv1.weight'"):  # the whole file, as asked: no fallback
+        load_checkpoint(path, submodel="")
+
+
+def test_weights_under_one_attribute_that_fit_nothing_report_the_file_as_it_is(tmp_path):
+    backbone = _backbone(seed=4)
+    state = {f"model.{k}": v for k, v in backbone.state_dict().items() if not k.startswith("layer4.")}
+    torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
+    with pytest.raises(ArchitectureError, match="unexpected in the file \\(e.g. 'model."):
+        load_checkpoint(tmp_path / "partial.ckpt")
