@@ -132,11 +132,15 @@ def _from_zoo_under(raw, state_dict, wrapper: str, arch, kernel_num, temperature
     Lightning module's ``self.model``): the weights under it, if they fit, with a note. Only after
     the file failed as it is, so a network whose own modules all sit under one name still loads
     whole; if the weights under it do not fit either, the first misfit is the error."""
+    from odexport.checkpoint.state_dict import strip_wrapper_prefixes
+
+    # a DataParallel or compiled network inside the wrapper: model.module.conv1.weight
+    inner, wrappers = strip_wrapper_prefixes({k[len(wrapper):]: v for k, v in state_dict.items()})
     try:
-        loaded = _from_zoo(raw, {k[len(wrapper):]: v for k, v in state_dict.items()}, arch, kernel_num, temperature, extras)
+        loaded = _from_zoo(raw, inner, arch, kernel_num, temperature, extras)
     except (ArchitectureError, CheckpointError):
         raise misfit from None
-    extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper]
+    extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper, *wrappers]
     extras["warnings"].insert(0, f"every key is under '{wrapper}' (a training wrapper's attribute, such as a PyTorch Lightning "
                                  f"module's self.{wrapper.rstrip('.')}): loaded the network under it")
     return loaded

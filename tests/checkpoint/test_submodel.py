@@ -299,6 +299,10 @@ def test_a_lightning_checkpoint_loads_the_network_under_its_attribute(tmp_path, 
     _assert_same_outputs(backbone, loaded.model)
     with pytest.raises(ArchitectureError, match=f"'{attribute}.conv1.weight'"):  # the whole file, as asked: no fallback
         load_checkpoint(path, submodel="")
+    torch.save({"state_dict": {f"{attribute}.module.{k}": v for k, v in backbone.state_dict().items()}}, path)  # DataParallel inside
+    inner = load_checkpoint(path)
+    assert inner.info.extras["stripped_prefixes"] == [f"{attribute}.", "module."]
+    _assert_same_outputs(backbone, inner.model)
 
 
 def test_weights_under_one_attribute_that_fit_nothing_report_the_file_as_it_is(tmp_path):
