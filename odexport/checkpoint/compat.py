@@ -79,21 +79,22 @@ def shapes_of_state_dict(state_dict: Mapping[str, Any]) -> dict[str, tuple[int, 
     return {k: shape_of(v) for k, v in state_dict.items()}
 
 
-def load_weights_strict(model, state_dict: Mapping[str, Any], *, what: str) -> None:
+def load_weights_strict(model, state_dict: Mapping[str, Any], *, what: str, hint: str | None = None) -> None:
     """``model.load_state_dict(state_dict)`` with a one-line error naming the first misfit.
 
-    ``what`` names the architecture in the message (e.g. ``"architecture od_resnet18"``).
+    ``what`` names the architecture in the message (e.g. ``"architecture od_resnet18"``);
+    ``hint`` replaces the default fix (which speaks of ``--arch``).
     """
     fit = compare_shapes(shapes_of_state_dict(state_dict), shapes_of_state_dict(model.state_dict()))
-    raise_if_misfit(fit, what=what)
+    raise_if_misfit(fit, what=what, hint=hint)
     # strict=False only tolerates the optional buffers: the comparison above already proved the rest.
     model.load_state_dict(dict(state_dict), strict=False)
 
 
-def raise_if_misfit(fit: Fit, *, what: str) -> None:
+def raise_if_misfit(fit: Fit, *, what: str, hint: str | None = None) -> None:
     if fit.ok:
         return
-    hint = "pass the architecture the checkpoint was trained with (--arch), or omit --arch to detect it"
+    hint = hint or "pass the architecture the checkpoint was trained with (--arch), or omit --arch to detect it"
     if fit.mismatched:
         key, got, want = fit.mismatched[0]
         more = f" ({len(fit.mismatched)} keys differ)" if len(fit.mismatched) > 1 else ""
@@ -103,8 +104,10 @@ def raise_if_misfit(fit: Fit, *, what: str) -> None:
             hint,
         )
     if fit.missing:
+        # the file's own names beside the model's show a prefix or a renaming at a glance
+        beside = f"; the file has {_keys(len(fit.unexpected))} the architecture lacks, first '{fit.unexpected[0]}'" if fit.unexpected else ""
         raise CheckpointError(
-            f"checkpoint does not fit {what}: {_keys(len(fit.missing))} missing from the file, first '{fit.missing[0]}'",
+            f"checkpoint does not fit {what}: {_keys(len(fit.missing))} missing from the file, first '{fit.missing[0]}'{beside}",
             hint,
         )
     raise CheckpointError(

@@ -141,9 +141,13 @@ def _from_zoo_under(raw, state_dict, wrapper: str, arch, kernel_num, temperature
     except (ArchitectureError, CheckpointError):
         raise misfit from None
     extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper, *wrappers]
-    extras["warnings"].insert(0, f"every key is under '{wrapper}' (a training wrapper's attribute, such as a PyTorch Lightning "
-                                 f"module's self.{wrapper.rstrip('.')}): loaded the network under it")
+    extras["warnings"].insert(0, _wrapper_note(wrapper))
     return loaded
+
+
+def _wrapper_note(wrapper: str) -> str:
+    return (f"every key is under '{wrapper}' (a training wrapper's attribute, such as a PyTorch Lightning "
+            f"module's self.{wrapper.rstrip('.')}): loaded the network under it")
 
 
 def _note_non_finite(state_dict, extras: dict[str, Any]) -> None:
@@ -244,7 +248,16 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
     if part is not None:
         _note_submodel(extras, part)
         state_dict = part.state_dict
-    load_weights_strict(model, state_dict, what=f"the model built by --factory {factory}")
+    wrapper = sole_prefix(state_dict) if part is None and submodel is None else None
+    if wrapper is not None and not any(k.startswith(wrapper) for k in own):  # a Lightning file: as in _from_zoo_under
+        from odexport.checkpoint.state_dict import strip_wrapper_prefixes
+
+        state_dict, wrappers = strip_wrapper_prefixes({k[len(wrapper):]: v for k, v in state_dict.items()})
+        extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper, *wrappers]
+        extras["warnings"].insert(0, _wrapper_note(wrapper))
+    load_weights_strict(model, state_dict, what=f"the model built by --factory {factory}",
+                        hint="build the network the checkpoint was trained with (the same module names and shapes); "
+                             "--submodel PART loads one part of a bigger file")
     report = convert_reference_layers(model, tardelean_temperature=temperature)
     model = report.model
     if temperature is not None:

@@ -112,3 +112,24 @@ def test_factory_checkpoint_mismatch_names_the_key(tmp_path):
     torch.save(other.state_dict(), path)
     with pytest.raises(CheckpointError, match="does not fit the model built by --factory"):
         model_from_checkpoint(path, factory=MIXED)
+
+
+def test_factory_loads_a_lightning_checkpoint_and_misfits_name_both_sides(tmp_path):
+    """A LightningModule holding the network as `self.net`: every key under 'net.', which the
+    factory's model does not use, so the network under it is loaded (with a note). A misfit names
+    the first key the model lacks beside the first it misses, which shows a prefix at a glance."""
+    original, _ = _saved_mixed(tmp_path)
+    path = tmp_path / "last.ckpt"
+    torch.save({"pytorch-lightning_version": "2.4.0", "state_dict": {f"net.{k}": v for k, v in original.state_dict().items()}}, path)
+    loaded = model_from_checkpoint(path, factory=MIXED)
+    assert loaded.info.extras["stripped_prefixes"] == ["net."] and loaded.info.warnings[0].startswith("every key is under 'net.'")
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), original(x), **TOL)
+
+    prefixed = tmp_path / "prefixed.pt"
+    state = original.state_dict()
+    torch.save({**{f"head.{k}": v for k, v in state.items() if k.startswith("od")}, **{k: v for k, v in state.items() if not k.startswith("od")}}, prefixed)
+    with pytest.raises(CheckpointError, match=r"missing from the file, first 'od.*'; the file has \d+ keys the architecture lacks, first 'head\.od") as info:
+        model_from_checkpoint(prefixed, factory=MIXED)
+    assert "--arch" not in info.value.hint and "--submodel" in info.value.hint
