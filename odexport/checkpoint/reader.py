@@ -110,8 +110,9 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             f"{path} is not a checkpoint (neither a torch file nor safetensors; it starts with {head[:8]!r})",
             "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
         )
-    if file_format == "torch-zip":
-        _check_torch_zip(path)
+    if file_format == "torch-zip" and _check_torch_zip(path):
+        return RawCheckpoint(path, sha256, size, "torchscript", _torchscript_weights(path, trust_pickle), {},
+                             "TorchScript module (torch.jit.save)")
     obj = _torch_load(path, file_format, trust_pickle)
     unpickled_module = None
     import torch
@@ -142,21 +143,46 @@ def _is_torch_tar(path: Path) -> bool:
     )
 
 
-def _check_torch_zip(path: Path) -> None:
-    """A torch zip checkpoint holds ``<name>/data.pkl``; other zip archives are not checkpoints."""
+def _check_torch_zip(path: Path) -> bool:
+    """A torch zip checkpoint holds ``<name>/data.pkl``; other zip archives are not checkpoints.
+    True for a TorchScript archive (``torch.jit.save``: also ``constants.pkl`` and ``code/``)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
-        return  # truncated or damaged: torch.load reports it
+        return False  # truncated or damaged: torch.load reports it
+    if any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names):
+        return True
     if not any(name.endswith("data.pkl") for name in names):
         shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
         raise CheckpointError(
             f"{path} is a zip archive but not a torch checkpoint (it holds {shown or 'nothing'})",
             "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
         )
+    return False
+
+
+def _torchscript_weights(path: Path, trust_pickle: bool) -> dict:
+    """The state dict of a ``torch.jit.save`` archive. Reading it means loading the archive's
+    TorchScript program (``torch.jit.load``), whose methods run on load, so only with
+    ``trust_pickle``; the module's parameters and buffers carry the names of the module it was
+    scripted or traced from, which detection then reads like any checkpoint."""
+    if not trust_pickle:
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (torch.jit.save), not a weights file; reading its weights means loading "
+            "its TorchScript program",
+            f"if you trust the file's source pass --trust-pickle (trust_pickle=True), or save its weights once: "
+            f"torch.save(torch.jit.load('{path.name}').state_dict(), 'weights.pt')",
+        )
+    import torch
+
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as exc:
+        raise CheckpointError(f"{path} is a TorchScript archive that torch.jit.load cannot load ({_first_line(exc)})",
+                              "save the weights from the training code: torch.save(model.state_dict(), 'weights.pt')") from exc
 
 
 def _check_readable(path: Path) -> None:

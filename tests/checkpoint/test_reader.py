@@ -303,3 +303,26 @@ def test_tar_archive_holding_a_checkpoint_is_explained(tmp_path):
         archive.add(inner, arcname="model_best.pth")
     message = _one_line_error(path, "tar archive")
     assert "model_best.pth" in message and "extract" in message
+
+
+def test_a_torchscript_archive_is_named_and_read_only_when_trusted(tmp_path):
+    """`torch.jit.save` writes a zip that `torch.load(weights_only=True)` refuses; it used to be
+    reported as a damaged file. Its weights are read with --trust-pickle (loading its TorchScript
+    program), and a model built from them computes what the traced one does."""
+    from odexport.checkpoint import load_checkpoint
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("od_resnet_tiny").eval()
+    x = torch.randn(2, 3, 32, 32)
+    path = tmp_path / "traced.pt"
+    with torch.no_grad():
+        torch.jit.trace(model, x[:1]).save(str(path))
+    with pytest.raises(CheckpointError, match="is a TorchScript archive") as info:
+        read_checkpoint_file(path)
+    assert "--trust-pickle" in info.value.hint and "torch.jit.load('traced.pt').state_dict()" in info.value.hint
+    raw = read_checkpoint_file(path, trust_pickle=True)
+    assert raw.file_format == "torchscript" and set(raw.obj) == set(model.state_dict())
+    loaded = load_checkpoint(path, trust_pickle=True)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x), atol=1e-6, rtol=1e-5)
