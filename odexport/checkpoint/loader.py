@@ -132,22 +132,28 @@ def _from_zoo_under(raw, state_dict, wrapper: str, arch, kernel_num, temperature
     Lightning module's ``self.model``): the weights under it, if they fit, with a note. Only after
     the file failed as it is, so a network whose own modules all sit under one name still loads
     whole; if the weights under it do not fit either, the first misfit is the error."""
-    from odexport.checkpoint.state_dict import strip_wrapper_prefixes
-
-    # a DataParallel or compiled network inside the wrapper: model.module.conv1.weight
-    inner, wrappers = strip_wrapper_prefixes({k[len(wrapper):]: v for k, v in state_dict.items()})
+    inner, removed = _under_wrapper(state_dict, wrapper)
     try:
         loaded = _from_zoo(raw, inner, arch, kernel_num, temperature, extras)
     except (ArchitectureError, CheckpointError):
         raise misfit from None
-    extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper, *wrappers]
-    extras["warnings"].insert(0, _wrapper_note(wrapper))
+    _note_wrapper(extras, removed)
     return loaded
 
 
-def _wrapper_note(wrapper: str) -> str:
-    return (f"every key is under '{wrapper}' (a training wrapper's attribute, such as a PyTorch Lightning "
-            f"module's self.{wrapper.rstrip('.')}): loaded the network under it")
+def _under_wrapper(state_dict, wrapper: str) -> tuple[dict[str, Any], list[str]]:
+    """The weights under ``wrapper``, and the prefixes removed: ``wrapper`` and any DataParallel or
+    ``torch.compile`` prefix inside it (``model.module.conv1.weight``)."""
+    from odexport.checkpoint.state_dict import strip_wrapper_prefixes
+
+    inner, wrappers = strip_wrapper_prefixes({k[len(wrapper):]: v for k, v in state_dict.items()})
+    return inner, [wrapper, *wrappers]
+
+
+def _note_wrapper(extras: dict[str, Any], removed: list[str]) -> None:
+    extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), *removed]
+    extras["warnings"].insert(0, f"every key is under '{removed[0]}' (a training wrapper's attribute, such as a PyTorch "
+                                 f"Lightning module's self.{removed[0].rstrip('.')}): loaded the network under it")
 
 
 def _note_non_finite(state_dict, extras: dict[str, Any]) -> None:
@@ -250,11 +256,8 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
         state_dict = part.state_dict
     wrapper = sole_prefix(state_dict) if part is None and submodel is None else None
     if wrapper is not None and not any(k.startswith(wrapper) for k in own):  # a Lightning file: as in _from_zoo_under
-        from odexport.checkpoint.state_dict import strip_wrapper_prefixes
-
-        state_dict, wrappers = strip_wrapper_prefixes({k[len(wrapper):]: v for k, v in state_dict.items()})
-        extras["stripped_prefixes"] = [*extras.get("stripped_prefixes", []), wrapper, *wrappers]
-        extras["warnings"].insert(0, _wrapper_note(wrapper))
+        state_dict, removed = _under_wrapper(state_dict, wrapper)
+        _note_wrapper(extras, removed)
     load_weights_strict(model, state_dict, what=f"the model built by --factory {factory}",
                         hint="build the network the checkpoint was trained with (the same module names and shapes); "
                              "--submodel PART loads one part of a bigger file")
