@@ -42,6 +42,7 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
 
     from odexport.checkpoint.arrays import check_input_batch, read_input_array
     from odexport.runtime import artifact_kind, open_runner
+    from odexport.runtime.memory import require_batch_fits
 
     x = read_input_array(inputs) if isinstance(inputs, (str, os.PathLike)) else np.ascontiguousarray(inputs, dtype=np.float32)
     check_input_batch(x, None)
@@ -58,6 +59,9 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
         if expected is None and runner.inputs and isinstance(runner.inputs[0].shape[1], int):
             expected = runner.inputs[0].shape[1]
         check_input_batch(x, expected)
+        # the input is in memory; what running it takes on top may not be (the OOM killer says nothing)
+        require_batch_fits(len(x), x.shape[1:], [runner.step_bytes], drawn=False,
+                           advice="split the input into files of at most {most} samples and run each")
         outputs = runner.infer(x)
     finally:
         runner.close()
@@ -109,6 +113,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     from odexport.report.parity import parity_report
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
     from odexport.runtime.batching import load_samples, random_samples, run_batched
+    from odexport.runtime.memory import require_batch_fits, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
     stage = stage or (lambda _name: None)
@@ -144,7 +149,12 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         _require_sample_shape(candidate, runner, shape, reference)
         if getattr(runner, "backend", "").startswith("torch"):
             runner.input_shape = shape  # a checkpoint fixes no sample shape: it runs on the reference's samples
+    if not inputs:
+        require_samples_fit(samples, shape)
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
+    # every batch is a copy of samples: with them held, the largest must fit (else the OOM killer ends the run)
+    require_batch_fits(max(batch_sizes), shape, [ref.step_bytes, *(runner.step_bytes for _, runner in opened)],
+                       held=data.x.nbytes, drawn=False)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
     _require_finite_reference(reference, reference_outputs)
@@ -401,6 +411,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
+    from odexport.runtime.memory import require_batch_fits
     from odexport.runtime.timing import block_latencies, interleaved_latencies
 
     if baseline not in ("static-twin", "none"):
@@ -428,6 +439,9 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                 missing[str(artifact)] = exc
                 continue
             _require_one_fixed_shape(fixed_shapes, artifact, runner)
+            known_shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
+            if known_shape:  # refuse a batch that cannot fit before a twin is exported for it
+                require_batch_fits(max(batch_sizes), known_shape, [runner.step_bytes])
             pairs.append((str(artifact), "candidate", None, runner))
             # what loading a checkpoint chose or ignored (e.g. the backbone of a detection checkpoint)
             report.notes.extend(f"{artifact}: {note}" for note in getattr(getattr(runner, "checkpoint_info", None), "warnings", None) or [])
@@ -464,6 +478,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     report.notes.append(f"{label} timed on samples of shape {'x'.join(map(str, shape))} (the size the other "
                                         f"artifacts fix; its default is {'x'.join(map(str, runner.input_shape or ()))})")
                 runner.input_shape = shape  # a PyTorch model takes any size
+        # the largest batch first, before anything is timed: one that cannot fit would end in the OOM killer
+        require_batch_fits(max(batch_sizes), shape, [runner.step_bytes for *_, runner in pairs])
         rng = np.random.default_rng(0)
         for batch_size in batch_sizes:
             stage(f"batch {batch_size}")

@@ -7,6 +7,7 @@ backend.  ``infer`` validates inputs (names, rank, dtype) and calls the backend'
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -110,6 +111,13 @@ class Runner(ABC):
             return (time.perf_counter_ns() - start) / 1e6
 
         return run_once
+
+    def step_bytes(self, sample_shape: tuple[int, ...]) -> int:
+        """A lower bound of the host memory one sample of ``sample_shape`` takes while this runner
+        runs it (:mod:`odexport.runtime.memory`): here its input; runners that can see their
+        model's steps report the largest step."""
+        dtype = self.inputs[0].dtype if self.inputs else np.dtype(np.float32)
+        return math.prod(int(d) for d in sample_shape) * dtype.itemsize
 
     def describe(self) -> dict:
         """Facts a report shows about this runner (backend, precision, input/output shapes)."""

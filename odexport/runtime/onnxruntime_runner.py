@@ -137,6 +137,7 @@ class OrtRunner(Runner):
             source = bytes(model)
         else:
             source = model  # onnx.ModelProto: serialised (or written out) once, below, after any rewrite
+        self._shape_source, self._step_bytes = source, None  # the graph as written: its tensors are the run's
         self.rewrite_report = None
         if cpu_rewrite and device == "cpu":
             # machine-local: runtime-weight Convs into onnxruntime's blocked NCHWc kernels (exact)
@@ -305,6 +306,19 @@ class OrtRunner(Runner):
 
         return run_graph
 
+    def step_bytes(self, sample_shape: tuple[int, ...]) -> int:
+        """On the CPU: the largest node's per-sample inputs and outputs, as ONNX shape inference
+        sees the graph (:func:`odexport.runtime.memory.onnx_step_bytes`); the input alone where it
+        sees nothing, and on a GPU (the host holds only the input)."""
+        floor = super().step_bytes(sample_shape)
+        if self.device != "cpu":
+            return floor
+        if self._step_bytes is None:
+            from odexport.runtime.memory import onnx_step_bytes
+
+            self._step_bytes = onnx_step_bytes(self._shape_source)
+        return max(floor, self._step_bytes)
+
     def describe(self) -> dict:
         facts = super().describe()
         facts["providers"] = self.session.get_providers()
@@ -326,6 +340,7 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
+        self._shape_source = None
         self._graph_sessions.clear()
         if self._scratch is not None:
             self._scratch.cleanup()

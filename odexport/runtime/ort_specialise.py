@@ -134,6 +134,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     import onnx
 
     from odexport.export.onnx_export import write_model_atomically
+    from odexport.runtime.memory import onnx_step_bytes, require_batch_fits
     from odexport.runtime.ort_optimize import CUSTOM_DOMAIN, optimize_for_cpu
 
     say = stage or (lambda _name: None)
@@ -166,6 +167,10 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     if record["nchwc_block"] is None:
         raise MissingDependencyError("this onnxruntime build does not use NCHWc convolutions on this CPU: nothing to specialise",
                                      "deploy the portable export as it is")
+
+    shape = _recorded_sample_shape(model, metadata)
+    if shape and (measure or check):  # both models run the largest size: one too large ends in the OOM killer
+        require_batch_fits(max(_check_batches(sizes)) if check else max(sizes), shape, [lambda _shape: onnx_step_bytes(model)])
 
     def rewrite(batches):
         say(f"specialise for batch {', '.join(map(str, batches))} (NCHWc block {record['nchwc_block']})")
@@ -233,6 +238,16 @@ def _speedups(portable, specialised, sizes, threads, rounds: int = 12, seconds: 
         for runner in runners.values():
             runner.close()
     return result
+
+
+def _recorded_sample_shape(model, metadata: dict) -> tuple[int, ...] | None:
+    """One sample's shape as an ``OrtRunner`` of ``model`` would report it (graph dims, else the export's record)."""
+    from odexport.runtime.onnxruntime_runner import _sample_shape
+
+    if not model.graph.input:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return _sample_shape(dims[1:], metadata)
 
 
 def _check_batches(sizes: list[int]) -> list[int]:

@@ -109,6 +109,7 @@ class TorchRunner(Runner):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self._input_name = input_name
         self._outputs: list[TensorSpec] | None = None
+        self._step_bytes: dict[tuple, int] = {}
 
     # -- interface ---------------------------------------------------------------------------
     @property
@@ -192,6 +193,38 @@ class TorchRunner(Runner):
         run_graph.graph = graph  # keep the graph (and its memory pool) alive with the closure
         return run_graph
 
+    def step_bytes(self, sample_shape: tuple[int, ...]) -> int:
+        """On the CPU: the largest, over every module's forward at batch 1, of the bytes held by
+        its input and output tensors (counted once per storage, so an in-place ReLU counts once);
+        the caller holds the input while the module makes its output. On a GPU the host holds
+        only the input."""
+        if self.device.type != "cpu" or self.model is None:
+            return super().step_bytes(sample_shape)
+        cached = self._step_bytes.get(tuple(sample_shape))
+        if cached is not None:
+            return cached
+        largest = 0
+
+        def measure(_module, inputs, output) -> None:
+            nonlocal largest
+            storages = {}
+            for tensor in _tensors_in((inputs, output)):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+            largest = max(largest, sum(storages.values()))
+
+        handles = [module.register_forward_hook(measure) for module in self.model.modules()]
+        try:
+            with self._forward_mode():
+                self.model(torch.zeros((1, *sample_shape), dtype=self.dtype))
+        except RuntimeError:
+            largest = 0  # the shape is wrong: the run itself reports that, with its own message
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._step_bytes[tuple(sample_shape)] = result = max(largest, super().step_bytes(sample_shape))
+        return result
+
     # -- helpers -----------------------------------------------------------------------------
     def _forward_mode(self) -> contextlib.AbstractContextManager:
         """``inference_mode``, and on CUDA the TF32 switches off (they are process-wide flags,
@@ -228,6 +261,18 @@ def _name_outputs(result) -> dict[str, torch.Tensor]:
         tensors = [v for v in result if isinstance(v, torch.Tensor)]
         return {("output" if i == 0 else f"output_{i}"): v for i, v in enumerate(tensors)}
     raise InputError(f"the model returned a {type(result).__name__}, not tensors", "make forward return a tensor, tuple or dict of tensors")
+
+
+def _tensors_in(value):
+    """Every tensor in a nest of tuples, lists and dicts (a module's inputs and outputs)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item)
 
 
 def _one_line(exc: BaseException) -> str:

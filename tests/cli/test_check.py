@@ -482,3 +482,14 @@ def test_device_cuda_gates_on_the_gpu(artifacts):
     result = _check(artifacts["ckpt"], artifacts["perturbed"], "--device", "cuda")
     assert result.exit_code == 2, result.output
 
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-sizes", "1,1000000000"], "a batch of 1000000000 samples of shape 3x32x32 needs at least"),
+    (["--samples", "1000000000"], "1000000000 random samples of shape 3x32x32 need at least"),
+])
+def test_sizes_no_machine_can_hold_are_an_input_error(artifacts, tmp_path, extra, message):
+    junit = tmp_path / "report.xml"
+    result = _check(artifacts["ckpt"], artifacts["good"], *extra, "--junit", junit)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output and not junit.exists()

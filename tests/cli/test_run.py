@@ -154,3 +154,17 @@ def test_device_cuda_runs_there_or_exits_3(tiny, tmp_path):
         return
     assert result.exit_code == 0 and "torch-cuda" in result.output, result.output
     np.testing.assert_allclose(np.load(out), tiny["expected"], rtol=1e-4, atol=1e-5)
+
+
+def test_an_input_too_large_to_run_here_is_refused_without_writing(tiny, tmp_path, monkeypatch):
+    from odexport.runtime import memory
+
+    # the two-sample input against 64 kB of free memory: the refusal a 100,000-sample file meets on a real machine
+    monkeypatch.setattr(memory, "available_memory", lambda: 64 * 1024)
+    source, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(source, tiny["x"])
+    result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    assert "a batch of 2 samples of shape 3x32x32 needs at least" in result.output
+    assert "split the input into files of at most" in result.output or "free memory" in result.output
+    assert not out.exists()

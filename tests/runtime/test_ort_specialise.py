@@ -206,3 +206,12 @@ def test_measured_sizes_keep_only_what_is_faster(exports, tmp_path):
     assert made.record["batches"] == [b for b in (1, 4) if speed[str(b)] >= 1.0]
     dropped = [b for b in (1, 4) if speed[str(b)] < 1.0]
     assert len([n for n in made.rewrite["notes"] if "runs the general graph" in n]) == len(dropped)
+
+
+@needs_nchwc
+def test_a_batch_no_machine_can_hold_is_refused_before_specialising(exports, tmp_path):
+    _, source = exports["od"]
+    out = tmp_path / "big.onnx"
+    with pytest.raises(InputError, match="a batch of 1000000000 samples of shape 3x32x32 needs at least"):
+        specialise_onnx(source, out, batch_sizes=(1, 10**9))
+    assert not out.exists()

@@ -1,0 +1,178 @@
+"""Refuse a batch that cannot fit in this machine's memory before anything is allocated for it.
+
+On Linux a process that outgrows the memory it may use is killed by the kernel (exit 137, no
+message, no report), so a batch size that cannot fit has to be caught before the arrays exist.
+The estimate here is a **lower bound**: what one inference must hold at once, never more, so a
+refusal is certain and a batch that passes may still be too large (the runtimes' arenas,
+workspaces and intermediate tensors a graph keeps alive are not counted).
+
+For a batch of ``b`` samples the bound is ``b * max(step, generation)`` plus what the caller already
+holds (``check``'s sample set), where ``step`` is the largest, over the model's steps (a module's
+forward, an ONNX node), of the bytes of that step's inputs and outputs for one sample -- both must
+exist while the step runs -- and ``generation`` is the bytes of the random float64 draw and its
+float32 copy for one sample (``numpy``'s ``standard_normal`` draws float64).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from odexport.errors import InputError
+
+#: A step of a CNN holds a few times its input per sample (a ResNet stem ~6x, a MobileNetV2
+#: expansion ~9x, a full-resolution segmentation head of 150 classes ~50x). A batch whose float32
+#: input times this still fits is not analysed (a forward with hooks, ONNX shape inference).
+STEP_TO_INPUT_CEILING = 256
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: ``MemAvailable`` from ``/proc/meminfo``, lowered to the
+    room left under the process's memory cgroup limit (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``) where one is set. None where neither can be read (not Linux)."""
+    candidates = []
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    room = _cgroup_room()
+    if room is not None:
+        candidates.append(room)
+    return min(candidates) if candidates else None
+
+
+def _cgroup_room() -> int | None:
+    """Limit minus usage of this process's memory cgroup, or None without a limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # cgroup v2: one unified hierarchy
+            base = Path("/sys/fs/cgroup") / path.lstrip("/")
+            limit, usage = base / "memory.max", base / "memory.current"
+        elif "memory" in controllers.split(","):
+            base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            limit, usage = base / "memory.limit_in_bytes", base / "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            cap, used = limit.read_text().strip(), int(usage.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if cap == "max" or not cap.isdigit() or int(cap) >= 1 << 60:  # "max" (v2) or the v1 page-rounded 2^63
+            continue
+        return max(int(cap) - used, 0)
+    return None
+
+
+def onnx_step_bytes(model) -> int:
+    """Bytes one sample needs at the largest node of ``model`` (a path, bytes or ``ModelProto``):
+    the sum of the node's inputs and outputs whose shape ONNX shape inference knows and whose first
+    axis is the graph's dynamic batch (per sample: the product of the other axes times the item
+    size). Nodes inside subgraphs (``If`` branches) count too. 0 where nothing is known (a
+    fixed-batch graph, shapes inference cannot follow)."""
+    import onnx
+    from onnx import shape_inference
+
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            proto = onnx.load(os.fspath(model), load_external_data=False)
+        elif isinstance(model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            proto = model
+        inferred = shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # an unreadable model fails where it is run, with its own message
+        return 0
+    batch_names = {dims[0].dim_param for dims in (v.type.tensor_type.shape.dim for v in inferred.graph.input)
+                   if len(dims) and dims[0].HasField("dim_param")}
+    if not batch_names:
+        return 0
+    largest = 0
+    for graph, known in _graphs_with_shapes(inferred.graph, {}):
+        for node in graph.node:
+            names = {name for name in (*node.input, *node.output) if name}
+            largest = max(largest, sum(_per_sample_bytes(known.get(name), batch_names) for name in names))
+    return largest
+
+
+def _graphs_with_shapes(graph, outer: dict):
+    """``(graph, name -> value info)`` for ``graph`` and every subgraph below it (names of an
+    outer graph stay visible inside, as in ONNX scoping)."""
+    known = dict(outer)
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        known[value.name] = value
+    yield graph, known
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graphs_with_shapes(sub, known)
+
+
+def _per_sample_bytes(value, batch_names: set) -> int:
+    import onnx
+
+    if value is None or not value.type.HasField("tensor_type"):
+        return 0
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) < 1 or dims[0].dim_param not in batch_names or not all(d.HasField("dim_value") for d in dims[1:]):
+        return 0
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return math.prod(d.dim_value for d in dims[1:]) * itemsize
+
+
+def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, drawn: bool = True,
+                       advice: str = "use --batch-sizes of at most {most}", available: int | None = None) -> None:
+    """Raise an :class:`InputError` when a batch of ``batch_size`` samples of ``sample_shape``
+    cannot fit: ``held`` bytes already taken by the caller plus ``batch_size`` times the larger of
+    the batch's own bytes (``drawn``: the random float64 draw and its float32 copy; else one float32
+    copy) and what each of ``steps`` (callables ``sample_shape -> bytes``, e.g. a runner's
+    :meth:`~odexport.runtime.base.Runner.step_bytes`, called only near the limit) says its largest
+    step holds per sample (the bound in this module's docstring). ``advice`` is the hint,
+    formatted with ``most``, the largest batch the bound admits. ``available`` defaults to
+    :func:`available_memory`; where that is unknown nothing is refused."""
+    available = available_memory() if available is None else available
+    if available is None or batch_size <= 0:
+        return
+    sample = math.prod(int(d) for d in sample_shape)
+    generation = sample * (8 + 4 if drawn else 4)  # the float64 draw and its float32 copy, or the copy alone
+    if held + batch_size * max(generation, sample * 4 * STEP_TO_INPUT_CEILING) <= available:
+        return  # far from the limit: no model's step comes near it
+    per_sample = max([generation, *(step(tuple(sample_shape)) for step in steps)])
+    need = held + batch_size * per_sample
+    if need <= available:
+        return
+    most = max((available - held) // per_sample, 0)
+    hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
+    held_part = f", {_gib(held)} of it the samples themselves" if held * 10 >= need else ""
+    shape = "x".join(map(str, sample_shape))
+    raise InputError(f"a batch of {batch_size} samples of shape {shape} needs at least "
+                     f"{_gib(need)} of memory{held_part}; {_gib(available)} is available here", hint)
+
+
+def require_samples_fit(count: int, sample_shape, *, option: str = "--samples", available: int | None = None) -> None:
+    """Raise an :class:`InputError` when ``count`` random samples cannot be drawn: the float64 draw
+    and its float32 copy exist together."""
+    available = available_memory() if available is None else available
+    if available is None or count <= 0:
+        return
+    per_sample = math.prod(int(d) for d in sample_shape) * (8 + 4)
+    if count * per_sample <= available:
+        return
+    shape, need, most = "x".join(map(str, sample_shape)), count * per_sample, max(available // per_sample, 1)
+    raise InputError(f"{count} random samples of shape {shape} need at least {_gib(need)} of memory to draw; "
+                     f"{_gib(available)} is available here", f"use {option} of at most {most}")
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{count / 2**20:.0f} MiB"

@@ -1,0 +1,130 @@
+"""The memory floor behind refusing batches that cannot fit (odexport.runtime.memory).
+
+Expected byte counts are worked out by hand from the tensors' shapes, not read from the code.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from torch import nn
+
+from odexport.errors import InputError
+from odexport.runtime import memory
+from odexport.runtime.memory import available_memory, onnx_step_bytes, require_batch_fits, require_samples_fit
+from odexport.runtime.onnxruntime_runner import OrtRunner
+from odexport.runtime.torch_runner import TorchRunner
+
+FLOAT = 4
+
+
+def _conv_relu_onnx(batch="batch") -> onnx.ModelProto:
+    """input (N, 3, 8, 8) -> Conv 3->16, 3x3, pad 1 -> Relu -> output (N, 16, 8, 8)."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, (16, 3, 3, 3), np.zeros(16 * 27, np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["conv"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["conv"], ["output"])],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, (batch, 3, 8, 8))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, (batch, 16, 8, 8))], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_onnx_step_is_the_largest_node_per_sample(tmp_path):
+    # Conv: in 3*8*8 + out 16*8*8 floats; Relu: 16*8*8 in + 16*8*8 out (the weight has no batch axis)
+    conv, relu = (3 * 64 + 16 * 64) * FLOAT, (16 * 64 * 2) * FLOAT
+    model = _conv_relu_onnx()
+    assert onnx_step_bytes(model) == max(conv, relu) == 8192
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert onnx_step_bytes(path) == 8192
+    with OrtRunner(path) as runner:
+        assert runner.step_bytes((3, 8, 8)) == 8192
+
+
+def test_onnx_step_counts_nodes_inside_if_branches():
+    inner = _conv_relu_onnx().graph
+    branch = helper.make_graph(list(inner.node), "b", [], [helper.make_tensor_value_info("output", TensorProto.FLOAT, ("batch", 16, 8, 8))],
+                               list(inner.initializer))
+    other = helper.make_graph([helper.make_node("Identity", ["input"], ["same"])], "o", [],
+                              [helper.make_tensor_value_info("same", TensorProto.FLOAT, ("batch", 3, 8, 8))])
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["input"], ["shape"]), helper.make_node("ReduceSum", ["shape"], ["total"], keepdims=0),
+         helper.make_node("Cast", ["total"], ["flag"], to=TensorProto.BOOL),
+         helper.make_node("If", ["flag"], ["output"], then_branch=branch, else_branch=other)],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ("batch", 3, 8, 8))],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert onnx_step_bytes(model) == 8192
+
+
+def test_a_fixed_batch_graph_or_an_unreadable_one_gives_no_step():
+    assert onnx_step_bytes(_conv_relu_onnx(batch=2)) == 0
+    assert onnx_step_bytes(b"not a model") == 0
+
+
+@pytest.mark.parametrize("inplace, expected", [(False, (16 * 64 * 2) * FLOAT), (True, (3 * 64 + 16 * 64) * FLOAT)])
+def test_torch_step_is_the_largest_module_per_sample(inplace, expected):
+    # the Sequential and the Conv each hold 3*8*8 in + 16*8*8 out; a ReLU 16*8*8 in + out, or once in place
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=inplace))
+    runner = TorchRunner(model, input_shape=(3, 8, 8))
+    assert runner.step_bytes((3, 8, 8)) == expected
+    assert runner.step_bytes((3, 8, 8)) == expected  # cached, unchanged
+
+
+def test_torch_step_in_float64_counts_eight_bytes():
+    runner = TorchRunner(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1)), dtype="float64")
+    assert runner.step_bytes((3, 8, 8)) == (3 * 64 + 16 * 64) * 8
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_can():
+    step = 8192  # per sample
+    with pytest.raises(InputError) as caught:
+        require_batch_fits(1000, (3, 8, 8), [lambda shape: step], available=100 * step)
+    assert "a batch of 1000 samples of shape 3x8x8 needs at least" in caught.value.message
+    assert caught.value.hint == "use --batch-sizes of at most 100"
+    require_batch_fits(100, (3, 8, 8), [lambda shape: step], available=100 * step)  # exactly fits
+
+
+def test_what_the_caller_holds_counts_and_is_named():
+    per_sample = 3 * 64 * FLOAT  # drawn=False: one float32 copy of each batch
+    with pytest.raises(InputError) as caught:
+        require_batch_fits(10, (3, 8, 8), [], held=10 * per_sample, drawn=False, available=15 * per_sample,
+                           advice="split into {most}")
+    assert "of it the samples themselves" in caught.value.message and caught.value.hint == "split into 5"
+    with pytest.raises(InputError, match="free memory"):
+        require_batch_fits(10, (3, 8, 8), [], held=20 * per_sample, drawn=False, available=15 * per_sample)
+
+
+def test_a_random_draw_counts_float64_and_float32():
+    per_sample = 3 * 64 * (8 + 4)
+    with pytest.raises(InputError) as caught:
+        require_batch_fits(11, (3, 8, 8), [], available=10 * per_sample)
+    assert caught.value.hint == "use --batch-sizes of at most 10"
+    with pytest.raises(InputError) as caught:
+        require_samples_fit(11, (3, 8, 8), available=10 * per_sample)
+    assert caught.value.hint == "use --samples of at most 10"
+    require_samples_fit(10, (3, 8, 8), available=10 * per_sample)
+
+
+def test_models_are_not_analysed_far_from_the_limit():
+    def must_not_run(_shape):
+        raise AssertionError("analysed a batch far below the limit")
+
+    require_batch_fits(8, (3, 224, 224), [must_not_run], available=64 * 2**30)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc/meminfo (Linux)")
+def test_available_memory_is_at_most_the_machines():
+    with open("/proc/meminfo") as handle:
+        total = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemTotal:"))
+    free = available_memory()
+    assert free is not None and 0 < free <= total
+
+
+def test_unknown_memory_refuses_nothing(monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda: None)
+    require_batch_fits(10**12, (3, 224, 224), [])
+    require_samples_fit(10**12, (3, 224, 224))
