@@ -137,13 +137,40 @@ def _reused_registry():
         _registration.ONNXRegistry.from_torchlib = original
 
 
+#: The dynamo exporter's own progress lines (``[torch.onnx] Run decompositions...``) -> the stage
+#: shown for them: a large model spends tens of seconds in these, and one "trace" says nothing.
+#: Lines it prints that are not listed (or a changed wording) are dropped, never shown raw.
+EXPORTER_PHASES = (("Obtain model graph", "trace: torch.export"), ("Run decompositions", "trace: decompositions"),
+                   ("Translate the graph into ONNX", "trace: translate to ONNX"), ("Optimize the ONNX graph", "trace: optimise"))
+
+
+class _ExporterPhases(io.TextIOBase):
+    """Standard output while the exporter runs: each phase it starts becomes a progress stage."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        self._progress = progress
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        line = text.strip().removeprefix("[torch.onnx]").strip()
+        if line.endswith("..."):  # a phase starting; its end repeats the line with a mark after "..."
+            for phrase, stage in EXPORTER_PHASES:
+                if line.startswith(phrase):
+                    self._progress(stage)
+        return len(text)
+
+
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The dynamo exporter logs optional-registry warnings and prints progress; keep both out."""
+def _quiet_exporter(progress: Callable[[str], None] | None = None):
+    """The dynamo exporter logs optional-registry warnings and prints progress; keep both out of
+    the user's output, and pass the phases it starts to ``progress``."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    sink = _ExporterPhases(progress) if progress is not None else io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         try:
             yield
@@ -151,16 +178,18 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes, opset: int) -> onnx.ModelProto:
-    """``torch.onnx.export(dynamo=True)`` to an in-memory ModelProto, errors made one line."""
+def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes, opset: int,
+                  progress: Callable[[str], None] | None = None) -> onnx.ModelProto:
+    """``torch.onnx.export(dynamo=True)`` to an in-memory ModelProto, errors made one line;
+    ``progress`` is told each phase the exporter starts (:data:`EXPORTER_PHASES`)."""
     try:
-        with _quiet_exporter(), _reused_registry():
+        with _quiet_exporter(progress), _reused_registry():
             program = torch.onnx.export(
                 module,
                 args,
                 None,
                 dynamo=True,
-                verbose=False,
+                verbose=None if progress is not None else False,  # None: it prints its phases (to _ExporterPhases)
                 input_names=list(input_names),
                 output_names=list(output_names),
                 dynamic_shapes=dynamic_shapes,
@@ -198,8 +227,10 @@ def build_onnx(
     custom: bool,
     num_outputs: int = 1,
     example_batch: int = DEFAULT_EXAMPLE_BATCH,
+    progress: Callable[[str], None] | None = None,
 ) -> onnx.ModelProto:
-    """Trace ``model`` with each layer in its planned variant; the custom form gets its functions."""
+    """Trace ``model`` with each layer in its planned variant; the custom form gets its functions.
+    ``progress`` is told the exporter's phases."""
     variants = {p.name: (p.spec, p.variant) for p in plans}
     trace_batch = batch if batch is not None else example_batch
     example = torch.zeros(trace_batch, *input_shape)
@@ -207,7 +238,7 @@ def build_onnx(
     output_names = [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{i}" for i in range(1, num_outputs)]
     if not custom or not plans:
         with exporting_forms(model, variants):
-            proto = torch_to_onnx(model, (example,), [INPUT_NAME], output_names, dynamic, opset)
+            proto = torch_to_onnx(model, (example,), [INPUT_NAME], output_names, dynamic, opset, progress)
         _strip_bulky_metadata(proto)
         return proto
     # The custom form: one com.odexport node per layer, and each distinct layer configuration's
@@ -220,7 +251,8 @@ def build_onnx(
     shapes = None if batch is not None else (dynamic[0], tuple(body_shapes))
     with exporting_forms(model, variants, emitter=custom_form.emit_custom_node):
         rider = custom_form.RidingAlong(model, bodies)
-        proto = torch_to_onnx(rider, (example, *body_args), [INPUT_NAME, *body_names], output_names + body_outputs, shapes, opset)
+        proto = torch_to_onnx(rider, (example, *body_args), [INPUT_NAME, *body_names], output_names + body_outputs, shapes, opset,
+                              progress)
     functions = custom_form.split_bodies(proto, bodies, entries, body_names, body_outputs)
     custom_form.finish_custom_model(proto, functions)
     _strip_bulky_metadata(proto)
@@ -357,7 +389,8 @@ def export_onnx(
         # fp16 keeps to the variants whose aggregation the precision pass places in fp32
         plans = plan_layers(specs, form, target=target, batch=batch, exclude=("patch",) if fp16 else ())
         say("trace")
-        proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=any(p.form == "custom" for p in plans), num_outputs=num_outputs, example_batch=example_batch)
+        proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=any(p.form == "custom" for p in plans),
+                           num_outputs=num_outputs, example_batch=example_batch, progress=progress)
         counts = {}
         if fp16:
             from odexport.export.precision import convert_to_mixed_precision
