@@ -113,7 +113,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     from odexport.report.parity import parity_report
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
     from odexport.runtime.batching import load_samples, random_samples, run_batched
-    from odexport.runtime.memory import require_batch_fits, require_samples_fit
+    from odexport.runtime.memory import require_batch_fits, require_outputs_fit, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
     stage = stage or (lambda _name: None)
@@ -161,6 +161,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     _require_label_range(data, reference_outputs, inputs)
     if tolerances is not None:
         tolerances.require_known(reference_outputs)
+    require_outputs_fit(len(data.x), sum(v.nbytes for v in reference_outputs.values()) // len(data.x),
+                        1 + len(batch_sizes) * len(opened), held=data.x.nbytes,
+                        advice="pass at most {most} samples in --inputs" if inputs else "use --samples of at most {most}")
     noise, other_precision = {}, None
     if noise_margin is None or noise_margin > 0:
         from odexport.runtime.torch_runner import TorchRunner
@@ -170,6 +173,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         other_precision = TorchRunner(ref.model, dtype=other, input_shape=shape, threads=threads)
         alt = run_batched(other_precision, data.x, max(batch_sizes))
         noise = {k: float(np.abs(alt[k].astype(np.float64) - v.astype(np.float64)).max()) for k, v in reference_outputs.items() if k in alt}
+        del alt  # its maximum difference is all that is kept
     runs = []
     for artifact, runner in opened:
         stage(f"candidate {artifact}")

@@ -174,5 +174,25 @@ def require_samples_fit(count: int, sample_shape, *, option: str = "--samples", 
                      f"{_gib(available)} is available here", f"use {option} of at most {most}")
 
 
+def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int = 0, advice: str = "use --samples of at most {most}",
+                        available: int | None = None) -> None:
+    """Raise an :class:`InputError` when ``copies`` sets of outputs for ``count`` samples
+    (``per_sample`` bytes each) cannot be kept on top of ``held`` bytes: ``check`` keeps the
+    reference's outputs and each candidate's at each batch size until the report, which for a
+    dense-prediction model (an output map per sample) can outgrow the samples themselves."""
+    available = available_memory() if available is None else available
+    if available is None or count <= 0 or per_sample <= 0:
+        return
+    need = held + count * per_sample * copies
+    if need <= available:
+        return
+    most = max((available - held) // (per_sample * copies), 0)
+    hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
+    each = _gib(count * per_sample)
+    raise InputError(f"comparing {count} samples keeps {copies} copies of their outputs ({each} each: the reference's, "
+                     f"and each candidate's at each batch size), at least {_gib(need)} with the samples; "
+                     f"{_gib(available)} is available here", hint)
+
+
 def _gib(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{count / 2**20:.0f} MiB"

@@ -15,7 +15,7 @@ from torch import nn
 
 from odexport.errors import InputError
 from odexport.runtime import memory
-from odexport.runtime.memory import available_memory, onnx_step_bytes, require_batch_fits, require_samples_fit
+from odexport.runtime.memory import available_memory, onnx_step_bytes, require_batch_fits, require_outputs_fit, require_samples_fit
 from odexport.runtime.onnxruntime_runner import OrtRunner
 from odexport.runtime.torch_runner import TorchRunner
 
@@ -128,3 +128,25 @@ def test_unknown_memory_refuses_nothing(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: None)
     require_batch_fits(10**12, (3, 224, 224), [])
     require_samples_fit(10**12, (3, 224, 224))
+
+
+def test_outputs_kept_for_the_report_count_every_copy():
+    # 100 samples of 1 MiB outputs, the reference's and 2 candidates x 3 batch sizes: 7 copies on top of 10 MiB of samples
+    mib = 2**20
+    with pytest.raises(InputError) as caught:
+        require_outputs_fit(100, mib, 7, held=10 * mib, available=700 * mib)
+    assert "comparing 100 samples keeps 7 copies of their outputs (100 MiB each" in caught.value.message
+    assert caught.value.hint == "use --samples of at most 98"  # (700 - 10) // 7
+    require_outputs_fit(98, mib, 7, held=10 * mib, available=700 * mib)
+
+
+def test_check_refuses_outputs_it_could_not_keep(monkeypatch):
+    from odexport.pipeline import check_parity
+
+    # a dense head: 64x16x16 floats out per 3x16x16 in; 8 samples x (reference + 1 candidate x 3 batch sizes) of 64 kB
+    # outputs is 2 MiB, while every batch (at most 8 x (3 kB in + 64 kB out) on top of the samples) fits in 1 MiB
+    model = nn.Conv2d(3, 64, 1).eval()
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**20)
+    with pytest.raises(InputError, match="comparing 8 samples keeps 4 copies of their outputs") as caught:
+        check_parity(model, [model], samples=8, batch_sizes=(1, 2, 8), input_shape=(3, 16, 16), noise_margin=0)
+    assert caught.value.hint.startswith("use --samples of at most")
