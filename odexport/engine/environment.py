@@ -201,6 +201,13 @@ def _package_importable(name: str) -> bool:
     return True
 
 
+def _memory_report() -> dict:
+    """The memory bench, check, run and ort size their batches against (odexport.runtime.memory)."""
+    from odexport.runtime.memory import available_memory, memory_facts
+
+    return {"available": available_memory(), **memory_facts()}
+
+
 def machine_report() -> dict:
     """Everything ``odexport doctor`` shows, as one JSON-able dict. Never raises."""
     from odexport import __version__
@@ -224,6 +231,7 @@ def machine_report() -> dict:
         "tensorrt": trt_info,
         "plugin_libraries": _fenced(find_plugin_libraries),
         "plugin_search_path": {var: os.environ.get(var, "") for var in (PLUGIN_PATH_ENV, "LD_LIBRARY_PATH")},
+        "memory": _fenced(_memory_report),
     }
     report["can"] = {
         "export_onnx": True,

@@ -31,23 +31,32 @@ def available_memory() -> int | None:
     """Bytes this process can still take: ``MemAvailable`` from ``/proc/meminfo``, lowered to the
     room left under the process's memory cgroup limit (v2 ``memory.max``, v1
     ``memory.limit_in_bytes``) where one is set. None where neither can be read (not Linux)."""
-    candidates = []
+    facts = memory_facts()
+    candidates = [v for v in (facts["meminfo_available"], facts["cgroup_room"]) if v is not None]
+    return min(candidates) if candidates else None
+
+
+def memory_facts() -> dict:
+    """What :func:`available_memory` reads, in bytes (None where unknown): ``meminfo_available``,
+    ``cgroup_limit`` and ``cgroup_room`` (limit minus usage) -- for ``odexport doctor``."""
+    facts = {"meminfo_available": None, "cgroup_limit": None, "cgroup_room": None}
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    candidates.append(int(line.split()[1]) * 1024)
+                    facts["meminfo_available"] = int(line.split()[1]) * 1024
                     break
     except (OSError, ValueError, IndexError):
         pass
-    room = _cgroup_room()
-    if room is not None:
-        candidates.append(room)
-    return min(candidates) if candidates else None
+    limit = _cgroup_limit()
+    if limit is not None:
+        facts["cgroup_limit"], used = limit
+        facts["cgroup_room"] = max(facts["cgroup_limit"] - used, 0)
+    return facts
 
 
-def _cgroup_room() -> int | None:
-    """Limit minus usage of this process's memory cgroup, or None without a limit."""
+def _cgroup_limit() -> tuple[int, int] | None:
+    """``(limit, usage)`` of this process's memory cgroup, or None without a limit."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -68,7 +77,7 @@ def _cgroup_room() -> int | None:
             continue
         if cap == "max" or not cap.isdigit() or int(cap) >= 1 << 60:  # "max" (v2) or the v1 page-rounded 2^63
             continue
-        return max(int(cap) - used, 0)
+        return int(cap), used
     return None
 
 

@@ -47,6 +47,12 @@ def test_json_report_matches_this_machine(tmp_path):
     assert ("cuda_session" in report["onnxruntime"]) == gpu_provider  # started only where it can work
     assert report["can"]["onnxruntime_cuda"] == bool(report["onnxruntime"].get("cuda_session", {}).get("started"))
     assert report["can"]["tensorrt_engines"] == bool(trt.get("usable"))
+    memory = report["memory"]
+    if os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as handle:
+            total = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemTotal:"))
+        assert 0 < memory["available"] <= min(v for v in (memory["meminfo_available"], memory["cgroup_room"]) if v is not None)
+        assert memory["available"] <= total
 
 
 def test_text_report_exits_0_and_covers_every_section():
@@ -66,8 +72,10 @@ def test_render_survives_failed_probes():
         "odexport": "0", "python": "3", "platform": "p", "cpu_count": 1,
         "torch": {"error": "ImportError: broken"}, "onnxruntime": {"error": "ImportError: gone"},
         "tensorrt": {"error": "OSError: libnvinfer.so"}, "plugin_libraries": {"error": "PermissionError"}, "can": {},
+        "memory": {"error": "OSError: /proc"},
     })
     text = "\n".join(lines)
+    assert "memory       probe failed: OSError: /proc" in text
     assert "torch        not usable: ImportError: broken" in text
     assert "onnxruntime  not usable" in text and "TensorRT     probe failed" in text and "search failed" in text
     assert render_report({"error": "boom"}) == ["odexport doctor could not inspect this machine: boom"]
@@ -114,3 +122,10 @@ def test_render_says_when_the_cuda_provider_does_not_start():
     text = "\n".join(lines)
     assert "CUDA provider could not start: onnxruntime could not start its CUDA execution provider" in text
     assert "onnxruntime CUDA no" in text
+
+
+def test_memory_line_names_a_cgroup_limit():
+    gib = 2**30
+    lines = render_report({"memory": {"available": 3 * gib, "meminfo_available": 20 * gib, "cgroup_limit": 4 * gib, "cgroup_room": 3 * gib}})
+    assert "memory       3.0 GiB available, under a cgroup limit of 4.0 GiB (bench, check, run and ort refuse batches past it)" in lines
+    assert any("memory       unknown here" in line for line in render_report({"memory": {"available": None}}))

@@ -31,6 +31,10 @@ def doctor(
         typer.echo(line)
 
 
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB"
+
+
 def _yes(value) -> str:
     return "yes" if value else "no"
 
@@ -93,6 +97,14 @@ def render_report(report: dict) -> list[str]:
     else:
         lines.append("plugins      none found (searched $ODEXPORT_PLUGIN_PATH and $LD_LIBRARY_PATH)")
 
+    memory = report.get("memory", {})
+    if "error" in memory:
+        lines.append(f"memory       probe failed: {memory['error']}")
+    elif memory.get("available") is None:
+        lines.append("memory       unknown here (no /proc/meminfo): batch sizes are not checked against it")
+    else:
+        limit = f", under a cgroup limit of {_gib(memory['cgroup_limit'])}" if memory.get("cgroup_limit") else ""
+        lines.append(f"memory       {_gib(memory['available'])} available{limit} (bench, check, run and ort refuse batches past it)")
     can = report.get("can", {})
     lines.append(
         "can          "
