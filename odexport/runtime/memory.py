@@ -10,7 +10,10 @@ For a batch of ``b`` samples the bound is ``b * max(step, generation)`` plus wha
 holds (``check``'s sample set), where ``step`` is the largest, over the model's steps (a module's
 forward, an ONNX node), of the bytes of that step's inputs and outputs for one sample -- both must
 exist while the step runs -- and ``generation`` is the bytes of the random float64 draw and its
-float32 copy for one sample (``numpy``'s ``standard_normal`` draws float64).
+float32 copy for one sample (``numpy``'s ``standard_normal`` draws float64), or of one float32
+copy where the batch is cut from samples already held. ``check`` also keeps every output it
+compares until the report: :func:`require_outputs_fit` counts those once the reference has shown
+their size.
 """
 
 from __future__ import annotations
