@@ -196,21 +196,24 @@ class TorchRunner(Runner):
     def step_bytes(self, sample_shape: tuple[int, ...]) -> int:
         """On the CPU: the largest, over every module's forward at batch 1, of the bytes held by
         its input and output tensors (counted once per storage, so an in-place ReLU counts once);
-        the caller holds the input while the module makes its output. On a GPU the host holds
-        only the input."""
+        the caller holds the input while the module makes its output. Only tensors with the batch
+        axis first count, and never the model's parameters or buffers (a weight passed to a
+        submodule is not per sample). On a GPU the host holds only the input."""
         if self.device.type != "cpu" or self.model is None:
             return super().step_bytes(sample_shape)
         cached = self._step_bytes.get(tuple(sample_shape))
         if cached is not None:
             return cached
         largest = 0
+        shared = {t.untyped_storage().data_ptr() for t in (*self.model.parameters(), *self.model.buffers())}
 
         def measure(_module, inputs, output) -> None:
             nonlocal largest
             storages = {}
             for tensor in _tensors_in((inputs, output)):
                 storage = tensor.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
+                if tensor.dim() and tensor.shape[0] == 1 and storage.data_ptr() not in shared:
+                    storages[storage.data_ptr()] = storage.nbytes()
             largest = max(largest, sum(storages.values()))
 
         handles = [module.register_forward_hook(measure) for module in self.model.modules()]

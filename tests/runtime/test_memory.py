@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+import torch
 from torch import nn
 
 from odexport.errors import InputError
@@ -150,3 +151,25 @@ def test_check_refuses_outputs_it_could_not_keep(monkeypatch):
     with pytest.raises(InputError, match="comparing 8 samples keeps 4 copies of their outputs") as caught:
         check_parity(model, [model], samples=8, batch_sizes=(1, 2, 8), input_shape=(3, 16, 16), noise_margin=0)
     assert caught.value.hint.startswith("use --samples of at most")
+
+
+class _WeightPassedOn(nn.Module):
+    """A layer that hands its (large) weight to a submodule, as functional designs do."""
+
+    class Apply(nn.Module):
+        def forward(self, x, weight):
+            return torch.nn.functional.conv2d(x, weight, padding=1)
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(256, 3, 3, 3))
+        self.apply_weight = self.Apply()
+
+    def forward(self, x):
+        return self.apply_weight(x, self.weight)
+
+
+def test_weights_handed_to_a_submodule_are_not_per_sample():
+    # in 3*8*8 + out 256*8*8 floats per sample; the 256*3*3*3 weight is the model's, whatever the batch
+    runner = TorchRunner(_WeightPassedOn().eval(), input_shape=(3, 8, 8))
+    assert runner.step_bytes((3, 8, 8)) == (3 * 64 + 256 * 64) * FLOAT
