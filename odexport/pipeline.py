@@ -42,7 +42,7 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
 
     from odexport.checkpoint.arrays import check_input_batch, read_input_array
     from odexport.runtime import artifact_kind, open_runner
-    from odexport.runtime.memory import require_batch_fits
+    from odexport._memory import require_batch_fits
 
     x = read_input_array(inputs) if isinstance(inputs, (str, os.PathLike)) else np.ascontiguousarray(inputs, dtype=np.float32)
     check_input_batch(x, None)
@@ -113,7 +113,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     from odexport.report.parity import parity_report
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
     from odexport.runtime.batching import load_samples, random_samples, run_batched
-    from odexport.runtime.memory import require_batch_fits, require_outputs_fit, require_samples_fit
+    from odexport._memory import require_batch_fits, require_outputs_fit, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
     stage = stage or (lambda _name: None)
@@ -415,7 +415,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
-    from odexport.runtime.memory import require_batch_fits
+    from odexport._memory import require_batch_fits
     from odexport.runtime.timing import block_latencies, interleaved_latencies
 
     if baseline not in ("static-twin", "none"):

@@ -29,6 +29,9 @@ def read_input_array(path: str | os.PathLike) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise InputError(f"input file {path} is not .npy, .npz or .pt", _HINT)
+    from odexport._memory import require_file_fits
+
+    require_file_fits(path, advice="split the input into files of at most {most} samples and run each")
     try:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)

@@ -202,8 +202,8 @@ def _package_importable(name: str) -> bool:
 
 
 def _memory_report() -> dict:
-    """The memory bench, check, run and ort size their batches against (odexport.runtime.memory)."""
-    from odexport.runtime.memory import available_memory, memory_facts
+    """The memory bench, check, run and ort size their batches against (odexport._memory)."""
+    from odexport._memory import available_memory, memory_facts
 
     return {"available": available_memory(), **memory_facts()}
 

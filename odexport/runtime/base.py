@@ -114,7 +114,7 @@ class Runner(ABC):
 
     def step_bytes(self, sample_shape: tuple[int, ...]) -> int:
         """A lower bound of the host memory one sample of ``sample_shape`` takes while this runner
-        runs it (:mod:`odexport.runtime.memory`): here its input; runners that can see their
+        runs it (:mod:`odexport._memory`): here its input; runners that can see their
         model's steps report the largest step."""
         dtype = self.inputs[0].dtype if self.inputs else np.dtype(np.float32)
         return math.prod(int(d) for d in sample_shape) * dtype.itemsize

@@ -98,6 +98,9 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samp
     if not path.is_file():
         raise InputError(f"inputs file {path} does not exist", "pass an existing .npy or .npz file to --inputs")
     labels = None
+    from odexport._memory import require_file_fits
+
+    require_file_fits(path, advice="pass at most {most} samples in --inputs")
     try:
         if path.suffix.lower() == ".npy":
             x = np.load(path, allow_pickle=False)

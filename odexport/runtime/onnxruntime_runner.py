@@ -308,13 +308,13 @@ class OrtRunner(Runner):
 
     def step_bytes(self, sample_shape: tuple[int, ...]) -> int:
         """On the CPU: the largest node's per-sample inputs and outputs, as ONNX shape inference
-        sees the graph (:func:`odexport.runtime.memory.onnx_step_bytes`); the input alone where it
+        sees the graph (:func:`odexport._memory.onnx_step_bytes`); the input alone where it
         sees nothing, and on a GPU (the host holds only the input)."""
         floor = super().step_bytes(sample_shape)
         if self.device != "cpu":
             return floor
         if self._step_bytes is None:
-            from odexport.runtime.memory import onnx_step_bytes
+            from odexport._memory import onnx_step_bytes
 
             self._step_bytes = onnx_step_bytes(self._shape_source)
         return max(floor, self._step_bytes)

@@ -134,7 +134,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     import onnx
 
     from odexport.export.onnx_export import write_model_atomically
-    from odexport.runtime.memory import onnx_step_bytes, require_batch_fits
+    from odexport._memory import onnx_step_bytes, require_batch_fits
     from odexport.runtime.ort_optimize import CUSTOM_DOMAIN, optimize_for_cpu
 
     say = stage or (lambda _name: None)

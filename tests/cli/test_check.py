@@ -493,3 +493,14 @@ def test_sizes_no_machine_can_hold_are_an_input_error(artifacts, tmp_path, extra
     result = _check(artifacts["ckpt"], artifacts["good"], *extra, "--junit", junit)
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output and not junit.exists()
+
+
+def test_an_inputs_file_larger_than_the_memory_left_is_refused_before_loading(artifacts, tmp_path, monkeypatch):
+    from odexport import _memory as memory
+
+    inputs = tmp_path / "val.npz"
+    np.savez(inputs, x=np.zeros((64, *SHAPE), np.float32), y=np.zeros(64, np.int64))  # 768 KiB + 512 bytes
+    monkeypatch.setattr(memory, "available_memory", lambda: 512 * 1024)
+    result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", inputs)
+    assert result.exit_code == 1, result.output
+    assert "val.npz holds 768 KiB of arrays (64 samples)" in result.output and "pass at most 42 samples in --inputs" in result.output

@@ -157,7 +157,7 @@ def test_device_cuda_runs_there_or_exits_3(tiny, tmp_path):
 
 
 def test_an_input_too_large_to_run_here_is_refused_without_writing(tiny, tmp_path, monkeypatch):
-    from odexport.runtime import memory
+    from odexport import _memory as memory
 
     # the two-sample input against 64 kB of free memory: the refusal a 100,000-sample file meets on a real machine
     monkeypatch.setattr(memory, "available_memory", lambda: 64 * 1024)
@@ -167,4 +167,17 @@ def test_an_input_too_large_to_run_here_is_refused_without_writing(tiny, tmp_pat
     assert result.exit_code == 1, result.output
     assert "a batch of 2 samples of shape 3x32x32 needs at least" in result.output
     assert "split the input into files of at most" in result.output or "free memory" in result.output
+    assert not out.exists()
+
+
+def test_an_input_file_larger_than_the_memory_left_is_refused_before_loading(tiny, tmp_path, monkeypatch):
+    from odexport import _memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 1024)  # the 24 KiB file cannot be loaded
+    source, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(source, tiny["x"])
+    result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    assert "x.npy holds 24 KiB of arrays (2 samples)" in result.output
+    assert "split the input into files of at most 1 samples" in result.output
     assert not out.exists()

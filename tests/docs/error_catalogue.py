@@ -41,7 +41,7 @@ STAGES = [
     ("checkpoint", "Loading checkpoints and inputs", ("odexport/checkpoint", "odexport/convert", "odexport/models", "odexport/layers", "odexport/analysis")),
     ("reparam", "Reparameterising (`odexport reparam`)", ("odexport/reparam",)),
     ("export", "Exporting to ONNX (`odexport onnx`)", ("odexport/export",)),
-    ("runtime", "Running and comparing (`odexport run`, `check`, `bench`)", ("odexport/runtime", "odexport/report", "odexport/pipeline")),
+    ("runtime", "Running and comparing (`odexport run`, `check`, `bench`)", ("odexport/runtime", "odexport/report", "odexport/pipeline", "odexport/_memory")),
     ("tensorrt", "TensorRT (`odexport trt`, engines)", ("odexport/engine",)),
     ("cli", "Command-line options", ("odexport/cli",)),
     ("other", "Optional dependencies and the rest", ("odexport",)),

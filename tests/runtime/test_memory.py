@@ -1,4 +1,4 @@
-"""The memory floor behind refusing batches that cannot fit (odexport.runtime.memory).
+"""The memory floor behind refusing batches that cannot fit (odexport._memory).
 
 Expected byte counts are worked out by hand from the tensors' shapes, not read from the code.
 """
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from odexport.errors import InputError
-from odexport.runtime import memory
-from odexport.runtime.memory import available_memory, onnx_step_bytes, require_batch_fits, require_outputs_fit, require_samples_fit
+from odexport import _memory as memory
+from odexport._memory import available_memory, onnx_step_bytes, require_batch_fits, require_outputs_fit, require_samples_fit
 from odexport.runtime.onnxruntime_runner import OrtRunner
 from odexport.runtime.torch_runner import TorchRunner
 
@@ -173,3 +173,28 @@ def test_weights_handed_to_a_submodule_are_not_per_sample():
     # in 3*8*8 + out 256*8*8 floats per sample; the 256*3*3*3 weight is the model's, whatever the batch
     runner = TorchRunner(_WeightPassedOn().eval(), input_shape=(3, 8, 8))
     assert runner.step_bytes((3, 8, 8)) == (3 * 64 + 256 * 64) * FLOAT
+
+
+def test_stored_arrays_are_read_from_headers_and_a_truncated_file_is_left_to_the_load(tmp_path):
+    from odexport._memory import stored_arrays
+
+    np.save(tmp_path / "x.npy", np.zeros((5, 3, 4, 4), np.float64))
+    np.savez_compressed(tmp_path / "d.npz", x=np.zeros((7, 3, 4, 4), np.uint8), y=np.arange(7))
+    assert stored_arrays(tmp_path / "x.npy") == [((5, 3, 4, 4), np.dtype(np.float64))]
+    assert sorted(stored_arrays(tmp_path / "d.npz"), key=str) == sorted([((7, 3, 4, 4), np.dtype(np.uint8)), ((7,), np.dtype(np.int64))], key=str)
+    whole = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[: len(whole) - 8])
+    assert stored_arrays(tmp_path / "cut.npy") is None
+    assert stored_arrays(tmp_path / "x.pt") is None
+
+
+def test_a_file_larger_than_the_memory_left_is_refused_before_loading(tmp_path):
+    from odexport._memory import require_file_fits
+
+    # 10 samples of 3x4x4 float64 (3840 bytes) and their float32 copy (1920 bytes): 5760 bytes to load
+    np.save(tmp_path / "x.npy", np.zeros((10, 3, 4, 4), np.float64))
+    with pytest.raises(InputError) as caught:
+        require_file_fits(tmp_path / "x.npy", advice="at most {most}", available=5000)
+    assert "holds 4 KiB of arrays and a float32 copy of its float64 input (10 samples)" in caught.value.message
+    assert caught.value.hint == "at most 8"  # 5000 // 576 bytes per sample
+    require_file_fits(tmp_path / "x.npy", advice="at most {most}", available=5760)

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from odexport.errors import InputError
 
@@ -206,5 +209,64 @@ def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int =
                      f"{_gib(available)} is available here", hint)
 
 
+def stored_arrays(path) -> list[tuple[tuple[int, ...], np.dtype]] | None:
+    """``(shape, dtype)`` of every array in a ``.npy`` or ``.npz`` file, read from the headers
+    alone (nothing is loaded); None for other files, headers that cannot be read, or a header
+    promising more bytes than the file (or the zip member) holds -- the load reports those, with
+    its own message."""
+    def header(handle, stored: int):
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(handle)
+        shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize > stored - handle.tell():
+            raise ValueError("truncated")  # a header promising more than the file holds: the load names that
+        return shape, dtype
+
+    suffix = os.fspath(path).lower().rsplit(".", 1)[-1]
+    try:
+        if suffix == "npy":
+            with open(path, "rb") as handle:
+                return [header(handle, os.path.getsize(path))]
+        if suffix == "npz":
+            with zipfile.ZipFile(path) as archive:
+                found = []
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy"):
+                        with archive.open(info) as handle:
+                            found.append(header(handle, info.file_size))
+                return found
+    except Exception:  # a damaged or foreign file: its load says what is wrong
+        return None
+    return None
+
+
+def require_file_fits(path, *, advice: str, available: int | None = None) -> None:
+    """Raise an :class:`InputError` when the arrays of the ``.npy``/``.npz`` file ``path`` cannot
+    be loaded: all of its arrays, plus a float32 copy of the largest where it is stored in another
+    type (inputs run as float32). Loading a file larger than the memory left ends in the OOM
+    killer, not in an exception. ``advice`` is the hint, formatted with ``most``, the number of
+    samples (the largest array's first axis) that would fit."""
+    arrays = stored_arrays(path)
+    available = available_memory() if available is None else available
+    if not arrays or available is None:
+        return
+    sizes = [(math.prod(shape) * dtype.itemsize, shape, dtype) for shape, dtype in arrays]
+    loaded = sum(size for size, _, _ in sizes)
+    size, shape, dtype = max(sizes, key=lambda entry: entry[0])
+    copy = math.prod(shape) * 4 if dtype != "float32" else 0
+    need = loaded + copy
+    if need <= available:
+        return
+    count = shape[0] if shape else 1
+    most = int(available // (need / count)) if count else 0
+    hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
+    converted = f" and a float32 copy of its {dtype} input" if copy else ""
+    raise InputError(f"{path} holds {_gib(loaded)} of arrays{converted} ({count} samples): at least {_gib(need)} to load; "
+                     f"{_gib(available)} is available here", hint)
+
+
 def _gib(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB" if count >= 2**30 / 10 else f"{count / 2**20:.0f} MiB"
+    if count >= 2**30 / 10:
+        return f"{count / 2**30:.1f} GiB"
+    return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"
