@@ -1,4 +1,5 @@
-"""Refuse a batch that cannot fit in this machine's memory before anything is allocated for it.
+"""Refuse work that cannot fit in this machine's memory -- a batch, a set of random samples, the
+outputs ``check`` keeps, an input file -- before anything is allocated for it.
 
 On Linux a process that outgrows the memory it may use is killed by the kernel (exit 137, no
 message, no report), so a batch size that cannot fit has to be caught before the arrays exist.
@@ -92,7 +93,7 @@ def onnx_step_bytes(model) -> int:
     the sum of the node's inputs and outputs whose shape ONNX shape inference knows and whose first
     axis is the graph's dynamic batch (per sample: the product of the other axes times the item
     size). Nodes inside subgraphs (``If`` branches) count too. 0 where nothing is known (a
-    fixed-batch graph, shapes inference cannot follow)."""
+    fixed-batch graph, shapes that inference cannot follow)."""
     import onnx
     from onnx import shape_inference
 
@@ -175,9 +176,9 @@ def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, d
                      f"{_gib(need)} of memory{held_part}; {_gib(available)} is available here", hint)
 
 
-def require_samples_fit(count: int, sample_shape, *, option: str = "--samples", available: int | None = None) -> None:
+def require_samples_fit(count: int, sample_shape, *, advice: str = "use --samples of at most {most}", available: int | None = None) -> None:
     """Raise an :class:`InputError` when ``count`` random samples cannot be drawn: the float64 draw
-    and its float32 copy exist together."""
+    and its float32 copy exist together. ``advice`` is the hint, formatted with ``most``."""
     available = available_memory() if available is None else available
     if available is None or count <= 0:
         return
@@ -186,7 +187,7 @@ def require_samples_fit(count: int, sample_shape, *, option: str = "--samples", 
         return
     shape, need, most = "x".join(map(str, sample_shape)), count * per_sample, max(available // per_sample, 1)
     raise InputError(f"{count} random samples of shape {shape} need at least {_gib(need)} of memory to draw; "
-                     f"{_gib(available)} is available here", f"use {option} of at most {most}")
+                     f"{_gib(available)} is available here", advice.format(most=most))
 
 
 def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int = 0, advice: str = "use --samples of at most {most}",
