@@ -170,10 +170,10 @@ def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, d
         return
     most = max((available - held) // per_sample, 0)
     hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
-    held_part = f", {_gib(held)} of it the samples themselves" if held * 10 >= need else ""
+    held_part = f", {format_bytes(held)} of it the samples themselves" if held * 10 >= need else ""
     shape = "x".join(map(str, sample_shape))
     raise InputError(f"a batch of {batch_size} samples of shape {shape} needs at least "
-                     f"{_gib(need)} of memory{held_part}; {_gib(available)} is available here", hint)
+                     f"{format_bytes(need)} of memory{held_part}; {format_bytes(available)} is available here", hint)
 
 
 def require_samples_fit(count: int, sample_shape, *, advice: str = "use --samples of at most {most}", available: int | None = None) -> None:
@@ -186,8 +186,8 @@ def require_samples_fit(count: int, sample_shape, *, advice: str = "use --sample
     if count * per_sample <= available:
         return
     shape, need, most = "x".join(map(str, sample_shape)), count * per_sample, max(available // per_sample, 1)
-    raise InputError(f"{count} random samples of shape {shape} need at least {_gib(need)} of memory to draw; "
-                     f"{_gib(available)} is available here", advice.format(most=most))
+    raise InputError(f"{count} random samples of shape {shape} need at least {format_bytes(need)} of memory to draw; "
+                     f"{format_bytes(available)} is available here", advice.format(most=most))
 
 
 def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int = 0, advice: str = "use --samples of at most {most}",
@@ -204,10 +204,10 @@ def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int =
         return
     most = max((available - held) // (per_sample * copies), 0)
     hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
-    each = _gib(count * per_sample)
+    each = format_bytes(count * per_sample)
     raise InputError(f"comparing {count} samples keeps {copies} copies of their outputs ({each} each: the reference's, "
-                     f"and each candidate's at each batch size), at least {_gib(need)} with the samples; "
-                     f"{_gib(available)} is available here", hint)
+                     f"and each candidate's at each batch size), at least {format_bytes(need)} with the samples; "
+                     f"{format_bytes(available)} is available here", hint)
 
 
 def stored_arrays(path) -> list[tuple[tuple[int, ...], np.dtype]] | None:
@@ -263,11 +263,12 @@ def require_file_fits(path, *, advice: str, available: int | None = None) -> Non
     most = int(available // (need / count)) if count else 0
     hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
     converted = f" and a float32 copy of its {dtype} input" if copy else ""
-    raise InputError(f"{path} holds {_gib(loaded)} of arrays{converted} ({count} samples): at least {_gib(need)} to load; "
-                     f"{_gib(available)} is available here", hint)
+    raise InputError(f"{path} holds {format_bytes(loaded)} of arrays{converted} ({count} samples): at least {format_bytes(need)} to load; "
+                     f"{format_bytes(available)} is available here", hint)
 
 
-def _gib(count: int) -> str:
+def format_bytes(count: int) -> str:
+    """``count`` bytes in GiB (one decimal) from a tenth of one up, else MiB or KiB."""
     if count >= 2**30 / 10:
         return f"{count / 2**30:.1f} GiB"
     return f"{count / 2**20:.0f} MiB" if count >= 2**20 else f"{count / 2**10:.0f} KiB"

@@ -31,16 +31,14 @@ def doctor(
         typer.echo(line)
 
 
-def _gib(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB"
-
-
 def _yes(value) -> str:
     return "yes" if value else "no"
 
 
 def render_report(report: dict) -> list[str]:
     """Plain text lines of a :func:`odexport.engine.environment.machine_report` (no markup)."""
+    from odexport._memory import format_bytes
+
     if "error" in report and len(report) == 1:
         return [f"odexport doctor could not inspect this machine: {report['error']}"]
     lines = [f"odexport {report.get('odexport')} | Python {report.get('python')} | {report.get('platform')} | {report.get('cpu_count')} CPUs"]
@@ -103,8 +101,8 @@ def render_report(report: dict) -> list[str]:
     elif memory.get("available") is None:
         lines.append("memory       unknown here (no /proc/meminfo): batch sizes are not checked against it")
     else:
-        limit = f", under a cgroup limit of {_gib(memory['cgroup_limit'])}" if memory.get("cgroup_limit") else ""
-        lines.append(f"memory       {_gib(memory['available'])} available{limit} (bench, check, run and ort refuse batches past it)")
+        limit = f", under a cgroup limit of {format_bytes(memory['cgroup_limit'])}" if memory.get("cgroup_limit") else ""
+        lines.append(f"memory       {format_bytes(memory['available'])} available{limit} (bench, check, run and ort refuse batches past it)")
     can = report.get("can", {})
     lines.append(
         "can          "
