@@ -35,24 +35,27 @@ STEP_TO_INPUT_CEILING = 256
 
 
 def available_memory() -> int | None:
-    """Bytes this process can still take: ``MemAvailable`` from ``/proc/meminfo``, lowered to the
-    room left under the process's memory cgroup limit (v2 ``memory.max``, v1
-    ``memory.limit_in_bytes``) where one is set. None where neither can be read (not Linux)."""
+    """Bytes this process can still take: ``MemAvailable`` plus ``SwapFree`` from
+    ``/proc/meminfo`` (a batch that swaps is slow, not killed), lowered to the room left under the
+    process's memory cgroup limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) where one is
+    set. None where neither can be read (not Linux)."""
     facts = memory_facts()
-    candidates = [v for v in (facts["meminfo_available"], facts["cgroup_room"]) if v is not None]
+    system = None if facts["meminfo_available"] is None else facts["meminfo_available"] + (facts["swap_free"] or 0)
+    candidates = [v for v in (system, facts["cgroup_room"]) if v is not None]
     return min(candidates) if candidates else None
 
 
-def memory_facts() -> dict:
+def memory_facts(meminfo: str = "/proc/meminfo") -> dict:
     """What :func:`available_memory` reads, in bytes (None where unknown): ``meminfo_available``,
-    ``cgroup_limit`` and ``cgroup_room`` (limit minus usage) -- for ``odexport doctor``."""
-    facts = {"meminfo_available": None, "cgroup_limit": None, "cgroup_room": None}
+    ``swap_free``, ``cgroup_limit`` and ``cgroup_room`` (limit minus usage) -- for ``odexport doctor``."""
+    facts = {"meminfo_available": None, "swap_free": None, "cgroup_limit": None, "cgroup_room": None}
+    fields = {"MemAvailable:": "meminfo_available", "SwapFree:": "swap_free"}
     try:
-        with open("/proc/meminfo") as handle:
+        with open(meminfo) as handle:
             for line in handle:
-                if line.startswith("MemAvailable:"):
-                    facts["meminfo_available"] = int(line.split()[1]) * 1024
-                    break
+                name = line.split(maxsplit=1)[0] if line.strip() else ""
+                if name in fields:
+                    facts[fields[name]] = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     limit = _cgroup_limit()

@@ -50,9 +50,10 @@ def test_json_report_matches_this_machine(tmp_path):
     memory = report["memory"]
     if os.path.exists("/proc/meminfo"):
         with open("/proc/meminfo") as handle:
-            total = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemTotal:"))
-        assert 0 < memory["available"] <= min(v for v in (memory["meminfo_available"], memory["cgroup_room"]) if v is not None)
-        assert memory["available"] <= total
+            fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle if line.split()[-1:] == ["kB"]}
+        system = memory["meminfo_available"] + (memory["swap_free"] or 0)  # swap counts: a batch that swaps is not killed
+        assert 0 < memory["available"] <= min(v for v in (system, memory["cgroup_room"]) if v is not None)
+        assert memory["available"] <= fields["MemTotal"] + fields.get("SwapTotal", 0)
 
 
 def test_text_report_exits_0_and_covers_every_section():
@@ -129,3 +130,5 @@ def test_memory_line_names_a_cgroup_limit():
     lines = render_report({"memory": {"available": 3 * gib, "meminfo_available": 20 * gib, "cgroup_limit": 4 * gib, "cgroup_room": 3 * gib}})
     assert "memory       3.0 GiB available, under a cgroup limit of 4.0 GiB (bench, check, run and ort refuse batches past it)" in lines
     assert any("memory       unknown here" in line for line in render_report({"memory": {"available": None}}))
+    swapping = render_report({"memory": {"available": 5 * gib, "meminfo_available": 3 * gib, "swap_free": 2 * gib}})
+    assert "memory       5.0 GiB available (2.0 GiB of it swap) (bench, check, run and ort refuse batches past it)" in swapping

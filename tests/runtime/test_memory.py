@@ -120,9 +120,9 @@ def test_models_are_not_analysed_far_from_the_limit():
 @pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc/meminfo (Linux)")
 def test_available_memory_is_at_most_the_machines():
     with open("/proc/meminfo") as handle:
-        total = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemTotal:"))
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in handle if line.split()[-1:] == ["kB"]}
     free = available_memory()
-    assert free is not None and 0 < free <= total
+    assert free is not None and 0 < free <= fields["MemTotal"] + fields.get("SwapTotal", 0)
 
 
 def test_unknown_memory_refuses_nothing(monkeypatch):
@@ -198,3 +198,13 @@ def test_a_file_larger_than_the_memory_left_is_refused_before_loading(tmp_path):
     assert "holds 4 KiB of arrays and a float32 copy of its float64 input (10 samples)" in caught.value.message
     assert caught.value.hint == "at most 8"  # 5000 // 576 bytes per sample
     require_file_fits(tmp_path / "x.npy", advice="at most {most}", available=5760)
+
+
+def test_meminfo_fields_are_read_in_bytes(tmp_path):
+    from odexport._memory import memory_facts
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24684084 kB\nMemFree:        19000000 kB\nMemAvailable:   20000000 kB\n"
+                       "SwapTotal:       8000000 kB\nSwapFree:        6000000 kB\n")
+    facts = memory_facts(str(meminfo))
+    assert facts["meminfo_available"] == 20000000 * 1024 and facts["swap_free"] == 6000000 * 1024

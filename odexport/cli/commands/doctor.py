@@ -101,8 +101,9 @@ def render_report(report: dict) -> list[str]:
     elif memory.get("available") is None:
         lines.append("memory       unknown here (no /proc/meminfo): batch sizes are not checked against it")
     else:
+        swap = f" ({format_bytes(memory['swap_free'])} of it swap)" if memory.get("swap_free") and not memory.get("cgroup_limit") else ""
         limit = f", under a cgroup limit of {format_bytes(memory['cgroup_limit'])}" if memory.get("cgroup_limit") else ""
-        lines.append(f"memory       {format_bytes(memory['available'])} available{limit} (bench, check, run and ort refuse batches past it)")
+        lines.append(f"memory       {format_bytes(memory['available'])} available{swap}{limit} (bench, check, run and ort refuse batches past it)")
     can = report.get("can", {})
     lines.append(
         "can          "
