@@ -172,7 +172,7 @@ def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, d
     if need <= available:
         return
     most = max((available - held) // per_sample, 0)
-    hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
+    hint = _hint(advice, most)
     held_part = f", {format_bytes(held)} of it the samples themselves" if held * 10 >= need else ""
     shape = "x".join(map(str, sample_shape))
     raise InputError(f"a batch of {batch_size} samples of shape {shape} needs at least "
@@ -206,7 +206,7 @@ def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int =
     if need <= available:
         return
     most = max((available - held) // (per_sample * copies), 0)
-    hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
+    hint = _hint(advice, most)
     each = format_bytes(count * per_sample)
     raise InputError(f"comparing {count} samples keeps {copies} copies of their outputs ({each} each: the reference's, "
                      f"and each candidate's at each batch size), at least {format_bytes(need)} with the samples; "
@@ -257,17 +257,22 @@ def require_file_fits(path, *, advice: str, available: int | None = None) -> Non
         return
     sizes = [(math.prod(shape) * dtype.itemsize, shape, dtype) for shape, dtype in arrays]
     loaded = sum(size for size, _, _ in sizes)
-    size, shape, dtype = max(sizes, key=lambda entry: entry[0])
+    _, shape, dtype = max(sizes, key=lambda entry: entry[0])
     copy = math.prod(shape) * 4 if dtype != "float32" else 0
     need = loaded + copy
     if need <= available:
         return
     count = shape[0] if shape else 1
     most = int(available // (need / count)) if count else 0
-    hint = advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
+    hint = _hint(advice, most)
     converted = f" and a float32 copy of its {dtype} input" if copy else ""
     raise InputError(f"{path} holds {format_bytes(loaded)} of arrays{converted} ({count} samples): at least {format_bytes(need)} to load; "
                      f"{format_bytes(available)} is available here", hint)
+
+
+def _hint(advice: str, most: int) -> str:
+    """The caller's advice for the largest size that fits, or what is left when not even one does."""
+    return advice.format(most=most) if most >= 1 else "free memory, or run on a machine with more"
 
 
 def format_bytes(count: int) -> str:
