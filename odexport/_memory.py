@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -215,9 +216,11 @@ def require_outputs_fit(count: int, per_sample: int, copies: int, *, held: int =
 
 def stored_arrays(path) -> list[tuple[tuple[int, ...], np.dtype]] | None:
     """``(shape, dtype)`` of every array in a ``.npy`` or ``.npz`` file, read from the headers
-    alone (nothing is loaded); None for other files, headers that cannot be read, or a header
-    promising more bytes than the file (or the zip member) holds -- the load reports those, with
-    its own message."""
+    alone (nothing is loaded), or of every tensor in a ``.pt``/``.pth`` file (a tensor or a mapping
+    of tensors), whose storages are memory-mapped, not read; None for other files, headers that
+    cannot be read, a header promising more bytes than the file (or the zip member) holds, a
+    ``.pt`` file in the legacy (non-zip) format, other objects, or a tensor type numpy has no name
+    for (bfloat16) -- the load reports what it can, with its own message."""
     def header(handle, stored: int):
         version = np.lib.format.read_magic(handle)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -240,13 +243,34 @@ def stored_arrays(path) -> list[tuple[tuple[int, ...], np.dtype]] | None:
                         with archive.open(info) as handle:
                             found.append(header(handle, info.file_size))
                 return found
+        if suffix in ("pt", "pth"):
+            return _stored_tensors(path)
     except Exception:  # a damaged or foreign file: its load says what is wrong
         return None
     return None
 
 
+def _stored_tensors(path) -> list[tuple[tuple[int, ...], np.dtype]] | None:
+    """``(shape, dtype)`` of the tensors a ``.pt`` input holds, one per storage (the same tensor
+    saved under two keys is loaded once). ``mmap=True`` maps the storages instead of reading them
+    (only the small pickled structure is read); a legacy-format file, which cannot be mapped,
+    raises and is left to the load."""
+    import torch
+
+    stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    tensors = list(stored.values()) if isinstance(stored, Mapping) else [stored]
+    if not tensors or not all(isinstance(tensor, torch.Tensor) for tensor in tensors):
+        return None
+    largest_view = {}  # tensors sharing a storage are loaded once: count the largest view of each
+    for tensor in tensors:
+        storage = tensor.untyped_storage().data_ptr()
+        if storage not in largest_view or tensor.nbytes > largest_view[storage].nbytes:
+            largest_view[storage] = tensor
+    return [(tuple(tensor.shape), torch.empty(0, dtype=tensor.dtype).numpy().dtype) for tensor in largest_view.values()]
+
+
 def require_file_fits(path, *, advice: str, available: int | None = None) -> None:
-    """Raise an :class:`InputError` when the arrays of the ``.npy``/``.npz`` file ``path`` cannot
+    """Raise an :class:`InputError` when the arrays of the ``.npy``/``.npz``/``.pt`` file ``path`` cannot
     be loaded: all of its arrays, plus a float32 copy of the largest where it is stored in another
     type (inputs run as float32). Loading a file larger than the memory left ends in the OOM
     killer, not in an exception. ``advice`` is the hint, formatted with ``most``, the number of

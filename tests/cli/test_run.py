@@ -170,14 +170,20 @@ def test_an_input_too_large_to_run_here_is_refused_without_writing(tiny, tmp_pat
     assert not out.exists()
 
 
-def test_an_input_file_larger_than_the_memory_left_is_refused_before_loading(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("suffix", [".npy", ".pt"])
+def test_an_input_file_larger_than_the_memory_left_is_refused_before_loading(tiny, tmp_path, monkeypatch, suffix):
+    import torch
+
     from odexport import _memory as memory
 
     monkeypatch.setattr(memory, "available_memory", lambda: 16 * 1024)  # the 24 KiB file cannot be loaded
-    source, out = tmp_path / "x.npy", tmp_path / "y.npy"
-    np.save(source, tiny["x"])
+    source, out = tmp_path / f"x{suffix}", tmp_path / "y.npy"
+    if suffix == ".npy":
+        np.save(source, tiny["x"])
+    else:
+        torch.save({"input": torch.from_numpy(tiny["x"])}, source)
     result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
     assert result.exit_code == 1, result.output
-    assert "x.npy holds 24 KiB of arrays (2 samples)" in result.output
+    assert f"x{suffix} holds 24 KiB of arrays (2 samples)" in result.output
     assert "split the input into files of at most 1 samples" in result.output
     assert not out.exists()

@@ -185,7 +185,27 @@ def test_stored_arrays_are_read_from_headers_and_a_truncated_file_is_left_to_the
     whole = (tmp_path / "x.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(whole[: len(whole) - 8])
     assert stored_arrays(tmp_path / "cut.npy") is None
-    assert stored_arrays(tmp_path / "x.pt") is None
+    assert stored_arrays(tmp_path / "missing.pt") is None
+
+
+def test_stored_tensors_are_sized_without_reading_them_and_a_shared_storage_counts_once(tmp_path):
+    import torch
+
+    from odexport._memory import stored_arrays
+
+    batch = torch.zeros(5, 3, 4, 4, dtype=torch.float64)
+    torch.save({"input": batch, "x": batch, "first": batch[:2], "y": torch.arange(5)}, tmp_path / "d.pt")
+    assert sorted(stored_arrays(tmp_path / "d.pt"), key=str) == sorted([((5, 3, 4, 4), np.dtype(np.float64)), ((5,), np.dtype(np.int64))], key=str)
+    torch.save(batch, tmp_path / "x.pth")
+    assert stored_arrays(tmp_path / "x.pth") == [((5, 3, 4, 4), np.dtype(np.float64))]
+    # what cannot be sized without loading it is left to the load and its own message
+    whole = (tmp_path / "x.pth").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    torch.save(batch, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save([batch], tmp_path / "list.pt")
+    torch.save(batch.to(torch.bfloat16), tmp_path / "bf16.pt")
+    for name in ("cut.pt", "legacy.pt", "list.pt", "bf16.pt"):
+        assert stored_arrays(tmp_path / name) is None, name
 
 
 def test_a_file_larger_than_the_memory_left_is_refused_before_loading(tmp_path):
