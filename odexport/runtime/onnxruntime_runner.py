@@ -201,7 +201,7 @@ class OrtRunner(Runner):
         self.precision = _precision_of(model, self._inputs)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map or {})
         verify_machine(self.metadata, where, device)
-        self.input_shape = _sample_shape(self._inputs[0].shape[1:] if self._inputs else (), self.metadata)
+        self.input_shape = onnx_sample_shape(self._inputs[0].shape[1:] if self._inputs else (), self.metadata)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -390,7 +390,7 @@ def _metadata_of(source) -> dict:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _sample_shape(dims, metadata: dict) -> tuple[int, ...] | None:
+def onnx_sample_shape(dims, metadata: dict) -> tuple[int, ...] | None:
     """One sample's shape: the graph's static dims, else what odexport's exporter recorded."""
     if dims and all(isinstance(d, int) and d > 0 for d in dims):
         return tuple(dims)

@@ -242,12 +242,12 @@ def _speedups(portable, specialised, sizes, threads, rounds: int = 12, seconds: 
 
 def _recorded_sample_shape(model, metadata: dict) -> tuple[int, ...] | None:
     """One sample's shape as an ``OrtRunner`` of ``model`` would report it (graph dims, else the export's record)."""
-    from odexport.runtime.onnxruntime_runner import _sample_shape
+    from odexport.runtime.onnxruntime_runner import onnx_sample_shape
 
     if not model.graph.input:
         return None
     dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return _sample_shape(dims[1:], metadata)
+    return onnx_sample_shape(dims[1:], metadata)
 
 
 def _check_batches(sizes: list[int]) -> list[int]:
