@@ -15,22 +15,38 @@ class _InputErrorExitGroup(TyperGroup):
     """Click exits 2 on a usage error (unknown option, bad value); 2 is our parity failure.
 
     A CI gate must not read a mistyped ``odexport check --atoll`` as "the model diverged", so a
-    usage error leaves with 1, the input-error code, like every other bad input.
+    usage error leaves with 1, the input-error code, like every other bad input -- and, like every
+    other error, as one line (``error: <problem> -- <fix>``), not Click's usage block.
     """
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except _UsageError as exc:
-            exc.exit_code = 1
-            raise
+            _usage_error(exc)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except _UsageError as exc:  # the subcommand's own options and arguments
-            exc.exit_code = 1
-            raise
+            _usage_error(exc)
+
+
+def _usage_error(exc) -> None:
+    """Report a usage error in one line and leave with 1; a bare command asking for its help
+    (Click's ``NoArgsIsHelpError``) still shows the help."""
+    exc.exit_code = 1
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        raise exc
+    from rich.markup import escape
+
+    from odexport.cli._common import err_console
+
+    command = exc.ctx.command_path if exc.ctx is not None else "odexport"
+    problem = " ".join(exc.format_message().split()).rstrip(".")
+    err_console.print(f"[bold red]error:[/] {escape(problem)} -- see '{escape(command)} --help'",
+                      markup=True, highlight=False)
+    raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -405,10 +405,20 @@ def test_usage_errors_exit_1_not_the_parity_code(artifacts, args):
     argv = ["check", artifacts["ckpt"], artifacts["good"], *args] if args else ["check"]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 1, result.output
+    # one line, like every other error: not Click's usage block and boxed message
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith("-- see 'odexport check --help'"), result.output
 
 
 def test_unknown_command_exits_1():
-    assert CliRunner().invoke(app, ["chek"]).exit_code == 1
+    result = CliRunner().invoke(app, ["chek"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: No such command 'chek'. Did you mean 'check'? -- see 'odexport --help'", result.output
+
+
+def test_a_bare_command_group_still_shows_its_help():
+    result = CliRunner().invoke(app, [])
+    assert "Usage: odexport" in result.output and "check" in result.output
 
 
 def test_export_of_another_checkpoint_is_named(artifacts, tmp_path):
