@@ -43,10 +43,14 @@ def give_default_permissions(path: str | Path) -> None:
 
 def output_folder(path: str | Path, *, create: bool = False) -> Path:
     """The folder ``path`` will be written in, checked -- and made, with ``create`` -- so that a bad
-    output path is a one-line :class:`InputError` before any work, not an ``OSError`` from a writer."""
+    output path is a one-line :class:`InputError` before any work, not an ``OSError`` from a writer
+    after minutes of it. Writability is probed by creating (and removing) an empty file there:
+    permission bits do not say it (root ignores them; a read-only mount or an immutable folder
+    refuses root too)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if parent.is_dir():
+        _require_writable(parent, path)
         return parent
     if parent.exists():
         raise InputError(f"cannot write {path}: {parent} is a file, not a folder", "choose another output path")
@@ -57,6 +61,15 @@ def output_folder(path: str | Path, *, create: bool = False) -> Path:
     except OSError as exc:  # an ancestor is a file, or no permission
         raise InputError(f"cannot create the folder {parent} for {path.name} ({exc.strerror or exc})", "choose another output path") from exc
     return parent
+
+
+def _require_writable(parent: Path, path: Path) -> None:
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise InputError(f"cannot write in {parent} ({exc.strerror or exc})", "choose a writable output folder") from exc
+    os.close(handle)
+    os.unlink(name)
 
 
 def refuse_overwriting_input(output: str | Path, *inputs, fix: str = "pass another -o path") -> None:

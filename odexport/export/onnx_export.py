@@ -95,12 +95,11 @@ def _validate(form, opset, batch, input_shape, target, path) -> tuple[Path, tupl
     if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
         raise InputError(f"input shape must be three positive integers (C, H, W), got {input_shape!r}", "e.g. --input-shape 3x224x224")
     out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as model.onnx")
-    output_folder(out)  # a missing folder, or a file where the folder should be
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"output folder {parent} is not writable", "choose a writable -o path")
+    output_folder(out)  # a missing folder, a file where the folder should be, or a folder that refuses writes
+    if sidecar_path(out).is_dir():
+        raise InputError(f"the sidecar path {sidecar_path(out)} is a directory", "remove it or choose another -o path")
     return out, shape  # type: ignore[return-value]
 
 
@@ -308,7 +307,10 @@ def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
     """
     parent = path.parent if str(path.parent) else Path(".")
     large = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}", "choose a writable -o path with free space") from exc
     try:
         tmp_model = tmp_dir / path.name
         data_name = path.name + ".data"
@@ -432,7 +434,11 @@ def export_onnx(
             except BaseException:
                 out.unlink(missing_ok=True)
                 raise
-        write_json_atomically(_sidecar(result), result.sidecar)
+        try:
+            write_json_atomically(_sidecar(result), result.sidecar)
+        except BaseException:  # a model without its sidecar is a half-written output
+            out.unlink(missing_ok=True)
+            raise
         if result.parity is not None and not result.parity.passed:
             return _fail_parity(result)
         return result

@@ -130,6 +130,71 @@ def test_output_path_under_a_file_is_a_one_line_input_error(tmp_path):
     assert blocker.read_text() == "a file, not a folder"
 
 
+@pytest.fixture
+def refusing_folder(tmp_path):
+    """A real folder that refuses new files: one without write permission, or, where permission
+    bits do not bind (root), sysfs, which refuses file creation to root too."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    try:
+        tempfile.TemporaryFile(dir="/sys").close()
+    except OSError:
+        yield Path("/sys")
+        return
+    pytest.skip("no folder here refuses root's writes")
+
+
+def test_an_output_folder_that_refuses_writes_is_a_one_line_error_before_any_work(tmp_path, refusing_folder):
+    """Before, `odexport ort -o <such folder>/m.onnx` specialised, checked and timed the model and
+    then died with 'internal error: PermissionError'; `onnx` trusted os.access, which says yes to root."""
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
+    onnx_path = tmp_path / "tiny.onnx"
+    runner = CliRunner()
+    assert runner.invoke(app, ["onnx", str(ckpt), "-o", str(onnx_path), "--input-shape", "3x32x32", "--no-check"]).exit_code == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    for args in (
+        ["onnx", ckpt, "-o", refusing_folder / "m.onnx", "--input-shape", "3x32x32"],
+        ["ort", onnx_path, "-o", refusing_folder / "m.ort-cpu.onnx"],
+        ["run", onnx_path, "-i", x, "-o", refusing_folder / "out.npy"],
+        ["reparam", ckpt, "-o", refusing_folder / "deploy.pt"],
+        ["check", ckpt, onnx_path, "--batch-sizes", "1", "--samples", "1", "--junit", refusing_folder / "parity.xml"],
+        ["bench", onnx_path, "--batch-sizes", "1", "--iters", "2", "--plot", refusing_folder / "latency.png"],
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        lines = [line for line in result.output.splitlines() if line.startswith(("error:", "internal error:"))]
+        assert result.exit_code == 1, (args[0], result.output)
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot write in {refusing_folder}"), (args[0], result.output)
+        assert not any(line.startswith("-- ") and "load" not in line for line in result.output.splitlines()[1:]), (args[0], result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_folder_where_the_export_sidecar_goes_is_refused_before_the_export(tmp_path):
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
+    (tmp_path / "m.onnx.json").mkdir()
+    result = CliRunner().invoke(app, ["onnx", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--input-shape", "3x32x32"])
+    assert result.exit_code == 1, result.output
+    assert "error: the sidecar path" in result.output and "is a directory" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.json", "tiny.pth"]
+
+
 def test_an_output_naming_an_input_is_refused_and_the_input_kept(tmp_path):
     """`-o` naming the command's own input (or a link to it), and a checkpoint saved with an
     .onnx name, whose default export path is the checkpoint itself: exit 1 before any work, every

@@ -54,7 +54,7 @@ def reparam(
     from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
-        from odexport._files import refuse_overwriting_input
+        from odexport._files import output_folder, refuse_overwriting_input
         from odexport.cli._options import parse_input_shape
         from odexport.errors import InputError, ParityError
         from odexport.pipeline import model_from_checkpoint
@@ -63,6 +63,7 @@ def reparam(
         from odexport.runtime.batching import load_samples, random_samples
 
         refuse_overwriting_input(output, checkpoint, calibration)
+        output_folder(output, create=True)  # a folder that cannot be made or written: before the load and the passes
         if dy_bn_shift not in ("auto", "dynamic"):
             raise InputError(f"--dy-bn-shift {dy_bn_shift!r} is not 'auto' or 'dynamic'", "use --dy-bn-shift auto or --dy-bn-shift dynamic")
         if freeze_below is not None and calibration is None:

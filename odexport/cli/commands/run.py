@@ -41,7 +41,7 @@ def run(
     def action() -> None:
         from pathlib import Path
 
-        from odexport._files import refuse_overwriting_input
+        from odexport._files import output_folder, refuse_overwriting_input
         from odexport.checkpoint.arrays import save_array_atomic
         from odexport.errors import InputError
         from odexport.pipeline import run_artifact
@@ -52,6 +52,7 @@ def run(
         if target.is_dir():
             raise InputError(f"output {target} is a directory", "give a file name, e.g. -o out.npy")
         refuse_overwriting_input(target, artifact, input)
+        output_folder(target)  # a missing or refusing folder: before the model is loaded and run
         with stages(quiet or json_output) as stage:
             stage(f"load {artifact} and run {input}")
             result = run_artifact(artifact, input, backend=backend, device=device, arch=arch, temperature=temperature,
