@@ -40,7 +40,7 @@ class SpecialisedModel:
     """What :func:`specialise_onnx` wrote: the file, the machine record, what the rewrite did and
     how far the specialised session is from the portable one (``max|d| / max|portable|`` per batch)."""
 
-    path: Path
+    path: Path | None
     source: Path
     record: dict
     rewrite: dict
@@ -48,7 +48,7 @@ class SpecialisedModel:
     tolerance: float = DEFAULT_TOLERANCE
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "source": str(self.source), "record": self.record, "rewrite": self.rewrite,
+        return {"path": None if self.path is None else str(self.path), "source": str(self.source), "record": self.record, "rewrite": self.rewrite,
                 "deviation": {str(k): v for k, v in self.deviation.items()}, "tolerance": self.tolerance}
 
 
@@ -190,8 +190,13 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
                  "that size runs the general graph" for b in slower]
         if len(slower) == len(sizes):
             measured = ", ".join(f"batch {b}: {1 / speedup[b]:.2f}x" for b in sizes)
-            raise ExportError(f"the specialisation is slower than the portable export on this machine ({measured} its latency)",
-                              "deploy the portable export as it is (`odexport bench` compares them)")
+            error = ExportError(f"the specialisation is slower than the portable export on this machine ({measured} its latency)",
+                                "deploy the portable export as it is (`odexport bench` compares them), or pass --no-measure to write it anyway")
+            # what was measured, for a --json report of the refusal: nothing written, every size timed
+            error.outcome = SpecialisedModel(None, source, {**record, "batches": [], "source": source.name,
+                                                             "speedup_vs_portable": {str(b): round(v, 3) for b, v in speedup.items()}},
+                                             {"notes": []}, tolerance=tolerance)
+            raise error
         if slower:
             sizes = [b for b in sizes if b not in slower]
             report = rewrite(sizes)
@@ -208,8 +213,10 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
         result.deviation = _deviation(model, specialised, _check_batches(sizes), threads, seed)
         worst = max(result.deviation.values())
         if not worst <= tolerance:
-            raise ParityError(f"the specialised model differs from {source.name} by {worst:.2e} of its output scale (> {tolerance:g})",
-                              "report this with the model; deploy the portable export meanwhile")
+            error = ParityError(f"the specialised model differs from {source.name} by {worst:.2e} of its output scale (> {tolerance:g})",
+                                "report this with the model; deploy the portable export meanwhile")
+            error.outcome = SpecialisedModel(None, source, record, details, result.deviation, tolerance)
+            raise error
     say(f"write {out}")
     write_model_atomically(specialised, out)
     return result

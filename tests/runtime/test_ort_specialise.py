@@ -163,8 +163,12 @@ def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
     assert out.is_file()
     plain = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "q.onnx"), "--no-measure", "--quiet"])
     assert plain.exit_code == 0 and plain.stdout.strip() == str(tmp_path / "q.onnx")
-    failed = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "t.onnx"), "--no-measure", "--tolerance", "1e-12"])
+    failed = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "t.onnx"), "--no-measure", "--tolerance", "1e-12", "--json"])
     assert failed.exit_code == 2 and not (tmp_path / "t.onnx").exists()
+    # a CI step that keeps `--json > report.json` gets the refusal's measurements, not an empty file
+    report = json.loads(failed.stdout)
+    assert report["path"] is None and report["exit_code"] == 2 and "differs from" in report["error"]
+    assert max(report["deviation"].values()) > 1e-12 and report["tolerance"] == 1e-12
     again = runner.invoke(app, ["ort", str(out)])
     assert again.exit_code == 1 and "already specialised" in again.output and "Traceback" not in again.output
     bad = runner.invoke(app, ["ort", str(source), "--batch-sizes", "0"])
@@ -200,6 +204,9 @@ def test_measured_sizes_keep_only_what_is_faster(exports, tmp_path):
         made = specialise_onnx(source, tmp_path / "m.onnx", batch_sizes=(1, 4))
     except ExportError as exc:  # slower at every size on this machine: nothing written, says so
         assert "slower" in exc.message and not (tmp_path / "m.onnx").exists()
+        refused = exc.outcome.to_dict()  # what `--json` prints with the refusal
+        assert refused["path"] is None and refused["record"]["batches"] == []
+        assert set(refused["record"]["speedup_vs_portable"]) == {"1", "4"}
         return
     speed = made.record["speedup_vs_portable"]
     assert set(speed) == {"1", "4"} and all(v > 0 for v in speed.values())

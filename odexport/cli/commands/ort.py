@@ -36,11 +36,19 @@ def _specialise(source, output, batch_sizes, threads, check, measure, tolerance,
     from odexport.cli.commands.check import parse_batch_sizes
     from odexport.pipeline import ort_cpu_from_onnx
 
+    from odexport.errors import OdexportError
+
     sizes = parse_batch_sizes(batch_sizes)
     with stages(quiet or json_output) as stage:
-        result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, stage=stage)
+        try:
+            result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, stage=stage)
+        except OdexportError as exc:
+            outcome = getattr(exc, "outcome", None)
+            if json_output and outcome is not None:  # measured, then refused: the report still says what was measured
+                print_json({**outcome.to_dict(), "error": str(exc), "exit_code": exc.exit_code})
+            raise
     if json_output:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "error": None, "exit_code": 0})
         return
     if quiet:
         console.print(str(result.path), markup=False, highlight=False)
