@@ -627,7 +627,13 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
         return open_runner(static_twin(runner.model), "torch", input_shape=runner.input_shape, **options), None
     meta = getattr(runner, "metadata", {}) or {}
     if reference is not None:
-        model = model_from_checkpoint(reference, **load).model
+        loaded = model_from_checkpoint(reference, **load)
+        own, recorded = getattr(loaded.info, "arch", None), meta.get(keys.ARCH)
+        if own and recorded and own != recorded:  # a twin of another network: its ratio would mean nothing
+            raise InputError(f"--reference {reference} has architecture {own}, but {artifact} records {recorded}: "
+                             "its static twin would be another network",
+                             f"pass the checkpoint {Path(str(artifact)).name} was exported from, or drop --reference (the export records its architecture)")
+        model = loaded.model
     else:
         name = load.get("arch") or meta.get(keys.ARCH) or None
         if not name:

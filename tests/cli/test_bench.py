@@ -184,6 +184,21 @@ def test_portable_export_on_cpu_points_to_odexport_ort(exports):
     assert not any("odexport ort" in note for note in json.loads(rewritten.stdout)["notes"])
 
 
+def test_a_reference_of_another_architecture_is_refused_not_timed(exports, tmp_path):
+    """Before, `bench export.onnx --reference <another network>` timed that network's twin as the
+    baseline and printed its ratio (0.77x for a DY-ResNet against an OD export), exit 0."""
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    other = tmp_path / "dy_tiny.pth"
+    torch.save({"state_dict": create_model("dy_resnet_tiny").eval().state_dict()}, other)
+    result = _bench(exports["full"], "--reference", other, "--batch-sizes", "1", "--threads", "1")
+    assert result.exit_code == 1, result.output
+    assert f"--reference {other} has architecture dy_resnet_tiny, but {exports['full']} records od_resnet_tiny" in result.output
+    own = _bench(exports["full"], "--reference", tmp_path.parent / "x", "--batch-sizes", "1")  # not a file: the load's own error
+    assert own.exit_code == 1
+
+
 def test_fp16_export_gets_an_fp16_twin(exports):
     """The baseline is exported as the candidate was: an --fp16 export against an fp32 twin would
     flatter (on a GPU) or punish (on a CPU) the dynamic convs with a precision difference."""
