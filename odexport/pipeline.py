@@ -105,8 +105,6 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     ``device`` (cpu | cuda) is where .onnx and checkpoint candidates run (onnxruntime's CUDA
     provider, PyTorch CUDA; engines always run on the GPU); the reference stays on the CPU.
     """
-    import os
-
     import numpy as np
 
     from odexport.errors import InputError, MissingDependencyError
@@ -134,8 +132,12 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                                                   **(load if artifact_kind(candidate) == "checkpoint" else {}))))
         except MissingDependencyError as exc:  # e.g. an engine on a machine without TensorRT: compare the others
             missing[str(candidate)] = exc
-    if not opened and missing:
-        raise next(iter(missing.values()))  # nothing to compare: the first reason, as it was raised
+    not_run = {artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()}
+    if not opened and missing:  # nothing to compare: a report that says so (CI uploads it), with no samples drawn
+        ref.close()
+        return parity_report(_described_reference(ref, reference, reference_dtype, {}),
+                             {"source": "none", "count": 0, "shape": list(input_shape or ref.input_shape or []), "seed": None, "labels": False},
+                             batch_sizes, {}, [], missing=not_run)
     shape = tuple(input_shape) if input_shape else ref.input_shape
     shape_note = None
     if not input_shape:
@@ -198,15 +200,20 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     ref.close()
     if other_precision is not None:
         other_precision.close()
+    return parity_report(_described_reference(ref, reference, reference_dtype, noise), data.describe(), batch_sizes, reference_outputs,
+                         runs, tolerances, data.labels, reference_noise=noise, noise_margin=noise_margin, missing=not_run)
+
+
+def _described_reference(ref, reference, reference_dtype: str, noise: dict) -> dict:
+    """The reference as a check report names it."""
+    import os
+
     info = getattr(ref, "checkpoint_info", None)
     named = isinstance(reference, (str, os.PathLike))
-    described = {"artifact": os.fspath(reference) if named else type(reference).__name__, "backend": ref.backend, "dtype": reference_dtype,
-                 "arch": getattr(info, "arch", None), "sha256": getattr(info, "sha256", None),
-                 "temperature": getattr(info, "temperature", None), "rounding_noise": noise,
-                 "load_notes": list(getattr(info, "warnings", None) or [])}
-    return parity_report(described, data.describe(), batch_sizes, reference_outputs, runs, tolerances, data.labels,
-                         reference_noise=noise, noise_margin=noise_margin,
-                         missing={artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()})
+    return {"artifact": os.fspath(reference) if named else type(reference).__name__, "backend": ref.backend, "dtype": reference_dtype,
+            "arch": getattr(info, "arch", None), "sha256": getattr(info, "sha256", None),
+            "temperature": getattr(info, "temperature", None), "rounding_noise": noise,
+            "load_notes": list(getattr(info, "warnings", None) or [])}
 
 
 def _single_sample_note(count: int, batch_sizes) -> str | None:

@@ -34,6 +34,27 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def display_names(paths) -> dict[str, str]:
+    """Each path's file name, lengthened by its folders only where two paths would read the same
+    (``a/model.onnx`` and ``b/model.onnx``): a report must say which file failed, and a JUnit
+    suite named twice is merged by CI reporters."""
+    paths = list(dict.fromkeys(str(p) for p in paths))
+    parts = {p: Path(p).parts or (p,) for p in paths}
+    depth = dict.fromkeys(paths, 1)
+    while True:
+        shown = {p: "/".join(parts[p][-depth[p]:]) for p in paths}
+        clashing = [p for p in paths if depth[p] < len(parts[p]) and sum(shown[q] == shown[p] for q in paths) > 1]
+        if not clashing:
+            return shown
+        for p in clashing:
+            depth[p] += 1
+
+
+def candidate_names(report: ParityReport) -> dict[str, str]:
+    """How each candidate (and the reference) of a check report is named in its tables and reports."""
+    return display_names([str(report.reference.get("artifact", "reference")), *(c.artifact for c in report.candidates)])
+
+
 # -- parity -------------------------------------------------------------------------------------
 
 PARITY_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "mean abs", "p99 abs", "cosine", "top-1", "top-5",
@@ -42,9 +63,9 @@ PARITY_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "mean ab
 
 def parity_rows(report: ParityReport) -> list[list[str]]:
     """One row per candidate x batch size x output (errors get one row per batch)."""
-    rows = []
+    rows, names = [], candidate_names(report)
     for cand in report.candidates:
-        name = Path(cand.artifact).name
+        name = names[cand.artifact]
         if cand.error:
             rows.append([name, "-", "-", *["-"] * 9, "NOT RUN" if cand.missing_backend else "ERROR"])
             continue
@@ -78,7 +99,7 @@ def parity_table(report: ParityReport):
 
     verdict = _verdict(report, "[bold green]PASS[/]", "[bold red]FAIL[/]", "[bold yellow]INCOMPLETE[/]")
     ref = report.reference
-    table = Table(title=f"parity vs {Path(str(ref.get('artifact', 'reference'))).name} ({ref.get('backend', '')}, "
+    table = Table(title=f"parity vs {candidate_names(report)[str(ref.get('artifact', 'reference'))]} ({ref.get('backend', '')}, "
                         f"{ref.get('dtype', '')}): {verdict}", title_justify="left", box=box.SIMPLE_HEAD)
     keep = [PARITY_COLUMNS.index(c) for c in TABLE_COLUMNS]
     for column in TABLE_COLUMNS:
@@ -92,20 +113,20 @@ def parity_table(report: ParityReport):
 
 
 def parity_failure_lines(report: ParityReport) -> list[str]:
-    lines = []
+    lines, names = [], candidate_names(report)
     for cand in report.diverged:
         for reason in cand.failures:
-            lines.append(f"{Path(cand.artifact).name}: {reason}")
+            lines.append(f"{names[cand.artifact]}: {reason}")
     return lines
 
 
-def per_layer_table(cand: CandidateParity):
+def per_layer_table(cand: CandidateParity, name: str | None = None):
     """One row per dynamic conv: worst attention error, output error, and where it first fails."""
     from rich import box
     from rich.table import Table
 
     assert cand.per_layer is not None
-    table = Table(title=f"per-layer parity of {Path(cand.artifact).name} (batch {cand.per_layer.batch_size})",
+    table = Table(title=f"per-layer parity of {name or Path(cand.artifact).name} (batch {cand.per_layer.batch_size})",
                   title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("layer", "attention max abs", "output max abs", "output max rel", "verdict"):
         table.add_column(column, justify="left" if column in ("layer", "verdict") else "right")
@@ -133,14 +154,15 @@ def parity_junit(report: ParityReport) -> str:
     """
     root = ET.Element("testsuites", name="odexport check")
     total = failures = errors = skipped = 0
+    names = candidate_names(report)
     for cand in report.candidates:
-        suite = ET.SubElement(root, "testsuite", name=f"odexport.check.{Path(cand.artifact).name}")
+        suite = ET.SubElement(root, "testsuite", name=f"odexport.check.{names[cand.artifact]}")
         props = ET.SubElement(suite, "properties")
         for key, value in (("artifact", cand.artifact), ("backend", cand.backend), ("precision", cand.precision),
                            ("reference", str(report.reference.get("artifact", "")))):
             ET.SubElement(props, "property", name=key, value=str(value))
         cases = fails = errs = skips = 0
-        classname = f"odexport.check.{Path(cand.artifact).stem}"
+        classname = "odexport.check." + str(Path(names[cand.artifact]).with_suffix("")).replace("/", ".")
         if cand.error and cand.missing_backend:  # not run here: skipped, and the exit code (3) says why
             case = ET.SubElement(suite, "testcase", classname=classname, name="open")
             ET.SubElement(case, "skipped", message=cand.error).text = cand.error
@@ -188,13 +210,14 @@ def parity_markdown(report: ParityReport) -> str:
     """A Markdown summary for a pull-request comment."""
     ref = report.reference
     head = _verdict(report, "✅ **parity PASS**", "❌ **parity FAIL**", "⚠️ **parity INCOMPLETE** (a backend is missing)")
-    inputs = report.inputs
+    inputs, names = report.inputs, candidate_names(report)
     lines = [
         f"### odexport check: {head}",
         "",
-        f"Reference `{Path(str(ref.get('artifact', ''))).name}` ({ref.get('backend', '')}, {ref.get('dtype', '')}); "
-        f"{inputs.get('count', '?')} {inputs.get('source', '')} samples of shape {inputs.get('shape', '?')}; "
-        f"batch sizes {', '.join(map(str, report.batch_sizes))}."
+        f"Reference `{names[str(ref.get('artifact', 'reference'))]}` ({ref.get('backend', '')}, {ref.get('dtype', '')}); "
+        + (f"{inputs.get('count', '?')} {inputs.get('source', '')} samples of shape {inputs.get('shape', '?')}; " if inputs.get("count")
+           else "no samples drawn (no candidate could run here); ")
+        + f"batch sizes {', '.join(map(str, report.batch_sizes))}."
         + (f" Reference rounding noise (float32 vs float64): "
            f"{', '.join(f'{k} {_num(v)}' for k, v in ref['rounding_noise'].items())}." if ref.get("rounding_noise") else ""),
         "",
@@ -208,16 +231,16 @@ def parity_markdown(report: ParityReport) -> str:
         lines += ["", "**Failures**", ""] + [f"- {line}" for line in failures]
     if report.not_compared:
         lines += ["", "**Not compared** (backend missing on this machine)", ""]
-        lines += [f"- `{Path(c.artifact).name}`: {c.error}" for c in report.not_compared]
+        lines += [f"- `{names[c.artifact]}`: {c.error}" for c in report.not_compared]
     for cand in report.candidates:
         for note in cand.notes:
-            lines += ["", f"Note (`{Path(cand.artifact).name}`): {note}."]
+            lines += ["", f"Note (`{names[cand.artifact]}`): {note}."]
         if cand.accuracy is not None:
             acc = cand.accuracy
             lines += ["", f"Accuracy on {acc.samples} labelled samples: reference {_pct(acc.reference)}, "
-                          f"`{Path(cand.artifact).name}` {_pct(acc.candidate)}, top-1 agreement {_pct(acc.top1_agreement)}."]
+                          f"`{names[cand.artifact]}` {_pct(acc.candidate)}, top-1 agreement {_pct(acc.top1_agreement)}."]
         if cand.per_layer is not None:
-            lines += ["", f"Per-layer (`{Path(cand.artifact).name}`): {cand.per_layer.verdict}."]
+            lines += ["", f"Per-layer (`{names[cand.artifact]}`): {cand.per_layer.verdict}."]
     return "\n".join(lines) + "\n"
 
 
@@ -236,8 +259,9 @@ def bench_table(report: BenchReport):
                   box=box.SIMPLE_HEAD)
     for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):
         table.add_column(column, justify="left" if column in ("artifact", "role", "backend") else "right")
+    names = _bench_names(report)
     for entry in report.entries:
-        name = _bench_label(entry)
+        name = _bench_label(entry, names)
         if entry.stats is None:
             table.add_row(name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
                           "[yellow]not run[/]" if entry.missing_backend else "[red]error[/]")
@@ -249,20 +273,24 @@ def bench_table(report: BenchReport):
     return table
 
 
-def _bench_label(entry) -> str:
+def _bench_label(entry, names: dict[str, str]) -> str:
     if entry.role == "baseline" and entry.baseline_of:
-        return f"static twin of {Path(entry.baseline_of).name}"
-    return Path(entry.artifact).name
+        return f"static twin of {names[str(entry.baseline_of)]}"
+    return names[str(entry.artifact)]
+
+
+def _bench_names(report: BenchReport) -> dict[str, str]:
+    return display_names([str(e.artifact) for e in report.entries] + [str(e.baseline_of) for e in report.entries if e.baseline_of])
 
 
 def bench_error_lines(report: BenchReport) -> list[str]:
-    seen, lines = set(), []
+    seen, lines, names = set(), [], _bench_names(report)
     for e in report.entries:
         if e.missing_backend and e.artifact not in seen:  # once per artifact, not per batch size
             seen.add(e.artifact)
-            lines.append(f"{_bench_label(e)} not run: {e.error}")
+            lines.append(f"{_bench_label(e, names)} not run: {e.error}")
         elif e.error and not e.missing_backend:
-            lines.append(f"{_bench_label(e)} at batch {e.batch_size}: {e.error}")
+            lines.append(f"{_bench_label(e, names)} at batch {e.batch_size}: {e.error}")
     return lines
 
 
@@ -276,9 +304,10 @@ def bench_plot(report: BenchReport, path: str | Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     series: dict[tuple[str, str], list] = {}
+    names = _bench_names(report)
     for entry in report.entries:
         if entry.stats is not None:
-            label = _bench_label(entry)
+            label = _bench_label(entry, names)
             series.setdefault((label, entry.role), []).append(entry.stats)
     for (label, role), stats in series.items():
         stats = sorted(stats, key=lambda s: s.batch_size)

@@ -8,9 +8,9 @@ dynamic axes (batch baked in).  The reference is the checkpoint run in PyTorch.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import warnings
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -362,14 +362,37 @@ def test_a_report_path_given_as_a_candidate_says_json_is_a_flag(artifacts, tmp_p
     assert not (tmp_path / "out.json").exists()
 
 
-def test_engine_without_tensorrt_exits_3(artifacts, tmp_path):
+def test_engine_without_tensorrt_exits_3_and_still_writes_the_reports(artifacts, tmp_path):
+    """The only candidate cannot run here: exit 3, and the JUnit/Markdown reports a CI job uploads
+    still say so (before: nothing written, and the publish steps found no file)."""
     if available("tensorrt") and torch.cuda.is_available():
         pytest.skip("TensorRT is available here")
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0" * 32)
-    result = _check(artifacts["ckpt"], engine)
+    junit, markdown = tmp_path / "reports" / "parity.xml", tmp_path / "reports" / "parity.md"
+    result = _check(artifacts["ckpt"], engine, "--junit", junit, "--markdown", markdown)
     assert result.exit_code == 3, result.output
-    assert "TensorRT" in result.output
+    assert "TensorRT" in result.output and "model.engine not compared: this machine lacks the backend --" in result.output
+    root = ET.parse(junit).getroot()
+    assert root.get("tests") == "1" and root.get("skipped") == "1" and root.get("failures") == "0"
+    text = markdown.read_text()
+    assert "parity INCOMPLETE" in text and "no samples drawn" in text and "| model.engine |" in text
+
+
+def test_candidates_with_one_file_name_are_told_apart(artifacts, tmp_path):
+    """`check ckpt good.onnx other/good.onnx`: every report names the failing one by its folder,
+    and JUnit gets two suites (CI reporters merge suites of one name)."""
+    other = tmp_path / "other" / "good.onnx"
+    other.parent.mkdir()
+    other.write_bytes(Path(artifacts["perturbed"]).read_bytes())
+    junit, markdown = tmp_path / "parity.xml", tmp_path / "parity.md"
+    result = _check(artifacts["ckpt"], artifacts["good"], other, "--batch-sizes", "1", "--junit", junit, "--markdown", markdown)
+    assert result.exit_code == 2, result.output
+    assert "FAIL other/good.onnx: batch 1" in result.output
+    first = f"{Path(artifacts['good']).parent.name}/good.onnx"  # both are lengthened by their folder
+    suites = [suite.get("name") for suite in ET.parse(junit).getroot()]
+    assert suites == [f"odexport.check.{first}", "odexport.check.other/good.onnx"]
+    assert f"| {first} | 1 |" in markdown.read_text() and "| other/good.onnx | 1 |" in markdown.read_text()
 
 
 def test_engine_without_tensorrt_next_to_an_onnx(artifacts, tmp_path):

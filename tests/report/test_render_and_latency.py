@@ -125,3 +125,15 @@ def test_bench_plot_without_matplotlib_is_exit_3(tmp_path):
     with pytest.raises(MissingDependencyError) as info:
         bench_plot(_bench(), tmp_path / "latency.png")
     assert info.value.exit_code == 3 and not (tmp_path / "latency.png").exists()
+
+
+def test_display_names_lengthen_only_the_paths_that_would_read_the_same():
+    from odexport.report.render import display_names
+
+    names = display_names(["a/x/model.onnx", "b/x/model.onnx", "c/model.onnx", "other.onnx", "model.engine"])
+    assert names == {"a/x/model.onnx": "a/x/model.onnx", "b/x/model.onnx": "b/x/model.onnx",
+                     "c/model.onnx": "c/model.onnx", "other.onnx": "other.onnx", "model.engine": "model.engine"}
+    assert display_names(["dist/model.onnx", "dist/model.ort-cpu.onnx"]) == {"dist/model.onnx": "model.onnx",
+                                                                            "dist/model.ort-cpu.onnx": "model.ort-cpu.onnx"}
+    # the same name with no folder left to tell them apart stays as it is
+    assert display_names(["model.onnx", "./model.onnx"]) == {"model.onnx": "model.onnx", "./model.onnx": "model.onnx"}

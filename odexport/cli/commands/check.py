@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -82,6 +81,7 @@ def check(
         from odexport.pipeline import check_parity
         from odexport.report.compare import ToleranceOverrides
         from odexport.report.render import (
+            candidate_names,
             parity_failure_lines,
             parity_junit,
             parity_markdown,
@@ -104,6 +104,7 @@ def check(
                 temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, threads=threads,
                 noise_margin=noise_margin, stage=stage, device=device,
             )
+        names = candidate_names(report)
         if junit:
             write_text_atomically(junit, parity_junit(report))
         if markdown:
@@ -121,15 +122,15 @@ def check(
                               + ", ".join(f"{k} {v:.3g}" for k, v in noise.items()), markup=False)
             for cand in report.candidates:
                 for note in cand.notes:
-                    console.print(f"note: {Path(cand.artifact).name}: {note}", markup=False)
+                    console.print(f"note: {names[cand.artifact]}: {note}", markup=False)
                 if cand.accuracy is not None:
                     acc = cand.accuracy
                     console.print(f"accuracy on {acc.samples} labelled samples: reference {acc.reference:.2%}, "
-                                  f"{cand.artifact} {acc.candidate:.2%}, top-1 agreement {acc.top1_agreement:.2%}")
+                                  f"{names[cand.artifact]} {acc.candidate:.2%}, top-1 agreement {acc.top1_agreement:.2%}")
                 if cand.per_layer is not None:
                     if cand.per_layer.layers:
-                        wide_console().print(per_layer_table(cand))
-                    console.print(f"per-layer ({Path(cand.artifact).name}): {cand.per_layer.verdict}", markup=False)
+                        wide_console().print(per_layer_table(cand, names[cand.artifact]))
+                    console.print(f"per-layer ({names[cand.artifact]}): {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
                 elif per_layer and not cand.missing_backend:
@@ -138,15 +139,16 @@ def check(
             for line in parity_failure_lines(report):
                 console.print(f"FAIL {line}", markup=False, style="red")
             for cand in report.not_compared:
-                console.print(f"NOT COMPARED {Path(cand.artifact).name}: {cand.error}", markup=False, style="yellow")
+                console.print(f"NOT COMPARED {names[cand.artifact]}: {cand.error}", markup=False, style="yellow")
         skipped = report.not_compared
         if report.diverged:
             also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
             raise ParityError(f"{len(report.diverged)} of {len(report.candidates)} candidates failed the parity check{also}",
                               "see the failures above; loosen --atol/--rtol only if the numbers are expected")
         if skipped:
-            names = ", ".join(Path(c.artifact).name for c in skipped)
-            raise MissingDependencyError(f"{names} not compared: this machine lacks the backend (the other candidates passed)",
+            shown = ", ".join(names[c.artifact] for c in skipped)
+            others = " (the other candidates passed)" if len(skipped) < len(report.candidates) else ""
+            raise MissingDependencyError(f"{shown} not compared: this machine lacks the backend{others}",
                                          "run the check where the backend is installed (see `odexport doctor`)")
 
     run_command(action)
