@@ -45,19 +45,23 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     from odexport._memory import require_batch_fits
 
     x = read_input_array(inputs) if isinstance(inputs, (str, os.PathLike)) else np.ascontiguousarray(inputs, dtype=np.float32)
-    check_input_batch(x, None)
+    single = x.ndim == 3  # one (C, H, W) sample without its batch axis, if C is the model's channel count (as `check` takes it)
+    if not single:
+        check_input_batch(x, None)
     kind = artifact_kind(artifact)
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel) if kind == "checkpoint" else {}
     if kind == "module" and temperature is not None:
         load["temperature"] = temperature
     # torch runs any H x W a CNN accepts: fix the runner's sample shape to this input's, after checking channels
-    shape = tuple(int(d) for d in x.shape[1:]) if kind in ("checkpoint", "module") else None
+    shape = tuple(int(d) for d in x.shape[int(not single):]) if kind in ("checkpoint", "module") else None
     runner = open_runner(artifact, backend, device=device, threads=threads, input_shape=shape, **load)
     try:
         info = getattr(runner, "checkpoint_info", None)
         expected = info.input_shape[0] if info is not None and info.input_shape else None
         if expected is None and runner.inputs and isinstance(runner.inputs[0].shape[1], int):
             expected = runner.inputs[0].shape[1]
+        if single and expected is not None and x.shape[0] == expected:
+            x = x[None]
         check_input_batch(x, expected)
         # the input is in memory; what running it takes on top may not be (the OOM killer says nothing)
         require_batch_fits(len(x), x.shape[1:], [runner.step_bytes], drawn=False,

@@ -68,7 +68,11 @@ def _pick(mapping: dict, path: Path):
 
 
 def check_input_batch(array: np.ndarray, channels: int | None, *, source: str = "input") -> None:
-    """An image batch must be (N, C, H, W) with the model's channel count."""
+    """An image batch must be (N, C, H, W) with the model's channel count (a single (C, H, W) sample
+    is given its batch axis by the caller, which knows the model's channels)."""
+    if array.ndim == 3 and channels is not None and array.shape[0] != channels:
+        raise InputError(f"{source} has shape {tuple(array.shape)} (rank 3): not one sample of the model's {channels} channels",
+                         f"pass a batch of shape (N, {channels}, H, W), or one sample ({channels}, H, W)")
     if array.ndim != 4:
         fix = "add the batch axis (x[None])" if array.ndim == 3 else "pass a batch of shape (N, C, H, W)"
         raise InputError(f"{source} has shape {tuple(array.shape)} (rank {array.ndim}); the model needs rank 4 (N, C, H, W)", fix)

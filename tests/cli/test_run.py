@@ -83,7 +83,7 @@ def test_run_reproduces_the_tardelean_reference_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "array, message",
     [
-        (np.zeros((3, 32, 32), np.float32), "rank 3"),
+        (np.zeros((2, 32, 32), np.float32), "(rank 3): not one sample of the model's 3 channels"),
         (np.zeros((2, 1, 32, 32), np.float32), "1 channels"),
         (np.zeros((2, 32, 32, 3), np.float32), "32 channels"),  # channels last
         (np.zeros((1, 2, 3, 32, 32), np.float32), "rank 5"),
@@ -97,6 +97,19 @@ def test_bad_input_shape_fails_without_writing(tiny, tmp_path, array, message):
     assert result.exit_code == 1 and message in result.output
     assert [line for line in result.output.splitlines() if line.startswith("error:")][0].count(" -- ") == 1
     assert not out.exists()
+
+
+def test_one_sample_without_its_batch_axis_runs_as_a_batch_of_one(tiny, tmp_path):
+    """`check --inputs` takes a (C, H, W) sample as a batch of one; `run` refused it (rank 3)."""
+    single, batch = tmp_path / "one.npy", tmp_path / "batch.npy"
+    np.save(single, tiny["x"][0])
+    np.save(batch, tiny["x"][:1])
+    for source in (single, batch):
+        result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(tmp_path / f"y_{source.stem}.npy"))
+        assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "y_one.npy"), np.load(tmp_path / "y_batch.npy"))
+    assert np.load(tmp_path / "y_one.npy").shape[0] == 1
+    np.testing.assert_allclose(np.load(tmp_path / "y_one.npy"), tiny["expected"][:1], rtol=1e-4, atol=1e-5)
 
 
 def test_failure_keeps_an_existing_output_untouched(tiny, tmp_path):

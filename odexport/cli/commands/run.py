@@ -20,7 +20,7 @@ from odexport.cli.app import app
 @app.command()
 def run(
     artifact: Annotated[str, typer.Argument(help="Checkpoint to run (also .onnx and TensorRT engines where their backends are installed).", show_default=False)],
-    input: Annotated[str, typer.Option("--input", "--inputs", "-i", help="Input batch (N, C, H, W): .npy, .npz (array 'input' or the only one) or .pt (a tensor).", show_default=False)],  # noqa: A002
+    input: Annotated[str, typer.Option("--input", "--inputs", "-i", help="Input batch (N, C, H, W), or one sample (C, H, W): .npy, .npz (array 'input' or the only one) or .pt (a tensor).", show_default=False)],  # noqa: A002
     output: Annotated[str, typer.Option("--output", "-o", help="Where to save the output: .npy (one output) or .npz (all outputs by name). Written atomically.", show_default=False)],
     temperature: TemperatureOption = None,
     arch: ArchOption = None,
