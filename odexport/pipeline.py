@@ -152,7 +152,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
     ref.input_shape = shape
     for candidate, runner in opened:
-        _require_sample_shape(candidate, runner, shape, reference)
+        _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape))
         if getattr(runner, "backend", "").startswith("torch"):
             runner.input_shape = shape  # a checkpoint fixes no sample shape: it runs on the reference's samples
     if not inputs:
@@ -342,10 +342,10 @@ def _export_sample_shape(opened, reference_info, shape):
                      "pass --input-shape to check at another size")
 
 
-def _require_sample_shape(candidate, runner, shape, reference) -> None:
+def _require_sample_shape(candidate, runner, shape, reference, *, given: bool = False) -> None:
     """An export whose graph fixes another sample shape cannot be compared on these samples: an
     input error naming both shapes (and both architectures when the export records its own), not a
-    parity failure blamed on the batch."""
+    parity failure blamed on the batch. ``given``: the shape is the user's ``--input-shape``."""
     from odexport.errors import InputError
 
     if getattr(runner, "backend", "").startswith("torch"):
@@ -355,6 +355,10 @@ def _require_sample_shape(candidate, runner, shape, reference) -> None:
         return
     arch = (getattr(runner, "metadata", None) or {}).get(keys.ARCH)
     made_from = f" (exported from {arch})" if arch else ""
+    fixed = "x".join(map(str, declared))
+    if given:
+        raise InputError(f"--input-shape {'x'.join(map(str, shape))} does not fit {candidate}{made_from}, whose graph takes samples of shape {declared}",
+                         f"drop --input-shape (the export's own size is used), or pass --input-shape {fixed}")
     raise InputError(
         f"{candidate}{made_from} takes samples of shape {declared}, the reference {reference} {tuple(shape)}",
         "pass the export of this checkpoint, or --input-shape "

@@ -166,10 +166,11 @@ def find_submodel(state_dict: Mapping[str, Any], *, submodel: str | None = None,
         prefix = prefix.rstrip(".") + "."
         if not any(k.startswith(prefix) for k in state_dict):
             tops = sorted({k.split(".")[0] for k in state_dict if "." in k})
+            largest = max(tops, key=lambda top: sum(k.startswith(top + ".") for k in state_dict)) if tops else ""
             raise CheckpointError(
                 f"no key of the checkpoint starts with '{prefix}' (its top-level parts: {', '.join(tops[:8]) or 'none'})",
-                "pass one of those parts with --submodel (e.g. --submodel backbone; submodel='backbone' in the library), "
-                "or --submodel '' for the whole file",
+                (f"pass one of those parts with --submodel (e.g. --submodel {largest}; submodel='{largest}' in the library), "
+                 if tops else "") + "or --submodel '' for the whole file",
             )
         explicit = True
     else:

@@ -131,9 +131,12 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samp
         labels = np.asarray(labels)
         if labels.ndim == 2:  # one-hot
             labels = labels.argmax(axis=1)
-        if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(f"labels in {path} have shape {labels.shape} and dtype {labels.dtype}",
+        if labels.shape != (x.shape[0],):
+            raise InputError(f"labels in {path} have shape {labels.shape} for {x.shape[0]} samples",
                              f"store one integer class per sample: shape ({x.shape[0]},)")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"labels in {path} have dtype {labels.dtype}, not integers",
+                             "store class indices as integers (labels.astype(np.int64))")
     x = np.ascontiguousarray(x, dtype=np.float32)
     found = non_finite(x)  # also a float64 value beyond float32's range, now inf
     if found:

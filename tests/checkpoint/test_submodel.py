@@ -186,8 +186,9 @@ def test_two_backbones_are_ambiguous_until_one_is_named(tmp_path):
 def test_explicit_submodel_choices(tmp_path):
     backbone = _backbone()
     path = _save_mmdet(tmp_path / "det.pth", _detector_state(backbone))
-    with pytest.raises(CheckpointError, match=r"no key of the checkpoint starts with 'bakbone\.' .*backbone, neck"):
+    with pytest.raises(CheckpointError, match=r"no key of the checkpoint starts with 'bakbone\.' .*backbone, neck") as caught:
         load_checkpoint(path, submodel="bakbone")
+    assert "e.g. --submodel backbone;" in caught.value.hint  # the part holding most of the keys, not a fixed name
     # submodel='' keeps the whole file: the detector's own keys then fit no architecture (as before this feature)
     with pytest.raises(ArchitectureError, match="unexpected in the file"):
         load_checkpoint(path, submodel="")

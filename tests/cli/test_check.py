@@ -115,6 +115,10 @@ def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "takes samples of shape (3, 48, 48)" in text and "(3, 32, 32)" in text and "baked" not in text
+    # the export of this very checkpoint with a wrong --input-shape: the option is named, not the file
+    given = _check(artifacts["ckpt"], artifacts["good"], "--input-shape", "3x64x64")
+    assert given.exit_code == 1, given.output
+    assert "error: --input-shape 3x64x64 does not fit" in given.output and "pass --input-shape 3x32x32" in " ".join(given.output.split())
 
 
 def test_an_export_of_this_checkpoint_at_another_size_is_checked_at_that_size(cli_export, tmp_path):

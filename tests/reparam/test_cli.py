@@ -97,3 +97,14 @@ def test_missing_checkpoint(tmp_path):
     result = _invoke(tmp_path / "nope.pth", "-o", tmp_path / "d.pt")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert not (tmp_path / "d.pt").exists()
+
+
+def test_a_tolerance_below_float32_rounding_is_named_not_called_a_bug(source_checkpoint, tmp_path):
+    """The exact passes reorder float32 arithmetic (~1e-7 of the output scale); `--tolerance 0`
+    fails on that, and the hint says so instead of "this is a bug in odexport"."""
+    out = tmp_path / "deploy.pt"
+    result = _invoke(source_checkpoint, "-o", out, "--tolerance", "0")
+    assert result.exit_code == 2, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("error:"))
+    assert "above the tolerance 0" in line and "float32 rounding" in line and "--tolerance 0.0001 (the default)" in line
+    assert "bug" not in line and not out.exists()

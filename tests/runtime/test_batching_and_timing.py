@@ -67,6 +67,17 @@ def test_load_samples_npz_with_labels_and_npy(tmp_path):
     assert load_samples(tmp_path / "one.npy", (3, 8, 8)).x.shape == (1, 3, 8, 8)
 
 
+def test_labels_of_the_wrong_type_or_count_are_named_as_such(tmp_path):
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    np.savez(tmp_path / "float.npz", x=x, y=np.array([0.0, 1.0, 2.0, 1.0], np.float32))
+    with pytest.raises(InputError) as caught:
+        load_samples(tmp_path / "float.npz", (3, 8, 8))
+    assert caught.value.message.endswith("have dtype float32, not integers") and "astype(np.int64)" in caught.value.hint
+    np.savez(tmp_path / "short.npz", x=x, y=np.array([0, 1, 2]))
+    with pytest.raises(InputError, match=r"have shape \(3,\) for 4 samples"):
+        load_samples(tmp_path / "short.npz", (3, 8, 8))
+
+
 def test_a_negative_seed_is_an_input_error():
     """numpy's generator takes no negative seed: one line naming the option, not a ValueError."""
     with pytest.raises(InputError, match="--seed -1 is negative"):
