@@ -34,9 +34,8 @@ def ort(
 def _specialise(source, output, batch_sizes, threads, check, measure, tolerance, json_output, quiet) -> None:
     from odexport.cli._common import console, print_json, stages
     from odexport.cli.commands.check import parse_batch_sizes
-    from odexport.pipeline import ort_cpu_from_onnx
-
     from odexport.errors import OdexportError
+    from odexport.pipeline import ort_cpu_from_onnx
 
     sizes = parse_batch_sizes(batch_sizes)
     with stages(quiet or json_output) as stage:
