@@ -94,7 +94,7 @@ def default_tolerance(precision: str) -> Tolerance:
 class ToleranceOverrides:
     """User overrides: a global value and/or per-output values for atol and rtol.
 
-    Built from CLI strings such as ``"1e-3"`` (every output) or ``"logits=1e-3"`` (one output).
+    Built from CLI strings such as ``"1e-3"`` (every output) or ``"output=1e-3"`` (one output, by name).
     """
 
     atol: float | None = None

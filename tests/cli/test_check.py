@@ -104,6 +104,26 @@ def test_baked_in_batch_fails_with_exit_2(artifacts):
     assert passed == {1: False, 2: True, 8: False}
 
 
+def test_a_failure_of_the_fp16_top1_floor_alone_does_not_advise_loosening_atol(tmp_path):
+    """Two classes whose logits differ by 1e-4 at ~100: fp32 decides by that 1e-4, fp16 (spacing
+    0.06 there) cannot, so every decision flips while every element is within the fp16 atol. The
+    hint names the floor; loosening --atol/--rtol (the generic advice) cannot change it."""
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    state = create_model("od_resnet_tiny").eval().state_dict()
+    state["fc.weight"][1] = state["fc.weight"][0]
+    state["fc.bias"][0], state["fc.bias"][1] = 100.0, 100.0 + 1e-4
+    ckpt, half = tmp_path / "tied.pth", tmp_path / "tied16.onnx"
+    torch.save({"state_dict": state}, ckpt)
+    assert CliRunner().invoke(app, ["onnx", str(ckpt), "-o", str(half), "--fp16", "--no-check", "--quiet"]).exit_code == 0
+    result = _check(ckpt, half, "--batch-sizes", "1")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "top-1 agreement 0.0000 below the floor 0.99" in text
+    assert "only a top-1/cosine floor failed, which --atol/--rtol do not change" in text and "loosen" not in text
+
+
 def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
     """Not a parity failure blamed on the batch: the candidate cannot take these samples at all."""
     from odexport.models import create_model
