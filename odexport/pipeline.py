@@ -186,6 +186,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         run = run_candidate(runner, artifact, data.x, batch_sizes)
         for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
                      _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
+                     _temperature_note(runner, getattr(ref, "checkpoint_info", None)),
                      _single_sample_note(len(data.x), batch_sizes), shape_note):
             if note:
                 run.notes.append(note)
@@ -272,6 +273,22 @@ def _architecture_note(runner, reference_info) -> str | None:
         return None
     return (f"the candidate's architecture is {theirs}, the reference's {own}: another model, not a deployment of "
             "this one -- compare a checkpoint with its own export")
+
+
+def _temperature_note(runner, reference_info) -> str | None:
+    """Say so when an export computes another attention temperature than the reference runs at
+    (``odexport onnx -T 30`` checked against the checkpoint at its default 1.0): the outputs differ
+    by design, and the failure would otherwise read like a broken export."""
+    recorded = (getattr(runner, "metadata", None) or {}).get(keys.TEMPERATURE)
+    own = getattr(reference_info, "temperature", None)
+    try:
+        exported = float(recorded) if recorded else None
+    except ValueError:
+        return None
+    if exported is None or own is None or abs(exported - own) <= 1e-6 * max(abs(exported), abs(own)):
+        return None
+    return (f"exported at attention temperature {exported:g}, the reference runs at {own:g}: their outputs differ by design "
+            f"-- pass --temperature {exported:g} to check the export at its own temperature")
 
 
 def _provenance_note(runner, reference_info, reference) -> str | None:

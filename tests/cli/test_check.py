@@ -124,6 +124,20 @@ def test_a_failure_of_the_fp16_top1_floor_alone_does_not_advise_loosening_atol(t
     assert "only a top-1/cosine floor failed, which --atol/--rtol do not change" in text and "loosen" not in text
 
 
+def test_an_export_at_another_temperature_is_named_in_a_note(artifacts, tmp_path):
+    """`odexport onnx -T 2` computes the attention at temperature 2; checked against the checkpoint
+    at its default 1.0 it fails by design, and the note says why and how to check it."""
+    hot = tmp_path / "t2.onnx"
+    assert CliRunner().invoke(app, ["onnx", artifacts["ckpt"], "-o", str(hot), "-T", "2", "--quiet", "--no-check"]).exit_code == 0
+    plain = _check(artifacts["ckpt"], hot, "--batch-sizes", "1")
+    text = " ".join(plain.output.split())
+    assert "exported at attention temperature 2, the reference runs at 1" in text and "pass --temperature 2" in text
+    matched = _check(artifacts["ckpt"], hot, "--batch-sizes", "1", "--temperature", "2")
+    assert matched.exit_code == 0, matched.output
+    assert "attention temperature" not in matched.output
+    assert "attention temperature" not in _check(artifacts["ckpt"], artifacts["good"], "--batch-sizes", "1").output
+
+
 def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
     """Not a parity failure blamed on the batch: the candidate cannot take these samples at all."""
     from odexport.models import create_model

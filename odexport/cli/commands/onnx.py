@@ -213,6 +213,8 @@ def _provenance(info, reparam_note) -> dict:
     from odexport.export import metadata_keys as keys
 
     extra = {keys.REPARAM: reparam_note or "no"}
+    if getattr(info, "temperature", None) is not None:  # `check` names a reference run at another one
+        extra[keys.TEMPERATURE] = repr(float(info.temperature))
     if info.origin_sha256:
         extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
     return extra
