@@ -98,19 +98,27 @@ def test_cli_outputs_are_readable_by_others(tmp_path, umask):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
-def test_output_path_under_a_file_is_a_one_line_input_error(tmp_path):
-    """A file where the output's folder should be: exit 1 with one line naming it, for every
-    command that writes, and nothing written (before: an OSError reported as an internal error)."""
+def _checkpoint_export_and_input(folder: Path) -> tuple[Path, Path, Path]:
+    """A tiny checkpoint, its ONNX export and an input batch in ``folder``: one of each input a
+    writing command takes."""
     from odexport.models import create_model
 
     torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.pth"
+    ckpt = folder / "tiny.pth"
     torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
-    onnx_path = tmp_path / "tiny.onnx"
-    runner = CliRunner()
-    assert runner.invoke(app, ["onnx", str(ckpt), "-o", str(onnx_path), "--input-shape", "3x32x32", "--no-check"]).exit_code == 0
-    x = tmp_path / "x.npy"
+    onnx_path = folder / "tiny.onnx"
+    made = CliRunner().invoke(app, ["onnx", str(ckpt), "-o", str(onnx_path), "--input-shape", "3x32x32", "--no-check"])
+    assert made.exit_code == 0, made.output
+    x = folder / "x.npy"
     np.save(x, np.zeros((1, 3, 32, 32), np.float32))
+    return ckpt, onnx_path, x
+
+
+def test_output_path_under_a_file_is_a_one_line_input_error(tmp_path):
+    """A file where the output's folder should be: exit 1 with one line naming it, for every
+    command that writes, and nothing written (before: an OSError reported as an internal error)."""
+    ckpt, onnx_path, x = _checkpoint_export_and_input(tmp_path)
+    runner = CliRunner()
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -154,16 +162,8 @@ def refusing_folder(tmp_path):
 def test_an_output_folder_that_refuses_writes_is_a_one_line_error_before_any_work(tmp_path, refusing_folder):
     """Before, `odexport ort -o <such folder>/m.onnx` specialised, checked and timed the model and
     then died with 'internal error: PermissionError'; `onnx` trusted os.access, which says yes to root."""
-    from odexport.models import create_model
-
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.pth"
-    torch.save({"state_dict": create_model("od_resnet_tiny").eval().state_dict()}, ckpt)
-    onnx_path = tmp_path / "tiny.onnx"
+    ckpt, onnx_path, x = _checkpoint_export_and_input(tmp_path)
     runner = CliRunner()
-    assert runner.invoke(app, ["onnx", str(ckpt), "-o", str(onnx_path), "--input-shape", "3x32x32", "--no-check"]).exit_code == 0
-    x = tmp_path / "x.npy"
-    np.save(x, np.zeros((1, 3, 32, 32), np.float32))
     before = sorted(p.name for p in tmp_path.iterdir())
 
     for args in (
