@@ -507,7 +507,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             report.settings["spinning"] = None  # no onnxruntime session: nothing was made to spin
             report.notes.append("--spinning sets onnxruntime's thread spinning; no onnxruntime session was timed here, "
                                 "so it only changed the timing to alternating blocks of calls")
-        shape = sample_shape(pairs, input_shape)
+        shape = _sample_shape(pairs, input_shape)
         for label, role, _, runner in pairs:
             if getattr(runner, "backend", "").startswith("torch") and tuple(runner.input_shape or ()) != shape:
                 if role == "candidate":
@@ -587,7 +587,7 @@ def _has_custom_layers(metadata: dict) -> bool:
     return any(isinstance(entry, dict) and entry.get("form") == "custom" for entry in forms)
 
 
-def sample_shape(pairs, input_shape):
+def _sample_shape(pairs, input_shape):
     """One sample's shape for every artifact of a bench: ``--input-shape``, else the one an ONNX
     file or engine fixes (a PyTorch model takes any size, and runs at that one), else a
     checkpoint's default; :func:`_require_one_fixed_shape` has refused artifacts that fix two."""

@@ -38,7 +38,8 @@ DEFAULT_TOLERANCE = 1e-3  # of max|portable output|: a wrong layout errs by O(1)
 @dataclass
 class SpecialisedModel:
     """What :func:`specialise_onnx` wrote: the file, the machine record, what the rewrite did and
-    how far the specialised session is from the portable one (``max|d| / max|portable|`` per batch)."""
+    how far the specialised session is from the portable one (``max|d| / max|portable|`` per batch).
+    A refusal carries one as ``error.outcome``, with ``path`` None: what was measured, nothing written."""
 
     path: Path | None
     source: Path
