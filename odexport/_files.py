@@ -50,7 +50,7 @@ def output_folder(path: str | Path, *, create: bool = False) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if parent.is_dir():
-        _require_writable(parent, path)
+        os.unlink(_temp_in(parent, path, ".probe"))
         return parent
     if parent.exists():
         raise InputError(f"cannot write {path}: {parent} is a file, not a folder", "choose another output path")
@@ -63,13 +63,15 @@ def output_folder(path: str | Path, *, create: bool = False) -> Path:
     return parent
 
 
-def _require_writable(parent: Path, path: Path) -> None:
+def _temp_in(parent: Path, path: Path, suffix: str) -> str:
+    """An empty file named after ``path`` in ``parent``, made by :func:`tempfile.mkstemp`; a
+    folder that refuses it is an :class:`InputError`."""
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
     except OSError as exc:
         raise InputError(f"cannot write in {parent} ({exc.strerror or exc})", "choose a writable output folder") from exc
     os.close(handle)
-    os.unlink(name)
+    return name
 
 
 def refuse_overwriting_input(output: str | Path, *inputs, fix: str = "pass another -o path") -> None:
@@ -93,12 +95,7 @@ def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
     """An empty temporary file in ``path``'s (existing) folder, so the final rename is atomic, with
     the permissions of a normally created file."""
     path = Path(path)
-    parent = output_folder(path)
-    try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
-    except OSError as exc:
-        raise InputError(f"cannot write in {parent} ({exc.strerror or exc})", "choose a writable output folder") from exc
-    os.close(handle)
+    name = _temp_in(output_folder(path), path, suffix)
     try:
         give_default_permissions(name)
     except BaseException:

@@ -114,7 +114,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.parity import parity_report
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
-    from odexport.runtime.batching import load_samples, random_samples, run_batched
+    from odexport.runtime.batching import Samples, load_samples, random_samples, run_batched
     from odexport._memory import require_batch_fits, require_outputs_fit, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
@@ -139,8 +139,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     not_run = {artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()}
     if not opened and missing:  # nothing to compare: a report that says so (CI uploads it), with no samples drawn
         ref.close()
-        return parity_report(_described_reference(ref, reference, reference_dtype, {}),
-                             {"source": "none", "count": 0, "shape": list(input_shape or ref.input_shape or []), "seed": None, "labels": False},
+        none_drawn = Samples(np.empty((0, *(input_shape or ref.input_shape or ())), np.float32), None, "none")
+        return parity_report(_described_reference(ref, reference, reference_dtype, {}), none_drawn.describe(),
                              batch_sizes, {}, [], missing=not_run)
     shape = tuple(input_shape) if input_shape else ref.input_shape
     shape_note = None
