@@ -92,25 +92,33 @@ def default_tolerance(precision: str) -> Tolerance:
 
 @dataclass
 class ToleranceOverrides:
-    """User overrides: a global value and/or per-output values for atol and rtol.
+    """User overrides: a global value and/or per-output values for atol, rtol and the two floors.
 
-    Built from CLI strings such as ``"1e-3"`` (every output) or ``"output=1e-3"`` (one output, by name).
+    Built from CLI strings such as ``"1e-3"`` (every output) or ``"output=1e-3"`` (one output, by
+    name).  A floor (``--min-top1``, ``--min-cosine``) is a fraction in [0, 1]; 0 turns it off.
     """
 
     atol: float | None = None
     rtol: float | None = None
-    per_output_atol: dict[str, float] = field(default_factory=dict)
-    per_output_rtol: dict[str, float] = field(default_factory=dict)
+    min_top1: float | None = None
+    min_cosine: float | None = None
+    per_output: dict[str, dict[str, float]] = field(default_factory=dict)  # option -> output -> value
+
+    #: option name -> (its command-line flag, the largest value allowed)
+    OPTIONS = {"atol": ("--atol", math.inf), "rtol": ("--rtol", math.inf),
+               "min_top1": ("--min-top1", 1.0), "min_cosine": ("--min-cosine", 1.0)}
 
     @classmethod
-    def parse(cls, atol: list[str] | None = None, rtol: list[str] | None = None) -> "ToleranceOverrides":
+    def parse(cls, atol: list[str] | None = None, rtol: list[str] | None = None,
+              min_top1: list[str] | None = None, min_cosine: list[str] | None = None) -> "ToleranceOverrides":
         out = cls()
-        for option, values, per in (("atol", atol, out.per_output_atol), ("rtol", rtol, out.per_output_rtol)):
+        for option, values in (("atol", atol), ("rtol", rtol), ("min_top1", min_top1), ("min_cosine", min_cosine)):
+            flag, upper = cls.OPTIONS[option]
             for text in values or []:
                 name, _, number = text.rpartition("=")
-                value = _parse_nonnegative(number, option)
+                value = _parse_bounded(number, flag, upper)
                 if name:
-                    per[name.strip()] = value
+                    out.per_output.setdefault(option, {})[name.strip()] = value
                 else:
                     setattr(out, option, value)
         return out
@@ -119,31 +127,46 @@ class ToleranceOverrides:
         """A per-output value for an output the model does not have (a typo) would silently not
         apply: an input error naming the outputs there are."""
         known = list(outputs)
-        for option, per in (("atol", self.per_output_atol), ("rtol", self.per_output_rtol)):
+        for option, per in self.per_output.items():
             unknown = sorted(set(per) - set(known))
             if unknown:
-                raise InputError(f"--{option} names output {unknown[0]!r}, which the model does not have (outputs: {', '.join(known)})",
-                                 f"use --{option} {known[0] if known else 'OUTPUT'}=VALUE, or --{option} VALUE for every output")
+                flag = self.OPTIONS[option][0]
+                raise InputError(f"{flag} names output {unknown[0]!r}, which the model does not have (outputs: {', '.join(known)})",
+                                 f"use {flag} {known[0] if known else 'OUTPUT'}=VALUE, or {flag} VALUE for every output")
+
+    def _value(self, option: str, output: str):
+        return self.per_output.get(option, {}).get(output, getattr(self, option))
 
     def resolve(self, output: str, precision: str, noise_atol: float = 0.0) -> Tolerance:
         """The tolerance of ``output`` for a candidate at ``precision``; ``noise_atol`` floors the
-        default (scaled) atol, never one the user gave."""
+        default (scaled) atol, never one the user gave.  A floor the user set applies at any
+        precision (0 removes the default one)."""
         base = default_tolerance(precision)
-        atol = self.per_output_atol.get(output, self.atol)
-        rtol = self.per_output_rtol.get(output, self.rtol if self.rtol is not None else base.rtol)
+        atol = self._value("atol", output)
+        rtol = self._value("rtol", output)
+        rtol = base.rtol if rtol is None else rtol
+        floors = {}
+        for option in ("min_top1", "min_cosine"):
+            value = self._value(option, output)
+            value = getattr(base, option) if value is None else value
+            floors[option] = value if value else None  # 0: no floor
         if atol is None:  # the default: a fraction of the output's scale
-            return Tolerance(base.atol, rtol, base.min_top1, base.min_cosine, scaled_atol=base.scaled_atol, noise_atol=noise_atol)
-        return Tolerance(atol, rtol, base.min_top1, base.min_cosine)
+            return Tolerance(base.atol, rtol, **floors, scaled_atol=base.scaled_atol, noise_atol=noise_atol)
+        return Tolerance(atol, rtol, **floors)
 
 
-def _parse_nonnegative(text: str, option: str) -> float:
+def _parse_bounded(text: str, flag: str, upper: float) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        raise InputError(f"--{option} {text!r} is not a non-negative number",
-                         f"use e.g. --{option} 1e-4, or --{option} OUTPUT=1e-4 for one output")
+    if upper == math.inf:
+        if not (value >= 0 and math.isfinite(value)):
+            raise InputError(f"{flag} {text!r} is not a non-negative number",
+                             f"use e.g. {flag} 1e-4, or {flag} OUTPUT=1e-4 for one output")
+    elif not 0 <= value <= upper:
+        raise InputError(f"{flag} {text!r} is not a fraction between 0 and {upper:g}",
+                         f"use e.g. {flag} 0.98 (0 turns the floor off), or {flag} OUTPUT=0.98 for one output")
     return value
 
 

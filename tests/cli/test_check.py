@@ -104,24 +104,52 @@ def test_baked_in_batch_fails_with_exit_2(artifacts):
     assert passed == {1: False, 2: True, 8: False}
 
 
-def test_a_failure_of_the_fp16_top1_floor_alone_does_not_advise_loosening_atol(tmp_path):
+@pytest.fixture(scope="module")
+def tied_fp16(tmp_path_factory):
     """Two classes whose logits differ by 1e-4 at ~100: fp32 decides by that 1e-4, fp16 (spacing
-    0.06 there) cannot, so every decision flips while every element is within the fp16 atol. The
-    hint names the floor; loosening --atol/--rtol (the generic advice) cannot change it."""
+    0.06 there) cannot, so every decision flips while every element is within the fp16 atol."""
     from odexport.models import create_model
 
+    root = tmp_path_factory.mktemp("tied")
     torch.manual_seed(0)
     state = create_model("od_resnet_tiny").eval().state_dict()
     state["fc.weight"][1] = state["fc.weight"][0]
     state["fc.bias"][0], state["fc.bias"][1] = 100.0, 100.0 + 1e-4
-    ckpt, half = tmp_path / "tied.pth", tmp_path / "tied16.onnx"
+    ckpt, half = root / "tied.pth", root / "tied16.onnx"
     torch.save({"state_dict": state}, ckpt)
     assert CliRunner().invoke(app, ["onnx", str(ckpt), "-o", str(half), "--fp16", "--no-check", "--quiet"]).exit_code == 0
-    result = _check(ckpt, half, "--batch-sizes", "1")
+    return ckpt, half
+
+
+def test_a_failure_of_the_fp16_top1_floor_alone_does_not_advise_loosening_atol(tied_fp16):
+    """The hint names the floor; loosening --atol/--rtol (the generic advice) cannot change it."""
+    result = _check(*tied_fp16, "--batch-sizes", "1")
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "top-1 agreement 0.0000 below the floor 0.99" in text
     assert "only a top-1/cosine floor failed, which --atol/--rtol do not change" in text and "loosen" not in text
+    assert "--min-top1" in text
+
+
+def test_the_floors_are_overridable_per_output(tied_fp16):
+    """--min-top1 0 turns the floor off (the elements are within the fp16 atol: a pass); a floor
+    the agreement (0%) still misses fails; a floor outside [0, 1] or of an unknown output is an
+    input error; --min-top1/--min-cosine apply at fp32 too, where there is no default floor."""
+    off = _check(*tied_fp16, "--batch-sizes", "1", "--min-top1", "output=0", "--json")
+    assert off.exit_code == 0, off.output
+    tolerance = json.loads(off.stdout)["candidates"][0]["batches"][0]["outputs"][0]["tolerance"]
+    assert tolerance["min_top1"] is None and tolerance["min_cosine"] == 0.999
+    assert _check(*tied_fp16, "--batch-sizes", "1", "--min-top1", "0.5").exit_code == 2
+    for bad, message in ((["--min-top1", "1.5"], "--min-top1 '1.5' is not a fraction between 0 and 1"),
+                         (["--min-cosine", "logits=0.9"], "--min-cosine names output 'logits'")):
+        result = _check(*tied_fp16, "--batch-sizes", "1", *bad)
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+    ckpt, _ = tied_fp16
+    # the fp32 reference against itself run as a candidate: top-1 agreement 100%, cosine 1
+    strict = _check(ckpt, ckpt, "--batch-sizes", "1", "--min-top1", "1", "--min-cosine", "0.9999999", "--json")
+    assert strict.exit_code == 0, strict.output
+    tolerance = json.loads(strict.stdout)["candidates"][0]["batches"][0]["outputs"][0]["tolerance"]
+    assert (tolerance["min_top1"], tolerance["min_cosine"]) == (1.0, 0.9999999)
 
 
 def test_an_export_at_another_temperature_is_named_in_a_note(artifacts, tmp_path):

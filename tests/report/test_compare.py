@@ -121,6 +121,25 @@ def test_default_tolerances_and_overrides():
             ToleranceOverrides.parse(bad)
 
 
+def test_floor_overrides():
+    """A floor given applies at any precision, per output before global; 0 removes the default."""
+    overrides = ToleranceOverrides.parse(min_top1=["0.9", "aux=0"], min_cosine=["output=0.95"])
+    fp32, fp16, aux = (overrides.resolve("output", "fp32"), overrides.resolve("output", "fp16"),
+                       overrides.resolve("aux", "fp16"))
+    assert (fp32.min_top1, fp32.min_cosine, fp32.scaled_atol) == (0.9, 0.95, True)
+    assert (fp16.min_top1, fp16.min_cosine) == (0.9, 0.95)
+    assert (aux.min_top1, aux.min_cosine) == (None, DEFAULT_TOLERANCES["fp16"].min_cosine)
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    swapped = ref[:, ::-1].copy()  # every decision flips, cosine 0
+    assert not compare_arrays(ref, swapped, Tolerance(10.0, 0.0, min_top1=0.9)).passed
+    assert compare_arrays(ref, swapped, Tolerance(10.0, 0.0, min_top1=None)).passed
+    for bad in (["1.01"], ["x=-0.1"], ["nan"]):
+        with pytest.raises(InputError, match="--min-top1 .* is not a fraction between 0 and 1"):
+            ToleranceOverrides.parse(min_top1=bad)
+    with pytest.raises(InputError, match="--min-cosine names output 'logits'"):
+        ToleranceOverrides.parse(min_cosine=["logits=0.9"]).require_known(["output"])
+
+
 def test_to_dict_is_json_safe():
     import json
 
