@@ -208,11 +208,26 @@ def test_measured_sizes_keep_only_what_is_faster(exports, tmp_path):
         assert refused["path"] is None and refused["record"]["batches"] == []
         assert set(refused["record"]["speedup_vs_portable"]) == {"1", "4"}
         return
-    speed = made.record["speedup_vs_portable"]
-    assert set(speed) == {"1", "4"} and all(v > 0 for v in speed.values())
-    assert made.record["batches"] == [b for b in (1, 4) if speed[str(b)] >= 1.0]
-    dropped = [b for b in (1, 4) if speed[str(b)] < 1.0]
+    speed, verdict = made.record["speedup_vs_portable"], made.record["speed_verdict"]
+    assert set(speed) == set(verdict) == {"1", "4"} and all(v > 0 for v in speed.values())
+    # a verdict follows its ratio's side of 1 (the sign test can only call it even in between)
+    assert all(verdict[b] != ("slower" if v > 1 else "faster") for b, v in speed.items())
+    assert made.record["batches"] == [b for b in (1, 4) if verdict[str(b)] != "slower"]
+    dropped = [b for b in (1, 4) if verdict[str(b)] == "slower"]
     assert len([n for n in made.rewrite["notes"] if "runs the general graph" in n]) == len(dropped)
+    even = [b for b in (1, 4) if verdict[str(b)] == "even"]
+    assert len([n for n in made.rewrite["notes"] if "no measurable difference" in n]) == len(even)
+
+
+def test_the_speed_verdict_is_an_exact_sign_test():
+    """Binomial(n, 1/2) tails counted by hand: with 12 rounds, 10 wins has P(K >= 10) =
+    (C(12,10) + C(12,11) + C(12,12)) / 4096 = 79/4096 = 1.9% (not below 1%: even), 11 wins
+    13/4096 = 0.32% (faster); 100 rounds split 60/40 has P = 2.8% (even), 65/35 0.18% (faster)."""
+    from odexport.runtime.ort_specialise import sign_test
+
+    assert [sign_test(w, 12 - w) for w in (0, 1, 2, 6, 10, 11, 12)] == ["slower", "slower", "even", "even", "even", "faster", "faster"]
+    assert (sign_test(60, 40), sign_test(65, 35), sign_test(35, 65)) == ("even", "faster", "slower")
+    assert sign_test(0, 0) == "even"
 
 
 @needs_nchwc
