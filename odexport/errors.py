@@ -17,6 +17,10 @@ Anything else that escapes is a bug and is reported as :class:`InternalError`.
 
 from __future__ import annotations
 
+#: What to do when a model computes NaN/inf on finite inputs: its weights are broken.
+NON_FINITE_WEIGHTS_FIX = ("look for NaN/inf in the checkpoint's weights (`odexport inspect` names them; a diverged training run "
+                          "or a damaged file); retrain, or take an earlier checkpoint")
+
 
 class OdexportError(Exception):
     """A problem the user can fix. ``str(err)`` is one line: the problem, then the fix."""

@@ -235,7 +235,7 @@ def _require_finite_reference(reference, reference_outputs) -> None:
     skips non-finite reference values), so a gate that went on would pass on no evidence."""
     import os
 
-    from odexport.errors import InputError
+    from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError
     from odexport.runtime.batching import non_finite
 
     label = os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else type(reference).__name__
@@ -245,8 +245,7 @@ def _require_finite_reference(reference, reference_outputs) -> None:
             count, first = found
             raise InputError(f"the reference {label} computes {count} NaN/inf values "
                              f"in output '{name}' (the first in sample {first})",
-                             "look for NaN/inf in the checkpoint's weights (`odexport inspect` names them) and in the inputs: where the reference is not finite, "
-                             "no candidate can be checked")
+                             NON_FINITE_WEIGHTS_FIX + "; if only some samples are affected, look at those inputs' values")
 
 
 def _require_label_range(data, reference_outputs, inputs) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from odexport.errors import InputError
+from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError
 
 # Defaults by candidate precision: fp32 must match tightly; fp16 within 1% of the output scale.
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-3, 1e-2)}
@@ -166,8 +166,7 @@ def _require_finite(names, expected, batch: int) -> None:
         if bad:
             raise InputError(f"the model computes {bad} NaN/inf values in output '{name}' on seeded random inputs (batch {batch}), "
                              "so there is nothing to check the export against",
-                             "look for NaN/inf in the checkpoint's weights (`odexport inspect` names them; a diverged training run or a damaged file); "
-                             "retrain, or take an earlier checkpoint")
+                             NON_FINITE_WEIGHTS_FIX)
 
 
 def _float64_copy(model):

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from odexport.errors import InputError
+from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError
 from odexport.reparam.attention import FoldAttentionBN, FoldTemperature, FuseAttentionHeads
 from odexport.reparam.base import LayerNote, PassResult, PostconditionError, PreconditionError, ReparamPass, metadata
 from odexport.reparam.collapse import CollapseDegenerate
@@ -189,8 +189,7 @@ def reparameterise(
         # NaN - NaN is NaN: every pass would "deviate by nan", which reads like a bug in the pass
         raise InputError(f"the model computes {int((~torch.isfinite(reference)).sum())} NaN/inf values on the check inputs before "
                          "any pass runs, so no pass can be verified",
-                         "look for NaN/inf in the checkpoint's weights (`odexport inspect` names them; a diverged training run or a damaged file); "
-                         "retrain, or take an earlier checkpoint")
+                         NON_FINITE_WEIGHTS_FIX)
 
     results: list[PassResult] = []
     freeze_report = None

@@ -138,9 +138,11 @@ def _call_name(call: ast.Call) -> str | None:
 
 def collect(package: Path = PACKAGE) -> list[ErrorSite]:
     sites = []
+    # hints shared by several modules live in errors.py and are imported by name
+    shared = _module_constants(ast.parse((package / "errors.py").read_text(encoding="utf-8")))
     for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        constants = _module_constants(tree)
+        constants = {**shared, **_module_constants(tree)}
         rel = path.relative_to(package.parent).as_posix()
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or _call_name(node) not in EXIT_CODES:
