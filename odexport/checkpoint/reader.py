@@ -110,7 +110,15 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             f"{path} is not a checkpoint (neither a torch file nor safetensors; it starts with {head[:8]!r})",
             "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
         )
-    if file_format == "torch-zip" and _check_torch_zip(path):
+    zip_kind = _torch_zip_kind(path) if file_format == "torch-zip" else None
+    if zip_kind == "other":
+        names = _zip_names(path)
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        raise CheckpointError(
+            f"{path} is a zip archive but not a torch checkpoint (it holds {shown or 'nothing'})",
+            "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
+        )
+    if zip_kind == "torchscript":
         return RawCheckpoint(path, sha256, size, "torchscript", _torchscript_weights(path, trust_pickle), {},
                              "TorchScript module (torch.jit.save)")
     obj = _torch_load(path, file_format, trust_pickle)
@@ -143,25 +151,27 @@ def _is_torch_tar(path: Path) -> bool:
     )
 
 
-def _check_torch_zip(path: Path) -> bool:
-    """A torch zip checkpoint holds ``<name>/data.pkl``; other zip archives are not checkpoints.
-    True for a TorchScript archive (``torch.jit.save``: also ``constants.pkl`` and ``code/``)."""
+def _zip_names(path: Path) -> list[str] | None:
+    """The member names of a zip archive; None when it cannot be read (truncated or damaged)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            return archive.namelist()
     except (zipfile.BadZipFile, OSError):
-        return False  # truncated or damaged: torch.load reports it
+        return None
+
+
+def _torch_zip_kind(path: Path) -> str:
+    """What a zip archive holds: ``checkpoint`` (``torch.save``: ``<name>/data.pkl``),
+    ``torchscript`` (``torch.jit.save``: also ``constants.pkl`` and ``code/``), ``other`` (not a
+    torch file), or ``damaged`` (unreadable as a zip: left to ``torch.load``'s own message)."""
+    names = _zip_names(path)
+    if names is None:
+        return "damaged"
     if any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names):
-        return True
-    if not any(name.endswith("data.pkl") for name in names):
-        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-        raise CheckpointError(
-            f"{path} is a zip archive but not a torch checkpoint (it holds {shown or 'nothing'})",
-            "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
-        )
-    return False
+        return "torchscript"
+    return "checkpoint" if any(name.endswith("data.pkl") for name in names) else "other"
 
 
 def _torchscript_weights(path: Path, trust_pickle: bool) -> dict:
