@@ -227,10 +227,13 @@ def parity_report(
     margin = NOISE_MARGIN if noise_margin is None else noise_margin
     noise = reference_noise or {}
     report = ParityReport(reference=reference, inputs=inputs, batch_sizes=list(batch_sizes))
+    blind_notes: dict[str, list[str]] = {}  # by precision: the tolerances, and so the notes, depend on nothing else
     for run in runs:
         cand = CandidateParity(artifact=run.artifact, backend=run.backend, precision=run.precision, notes=list(run.notes))
         resolve = (lambda name, p=run.precision: overrides.resolve(name, p, margin * noise.get(name, 0.0)))
-        cand.notes.extend(input_blind_notes(reference_outputs, resolve))
+        if run.precision not in blind_notes:
+            blind_notes[run.precision] = input_blind_notes(reference_outputs, resolve)
+        cand.notes.extend(blind_notes[run.precision])
         for batch_size in batch_sizes:
             if batch_size in run.errors:
                 cand.batches.append(BatchParity(batch_size, [], baked_batch_message(batch_size, run.input_shape, run.errors[batch_size])
