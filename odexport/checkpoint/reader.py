@@ -118,6 +118,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             f"{path} is a zip archive but not a torch checkpoint (it holds {shown or 'nothing'})",
             "pass the .pt/.pth/.pth.tar/.safetensors file your training script saved",
         )
+    if zip_kind in ("checkpoint", "torchscript"):
+        _require_intact_zip(path)
     if zip_kind == "torchscript":
         return RawCheckpoint(path, sha256, size, "torchscript", _torchscript_weights(path, trust_pickle), {},
                              "TorchScript module (torch.jit.save)")
@@ -160,6 +162,23 @@ def _zip_names(path: Path) -> list[str] | None:
             return archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return None
+
+
+def _require_intact_zip(path: Path) -> None:
+    """Every member's CRC-32 against the one the archive recorded.  ``torch.load`` does not check
+    them: a file with flipped bytes inside a tensor's data (a bad disk, an interrupted copy
+    patched over) loads as a model with wrong weights and no error.  Reading the members costs one
+    pass over the file, as the SHA-256 does."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return  # unreadable as a whole: torch.load names that
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupted: its member {bad} fails the zip archive's CRC check (its bytes changed after saving)",
+                              "copy the file again from where it was saved, or save it again from the training run")
 
 
 def _torch_zip_kind(path: Path) -> str:

@@ -277,6 +277,23 @@ def test_zip_that_is_not_a_checkpoint(tmp_path):
     _one_line_error(path, "not a torch checkpoint")
 
 
+def test_flipped_bytes_inside_a_tensor_are_refused(tmp_path):
+    """torch.load does not check the zip's CRCs: bytes flipped in a tensor's data loaded as wrong
+    weights with no error.  The reader checks them and names the damaged member."""
+    import zipfile
+
+    path = tmp_path / "weights.pth"
+    torch.save({"weight": torch.arange(4096, dtype=torch.float32)}, path)
+    with zipfile.ZipFile(path) as archive:
+        member = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    data = bytearray(path.read_bytes())
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra) + 100  # inside the tensor's bytes
+    data[start:start + 16] = bytes(b ^ 0xFF for b in data[start:start + 16])
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["weight"], torch.arange(4096, dtype=torch.float32))  # torch loads it
+    _one_line_error(path, f"is corrupted: its member {member.filename} fails the zip archive's CRC check")
+
+
 def test_corrupted_safetensors(tmp_path):
     from safetensors.torch import save_file
 
