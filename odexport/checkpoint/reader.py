@@ -283,7 +283,9 @@ def _metadata_safe_globals() -> list:
     except ImportError:  # numpy < 2
         from numpy.core import multiarray  # type: ignore[no-redef]
     allowed = [argparse.Namespace, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype]
-    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
+    # every numeric dtype: np.random.get_state() (saved for reproducible resumes) holds uint32
+    for name in ("float16", "float32", "float64", "longdouble", "complex64", "complex128", "int8", "int16", "int32", "int64",
+                 "uint8", "uint16", "uint32", "uint64", "bool_", "str_", "bytes_"):
         allowed.append(type(np.dtype(name)))
     return allowed
 
@@ -324,9 +326,38 @@ def _torch_load(path: Path, file_format: str, trust_pickle: bool) -> Any:
                 f"{path} is a Python pickle that is not a torch checkpoint readable without full unpickling",
                 f"if you trust the file's source pass --trust-pickle (trust_pickle=True), {_RESAVE_HINT}",
             ) from exc
+        if "Unsupported operand" in message:  # torch.save(..., pickle_protocol=4 or 5): opcodes the safe reader lacks
+            raise CheckpointError(
+                f"{path} was saved with pickle protocol {_pickle_protocol(path)}, which PyTorch's weights-only reader cannot parse",
+                f"if you trust the file's source pass --trust-pickle (trust_pickle=True), or re-save it with torch.save's default "
+                f"protocol (no pickle_protocol argument)",
+            ) from exc
+        if "WeightsUnpickler error" in message:  # refused for an object odexport allows by name but torch names otherwise
+            raise CheckpointError(
+                f"{path} stores objects PyTorch's weights-only reader refuses ({_first_line_of(message, 'WeightsUnpickler error:')})",
+                f"if you trust the file's source pass --trust-pickle (trust_pickle=True), {_RESAVE_HINT}",
+            ) from exc
         raise _corrupted(path, file_format, exc) from exc
     except Exception as exc:
         raise _corrupted(path, file_format, exc) from exc
+
+
+def _pickle_protocol(path: Path) -> str:
+    """The protocol of a torch zip's ``data.pkl`` (its second byte), or ``4 or higher``."""
+    import zipfile
+
+    with contextlib.suppress(Exception), zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        head = archive.open(name).read(2)
+        if head[:1] == bytes([_PICKLE_PROTO]):
+            return str(head[1])
+    return "4 or higher"
+
+
+def _first_line_of(message: str, marker: str) -> str:
+    """The sentence after ``marker`` in a long message (torch wraps its reason in paragraphs)."""
+    rest = message.split(marker, 1)[-1].strip()
+    return (rest.splitlines()[0] if rest else message).split(". ")[0].strip()[:200]
 
 
 def _unsafe_globals(path: Path, file_format: str, message: str) -> list[str]:

@@ -112,6 +112,25 @@ def test_training_metadata_types_need_no_full_unpickling(tmp_path):
                 "acc": np.float64(71.3), "history": np.arange(4.0)}, path)
     weights = _extract(path)
     _same(weights.state_dict, _weights())
+    # numpy's RNG state (a uint32 array), saved for reproducible resumes, was called "damaged"
+    torch.save({"state_dict": _weights(), "np_rng": np.random.default_rng(0).bit_generator.state,
+                "legacy_rng": np.random.RandomState(0).get_state()}, path)
+    _same(_extract(path).state_dict, _weights())
+    # a numpy type outside the allowed ones: refused as an object, with --trust-pickle, not as damage
+    torch.save({"state_dict": _weights(), "when": np.array(["2020-01-01"], dtype="datetime64[D]")}, path)
+    message = _one_line_error(path, "stores objects PyTorch's weights-only reader refuses")
+    assert "DateTime64DType" in message and "--trust-pickle" in message
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_a_newer_pickle_protocol_is_named_not_called_damaged(tmp_path, protocol):
+    """torch.save(..., pickle_protocol=4/5) uses opcodes PyTorch's weights-only reader lacks; the
+    file is intact, so the error names the protocol and both ways out, and --trust-pickle reads it."""
+    path = tmp_path / "p.pth"
+    torch.save({"state_dict": _weights()}, path, pickle_protocol=protocol)
+    message = _one_line_error(path, f"was saved with pickle protocol {protocol}, which PyTorch's weights-only reader cannot parse")
+    assert "--trust-pickle" in message and "damaged" not in message
+    _same(extract_state_dict(read_checkpoint_file(path, trust_pickle=True).obj).state_dict, _weights())
 
 
 def test_safetensors(tmp_path):
