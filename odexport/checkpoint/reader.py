@@ -329,8 +329,8 @@ def _torch_load(path: Path, file_format: str, trust_pickle: bool) -> Any:
         if "Unsupported operand" in message:  # torch.save(..., pickle_protocol=4 or 5): opcodes the safe reader lacks
             raise CheckpointError(
                 f"{path} was saved with pickle protocol {_pickle_protocol(path)}, which PyTorch's weights-only reader cannot parse",
-                f"if you trust the file's source pass --trust-pickle (trust_pickle=True), or re-save it with torch.save's default "
-                f"protocol (no pickle_protocol argument)",
+                "if you trust the file's source pass --trust-pickle (trust_pickle=True), or re-save it with torch.save's default "
+                "protocol (no pickle_protocol argument)",
             ) from exc
         if "WeightsUnpickler error" in message:  # refused for an object odexport allows by name but torch names otherwise
             raise CheckpointError(
