@@ -127,10 +127,24 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
     unpickled_module = None
     import torch
 
-    if isinstance(obj, torch.nn.Module):
-        unpickled_module = f"{type(obj).__module__}.{type(obj).__qualname__}"
-        obj = obj.state_dict()
+    modules: list[str] = []
+    obj = _modules_to_weights(obj, modules, torch.nn.Module)
+    unpickled_module = modules[0] if modules else None
     return RawCheckpoint(path, sha256, size, file_format, obj, {}, unpickled_module)
+
+
+def _modules_to_weights(obj: Any, found: list[str], module_type: type, depth: int = 0) -> Any:
+    """``obj`` with every pickled ``nn.Module`` -- the whole file, or an entry such as
+    ``{'model': model, 'epoch': 3}`` (nested up to three dicts deep) -- replaced by its
+    ``state_dict()``; their class names are appended to ``found``."""
+    if isinstance(obj, module_type):
+        found.append(f"{type(obj).__module__}.{type(obj).__qualname__}")
+        return obj.state_dict()
+    if isinstance(obj, dict) and depth < 3:
+        converted = {key: _modules_to_weights(value, found, module_type, depth + 1) for key, value in obj.items()}
+        if any(converted[key] is not value for key, value in obj.items()):
+            return converted
+    return obj  # untouched, so a state dict keeps its type and ``_metadata`` (version numbers for load_state_dict)
 
 
 def _is_torch_tar(path: Path) -> bool:

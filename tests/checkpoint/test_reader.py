@@ -221,6 +221,17 @@ def test_pickled_module_loads_with_trust_pickle(tmp_path):
     _same(extract_state_dict(raw.obj).state_dict, net.state_dict())
 
 
+def test_a_pickled_module_inside_the_checkpoint_dict_loads_with_trust_pickle(tmp_path):
+    """``torch.save({'model': model, 'epoch': 3})``: the module under 'model' gives its weights, as
+    a top-level pickled module does (it had been reported as "no weights found")."""
+    net = PickledNet()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": net, "epoch": 3, "optimizer": {"state": {}}}, path)
+    raw = read_checkpoint_file(path, trust_pickle=True)
+    assert raw.unpickled_module.endswith("PickledNet") and raw.obj["epoch"] == 3
+    _same(extract_state_dict(raw.obj).state_dict, net.state_dict())
+
+
 def test_plain_pickle_is_refused(tmp_path):
     path = tmp_path / "weights.pkl"
     with open(path, "wb") as handle:
