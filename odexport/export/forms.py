@@ -537,7 +537,9 @@ def layer_tensors(layer: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor |
     return dyn_bias, getattr(layer, "static_bias", None)
 
 
-def _decomposed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _decomposed_forward(layer: nn.Module, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    # ``temperature``: TArdelean-style models call every layer as ``conv(x, temperature)``; as in
+    # TemperatureArgDyConv2d the layer's own (reported) temperature is the one used
     att = layer.attentions(x)
     dyn_bias, static_bias = layer_tensors(layer)
     core = getattr(layer, CORE_NAME)
@@ -579,7 +581,7 @@ def exporting_forms(model: nn.Module, variants: dict[str, tuple[LayerSpec, str]]
 
 
 def _emitting_forward(emitter):
-    def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def forward(layer: nn.Module, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         if not torch.onnx.is_in_onnx_export():
             return _decomposed_forward(layer, x)
         att = layer.attentions(x)

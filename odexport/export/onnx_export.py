@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import logging
 import os
 import tempfile
@@ -198,7 +199,8 @@ def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], ou
             )
             return program.model_proto
     except Exception as exc:  # the exporter's errors are many pages long
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporter colours its messages for a terminal
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise ExportError(
             f"torch.onnx.export failed: {type(exc).__name__}: {first[:300]}",
             "rerun with ODEXPORT_DEBUG=1 for the full traceback; if a layer of your own is not exportable, report it",

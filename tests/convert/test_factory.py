@@ -66,6 +66,30 @@ def test_factory_tardelean_style_forward_with_temperature(tmp_path):
         torch.testing.assert_close(loaded.model(x), original(x, 5.0), **TOL)
 
 
+@pytest.mark.parametrize("form", ["custom", "decomposed"])
+def test_factory_tardelean_style_model_exports(tmp_path, form):
+    """Its forward calls every layer as ``conv(x, temperature)``; the export's layer forwards took
+    one input, so no form could be exported.  The ONNX file computes what the original model does
+    at the loaded temperature (onnxruntime against the user's own module)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from odexport.pipeline import onnx_from_model
+
+    torch.manual_seed(6)
+    original = standins.TardeleanStyleNet().eval()
+    path = tmp_path / "ta.pth"
+    torch.save({"model": original.state_dict()}, path)
+    out = tmp_path / f"ta_{form}.onnx"
+    loaded = model_from_checkpoint(path, factory="tests.convert.standins:build_tardelean_style", temperature=5.0)
+    onnx_from_model(loaded.model, out, input_shape=(3, 10, 10), form=form)  # its own parity check runs too
+    x = torch.randn(3, 3, 10, 10)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, original(x, 5.0).numpy(), atol=1e-5, rtol=1e-5)
+
+
 def test_factory_from_a_python_file(tmp_path):
     original, path = _saved_mixed(tmp_path, seed=3)
     source = tmp_path / "my_models.py"
