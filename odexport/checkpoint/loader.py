@@ -32,7 +32,7 @@ from torch import nn
 
 from odexport.checkpoint.compat import load_weights_strict, shapes_of_state_dict
 from odexport.checkpoint.conform import conform_dynamic_layers
-from odexport.checkpoint.detect import detect_architecture, no_weight_init, raise_if_tardelean_deeplab
+from odexport.checkpoint.detect import detect_architecture, dynamic_layer_keys, no_weight_init, raise_if_tardelean_deeplab
 from odexport.checkpoint.info import CheckpointInfo, LoadedModel
 from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
 from odexport.checkpoint.state_dict import extract_state_dict
@@ -105,6 +105,10 @@ def load_checkpoint(
         extras["metadata"] = describe_metadata(raw.metadata)
     if weights.dropped_non_tensors:
         extras["dropped_non_tensors"] = weights.dropped_non_tensors
+    if weights.dropped_counters:
+        extras["dropped_counters"] = weights.dropped_counters
+        extras["warnings"].append("dropped bookkeeping tensors saved with the weights: "
+                                  + ", ".join(f"{count} {what}" for what, count in weights.dropped_counters.items()))
     if weights.ema_entry and not weights.used_ema:
         extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used")
     _note_non_finite(weights.state_dict, extras)
@@ -123,8 +127,36 @@ def load_checkpoint(
     except (ArchitectureError, CheckpointError) as misfit:
         wrapper = sole_prefix(weights.state_dict) if submodel is None else None
         if wrapper is None:
-            raise
+            hint = None if submodel is not None else _fitting_part_hint(raw, weights.state_dict, arch, kernel_num, temperature)
+            if hint is None:
+                raise
+            raise type(misfit)(misfit.message, hint) from misfit
         return _from_zoo_under(raw, weights.state_dict, wrapper, arch, kernel_num, temperature, extras, misfit)
+
+
+def _fitting_part_hint(raw, state_dict, arch, kernel_num, temperature) -> str | None:
+    """After the whole file misfit: the hint ``--submodel NAME`` when the keys under one top-level
+    name (the one holding most of the dynamic layers' keys) fit a registered architecture on their
+    own, as a training wrapper leaves them (``model.*`` next to a Lightning module's
+    ``criterion.weight``).  Not loaded without being asked: the keys left out may be the model's."""
+
+    tops: dict[str, int] = {}
+    for layer in dynamic_layer_keys(shapes_of_state_dict(state_dict)):
+        if "." in layer.prefix:
+            top = layer.prefix.split(".", 1)[0]
+            tops[top] = tops.get(top, 0) + 1
+    if not tops:
+        return None
+    name = max(tops, key=tops.get)
+    inner, _ = _under_wrapper({k: v for k, v in state_dict.items() if k.startswith(name + ".")}, name + ".")
+    try:
+        fitted = _from_zoo(raw, inner, arch, kernel_num, temperature, {"warnings": []})
+    except (ArchitectureError, CheckpointError):
+        return None
+    outside = sorted(k for k in state_dict if not k.startswith(name + "."))
+    shown = ", ".join(outside[:3]) + (" ..." if len(outside) > 3 else "")
+    return (f"the weights under '{name}.' fit {fitted.info.arch} on their own (keys outside it: {shown}): "
+            f"pass --submodel {name} if that is the network")
 
 
 def _from_zoo_under(raw, state_dict, wrapper: str, arch, kernel_num, temperature, extras, misfit) -> LoadedModel:
@@ -215,7 +247,11 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     with no_weight_init():  # every parameter is overwritten by the strict load below: skip the random init
         model = create_model(detection.arch, **detection.model_kwargs)
     conformed = conform_dynamic_layers(model, file_shapes, detection.conformed_layers) if detection.conformed_layers else []
-    load_weights_strict(model, state_dict, what=f"architecture {detection.arch}")
+    # detected from the file's own layers: an architecture option cannot mend what the file lacks or adds
+    detected_hint = None if arch else ("the file's layers were recognised as this architecture, but it lacks or adds these keys: "
+                                       "save the trained model's full state_dict() again, or load it with --factory if its code "
+                                       "differs from the reference")
+    load_weights_strict(model, state_dict, what=f"architecture {detection.arch}", hint=detected_hint)
     model.eval()
     value = DEFAULT_TEMPERATURE if temperature is None else temperature
     set_temperature(model, value)

@@ -42,6 +42,8 @@ class ExtractedWeights:
     ema_entry: str | None = None  # an EMA entry present in the file (used or not)
     used_ema: bool = False
     dropped_non_tensors: list[str] = field(default_factory=list)
+    #: tensors that are bookkeeping, not weights, dropped: what they are -> how many
+    dropped_counters: dict[str, int] = field(default_factory=dict)
 
 
 def _is_tensor(value: Any) -> bool:
@@ -107,8 +109,35 @@ def extract_state_dict(obj: Any, *, prefer_ema: bool = False) -> ExtractedWeight
         )
     tensors = {k: v for k, v in chosen.items() if _is_tensor(v)}
     dropped = [str(k) for k, v in chosen.items() if not _is_tensor(v)]
+    tensors, counters = drop_counters(tensors)
     state_dict, stripped = strip_wrapper_prefixes(tensors)
-    return ExtractedWeights(state_dict, entry, ignored, stripped, ema_entry, used_ema, dropped)
+    return ExtractedWeights(state_dict, entry, ignored, stripped, ema_entry, used_ema, dropped, counters)
+
+
+#: per-module counters the thop profiler (``thop.profile``) registers as buffers, saved with the
+#: weights when a model is profiled before ``torch.save``
+PROFILER_COUNTERS = ("total_ops", "total_params")
+
+
+def drop_counters(tensors: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The tensors without the bookkeeping that training tools save next to the weights, and what
+    was dropped: ``n_averaged`` of ``torch.optim.swa_utils.AveragedModel`` (the EMA of
+    torchvision's reference training script; its weights are then all under ``module.``) and the
+    thop profiler's one-number ``total_ops`` / ``total_params`` buffers.  Neither is part of any
+    layer; left in, they make every architecture misfit."""
+    dropped: dict[str, int] = {}
+    gone: set[str] = set()
+    keys = list(tensors)
+    if "n_averaged" in tensors and len(keys) > 1 and all(k.startswith("module.") for k in keys if k != "n_averaged"):
+        dropped["n_averaged (torch.optim.swa_utils.AveragedModel's counter)"] = 1
+        gone.add("n_averaged")
+    profiler = [k for k in keys if k.rsplit(".", 1)[-1] in PROFILER_COUNTERS and tensors[k].numel() == 1]
+    if profiler and len(profiler) < len(keys):
+        dropped["total_ops/total_params (thop profiler counters)"] = len(profiler)
+        gone.update(profiler)
+    if not gone:
+        return tensors, {}
+    return {k: v for k, v in tensors.items() if k not in gone}, dropped
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:

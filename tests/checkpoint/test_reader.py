@@ -105,6 +105,35 @@ def test_ema_weights_are_loaded_only_when_asked_or_alone(tmp_path):
     _same(alone.state_dict, ema)
 
 
+def test_bookkeeping_tensors_saved_with_the_weights_are_dropped_and_named(tmp_path):
+    """torch's AveragedModel (torchvision's reference EMA: every key under 'module.' plus an
+    'n_averaged' counter) and the thop profiler's per-module total_ops/total_params buffers made
+    every architecture misfit; the zoo model loads and computes what the original does."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from odexport.models import create_model
+    from odexport.pipeline import model_from_checkpoint
+
+    torch.manual_seed(3)
+    original = create_model("dy_resnet_tiny").eval()
+    profiled = dict(original.state_dict())
+    for name, _ in original.named_modules():
+        profiled[f"{name}.total_ops" if name else "total_ops"] = torch.zeros(1, dtype=torch.float64)
+        profiled[f"{name}.total_params" if name else "total_params"] = torch.zeros(1, dtype=torch.float64)
+    files = {"ema.pth": ({"model_ema": AveragedModel(original).state_dict(), "epoch": 3}, {"n_averaged (torch.optim.swa_utils.AveragedModel's counter)": 1}),
+             "thop.pth": (profiled, {"total_ops/total_params (thop profiler counters)": len(profiled) - len(original.state_dict())})}
+    x = torch.randn(2, 3, 32, 32)
+    for name, (saved, dropped) in files.items():
+        torch.save(saved, tmp_path / name)
+        loaded = model_from_checkpoint(tmp_path / name)
+        assert loaded.info.arch == "dy_resnet_tiny" and loaded.info.extras["dropped_counters"] == dropped, name
+        assert any("dropped bookkeeping tensors" in w for w in loaded.info.warnings)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(x), original(x), rtol=0, atol=0)
+    # a key named like a counter inside a plain state dict without 'module.' keys stays
+    assert extract_state_dict({"n_averaged": torch.ones(1), "w": torch.ones(3)}).state_dict.keys() == {"n_averaged", "w"}
+
+
 def test_training_metadata_types_need_no_full_unpickling(tmp_path):
     """argparse.Namespace and numpy scalars/arrays next to the weights are allowed types."""
     path = tmp_path / "with_args.pth"

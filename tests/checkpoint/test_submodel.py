@@ -306,6 +306,34 @@ def test_a_lightning_checkpoint_loads_the_network_under_its_attribute(tmp_path, 
     _assert_same_outputs(backbone, inner.model)
 
 
+def test_a_network_beside_other_keys_is_named_in_the_hint_not_loaded(tmp_path):
+    """A Lightning module with a loss weight beside `self.model`: the keys are not all under one
+    attribute, so nothing is loaded unasked; the error names the part that fits and the option,
+    which then loads it."""
+    backbone = _backbone(seed=5)
+    path = tmp_path / "extra.ckpt"
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in backbone.state_dict().items()}, "criterion.weight": torch.ones(10)}}, path)
+    with pytest.raises(ArchitectureError) as info:
+        load_checkpoint(path)
+    assert info.value.hint == (f"the weights under 'model.' fit {ARCH} on their own (keys outside it: criterion.weight): "
+                               "pass --submodel model if that is the network")
+    _assert_same_outputs(backbone, load_checkpoint(path, submodel="model").model)
+
+
+def test_a_detected_architecture_missing_a_key_says_the_file_is_incomplete(tmp_path):
+    """Detection recognised the file's layers, so --arch (the generic hint) cannot mend a key the
+    file lacks; with --arch given, that hint stays (the option may be wrong)."""
+    state = _backbone(seed=6).state_dict()
+    missing = next(k for k in state if k.endswith("attention.bn.running_var"))  # detection reads the layers, not these
+    del state[missing]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "partial.pth")
+    assert f"first '{missing}'" in info.value.message and "lacks or adds these keys" in info.value.hint
+    with pytest.raises(CheckpointError, match="omit --arch to detect it"):
+        load_checkpoint(tmp_path / "partial.pth", arch=ARCH)
+
+
 def test_weights_under_one_attribute_that_fit_nothing_report_the_file_as_it_is(tmp_path):
     backbone = _backbone(seed=4)
     state = {f"model.{k}": v for k, v in backbone.state_dict().items() if not k.startswith("layer4.")}
