@@ -279,6 +279,10 @@ def _temperature_note(runner, reference_info) -> str | None:
     (``odexport onnx -T 30`` checked against the checkpoint at its default 1.0): the outputs differ
     by design, and the failure would otherwise read like a broken export."""
     recorded = (getattr(runner, "metadata", None) or {}).get(keys.TEMPERATURE)
+    made = "exported"
+    candidate_info = getattr(runner, "checkpoint_info", None)
+    if recorded is None and getattr(candidate_info, "extras", {}).get("temperature_folded"):
+        recorded, made = candidate_info.temperature, "reparameterised"  # a deploy file made with `reparam -T`
     own = getattr(reference_info, "temperature", None)
     try:
         exported = float(recorded) if recorded else None
@@ -286,8 +290,8 @@ def _temperature_note(runner, reference_info) -> str | None:
         return None
     if exported is None or own is None or abs(exported - own) <= 1e-6 * max(abs(exported), abs(own)):
         return None
-    return (f"exported at attention temperature {exported:g}, the reference runs at {own:g}: their outputs differ by design "
-            f"-- pass --temperature {exported:g} to check the export at its own temperature")
+    return (f"{made} at attention temperature {exported:g}, the reference runs at {own:g}: their outputs differ by design "
+            f"-- pass --temperature {exported:g} to check it at its own temperature")
 
 
 def _provenance_note(runner, reference_info, reference) -> str | None:

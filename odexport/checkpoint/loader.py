@@ -346,7 +346,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
     layers = dynamic_convs(model)
     folded = _temperature_folded(manifest)
     originals = {float(t) for t in (manifest.get("original_temperatures") or {}).values()}
-    if temperature is not None:
+    same = len(originals) == 1 and temperature is not None and math.isclose(temperature, next(iter(originals)), rel_tol=1e-6)
+    if temperature is not None and not same:  # the folded temperature itself is no change
         if folded:
             shown = ", ".join(f"{t:g}" for t in sorted(originals)) or "recorded in the manifest"
             raise InputError(

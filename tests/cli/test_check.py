@@ -166,6 +166,23 @@ def test_an_export_at_another_temperature_is_named_in_a_note(artifacts, tmp_path
     assert "attention temperature" not in _check(artifacts["ckpt"], artifacts["good"], "--batch-sizes", "1").output
 
 
+def test_a_deploy_file_at_another_temperature_is_named_and_checkable(artifacts, tmp_path):
+    """`odexport reparam -T 2` folds temperature 2 into the weights. Against the checkpoint at 1.0
+    it fails by design, with the note; with --temperature 2 (the value it holds, not a change) the
+    deploy file loads and passes, where it had been refused as "cannot be changed"."""
+    deploy = tmp_path / "t2.deploy.pt"
+    made = CliRunner().invoke(app, ["reparam", str(artifacts["ckpt"]), "-o", str(deploy), "-T", "2", "--quiet"])
+    assert made.exit_code == 0, made.output
+    plain = _check(artifacts["ckpt"], deploy, "--batch-sizes", "1")
+    assert plain.exit_code == 2, plain.output
+    text = " ".join(plain.output.split())
+    assert "reparameterised at attention temperature 2, the reference runs at 1" in text and "pass --temperature 2" in text
+    matched = _check(artifacts["ckpt"], deploy, "--batch-sizes", "1", "--temperature", "2")
+    assert matched.exit_code == 0, matched.output
+    other = _check(artifacts["ckpt"], deploy, "--batch-sizes", "1", "--temperature", "3")  # a real change is still refused
+    assert other.exit_code == 1 and "cannot be changed here" in " ".join(other.output.split())
+
+
 def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
     """Not a parity failure blamed on the batch: the candidate cannot take these samples at all."""
     from odexport.models import create_model
