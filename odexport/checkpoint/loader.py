@@ -263,6 +263,13 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
         extras["warnings"].append(
             f"temperature {value:g} reaches every dynamic layer but {', '.join(f'{name} (T={t:g})' for name, t in pinned)}: "
             f"{detection.arch}'s reference never hands the temperature to {'that layer' if len(pinned) == 1 else 'those layers'}")
+    if conformed:
+        total = len(dynamic_convs(model))
+        shown = ", ".join(conformed[:3]) + (" ..." if len(conformed) > 3 else "")
+        extras["warnings"].append(
+            f"{len(conformed)} of {total} dynamic layers ({shown}) take their attention shapes from the file (hidden width, "
+            f"kernel count, bias), not from the options shown: files of older reference code (kaijieshi7's int(in*ratio) before "
+            f"2020-10-31) or per-layer settings; the per-layer table shows each one")
     extras.update(detected=detection.detected, key_family=detection.family, conformed_layers=conformed, output=info.output)
     num_classes = _num_classes(model, detection.model_kwargs, info)
     input_shape, dataset = info.input_shape_for(num_classes)

@@ -142,6 +142,9 @@ def test_per_layer_kernel_count_is_read_from_the_file(tmp_path):
     loaded = load_checkpoint(_save(model, tmp_path / "perlayer.pth", wrap="model"))
     assert loaded.info.arch == "ta_resnet_tiny" and loaded.info.extras["conformed_layers"] == [name]
     assert loaded.model.get_submodule(name).num_kernels == 2
+    # the options line gives one K; the note says that a layer differs from it
+    total = len(dynamic_convs(model))
+    assert any(w.startswith(f"1 of {total} dynamic layers ({name}) take their attention shapes from the file") for w in loaded.info.warnings)
     _same_outputs(model, loaded.model, (3, 32, 32))
 
 
