@@ -151,14 +151,15 @@ def _per_sample_bytes(value, batch_names: set) -> int:
     return math.prod(d.dim_value for d in dims[1:]) * itemsize
 
 
-def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, drawn: bool = True,
+def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, drawn: bool = True, carried: int = 0,
                        advice: str = "use --batch-sizes of at most {most}", available: int | None = None) -> None:
     """Raise an :class:`InputError` when a batch of ``batch_size`` samples of ``sample_shape``
     cannot fit: ``held`` bytes already taken by the caller plus ``batch_size`` times the larger of
     the batch's own bytes (``drawn``: the random float64 draw and its float32 copy; else one float32
     copy) and what each of ``steps`` (callables ``sample_shape -> bytes``, e.g. a runner's
     :meth:`~odexport.runtime.base.Runner.step_bytes`, called only near the limit) says its largest
-    step holds per sample (the bound in this module's docstring). ``advice`` is the hint,
+    step holds per sample (the bound in this module's docstring), plus ``carried`` bytes per sample
+    held throughout (an input file's arrays, not loaded yet when this is asked). ``advice`` is the hint,
     formatted with ``most``, the largest batch the bound admits. ``available`` defaults to
     :func:`available_memory`; where that is unknown nothing is refused."""
     available = available_memory() if available is None else available
@@ -166,9 +167,9 @@ def require_batch_fits(batch_size: int, sample_shape, steps, *, held: int = 0, d
         return
     sample = math.prod(int(d) for d in sample_shape)
     generation = sample * (8 + 4 if drawn else 4)  # the float64 draw and its float32 copy, or the copy alone
-    if held + batch_size * max(generation, sample * 4 * STEP_TO_INPUT_CEILING) <= available:
+    if held + batch_size * (carried + max(generation, sample * 4 * STEP_TO_INPUT_CEILING)) <= available:
         return  # far from the limit: no model's step comes near it
-    per_sample = max([generation, *(step(tuple(sample_shape)) for step in steps)])
+    per_sample = carried + max([generation, *(step(tuple(sample_shape)) for step in steps)])
     need = held + batch_size * per_sample
     if need <= available:
         return
@@ -269,21 +270,32 @@ def _stored_tensors(path) -> list[tuple[tuple[int, ...], np.dtype]] | None:
     return [(tuple(tensor.shape), torch.empty(0, dtype=tensor.dtype).numpy().dtype) for tensor in largest_view.values()]
 
 
+def file_load_bytes(path) -> tuple[int, int, tuple[int, ...], np.dtype] | None:
+    """What loading an input file takes, from its headers (:func:`stored_arrays`): ``(bytes with
+    the float32 copy of its largest array where that is stored in another type, bytes of all
+    arrays, shape and dtype of the largest)``, or None when the file cannot be described."""
+    arrays = stored_arrays(path)
+    if not arrays:
+        return None
+    sizes = [(math.prod(shape) * dtype.itemsize, shape, dtype) for shape, dtype in arrays]
+    loaded = sum(size for size, _, _ in sizes)
+    _, shape, dtype = max(sizes, key=lambda entry: entry[0])
+    copy = math.prod(shape) * 4 if dtype != "float32" else 0
+    return loaded + copy, loaded, shape, dtype
+
+
 def require_file_fits(path, *, advice: str, available: int | None = None) -> None:
     """Raise an :class:`InputError` when the arrays of the ``.npy``/``.npz``/``.pt`` file ``path`` cannot
     be loaded: all of its arrays, plus a float32 copy of the largest where it is stored in another
     type (inputs run as float32). Loading a file larger than the memory left ends in the OOM
     killer, not in an exception. ``advice`` is the hint, formatted with ``most``, the number of
     samples (the largest array's first axis) that would fit."""
-    arrays = stored_arrays(path)
+    described = file_load_bytes(path)
     available = available_memory() if available is None else available
-    if not arrays or available is None:
+    if described is None or available is None:
         return
-    sizes = [(math.prod(shape) * dtype.itemsize, shape, dtype) for shape, dtype in arrays]
-    loaded = sum(size for size, _, _ in sizes)
-    _, shape, dtype = max(sizes, key=lambda entry: entry[0])
-    copy = math.prod(shape) * 4 if dtype != "float32" else 0
-    need = loaded + copy
+    need, loaded, shape, dtype = described
+    copy = need - loaded
     if need <= available:
         return
     count = shape[0] if shape else 1

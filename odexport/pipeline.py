@@ -42,9 +42,19 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
 
     from odexport.checkpoint.arrays import check_input_batch, read_input_array
     from odexport.runtime import artifact_kind, open_runner
-    from odexport._memory import require_batch_fits
+    from odexport._memory import file_load_bytes, require_batch_fits
 
-    x = read_input_array(inputs) if isinstance(inputs, (str, os.PathLike)) else np.ascontiguousarray(inputs, dtype=np.float32)
+    # a file is sized from its headers and read only once the batch is known to fit: loading it
+    # first could itself meet the OOM killer before the check could speak
+    described = file_load_bytes(inputs) if isinstance(inputs, (str, os.PathLike)) else None
+    if described is not None and not (np.issubdtype(described[3], np.floating) or np.issubdtype(described[3], np.integer)):
+        described = None  # pickled objects, strings: the load names what it holds
+    if isinstance(inputs, (str, os.PathLike)) and described is None:
+        x = read_input_array(inputs)  # a file the headers do not describe: its load says what is wrong
+    elif described is None:
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+    else:
+        x = np.broadcast_to(np.float32(0), described[2])  # the shape alone (no memory) until the batch fits
     single = x.ndim == 3  # one (C, H, W) sample without its batch axis, if C is the model's channel count (as `check` takes it)
     if not single:
         check_input_batch(x, None)
@@ -63,9 +73,14 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
         if single and expected is not None and x.shape[0] == expected:
             x = x[None]
         check_input_batch(x, expected)
-        # the input is in memory; what running it takes on top may not be (the OOM killer says nothing)
-        require_batch_fits(len(x), x.shape[1:], [runner.step_bytes], drawn=False,
+        # the file's arrays (held while it runs, with their float32 copy) and what running the batch
+        # takes on top: one bound, so its hint is the one file size that fits both
+        carried = -(-described[0] // max(len(x), 1)) if described else 0  # the file's bytes per sample, with the float32 copy
+        require_batch_fits(len(x), x.shape[1:], [runner.step_bytes], drawn=False, carried=carried,
                            advice="split the input into files of at most {most} samples and run each")
+        if described is not None:
+            x = read_input_array(inputs)
+            x = x[None] if single and x.ndim == 3 else x
         outputs = runner.infer(x)
     finally:
         runner.close()
@@ -163,7 +178,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                        held=data.x.nbytes, drawn=False)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
-    _require_finite_reference(reference, reference_outputs)
+    _require_finite_reference(reference, reference_outputs, getattr(ref, "checkpoint_info", None))
     _require_label_range(data, reference_outputs, inputs)
     if tolerances is not None:
         tolerances.require_known(reference_outputs)
@@ -230,11 +245,14 @@ def _single_sample_note(count: int, batch_sizes) -> str | None:
     return None
 
 
-def _require_finite_reference(reference, reference_outputs) -> None:
+def _require_finite_reference(reference, reference_outputs, info=None) -> None:
     """A NaN or inf in the reference's own output leaves nothing to compare there (the comparison
-    skips non-finite reference values), so a gate that went on would pass on no evidence."""
+    skips non-finite reference values), so a gate that went on would pass on no evidence.  When
+    loading found NaN/inf weights (``info``), the message names the first such tensor: that is the
+    cause, and the load note would otherwise be lost with the error."""
     import os
 
+    from odexport.checkpoint.info import non_finite_weights_sentence
     from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError
     from odexport.runtime.batching import non_finite
 
@@ -243,8 +261,9 @@ def _require_finite_reference(reference, reference_outputs) -> None:
         found = non_finite(values)
         if found:
             count, first = found
+            weights = non_finite_weights_sentence(info)
             raise InputError(f"the reference {label} computes {count} NaN/inf values "
-                             f"in output '{name}' (the first in sample {first})",
+                             f"in output '{name}' (the first in sample {first})" + (f": {weights}" if weights else ""),
                              NON_FINITE_WEIGHTS_FIX + "; if only some samples are affected, look at those inputs' values")
 
 

@@ -60,3 +60,13 @@ class LoadedModel:
 
     model: nn.Module
     info: CheckpointInfo
+
+
+def non_finite_weights_sentence(info) -> str | None:
+    """``"its weights hold 3 NaN/inf values, the first in 'layer2.0.conv2.weight'"`` when loading
+    found them (``extras["non_finite_weights"]``: tensor -> count), else None."""
+    bad = (getattr(info, "extras", None) or {}).get("non_finite_weights") or {}
+    if not bad:
+        return None
+    total = sum(bad.values())
+    return f"its weights hold {total} NaN/inf value{'s' if total > 1 else ''}, the first in '{next(iter(bad))}'"

@@ -89,18 +89,19 @@ def random_samples(count: int, shape: tuple[int, ...], seed: int = 0) -> Samples
     return Samples(rng.standard_normal((count, *shape)).astype(np.float32), None, "random", seed)
 
 
-def load_samples(path: str | Path, shape: tuple[int, ...] | None = None) -> Samples:
+def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option: str = "--inputs") -> Samples:
     """Inputs from ``.npy`` (an array) or ``.npz`` (``x`` or ``input``, optionally ``y``/``labels``).
 
     A single sample without a batch axis is accepted when ``shape`` says what one sample is.
+    ``option`` is the command-line option that named the file, for the messages.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"inputs file {path} does not exist", "pass an existing .npy or .npz file to --inputs")
+        raise InputError(f"inputs file {path} does not exist", f"pass an existing .npy or .npz file to {option}")
     labels = None
     from odexport._memory import require_file_fits
 
-    require_file_fits(path, advice="pass at most {most} samples in --inputs")
+    require_file_fits(path, advice=f"pass at most {{most}} samples in {option}")
     try:
         if path.suffix.lower() == ".npy":
             x = np.load(path, allow_pickle=False)

@@ -41,4 +41,20 @@ def test_verifying_commands_exit_1_and_write_nothing(broken, tmp_path, command):
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "NaN/inf values" in text and "checkpoint's weights" in text and "bug in odexport" not in text
+    assert f"its weights hold 2 NaN/inf values, the first in '{BROKEN_KEY}'" in text  # the cause, named in the error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_names_the_broken_tensor(broken, tmp_path):
+    """check stops on the reference's NaN output (exit 1) before its load notes are printed: the
+    error itself names the tensor."""
+    from odexport.models import create_model
+
+    torch.manual_seed(0)
+    good = tmp_path / "good.pth"
+    torch.save(create_model("od_resnet_tiny").eval().state_dict(), good)
+    export = tmp_path / "good.onnx"
+    assert CliRunner().invoke(app, ["onnx", str(good), "-o", str(export), "--quiet", "--no-check"]).exit_code == 0
+    result = CliRunner().invoke(app, ["check", str(broken), str(export), "--quiet", "--samples", "2"])
+    assert result.exit_code == 1, result.output
+    assert f"its weights hold 2 NaN/inf values, the first in '{BROKEN_KEY}'" in " ".join(result.output.split())

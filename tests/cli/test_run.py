@@ -197,6 +197,24 @@ def test_an_input_file_larger_than_the_memory_left_is_refused_before_loading(tin
         torch.save({"input": torch.from_numpy(tiny["x"])}, source)
     result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
     assert result.exit_code == 1, result.output
-    assert f"x{suffix} holds 24 KiB of arrays (2 samples)" in result.output
-    assert "split the input into files of at most 1 samples" in result.output
+    # sized from the file's headers with what running it takes: one bound, one hint
+    assert "a batch of 2 samples of shape 3x32x32 needs at least" in " ".join(result.output.split())
+    assert "free memory, or run on a machine with more" in " ".join(result.output.split())
     assert not out.exists()
+
+
+def test_the_file_hint_names_a_size_that_runs(tiny, tmp_path, monkeypatch):
+    """The file check alone had advised files of 65x the samples the batch check then refused;
+    the one bound's hint is a size the same check admits."""
+    from odexport import _memory as memory
+
+    source, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(source, np.repeat(tiny["x"], 50, axis=0))  # 100 samples
+    monkeypatch.setattr(memory, "available_memory", lambda: 1024 * 1024)  # the input alone is 1.2 MB
+    result = _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    most = int(text.split("files of at most ")[1].split()[0])
+    assert 1 <= most < 100 and not out.exists()
+    np.save(source, np.repeat(tiny["x"], 50, axis=0)[:most])
+    assert _invoke(str(tiny["path"]), "--input", str(source), "-o", str(out)).exit_code == 0, "the advised size runs"

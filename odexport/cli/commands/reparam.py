@@ -61,6 +61,7 @@ def reparam(
         from odexport._files import output_folder, refuse_overwriting_input
         from odexport.cli._options import parse_input_shape
         from odexport.errors import InputError, ParityError
+        from odexport.checkpoint.info import non_finite_weights_sentence
         from odexport.pipeline import model_from_checkpoint
         from odexport.reparam import reparameterise, resolve_passes
         from odexport.reparam.deploy import save_deploy
@@ -81,7 +82,7 @@ def reparam(
             calib = None
             if calibration is not None:
                 stage(f"read calibration inputs {calibration}")
-                calib = load_samples(calibration, shape).x
+                calib = load_samples(calibration, shape, option="--calibration").x
             check_x = None
             if check:
                 if shape is None:
@@ -89,8 +90,14 @@ def reparam(
                                      "give --input-shape CxHxW, or skip the check with --no-check")
                 check_x = random_samples(2, tuple(shape), seed=0).x
             stage("reparameterise")
-            report = reparameterise(loaded.model, pass_names, calibration=calib, freeze_below=freeze_below,
-                                    check_input=check_x, dy_shift=dy_bn_shift)
+            try:
+                report = reparameterise(loaded.model, pass_names, calibration=calib, freeze_below=freeze_below,
+                                        check_input=check_x, dy_shift=dy_bn_shift)
+            except InputError as exc:
+                weights = non_finite_weights_sentence(loaded.info)
+                if weights and "NaN/inf values" in exc.message:  # the cause, which the load note would have said
+                    raise type(exc)(f"{exc.message}: {weights}", exc.hint) from exc
+                raise
             deviation = None if report.check is None else report.check["max_relative_deviation"]
             if deviation is not None and not deviation <= tolerance:
                 rounding = deviation <= DEFAULT_TOLERANCE  # what reordered float32 arithmetic does: no pass is at fault
