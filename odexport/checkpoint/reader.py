@@ -311,7 +311,13 @@ def _torch_load(path: Path, file_format: str, trust_pickle: bool) -> Any:
 
     if trust_pickle:
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except (pickle.UnpicklingError, RuntimeError) as exc:
+                if "magic number" not in str(exc) or file_format != "torch-legacy":
+                    raise
+                with open(path, "rb") as handle:  # pickle.dump(state_dict, f): not torch.save's format, a plain pickle
+                    return pickle.load(handle)  # noqa: S301 -- the user trusts this file (--trust-pickle)
         except (AttributeError, ModuleNotFoundError, ImportError) as exc:
             raise CheckpointError(
                 f"{path} stores a pickled object whose class cannot be imported ({_first_line(exc)})",

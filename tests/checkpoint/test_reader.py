@@ -269,6 +269,17 @@ def test_plain_pickle_is_refused(tmp_path):
         read_checkpoint_file(path)
 
 
+def test_a_state_dict_saved_with_pickle_dump_loads_with_trust_pickle(tmp_path):
+    """pickle.dump(state_dict, f) is not torch.save's format: refused without --trust-pickle, and
+    with it read as the plain pickle it is (it had been called damaged)."""
+    path = tmp_path / "weights.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump(_weights(), handle)
+    with pytest.raises(CheckpointError, match="--trust-pickle"):
+        read_checkpoint_file(path)
+    _same(extract_state_dict(read_checkpoint_file(path, trust_pickle=True).obj).state_dict, _weights())
+
+
 # -- broken files ------------------------------------------------------------------------------
 def _one_line_error(path, match):
     with pytest.raises(CheckpointError) as info:
