@@ -375,8 +375,10 @@ def _refuse_torch_file(path) -> None:
         head = handle.read(8)
     if looks_like_torch_file(head):
         name = os.path.basename(os.fspath(path))
+        stem = name[:-5] if name.lower().endswith(".onnx") else name
         raise InputError(f"{path} is a PyTorch checkpoint (written by torch.save), not an ONNX model",
-                         f"export it first (`odexport onnx {name}`), or give it a .pt/.pth name where a checkpoint is meant")
+                         f"give it a checkpoint's name (`mv {name} {stem}.pt`), then export it (`odexport onnx {stem}.pt`) "
+                         "or pass the .pt where a checkpoint is meant")
 
 
 def _metadata_of(source) -> dict:

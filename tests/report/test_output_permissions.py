@@ -242,4 +242,7 @@ def test_a_checkpoint_named_onnx_is_named_when_run(tmp_path):
     np.save(x, np.zeros((1, 3, 32, 32), np.float32))
     result = CliRunner().invoke(app, ["run", str(ckpt), "-i", str(x), "-o", str(tmp_path / "out.npy")])
     assert result.exit_code == 1
-    assert "weights.onnx is a PyTorch checkpoint (written by torch.save), not an ONNX model" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "weights.onnx is a PyTorch checkpoint (written by torch.save), not an ONNX model" in text
+    # the advice works as written: `odexport onnx weights.onnx` would be refused (its output is its input)
+    assert "`mv weights.onnx weights.pt`" in text and "`odexport onnx weights.pt`" in text
