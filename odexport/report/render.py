@@ -42,7 +42,7 @@ def display_names(paths) -> dict[str, str]:
     parts = {p: Path(p).parts or (p,) for p in paths}
     depth = dict.fromkeys(paths, 1)
     while True:
-        shown = {p: "/".join(parts[p][-depth[p]:]) for p in paths}
+        shown = {p: Path(*parts[p][-depth[p]:]).as_posix() for p in paths}  # a root part stays one "/"
         clashing = [p for p in paths if depth[p] < len(parts[p]) and sum(shown[q] == shown[p] for q in paths) > 1]
         if not clashing:
             return shown
@@ -280,17 +280,21 @@ def _bench_label(entry, names: dict[str, str]) -> str:
 
 
 def _bench_names(report: BenchReport) -> dict[str, str]:
-    return display_names([str(e.artifact) for e in report.entries] + [str(e.baseline_of) for e in report.entries if e.baseline_of])
+    # a static twin is labelled by the artifact it is the twin of, so its own name takes no part
+    return display_names([str(e.artifact) for e in report.entries if not (e.role == "baseline" and e.baseline_of)]
+                         + [str(e.baseline_of) for e in report.entries if e.baseline_of])
 
 
-def bench_error_lines(report: BenchReport) -> list[str]:
+def bench_error_lines(report: BenchReport) -> list[tuple[str, str]]:
+    """``(kind, line)`` per problem: ``"NOT RUN"`` once per artifact whose backend is missing here
+    (the command's own one-line error follows), ``"error:"`` per measurement that failed."""
     seen, lines, names = set(), [], _bench_names(report)
     for e in report.entries:
         if e.missing_backend and e.artifact not in seen:  # once per artifact, not per batch size
             seen.add(e.artifact)
-            lines.append(f"{_bench_label(e, names)} not run: {e.error}")
+            lines.append(("NOT RUN", f"{_bench_label(e, names)}: {e.error}"))
         elif e.error and not e.missing_backend:
-            lines.append(f"{_bench_label(e, names)} at batch {e.batch_size}: {e.error}")
+            lines.append(("error:", f"{_bench_label(e, names)} at batch {e.batch_size}: {e.error}"))
     return lines
 
 

@@ -225,6 +225,10 @@ def test_engine_without_tensorrt_next_to_another_artifact(artifacts, tmp_path):
     assert len(not_run) == 2 and all(r["missing_backend"] and r["backend"] == "tensorrt" and "p50_ms" not in r for r in not_run)
     alone = _bench(engine)
     assert alone.exit_code == 3 and "TensorRT" in alone.output
+    # one error line (the command's own); the engine's reason is a NOT RUN line, as in `check`
+    text = _bench(artifacts["ckpt"], engine, "--batch-sizes", "1", "--baseline", "none", "--threads", "1", "--iters", "2").output
+    assert text.count("error:") == 1 and "error: model.engine not timed" in text, text
+    assert "NOT RUN model.engine: " in text
 
 
 @pytest.mark.gpu

@@ -137,3 +137,18 @@ def test_display_names_lengthen_only_the_paths_that_would_read_the_same():
                                                                             "dist/model.ort-cpu.onnx": "model.ort-cpu.onnx"}
     # the same name with no folder left to tell them apart stays as it is
     assert display_names(["model.onnx", "./model.onnx"]) == {"model.onnx": "model.onnx", "./model.onnx": "model.onnx"}
+    # an absolute path lengthened to its root reads as one, with a single "/" (it had read "//work/...")
+    assert display_names(["/m.onnx", "/a/m.onnx"]) == {"/m.onnx": "/m.onnx", "/a/m.onnx": "a/m.onnx"}
+
+
+def test_a_static_twin_does_not_lengthen_its_artifacts_name():
+    """bench labels a twin "static twin of <artifact's name>": the twin's own entry (named after
+    the same file) had clashed with the artifact, so both were shown by their full path."""
+    from odexport.report.latency import BenchEntry, BenchReport
+    from odexport.report.render import _bench_names
+
+    path = "/work/project/samples/model.pth.tar"
+    report = BenchReport(entries=[BenchEntry(artifact=path, role="candidate", backend="torch-cpu", batch_size=1),
+                                  BenchEntry(artifact=f"static twin of {path}", role="baseline", backend="torch-cpu",
+                                             batch_size=1, baseline_of=path)])
+    assert _bench_names(report)[path] == "model.pth.tar"

@@ -81,8 +81,8 @@ def bench(
             print_json(report.to_dict())
         else:
             wide_console().print(bench_table(report))
-            for line in bench_error_lines(report):
-                console.print(f"error: {line}", markup=False, style="red")
+            for kind, line in bench_error_lines(report):
+                console.print(f"{kind} {line}", markup=False, style="red" if kind == "error:" else "yellow")
             for note in report.notes:
                 console.print(f"note: {note}", markup=False)
         failed = [e for e in report.entries if e.error and not e.missing_backend]
