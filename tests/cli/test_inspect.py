@@ -93,6 +93,18 @@ def test_checkpoint_table_and_temperature_option(tmp_path):
     assert "3x48x48" in out
 
 
+def test_a_deploy_file_without_dynamic_layers_gets_no_temperature_note(tmp_path):
+    """A K=1 DY-Conv network reparameterised to static convs has no temperature at all: the
+    kaijieshi7 note ("temperatures differ per layer ...") did not apply."""
+    torch.manual_seed(0)
+    path = tmp_path / "k1.pth"
+    torch.save(create_model("dy_resnet_tiny", kernel_num=1).state_dict(), path)
+    deploy = tmp_path / "k1.deploy.pt"
+    assert runner.invoke(app, ["reparam", str(path), "-o", str(deploy), "--quiet"]).exit_code == 0
+    data = _json(str(deploy))
+    assert data["temperature"] is None and not any("temperature" in note for note in data["notes"]), data["notes"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_are_named_and_computed_in_float32(tmp_path, dtype):
     """``model.half()`` before saving: the table says what the file stores, and the model built from

@@ -70,7 +70,8 @@ def inspect_summary(info, analysis) -> dict:
     """The ``--json`` object: provenance, configuration, totals and one row per layer."""
     notes = list(info.warnings)
     layouts = {info.layout} | set(info.extras.get("reference_layouts", []))
-    if "kaijieshi7" in layouts and not any("training start value" in note for note in notes):
+    no_dynamic_layer = info.temperature is None and not info.extras.get("temperatures")  # every layer collapsed to a static conv
+    if "kaijieshi7" in layouts and not no_dynamic_layer and not any("training start value" in note for note in notes):
         in_use = f"temperature {info.temperature:g} is in use" if info.temperature is not None else "temperatures differ per layer"
         notes.append(f"{in_use}; {KAIJIESHI7_NOTE}")
     if info.extras.get("temperature_folded"):
