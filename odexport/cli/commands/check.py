@@ -147,12 +147,20 @@ def check(
             also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
             reasons = [reason for cand in report.diverged for reason in cand.failures]
             floors_only = bool(reasons) and all("below the floor" in reason for reason in reasons)
-            raise ParityError(f"{len(report.diverged)} of {len(report.candidates)} candidates failed the parity check{also}",
-                              "only a top-1/cosine floor failed, which --atol/--rtol do not change: the candidate decides otherwise "
-                              "where the reference's logits are nearly tied (reduced-precision rounding); judge it on real images "
-                              "(--inputs, hundreds of samples), where near ties are rare, and lower the floor (--min-top1, "
-                              "--min-cosine) only to a rate measured there"
-                              if floors_only else "see the failures above; loosen --atol/--rtol only if the numbers are expected")
+            # every failing batch was refused by the candidate: no numbers were compared there to loosen
+            rejected_only = all(batch.error for cand in report.diverged for batch in cand.batches if not batch.passed) and \
+                not any(cand.error for cand in report.diverged)
+            if floors_only:
+                hint = ("only a top-1/cosine floor failed, which --atol/--rtol do not change: the candidate decides otherwise "
+                        "where the reference's logits are nearly tied (reduced-precision rounding); judge it on real images "
+                        "(--inputs, hundreds of samples), where near ties are rare, and lower the floor (--min-top1, "
+                        "--min-cosine) only to a rate measured there")
+            elif rejected_only:
+                hint = ("the candidates refused batch sizes (see the failures above): re-export with a dynamic batch, "
+                        "or check a fixed-batch file at its own batch size with --batch-sizes")
+            else:
+                hint = "see the failures above; loosen --atol/--rtol only if the numbers are expected"
+            raise ParityError(f"{len(report.diverged)} of {len(report.candidates)} candidates failed the parity check{also}", hint)
         if skipped:
             shown = ", ".join(names[c.artifact] for c in skipped)
             others = " (the other candidates passed)" if len(skipped) < len(report.candidates) else ""
