@@ -83,4 +83,11 @@ _register()
 
 
 def main() -> None:
+    import signal
+
+    # a reader that closes the pipe early (`| head`) ends the process as it ends `cat`: by SIGPIPE
+    # (status 141); Python's default turns it into an exception that rich reports as exit 1, the
+    # code of an input error, with nothing said
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()

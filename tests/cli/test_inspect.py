@@ -170,3 +170,20 @@ def test_corrupted_checkpoint(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     result = _invoke(str(path))
     assert result.exit_code == 1 and "truncated or corrupted" in result.output
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGPIPE"), reason="no SIGPIPE on this platform")
+def test_a_reader_that_stops_early_ends_it_by_sigpipe_not_exit_1(tmp_path):
+    """`odexport inspect m.pt | head -1`: exit 1 (an input error's code) with nothing said had
+    been the result; now the process ends by SIGPIPE, as `cat` does."""
+    import signal
+    import subprocess
+    import sys
+
+    path = _tiny_checkpoint(tmp_path)
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from odexport.cli import main; sys.argv[0] = 'odexport'; main()",
+                                "inspect", str(path), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader goes away before the table (whose loading takes seconds) is written
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGPIPE, (process.returncode, err)
+    assert b"error" not in err
