@@ -129,7 +129,7 @@ def analyse_model(model: nn.Module, input_shape: tuple[int, int, int] = (3, 224,
     except RuntimeError as exc:
         raise InputError(
             f"the model cannot run on an input of shape {tuple(input_shape)} ({' '.join(str(exc).split())[:160]})",
-            "pass the sample shape the model was built for, e.g. --input-shape 3x224x224",
+            "pass the sample shape the model was built for with --input-shape CxHxW (without it, the checkpoint's default is used)",
         ) from exc
     finally:
         for hook in hooks:

@@ -145,7 +145,9 @@ def _forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
             out = model(x.to(device=param.device, dtype=param.dtype))
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what} of shape {tuple(x.shape)} do not fit the model: {first}", "give inputs shaped (N, C, H, W) as the model expects") from None
+        raise InputError(f"{what} of shape {tuple(x.shape)} do not fit the model: {first}",
+                         "give --input-shape the model's sample shape CxHxW (without it, the checkpoint's default is used)"
+                         if what == "check inputs" else "give inputs shaped (N, C, H, W) as the model expects") from None
     from odexport.reparam.freeze import _first_tensor
 
     return _first_tensor(out).detach()
