@@ -29,8 +29,8 @@ KernelNumOption = Annotated[
         "--kernel-num",
         "-K",
         min=1,
-        help="Number of candidate kernels K when building an architecture by name "
-        "(a checkpoint's own K is read from its weight shapes).",
+        help="Number of candidate kernels K: sets K of an architecture built by name (inspect); for a checkpoint, "
+        "whose K is read from its weight shapes, a different value is an error.",
         show_default=False,
     ),
 ]
@@ -60,7 +60,8 @@ SubmodelOption = Annotated[
     typer.Option(
         "--submodel",
         help="The part of a composite checkpoint to load (a detector's 'backbone', 'student.backbone', ...). "
-        "Found by itself when exactly one part holds dynamic convolutions; '' loads the whole file.",
+        "Found by itself for a detector's single 'backbone' part that holds the dynamic convolutions, and when every "
+        "key sits under one name (a Lightning module's 'model'); otherwise a misfit names the part that fits. '' loads the whole file.",
         show_default=False,
     ),
 ]
