@@ -42,10 +42,14 @@ def read_input_array(path: str | os.PathLike) -> np.ndarray:
             import torch
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
+            what = f"{path} holds"
             if isinstance(obj, Mapping):
-                obj = _pick(dict(obj), path)
+                picked = _pick(dict(obj), path)
+                what = f"the entry of {path} read as the input ({next(k for k, v in obj.items() if v is picked)!r}) is"
+                obj = picked
             if not isinstance(obj, torch.Tensor):
-                raise InputError(f"{path} holds a {type(obj).__name__}, not a tensor", _HINT)
+                kind = type(obj).__name__
+                raise InputError(f"{what} {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a tensor", _HINT)
             array = obj.detach().float().numpy()
     except InputError:
         raise
