@@ -110,7 +110,10 @@ def load_checkpoint(
         extras["warnings"].append("dropped bookkeeping tensors saved with the weights: "
                                   + ", ".join(f"{count} {what}" for what, count in weights.dropped_counters.items()))
     if weights.ema_entry and not weights.used_ema:
-        extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used")
+        ema = "".join(f"[{part!r}]" for part in weights.ema_entry.split("."))
+        extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used -- to use "
+                                  f"the EMA, save it alone (torch.save(torch.load(path){ema}, 'ema.pt')) or load with "
+                                  f"load_checkpoint(path, prefer_ema=True)")
     _note_non_finite(weights.state_dict, extras)
     _note_storage_dtypes(weights.state_dict, extras)
     meta = raw.obj.get("meta") if isinstance(raw.obj, Mapping) else None
