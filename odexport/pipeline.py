@@ -27,7 +27,7 @@ def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None,
 
 
 def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads=None, arch=None, temperature=None,
-                 trust_pickle: bool = False, factory=None, submodel=None):
+                 trust_pickle: bool = False, factory=None, submodel=None, prefer_ema: bool = False):
     """Run a checkpoint (or module, ONNX file, engine) on an input batch -> ``(outputs, runner facts)``.
 
     ``inputs``: an (N, C, H, W) array or a path to ``.npy``/``.npz``/``.pt``.  Checked before
@@ -59,7 +59,8 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     if not single:
         check_input_batch(x, None)
     kind = artifact_kind(artifact)
-    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel) if kind == "checkpoint" else {}
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel,
+                prefer_ema=prefer_ema) if kind == "checkpoint" else {}
     if kind == "module" and temperature is not None:
         load["temperature"] = temperature
     # torch runs any H x W a CNN accepts: fix the runner's sample shape to this input's, after checking channels
@@ -112,7 +113,7 @@ def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=N
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
                  reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
                  arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None,
-                 noise_margin=None, stage=None, submodel=None, device: str = "cpu"):
+                 noise_margin=None, stage=None, submodel=None, device: str = "cpu", prefer_ema: bool = False):
     """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
 
     Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
@@ -137,7 +138,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
-    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel)
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     if artifact_kind(reference) not in ("checkpoint", "module"):
         raise InputError(f"the reference {reference} is not a checkpoint: the reference runs in PyTorch",
                          "pass the checkpoint the artifacts were made from first, then the artifacts to check")
@@ -202,6 +203,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
                      _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
                      _temperature_note(runner, getattr(ref, "checkpoint_info", None)),
+                     _ema_note(runner, getattr(ref, "checkpoint_info", None)),
                      _single_sample_note(len(data.x), batch_sizes), shape_note):
             if note:
                 run.notes.append(note)
@@ -311,6 +313,21 @@ def _temperature_note(runner, reference_info) -> str | None:
         return None
     return (f"{made} at attention temperature {exported:g}, the reference runs at {own:g}: their outputs differ by design "
             f"-- pass --temperature {exported:g} to check it at its own temperature")
+
+
+def _ema_note(runner, reference_info) -> str | None:
+    """Say so when an export of a checkpoint's EMA weights (``odexport onnx --ema``) is checked
+    against the same checkpoint's plain weights, or the other way round: the outputs differ by
+    design.  Only for an export of this very file (a deploy file holds the weights it was made of)."""
+    extras = getattr(reference_info, "extras", None) or {}
+    if not extras.get("ema_entry") or not _exported_from(runner, reference_info):
+        return None
+    exported = (getattr(runner, "metadata", None) or {}).get(keys.WEIGHTS_ENTRY)
+    if exported and not extras.get("used_ema"):
+        return f"exported from the file's EMA weights ('{exported}'), the reference runs its plain weights: pass --ema to check it"
+    if not exported and extras.get("used_ema"):
+        return "exported from the file's plain weights, the reference runs its EMA weights (--ema): drop --ema to check it"
+    return None
 
 
 def _provenance_note(runner, reference_info, reference) -> str | None:
@@ -453,7 +470,7 @@ def _per_layer_reference(model, noise_model, onnx_path):
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
               threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
               trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None,
-              cpu_rewrite: bool = False, stage=None, submodel=None, spinning: bool = False):
+              cpu_rewrite: bool = False, stage=None, submodel=None, spinning: bool = False, prefer_ema: bool = False):
     """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
 
     Returns a :class:`odexport.report.BenchReport`.  By default runners are made with onnxruntime
@@ -475,7 +492,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     if baseline not in ("static-twin", "none"):
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
     stage = stage or (lambda _name: None)
-    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel)
+    load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
     options = dict(device=device, threads=threads, allow_spinning=spinning, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
                    cpu_batches=tuple(batch_sizes) if cpu_rewrite else None)

@@ -35,7 +35,7 @@ from odexport.checkpoint.conform import conform_dynamic_layers
 from odexport.checkpoint.detect import detect_architecture, dynamic_layer_keys, no_weight_init, raise_if_tardelean_deeplab
 from odexport.checkpoint.info import CheckpointInfo, LoadedModel
 from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
-from odexport.checkpoint.state_dict import extract_state_dict
+from odexport.checkpoint.state_dict import EMA_ENTRIES, extract_state_dict
 from odexport.checkpoint.submodel import (
     SubModel,
     classifier_warning,
@@ -74,7 +74,8 @@ def load_checkpoint(
 ) -> LoadedModel:
     """Load ``path`` into a model in eval mode; see the module docstring.
 
-    ``submodel`` picks the part of a composite checkpoint to load (``"backbone"`` of an mmdet
+    ``prefer_ema`` loads the file's EMA weights (an error when it has none); a deploy checkpoint
+    holds the one set chosen when it was made.  ``submodel`` picks the part of a composite checkpoint to load (``"backbone"`` of an mmdet
     detector); by default a single ``backbone.`` holding dynamic layers is found, and ``""`` keeps
     the whole file (:mod:`odexport.checkpoint.submodel`).
 
@@ -88,6 +89,9 @@ def load_checkpoint(
     if isinstance(raw.obj, Mapping) and DEPLOY_KEY in raw.obj:
         return _from_deploy(raw, temperature, factory)
     weights = extract_state_dict(raw.obj, prefer_ema=prefer_ema)
+    if prefer_ema and not weights.used_ema:  # asked for, and not there: never the plain weights in their place
+        raise CheckpointError(f"{raw.path} holds no EMA weights (entries looked for: {', '.join(EMA_ENTRIES)})",
+                              "drop --ema (prefer_ema) to load its plain weights")
     extras: dict[str, Any] = {
         "file_format": raw.file_format,
         "file_size": raw.size,
@@ -110,10 +114,8 @@ def load_checkpoint(
         extras["warnings"].append("dropped bookkeeping tensors saved with the weights: "
                                   + ", ".join(f"{count} {what}" for what, count in weights.dropped_counters.items()))
     if weights.ema_entry and not weights.used_ema:
-        ema = "".join(f"[{part!r}]" for part in weights.ema_entry.split("."))
-        extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used -- to use "
-                                  f"the EMA, save it alone (torch.save(torch.load(path){ema}, 'ema.pt')) or load with "
-                                  f"load_checkpoint(path, prefer_ema=True)")
+        extras["warnings"].append(f"the file also holds EMA weights ('{weights.ema_entry}'); the plain weights were used "
+                                  "(--ema, or prefer_ema=True, loads the EMA)")
     _note_non_finite(weights.state_dict, extras)
     _note_storage_dtypes(weights.state_dict, extras)
     meta = raw.obj.get("meta") if isinstance(raw.obj, Mapping) else None
@@ -481,8 +483,9 @@ def load_model(source: str | os.PathLike, *, materialize: bool = True, **options
     if os.path.exists(text):
         return load_checkpoint(text, **options)
     if text in list_models():
-        if options.get("factory"):
-            raise InputError("--factory needs a checkpoint file, not an architecture name", "pass the checkpoint path")
+        for option, flag in (("factory", "--factory"), ("prefer_ema", "--ema")):
+            if options.get(option):
+                raise InputError(f"{flag} needs a checkpoint file, not an architecture name", "pass the checkpoint path")
         return model_from_arch(text, kernel_num=options.get("kernel_num"), temperature=options.get("temperature"),
                                materialize=materialize)
     looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".tar", ".safetensors", ".bin", ".ckpt"))

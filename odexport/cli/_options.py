@@ -55,6 +55,15 @@ TrustPickleOption = Annotated[
     ),
 ]
 
+EmaOption = Annotated[
+    bool,
+    typer.Option(
+        "--ema",
+        help="Load the checkpoint's EMA weights (model_ema, ema, state_dict_ema, ...) instead of its plain ones, "
+        "which are the default (what the reference scripts evaluate). A file without EMA weights is an error.",
+    ),
+]
+
 SubmodelOption = Annotated[
     Optional[str],
     typer.Option(
@@ -115,6 +124,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
 
 __all__ = [
     "ArchOption",
+    "EmaOption",
     "FactoryOption",
     "InputShapeOption",
     "KernelNumOption",

@@ -15,6 +15,7 @@ DEPLOY_SOURCE_SHA256 = PREFIX + "deploy_source_sha256"  # a deploy checkpoint's 
 REPARAM = PREFIX + "reparam"  # what `odexport onnx` did to the model before export, in words
 REPARAM_PASSES = PREFIX + "reparam_passes"  # the passes that changed it, comma-separated
 ARCH = PREFIX + "arch"  # zoo name, "" when unknown
+WEIGHTS_ENTRY = PREFIX + "weights_entry"  # the checkpoint entry the weights came from, when it was its EMA ("model_ema")
 TEMPERATURE = PREFIX + "temperature"  # the attention temperature the export computes (absent when the layers' differ)
 MODEL_CLASS = PREFIX + "model_class"
 MODEL_KWARGS = PREFIX + "model_kwargs"  # JSON object

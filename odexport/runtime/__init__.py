@@ -96,13 +96,14 @@ def open_runner(
     trust_pickle: bool = False,
     factory: str | None = None,
     submodel: str | None = None,
+    prefer_ema: bool = False,
 ) -> Runner:
     """Open the right runner for ``artifact`` (see the module table).
 
     ``backend`` checks the choice (a checkpoint runs in torch only; export it to run elsewhere).
     ``dtype`` applies to torch runners (default float32); ``allow_spinning``, ``cpu_rewrite``
     and ``cpu_batches`` to onnxruntime (see :class:`.onnxruntime_runner.OrtRunner`).  ``arch``/``temperature``/``trust_pickle``/
-    ``factory``/``submodel`` are passed to :func:`odexport.pipeline.model_from_checkpoint` for checkpoint files.
+    ``factory``/``submodel``/``prefer_ema`` are passed to :func:`odexport.pipeline.model_from_checkpoint` for checkpoint files.
     The returned runner carries ``.source`` (the artifact) and, for checkpoints, ``.checkpoint_info``.
     """
     backend = normalise_backend(backend)
@@ -132,7 +133,7 @@ def open_runner(
             from odexport.pipeline import model_from_checkpoint
 
             loaded = model_from_checkpoint(artifact, arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory,
-                                           submodel=submodel)
+                                           submodel=submodel, prefer_ema=prefer_ema)
             model, info = loaded.model, loaded.info
             if input_shape is None:
                 input_shape = tuple(info.input_shape) if getattr(info, "input_shape", None) else None

@@ -186,6 +186,34 @@ def test_a_deploy_file_at_another_temperature_is_named_and_checkable(artifacts, 
     assert other.exit_code == 1 and "cannot be changed here" in " ".join(other.output.split())
 
 
+def test_ema_weights_are_exported_and_checked_with_ema(tmp_path):
+    """A timm-style file with plain and EMA weights: `onnx --ema` exports the EMA (onnxruntime
+    against the EMA network itself); `check` against the plain weights fails by design with a note
+    naming --ema, and passes with it; --ema on a file without EMA weights is an input error."""
+    import onnxruntime as ort
+
+    from odexport.models import create_model
+
+    torch.manual_seed(4)
+    plain, ema = create_model("od_resnet_tiny").eval(), create_model("od_resnet_tiny").eval()
+    both, only = tmp_path / "both.pth", tmp_path / "plain.pth"
+    torch.save({"model": plain.state_dict(), "model_ema": ema.state_dict(), "epoch": 3}, both)
+    torch.save({"model": plain.state_dict()}, only)
+    export = tmp_path / "ema.onnx"
+    made = CliRunner().invoke(app, ["onnx", str(both), "-o", str(export), "--ema", "--quiet"])
+    assert made.exit_code == 0, made.output
+    x = torch.randn(2, *SHAPE)
+    session = ort.InferenceSession(str(export), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], ema(x).numpy(), rtol=1e-4, atol=1e-5)
+    plain_run = _check(both, export, "--batch-sizes", "1")
+    assert plain_run.exit_code == 2, plain_run.output
+    assert "exported from the file's EMA weights ('model_ema'), the reference runs its plain weights: pass --ema" in " ".join(plain_run.output.split())
+    assert _check(both, export, "--batch-sizes", "1", "--ema").exit_code == 0
+    missing = _check(only, export, "--ema")
+    assert missing.exit_code == 1 and "plain.pth holds no EMA weights" in " ".join(missing.output.split())
+
+
 def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
     """Not a parity failure blamed on the batch: the candidate cannot take these samples at all."""
     from odexport.models import create_model

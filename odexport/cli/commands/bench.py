@@ -9,6 +9,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     InputShapeOption,
     JsonOption,
@@ -42,6 +43,7 @@ def bench(
     arch: ArchOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     quiet: QuietOption = False,
@@ -70,7 +72,7 @@ def bench(
             report = benchmark(
                 artifacts, backend=backend, device=device, batch_sizes=parse_batch_sizes(batch_sizes), warmup=warmup,
                 iterations=iters, threads=threads, baseline=baseline, input_shape=shape, arch=arch, reference=reference,
-                temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
+                temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
                 max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage, spinning=spinning,
             )
         if plot:

@@ -8,6 +8,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     InputShapeOption,
     JsonOption,
@@ -64,6 +65,7 @@ def check(
     arch: ArchOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for PyTorch and onnxruntime.", min=1, show_default=False)] = None,
@@ -103,7 +105,7 @@ def check(
             report = check_parity(
                 reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
                 reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
-                temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, threads=threads,
+                temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, threads=threads,
                 noise_margin=noise_margin, stage=stage, device=device,
             )
         names = candidate_names(report)

@@ -8,6 +8,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     InputShapeOption,
     JsonOption,
@@ -31,6 +32,7 @@ def inspect(
     arch: ArchOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     input_shape: InputShapeOption = None,
@@ -51,7 +53,7 @@ def inspect(
         with stages(quiet or json_output) as stage:
             stage(f"load {source}")
             loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                trust_pickle=trust_pickle, factory=factory, submodel=submodel, materialize=False)
+                                trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, materialize=False)
             shape = shape or loaded.info.input_shape or (3, 224, 224)
             stage(f"count parameters and MACs at {'x'.join(map(str, shape))}")
             analysis = analyse_model(loaded.model, shape)

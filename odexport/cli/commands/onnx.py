@@ -9,6 +9,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     InputShapeOption,
     JsonOption,
@@ -45,6 +46,7 @@ def onnx_command(
     kernel_num: KernelNumOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     json_output: JsonOption = False,
@@ -58,7 +60,7 @@ def onnx_command(
 
     run_command(lambda: _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check,
                                 target, plan, dict(arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                                   trust_pickle=trust_pickle, factory=factory, submodel=submodel), json_output, quiet))
+                                                   trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel), json_output, quiet))
 
 
 def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,
@@ -223,4 +225,6 @@ def _provenance(info, reparam_note) -> dict:
         extra[keys.TEMPERATURE] = repr(float(info.temperature))
     if info.origin_sha256:
         extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
+    if (getattr(info, "extras", None) or {}).get("used_ema"):  # `check` names a reference run on the plain weights
+        extra[keys.WEIGHTS_ENTRY] = info.extras["weights_entry"]
     return extra

@@ -8,6 +8,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     InputShapeOption,
     JsonOption,
@@ -46,6 +47,7 @@ def reparam(
     kernel_num: KernelNumOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     json_output: JsonOption = False,
@@ -77,7 +79,7 @@ def reparam(
         with stages(quiet or json_output) as stage:
             stage(f"load {checkpoint}")
             loaded = model_from_checkpoint(checkpoint, arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                           trust_pickle=trust_pickle, factory=factory, submodel=submodel)
+                                           trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel)
             shape = parse_input_shape(input_shape) if input_shape else loaded.info.input_shape
             calib = None
             if calibration is not None:

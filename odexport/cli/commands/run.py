@@ -8,6 +8,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     QuietOption,
     SubmodelOption,
@@ -25,6 +26,7 @@ def run(
     temperature: TemperatureOption = None,
     arch: ArchOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     backend: Annotated[Optional[str], typer.Option(help="Backend: torch (checkpoints), onnxruntime (.onnx), tensorrt (engines). Default: the artifact's own.", show_default=False)] = None,
@@ -56,7 +58,7 @@ def run(
         with stages(quiet or json_output) as stage:
             stage(f"load {artifact} and run {input}")
             result = run_artifact(artifact, input, backend=backend, device=device, arch=arch, temperature=temperature,
-                                  trust_pickle=trust_pickle, factory=factory, submodel=submodel)
+                                  trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel)
             stage(f"save {target}")
             save_array_atomic(target, result["outputs"])
         info = result["info"]

@@ -9,6 +9,7 @@ import typer
 
 from odexport.cli._options import (
     ArchOption,
+    EmaOption,
     FactoryOption,
     InputShapeOption,
     KernelNumOption,
@@ -44,6 +45,7 @@ def trt(
     kernel_num: KernelNumOption = None,
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
+    ema: EmaOption = False,
     factory: FactoryOption = None,
     submodel: SubmodelOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show TensorRT's own log.")] = False,
@@ -59,7 +61,7 @@ def trt(
     run_command(lambda: _build(
         source, output, fp16, min_batch, opt_batch, max_batch, profile, workspace, opt_level, timing_cache, plugin,
         input_shape, tf32, form, save_onnx, dict(arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                                 trust_pickle=trust_pickle, factory=factory, submodel=submodel),
+                                                 trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel),
         verbose, json_output, quiet,
     ))
 
@@ -157,6 +159,8 @@ def _load_args(load: dict, form: str, shape=None) -> tuple[str, ...]:
             args += [flag, str(load[key])]
     if load.get("trust_pickle"):
         args.append("--trust-pickle")
+    if load.get("prefer_ema"):
+        args.append("--ema")
     if form != "auto":
         args += ["--form", form]
     if shape:
