@@ -75,9 +75,10 @@ def load_checkpoint(
     """Load ``path`` into a model in eval mode; see the module docstring.
 
     ``prefer_ema`` loads the file's EMA weights (an error when it has none); a deploy checkpoint
-    holds the one set chosen when it was made.  ``submodel`` picks the part of a composite checkpoint to load (``"backbone"`` of an mmdet
-    detector); by default a single ``backbone.`` holding dynamic layers is found, and ``""`` keeps
-    the whole file (:mod:`odexport.checkpoint.submodel`).
+    holds the one set chosen when it was made.  ``submodel`` picks the part of a composite
+    checkpoint to load (``"backbone"`` of an mmdet detector); by default a single ``backbone.``
+    holding dynamic layers is found, and ``""`` keeps the whole file
+    (:mod:`odexport.checkpoint.submodel`).
 
     Raises :class:`~odexport.errors.CheckpointError` / :class:`~odexport.errors.ArchitectureError`
     (one line with a fix) for every file or fit problem.
@@ -144,7 +145,6 @@ def _fitting_part_hint(raw, state_dict, arch, kernel_num, temperature) -> str | 
     name (the one holding most of the dynamic layers' keys) fit a registered architecture on their
     own, as a training wrapper leaves them (``model.*`` next to a Lightning module's
     ``criterion.weight``).  Not loaded without being asked: the keys left out may be the model's."""
-
     tops: dict[str, int] = {}
     for layer in dynamic_layer_keys(shapes_of_state_dict(state_dict)):
         if "." in layer.prefix:

@@ -124,24 +124,22 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         return RawCheckpoint(path, sha256, size, "torchscript", _torchscript_weights(path, trust_pickle), {},
                              "TorchScript module (torch.jit.save)")
     obj = _torch_load(path, file_format, trust_pickle)
-    unpickled_module = None
-    import torch
-
     modules: list[str] = []
-    obj = _modules_to_weights(obj, modules, torch.nn.Module)
-    unpickled_module = modules[0] if modules else None
-    return RawCheckpoint(path, sha256, size, file_format, obj, {}, unpickled_module)
+    obj = _modules_to_weights(obj, modules)
+    return RawCheckpoint(path, sha256, size, file_format, obj, {}, modules[0] if modules else None)
 
 
-def _modules_to_weights(obj: Any, found: list[str], module_type: type, depth: int = 0) -> Any:
+def _modules_to_weights(obj: Any, found: list[str], depth: int = 0) -> Any:
     """``obj`` with every pickled ``nn.Module`` -- the whole file, or an entry such as
     ``{'model': model, 'epoch': 3}`` (nested up to three dicts deep) -- replaced by its
     ``state_dict()``; their class names are appended to ``found``."""
-    if isinstance(obj, module_type):
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
         found.append(f"{type(obj).__module__}.{type(obj).__qualname__}")
         return obj.state_dict()
     if isinstance(obj, dict) and depth < 3:
-        converted = {key: _modules_to_weights(value, found, module_type, depth + 1) for key, value in obj.items()}
+        converted = {key: _modules_to_weights(value, found, depth + 1) for key, value in obj.items()}
         if any(converted[key] is not value for key, value in obj.items()):
             return converted
     return obj  # untouched, so a state dict keeps its type and ``_metadata`` (version numbers for load_state_dict)
@@ -368,7 +366,8 @@ def _pickle_protocol(path: Path) -> str:
 
     with contextlib.suppress(Exception), zipfile.ZipFile(path) as archive:
         name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-        head = archive.open(name).read(2)
+        with archive.open(name) as member:
+            head = member.read(2)
         if head[:1] == bytes([_PICKLE_PROTO]):
             return str(head[1])
     return "4 or higher"

@@ -150,8 +150,8 @@ def check(
             reasons = [reason for cand in report.diverged for reason in cand.failures]
             floors_only = bool(reasons) and all("below the floor" in reason for reason in reasons)
             # every failing batch was refused by the candidate: no numbers were compared there to loosen
-            rejected_only = all(batch.error for cand in report.diverged for batch in cand.batches if not batch.passed) and \
-                not any(cand.error for cand in report.diverged)
+            rejected_only = (all(batch.error for cand in report.diverged for batch in cand.batches if not batch.passed)
+                             and not any(cand.error for cand in report.diverged))
             if floors_only:
                 hint = ("only a top-1/cosine floor failed, which --atol/--rtol do not change: the candidate decides otherwise "
                         "where the reference's logits are nearly tied (reduced-precision rounding); judge it on real images "
