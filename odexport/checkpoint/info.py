@@ -70,3 +70,12 @@ def non_finite_weights_sentence(info) -> str | None:
         return None
     total = sum(bad.values())
     return f"its weights hold {total} NaN/inf value{'s' if total > 1 else ''}, the first in '{next(iter(bad))}'"
+
+
+def explain_non_finite(error, info):
+    """``error`` (a model computing NaN/inf) with the broken tensor named, when loading found one:
+    a new error of its type, to raise ``from error``; None when there is nothing to add."""
+    weights = non_finite_weights_sentence(info)
+    if not weights or "NaN/inf values" not in error.message:
+        return None
+    return type(error)(f"{error.message}: {weights}", error.hint)

@@ -25,9 +25,9 @@ import contextlib
 import hashlib
 import io
 import json
-import re
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence

@@ -97,7 +97,7 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
                              f"or rename the checkpoint to {source.stem}.pt" if output is None else "pass another -o path")
 
     with stages(quiet or json_output) as stage:
-        from odexport.checkpoint.info import non_finite_weights_sentence
+        from odexport.checkpoint.info import explain_non_finite
         from odexport.pipeline import model_from_checkpoint, onnx_from_model
 
         stage(f"load {source.name}")
@@ -130,11 +130,11 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
                     architecture=info.arch, model_kwargs=info.model_kwargs, source_sha256=info.sha256,
                     extra_metadata=_provenance(info, reparam_note), progress=stage,
                 )
-            except InputError as exc:
-                weights = non_finite_weights_sentence(info)
-                if weights and "NaN/inf values" in exc.message:  # the cause, which the load note would have said
-                    raise type(exc)(f"{exc.message}: {weights}", exc.hint) from exc
-                raise
+            except InputError as exc:  # a model computing NaN: name the broken weights, which the load note would have said
+                better = explain_non_finite(exc, info)
+                if better is None:
+                    raise
+                raise better from exc
             except ParityError as exc:
                 result = getattr(exc, "result", None)
                 if result is not None and not json_output:

@@ -62,8 +62,8 @@ def reparam(
     def action() -> None:
         from odexport._files import output_folder, refuse_overwriting_input
         from odexport.cli._options import parse_input_shape
+        from odexport.checkpoint.info import explain_non_finite
         from odexport.errors import InputError, ParityError
-        from odexport.checkpoint.info import non_finite_weights_sentence
         from odexport.pipeline import model_from_checkpoint
         from odexport.reparam import reparameterise, resolve_passes
         from odexport.reparam.deploy import save_deploy
@@ -95,11 +95,11 @@ def reparam(
             try:
                 report = reparameterise(loaded.model, pass_names, calibration=calib, freeze_below=freeze_below,
                                         check_input=check_x, dy_shift=dy_bn_shift)
-            except InputError as exc:
-                weights = non_finite_weights_sentence(loaded.info)
-                if weights and "NaN/inf values" in exc.message:  # the cause, which the load note would have said
-                    raise type(exc)(f"{exc.message}: {weights}", exc.hint) from exc
-                raise
+            except InputError as exc:  # a model computing NaN: name the broken weights, which the load note would have said
+                better = explain_non_finite(exc, loaded.info)
+                if better is None:
+                    raise
+                raise better from exc
             deviation = None if report.check is None else report.check["max_relative_deviation"]
             if deviation is not None and not deviation <= tolerance:
                 rounding = deviation <= DEFAULT_TOLERANCE  # what reordered float32 arithmetic does: no pass is at fault
