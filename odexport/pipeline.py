@@ -316,17 +316,26 @@ def _temperature_note(runner, reference_info) -> str | None:
 
 
 def _ema_note(runner, reference_info) -> str | None:
-    """Say so when an export of a checkpoint's EMA weights (``odexport onnx --ema``) is checked
-    against the same checkpoint's plain weights, or the other way round: the outputs differ by
-    design.  Only for an export of this very file (a deploy file holds the weights it was made of)."""
+    """Say so when a candidate made from a checkpoint's EMA weights (``--ema``: an export, or a
+    deploy file) is checked against the same checkpoint's plain weights, or the other way round:
+    the outputs differ by design.  Only for a candidate made from this very file."""
+    from odexport.reparam.deploy import used_ema_entry
+
     extras = getattr(reference_info, "extras", None) or {}
-    if not extras.get("ema_entry") or not _exported_from(runner, reference_info):
+    candidate_info = getattr(runner, "checkpoint_info", None)
+    if candidate_info is not None:  # a deploy file: its manifest names its source and the weights used
+        made_from = getattr(candidate_info, "origin_sha256", None)
+        same_file = made_from is not None and made_from == getattr(reference_info, "sha256", None)
+        made_with = used_ema_entry(candidate_info)
+    else:
+        same_file = _exported_from(runner, reference_info)
+        made_with = (getattr(runner, "metadata", None) or {}).get(keys.WEIGHTS_ENTRY)
+    if not extras.get("ema_entry") or not same_file:
         return None
-    exported = (getattr(runner, "metadata", None) or {}).get(keys.WEIGHTS_ENTRY)
-    if exported and not extras.get("used_ema"):
-        return f"exported from the file's EMA weights ('{exported}'), the reference runs its plain weights: pass --ema to check it"
-    if not exported and extras.get("used_ema"):
-        return "exported from the file's plain weights, the reference runs its EMA weights (--ema): drop --ema to check it"
+    if made_with and not extras.get("used_ema"):
+        return f"made from the file's EMA weights ('{made_with}'), the reference runs its plain weights: pass --ema to check it"
+    if not made_with and extras.get("used_ema"):
+        return "made from the file's plain weights, the reference runs its EMA weights (--ema): drop --ema to check it"
     return None
 
 

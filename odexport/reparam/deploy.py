@@ -7,6 +7,7 @@ File format (``torch.save`` of a dict; loads with ``torch.load(path, weights_onl
         "format_version": 1,
         "odexport_version": "0.1.0",
         "source": {"path": "...", "sha256": "..."},       # the checkpoint it was made from
+        "ema_entry": "model_ema" | None,                  # the source's EMA entry, when its EMA weights were used
         "arch": "od_resnet18", "model_kwargs": {...}, "layout": "odconv", "input_shape": [3, 224, 224],
         "passes": ["fold-attention-bn", ...],              # passes that changed the model, in order
         "pass_results": [{"name", "changed", "applied", "skipped", "precondition_failed"}, ...],
@@ -126,6 +127,7 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
         "format_version": FORMAT_VERSION,
         "odexport_version": __version__,
         "source": {"path": None if source_path is None else str(source_path), "sha256": _info_get(source_info, "sha256")},
+        "ema_entry": used_ema_entry(source_info),
         "arch": None if from_factory else _info_get(source_info, "arch"),
         "factory": _info_get(source_info, "arch") if from_factory else None,
         "model_kwargs": dict(_info_get(source_info, "model_kwargs") or {}),
@@ -149,6 +151,15 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
     return manifest
+
+
+def used_ema_entry(info: Any) -> str | None:
+    """The checkpoint entry whose EMA weights a model was loaded from (``--ema``), else None; for
+    a deploy checkpoint, the one recorded when it was made."""
+    extras = _info_get(info, "extras") or {}
+    if extras.get("used_ema"):
+        return extras.get("weights_entry")
+    return (extras.get("manifest") or {}).get("ema_entry")
 
 
 def _uniform(values) -> float | None:

@@ -208,8 +208,16 @@ def test_ema_weights_are_exported_and_checked_with_ema(tmp_path):
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], ema(x).numpy(), rtol=1e-4, atol=1e-5)
     plain_run = _check(both, export, "--batch-sizes", "1")
     assert plain_run.exit_code == 2, plain_run.output
-    assert "exported from the file's EMA weights ('model_ema'), the reference runs its plain weights: pass --ema" in " ".join(plain_run.output.split())
+    assert "made from the file's EMA weights ('model_ema'), the reference runs its plain weights: pass --ema" in " ".join(plain_run.output.split())
     assert _check(both, export, "--batch-sizes", "1", "--ema").exit_code == 0
+    # a deploy file made with --ema records it: the same note, and an export of it carries it on
+    deploy, deploy_export = tmp_path / "ema.deploy.pt", tmp_path / "ema_deploy.onnx"
+    assert CliRunner().invoke(app, ["reparam", str(both), "-o", str(deploy), "--ema", "--quiet"]).exit_code == 0
+    assert CliRunner().invoke(app, ["onnx", str(deploy), "-o", str(deploy_export), "--quiet", "--no-check"]).exit_code == 0
+    against_plain = _check(both, deploy, deploy_export, "--batch-sizes", "1")
+    assert against_plain.exit_code == 2
+    assert " ".join(against_plain.output.split()).count("made from the file's EMA weights ('model_ema')") == 2, against_plain.output
+    assert _check(both, deploy, deploy_export, "--batch-sizes", "1", "--ema").exit_code == 0
     missing = _check(only, export, "--ema")
     assert missing.exit_code == 1 and "plain.pth holds no EMA weights" in " ".join(missing.output.split())
 

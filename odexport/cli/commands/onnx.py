@@ -225,6 +225,9 @@ def _provenance(info, reparam_note) -> dict:
         extra[keys.TEMPERATURE] = repr(float(info.temperature))
     if info.origin_sha256:
         extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
-    if (getattr(info, "extras", None) or {}).get("used_ema"):  # `check` names a reference run on the plain weights
-        extra[keys.WEIGHTS_ENTRY] = info.extras["weights_entry"]
+    from odexport.reparam.deploy import used_ema_entry
+
+    ema = used_ema_entry(info)
+    if ema:  # `check` names a reference run on the plain weights
+        extra[keys.WEIGHTS_ENTRY] = ema
     return extra
