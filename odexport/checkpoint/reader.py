@@ -37,6 +37,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".bin"
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _PICKLE_PROTO = 0x80  # pickle protocol >= 2 starts with the PROTO opcode
+# torch.save(..., pickle_protocol=0 or 1, _use_new_zipfile_serialization=False) starts with its
+# magic number pickled as a text long (both protocols write longs as text)
+_LEGACY_TEXT_MAGIC = b"L119547037146038801333356L\n."
 _RESAVE_HINT = "or re-save it as weights only: torch.save(model.state_dict(), 'weights.pt')"
 
 
@@ -95,8 +98,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         return RawCheckpoint(path, sha256, size, "safetensors", obj, metadata)
     if head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC):
         file_format = "torch-zip"
-    elif head and head[0] == _PICKLE_PROTO:
-        file_format = "torch-legacy"
+    elif head and head[0] == _PICKLE_PROTO or (head.startswith(_LEGACY_TEXT_MAGIC) and not _text_protocol_legacy(head)):
+        file_format = "torch-legacy"  # protocol 1 after its text magic number: torch.load reads it (fully unpickled)
     elif _is_torch_tar(path):  # torch < 0.4 wrote a tar of 'sys_info', 'pickle', 'storages', 'tensors'
         file_format = "torch-legacy"
     elif path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
@@ -104,6 +107,12 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             f"{path} is an ONNX model, not a checkpoint (this command reads the trained weights)",
             "pass the checkpoint it was exported from; an export's metadata is in its sidecar "
             f"{path.name}.json, and `odexport check CHECKPOINT {path.name}` compares the two",
+        )
+    elif head.startswith(_LEGACY_TEXT_MAGIC):
+        raise CheckpointError(
+            f"{path} was written by torch.save with pickle protocol 0 in the legacy format, which torch.load "
+            "itself cannot read back (its tensor references are text there)",
+            "save the weights again from the training code with torch.save's defaults",
         )
     else:
         raise CheckpointError(
@@ -247,6 +256,12 @@ def _similar_files(path: Path) -> list[str]:
         return []
     found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
     return found[:5]
+
+
+def _text_protocol_legacy(head: bytes) -> bool:
+    """After the text magic number, protocol 0 pickles the format version as text (``I1001``);
+    protocol 1 as a binary int."""
+    return head[len(_LEGACY_TEXT_MAGIC):len(_LEGACY_TEXT_MAGIC) + 1] == b"I"
 
 
 def _read_head(path: Path, n: int = 64) -> bytes:

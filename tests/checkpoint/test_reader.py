@@ -269,6 +269,22 @@ def test_plain_pickle_is_refused(tmp_path):
         read_checkpoint_file(path)
 
 
+def test_legacy_files_of_the_text_pickle_protocols(tmp_path):
+    """torch.save(..., pickle_protocol=0 or 1, legacy format) starts with text, not PROTO: both had
+    been called "not a checkpoint". Protocol 1 loads with --trust-pickle; protocol 0 not even with
+    torch.load itself, which the error says instead of blaming the file's kind."""
+    paths = {}
+    for protocol in (0, 1):
+        paths[protocol] = tmp_path / f"p{protocol}.pth"
+        torch.save(_weights(), paths[protocol], pickle_protocol=protocol, _use_new_zipfile_serialization=False)
+    with pytest.raises(Exception):
+        torch.load(paths[0], weights_only=False)  # torch's own reader fails on its protocol-0 files
+    message = _one_line_error(paths[0], "was written by torch.save with pickle protocol 0 in the legacy format")
+    assert "save the weights again" in message
+    _one_line_error(paths[1], "--trust-pickle")
+    _same(extract_state_dict(read_checkpoint_file(paths[1], trust_pickle=True).obj).state_dict, _weights())
+
+
 def test_a_state_dict_saved_with_pickle_dump_loads_with_trust_pickle(tmp_path):
     """pickle.dump(state_dict, f) is not torch.save's format: refused without --trust-pickle, and
     with it read as the plain pickle it is (it had been called damaged)."""
