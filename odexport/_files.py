@@ -48,6 +48,8 @@ def output_folder(path: str | Path, *, create: bool = False) -> Path:
     permission bits do not say it (root ignores them; a read-only mount or an immutable folder
     refuses root too)."""
     path = Path(path)
+    if path.is_dir():  # found now, not by the writer after all the work
+        raise InputError(f"output path {path} is a directory", "give a file name in it, e.g. " + str(path / "report"))
     parent = path.parent if str(path.parent) else Path(".")
     if parent.is_dir():
         os.unlink(_temp_in(parent, path, ".probe"))

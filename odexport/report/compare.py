@@ -61,7 +61,7 @@ class Tolerance:
         return max(self.atol * scale, self.noise_atol)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return _jsonable(asdict(self))
 
 
 #: Defaults by the candidate's precision (atol as a fraction of max|reference|); the reasoning,

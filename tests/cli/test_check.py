@@ -93,6 +93,12 @@ def test_perturbed_weight_fails_with_exit_2_and_reports(artifacts, tmp_path):
     assert "parity FAIL" in markdown.read_text()
 
 
+def test_an_infinite_noise_margin_is_refused(artifacts):
+    """--noise-margin inf made every default atol infinite: a perturbed export passed (exit 0)."""
+    result = _check(artifacts["ckpt"], artifacts["perturbed"], "--noise-margin", "inf")
+    assert result.exit_code == 1 and "--noise-margin inf is not a finite number" in " ".join(result.output.split())
+
+
 def test_baked_in_batch_fails_with_exit_2(artifacts):
     result = _check(artifacts["ckpt"], artifacts["baked"])
     assert result.exit_code == 2, result.output

@@ -143,6 +143,9 @@ def test_floor_overrides():
 def test_to_dict_is_json_safe():
     import json
 
+    # a tolerance's own numbers too (a noise floor of inf had been written as a bare Infinity)
+    assert json.loads(json.dumps(Tolerance(1.0, 0.0, noise_atol=math.inf).to_dict(), allow_nan=False))["noise_atol"] == "inf"
+
     result = compare_arrays(np.zeros((1, 2)), np.array([[np.inf, 0.0]]), TIGHT)
     text = json.dumps(result.to_dict(), allow_nan=False)
     assert json.loads(text)["max_abs"] == "inf"

@@ -138,6 +138,26 @@ def test_output_path_under_a_file_is_a_one_line_input_error(tmp_path):
     assert blocker.read_text() == "a file, not a folder"
 
 
+def test_an_output_path_that_is_a_directory_is_refused_before_any_work(tmp_path):
+    """`check --junit DIR` ran the whole check, then died with "internal error: IsADirectoryError"
+    (hiding the verdict); every writer now refuses a directory up front, in one line."""
+    ckpt, onnx_path, _ = _checkpoint_export_and_input(tmp_path)
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    runner = CliRunner()
+    for args in (
+        ["check", ckpt, onnx_path, "--batch-sizes", "1", "--samples", "1", "--junit", folder],
+        ["check", ckpt, onnx_path, "--batch-sizes", "1", "--samples", "1", "--markdown", folder],
+        ["reparam", ckpt, "-o", folder],
+    ):
+        result = runner.invoke(app, [str(a) for a in args])
+        lines = [line for line in result.output.splitlines() if line.startswith(("error:", "internal error:"))]
+        assert result.exit_code == 1, (args[0], result.output)
+        assert len(lines) == 1 and f"output path {folder} is a directory" in lines[0], (args[0], result.output)
+        assert "-- candidate" not in result.output and "-- load" not in result.output, "refused before any work"
+    assert list(folder.iterdir()) == []
+
+
 @pytest.fixture
 def refusing_folder(tmp_path):
     """A real folder that refuses new files: one without write permission, or, where permission

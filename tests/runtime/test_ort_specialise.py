@@ -173,6 +173,11 @@ def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
     assert again.exit_code == 1 and "already specialised" in again.output and "Traceback" not in again.output
     bad = runner.invoke(app, ["ort", str(source), "--batch-sizes", "0"])
     assert bad.exit_code == 1
+    # an infinite tolerance would accept any deviation: the check switched off, and a bare
+    # Infinity in the JSON; refused, nothing written
+    unbounded = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "inf.onnx"), "--tolerance", "inf", "--no-measure"])
+    assert unbounded.exit_code == 1 and "--tolerance inf is not a finite number" in unbounded.output
+    assert not (tmp_path / "inf.onnx").exists()
     checkpoint = runner.invoke(app, ["ort", str(SAMPLE), "-o", str(tmp_path / "c.onnx")])  # the checkpoint, not its export
     assert checkpoint.exit_code == 1 and "is a PyTorch checkpoint" in checkpoint.output and "odexport onnx" in checkpoint.output
     assert not (tmp_path / "c.onnx").exists()

@@ -79,6 +79,8 @@ def check(
     from odexport.cli._common import console, print_load_notes, run_command, stages
 
     def action() -> None:
+        import math
+
         from odexport._files import output_folder, refuse_overwriting_input, write_text_atomically
         from odexport.cli._options import parse_input_shape
         from odexport.errors import InputError, MissingDependencyError, ParityError
@@ -93,6 +95,8 @@ def check(
             per_layer_table,
         )
 
+        if noise_margin is not None and not math.isfinite(noise_margin):  # inf would switch the gate off
+            raise InputError(f"--noise-margin {noise_margin} is not a finite number", "use e.g. --noise-margin 5, or 0 to skip it")
         if reference_dtype not in ("float32", "float64"):
             raise InputError(f"--reference-dtype {reference_dtype!r} is not supported", "use float32 or float64")
         overrides = ToleranceOverrides.parse(atol, rtol, min_top1, min_cosine)

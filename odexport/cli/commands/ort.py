@@ -34,9 +34,13 @@ def ort(
 def _specialise(source, output, batch_sizes, threads, check, measure, tolerance, json_output, quiet) -> None:
     from odexport.cli._common import console, print_json, stages
     from odexport.cli.commands.check import parse_batch_sizes
-    from odexport.errors import OdexportError
+    import math
+
+    from odexport.errors import InputError, OdexportError
     from odexport.pipeline import ort_cpu_from_onnx
 
+    if not math.isfinite(tolerance):  # inf would accept any deviation: the check switched off
+        raise InputError(f"--tolerance {tolerance} is not a finite number", "use e.g. --tolerance 1e-3, or --no-check to skip the check")
     sizes = parse_batch_sizes(batch_sizes)
     with stages(quiet or json_output) as stage:
         try:
