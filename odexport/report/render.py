@@ -162,7 +162,10 @@ def parity_junit(report: ParityReport) -> str:
                            ("reference", str(report.reference.get("artifact", "")))):
             ET.SubElement(props, "property", name=key, value=str(value))
         cases = fails = errs = skips = 0
-        classname = "odexport.check." + str(Path(names[cand.artifact]).with_suffix("")).replace("/", ".")
+        # folders become packages and the whole file name the class (its dots as "_"): dist/model.onnx
+        # and dist/model.engine must not share a classname, which reporters key their results on
+        shown = Path(names[cand.artifact])
+        classname = ".".join(["odexport.check", *shown.parent.parts[int(shown.is_absolute()):], shown.name.replace(".", "_")])
         if cand.error and cand.missing_backend:  # not run here: skipped, and the exit code (3) says why
             case = ET.SubElement(suite, "testcase", classname=classname, name="open")
             ET.SubElement(case, "skipped", message=cand.error).text = cand.error

@@ -60,6 +60,21 @@ def test_junit_parses_and_counts_failures():
     assert any("baked in" in f.get("message") for f in failures)
 
 
+def test_junit_test_ids_differ_between_candidates_sharing_a_stem():
+    """dist/model.onnx and dist/model.engine (ci.md's TensorRT gate) had the same classname, so
+    reporters keyed on classname + name merged their results."""
+    rng = np.random.default_rng(1)
+    ref = {"output": rng.standard_normal((2, 10))}
+    runs = [CandidateRun(path, "onnxruntime-cpu", "fp32", ("batch", 3, 8, 8), outputs={1: {"output": ref["output"]}})
+            for path in ("dist/model.onnx", "dist/model.pth")]
+    report = parity_report({"artifact": "ref.pt", "backend": "torch-cpu", "dtype": "float32"},
+                           {"source": "random", "count": 2, "shape": [3, 8, 8]}, [1], ref, runs, ToleranceOverrides())
+    cases = ET.fromstring(parity_junit(report)).findall("testsuite/testcase")
+    ids = [(case.get("classname"), case.get("name")) for case in cases]
+    assert len(ids) == 2 and len(set(ids)) == 2, ids
+    assert {case.get("classname") for case in cases} == {"odexport.check.model_onnx", "odexport.check.model_pth"}
+
+
 def test_markdown_and_table_show_every_row():
     text = parity_markdown(_report())
     assert "parity FAIL" in text and text.count("| good.onnx |") == 2 and "**Failures**" in text
