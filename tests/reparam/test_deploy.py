@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from odexport.errors import CheckpointError, InternalError
+from odexport.errors import CheckpointError, InputError, InternalError
 from odexport.layers import ODConv2d, dynamic_convs, set_temperature
 from odexport.models import create_model
 from odexport.reparam import reparameterise
@@ -110,8 +110,8 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
     directory = tmp_path / "is_a_directory"
     directory.mkdir()
     (directory / "inside").write_text("x")
-    with pytest.raises(OSError):
-        save_deploy(report.model, report, directory, INFO)  # os.replace onto a non-empty directory fails
+    with pytest.raises(InputError, match="is a directory"):  # refused before a temporary file is made
+        save_deploy(report.model, report, directory, INFO)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy.pt", "is_a_directory"]  # no temp file left
 
 
