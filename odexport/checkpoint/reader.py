@@ -98,7 +98,7 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         return RawCheckpoint(path, sha256, size, "safetensors", obj, metadata)
     if head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC):
         file_format = "torch-zip"
-    elif head and head[0] == _PICKLE_PROTO or (head.startswith(_LEGACY_TEXT_MAGIC) and not _text_protocol_legacy(head)):
+    elif head and head[0] == _PICKLE_PROTO or _legacy_text_protocol(head) == 1:
         file_format = "torch-legacy"  # protocol 1 after its text magic number: torch.load reads it (fully unpickled)
     elif _is_torch_tar(path):  # torch < 0.4 wrote a tar of 'sys_info', 'pickle', 'storages', 'tensors'
         file_format = "torch-legacy"
@@ -108,7 +108,7 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             "pass the checkpoint it was exported from; an export's metadata is in its sidecar "
             f"{path.name}.json, and `odexport check CHECKPOINT {path.name}` compares the two",
         )
-    elif head.startswith(_LEGACY_TEXT_MAGIC):
+    elif _legacy_text_protocol(head) == 0:
         raise CheckpointError(
             f"{path} was written by torch.save with pickle protocol 0 in the legacy format, which torch.load "
             "itself cannot read back (its tensor references are text there)",
@@ -258,10 +258,13 @@ def _similar_files(path: Path) -> list[str]:
     return found[:5]
 
 
-def _text_protocol_legacy(head: bytes) -> bool:
-    """After the text magic number, protocol 0 pickles the format version as text (``I1001``);
-    protocol 1 as a binary int."""
-    return head[len(_LEGACY_TEXT_MAGIC):len(_LEGACY_TEXT_MAGIC) + 1] == b"I"
+def _legacy_text_protocol(head: bytes) -> int | None:
+    """0 or 1 for a legacy torch file of a text-era pickle protocol (it starts with the magic number
+    as a text long; then protocol 0 pickles the format version as text, ``I1001``, protocol 1 as a
+    binary int), else None."""
+    if not head.startswith(_LEGACY_TEXT_MAGIC):
+        return None
+    return 0 if head[len(_LEGACY_TEXT_MAGIC):len(_LEGACY_TEXT_MAGIC) + 1] == b"I" else 1
 
 
 def _read_head(path: Path, n: int = 64) -> bytes:
