@@ -129,7 +129,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.parity import parity_report
-    from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
+    from odexport.runtime import artifact_kind, open_runner, require_artifact_exists
     from odexport.runtime.batching import Samples, load_samples, random_samples, run_batched
     from odexport._memory import require_batch_fits, require_outputs_fit, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
@@ -142,22 +142,26 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if artifact_kind(reference) not in ("checkpoint", "module"):
         raise InputError(f"the reference {reference} is not a checkpoint: the reference runs in PyTorch",
                          "pass the checkpoint the artifacts were made from first, then the artifacts to check")
+    for candidate in candidates:  # a mistyped path stops the run at once; a file that is there but wrong is reported
+        require_artifact_exists(candidate)
     stage(f"load reference {reference}")
     ref = open_runner(reference, "torch", dtype=reference_dtype, input_shape=input_shape, threads=threads, **load)
     stage("open candidates")
-    opened, missing = [], {}
+    opened, missing, refused = [], {}, {}
     for candidate in candidates:
         try:
             opened.append((candidate, open_runner(candidate, dtype="float32", threads=threads, device=device,
                                                   **(load if artifact_kind(candidate) == "checkpoint" else {}))))
         except MissingDependencyError as exc:  # e.g. an engine on a machine without TensorRT: compare the others
             missing[str(candidate)] = exc
-    not_run = {artifact: (NATURAL_BACKEND[artifact_kind(artifact)], str(exc)) for artifact, exc in missing.items()}
-    if not opened and missing:  # nothing to compare: a report that says so (CI uploads it), with no samples drawn
+        except InputError as exc:  # a corrupt file, an ort file for another onnxruntime: reported, the others still run
+            refused[str(candidate)] = exc
+    order = [str(candidate) for candidate in candidates]  # reports list candidates as the command line did
+    if not opened:  # nothing to compare: a report that says so (CI uploads it), with no samples drawn
         ref.close()
         none_drawn = Samples(np.empty((0, *(input_shape or ref.input_shape or ())), np.float32), None, "none")
         return parity_report(_described_reference(ref, reference, reference_dtype, {}), none_drawn.describe(),
-                             batch_sizes, {}, [], missing=not_run)
+                             batch_sizes, {}, [], missing=_not_run(missing), refused=_not_run(refused), order=order)
     shape = tuple(input_shape) if input_shape else ref.input_shape
     shape_note = None
     if not input_shape:
@@ -167,10 +171,21 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if shape is None:
         raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
     ref.input_shape = shape
-    for candidate, runner in opened:
-        _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape))
+    for candidate, runner in list(opened):
+        try:
+            _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape))
+        except InputError as exc:  # an export of another model or size: this candidate cannot run on these samples
+            runner.close()
+            opened.remove((candidate, runner))
+            refused[str(candidate)] = exc
+            continue
         if getattr(runner, "backend", "").startswith("torch"):
             runner.input_shape = shape  # a checkpoint fixes no sample shape: it runs on the reference's samples
+    if not opened:
+        ref.close()
+        none_drawn = Samples(np.empty((0, *shape), np.float32), None, "none")
+        return parity_report(_described_reference(ref, reference, reference_dtype, {}), none_drawn.describe(),
+                             batch_sizes, {}, [], missing=_not_run(missing), refused=_not_run(refused), order=order)
     if not inputs:
         require_samples_fit(samples, shape)
     data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
@@ -223,7 +238,15 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if other_precision is not None:
         other_precision.close()
     return parity_report(_described_reference(ref, reference, reference_dtype, noise), data.describe(), batch_sizes, reference_outputs,
-                         runs, tolerances, data.labels, reference_noise=noise, noise_margin=noise_margin, missing=not_run)
+                         runs, tolerances, data.labels, reference_noise=noise, noise_margin=noise_margin,
+                         missing=_not_run(missing), refused=_not_run(refused), order=order)
+
+
+def _not_run(errors: dict) -> dict:
+    """artifact -> (its natural backend, the error that kept it from running), for the report."""
+    from odexport.runtime import NATURAL_BACKEND, artifact_kind
+
+    return {artifact: (NATURAL_BACKEND.get(artifact_kind(artifact), ""), exc) for artifact, exc in errors.items()}
 
 
 def _described_reference(ref, reference, reference_dtype: str, noise: dict) -> dict:
@@ -382,7 +405,8 @@ def _export_sample_shape(opened, reference_info, shape):
     the comparison runs there too rather than asking for ``--input-shape`` again. Only when every
     candidate with a fixed sample shape declares the same one and at least one of them records
     this checkpoint as its source (:func:`_exported_from`); otherwise the
-    shape stays and :func:`_require_sample_shape` names the mismatch.
+    shape stays and :func:`_require_sample_shape` names the mismatch. Candidates fixed at several
+    sizes are checked at the reference's when one of them is it, and are an input error otherwise.
     """
     from odexport.errors import InputError
 
@@ -395,6 +419,8 @@ def _export_sample_shape(opened, reference_info, shape):
             continue
         declared.setdefault(sample, candidate)
         ours = ours or _exported_from(runner, reference_info)
+    if len(declared) > 1 and shape is not None and tuple(shape) in declared:
+        return shape, None  # the reference's own size: those fixed at another are refused one by one
     if len(declared) > 1:
         (first, one), (second, other) = list(declared.items())[:2]
         raise InputError(f"the candidates take samples of different shapes: {one} {first}, {other} {second}",

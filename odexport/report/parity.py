@@ -118,6 +118,8 @@ class CandidateParity:
     error: str | None = None  # could not be opened at all
     notes: list[str] = field(default_factory=list)
     missing_backend: bool = False  # ``error`` says which backend this machine lacks: not compared, not diverged
+    refused: bool = False  # ``error`` is an input error about this file (corrupt, another size): not run, exit 1
+    fix: str | None = None  # what to do about a refused candidate
 
     @property
     def passed(self) -> bool:
@@ -126,7 +128,7 @@ class CandidateParity:
     @property
     def failures(self) -> list[str]:
         """Human-readable reasons, one per failing batch/output."""
-        reasons = [self.error] if self.error else []
+        reasons = [f"{self.error} -- {self.fix}" if self.fix else self.error] if self.error else []
         for batch in self.batches:
             if batch.error:
                 reasons.append(f"batch {batch.batch_size}: {batch.error}")
@@ -142,6 +144,8 @@ class CandidateParity:
             "passed": self.passed,
             "error": self.error,
             "missing_backend": self.missing_backend,
+            "refused": self.refused,
+            "fix": self.fix,
             "notes": list(self.notes),
             "failures": self.failures,
             "batches": [b.to_dict() for b in self.batches],
@@ -165,17 +169,33 @@ class ParityReport:
 
     @property
     def diverged(self) -> list[CandidateParity]:
-        """Candidates that ran and failed (exit 2), as opposed to those not compared for want of a backend."""
-        return [c for c in self.candidates if not c.passed and not c.missing_backend]
+        """Candidates that ran and failed (exit 2), as opposed to those refused or not compared for want of a backend."""
+        return [c for c in self.candidates if not c.passed and not c.missing_backend and not c.refused]
 
     @property
     def not_compared(self) -> list[CandidateParity]:
-        """Candidates whose backend this machine lacks (exit 3 when nothing diverged)."""
+        """Candidates whose backend this machine lacks (exit 3 when nothing else failed)."""
         return [c for c in self.candidates if c.missing_backend]
+
+    @property
+    def refused(self) -> list[CandidateParity]:
+        """Candidates not run because the file itself is wrong for this check (exit 1)."""
+        return [c for c in self.candidates if c.refused]
+
+    @property
+    def verdict(self) -> str:
+        """PASS; FAIL when a candidate diverged; ERROR when none did but one was refused as bad input;
+        INCOMPLETE when the only shortfall is a backend this machine lacks."""
+        if self.passed:
+            return "PASS"
+        if self.diverged:
+            return "FAIL"
+        return "ERROR" if self.refused else "INCOMPLETE"
 
     def to_dict(self) -> dict:
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
             "reference": _jsonable(self.reference),
             "inputs": _jsonable(self.inputs),
             "batch_sizes": list(self.batch_sizes),
@@ -211,7 +231,9 @@ def parity_report(
     labels: np.ndarray | None = None,
     reference_noise: dict[str, float] | None = None,
     noise_margin: float | None = None,
-    missing: dict[str, tuple[str, str]] | None = None,
+    missing: dict[str, tuple[str, object]] | None = None,
+    refused: dict[str, tuple[str, object]] | None = None,
+    order: list[str] | None = None,
 ) -> ParityReport:
     """Build the verdict from raw runs (:class:`odexport.runtime.parity.CandidateRun`).
 
@@ -219,7 +241,10 @@ def parity_report(
     otherwise).  ``reference_noise`` (output -> max |r32 - r64|) floors each default atol at
     ``noise_margin`` times it.  With ``labels``, each candidate also gets an :class:`Accuracy`
     computed from its outputs at the first batch size that ran.  ``missing`` (artifact -> (backend, why)) lists
-    candidates whose backend this machine lacks: reported as not compared, after the others.
+    candidates whose backend this machine lacks: reported as not compared; ``refused`` (artifact ->
+    (backend, :class:`~odexport.errors.InputError`)) those whose file cannot run in this check.
+    ``order`` (artifacts as the command line gave them) orders the candidates; else the runs come
+    first, then the missing, then the refused.
     """
     from odexport.report.compare import NOISE_MARGIN, ToleranceOverrides
 
@@ -248,7 +273,13 @@ def parity_report(
             cand.per_layer = per_layer_parity(run.layer_values, overrides, run.precision, margin)
         report.candidates.append(cand)
     for artifact, (backend, reason) in (missing or {}).items():
-        report.candidates.append(CandidateParity(artifact=artifact, backend=backend, error=reason, missing_backend=True))
+        report.candidates.append(CandidateParity(artifact=artifact, backend=backend, error=str(reason), missing_backend=True))
+    for artifact, (backend, exc) in (refused or {}).items():
+        report.candidates.append(CandidateParity(artifact=artifact, backend=backend, error=getattr(exc, "message", str(exc)),
+                                                 fix=getattr(exc, "hint", None), refused=True))
+    if order:
+        place = {artifact: index for index, artifact in reversed(list(enumerate(order)))}
+        report.candidates.sort(key=lambda cand: place.get(str(cand.artifact), len(order)))
     return report
 
 

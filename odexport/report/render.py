@@ -85,11 +85,9 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
 TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "cosine", "top-1", "atol needed", "atol", "verdict")
 
 
-def _verdict(report: ParityReport, passed: str, failed: str, incomplete: str) -> str:
-    """PASS; FAIL when a candidate diverged; INCOMPLETE when none did but some could not run here."""
-    if report.passed:
-        return passed
-    return failed if report.diverged else incomplete
+def _verdict(report: ParityReport, passed: str, failed: str, refused: str, incomplete: str) -> str:
+    """The report's verdict (:attr:`ParityReport.verdict`) as one of the given labels."""
+    return {"PASS": passed, "FAIL": failed, "ERROR": refused, "INCOMPLETE": incomplete}[report.verdict]
 
 
 def parity_table(report: ParityReport):
@@ -97,7 +95,7 @@ def parity_table(report: ParityReport):
     from rich import box
     from rich.table import Table
 
-    verdict = _verdict(report, "[bold green]PASS[/]", "[bold red]FAIL[/]", "[bold yellow]INCOMPLETE[/]")
+    verdict = _verdict(report, "[bold green]PASS[/]", "[bold red]FAIL[/]", "[bold red]ERROR[/]", "[bold yellow]INCOMPLETE[/]")
     ref = report.reference
     table = Table(title=f"parity vs {candidate_names(report)[str(ref.get('artifact', 'reference'))]} ({ref.get('backend', '')}, "
                         f"{ref.get('dtype', '')}): {verdict}", title_justify="left", box=box.SIMPLE_HEAD)
@@ -170,9 +168,10 @@ def parity_junit(report: ParityReport) -> str:
             case = ET.SubElement(suite, "testcase", classname=classname, name="open")
             ET.SubElement(case, "skipped", message=cand.error).text = cand.error
             cases, skips = 1, 1
-        elif cand.error:
+        elif cand.error:  # refused as given (exit 1): an error, not a parity failure
             case = ET.SubElement(suite, "testcase", classname=classname, name="open")
-            ET.SubElement(case, "error", message=cand.error, type="CandidateError").text = cand.error
+            reason = cand.failures[0]
+            ET.SubElement(case, "error", message=reason, type="CandidateError").text = reason
             cases, errs = 1, 1
         for batch in cand.batches:
             if batch.error:
@@ -212,7 +211,8 @@ def parity_junit(report: ParityReport) -> str:
 def parity_markdown(report: ParityReport) -> str:
     """A Markdown summary for a pull-request comment."""
     ref = report.reference
-    head = _verdict(report, "✅ **parity PASS**", "❌ **parity FAIL**", "⚠️ **parity INCOMPLETE** (a backend is missing)")
+    head = _verdict(report, "✅ **parity PASS**", "❌ **parity FAIL**", "❌ **parity ERROR** (a candidate could not be run as given)",
+                    "⚠️ **parity INCOMPLETE** (a backend is missing)")
     inputs, names = report.inputs, candidate_names(report)
     lines = [
         f"### odexport check: {head}",
@@ -232,6 +232,9 @@ def parity_markdown(report: ParityReport) -> str:
     failures = parity_failure_lines(report)
     if failures:
         lines += ["", "**Failures**", ""] + [f"- {line}" for line in failures]
+    if report.refused:
+        lines += ["", "**Not run** (the file cannot be checked as given)", ""]
+        lines += [f"- `{names[c.artifact]}`: {c.failures[0]}" for c in report.refused]
     if report.not_compared:
         lines += ["", "**Not compared** (backend missing on this machine)", ""]
         lines += [f"- `{names[c.artifact]}`: {c.error}" for c in report.not_compared]

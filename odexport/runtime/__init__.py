@@ -62,6 +62,18 @@ def artifact_kind(artifact) -> str:
     return "checkpoint"
 
 
+def require_artifact_exists(artifact) -> None:
+    """A path that is not there is a mistake in the command: an :class:`InputError` saying so
+    (and, for a report's name, that ``--json`` takes no file)."""
+    if artifact_kind(artifact) == "module" or Path(artifact).exists():
+        return
+    if Path(artifact).suffix.lower() in _REPORT_SUFFIXES:  # e.g. `check A B --json out.json`
+        raise InputError(f"{artifact} does not exist, and its name is a report's, not a model's",
+                         "--json is a flag that prints the JSON on stdout (redirect it: --json > out.json); "
+                         "the options that write a file take its path (check: --junit, --markdown; bench: --plot)")
+    raise InputError(f"{artifact} does not exist", "check the path")
+
+
 def _tensorrt_runner_class():
     """``TrtRunner``, or :class:`MissingDependencyError` (exit 3) naming what to install."""
     try:
@@ -108,12 +120,7 @@ def open_runner(
     """
     backend = normalise_backend(backend)
     kind = artifact_kind(artifact)
-    if kind != "module" and not Path(artifact).exists():
-        if Path(artifact).suffix.lower() in _REPORT_SUFFIXES:  # e.g. `check A B --json out.json`
-            raise InputError(f"{artifact} does not exist, and its name is a report's, not a model's",
-                             "--json is a flag that prints the JSON on stdout (redirect it: --json > out.json); "
-                             "the options that write a file take its path (check: --junit, --markdown; bench: --plot)")
-        raise InputError(f"{artifact} does not exist", "check the path")
+    require_artifact_exists(artifact)
     natural = NATURAL_BACKEND[kind]
     if backend is not None and backend != natural:
         what = {"module": "a PyTorch module", "checkpoint": "a checkpoint", "onnx": "an ONNX file", "engine": "a TensorRT engine"}[kind]
@@ -182,4 +189,5 @@ __all__ = [
     "capabilities",
     "normalise_backend",
     "open_runner",
+    "require_artifact_exists",
 ]

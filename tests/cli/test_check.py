@@ -248,7 +248,8 @@ def test_export_of_another_sample_shape_is_an_input_error(artifacts, tmp_path):
 def test_an_export_of_this_checkpoint_at_another_size_is_checked_at_that_size(cli_export, tmp_path):
     """`odexport onnx --input-shape 3x40x48` of the checkpoint itself: the gate runs at the size the
     file fixes (the checkpoint ran there when it was exported), with a note, instead of refusing;
-    a perturbed weight still fails at that size, and a second candidate of another size is an input error."""
+    a perturbed weight still fails at that size, and next to an export at the default size it is refused
+    (an input error) while that one is compared."""
     sample, default_size = cli_export
     wide = tmp_path / "wide.onnx"
     exported = CliRunner().invoke(app, ["onnx", str(sample), "--input-shape", "3x40x48", "-o", str(wide), "--no-check", "--quiet"])
@@ -268,7 +269,9 @@ def test_an_export_of_this_checkpoint_at_another_size_is_checked_at_that_size(cl
     assert _check(sample, tmp_path / "wide_perturbed.onnx").exit_code == 2
 
     mixed = _check(sample, wide, default_size)
-    assert mixed.exit_code == 1 and "the candidates take samples of different shapes" in " ".join(mixed.output.split())
+    # the default-size export is compared at the reference's size; the other is refused, naming its size
+    told = " ".join(mixed.stderr.split())
+    assert mixed.exit_code == 1 and "takes samples of shape (3, 40, 48)" in told and "the other candidate passed" in told
 
 
 def test_one_failing_candidate_fails_the_run(artifacts):
@@ -543,6 +546,60 @@ def test_engine_without_tensorrt_next_to_an_onnx(artifacts, tmp_path):
     diverged = _check(artifacts["ckpt"], artifacts["perturbed"], engine, "--batch-sizes", "1")
     assert diverged.exit_code == 2, diverged.output
     assert "1 not compared" in " ".join(diverged.output.split())
+
+
+def test_a_refused_candidate_still_lets_the_others_run_and_the_reports_be_written(artifacts, tmp_path):
+    """A corrupt .onnx and an export of another sample size next to the good export: exit 1 (the
+    command must change), but the good one is compared and JUnit, Markdown and JSON say so, in the
+    command line's order (before: exit 1 at the first refusal, no report, no result)."""
+    from odexport.models import create_model
+    from odexport.pipeline import onnx_from_model
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(Path(artifacts["good"]).read_bytes()[:200])
+    other = tmp_path / "48px.onnx"
+    onnx_from_model(create_model("od_resnet_tiny").eval(), other, input_shape=(3, 48, 48), check=False)
+    junit, markdown = tmp_path / "parity.xml", tmp_path / "parity.md"
+    result = _check(artifacts["ckpt"], corrupt, artifacts["good"], other, "--batch-sizes", "1,2", "--json",
+                    "--junit", junit, "--markdown", markdown)
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert "2 candidates could not be run as given: corrupt.onnx, 48px.onnx; the other candidate passed" in message
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "ERROR" and not data["passed"]
+    assert [Path(c["artifact"]).name for c in data["candidates"]] == ["corrupt.onnx", "good.onnx", "48px.onnx"]
+    bad, good, wrong_size = data["candidates"]
+    assert bad["refused"] and "onnxruntime cannot load" in bad["error"] and "odexport onnx" in bad["fix"] and not bad["batches"]
+    assert wrong_size["refused"] and "takes samples of shape (3, 48, 48)" in wrong_size["error"]
+    assert good["passed"] and not good["refused"] and [b["batch_size"] for b in good["batches"]] == [1, 2]
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("errors"), root.get("failures")) == ("4", "2", "0")  # 2 refused + 2 batches passed
+    text = markdown.read_text()
+    assert "parity ERROR" in text and "**Not run**" in text and "| good.onnx | 2 | output |" in text
+    assert "`corrupt.onnx`: onnxruntime cannot load" in text
+
+    alone = _check(artifacts["ckpt"], corrupt, "--batch-sizes", "1", "--markdown", markdown)
+    assert alone.exit_code == 1 and "the other" not in alone.stderr and "onnxruntime cannot load" in alone.stderr
+    assert "no samples drawn" in markdown.read_text() and "| corrupt.onnx | - |" in markdown.read_text()
+
+
+def test_a_mistyped_candidate_path_stops_the_run_before_any_work(artifacts, tmp_path):
+    junit = tmp_path / "parity.xml"
+    result = _check(artifacts["ckpt"], artifacts["good"], tmp_path / "typo.onnx", "--junit", junit)
+    assert result.exit_code == 1 and "typo.onnx does not exist -- check the path" in " ".join(result.output.split())
+    assert not junit.exists()
+
+
+def test_the_reports_keep_the_command_lines_order_when_a_backend_is_missing(artifacts, tmp_path):
+    if available("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT is available here")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 32)
+    result = _check(artifacts["ckpt"], engine, artifacts["good"], "--batch-sizes", "1", "--json")
+    assert result.exit_code == 3, result.output
+    data = json.loads(result.stdout)
+    assert [Path(c["artifact"]).name for c in data["candidates"]] == ["model.engine", "good.onnx"]
+    assert data["verdict"] == "INCOMPLETE"
 
 
 def test_reference_must_be_a_checkpoint(artifacts):

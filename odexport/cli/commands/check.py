@@ -141,14 +141,18 @@ def check(
                     console.print(f"per-layer ({names[cand.artifact]}): {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
-                elif per_layer and not cand.missing_backend:
+                elif per_layer and not cand.missing_backend and not cand.refused:
                     console.print(f"per-layer: not compared for {cand.artifact} ({cand.backend}): only ONNX candidates expose "
                                   "their layers (for an engine, run --per-layer on the ONNX it was built from)", markup=False)
             for line in parity_failure_lines(report):
                 console.print(f"FAIL {line}", markup=False, style="red")
+            for cand in report.refused:
+                console.print(f"ERROR {names[cand.artifact]}: {cand.failures[0]}", markup=False, style="red")
             for cand in report.not_compared:
                 console.print(f"NOT COMPARED {names[cand.artifact]}: {cand.error}", markup=False, style="yellow")
         skipped = report.not_compared
+        if report.refused:  # the command itself must change before the verdict is whole: exit 1, after the reports
+            raise _refusal(report, names)
         if report.diverged:
             also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
             reasons = [reason for cand in report.diverged for reason in cand.failures]
@@ -174,3 +178,23 @@ def check(
                                          "run the check where the backend is installed (see `odexport doctor`)")
 
     run_command(action)
+
+
+def _refusal(report, names):
+    """The input error for candidates refused as given: the one refusal itself, or how many there
+    were, followed by what became of the other candidates (their results are in the reports)."""
+    from odexport.errors import InputError
+
+    refused = report.refused
+    others = [cand for cand in report.candidates if not cand.refused]
+    fates = [(sum(cand.passed for cand in others), "passed"), (len(report.diverged), "failed the parity check"),
+             (len(report.not_compared), "not compared (backend missing here)")]
+    told = ", ".join(f"{count} {fate}" for count, fate in fates if count)
+    also = (f"; the other candidate {told.split(' ', 1)[1]}" if len(others) == 1
+            else f"; of the other {len(others)} candidates, {told}" if others else "")
+    if len(refused) == 1:
+        refusal, fix = refused[0].error, refused[0].fix
+        return InputError(f"{refusal}{also}", fix)
+    shown = ", ".join(names[cand.artifact] for cand in refused)
+    return InputError(f"{len(refused)} candidates could not be run as given: {shown}{also}",
+                      "each one's reason and fix is in its ERROR line (or the report's `fix`)")
