@@ -572,8 +572,12 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                     pairs.append((f"static twin of {artifact}", "baseline", str(artifact), twin))
                 if note:
                     report.notes.append(note)
-        if not pairs and missing:
-            raise next(iter(missing.values()))  # nothing to time: the first reason, as it was raised
+        if not pairs and missing:  # nothing to time: a report that says so (CI archives it), the exit is 3
+            report.entries.extend(BenchEntry(artifact, "candidate", NATURAL_BACKEND[artifact_kind(artifact)], batch_size,
+                                             error=str(exc), missing_backend=True)
+                                  for batch_size in batch_sizes for artifact, exc in missing.items())
+            report.settings["input_shape"] = list(input_shape) if input_shape else None
+            return report
         sessions_spin = {r.spinning for *_, r in pairs if isinstance(getattr(r, "spinning", None), bool)}
         if sessions_spin:  # what the onnxruntime sessions were made with, read back from them
             report.settings["spinning"] = sessions_spin == {True}

@@ -65,9 +65,11 @@ class BenchEntry:
     missing_backend: bool = False  # not run: this machine lacks the backend (``error`` says which)
 
     def to_dict(self) -> dict:
+        # a row that did not run keeps every timing key, as null: one schema for every row of the JSON
+        stats = (self.stats.to_dict() if self.stats is not None
+                 else {name: None for name in LatencyStats.__dataclass_fields__ if name != "batch_size"})
         return {"artifact": self.artifact, "role": self.role, "backend": self.backend, "batch_size": self.batch_size,
-                "baseline_of": self.baseline_of, "error": self.error, "missing_backend": self.missing_backend,
-                **({} if self.stats is None else self.stats.to_dict())}
+                "baseline_of": self.baseline_of, "error": self.error, "missing_backend": self.missing_backend, **stats}
 
 
 @dataclass

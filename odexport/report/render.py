@@ -304,6 +304,22 @@ def bench_error_lines(report: BenchReport) -> list[tuple[str, str]]:
     return lines
 
 
+def bench_plot_lines(report: BenchReport) -> list[tuple[str, str, list]]:
+    """(label, role, stats by batch size) for each line of the plot. A twin shared by several
+    candidates has one set of timings, so it is one line naming them all, not one per candidate."""
+    series: dict[tuple[str, str], list] = {}
+    names = _bench_names(report)
+    for entry in report.entries:
+        if entry.stats is not None:
+            series.setdefault((_bench_label(entry, names), entry.role), []).append(entry.stats)
+    lines: dict[tuple, tuple[list[str], str, list]] = {}
+    for (label, role), stats in series.items():
+        stats = sorted(stats, key=lambda s: s.batch_size)
+        key = ("baseline", tuple(stats)) if role == "baseline" else (label, role)
+        lines.setdefault(key, ([], role, stats))[0].append(label)
+    return [(", ".join(labels), role, stats) for labels, role, stats in lines.values()]
+
+
 def bench_plot(report: BenchReport, path: str | Path) -> Path:
     """Latency (p50, with p90 as the upper whisker) vs batch size, one line per artifact."""
     from odexport._optional import require
@@ -313,14 +329,7 @@ def bench_plot(report: BenchReport, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series: dict[tuple[str, str], list] = {}
-    names = _bench_names(report)
-    for entry in report.entries:
-        if entry.stats is not None:
-            label = _bench_label(entry, names)
-            series.setdefault((label, entry.role), []).append(entry.stats)
-    for (label, role), stats in series.items():
-        stats = sorted(stats, key=lambda s: s.batch_size)
+    for label, role, stats in bench_plot_lines(report):
         xs = [s.batch_size for s in stats]
         ys = [s.p50_ms for s in stats]
         upper = [s.p90_ms - s.p50_ms for s in stats]

@@ -142,7 +142,7 @@ def test_rejected_batch_is_recorded_and_exits_1(artifacts):
     assert result.exit_code == 1
     rows = json.loads(result.stdout.split("\n}\n")[0] + "\n}")["results"]
     by_batch = {r["batch_size"]: r for r in rows}
-    assert by_batch[1]["error"] and "p50_ms" not in by_batch[1]
+    assert by_batch[1]["error"] and by_batch[1]["p50_ms"] is None and set(by_batch[1]) == set(by_batch[2])  # one schema
     assert by_batch[2]["error"] is None and by_batch[2]["p50_ms"] > 0 and by_batch[2]["ratio_to_baseline"] is None
     assert "could not run" in result.output
 
@@ -222,9 +222,18 @@ def test_engine_without_tensorrt_next_to_another_artifact(artifacts, tmp_path):
     timed = [r for r in rows if r["artifact"] == artifacts["ckpt"]]
     not_run = [r for r in rows if r["artifact"] == str(engine)]
     assert len(timed) == 2 and all(r["p50_ms"] > 0 and not r["missing_backend"] for r in timed)
-    assert len(not_run) == 2 and all(r["missing_backend"] and r["backend"] == "tensorrt" and "p50_ms" not in r for r in not_run)
+    assert len(not_run) == 2 and all(r["missing_backend"] and r["backend"] == "tensorrt" and r["p50_ms"] is None for r in not_run)
     alone = _bench(engine)
-    assert alone.exit_code == 3 and "TensorRT" in alone.output
+    assert alone.exit_code == 3 and "TensorRT" in alone.output and "the others were measured" not in alone.output
+    # nothing could be timed: --json still prints the report that says so (CI archives it), and exits 3
+    alone = _bench(engine, "--batch-sizes", "1,2", "--json")
+    assert alone.exit_code == 3, alone.output
+    rows = json.loads(alone.stdout)["results"]
+    assert [(r["batch_size"], r["missing_backend"], r["p50_ms"]) for r in rows] == [(1, True, None), (2, True, None)]
+    if available("matplotlib"):  # an empty plot would read as a result: none is written, and the note says so
+        plotted = _bench(engine, "--plot", tmp_path / "latency.png")
+        assert plotted.exit_code == 3 and not (tmp_path / "latency.png").exists()
+        assert "no plot written to" in plotted.output and "nothing was timed" in plotted.output
     # one error line (the command's own); the engine's reason is a NOT RUN line, as in `check`
     text = _bench(artifacts["ckpt"], engine, "--batch-sizes", "1", "--baseline", "none", "--threads", "1", "--iters", "2").output
     assert text.count("error:") == 1 and "error: model.engine not timed" in text, text

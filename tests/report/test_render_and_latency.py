@@ -14,7 +14,7 @@ from odexport._optional import available
 from odexport.report.compare import ToleranceOverrides
 from odexport.report.latency import BenchEntry, BenchReport, LatencyStats
 from odexport.report.parity import parity_report
-from odexport.report.render import bench_plot, bench_table, parity_junit, parity_markdown, parity_table
+from odexport.report.render import bench_plot, bench_plot_lines, bench_table, parity_junit, parity_markdown, parity_table
 from odexport.runtime.parity import CandidateRun
 
 
@@ -130,6 +130,21 @@ def test_bench_plot_writes_a_png(tmp_path):
     path = bench_plot(_bench(), tmp_path / "latency.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["latency.png"]
+
+
+def test_a_twin_shared_by_two_candidates_is_one_line_of_the_plot():
+    """The benchmark times a shared twin once and records it under each candidate: one line."""
+    report = BenchReport()
+    twin_1, twin_8 = LatencyStats.from_samples([2, 2], 1), LatencyStats.from_samples([5, 5], 8)
+    for name, own in (("a.onnx", 4), ("b.onnx", 3)):
+        for batch, twin in ((1, twin_1), (8, twin_8)):
+            report.entries.append(BenchEntry(name, "candidate", "onnxruntime-cpu", batch, LatencyStats.from_samples([own * batch] * 2, batch)))
+            report.entries.append(BenchEntry(f"static twin of {name}", "baseline", "onnxruntime-cpu", batch,
+                                             LatencyStats.from_samples([twin.p50_ms] * 2, batch), name))
+    lines = bench_plot_lines(report)
+    assert [role for _, role, _ in lines] == ["candidate", "baseline", "candidate"]
+    shared = lines[1]
+    assert "a.onnx" in shared[0] and "b.onnx" in shared[0] and [s.p50_ms for s in shared[2]] == [2.0, 5.0]
 
 
 def test_bench_plot_without_matplotlib_is_exit_3(tmp_path):

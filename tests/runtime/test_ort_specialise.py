@@ -171,6 +171,10 @@ def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
     assert max(report["deviation"].values()) > 1e-12 and report["tolerance"] == 1e-12
     again = runner.invoke(app, ["ort", str(out)])
     assert again.exit_code == 1 and "already specialised" in again.output and "Traceback" not in again.output
+    # refused before anything was measured: the JSON still says why, so `--json > report.json` is never empty
+    again = runner.invoke(app, ["ort", str(out), "--json"])
+    report = json.loads(again.stdout)
+    assert again.exit_code == 1 and report["exit_code"] == 1 and report["path"] is None and "already specialised" in report["error"]
     bad = runner.invoke(app, ["ort", str(source), "--batch-sizes", "0"])
     assert bad.exit_code == 1
     # an infinite tolerance would accept any deviation: the check switched off, and a bare

@@ -75,8 +75,10 @@ def bench(
                 temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
                 max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage, spinning=spinning,
             )
-        if plot:
+        if plot and any(entry.stats is not None for entry in report.entries):
             bench_plot(report, plot)
+        elif plot:
+            report.notes.append(f"no plot written to {plot}: nothing was timed")
         if json_output:
             from odexport.cli._common import print_json
 
@@ -97,7 +99,8 @@ def bench(
         if not_run:
             from odexport.errors import MissingDependencyError
 
-            raise MissingDependencyError(f"{', '.join(not_run)} not timed: this machine lacks the backend (the others were measured)",
+            others = " (the others were measured)" if any(e.stats is not None for e in report.entries) else ""
+            raise MissingDependencyError(f"{', '.join(not_run)} not timed: this machine lacks the backend{others}",
                                          "run the benchmark where the backend is installed (see `odexport doctor`)")
 
     run_command(action)

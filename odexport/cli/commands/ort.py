@@ -46,9 +46,11 @@ def _specialise(source, output, batch_sizes, threads, check, measure, tolerance,
         try:
             result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, stage=stage)
         except OdexportError as exc:
-            outcome = getattr(exc, "outcome", None)
-            if json_output and outcome is not None:  # measured, then refused: the report still says what was measured
-                print_json({**outcome.to_dict(), "error": str(exc), "exit_code": exc.exit_code})
+            if json_output:  # refused: the report says why, with what was measured when it got that far
+                outcome = getattr(exc, "outcome", None)
+                measured = outcome.to_dict() if outcome is not None else {
+                    "path": None, "source": str(source), "record": None, "rewrite": None, "deviation": {}, "tolerance": tolerance}
+                print_json({**measured, "error": str(exc), "exit_code": exc.exit_code})
             raise
     if json_output:
         print_json({**result.to_dict(), "error": None, "exit_code": 0})
