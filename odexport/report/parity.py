@@ -310,14 +310,15 @@ def input_blind_notes(reference_outputs: dict[str, np.ndarray], resolve) -> list
 
 def _looks_baked(batch_size: int, input_shape, detail: str) -> bool:
     """A rejected batch is called baked in when the input declares a fixed batch, or the backend
-    complained about a shape (reshape/broadcast/dimension), which is how a batch baked into the
-    graph's constants shows up."""
+    complained about a shape (reshape/broadcast/dimension/split sizes), which is how a batch baked
+    into the graph's constants shows up."""
     if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0 and input_shape[0] != batch_size:
         return True
     if re.search(r"\baxis [1-9]\d* has size", detail):
         return False  # the runner named a sample axis (channels, height, width), not the batch
     lowered = detail.lower()
-    return any(word in lowered for word in ("shape", "dimension", "reshape", "broadcast", "batch"))
+    # "split": a Split whose sizes were traced at one batch ("Split size 8 exceeds the remaining size")
+    return any(word in lowered for word in ("shape", "dimension", "reshape", "broadcast", "batch", "split"))
 
 
 def per_layer_parity(layer_values: dict, overrides, precision: str, noise_margin: float | None = None) -> PerLayerParity:

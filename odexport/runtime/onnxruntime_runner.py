@@ -223,8 +223,8 @@ class OrtRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = {spec.name: np.ascontiguousarray(feed[spec.name], dtype=spec.dtype) for spec in self._inputs}
         try:
-            values = self.session.run(None, cast)
-        except Exception as exc:
+            values = self.session.run(None, cast, _quiet_run_options())
+        except Exception as exc:  # its text is in the error below: onnxruntime's own log line would say it twice
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in cast.items())
             raise InferenceError(f"onnxruntime failed to run {shapes}: {_one_line(exc)}",
                                  "the graph may have a shape (often the batch) baked in; re-export with a dynamic batch") from exc
@@ -442,3 +442,13 @@ def _precision_of(model, inputs: list[TensorSpec]) -> str:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _quiet_run_options():
+    """Run options that keep onnxruntime from logging a failed run on stderr itself (severity 4:
+    fatal only); the failure is raised, and odexport reports it once, as an error it can explain."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options

@@ -113,6 +113,24 @@ def test_baked_in_batch_fails_with_exit_2(artifacts):
     assert passed == {1: False, 2: True, 8: False}
 
 
+def test_a_failed_run_is_reported_once_not_also_by_onnxruntimes_own_log(artifacts, tmp_path, capfd):
+    """The baked export behind a symbolic batch: onnxruntime fails inside the graph. The error is
+    raised (and worded by odexport); onnxruntime no longer prints its own log line on stderr too."""
+    from odexport.runtime import open_runner
+    from odexport.runtime.base import InferenceError
+
+    proto = onnx.load(artifacts["baked"])
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    symbolic = tmp_path / "baked_symbolic.onnx"
+    onnx.save(proto, symbolic)
+    runner = open_runner(symbolic)
+    capfd.readouterr()
+    with pytest.raises(InferenceError, match="onnxruntime failed to run"):
+        runner.infer(np.zeros((1, *SHAPE), np.float32))
+    assert "onnxruntime" not in capfd.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def tied_fp16(tmp_path_factory):
     """Two classes whose logits differ by 1e-4 at ~100: fp32 decides by that 1e-4, fp16 (spacing

@@ -21,6 +21,16 @@ def test_a_shape_complaint_on_a_dynamic_input_reads_as_a_baked_batch():
     assert not candidate.passed and "batch seems baked in" in candidate.batches[0].error
 
 
+def test_a_split_traced_at_another_batch_reads_as_a_baked_batch():
+    """onnxruntime 1.32's words for a Split whose sizes were traced at batch 2, run at batch 1
+    behind a symbolic batch dimension (INVALID_ARGUMENT, where other sizes get FAIL)."""
+    detail = ("onnxruntime failed to run input (1, 3, 32, 32): [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status "
+              "code returned while running Split node. Name:'node_Split_809' Status Message: Invalid value in 'split'. "
+              "Split size 8 exceeds the remaining size of the selected axis, 2.")
+    candidate = _report(detail).candidates[0]
+    assert not candidate.passed and "batch seems baked in" in candidate.batches[0].error
+
+
 def test_a_rejected_sample_axis_is_not_called_a_baked_batch():
     detail = "input 'input' axis 2 has size 32, the model expects 64 (shape ('batch', 3, 64, 64))"
     candidate = _report(detail).candidates[0]
