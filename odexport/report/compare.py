@@ -6,7 +6,8 @@ For reference ``r`` and candidate ``c`` (both upcast to float64), ``d = |c - r|`
 * ``max_rel = max d / |r|`` over elements with ``r != 0`` (elements where ``r == 0`` are covered by
   ``max_abs``; a relative error there is undefined);
 * ``cosine``: the smallest, over samples (axis 0), cosine similarity of the flattened sample
-  vectors -- one bad sample is not averaged away;
+  vectors -- one bad sample is not averaged away; NaN when a sample has NaN/inf where the
+  reference is finite (such a sample also never counts as agreeing in ``top1``/``top5``);
 * classifier outputs (2-D, at least 2 classes): ``top1`` = fraction of samples whose arg-max agrees;
   ``top5`` = fraction whose top-5 *sets* agree (reported only with more than 5 classes);
 * an element passes when ``d <= atol + rtol * |r|`` (numpy's ``allclose`` rule).  Default
@@ -241,11 +242,14 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     flat = int(np.argmax(diff))
     index = np.unravel_index(flat, diff.shape)
     result.worst = {"index": [int(i) for i in index], "reference": float(ref[index]), "candidate": float(cand[index])}
-    result.cosine = _min_cosine(np.where(finite_ref, ref, 0.0), np.where(np.isfinite(cand), cand, 0.0))
+    # a sample with NaN/inf where the reference is finite has no direction and no decision: its
+    # cosine is NaN (so the minimum is) and it never agrees, rather than scoring its finite rest
+    broken = bad.reshape(bad.shape[0], -1).any(axis=1) if ref.ndim > 1 else np.full(1, bad.any())
+    result.cosine = _min_cosine(np.where(finite_ref, ref, 0.0), np.where(np.isfinite(cand), cand, 0.0), broken)
     if ref.ndim == 2 and ref.shape[1] >= 2:
-        result.top1 = float(np.mean(np.argmax(ref, axis=1) == np.argmax(cand, axis=1)))
+        result.top1 = float(np.mean((np.argmax(ref, axis=1) == np.argmax(cand, axis=1)) & ~broken))
         if ref.shape[1] > 5:
-            result.top5 = _topk_set_agreement(ref, cand, 5)
+            result.top5 = _topk_set_agreement(ref, cand, 5, broken)
 
     if result.mismatched:
         result.failures.append(
@@ -289,7 +293,7 @@ def compare_outputs(
     return results
 
 
-def _min_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
+def _min_cosine(ref: np.ndarray, cand: np.ndarray, broken: np.ndarray | None = None) -> float:
     r = ref.reshape(ref.shape[0], -1) if ref.ndim > 1 else ref.reshape(1, -1)
     c = cand.reshape(r.shape)
     num = np.sum(r * c, axis=1)
@@ -298,13 +302,16 @@ def _min_cosine(ref: np.ndarray, cand: np.ndarray) -> float:
     both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(both_zero, 1.0, np.where(norms > 0, num / np.where(norms > 0, norms, 1.0), 0.0))
+    if broken is not None:
+        cos = np.where(broken, np.nan, cos)
     return float(np.min(cos))
 
 
-def _topk_set_agreement(ref: np.ndarray, cand: np.ndarray, k: int) -> float:
+def _topk_set_agreement(ref: np.ndarray, cand: np.ndarray, k: int, broken: np.ndarray | None = None) -> float:
     top_r = np.sort(np.argpartition(-ref, k - 1, axis=1)[:, :k], axis=1)
     top_c = np.sort(np.argpartition(-cand, k - 1, axis=1)[:, :k], axis=1)
-    return float(np.mean(np.all(top_r == top_c, axis=1)))
+    agree = np.all(top_r == top_c, axis=1)
+    return float(np.mean(agree if broken is None else agree & ~broken))
 
 
 def _jsonable(value):

@@ -91,6 +91,11 @@ def test_perturbed_weight_fails_with_exit_2_and_reports(artifacts, tmp_path):
     root = ET.parse(junit).getroot()
     assert int(root.get("failures")) == 3 and int(root.get("tests")) == 3
     assert "parity FAIL" in markdown.read_text()
+    assert "see the failures above" in result.stderr
+    # with --json nothing is printed above the error: it points into the JSON instead
+    quiet = _check(artifacts["ckpt"], artifacts["perturbed"], "--batch-sizes", "1", "--json")
+    assert quiet.exit_code == 2 and "above" not in quiet.stderr and "\"failures\" in the JSON" in quiet.stderr
+    assert json.loads(quiet.stdout)["candidates"][0]["failures"]
 
 
 def test_an_infinite_noise_margin_is_refused(artifacts):

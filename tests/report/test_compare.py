@@ -96,6 +96,15 @@ def test_non_finite_candidate_fails_and_shape_mismatch_fails():
     result = compare_arrays(ref, cand, Tolerance(atol=1e3, rtol=1e3))
     assert not result.passed and "non-finite" in result.failures[0]
     assert result.max_abs == math.inf
+    # the broken sample has no direction and no decision: cosine NaN (not its finite rest's 1.0),
+    # and it never agrees; the intact sample still does (ref argmax 0 of a tie, as numpy picks)
+    assert math.isnan(result.cosine) and result.top1 == 0.5
+    classes = np.arange(8.0)[None].repeat(2, axis=0)
+    broken = classes.copy()
+    broken[0, 0] = np.inf  # where the reference is finite: a broken sample, whatever its arg-max
+    broken[1, 3] = np.nan
+    top = compare_arrays(classes, broken, Tolerance(atol=1e3, rtol=1e3))
+    assert top.top1 == 0.0 and top.top5 == 0.0 and math.isnan(top.cosine)
     shape = compare_arrays(ref, np.ones((2, 4)), TIGHT)
     assert not shape.passed and "shape" in shape.failures[0]
 

@@ -93,8 +93,9 @@ def bench(
         if failed:
             from odexport.errors import InputError
 
+            errors = "the rows' \"error\" in the JSON" if json_output else "the errors above"
             raise InputError(f"{len(failed)} of {len(report.entries)} measurements could not run",
-                             "see the errors above (a batch size the artifact rejects?); the rest were measured")
+                             f"see {errors} (a batch size the artifact rejects?); the rest were measured")
         not_run = sorted({Path(e.artifact).name for e in report.entries if e.missing_backend})
         if not_run:
             from odexport.errors import MissingDependencyError

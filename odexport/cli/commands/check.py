@@ -156,6 +156,7 @@ def check(
         if report.diverged:
             also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
             reasons = [reason for cand in report.diverged for reason in cand.failures]
+            failures = "each candidate's \"failures\" in the JSON" if json_output else "the failures above"
             floors_only = bool(reasons) and all("below the floor" in reason for reason in reasons)
             # every failing batch was refused by the candidate: no numbers were compared there to loosen
             rejected_only = (all(batch.error for cand in report.diverged for batch in cand.batches if not batch.passed)
@@ -166,10 +167,10 @@ def check(
                         "(--inputs, hundreds of samples), where near ties are rare, and lower the floor (--min-top1, "
                         "--min-cosine) only to a rate measured there")
             elif rejected_only:
-                hint = ("the candidates refused batch sizes (see the failures above): re-export with a dynamic batch, "
+                hint = (f"the candidates refused batch sizes (see {failures}): re-export with a dynamic batch, "
                         "or check a fixed-batch file at its own batch size with --batch-sizes")
             else:
-                hint = "see the failures above; loosen --atol/--rtol only if the numbers are expected"
+                hint = f"see {failures}; loosen --atol/--rtol only if the numbers are expected"
             raise ParityError(f"{len(report.diverged)} of {len(report.candidates)} candidates failed the parity check{also}", hint)
         if skipped:
             shown = ", ".join(names[c.artifact] for c in skipped)
