@@ -660,6 +660,8 @@ def test_export_of_another_checkpoint_is_named(artifacts, tmp_path):
     assert CliRunner().invoke(app, ["reparam", artifacts["ckpt"], "-o", str(deploy), "--quiet"]).exit_code == 0
     made = CliRunner().invoke(app, ["onnx", str(deploy), "-o", str(export), "--quiet", "--no-check"])
     assert made.exit_code == 0, made.output
+    meta = {p.key: p.value for p in onnx.load(str(export)).metadata_props}  # not a bare "no" beside the passes it lists
+    assert meta["odexport.reparam"].startswith("no: a deploy checkpoint") and "fold-bn" in meta["odexport.reparam_passes"]
     quick = ("--batch-sizes", "1", "--samples", "2", "--noise-margin", "0")
     for reference in (artifacts["ckpt"], deploy):
         data = json.loads(_check(reference, export, "--json", *quick).stdout)

@@ -220,7 +220,8 @@ def _provenance(info, reparam_note) -> dict:
     checkpoint, the checkpoint it was made from (so `odexport check ORIGINAL` knows the export)."""
     from odexport.export import metadata_keys as keys
 
-    extra = {keys.REPARAM: reparam_note or "no"}
+    deployed = getattr(info, "source", None) == "deploy"  # reparameterised already, by `odexport reparam`
+    extra = {keys.REPARAM: reparam_note or ("no: a deploy checkpoint, reparameterised by `odexport reparam`" if deployed else "no")}
     if getattr(info, "temperature", None) is not None:  # `check` names a reference run at another one
         extra[keys.TEMPERATURE] = repr(float(info.temperature))
     if info.origin_sha256:
