@@ -79,8 +79,8 @@ def _temp_in(parent: Path, path: Path, suffix: str) -> str:
 def refuse_overwriting_input(output: str | Path, *inputs, fix: str = "pass another -o path") -> None:
     """An output path that names one of the command's own input files would replace it -- a
     checkpoint saved as ``model.onnx`` exports over itself by default, ``-o`` may repeat the
-    input's name -- so it is an :class:`InputError` before any work. Links count: the same file
-    under another name is the same file."""
+    input's name -- so it is an :class:`InputError` before any work; so is an input's sidecar
+    (``INPUT.json``). Links count: the same file under another name is the same file."""
     out = Path(output)
     for source in inputs:
         if source is None or not out.exists():
@@ -91,6 +91,13 @@ def refuse_overwriting_input(output: str | Path, *inputs, fix: str = "pass anoth
             continue
         if same:
             raise InputError(f"the output {out} is the input {source} itself: writing it would replace that file", fix)
+        sidecar = Path(f"{source}.json")  # an export's or engine's metadata, which check and trt read back
+        try:
+            same = sidecar.is_file() and os.path.samefile(out, sidecar)
+        except OSError:
+            continue
+        if same:
+            raise InputError(f"the output {out} is the sidecar of the input {source}: writing it would replace that file's metadata", fix)
 
 
 def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:

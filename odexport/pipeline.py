@@ -41,6 +41,7 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     import numpy as np
 
     from odexport.checkpoint.arrays import check_input_batch, read_input_array
+    from odexport.errors import InputError
     from odexport.runtime import artifact_kind, open_runner
     from odexport._memory import file_load_bytes, require_batch_fits
 
@@ -59,6 +60,12 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     if not single:
         check_input_batch(x, None)
     kind = artifact_kind(artifact)
+    given = [option for option, value in (("--temperature", temperature), ("--arch", arch), ("--factory", factory),
+                                          ("--submodel", submodel), ("--ema", prefer_ema or None)) if value is not None]
+    if kind in ("onnx", "engine") and given:  # an export computes what it was exported with: running it "at T=2" would not
+        raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to checkpoints, not to {artifact}, "
+                         "which computes what it was exported with",
+                         "drop the option, or export the checkpoint with it (`odexport onnx CKPT ... -o new.onnx`) and run that")
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel,
                 prefer_ema=prefer_ema) if kind == "checkpoint" else {}
     if kind == "module" and temperature is not None:

@@ -24,6 +24,8 @@ _HINT = "save the input batch (N, C, H, W) with np.save('x.npy', x), np.savez('x
 def read_input_array(path: str | os.PathLike) -> np.ndarray:
     """The input batch stored in ``path`` as a float32 array (see :data:`INPUT_KEYS` for containers)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"input file {path} is a directory", "pass the input file inside it to --input")
     if not path.is_file():
         raise InputError(f"input file {path} does not exist", "check the path given to --input")
     suffix = path.suffix.lower()
@@ -67,6 +69,8 @@ def _pick(mapping: dict, path: Path):
             return mapping[key]
     if len(mapping) == 1:
         return next(iter(mapping.values()))
+    if not mapping:
+        raise InputError(f"{path} holds no arrays", _HINT)
     raise InputError(f"{path} holds several arrays ({', '.join(map(str, list(mapping)[:6]))}) and none is named 'input'",
                      "name the input batch 'input' (np.savez(path, input=x))")
 

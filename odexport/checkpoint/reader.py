@@ -82,6 +82,17 @@ def _looks_like_onnx(head: bytes) -> bool:
     return len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 20 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42)
 
 
+def _parses_as_onnx(path: Path) -> bool:
+    """Whether onnx reads ``path`` as a model (asked only of a file named .onnx that is no checkpoint)."""
+    try:
+        import onnx
+
+        onnx.load(str(path), load_external_data=False)
+    except Exception:  # any failure means: not a model onnx can read
+        return False
+    return True
+
+
 def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False) -> RawCheckpoint:
     """Read ``path`` without running code from it (unless ``trust_pickle``); see the module docstring.
 
@@ -102,11 +113,16 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         file_format = "torch-legacy"  # protocol 1 after its text magic number: torch.load reads it (fully unpickled)
     elif _is_torch_tar(path):  # torch < 0.4 wrote a tar of 'sys_info', 'pickle', 'storages', 'tensors'
         file_format = "torch-legacy"
-    elif path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+    elif _looks_like_onnx(head) or (path.suffix.lower() == ".onnx" and _parses_as_onnx(path)):
         raise CheckpointError(
             f"{path} is an ONNX model, not a checkpoint (this command reads the trained weights)",
             "pass the checkpoint it was exported from; an export's metadata is in its sidecar "
             f"{path.name}.json, and `odexport check CHECKPOINT {path.name}` compares the two",
+        )
+    elif path.suffix.lower() == ".onnx":  # named like an export, but neither an ONNX protobuf nor a checkpoint
+        raise CheckpointError(
+            f"{path} is neither a checkpoint nor a readable ONNX model (it starts with {head[:8]!r})",
+            "pass the checkpoint your training script saved (this command reads the trained weights)",
         )
     elif _legacy_text_protocol(head) == 0:
         raise CheckpointError(

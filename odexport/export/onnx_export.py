@@ -199,12 +199,25 @@ def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], ou
             )
             return program.model_proto
     except Exception as exc:  # the exporter's errors are many pages long
+        if _interrupted(exc):  # Ctrl-C inside torch.export comes back wrapped in an export error: it was the user
+            raise KeyboardInterrupt from exc
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporter colours its messages for a terminal
         first = text.splitlines()[0] if text else type(exc).__name__
         raise ExportError(
             f"torch.onnx.export failed: {type(exc).__name__}: {first[:300]}",
             "rerun with ODEXPORT_DEBUG=1 for the full traceback; if a layer of your own is not exportable, report it",
         ) from exc
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a KeyboardInterrupt."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def state_dict_sha256(model: nn.Module) -> str:

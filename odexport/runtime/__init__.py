@@ -65,8 +65,10 @@ def artifact_kind(artifact) -> str:
 def require_artifact_exists(artifact) -> None:
     """A path that is not there is a mistake in the command: an :class:`InputError` saying so
     (and, for a report's name, that ``--json`` takes no file)."""
-    if artifact_kind(artifact) == "module" or Path(artifact).exists():
+    if artifact_kind(artifact) == "module" or Path(artifact).is_file():
         return
+    if Path(artifact).is_dir():
+        raise InputError(f"{artifact} is a directory", "pass the model file inside it")
     if Path(artifact).suffix.lower() in _REPORT_SUFFIXES:  # e.g. `check A B --json out.json`
         raise InputError(f"{artifact} does not exist, and its name is a report's, not a model's",
                          "--json is a flag that prints the JSON on stdout (redirect it: --json > out.json); "

@@ -95,9 +95,16 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option:
     A single sample without a batch axis is accepted when ``shape`` says what one sample is.
     ``option`` is the command-line option that named the file, for the messages.
     """
+    import zipfile
+    import zlib
+
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"inputs file {path} is a directory", f"pass a .npy or .npz file to {option}")
     if not path.is_file():
         raise InputError(f"inputs file {path} does not exist", f"pass an existing .npy or .npz file to {option}")
+    if path.stat().st_size == 0:
+        raise InputError(f"inputs file {path} is empty", f"save the inputs with np.save/np.savez and pass that file to {option}")
     labels = None
     from odexport._memory import require_file_fits
 
@@ -116,8 +123,9 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option:
                 labels = data[label_key] if label_key else None
         else:
             raise InputError(f"{path} is neither .npy nor .npz", "save the inputs with np.save or np.savez")
-    except (ValueError, OSError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", "save the inputs with np.save/np.savez (no pickled objects)") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a damaged or cut file, or pickled objects
+        raise InputError(f"cannot read {path}: {type(exc).__name__}: {exc}",
+                         "the file may be damaged or incomplete: save the inputs again with np.save/np.savez (no pickled objects)") from exc
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
         raise InputError(f"inputs in {path} have dtype {x.dtype}", "store float32 images (N, C, H, W)")
     if shape is not None and x.ndim == len(shape):

@@ -130,6 +130,8 @@ class OrtRunner(Runner):
         self._graph_sessions: list = []  # cuda_graphs: one per timed batch size (a graph has fixed shapes)
         if isinstance(model, (str, os.PathLike)):
             self.path = Path(model)
+            if self.path.is_dir():
+                raise InputError(f"ONNX file {self.path} is a directory", "pass the .onnx file inside it")
             if not self.path.is_file():
                 raise InputError(f"ONNX file {self.path} does not exist", "check the path, or export it with `odexport onnx`")
             source = str(self.path)

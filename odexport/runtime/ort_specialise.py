@@ -142,8 +142,12 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
 
     say = stage or (lambda _name: None)
     source = Path(source)
+    if source.is_dir():
+        raise InputError(f"{source} is a directory", "pass the ONNX file written by `odexport onnx` inside it")
     if not source.is_file():
         raise InputError(f"{source} does not exist", "pass an ONNX file written by `odexport onnx`")
+    if source.stat().st_size == 0:
+        raise InputError(f"{source} is empty", "export it again with `odexport onnx` (an interrupted copy or export leaves such a file)")
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise InputError(f"batch sizes {sizes} must be positive integers", "use e.g. --batch-sizes 1,8")

@@ -86,7 +86,10 @@ class TorchRunner(Runner):
     ):
         if not isinstance(model, nn.Module):
             raise InputError(f"TorchRunner needs a torch.nn.Module, got {type(model).__name__}", "load the checkpoint first")
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):  # torch's own words list a dozen device types odexport does not run on
+            raise InputError(f"unsupported device {device!r}", "use cpu or cuda") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise MissingDependencyError(
                 "device 'cuda' was asked for but torch sees no CUDA device",

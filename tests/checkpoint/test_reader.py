@@ -352,6 +352,10 @@ def test_onnx_file_is_named_as_such(tmp_path):
         path = tmp_path / name
         onnx.save(model, str(path))
         _one_line_error(path, "is an ONNX model, not a checkpoint")
+    # random bytes under an export's name are neither: not called an ONNX model with a sidecar it lacks
+    (tmp_path / "noise.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    message = _one_line_error(tmp_path / "noise.onnx", "is neither a checkpoint nor a readable ONNX model")
+    assert "sidecar" not in message
 
 
 def test_zip_that_is_not_a_checkpoint(tmp_path):

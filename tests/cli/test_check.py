@@ -606,6 +606,27 @@ def test_a_refused_candidate_still_lets_the_others_run_and_the_reports_be_writte
     assert "no samples drawn" in markdown.read_text() and "| corrupt.onnx | - |" in markdown.read_text()
 
 
+def test_reports_may_not_replace_each_other_or_an_inputs_sidecar(artifacts, tmp_path):
+    """--junit and --markdown on one path had left only the Markdown; a report on the export's
+    sidecar had replaced its metadata with XML. Both refused before any work."""
+    same = tmp_path / "report.xml"
+    result = _check(artifacts["ckpt"], artifacts["good"], "--junit", same, "--markdown", same)
+    assert result.exit_code == 1 and "--junit and --markdown both name" in result.output and not same.exists()
+    sidecar = tmp_path / "model.onnx.json"
+    candidate = tmp_path / "model.onnx"
+    candidate.write_bytes(Path(artifacts["good"]).read_bytes())
+    sidecar.write_text('{"kept": true}')
+    result = _check(artifacts["ckpt"], candidate, "--junit", sidecar)
+    assert result.exit_code == 1 and "is the sidecar of the input" in " ".join(result.output.split())
+    assert json.loads(sidecar.read_text()) == {"kept": True}
+
+
+def test_a_candidate_folder_is_named_as_a_folder(artifacts, tmp_path):
+    (tmp_path / "dist.onnx").mkdir()
+    result = _check(artifacts["ckpt"], tmp_path / "dist.onnx")
+    assert result.exit_code == 1 and "dist.onnx is a directory" in result.output
+
+
 def test_a_mistyped_candidate_path_stops_the_run_before_any_work(artifacts, tmp_path):
     junit = tmp_path / "parity.xml"
     result = _check(artifacts["ckpt"], artifacts["good"], tmp_path / "typo.onnx", "--junit", junit)

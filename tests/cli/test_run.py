@@ -133,6 +133,9 @@ def test_failure_keeps_an_existing_output_untouched(tiny, tmp_path):
         ("missing_output_folder", "does not exist"),
         ("pickled_input", "cannot read input file"),
         ("bad_temperature", "positive"),
+        ("unknown_device", "unsupported device 'tpu' -- use cpu or cuda"),
+        ("empty_npz", "holds no arrays"),
+        ("input_folder", "is a directory"),
     ],
 )
 def test_other_errors_exit_1(tiny, tmp_path, case, message):
@@ -151,9 +154,33 @@ def test_other_errors_exit_1(tiny, tmp_path, case, message):
         np.save(source, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     elif case == "bad_temperature":
         extra = ["--temperature", "0"]
+    elif case == "unknown_device":  # torch's own RuntimeError had escaped as an internal error
+        extra = ["--device", "tpu"]
+    elif case == "empty_npz":
+        source = tmp_path / "none.npz"
+        np.savez(source)
+    elif case == "input_folder":
+        source = tmp_path / "batch.npy"
+        source.mkdir()
     result = _invoke(ckpt, "--input", str(source), "-o", str(out), *extra)
     assert result.exit_code == 1 and message in result.output, result.output
     assert not out.exists()
+
+
+def test_load_options_on_an_export_are_refused_not_ignored(tiny, tmp_path):
+    """An export computes what it was exported with: `run model.onnx -T 2` had silently given the
+    T=1 answer (exit 0); it is refused, naming the options."""
+    from odexport.pipeline import onnx_from_model
+
+    export = tmp_path / "tiny.onnx"
+    onnx_from_model(tiny["model"], export, input_shape=(3, 32, 32), check=False)
+    source = tmp_path / "x.npy"
+    np.save(source, tiny["x"])
+    result = _invoke(str(export), "--input", str(source), "-o", str(tmp_path / "y.npy"), "-T", "2", "--arch", "dy_resnet_tiny")
+    assert result.exit_code == 1 and "--temperature, --arch apply to checkpoints, not to" in result.output, result.output
+    assert not (tmp_path / "y.npy").exists()
+    plain = _invoke(str(export), "--input", str(source), "-o", str(tmp_path / "y.npy"))
+    assert plain.exit_code == 0 and np.allclose(np.load(tmp_path / "y.npy"), tiny["expected"], atol=1e-4)
 
 
 def test_device_cuda_runs_there_or_exits_3(tiny, tmp_path):

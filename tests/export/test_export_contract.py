@@ -249,3 +249,26 @@ def test_batch_switch_and_patch_variants_export(tmp_path, form):
     assert "If" in ops
     assert batch_constants(proto, 13) == []
     assert_runs_at_batches(model, proto, SHAPE, batches=(1, 2, 7))
+
+
+def test_ctrl_c_inside_the_exporter_is_an_interrupt_not_an_export_failure():
+    """torch.export wraps what interrupts it in its own error; an interrupt found anywhere in that
+    chain is re-raised as KeyboardInterrupt (the CLI says "interrupted", exit 130), not reported as
+    "torch.onnx.export failed" (exit 1, blaming the model)."""
+
+    class Interrupted(nn.Module):
+        def forward(self, x):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:  # how the signal reaches Python code inside torch's tracing
+                raise RuntimeError("tracing stopped") from exc
+
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.torch_to_onnx(Interrupted(), (torch.randn(1, 3),), ["x"], ["y"], None, 18)
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("a layer of your own")
+
+    with pytest.raises(ExportError, match="torch.onnx.export failed"):
+        onnx_export.torch_to_onnx(Broken(), (torch.randn(1, 3),), ["x"], ["y"], None, 18)

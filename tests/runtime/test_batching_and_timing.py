@@ -103,6 +103,23 @@ def test_load_samples_errors(tmp_path):
     (tmp_path / "text.txt").write_text("1 2 3")
     with pytest.raises(InputError, match="neither .npy nor .npz"):
         load_samples(tmp_path / "text.txt")
+    # empty, cut and folder-shaped files: one line each (EOFError and BadZipFile had escaped as bugs)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(InputError, match="is empty"):
+        load_samples(tmp_path / "empty.npz")
+    np.savez(tmp_path / "whole.npz", x=np.random.default_rng(0).standard_normal((4, 3, 8, 8)))
+    data = (tmp_path / "whole.npz").read_bytes()
+    for cut in (3000, len(data) - 30):
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        with pytest.raises(InputError, match="damaged or incomplete"):
+            load_samples(tmp_path / "cut.npz")
+    np.save(tmp_path / "whole.npy", np.zeros((4, 3, 8, 8), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "whole.npy").read_bytes()[:60])
+    with pytest.raises(InputError, match="damaged or incomplete"):
+        load_samples(tmp_path / "cut.npy")
+    (tmp_path / "folder.npy").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        load_samples(tmp_path / "folder.npy")
 
 
 def _counting_timers(*names):

@@ -127,7 +127,13 @@ def test_bad_requests_write_nothing(exports, tmp_path):
     made = specialise_onnx(source, tmp_path / "z.onnx", check=False, measure=False)
     with pytest.raises(InputError, match="already specialised"):
         specialise_onnx(made.path, tmp_path / "w.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["z.onnx"])
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(InputError, match="empty.onnx is empty"):  # not "has no com.odexport nodes"
+        specialise_onnx(tmp_path / "empty.onnx", tmp_path / "v.onnx")
+    (tmp_path / "folder.onnx").mkdir()
+    with pytest.raises(InputError, match="folder.onnx is a directory"):  # not "does not exist"
+        specialise_onnx(tmp_path / "folder.onnx", tmp_path / "u.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before + ["z.onnx", "empty.onnx", "folder.onnx"])
 
 
 @needs_nchwc

@@ -80,6 +80,7 @@ def check(
 
     def action() -> None:
         import math
+        from pathlib import Path
 
         from odexport._files import output_folder, refuse_overwriting_input, write_text_atomically
         from odexport.cli._options import parse_input_shape
@@ -101,6 +102,9 @@ def check(
             raise InputError(f"--reference-dtype {reference_dtype!r} is not supported", "use float32 or float64")
         overrides = ToleranceOverrides.parse(atol, rtol, min_top1, min_cosine)
         shape = parse_input_shape(input_shape) if input_shape else None
+        if junit and markdown and Path(junit).resolve() == Path(markdown).resolve():
+            raise InputError(f"--junit and --markdown both name {junit}: one report would replace the other",
+                             "give each report its own file, e.g. --junit parity.xml --markdown parity.md")
         for report_path in (junit, markdown):
             if report_path:
                 output_folder(report_path, create=True)  # a bad report path fails before the comparison, not after
