@@ -194,9 +194,12 @@ def _refusal(report, names):
     others = [cand for cand in report.candidates if not cand.refused]
     fates = [(sum(cand.passed for cand in others), "passed"), (len(report.diverged), "failed the parity check"),
              (len(report.not_compared), "not compared (backend missing here)")]
-    told = ", ".join(f"{count} {fate}" for count, fate in fates if count)
-    also = (f"; the other candidate {told.split(' ', 1)[1]}" if len(others) == 1
-            else f"; of the other {len(others)} candidates, {told}" if others else "")
+    if len(others) == 1:  # its one fate, without a count
+        also = "; the other candidate " + next(fate for count, fate in fates if count)
+    elif others:
+        also = f"; of the other {len(others)} candidates, " + ", ".join(f"{count} {fate}" for count, fate in fates if count)
+    else:
+        also = ""
     if len(refused) == 1:
         refusal, fix = refused[0].error, refused[0].fix
         return InputError(f"{refusal}{also}", fix)
