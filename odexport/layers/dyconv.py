@@ -101,8 +101,7 @@ class DyConv2d(AttentionTemperature, nn.Module):
         self.key_layout = key_layout
         self.attention = DyAttention(in_channels, hidden_channels, num_kernels, fc1_bias, fc2_bias, temperature)
         self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups, *self.kernel_size))
-        for i in range(num_kernels):
-            nn.init.kaiming_uniform_(self.weight[i])
+        Fdyn.init_each_kernel(self.weight, nn.init.kaiming_uniform_)
         self.bias = nn.Parameter(torch.zeros(num_kernels, out_channels)) if bias else None
         self.static_bias: nn.Parameter | None = None
         if key_layout != "kaijieshi7":

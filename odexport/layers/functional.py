@@ -76,6 +76,19 @@ def tardelean_hidden_channels(in_channels: int, reduce: int) -> int:
     return max(1, in_channels // reduce)
 
 
+def init_each_kernel(weight: torch.Tensor, initialiser, **kwargs) -> None:
+    """Initialise each of the K candidate kernels ``weight[k]`` as a conv weight of its own.
+
+    The reference code does this so that each kernel's fan is ``O*kh*kw`` (or ``C/g*kh*kw``), not
+    ``K``-fold.  On the meta device nothing is drawn, and the K calls are skipped: a shapes-only
+    build (``inspect``) of a large ``--kernel-num`` would otherwise loop for hours.
+    """
+    if weight.is_meta:
+        return
+    for k in range(weight.shape[0]):
+        initialiser(weight[k], **kwargs)
+
+
 def global_pool(x: torch.Tensor) -> torch.Tensor:
     """Global average pool to ``(B, C, 1, 1)``: the input of every attention branch."""
     return x.mean(dim=(2, 3), keepdim=True)

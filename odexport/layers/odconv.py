@@ -203,8 +203,7 @@ class ODConv2d(AttentionTemperature, nn.Module):
             in_planes, out_planes, self.kernel_size, groups, reduction, kernel_num, min_channel, attention_channels, temperature
         )
         self.weight = nn.Parameter(torch.randn(kernel_num, out_planes, in_planes // groups, *k))
-        for i in range(kernel_num):
-            nn.init.kaiming_normal_(self.weight[i], mode="fan_out", nonlinearity="relu")
+        Fdyn.init_each_kernel(self.weight, nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
         self.static_bias: nn.Parameter | None = None
 
     def attentions(self, x: torch.Tensor) -> Attentions:

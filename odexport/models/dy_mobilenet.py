@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from odexport.layers import DyConv2d
+from odexport.layers.functional import init_each_kernel
 from odexport.models._common import make_divisible
 from odexport.models._registry import register_model
 from odexport.models.od_mobilenetv2 import MOBILENETV2_SETTING
@@ -63,8 +64,7 @@ def _init_weights(model: nn.Module) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, DyConv2d):
-            for k in range(m.num_kernels):
-                nn.init.kaiming_normal_(m.weight[k], mode="fan_out")
+            init_each_kernel(m.weight, nn.init.kaiming_normal_, mode="fan_out")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from odexport.layers import DyConv2d
+from odexport.layers.functional import init_each_kernel
 from odexport.models._registry import register_model
 from odexport.models.dy_mobilenet import paper_dyconv
 
@@ -58,8 +59,7 @@ class PaperDyResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, DyConv2d):
-                for k in range(m.num_kernels):
-                    nn.init.kaiming_normal_(m.weight[k], mode="fan_out", nonlinearity="relu")
+                init_each_kernel(m.weight, nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -167,6 +167,18 @@ def test_kernel_num_must_be_positive():
     assert result.exit_code == 1 and "kernel-num" in result.output  # a usage error, reported by the CLI parser: an input error
 
 
+@pytest.mark.parametrize("name", ["od_resnet_tiny", "dy_resnet_tiny", "dy_mobilenetv2_tiny"])
+def test_huge_kernel_num_is_counted_without_building_it(name):
+    """A shapes-only build must not loop over K: K = 10^9 once took hours at full CPU.  The count is
+    a polynomial in K of degree <= 2 (DY-Conv's stem attention has K hidden units; ODConv drops its
+    kernel head at K = 1), so three real builds at K = 2, 3, 4 give it exactly at any K (Lagrange)."""
+    huge = 10**9
+    p2, p3, p4 = (sum(t.numel() for t in create_model(name, kernel_num=k).parameters()) for k in (2, 3, 4))
+    expected = (p2 * (huge - 3) * (huge - 4) - 2 * p3 * (huge - 2) * (huge - 4) + p4 * (huge - 2) * (huge - 3)) // 2
+    data = _json(name, "--kernel-num", str(huge))
+    assert data["params"] == expected and data["model_kwargs"]["kernel_num"] == huge
+
+
 def test_corrupted_checkpoint(tmp_path):
     path = _tiny_checkpoint(tmp_path)
     path.write_bytes(path.read_bytes()[:1000])
