@@ -197,7 +197,12 @@ def build_engine(
     for shapes in inputs.profiles:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.shapes.items():
-            profile.set_shape(name, low, opt, high)
+            try:  # the binding raises RuntimeError for inconsistent shapes instead of returning a status
+                profile.set_shape(name, low, opt, high)
+            except RuntimeError as exc:
+                raise InputError(f"TensorRT rejected profile {shapes.batch.text()} for input '{name}' "
+                                 f"(min {tuple(low)}, opt {tuple(opt)}, max {tuple(high)}): {' '.join(str(exc).split())}",
+                                 "check the profile against the model's input shape") from exc
         if config.add_optimization_profile(profile) < 0:
             raise InputError(f"TensorRT rejected profile {shapes.batch.text()} ({_trt.last_errors(log) or 'no log'})",
                              "check the profile against the model's input shape")

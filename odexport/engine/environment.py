@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 
-from odexport.engine.precision import MINIMUM_TENSORRT, NO_WEAK_TYPING_FROM, PLUGIN_OVERRIDE_FROM, STRONGLY_TYPED_FROM, version_at_least
+from odexport.engine.precision import MINIMUM_TENSORRT, NO_WEAK_TYPING_FROM, STRONGLY_TYPED_FROM, version_at_least
 from odexport.engine.sidecar import BuildTarget
 from odexport.errors import MissingDependencyError
 
@@ -180,8 +180,8 @@ def _tensorrt_report() -> dict:
         "strongly_typed_builds": version_at_least(version, STRONGLY_TYPED_FROM) or not hasattr(trt.BuilderFlag, "FP16"),
         "fp16_builder_flag": hasattr(trt.BuilderFlag, "FP16"),
         "weak_typing_removed": version_at_least(version, NO_WEAK_TYPING_FROM),
-        "parser_plugin_override": hasattr(getattr(trt, "OnnxParserFlag", object), "ENABLE_PLUGIN_OVERRIDE")
-        or version_at_least(version, PLUGIN_OVERRIDE_FROM),
+        # the flag itself, as the build looks for it: a version number alone would promise what the build then lacks
+        "parser_plugin_override": hasattr(getattr(trt, "OnnxParserFlag", object), "ENABLE_PLUGIN_OVERRIDE"),
         "python_plugins": _package_importable("tensorrt.plugin"),
     }
     cuda_ok, why_cuda = _cuda_state()

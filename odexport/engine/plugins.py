@@ -69,17 +69,38 @@ def classify_plugin(text: str) -> PluginSpec:
                      "pass a plugin library (.so/.dll), a Python plugin file (.py) or a module name such as my_pkg.trt_plugins")
 
 
-def load_plugin(spec: PluginSpec) -> None:
-    """Load one plugin into this process (once); TensorRT registers its creators as a side effect."""
+def load_plugin(spec: PluginSpec, trt=None, logger=None) -> None:
+    """Load one plugin into this process (once).
+
+    A library registers its creators in one of two ways: static ``REGISTER_TENSORRT_PLUGIN``
+    initialisers, which run when it is loaded, or exported entry points (``getCreators`` for
+    IPluginV3 creators, ``getPluginCreators`` for older ones) that only
+    ``IPluginRegistry.load_library`` reads.  So a library is loaded, and when it exports an entry
+    point it is also handed to the registry (otherwise nothing would register, silently).
+    """
     if spec.target in _LOADED:
         return
     if spec.kind == "library":
         try:
             # RTLD_GLOBAL: a plugin library may export symbols that TensorRT's registry resolves later
-            _LOADED[spec.target] = ctypes.CDLL(spec.target, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+            library = ctypes.CDLL(spec.target, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
         except OSError as exc:
             raise InputError(f"cannot load plugin library {spec.target}: {exc}",
                              "check that it was built for this TensorRT and CUDA version and that its dependencies are on LD_LIBRARY_PATH") from exc
+        entry_points = [name for name in ("getCreators", "getPluginCreators") if hasattr(library, name)]
+        if entry_points and trt is not None:
+            registry = trt.get_plugin_registry()
+            if not hasattr(registry, "load_library"):
+                raise InputError(f"plugin library {spec.target} exports {entry_points[0]}, which TensorRT {trt.__version__} "
+                                 "cannot load (IPluginRegistry.load_library is missing)",
+                                 "use TensorRT 10 or later, or a plugin library that registers itself with REGISTER_TENSORRT_PLUGIN")
+            if registry.load_library(spec.target) is None:
+                from odexport.engine import _trt
+
+                errors = _trt.last_errors(logger) if logger is not None else ""
+                raise InputError(f"TensorRT could not register the plugins of {spec.target}: {errors or 'no error was logged'}",
+                                 "check that it was built for this TensorRT and CUDA version")
+        _LOADED[spec.target] = library
         return
     try:
         if spec.kind == "python-file":
@@ -102,7 +123,7 @@ def load_plugins(arguments, trt=None, logger=None) -> list[PluginSpec]:
     """Classify and load every ``--plugin`` argument, then register TensorRT's built-in plugins."""
     specs = [classify_plugin(a) for a in arguments or []]
     for spec in specs:
-        load_plugin(spec)
+        load_plugin(spec, trt, logger)
     if trt is not None and hasattr(trt, "init_libnvinfer_plugins"):
         trt.init_libnvinfer_plugins(logger, "")  # TensorRT's own plugins (the parser needs some for standard ops)
     return specs
@@ -111,7 +132,7 @@ def load_plugins(arguments, trt=None, logger=None) -> list[PluginSpec]:
 def registered_plugins(trt, names) -> list[str]:
     """``"name (namespace 'ns', version v)"`` for each registered plugin creator whose name is in ``names``."""
     registry = trt.get_plugin_registry()
-    creators = getattr(registry, "all_creators", None)
+    creators = getattr(registry, "all_creators", None)  # IPluginV3 creators too; plugin_creator_list has only IPluginV2 ones
     if creators is None:
         creators = getattr(registry, "plugin_creator_list", [])
     found = []

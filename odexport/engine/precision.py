@@ -41,8 +41,6 @@ from odexport.errors import InputError, MissingDependencyError
 STRONGLY_TYPED_FROM = (10, 12)
 #: first TensorRT release without any weak-typing API (no BuilderFlag.FP16)
 NO_WEAK_TYPING_FROM = (11, 0)
-#: first TensorRT release with OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE
-PLUGIN_OVERRIDE_FROM = (10, 15)
 MINIMUM_TENSORRT = (10, 0)
 
 

@@ -3,8 +3,11 @@
 Buffers are torch CUDA tensors (no pycuda): an input array is copied to the device as a tensor of the
 engine's input dtype, outputs are allocated with torch at the shapes TensorRT infers, and the
 tensors' ``data_ptr()`` are handed to the execution context.  Execution is
-``IExecutionContext.execute_async_v3`` on torch's current CUDA stream, so torch and TensorRT work is
-ordered on one stream; the runner synchronises before it returns numpy arrays.
+``IExecutionContext.execute_async_v3`` on the runner's own CUDA stream, on which the input copies and
+output allocations are also made, so torch and TensorRT work is ordered on one stream; the runner
+synchronises before it returns numpy arrays.  Not torch's default stream: TensorRT adds device-wide
+synchronisations around work enqueued there (its ``execute_async_v3`` documentation), which would
+slow every run and inflate the CUDA-event timings of ``bench``.
 
 Before the engine is deserialised its sidecar (``model.engine.json``) is read and checked: the file
 must be the one the sidecar describes, and the TensorRT version and GPU compute capability must be
@@ -89,6 +92,7 @@ class TrtRunner(Runner):
                 "free GPU memory (other processes?) or rebuild with a smaller --max-batch / --workspace",
             )
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self._stream = torch.cuda.Stream(device=self.device)
         # the parity gate picks its default tolerance from this: fp16 layers, or TF32 (10-bit mantissa products), are "mixed"
         reduced = self.sidecar is not None and (self.sidecar.precision == "fp16" or self.sidecar.tf32)
         self.precision = "mixed" if reduced else "fp32"
@@ -159,11 +163,14 @@ class TrtRunner(Runner):
     # -- execution -----------------------------------------------------------------------------
     def _bind(self, feed: dict[str, np.ndarray]):
         """Copy inputs to the device, set shapes and addresses, allocate outputs; returns both tensor dicts."""
+        with self._torch.cuda.stream(self._stream):
+            return self._bind_on_stream(feed)
+
+    def _bind_on_stream(self, feed: dict[str, np.ndarray]):
         from odexport.engine import _trt
         from odexport.engine.profiles import select_profile
 
         torch, context = self._torch, self._context
-        stream = torch.cuda.current_stream(self.device)
         if self._profiles:
             batch = int(feed[self._inputs[0].name].shape[0])
             try:
@@ -171,8 +178,13 @@ class TrtRunner(Runner):
             except InputError as exc:  # a batch the engine was not built for: the backend refuses this input
                 raise InferenceError(exc.message, exc.hint) from exc
             if wanted != self._active_profile:
-                if not context.set_optimization_profile_async(wanted, stream.cuda_stream):
-                    raise InferenceError(f"TensorRT could not switch to optimisation profile {wanted}: {_trt.last_errors(self._log)}",
+                try:  # the binding raises RuntimeError on failure (its bool result is always True)
+                    switched, reason = context.set_optimization_profile_async(wanted, self._stream.cuda_stream), ""
+                except RuntimeError as exc:
+                    switched, reason = False, " ".join(str(exc).split())
+                if not switched:
+                    reason = " | ".join(r for r in (reason, _trt.last_errors(self._log)) if r) or "no error was logged"
+                    raise InferenceError(f"TensorRT could not switch to optimisation profile {wanted}: {reason}",
                                          "rebuild the engine with one profile covering every batch you run")
                 self._active_profile = wanted
         device_inputs = {}
@@ -185,7 +197,7 @@ class TrtRunner(Runner):
                     f"profiles {', '.join(p.text() for p in self._profiles) or 'fixed'}): {_trt.last_errors(self._log)}",
                     "run a shape inside the engine's profiles, or rebuild it with --profile / --input-shape for this shape",
                 )
-            context.set_tensor_address(spec.name, tensor.data_ptr())
+            self._set_address(spec.name, tensor)
             device_inputs[spec.name] = tensor
         device_outputs = {}
         for spec in self._outputs:
@@ -194,10 +206,17 @@ class TrtRunner(Runner):
                 raise InferenceError(f"TensorRT could not infer the shape of output '{spec.name}' ({shape})",
                                      "check that every input shape was given")
             out = torch.empty(shape, dtype=_trt.torch_dtype(self._dtypes[spec.name]), device=self.device)
-            context.set_tensor_address(spec.name, out.data_ptr())
+            self._set_address(spec.name, out)
             device_outputs[spec.name] = out
         self._bound_by = device_inputs
         return device_inputs, device_outputs
+
+    def _set_address(self, name: str, tensor) -> None:
+        from odexport.engine import _trt
+
+        if not self._context.set_tensor_address(name, tensor.data_ptr()):
+            raise InferenceError(f"TensorRT refused the device buffer of '{name}': {_trt.last_errors(self._log) or 'no error was logged'}",
+                                 "rerun with ODEXPORT_DEBUG=1, or rebuild the engine on this machine")
 
     def _execute(self, stream) -> None:
         from odexport.engine import _trt
@@ -208,10 +227,9 @@ class TrtRunner(Runner):
 
     def infer_device(self, feed: dict[str, np.ndarray]) -> dict:
         """Run and return the outputs as torch CUDA tensors (no copy to the host)."""
-        stream = self._torch.cuda.current_stream(self.device)
         _inputs, outputs = self._bind(feed)
-        self._execute(stream)
-        stream.synchronize()
+        self._execute(self._stream)
+        self._stream.synchronize()
         return outputs
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -227,7 +245,7 @@ class TrtRunner(Runner):
         self.infer(feed)  # validates and warms up outside the timed region
         bound = {k: np.ascontiguousarray(v) for k, v in feed.items()}
         buffers = self._bind(bound)
-        stream = torch.cuda.current_stream(self.device)
+        stream = self._stream
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
         def run_once() -> float:
