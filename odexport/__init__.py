@@ -5,7 +5,7 @@ The public API is imported lazily so that ``odexport --help`` stays fast (no tor
 
 from __future__ import annotations
 
-from odexport._lazy import lazy_getattr
+from odexport import _lazy
 
 __version__ = "0.1.0"
 
@@ -21,4 +21,5 @@ _PUBLIC = {
 
 __all__ = ["__version__", *_PUBLIC]
 
-__getattr__ = lazy_getattr(__name__, _PUBLIC)
+__getattr__ = _lazy.lazy_getattr(__name__, _PUBLIC)
+__dir__ = _lazy.lazy_dir(globals(), _PUBLIC)

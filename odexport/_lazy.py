@@ -15,3 +15,12 @@ def lazy_getattr(package: str, public: dict[str, str]) -> Callable[[str], object
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_dir(namespace: dict, public: dict[str, str]) -> Callable[[], list[str]]:
+    """A module ``__dir__`` that lists the lazy public names beside what is already defined."""
+
+    def __dir__() -> list[str]:
+        return sorted({*(n for n in namespace if n != "annotations"), *public})  # `annotations`: the __future__ import
+
+    return __dir__

@@ -6,12 +6,44 @@ calls; the work happens in the stage packages.  Data flows one way: no stage cal
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING, Any
+
 from odexport.export import metadata_keys as keys  # names only: imports neither torch nor onnx
+
+if TYPE_CHECKING:  # annotations only: importing them here would load torch with the pipeline
+    from torch import nn
+
+    from odexport.checkpoint import LoadedModel
+    from odexport.engine.build import BuildResult
+    from odexport.export import ExportResult
+    from odexport.report import BenchReport, ParityReport
+    from odexport.runtime.ort_specialise import SpecialisedModel
+
+__all__ = ["model_from_checkpoint", "run_artifact", "onnx_from_model", "deploy_model", "onnx_from_loaded", "onnx_from_checkpoint",
+           "check_parity", "benchmark", "ort_cpu_from_onnx", "engine_from_onnx"]
+
+
+def _keeps_torch_threads(function):
+    """``threads=`` sets torch's one process-wide thread pool (:class:`odexport.runtime.TorchRunner`);
+    a library call gives the pool back at the size it found it."""
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if kwargs.get("threads") is None:
+            return function(*args, **kwargs)
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+    return call
 
 # -- checkpoints (checkpoint engineer) ----------------------------------------------------------
 
 def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None, trust_pickle: bool = False,
-                          factory=None, prefer_ema: bool = False, submodel=None):
+                          factory=None, prefer_ema: bool = False, submodel=None) -> LoadedModel:
     """Checkpoint file -> :class:`odexport.checkpoint.LoadedModel` (``.model`` in eval mode, ``.info``).
 
     Reads safely (weights only unless ``trust_pickle``), detects the architecture from key names
@@ -26,8 +58,9 @@ def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None,
                            factory=factory, prefer_ema=prefer_ema, submodel=submodel)
 
 
+@_keeps_torch_threads
 def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads=None, arch=None, temperature=None,
-                 trust_pickle: bool = False, factory=None, submodel=None, prefer_ema: bool = False):
+                 trust_pickle: bool = False, factory=None, submodel=None, prefer_ema: bool = False) -> dict[str, Any]:
     """Run a checkpoint (or module, ONNX file, engine) on an input batch -> ``(outputs, runner facts)``.
 
     ``inputs``: an (N, C, H, W) array or a path to ``.npy``/``.npz``/``.pt``.  Checked before
@@ -99,7 +132,7 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
 # -- ONNX export (export engineer) ----------------------------------------------------------------
 
 def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=None, input_shape=(3, 224, 224),
-                    fp16: bool = False, target: str = "cpu", check: bool = True, **options):
+                    fp16: bool = False, target: str = "cpu", check: bool = True, **options) -> ExportResult:
     """Torch model with odexport dynamic convs -> ONNX file -> :class:`odexport.export.ExportResult`
     (``path``, ``metadata``, ``forms`` = per-layer :class:`odexport.export.LayerPlan`, ``parity``).
 
@@ -115,12 +148,84 @@ def onnx_from_model(model, path, *, form: str = "auto", opset: int = 18, batch=N
                        target=target, check=check, **options)
 
 
+def deploy_model(loaded, *, reparam: bool = True, progress=None) -> tuple[nn.Module, str | None]:
+    """A loaded checkpoint's model as ``odexport onnx`` exports it -> ``(model, reparam note)``.
+
+    Reparameterised with the exact default passes unless ``reparam`` is False or the checkpoint is
+    a deploy checkpoint (already reparameterised by ``odexport reparam``); the note is what the
+    export records as ``odexport.reparam`` (None when nothing was done).  The loaded model itself
+    is never modified.  ``progress`` is called with ``"reparam"`` when it reparameterises.
+    """
+    if not reparam or getattr(loaded.info, "source", None) == "deploy":
+        return loaded.model, None
+    from odexport.reparam import DEFAULT_PASSES_NOTE, reparameterise
+
+    if progress is not None:
+        progress("reparam")
+    return reparameterise(loaded.model).model.eval(), DEFAULT_PASSES_NOTE
+
+
+def onnx_from_loaded(loaded, path, *, form: str = "auto", opset: int = 18, batch=None, input_shape=None,
+                     reparam: bool = True, fp16: bool = False, target: str = "cpu", check: bool = True, progress=None) -> ExportResult:
+    """What ``odexport onnx`` writes for a loaded checkpoint -> :class:`odexport.export.ExportResult`.
+
+    :func:`deploy_model`, then :func:`onnx_from_model` with the checkpoint's provenance in the
+    metadata (architecture, options, sha256, temperature, reparameterisation, EMA entry, a deploy
+    checkpoint's source), which ``check`` and ``bench`` read to find the reference and the twin.
+    ``input_shape`` defaults to the checkpoint's.  ``progress`` is called with each stage's name.
+    """
+    from odexport.checkpoint.info import explain_non_finite
+    from odexport.errors import InputError
+
+    info = loaded.info
+    shape = tuple(input_shape) if input_shape else (tuple(info.input_shape) if info.input_shape else None)
+    if shape is None:
+        raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")
+    model, reparam_note = deploy_model(loaded, reparam=reparam, progress=progress)
+    try:
+        return onnx_from_model(model, path, form=form, opset=opset, batch=batch, input_shape=shape, fp16=fp16, target=target,
+                               check=check, architecture=info.arch, model_kwargs=info.model_kwargs,
+                               source_sha256=info.sha256, extra_metadata=_provenance(info, reparam_note), progress=progress)
+    except InputError as exc:  # a model computing NaN: name the broken weights, which loading found
+        better = explain_non_finite(exc, info)
+        if better is None:
+            raise
+        raise better from exc
+
+
+def onnx_from_checkpoint(path, output, *, form: str = "auto", opset: int = 18, batch=None, input_shape=None,
+                         reparam: bool = True, fp16: bool = False, target: str = "cpu", check: bool = True, progress=None,
+                         **load) -> ExportResult:
+    """``odexport onnx CKPT -o OUTPUT`` as a call: :func:`model_from_checkpoint` (``load``: ``arch``,
+    ``temperature``, ``prefer_ema``, ...) then :func:`onnx_from_loaded` -> :class:`odexport.export.ExportResult`."""
+    return onnx_from_loaded(model_from_checkpoint(path, **load), output, form=form, opset=opset, batch=batch,
+                            input_shape=input_shape, reparam=reparam, fp16=fp16, target=target, check=check, progress=progress)
+
+
+def _provenance(info, reparam_note) -> dict:
+    """Metadata beyond the checksum: how the model was reparameterised and, for a deploy
+    checkpoint, the checkpoint it was made from (so `odexport check ORIGINAL` knows the export)."""
+    from odexport.reparam.deploy import used_ema_entry
+
+    deployed = getattr(info, "source", None) == "deploy"  # reparameterised already, by `odexport reparam`
+    extra = {keys.REPARAM: reparam_note or ("no: a deploy checkpoint, reparameterised by `odexport reparam`" if deployed else "no")}
+    if getattr(info, "temperature", None) is not None:  # `check` names a reference run at another one
+        extra[keys.TEMPERATURE] = repr(float(info.temperature))
+    if info.origin_sha256:
+        extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
+    ema = used_ema_entry(info)
+    if ema:  # `check` names a reference run on the plain weights
+        extra[keys.WEIGHTS_ENTRY] = ema
+    return extra
+
+
 # -- parity gate and benchmark (check engineer) -------------------------------------------------
 
+@_keeps_torch_threads
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
                  reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
                  arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None,
-                 noise_margin=None, stage=None, submodel=None, device: str = "cpu", prefer_ema: bool = False):
+                 noise_margin=None, stage=None, submodel=None, device: str = "cpu", prefer_ema: bool = False) -> ParityReport:
     """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
 
     Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
@@ -132,19 +237,23 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     ``device`` (cpu | cuda) is where .onnx and checkpoint candidates run (onnxruntime's CUDA
     provider, PyTorch CUDA; engines always run on the GPU); the reference stays on the CPU.
     """
+    import os
+
     import numpy as np
 
     from odexport.errors import InputError, MissingDependencyError
     from odexport.report.parity import parity_report
     from odexport.runtime import artifact_kind, open_runner, require_artifact_exists
-    from odexport.runtime.batching import Samples, load_samples, random_samples, run_batched
+    from odexport.runtime.batching import Samples, load_samples, random_samples, run_batched, samples_from_array
     from odexport._memory import require_batch_fits, require_outputs_fit, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
     stage = stage or (lambda _name: None)
+    candidates, batch_sizes = _one_or_many(candidates), _one_or_many(batch_sizes)
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
+    in_file = isinstance(inputs, (str, os.PathLike))
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     if artifact_kind(reference) not in ("checkpoint", "module"):
         raise InputError(f"the reference {reference} is not a checkpoint: the reference runs in PyTorch",
@@ -193,21 +302,23 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         none_drawn = Samples(np.empty((0, *shape), np.float32), None, "none")
         return parity_report(_described_reference(ref, reference, reference_dtype, {}), none_drawn.describe(),
                              batch_sizes, {}, [], missing=_not_run(missing), refused=_not_run(refused), order=order)
-    if not inputs:
+    if inputs is None:
         require_samples_fit(samples, shape)
-    data = load_samples(inputs, shape) if inputs else random_samples(samples, shape, seed)
+        data = random_samples(samples, shape, seed)
+    else:
+        data = load_samples(inputs, shape) if in_file else samples_from_array(inputs, shape)
     # every batch is a copy of samples: with them held, the largest must fit (else the OOM killer ends the run)
     require_batch_fits(max(batch_sizes), shape, [ref.step_bytes, *(runner.step_bytes for _, runner in opened)],
                        held=data.x.nbytes, drawn=False)
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
     _require_finite_reference(reference, reference_outputs, getattr(ref, "checkpoint_info", None))
-    _require_label_range(data, reference_outputs, inputs)
+    _require_label_range(data, reference_outputs, data.source)
     if tolerances is not None:
         tolerances.require_known(reference_outputs)
     require_outputs_fit(len(data.x), sum(v.nbytes for v in reference_outputs.values()) // len(data.x),
                         1 + len(batch_sizes) * len(opened), held=data.x.nbytes,
-                        advice="pass at most {most} samples in --inputs" if inputs else "use --samples of at most {most}")
+                        advice="pass at most {most} samples in --inputs" if inputs is not None else "use --samples of at most {most}")
     noise, other_precision = {}, None
     if noise_margin is None or noise_margin > 0:
         from odexport.runtime.torch_runner import TorchRunner
@@ -247,6 +358,15 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     return parity_report(_described_reference(ref, reference, reference_dtype, noise), data.describe(), batch_sizes, reference_outputs,
                          runs, tolerances, data.labels, reference_noise=noise, noise_margin=noise_margin,
                          missing=_not_run(missing), refused=_not_run(refused), order=order)
+
+
+def _one_or_many(values) -> list:
+    """A library caller's one path or number as the list it stands for (a str is not a list of characters)."""
+    import os
+
+    if isinstance(values, (str, bytes, os.PathLike, int)):
+        return [values]
+    return list(values)
 
 
 def _not_run(errors: dict) -> dict:
@@ -509,10 +629,11 @@ def _per_layer_reference(model, noise_model, onnx_path):
     return deploy, noise_deploy, note
 
 
+@_keeps_torch_threads
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
               threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
               trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None,
-              cpu_rewrite: bool = False, stage=None, submodel=None, spinning: bool = False, prefer_ema: bool = False):
+              cpu_rewrite: bool = False, stage=None, submodel=None, spinning: bool = False, prefer_ema: bool = False) -> BenchReport:
     """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
 
     Returns a :class:`odexport.report.BenchReport`.  By default runners are made with onnxruntime
@@ -534,6 +655,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     if baseline not in ("static-twin", "none"):
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
     stage = stage or (lambda _name: None)
+    artifacts, batch_sizes = _one_or_many(artifacts), [int(b) for b in _one_or_many(batch_sizes)]
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
     options = dict(device=device, threads=threads, allow_spinning=spinning, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
@@ -779,7 +901,7 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
 
 
 def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=(1,), threads=None, check: bool = True, measure: bool = True,
-                      tolerance: float = 1e-3, stage=None):
+                      tolerance: float = 1e-3, stage=None) -> SpecialisedModel:
     """A portable custom-form export specialised for onnxruntime CPU on this machine, written to
     ``output`` (default ``MODEL.ort-cpu.onnx``) -> :class:`odexport.runtime.ort_specialise.SpecialisedModel`.
     See :func:`odexport.runtime.ort_specialise.specialise_onnx`."""
@@ -795,7 +917,7 @@ def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=(1,), threads=None,
 
 def engine_from_onnx(onnx_path, engine_path=None, *, profiles=None, fp16: bool = False, tf32: bool = False,
                      workspace_gib=None, opt_level=None, timing_cache=None, plugins=(), input_shape=None,
-                     verbose: bool = False, source_checkpoint=None, rebuild_source=None, rebuild_extra_args=(), stage=None):
+                     verbose: bool = False, source_checkpoint=None, rebuild_source=None, rebuild_extra_args=(), stage=None) -> BuildResult:
     """Build a TensorRT engine (+ its JSON sidecar) from an ONNX file -> :class:`odexport.engine.build.BuildResult`.
 
     ``profiles``: batch profiles as :class:`odexport.engine.profiles.BatchProfile` or ``"min:opt:max"``

@@ -52,13 +52,9 @@ DEFAULT_TEMPERATURE = 1.0
 
 
 def check_temperature(temperature: float | None) -> float | None:
-    if temperature is None:
-        return None
-    value = float(temperature)
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"temperature {temperature} must be a positive finite number",
-                         "use 1 for a trained network (the reference codes' test-time value)")
-    return value
+    from odexport.layers.functional import positive_temperature
+
+    return None if temperature is None else positive_temperature(temperature)
 
 
 def load_checkpoint(
@@ -82,7 +78,19 @@ def load_checkpoint(
 
     Raises :class:`~odexport.errors.CheckpointError` / :class:`~odexport.errors.ArchitectureError`
     (one line with a fix) for every file or fit problem.
+
+    The modules are built with random weights before the file's replace them: that draws from
+    torch's global generator, whose state is restored, so loading leaves a caller's seeded stream
+    where it was.
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _load_checkpoint(path, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
+                                factory=factory, prefer_ema=prefer_ema, submodel=submodel)
+
+
+def _load_checkpoint(path, *, arch, kernel_num, temperature, trust_pickle, factory, prefer_ema, submodel) -> LoadedModel:
     temperature = check_temperature(temperature)
     if factory and arch:
         raise InputError("--arch and --factory both name an architecture", "pass only one of them")

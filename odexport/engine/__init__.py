@@ -8,7 +8,7 @@ is plain Python and runs (and is tested) without TensorRT or a GPU.
 
 from __future__ import annotations
 
-from odexport._lazy import lazy_getattr
+from odexport import _lazy
 
 _PUBLIC = {
     "BuildOptions": "odexport.engine.build",
@@ -29,4 +29,5 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-__getattr__ = lazy_getattr(__name__, _PUBLIC)
+__getattr__ = _lazy.lazy_getattr(__name__, _PUBLIC)
+__dir__ = _lazy.lazy_dir(globals(), _PUBLIC)

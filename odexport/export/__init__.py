@@ -10,7 +10,7 @@ Submodules import torch and onnx; import them only when exporting.
 
 from __future__ import annotations
 
-from odexport._lazy import lazy_getattr
+from odexport import _lazy
 
 _PUBLIC = {
     "export_onnx": "odexport.export.onnx_export",
@@ -29,4 +29,5 @@ _PUBLIC = {
 
 __all__ = list(_PUBLIC)
 
-__getattr__ = lazy_getattr(__name__, _PUBLIC)
+__getattr__ = _lazy.lazy_getattr(__name__, _PUBLIC)
+__dir__ = _lazy.lazy_dir(globals(), _PUBLIC)

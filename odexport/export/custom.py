@@ -152,7 +152,8 @@ def _example_inputs(spec: LayerSpec, batch: int) -> dict[str, torch.Tensor]:
         "bias": (spec.num_kernels, spec.out_channels),
         "static_bias": (spec.out_channels,),
     }
-    return {name: torch.rand(*shapes[name]) for name in present_formals(spec)}
+    generator = torch.Generator().manual_seed(0)  # the caller's global random stream stays where it was
+    return {name: torch.rand(*shapes[name], generator=generator) for name in present_formals(spec)}
 
 
 def body_module(entries: dict[str, tuple[LayerSpec, str]]) -> nn.Module:

@@ -20,6 +20,9 @@ def set_temperature(model, temperature: float) -> int:
     ``nn.Sequential``, runs its dynamic conv at the forward's default of 1 whatever T the model is
     given), so a faithful model must not either.
     """
+    from odexport.layers.functional import positive_temperature
+
+    temperature = positive_temperature(temperature)
     layers = dynamic_convs(model)
     for _, layer in layers:
         pinned = getattr(layer, "pinned_temperature", None)

@@ -50,7 +50,7 @@ class DyAttention(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, num_kernels: int, fc1_bias: bool, fc2_bias: bool, temperature: float):
         super().__init__()
         self.num_kernels = num_kernels
-        self.temperature = float(temperature)
+        self.temperature = Fdyn.positive_temperature(temperature)
         self.fc1 = nn.Conv2d(in_channels, hidden_channels, 1, bias=fc1_bias)
         self.fc2 = nn.Conv2d(hidden_channels, num_kernels, 1, bias=fc2_bias)
 

@@ -55,10 +55,24 @@ class AttentionTemperature:
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self.attention.temperature = float(value)
+        self.attention.temperature = positive_temperature(value)
 
     def update_temperature(self, temperature: float) -> None:
         self.temperature = temperature
+
+
+def positive_temperature(value) -> float:
+    """``value`` as a float, refused unless finite and > 0: the attention divides its logits by it
+    (T = 0 makes every output NaN, a negative T inverts the softmax)."""
+    import math
+
+    from odexport.errors import InputError
+
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise InputError(f"temperature {value} must be a positive finite number",
+                         "use 1 for a trained network (the reference codes' test-time value)")
+    return number
 
 
 def odconv_hidden_channels(in_planes: int, reduction: float, min_channel: int = 16) -> int:

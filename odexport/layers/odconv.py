@@ -55,7 +55,7 @@ class ODConvAttention(nn.Module):
         self.in_planes, self.out_planes = in_planes, out_planes
         self.kernel_size, self.kernel_num = kernel_size, kernel_num
         self.attention_channels = hidden
-        self.temperature = float(temperature)
+        self.temperature = Fdyn.positive_temperature(temperature)
         self.fc = nn.Conv2d(in_planes, hidden, 1, bias=False)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(hidden)
         self.relu = nn.ReLU(inplace=True)

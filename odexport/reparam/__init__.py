@@ -169,8 +169,14 @@ def reparameterise(
     if absent, ``calibration``) is run through the model before and after the exact passes and
     the relative deviation is reported in ``report.check``.  ``dy_shift`` says where ``fold-bn``
     puts a BatchNorm shift for a DY-Conv without a dynamic bias (see :class:`FoldFollowingBN`).
-    ``model`` itself is never modified.
+    ``model`` itself is never modified, nor torch's global random stream (passes build modules,
+    whose random initial weights they overwrite).
     """
+    with torch.random.fork_rng(devices=[]):
+        return _reparameterise(model, passes, calibration, freeze_below, check_input, dy_shift)
+
+
+def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_shift) -> ReparamReport:
     names = resolve_passes(passes)
     if freeze_below is not None and calibration is None:
         raise InputError("a freeze threshold needs calibration inputs", "give --calibration FILE (or calibration=) with --freeze-below")

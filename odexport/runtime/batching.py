@@ -126,6 +126,14 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a damaged or cut file, or pickled objects
         raise InputError(f"cannot read {path}: {type(exc).__name__}: {exc}",
                          "the file may be damaged or incomplete: save the inputs again with np.save/np.savez (no pickled objects)") from exc
+    return samples_from_array(x, shape, labels, source=str(path))
+
+
+def samples_from_array(x, shape: tuple[int, ...] | None = None, labels=None, *, source: str = "the array") -> Samples:
+    """Inputs held in memory (an array or tensor, ``(N, C, H, W)`` or one ``(C, H, W)`` sample when
+    ``shape`` says what one sample is), checked as a file's are; ``source`` names them in messages."""
+    path = source  # the messages name the file, or the array
+    x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
         raise InputError(f"inputs in {path} have dtype {x.dtype}", "store float32 images (N, C, H, W)")
     if shape is not None and x.ndim == len(shape):
@@ -152,4 +160,4 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option:
         count, first = found
         raise InputError(f"inputs in {path} hold {count} NaN/inf values (the first in sample {first})",
                          "clean or drop those samples: a NaN input makes the reference's output NaN too, and NaN against NaN proves nothing")
-    return Samples(x, labels, str(path))
+    return Samples(x, labels, source)

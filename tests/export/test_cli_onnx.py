@@ -102,3 +102,24 @@ def test_missing_checkpoint(tmp_path):
     code, _, err = _invoke(tmp_path / "nope.pth")
     assert code == 1 and "does not exist" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_call_writes_what_the_command_writes(checkpoint, tmp_path):
+    """``onnx_from_checkpoint`` is ``odexport onnx`` as a call: same graph, same provenance (which
+    ``check`` and ``bench`` read), at a non-default temperature so that it is recorded."""
+    from odexport.pipeline import onnx_from_checkpoint
+
+    source, _ = checkpoint
+    by_command, by_call = tmp_path / "command.onnx", tmp_path / "call.onnx"
+    code, _, err = _invoke(source, "-o", by_command, "--input-shape", SHAPE, "-T", "2.5", "--quiet")
+    assert code == 0, err
+    result = onnx_from_checkpoint(source, by_call, input_shape=(3, 16, 16), temperature=2.5)
+    assert result.path == by_call and result.parity is not None and result.parity.passed
+    command, call = onnx.load(by_command), onnx.load(by_call)
+    volatile = {"odexport.created"}  # the export's own timestamp
+    command_meta = {p.key: p.value for p in command.metadata_props if p.key not in volatile}
+    call_meta = {p.key: p.value for p in call.metadata_props if p.key not in volatile}
+    assert call_meta == command_meta
+    assert call_meta["odexport.temperature"] == repr(2.5) and call_meta["odexport.arch"] == "od_resnet_tiny"
+    assert "default passes" in call_meta["odexport.reparam"]
+    assert [n.op_type for n in call.graph.node] == [n.op_type for n in command.graph.node]

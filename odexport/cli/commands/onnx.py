@@ -97,44 +97,24 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
                              f"or rename the checkpoint to {source.stem}.pt" if output is None else "pass another -o path")
 
     with stages(quiet or json_output) as stage:
-        from odexport.checkpoint.info import explain_non_finite
-        from odexport.pipeline import model_from_checkpoint, onnx_from_model
+        from odexport.pipeline import deploy_model, model_from_checkpoint, onnx_from_loaded
 
         stage(f"load {source.name}")
         loaded = model_from_checkpoint(source, **load)
         info = loaded.info
-        model = loaded.model
         shape = shape or (tuple(info.input_shape) if info.input_shape else None)
         if shape is None:
             raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")
-        reparam_note = None
-        if reparam and getattr(info, "source", None) != "deploy":
-            try:
-                from odexport.reparam import DEFAULT_PASSES_NOTE, reparameterise
-            except ImportError:
-                reparam_note = "reparam passes are not available; exported as loaded"
-            else:
-                stage("reparam")
-                model = reparameterise(model).model.eval()
-                reparam_note = DEFAULT_PASSES_NOTE
         if plan:
             from odexport.export.plan import plan_forms
 
+            model, _ = deploy_model(loaded, reparam=reparam, progress=stage)
             stage("plan")
             plans = plan_forms(model, target=target, batch=batch, input_shape=shape, form=form)
         else:
-            result = None
             try:
-                result = onnx_from_model(
-                    model, out, form=form, opset=opset, batch=batch, input_shape=shape, fp16=fp16, target=target, check=check,
-                    architecture=info.arch, model_kwargs=info.model_kwargs, source_sha256=info.sha256,
-                    extra_metadata=_provenance(info, reparam_note), progress=stage,
-                )
-            except InputError as exc:  # a model computing NaN: name the broken weights, which the load note would have said
-                better = explain_non_finite(exc, info)
-                if better is None:
-                    raise
-                raise better from exc
+                result = onnx_from_loaded(loaded, out, form=form, opset=opset, batch=batch, input_shape=shape, reparam=reparam,
+                                          fp16=fp16, target=target, check=check, progress=stage)
             except ParityError as exc:
                 result = getattr(exc, "result", None)
                 if result is not None and not json_output:
@@ -213,22 +193,3 @@ def _verdict(comparison) -> str:
     if floor is not None:  # the fixed tolerance failed; the network's own rounding noise allows it
         return f"[green]ok[/] (within 5x PyTorch's own fp32 noise, {floor:.2g})"
     return "[green]ok[/]"
-
-
-def _provenance(info, reparam_note) -> dict:
-    """Metadata beyond the checksum: how the model was reparameterised and, for a deploy
-    checkpoint, the checkpoint it was made from (so `odexport check ORIGINAL` knows the export)."""
-    from odexport.export import metadata_keys as keys
-
-    deployed = getattr(info, "source", None) == "deploy"  # reparameterised already, by `odexport reparam`
-    extra = {keys.REPARAM: reparam_note or ("no: a deploy checkpoint, reparameterised by `odexport reparam`" if deployed else "no")}
-    if getattr(info, "temperature", None) is not None:  # `check` names a reference run at another one
-        extra[keys.TEMPERATURE] = repr(float(info.temperature))
-    if info.origin_sha256:
-        extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
-    from odexport.reparam.deploy import used_ema_entry
-
-    ema = used_ema_entry(info)
-    if ema:  # `check` names a reference run on the plain weights
-        extra[keys.WEIGHTS_ENTRY] = ema
-    return extra

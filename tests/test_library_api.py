@@ -1,0 +1,92 @@
+"""odexport as a library: the pipeline calls take what a Python caller has (arrays, one path, one
+batch size), refuse a temperature the layers cannot run at, and leave the caller's process as they
+found it (torch's thread pool, torch's global random stream)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import odexport
+from odexport.errors import InputError
+from odexport.pipeline import check_parity, onnx_from_checkpoint, run_artifact
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+CHECKPOINT = SAMPLES / "od_resnet_digits.pth.tar"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    path = tmp_path_factory.mktemp("library") / "od.onnx"
+    onnx_from_checkpoint(CHECKPOINT, path, check=False)
+    return path
+
+
+def _errors(report) -> list:
+    return [(batch["batch_size"], output["name"], output["max_abs"])
+            for candidate in report.to_dict()["candidates"] for batch in candidate["batches"] for output in batch["outputs"]]
+
+
+def test_inputs_as_an_array_compare_as_the_same_inputs_in_a_file(export, tmp_path):
+    x = np.load(SAMPLES / "digits_val.npz")["x"][:6]
+    np.save(tmp_path / "x.npy", x)
+    from_file = check_parity(CHECKPOINT, [export], inputs=tmp_path / "x.npy", batch_sizes=(1, 3))
+    from_array = check_parity(CHECKPOINT, [export], inputs=x, batch_sizes=(1, 3))
+    from_tensor = check_parity(CHECKPOINT, [export], inputs=torch.from_numpy(x), batch_sizes=(1, 3))
+    assert from_file.passed and from_array.passed and from_tensor.passed
+    assert _errors(from_array) == _errors(from_file) == _errors(from_tensor)
+    assert from_array.to_dict()["inputs"]["count"] == 6
+
+
+def test_an_array_of_the_wrong_shape_is_an_input_error(export):
+    x = np.load(SAMPLES / "digits_val.npz")["x"][:4, :2]
+    with pytest.raises(InputError, match="sample shape"):
+        check_parity(CHECKPOINT, [export], inputs=x, batch_sizes=(1,))
+
+
+def test_one_candidate_and_one_batch_size_need_no_list(export):
+    single = check_parity(CHECKPOINT, str(export), samples=3, batch_sizes=2)
+    listed = check_parity(CHECKPOINT, [str(export)], samples=3, batch_sizes=[2])
+    assert single.passed and [c["artifact"] for c in single.to_dict()["candidates"]] == [str(export)]
+    assert _errors(single) == _errors(listed)
+    assert check_parity(CHECKPOINT, export, samples=3, batch_sizes=(1,)).passed  # a Path, too
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_a_temperature_the_attention_cannot_divide_by_is_refused(bad):
+    model = odexport.create_model("od_resnet_tiny")
+    with pytest.raises(InputError, match="positive finite"):
+        odexport.set_temperature(model, bad)
+    with pytest.raises(InputError, match="positive finite"):
+        odexport.create_model("dy_resnet_tiny", temperature=bad)
+    layer = next(m for m in model.modules() if isinstance(m, odexport.ODConv2d))
+    with pytest.raises(InputError, match="positive finite"):
+        layer.update_temperature(bad)  # the reference codes' annealing call
+    assert all(m.temperature == 1.0 for m in model.modules() if isinstance(m, odexport.ODConv2d))
+
+
+def test_threads_are_given_back(export):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    run_artifact(CHECKPOINT, x, threads=wanted)
+    assert torch.get_num_threads() == before
+    check_parity(CHECKPOINT, [export], samples=2, batch_sizes=(1,), threads=wanted)
+    assert torch.get_num_threads() == before
+
+
+def test_the_global_random_stream_is_left_where_it_was(tmp_path):
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    onnx_from_checkpoint(CHECKPOINT, tmp_path / "custom.onnx", form="custom")  # load, reparam, export, parity check
+    check_parity(CHECKPOINT, [tmp_path / "custom.onnx"], samples=2, batch_sizes=(1,))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_dir_lists_the_lazy_public_names():
+    names = dir(odexport)
+    assert set(odexport.__all__) <= set(names) and "annotations" not in names
