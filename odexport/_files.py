@@ -41,15 +41,15 @@ def give_default_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
-def output_folder(path: str | Path, *, create: bool = False) -> Path:
+def output_folder(path: str | Path, *, create: bool = False, example: str = "output") -> Path:
     """The folder ``path`` will be written in, checked -- and made, with ``create`` -- so that a bad
     output path is a one-line :class:`InputError` before any work, not an ``OSError`` from a writer
     after minutes of it. Writability is probed by creating (and removing) an empty file there:
     permission bits do not say it (root ignores them; a read-only mount or an immutable folder
-    refuses root too)."""
+    refuses root too).  ``example`` is the file name the hint suggests when ``path`` is a folder."""
     path = Path(path)
     if path.is_dir():  # found now, not by the writer after all the work
-        raise InputError(f"output path {path} is a directory", "give a file name in it, e.g. " + str(path / "report"))
+        raise InputError(f"output path {path} is a directory", "give a file name in it, e.g. " + str(path / example))
     parent = path.parent if str(path.parent) else Path(".")
     if parent.is_dir():
         os.unlink(_temp_in(parent, path, ".probe"))

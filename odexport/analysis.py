@@ -127,8 +127,14 @@ def analyse_model(model: nn.Module, input_shape: tuple[int, int, int] = (3, 224,
         with torch.no_grad():
             output = model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     except RuntimeError as exc:
+        text = " ".join(str(exc).split())
+        if isinstance(exc, torch.OutOfMemoryError) or "allocate" in text:  # the shape fits the model; memory does not
+            raise InputError(
+                f"counting at input shape {tuple(input_shape)} needs more memory than this machine has",
+                "pass a smaller --input-shape CxHxW: parameters do not depend on it, and MACs scale with H x W",
+            ) from exc
         raise InputError(
-            f"the model cannot run on an input of shape {tuple(input_shape)} ({' '.join(str(exc).split())[:160]})",
+            f"the model cannot run on an input of shape {tuple(input_shape)} ({text[:160]})",
             "pass the sample shape the model was built for with --input-shape CxHxW (without it, the checkpoint's default is used)",
         ) from exc
     finally:

@@ -107,7 +107,7 @@ def save_array_atomic(path: str | os.PathLike, outputs: np.ndarray | Mapping[str
             outputs = next(iter(outputs.values()))
     elif suffix == ".npz":
         outputs = {"output": outputs}
-    output_folder(path)
+    output_folder(path, example="out.npz")
     with atomic_path(path) as temp, open(temp, "wb") as handle:
         if isinstance(outputs, Mapping):
             np.savez(handle, **{k: np.asarray(v) for k, v in outputs.items()})

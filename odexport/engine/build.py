@@ -267,7 +267,7 @@ def build_engine(
 
 
 def _check_output_folder(engine_path: Path) -> None:
-    output_folder(engine_path)  # a missing folder, or a file where the folder should be
+    output_folder(engine_path, example="model.engine")  # a missing folder, or a file where the folder should be
     if engine_path.is_dir() or sidecar_path(engine_path).is_dir():
         raise InputError(f"{engine_path} is a folder", "give a file name for the engine, e.g. -o model.engine")
 

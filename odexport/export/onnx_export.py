@@ -98,7 +98,7 @@ def _validate(form, opset, batch, input_shape, target, path) -> tuple[Path, tupl
     out = Path(path)
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as model.onnx")
-    output_folder(out)  # a missing folder, a file where the folder should be, or a folder that refuses writes
+    output_folder(out, example="model.onnx")  # a missing folder, a file where the folder should be, or a folder that refuses writes
     if sidecar_path(out).is_dir():
         raise InputError(f"the sidecar path {sidecar_path(out)} is a directory", "remove it or choose another -o path")
     return out, shape  # type: ignore[return-value]

@@ -58,6 +58,8 @@ def resolve_passes(passes: str | Iterable[str] | None) -> list[str]:
         return list(DEFAULT_PASSES)
     names = [p.strip() for p in passes.split(",")] if isinstance(passes, str) else [str(p).strip() for p in passes]
     names = [n for n in names if n]
+    if not names and isinstance(passes, str):  # "" reads as no passes: make that a choice ("none"), not an accident
+        raise InputError(f"--passes {passes!r} names no pass", "use --passes default, --passes none, or a list such as fold-bn,fuse-heads")
     chosen: set[str] = set()
     for name in names:
         if name in ("default", "all"):
@@ -132,7 +134,7 @@ class ReparamReport:
 def _as_input(name: str, value: Any) -> torch.Tensor:
     tensor = torch.as_tensor(value)
     if tensor.dim() != 4 or tensor.shape[0] < 1:
-        raise InputError(f"{name} has shape {tuple(tensor.shape)}, not (N, C, H, W)", f"give {name} as a 4-D array of N >= 1 samples")
+        raise InputError(f"the {name} have shape {tuple(tensor.shape)}, not (N, C, H, W)", f"give the {name} as a 4-D array of N >= 1 samples")
     if not tensor.is_floating_point():
         tensor = tensor.float()
     return tensor

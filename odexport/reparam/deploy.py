@@ -180,7 +180,7 @@ def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_i
         DEPLOY_KEY: deploy_manifest(model, report, source_info),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
-    output_folder(path, create=True)
+    output_folder(path, create=True, example="deploy.pt")
     with atomic_path(path) as temp:
         torch.save(obj, temp)
     return path

@@ -250,6 +250,32 @@ def parity_markdown(report: ParityReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_error_junit(reference: str, candidates, message: str, fix: str, exit_code: int) -> str:
+    """JUnit XML for a check that stopped before any comparison (the reference cannot load, a
+    missing dependency, bad inputs): one errored testcase, so the CI job shows the reason where
+    it shows parity results instead of "no test report found"."""
+    root = ET.Element("testsuites", name="odexport check", tests="1", failures="0", errors="1", skipped="0")
+    suite = ET.SubElement(root, "testsuite", name="odexport.check", tests="1", failures="0", errors="1", skipped="0")
+    props = ET.SubElement(suite, "properties")
+    for key, value in (("reference", reference), ("candidates", ", ".join(map(str, candidates))), ("exit_code", exit_code)):
+        ET.SubElement(props, "property", name=key, value=str(value))
+    case = ET.SubElement(suite, "testcase", classname="odexport.check", name="run")
+    text = f"{message} -- {fix}" if fix else message
+    ET.SubElement(case, "error", message=message, type="CheckError").text = text
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def check_error_markdown(reference: str, candidates, message: str, fix: str) -> str:
+    """The Markdown comment for a check that stopped before any comparison."""
+    shown = ", ".join(f"`{c}`" for c in candidates)
+    lines = ["### odexport check: ❌ **parity ERROR** (the check could not run)", "",
+             f"Reference `{reference}`; candidates {shown}.", "", f"**Error**: {message}"]
+    if fix:
+        lines += ["", f"**Fix**: {fix}"]
+    return "\n".join(lines) + "\n"
+
+
 # -- benchmark ----------------------------------------------------------------------------------
 
 def bench_table(report: BenchReport):
@@ -345,7 +371,7 @@ def bench_plot(report: BenchReport, path: str | Path) -> Path:
     ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
-    output_folder(path, create=True)
+    output_folder(path, create=True, example="latency.png")
     try:
         with atomic_path(path, suffix=".png") as temp:
             fig.savefig(temp, dpi=120, format="png")

@@ -155,7 +155,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     refuse_overwriting_input(out, source)
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as model.ort-cpu.onnx")
-    output_folder(out)  # a missing folder, or a file where the folder should be: before minutes of work
+    output_folder(out, example="model.ort-cpu.onnx")  # a missing folder, or a file where the folder should be: before minutes of work
     say(f"load {source}")
     try:
         model = onnx.load(str(source))

@@ -486,6 +486,8 @@ def test_checkpoint_candidate(artifacts):
     ("extra", "message"),
     [
         (["--batch-sizes", "0,2"], "batch-sizes"),
+        (["--batch-sizes", "1,,8"], "--batch-sizes '1,,8' is not a list"),  # a typo shown, not read as 1,8
+        (["--input-shape", ""], "input shape '' is not CxHxW"),
         (["--atol", "abc"], "not a non-negative number"),
         (["--reference-dtype", "float16"], "reference-dtype"),
         (["--input-shape", "3x16"], "CxHxW"),
@@ -768,3 +770,19 @@ def test_an_inputs_file_larger_than_the_memory_left_is_refused_before_loading(ar
     result = _check(artifacts["ckpt"], artifacts["good"], "--inputs", inputs)
     assert result.exit_code == 1, result.output
     assert "val.npz holds 768 KiB of arrays (64 samples)" in result.output and "pass at most 42 samples in --inputs" in result.output
+
+
+def test_a_reference_that_cannot_load_still_writes_the_reports(artifacts, tmp_path):
+    """A CI job uploads the JUnit/Markdown whatever happened: when the run stops before any
+    comparison (here a cut checkpoint), they carry the error and its fix, and the exit code is 1."""
+    cut = tmp_path / "cut.pth.tar"
+    cut.write_bytes(Path(artifacts["ckpt"]).read_bytes()[:3000])
+    junit, markdown = tmp_path / "reports" / "parity.xml", tmp_path / "reports" / "parity.md"
+    result = _check(cut, artifacts["good"], "--junit", junit, "--markdown", markdown)
+    assert result.exit_code == 1 and "truncated or corrupted" in result.output
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("errors"), root.get("failures")) == ("1", "1", "0")
+    error = root.find("testsuite/testcase/error")
+    assert "truncated or corrupted" in error.get("message") and "save it again" in error.text
+    text = markdown.read_text()
+    assert "parity ERROR" in text and "truncated or corrupted" in text and "**Fix**" in text

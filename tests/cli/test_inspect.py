@@ -150,6 +150,7 @@ def test_pickled_module_needs_trust_pickle(tmp_path):
         (["no/such/checkpoint.pth"], "does not exist"),
         (["od_resnt18"], "did you mean od_resnet18"),
         (["od_resnet18", "--input-shape", "224x224"], "not CxHxW"),
+        (["od_resnet18", "--input-shape", ""], "input shape '' is not CxHxW"),  # not the default shape in its place
         (["ta_resnet_tiny", "--factory", "tests.convert.standins:build_mixed"], "needs a checkpoint file"),
         # a 32x32 model: the hint names the option, not another model's 3x224x224
         (["od_resnet_tiny", "--input-shape", "1x2x2"], "pass the sample shape the model was built for with --input-shape CxHxW"),

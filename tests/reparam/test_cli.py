@@ -82,6 +82,7 @@ def test_calibration_freezes_and_reports(source_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--passes", "fold-bm"], "did you mean 'fold-bn'"),
+    (["--passes", ""], "--passes '' names no pass"),  # not silently none
     (["--freeze-below", "0.1"], "--freeze-below needs --calibration"),
     (["--dy-bn-shift", "sideways"], "--dy-bn-shift"),
     (["--calibration", "/nonexistent/calib.npy"], "pass an existing .npy or .npz file to --calibration"),  # was: to --inputs
@@ -109,3 +110,9 @@ def test_a_tolerance_below_float32_rounding_is_named_not_called_a_bug(source_che
     line = next(line for line in result.output.splitlines() if line.startswith("error:"))
     assert "above the tolerance 0" in line and "float32 rounding" in line and "--tolerance 0.0001 (the default)" in line
     assert "bug" not in line and not out.exists()
+
+
+def test_an_output_folder_is_refused_with_a_deploy_file_name_in_it(source_checkpoint, tmp_path):
+    result = _invoke(source_checkpoint, "-o", tmp_path)
+    assert result.exit_code == 1 and f"give a file name in it, e.g. {tmp_path / 'deploy.pt'}" in result.output
+    assert list(tmp_path.iterdir()) == []

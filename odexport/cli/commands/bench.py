@@ -65,9 +65,9 @@ def bench(
             from odexport._optional import require
 
             require("matplotlib", "--plot")  # fail before timing, not after
-            output_folder(plot, create=True)
+            output_folder(plot, create=True, example="latency.png")
             refuse_overwriting_input(plot, *artifacts, reference, fix="choose another --plot path")
-        shape = parse_input_shape(input_shape) if input_shape else None
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
         with stages(quiet or json_output) as stage:
             report = benchmark(
                 artifacts, backend=backend, device=device, batch_sizes=parse_batch_sizes(batch_sizes), warmup=warmup,

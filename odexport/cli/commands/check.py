@@ -34,8 +34,8 @@ def parse_batch_sizes(text: str) -> list[int]:
     """``"1,2,8"`` -> ``[1, 2, 8]``; anything else is an input error."""
     from odexport.errors import InputError
 
-    try:
-        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    try:  # an empty item ("1,,2") is a typo to show, not a separator to skip
+        values = [int(part) for part in text.replace(" ", "").split(",")]
     except ValueError:
         values = []
     if not values or any(v < 1 for v in values):
@@ -84,7 +84,7 @@ def check(
 
         from odexport._files import output_folder, refuse_overwriting_input, write_text_atomically
         from odexport.cli._options import parse_input_shape
-        from odexport.errors import InputError, MissingDependencyError, ParityError
+        from odexport.errors import InputError, MissingDependencyError, OdexportError, ParityError
         from odexport.pipeline import check_parity
         from odexport.report.compare import ToleranceOverrides
         from odexport.report.render import (
@@ -101,21 +101,26 @@ def check(
         if reference_dtype not in ("float32", "float64"):
             raise InputError(f"--reference-dtype {reference_dtype!r} is not supported", "use float32 or float64")
         overrides = ToleranceOverrides.parse(atol, rtol, min_top1, min_cosine)
-        shape = parse_input_shape(input_shape) if input_shape else None
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
         if junit and markdown and Path(junit).resolve() == Path(markdown).resolve():
             raise InputError(f"--junit and --markdown both name {junit}: one report would replace the other",
                              "give each report its own file, e.g. --junit parity.xml --markdown parity.md")
-        for report_path in (junit, markdown):
+        for report_path, example in ((junit, "parity.xml"), (markdown, "parity.md")):
             if report_path:
-                output_folder(report_path, create=True)  # a bad report path fails before the comparison, not after
+                output_folder(report_path, create=True, example=example)  # a bad report path fails before the comparison, not after
                 refuse_overwriting_input(report_path, reference, *candidates, inputs, fix="choose another report path")
-        with stages(quiet or json_output) as stage:
-            report = check_parity(
-                reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=parse_batch_sizes(batch_sizes),
-                reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
-                temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, threads=threads,
-                noise_margin=noise_margin, stage=stage, device=device,
-            )
+        sizes = parse_batch_sizes(batch_sizes)
+        try:
+            with stages(quiet or json_output) as stage:
+                report = check_parity(
+                    reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=sizes,
+                    reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
+                    temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel,
+                    threads=threads, noise_margin=noise_margin, stage=stage, device=device,
+                )
+        except OdexportError as exc:  # nothing was compared: the reports a CI job uploads still say why
+            _write_error_reports(junit, markdown, reference, candidates, exc)
+            raise
         names = candidate_names(report)
         if junit:
             write_text_atomically(junit, parity_junit(report))
@@ -183,6 +188,16 @@ def check(
                                          "run the check where the backend is installed (see `odexport doctor`)")
 
     run_command(action)
+
+
+def _write_error_reports(junit, markdown, reference, candidates, error) -> None:
+    from odexport._files import write_text_atomically
+    from odexport.report.render import check_error_junit, check_error_markdown
+
+    if junit:
+        write_text_atomically(junit, check_error_junit(reference, candidates, error.message, error.hint, error.exit_code))
+    if markdown:
+        write_text_atomically(markdown, check_error_markdown(reference, candidates, error.message, error.hint))
 
 
 def _refusal(report, names):

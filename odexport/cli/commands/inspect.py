@@ -49,7 +49,7 @@ def inspect(
         from odexport.checkpoint import load_model
         from odexport.cli._options import parse_input_shape
 
-        shape = parse_input_shape(input_shape) if input_shape else None
+        shape = parse_input_shape(input_shape) if input_shape is not None else None
         with stages(quiet or json_output) as stage:
             stage(f"load {source}")
             loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature,

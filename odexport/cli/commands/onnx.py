@@ -88,11 +88,11 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
     source = Path(checkpoint)
     if not source.exists():
         raise InputError(f"{checkpoint} does not exist", "pass a checkpoint or deploy checkpoint file")
-    shape = parse_input_shape(input_shape) if input_shape else None
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
     out = output if output is not None else default_output(source)
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as -o model.onnx")
-    output_folder(out)  # a missing folder, or a file where the folder should be: before the export
+    output_folder(out, example="model.onnx")  # a missing folder, or a file where the folder should be: before the export
     refuse_overwriting_input(out, source, fix=f"the checkpoint has an .onnx name, which the default output takes: pass -o {source.stem}.export.onnx, "
                              f"or rename the checkpoint to {source.stem}.pt" if output is None else "pass another -o path")
 

@@ -70,7 +70,7 @@ def reparam(
         from odexport.runtime.batching import load_samples, random_samples
 
         refuse_overwriting_input(output, checkpoint, calibration)
-        output_folder(output, create=True)  # a folder that cannot be made or written: before the load and the passes
+        output_folder(output, create=True, example="deploy.pt")  # a folder that cannot be made or written: before the load and the passes
         if dy_bn_shift not in ("auto", "dynamic"):
             raise InputError(f"--dy-bn-shift {dy_bn_shift!r} is not 'auto' or 'dynamic'", "use --dy-bn-shift auto or --dy-bn-shift dynamic")
         if freeze_below is not None and calibration is None:
@@ -80,7 +80,7 @@ def reparam(
             stage(f"load {checkpoint}")
             loaded = model_from_checkpoint(checkpoint, arch=arch, kernel_num=kernel_num, temperature=temperature,
                                            trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel)
-            shape = parse_input_shape(input_shape) if input_shape else loaded.info.input_shape
+            shape = parse_input_shape(input_shape) if input_shape is not None else loaded.info.input_shape
             calib = None
             if calibration is not None:
                 stage(f"read calibration inputs {calibration}")

@@ -54,7 +54,7 @@ def run(
         if target.is_dir():
             raise InputError(f"output {target} is a directory", "give a file name, e.g. -o out.npy")
         refuse_overwriting_input(target, artifact, input)
-        output_folder(target)  # a missing or refusing folder: before the model is loaded and run
+        output_folder(target, example="out.npy")  # a missing or refusing folder: before the model is loaded and run
         with stages(quiet or json_output) as stage:
             stage(f"load {artifact} and run {input}")
             result = run_artifact(artifact, input, backend=backend, device=device, arch=arch, temperature=temperature,

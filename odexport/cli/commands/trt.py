@@ -88,7 +88,7 @@ def _build(source, output, fp16, min_batch, opt_batch, max_batch, profile, works
 
     # every option is checked before TensorRT is looked for, and TensorRT before anything is written
     profiles = batch_profiles_from_options(min_batch, opt_batch, max_batch, profile)
-    shape = parse_input_shape(input_shape) if input_shape else None
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
     plugins = tuple(plugin or ())
     for argument in plugins:
         classify_plugin(argument)
