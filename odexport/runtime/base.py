@@ -76,6 +76,12 @@ class Runner(ABC):
             if spec.name not in feed:
                 raise InputError(f"missing input '{spec.name}'", f"the model's inputs are: {', '.join(s.name for s in self.inputs)}")
             array = feed[spec.name]
+            if array.dtype.kind not in "biuf":
+                raise InputError(f"input '{spec.name}' has dtype {array.dtype}, the model expects {spec.dtype}",
+                                 "pass a numeric array, e.g. float32 images (N, C, H, W)")
+            if array.dtype.kind == "f" and spec.dtype.kind in "biu":  # every backend casts to the model's dtype
+                raise InputError(f"input '{spec.name}' is {array.dtype}, the model expects {spec.dtype}: the cast would drop "
+                                 "the fractions", f"pass an array of {spec.dtype}")
             if array.ndim != len(spec.shape):
                 raise InputError(
                     f"input '{spec.name}' has rank {array.ndim}, the model expects rank {len(spec.shape)} {tuple(spec.shape)}",

@@ -131,10 +131,11 @@ class TrtRunner(Runner):
             else:
                 self._outputs.append(spec)
         self._profiles = []
-        first = self._inputs[0].name if self._inputs else None
-        if first is not None and any(not isinstance(d, int) for d in self._inputs[0].shape):
+        # the batch ranges are read from the first input with a dynamic axis: a static input has no profile shapes
+        self._batch_input = next((spec.name for spec in self._inputs if any(not isinstance(d, int) for d in spec.shape)), None)
+        if self._batch_input is not None:
             for index in range(engine.num_optimization_profiles):
-                low, opt, high = engine.get_tensor_profile_shape(first, index)
+                low, opt, high = engine.get_tensor_profile_shape(self._batch_input, index)
                 self._profiles.append(BatchProfile(int(low[0]), int(opt[0]), int(high[0])))
 
     @property
@@ -172,7 +173,7 @@ class TrtRunner(Runner):
 
         torch, context = self._torch, self._context
         if self._profiles:
-            batch = int(feed[self._inputs[0].name].shape[0])
+            batch = int(feed[self._batch_input].shape[0])
             try:
                 wanted = select_profile(batch, self._profiles)
             except InputError as exc:  # a batch the engine was not built for: the backend refuses this input

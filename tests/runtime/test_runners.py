@@ -86,6 +86,23 @@ def test_ort_runner_casts_float64_input(tiny_onnx):
     np.testing.assert_array_equal(runner.infer(x.astype(np.float64))["output"], runner.infer(x)["output"])
 
 
+def test_an_input_the_cast_would_change_is_refused(tiny_onnx, tmp_path):
+    """Runners cast inputs to the model's dtype; float -> integer would drop fractions silently."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["index"], ["output"], to=TensorProto.FLOAT)], "cast",
+                              [helper.make_tensor_value_info("index", TensorProto.INT64, ["batch", 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])])
+    path = tmp_path / "int_input.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=HAND_BUILT_IR_VERSION), path)
+    runner = OrtRunner(path)
+    np.testing.assert_array_equal(runner.infer(np.array([[1, 2, 3]], np.int32))["output"], [[1.0, 2.0, 3.0]])  # exact widening
+    with pytest.raises(InputError, match="the cast would drop the fractions"):
+        runner.infer(np.array([[1.5, 2.0, 3.0]], np.float32))
+    with pytest.raises(InputError, match="has dtype <U1"):
+        OrtRunner(tiny_onnx).infer(np.full((1, 3, 8, 8), "a"))
+
+
 def test_ort_runner_baked_batch_is_rejected_with_a_clear_error(tiny_onnx_fixed):
     runner = OrtRunner(tiny_onnx_fixed)
     assert runner.inputs[0].shape[0] == 2
