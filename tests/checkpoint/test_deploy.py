@@ -9,8 +9,6 @@ from odexport.checkpoint import load_checkpoint
 from odexport.errors import InputError
 from odexport.models import create_model
 
-pytest.importorskip("odexport.reparam.deploy", reason="the reparam stage is not installed")
-
 
 def test_deploy_checkpoint_round_trip(tmp_path):
     from odexport.reparam import reparameterise

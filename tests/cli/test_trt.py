@@ -132,9 +132,6 @@ def test_the_checkpoint_export_step_feeds_the_builder(tmp_path):
     from odexport.engine.profiles import BatchProfile
     from odexport.models import create_model
 
-    pipeline = pytest.importorskip("odexport.pipeline")
-    if not hasattr(pipeline, "onnx_from_model"):
-        pytest.skip("odexport.pipeline.onnx_from_model (the ONNX export) is not in this checkout")
     from odexport.cli.commands.trt import _export
 
     checkpoint = tmp_path / "dy.pth"

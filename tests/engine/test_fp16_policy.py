@@ -25,11 +25,10 @@ import pytest
 import torch
 from onnx import TensorProto
 
-export = pytest.importorskip("odexport.export.onnx_export", reason="the ONNX export (odexport onnx) is not available in this checkout")
-
-from odexport.engine.build import BuildOptions, check_build_inputs  # noqa: E402
-from odexport.engine.precision import onnx_precision, plan_precision  # noqa: E402
-from odexport.engine.profiles import BatchProfile  # noqa: E402
+from odexport.engine.build import BuildOptions, check_build_inputs
+from odexport.engine.precision import onnx_precision, plan_precision
+from odexport.engine.profiles import BatchProfile
+from odexport.export import onnx_export as export
 from odexport.errors import InputError  # noqa: E402
 from odexport.models import create_model  # noqa: E402
 

@@ -93,7 +93,7 @@ def test_sample_matches_pytorch_at_its_fixed_batch(name):
             assert_close(eager.numpy(), torch_out(model, x), what=f"{placement} batch {batch}")
     proto = export_with(model, lambda s: "sample", SHAPE, batch=1)
     assert_runs_at_batches(model, proto, SHAPE, batches=(1,))
-    with pytest.raises(Exception):  # the batch-1 form refuses another batch instead of answering wrongly
+    with pytest.raises(Exception, match="Got invalid dimensions for input"):  # the batch-1 form refuses another batch instead of answering wrongly
         run_ort(proto, torch.randn(2, *SHAPE))
 
 

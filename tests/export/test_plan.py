@@ -36,10 +36,11 @@ def test_static_layers_export_as_static_convs():
 def test_grouped_competes_only_with_a_fixed_batch():
     model = nn.Sequential(ODConv2d(16, 16, 3, padding=1, kernel_num=4)).eval()
     dynamic = plan_forms(model, batch=None, input_shape=(16, 14, 14))
-    assert all(p.variant != "grouped" for p in dynamic)
-    for batch in (1, 8):
-        fixed = plan_forms(model, batch=batch, input_shape=(16, 14, 14))
-        assert fixed[0].form in ("custom", "decomposed", "grouped")
+    assert all(p.variant != "grouped" and "grouped" not in p.reason for p in dynamic)  # not even ranked
+    fixed = plan_forms(model, batch=8, input_shape=(16, 14, 14))
+    assert " grouped " in fixed[0].reason  # ranked with the dynamic-batch variants, by estimated cost
+    single = plan_forms(model, batch=1, input_shape=(16, 14, 14))  # batch 1: the one sample's kernel, as grouped's conv
+    assert single[0].variant == "sample" and "grouped's conv" in single[0].reason
     with pytest.raises(ExportError):
         plan_forms(model, form="grouped", batch=None, input_shape=(16, 14, 14))
 

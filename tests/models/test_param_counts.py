@@ -44,12 +44,27 @@ def test_odconv_param_counts_equal_the_paper(name, kernel_num, paper):
     assert round(millions(build_meta(name, kernel_num=kernel_num)), 2) == paper
 
 
-@pytest.mark.parametrize(
-    "name,kernel_num,keys",
-    [("od_resnet18", 1, 314), ("od_resnet18", 4, 346), ("od_mobilenetv2_050", 1, 824), ("od_mobilenetv2_050", 4, 926)],
-)
-def test_official_key_totals(name, kernel_num, keys):
-    assert len(build_meta(name, kernel_num=kernel_num).state_dict()) == keys
+def _keys(name, kernel_num) -> int:
+    return len(build_meta(name, kernel_num=kernel_num).state_dict())
+
+
+def test_od_resnet18_key_totals_follow_the_official_layer():
+    """torchvision's resnet18 state dict has 122 keys; the official OD-ResNet18 replaces the one
+    ``weight`` of each of its 16 block convs (all 3x3) by an ODConv's 13 at K=1 (``weight``,
+    ``attention.fc.weight``, ``attention.bn`` x5, channel/filter/spatial FC weight and bias) and
+    adds the kernel head's weight and bias at K > 1."""
+    assert _keys("od_resnet18", 1) == 122 + 16 * 12
+    assert _keys("od_resnet18", 4) == 122 + 16 * 14
+
+
+def test_od_mobilenetv2_key_totals_equal_the_reference_checkpoint():
+    """The checkpoint written by the official code (../shared/refdata) has every key the model has
+    at K=4; at K=1 each of the 51 ODConvs lacks only its kernel head (weight and bias)."""
+    from tests.conftest import load_refdata
+
+    reference = load_refdata("odconv", "od_mobilenetv2_050_k4.pth.tar")["state_dict"]
+    assert _keys("od_mobilenetv2_050", 4) == len(reference)
+    assert _keys("od_mobilenetv2_050", 4) - _keys("od_mobilenetv2_050", 1) == 2 * 51
 
 
 def test_od_resnet_static_parts_are_plain_convs():
@@ -131,22 +146,44 @@ def test_dy_paper_mobilenets_close_to_the_paper(name, kwargs, paper, tolerance):
     assert abs(millions(build_meta(name, **kwargs)) - paper) <= tolerance
 
 
-# Measured counts of the defaults (every conv but the stem dynamic), as documented in
-# docs/architectures.md; the paper's numbers are in the comments.
-MEASURED_DEFAULTS = [
-    ("dy_mobilenetv2_100", 12.405),  # paper 11.1
-    ("dy_mobilenetv2_075", 7.948),  # paper 7.0
-    ("dy_mobilenetv2_050", 4.567),  # paper 4.0
-    ("dy_mobilenetv2_035", 3.120),  # paper 2.8
-    ("dy_mobilenetv3_small", 4.781),  # paper 4.8
-    ("dy_resnet18_paper", 45.472),  # paper 42.7
-    ("dy_resnet10_paper", 20.224),  # paper 18.6
+# The paper-style defaults (every conv but the stem dynamic), with the paper's counts for comparison;
+# docs/architectures.md lists what these models have, which the test derives from their shapes.
+PAPER_STYLE_DEFAULTS = [
+    "dy_mobilenetv2_100",  # paper 11.1
+    "dy_mobilenetv2_075",  # paper 7.0
+    "dy_mobilenetv2_050",  # paper 4.0
+    "dy_mobilenetv2_035",  # paper 2.8
+    "dy_mobilenetv3_small",  # paper 4.8
+    "dy_resnet18_paper",  # paper 42.7
+    "dy_resnet10_paper",  # paper 18.6
 ]
 
 
-@pytest.mark.parametrize("name,measured", MEASURED_DEFAULTS)
-def test_dy_paper_defaults_match_documented_counts(name, measured):
-    assert round(millions(build_meta(name)), 3) == measured
+def _documented_millions(name: str) -> float:
+    """The parameter count (M) of ``name`` in docs/architectures.md's table."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architectures.md").read_text()
+    found = re.search(rf"^\| `{name}` \|[^|]*\|[^|]*\| ([0-9.]+)", text, re.MULTILINE)
+    assert found, f"{name} is not in docs/architectures.md's table"
+    return float(found.group(1))
+
+
+@pytest.mark.parametrize("name", PAPER_STYLE_DEFAULTS)
+def test_dy_paper_defaults_are_the_twin_plus_k_kernels_and_an_attention(name):
+    """Each dynamic conv adds to its static twin K - 1 more kernels and the paper's attention:
+    pool, FC C -> h with bias, ReLU, FC h -> K with bias, h = max(C // 4, 4); no dynamic bias."""
+    model = build_meta(name)
+    extra = 0
+    for _, layer in dynamic_convs(model):
+        c, o, g, k = layer.in_channels, layer.out_channels, layer.groups, layer.num_kernels
+        kh, kw = layer.kernel_size
+        h = max(c // 4, 4)
+        extra += (k - 1) * o * (c // g) * kh * kw + (c * h + h) + (h * k + k)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == sum(p.numel() for p in static_twin(model).parameters()) + extra
+    assert round(total / 1e6, 3) == _documented_millions(name)
 
 
 @pytest.mark.parametrize("name", ["dy_resnet18_paper", "dy_resnet10_paper"])

@@ -132,9 +132,15 @@ def test_ort_runner_graph_error_is_inference_error(tmp_path, tiny_net):
 
 def test_ort_runner_spinning_off_and_threads_are_applied(tiny_onnx):
     runner = OrtRunner(tiny_onnx, threads=1, allow_spinning=False)
+    options = runner.session.get_session_options()  # what the live session was made with
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    default = OrtRunner(tiny_onnx, threads=2)
+    assert default.session.get_session_options().intra_op_num_threads == 2
+    assert default.spinning and not runner.spinning
     timer = runner.timer(_x(batch=1))
-    values = [timer() for _ in range(3)]
-    assert all(v > 0 for v in values)
+    assert all(timer() > 0 for _ in range(3))
 
 
 def test_ort_runner_detects_fp16(tmp_path, tiny_onnx):
