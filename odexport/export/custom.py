@@ -240,20 +240,6 @@ def split_bodies(proto: onnx.ModelProto, bodies: nn.Module, entries: dict[str, t
     return functions
 
 
-def build_functions(entries: dict[str, tuple[LayerSpec, str]], opset: int, export_fn, example_batch: int) -> list[onnx.FunctionProto]:
-    """One FunctionProto per overload key from a separate export of the bodies alone.
-
-    ``export_fn(module, args, input_names, output_names, dynamic_shapes) -> ModelProto`` is the
-    exporter the model export uses (same opset and options).
-    """
-    if not entries:
-        return []
-    wrapper = body_module(entries)
-    args, names, dynamic, output_names = body_inputs(wrapper, example_batch, dynamic=True)
-    model = export_fn(wrapper, tuple(args), names, output_names, (tuple(dynamic),))  # forward(*flat)
-    return functions_from_graph(model, wrapper, entries)
-
-
 def functions_from_graph(model: onnx.ModelProto, wrapper: nn.Module, entries: dict[str, tuple[LayerSpec, str]]) -> list[onnx.FunctionProto]:
     """Each body's cone (from its output back to its own inputs and constants) as a function."""
     graph = model.graph

@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from torch import nn
 
 FAST_VARIANTS = ("patch", "sample")
-FIXED_BATCH_VARIANTS = ("sample",)  # need the batch fixed at export time
 
 
 def onehot_patch_weight(in_channels: int, kernel_size: tuple[int, int], dtype=torch.float32) -> torch.Tensor:

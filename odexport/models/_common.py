@@ -36,8 +36,3 @@ class LayersSequential(nn.Module):
 
     def forward(self, x):
         return self.layers(x)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter elements (works on the ``meta`` device too)."""
-    return sum(p.numel() for p in model.parameters())

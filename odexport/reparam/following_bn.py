@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from odexport.errors import InputError
 from odexport.layers import DYNAMIC_CONV_TYPES, DyConv2d, ODConv2d, dynamic_convs
 from odexport.reparam.base import (
     LayerNote,
@@ -160,7 +161,7 @@ class FoldFollowingBN(ReparamPass):
 
     def __init__(self, dy_shift: str = "auto"):
         if dy_shift not in ("auto", "dynamic"):
-            raise ValueError(f"dy_shift must be 'auto' or 'dynamic', got {dy_shift!r}")
+            raise InputError(f"dy_shift {dy_shift!r} is not 'auto' or 'dynamic'", "use dy_shift='auto' (--dy-bn-shift auto) or 'dynamic'")
         self.dy_shift = dy_shift
 
     def requires(self, model: nn.Module) -> None:

@@ -139,10 +139,10 @@ def open_runner(
         info = None
         model = artifact
         if kind == "checkpoint":
-            from odexport.pipeline import model_from_checkpoint
+            from odexport.checkpoint import load_checkpoint
 
-            loaded = model_from_checkpoint(artifact, arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory,
-                                           submodel=submodel, prefer_ema=prefer_ema)
+            loaded = load_checkpoint(artifact, arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory,
+                                   submodel=submodel, prefer_ema=prefer_ema)
             model, info = loaded.model, loaded.info
             if input_shape is None:
                 input_shape = tuple(info.input_shape) if getattr(info, "input_shape", None) else None

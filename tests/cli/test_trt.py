@@ -144,3 +144,6 @@ def test_the_checkpoint_export_step_feeds_the_builder(tmp_path):
     assert inputs.signature.inputs[0].dims == ("batch", 3, 32, 32) and inputs.onnx_precision == "fp32"
     assert any("export ONNX (form auto, target gpu)" in s for s in stages)
     assert "dy_resnet_tiny" in " ".join(inputs.signature.metadata.values())
+    # as `odexport onnx` writes it: reparameterised, with the temperature `check` compares against
+    assert "default passes" in inputs.signature.metadata["odexport.reparam"]
+    assert inputs.signature.metadata["odexport.temperature"] == repr(1.0)

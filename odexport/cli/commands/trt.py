@@ -129,18 +129,16 @@ def _build(source, output, fp16, min_batch, opt_batch, max_batch, profile, works
 
 
 def _export(checkpoint: Path, onnx_path: Path, form: str, fp16: bool, profiles, shape, load: dict, stage) -> list[str]:
-    """Export the checkpoint for the engine; returns what loading it chose or ignored."""
-    from odexport.pipeline import model_from_checkpoint, onnx_from_model
+    """Export the checkpoint for the engine as `odexport onnx` would (reparameterised, with its
+    provenance, which the engine's sidecar carries on); returns what loading it chose or ignored."""
+    from odexport.pipeline import model_from_checkpoint, onnx_from_loaded
 
     stage(f"load {checkpoint.name}")
     loaded = model_from_checkpoint(checkpoint, **load)
-    input_shape = tuple(shape) if shape else tuple(loaded.info.input_shape)
     stage(f"export ONNX (form {form}, target gpu{', fp16' if fp16 else ''})")
     # the grouped form bakes in the one fixed batch of its profile; every other form keeps the batch dynamic
-    # the ONNX records the architecture and checkpoint checksum, which the engine's sidecar carries on
-    onnx_from_model(loaded.model, onnx_path, form=form, batch=_fixed_batch(profiles) if form == "grouped" else None,
-                    input_shape=input_shape, fp16=fp16, target="gpu", architecture=getattr(loaded.info, "arch", None),
-                    source_sha256=getattr(loaded.info, "sha256", None), progress=stage)
+    onnx_from_loaded(loaded, onnx_path, form=form, batch=_fixed_batch(profiles) if form == "grouped" else None,
+                     input_shape=shape, fp16=fp16, target="gpu", progress=stage)
     return list(getattr(loaded.info, "warnings", None) or [])
 
 
