@@ -64,9 +64,11 @@ def _check(*args):
 
 
 def test_correct_export_passes(artifacts):
-    result = _check(artifacts["ckpt"], artifacts["good"])
+    result = _check(artifacts["ckpt"], artifacts["good"], artifacts["ckpt"])
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output
+    # where each candidate ran, at a glance: --device decides it, and the table alone does not say
+    assert "ran: good.onnx on onnxruntime-cpu, fp32; od_tiny.pth on torch-cpu, fp32" in result.output
 
 
 def test_correct_export_json_has_every_metric(artifacts):

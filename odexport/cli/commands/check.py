@@ -133,6 +133,9 @@ def check(
         else:
             print_load_notes(console, report.reference.get("load_notes") or [])  # what loading the reference chose
             wide_console().print(parity_table(report))
+            ran = [f"{names[c.artifact]} on {c.backend}, {c.precision}" for c in report.candidates if not c.error]
+            if ran:  # --device picks the runtime: the gate must show where it actually ran
+                console.print("ran: " + "; ".join(ran), markup=False)
             noise = report.reference.get("rounding_noise") or {}
             if noise:
                 console.print("reference rounding noise (float32 vs float64, max abs): "
