@@ -237,6 +237,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     ``device`` (cpu | cuda) is where .onnx and checkpoint candidates run (onnxruntime's CUDA
     provider, PyTorch CUDA; engines always run on the GPU); the reference stays on the CPU.
     """
+    import math
     import os
 
     import numpy as np
@@ -253,6 +254,14 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
+    if noise_margin is not None and not math.isfinite(noise_margin):  # inf would switch the gate off
+        raise InputError(f"--noise-margin {noise_margin} is not a finite number", "use e.g. --noise-margin 5, or 0 to skip it")
+    if noise_margin is not None and noise_margin < 0:  # no floor at all, yet the extra run is paid: say so
+        raise InputError(f"--noise-margin {noise_margin} is negative", "use e.g. --noise-margin 5, or 0 to skip it")
+    if reference_dtype not in ("float32", "float64"):
+        raise InputError(f"--reference-dtype {reference_dtype!r} is not supported", "use float32 or float64")
+    if device not in ("cpu", "cuda"):  # else every candidate would be refused one by one for the same reason
+        raise InputError(f"--device {device!r} is not supported", "use cpu or cuda")
     in_file = isinstance(inputs, (str, os.PathLike))
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     if artifact_kind(reference) not in ("checkpoint", "module"):

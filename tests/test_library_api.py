@@ -47,6 +47,19 @@ def test_an_array_of_the_wrong_shape_is_an_input_error(export):
         check_parity(CHECKPOINT, [export], inputs=x, batch_sizes=(1,))
 
 
+@pytest.mark.parametrize("option, message", [
+    (dict(noise_margin=float("inf")), "is not a finite number"),
+    (dict(noise_margin=-1.0), "is negative"),
+    (dict(reference_dtype="float16"), "'float16' is not supported"),
+    (dict(device="gpu"), "'gpu' is not supported"),
+])
+def test_options_the_cli_would_refuse_are_refused_for_library_callers(export, option, message):
+    """The CLI's refusals live in check_parity: a library caller passing inf got a gate that
+    could not fail, and a mistyped device refused every candidate one by one."""
+    with pytest.raises(InputError, match=message):
+        check_parity(CHECKPOINT, [export], samples=2, batch_sizes=(1,), **option)
+
+
 def test_one_candidate_and_one_batch_size_need_no_list(export):
     single = check_parity(CHECKPOINT, str(export), samples=3, batch_sizes=2)
     listed = check_parity(CHECKPOINT, [str(export)], samples=3, batch_sizes=[2])

@@ -493,7 +493,7 @@ def test_checkpoint_candidate(artifacts):
         (["--atol", "abc"], "not a non-negative number"),
         (["--reference-dtype", "float16"], "reference-dtype"),
         (["--input-shape", "3x16"], "CxHxW"),
-        (["--device", "gpu"], "unsupported device"),
+        (["--device", "gpu"], "--device 'gpu' is not supported"),
     ],
 )
 def test_bad_options_exit_1(artifacts, extra, message):
