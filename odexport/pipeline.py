@@ -7,6 +7,7 @@ calls; the work happens in the stage packages.  Data flows one way: no stage cal
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odexport.export import metadata_keys as keys  # names only: imports neither torch nor onnx
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # annotations only: importing them here would load torch with
     from odexport.runtime.ort_specialise import SpecialisedModel
 
 __all__ = ["model_from_checkpoint", "run_artifact", "onnx_from_model", "deploy_model", "onnx_from_loaded", "onnx_from_checkpoint",
-           "check_parity", "benchmark", "ort_cpu_from_onnx", "engine_from_onnx"]
+           "validate_deploy_options", "deploy_from_loaded", "deploy_from_checkpoint", "check_parity", "benchmark", "ort_cpu_from_onnx", "engine_from_onnx"]
 
 
 def _keeps_torch_threads(function):
@@ -200,6 +201,94 @@ def onnx_from_checkpoint(path, output, *, form: str = "auto", opset: int = 18, b
     ``temperature``, ``prefer_ema``, ...) then :func:`onnx_from_loaded` -> :class:`odexport.export.ExportResult`."""
     return onnx_from_loaded(model_from_checkpoint(path, **load), output, form=form, opset=opset, batch=batch,
                             input_shape=input_shape, reparam=reparam, fp16=fp16, target=target, check=check, progress=progress)
+
+
+# relative: the exact passes reorder float32 arithmetic (folded BatchNorms, fused heads), which
+# moves the outputs by ~1e-7 to 1e-6 of their scale; a pass that is wrong moves them by far more
+DEPLOY_TOLERANCE = 1e-4
+
+
+def validate_deploy_options(passes="default", *, calibration=None, freeze_below=None, tolerance: float = DEPLOY_TOLERANCE,
+                            dy_bn_shift: str = "auto") -> list[str]:
+    """Refuse :func:`deploy_from_loaded`'s options before anything is loaded -> the pass names."""
+    from odexport.errors import InputError
+    from odexport.reparam import resolve_passes
+
+    if dy_bn_shift not in ("auto", "dynamic"):
+        raise InputError(f"--dy-bn-shift {dy_bn_shift!r} is not 'auto' or 'dynamic'", "use --dy-bn-shift auto or --dy-bn-shift dynamic")
+    if freeze_below is not None and calibration is None:
+        raise InputError("--freeze-below needs --calibration", "give the calibration inputs with --calibration FILE")
+    if not 0 <= tolerance < float("inf"):  # NaN fails every deviation, inf none: neither is a gate
+        raise InputError(f"--tolerance {tolerance} is not a finite number >= 0",
+                         f"use e.g. --tolerance {DEPLOY_TOLERANCE:g} (the default), or --no-check to skip the check")
+    return resolve_passes(passes)
+
+
+def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, freeze_below=None, check: bool = True,
+                       tolerance: float = DEPLOY_TOLERANCE, dy_bn_shift: str = "auto", input_shape=None,
+                       progress=None) -> tuple[Path, Any]:
+    """What ``odexport reparam`` writes for a loaded checkpoint -> ``(deploy path, ReparamReport)``.
+
+    ``passes`` is a pass list or its text (``"default"``, ``"none"``, ``"fold-bn,fuse-heads"``);
+    ``calibration`` (an ``.npy``/``.npz`` path) measures each layer's attention spread and, with
+    ``freeze_below``, freezes the layers below it (approximate; reported).  With ``check``, two
+    seeded random inputs run through the source and the deploy model, and a relative deviation
+    ``max|deploy - source| / max|source|`` above ``tolerance`` raises
+    :class:`~odexport.errors.ParityError` with nothing written.  The loaded model is not modified.
+    ``progress`` is called with each stage's name.
+    """
+    from odexport.checkpoint.info import explain_non_finite
+    from odexport.errors import InputError, ParityError
+    from odexport.reparam import reparameterise
+    from odexport.reparam.deploy import save_deploy
+    from odexport.runtime.batching import load_samples, random_samples
+
+    progress = progress or (lambda _name: None)
+    pass_names = validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance,
+                                         dy_bn_shift=dy_bn_shift)
+    shape = tuple(input_shape) if input_shape else (tuple(loaded.info.input_shape) if loaded.info.input_shape else None)
+    calib = None
+    if calibration is not None:
+        progress(f"read calibration inputs {calibration}")
+        calib = load_samples(calibration, shape, option="--calibration").x
+    check_x = None
+    if check:
+        if shape is None:
+            raise InputError("the input shape of this model is unknown, so the output check cannot run",
+                             "give --input-shape CxHxW, or skip the check with --no-check")
+        check_x = random_samples(2, shape, seed=0).x
+    progress("reparameterise")
+    try:
+        report = reparameterise(loaded.model, pass_names, calibration=calib, freeze_below=freeze_below,
+                                check_input=check_x, dy_shift=dy_bn_shift)
+    except InputError as exc:  # a model computing NaN: name the broken weights, which the load note would have said
+        better = explain_non_finite(exc, loaded.info)
+        if better is None:
+            raise
+        raise better from exc
+    deviation = None if report.check is None else report.check["max_relative_deviation"]
+    if deviation is not None and not deviation <= tolerance:
+        rounding = deviation <= DEPLOY_TOLERANCE  # what reordered float32 arithmetic does: no pass is at fault
+        raise ParityError(
+            f"the reparameterised model deviates from the source by {deviation:.3g} (relative) on random inputs, "
+            f"above the tolerance {tolerance:g}; nothing was written",
+            f"a deviation this small is float32 rounding (folding reorders the arithmetic): use --tolerance {DEPLOY_TOLERANCE:g} "
+            "(the default) or above" if rounding else
+            "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
+        )
+    progress(f"write {output}")
+    return save_deploy(report.model, report, output, loaded.info), report
+
+
+def deploy_from_checkpoint(path, output, *, passes="default", calibration=None, freeze_below=None, check: bool = True,
+                           tolerance: float = DEPLOY_TOLERANCE, dy_bn_shift: str = "auto", input_shape=None, progress=None,
+                           **load) -> tuple[Path, Any]:
+    """``odexport reparam CKPT -o OUTPUT`` as a call: :func:`model_from_checkpoint` (``load``: ``arch``,
+    ``temperature``, ``prefer_ema``, ...) then :func:`deploy_from_loaded` -> ``(deploy path, ReparamReport)``."""
+    validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance, dy_bn_shift=dy_bn_shift)
+    return deploy_from_loaded(model_from_checkpoint(path, **load), output, passes=passes, calibration=calibration,
+                              freeze_below=freeze_below, check=check, tolerance=tolerance, dy_bn_shift=dy_bn_shift,
+                              input_shape=input_shape, progress=progress)
 
 
 def _provenance(info, reparam_note) -> dict:

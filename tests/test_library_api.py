@@ -103,3 +103,51 @@ def test_the_global_random_stream_is_left_where_it_was(tmp_path):
 def test_dir_lists_the_lazy_public_names():
     names = dir(odexport)
     assert set(odexport.__all__) <= set(names) and "annotations" not in names
+
+
+def test_deploy_from_checkpoint_writes_what_odexport_reparam_writes(tmp_path):
+    """The library call and the CLI give the same deploy checkpoint, which computes the source's
+    outputs (checked here against the source model run by PyTorch, not by odexport's own check)."""
+    from typer.testing import CliRunner
+
+    from odexport.cli import app
+    from odexport.pipeline import deploy_from_checkpoint, model_from_checkpoint
+
+    path, report = deploy_from_checkpoint(CHECKPOINT, tmp_path / "lib.deploy.pt")
+    assert path == tmp_path / "lib.deploy.pt" and report.passes_applied
+    result = CliRunner().invoke(app, ["reparam", str(CHECKPOINT), "-o", str(tmp_path / "cli.deploy.pt"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    library = torch.load(path, weights_only=True)["state_dict"]
+    cli = torch.load(tmp_path / "cli.deploy.pt", weights_only=True)["state_dict"]
+    assert library.keys() == cli.keys() and all(torch.equal(library[k], cli[k]) for k in library)
+
+    x = torch.from_numpy(np.load(SAMPLES / "digits_val.npz")["x"][:16])
+    with torch.no_grad():
+        source = model_from_checkpoint(CHECKPOINT).model.eval()(x)
+        deployed = model_from_checkpoint(path).model.eval()(x)
+    torch.testing.assert_close(deployed, source, rtol=1e-4, atol=1e-4 * float(source.abs().max()))
+
+
+def test_deploy_gate_fails_with_nothing_written(tmp_path):
+    """A zero tolerance fails on float32 rounding alone: ParityError, and no file is left."""
+    from odexport.errors import ParityError
+    from odexport.pipeline import deploy_from_checkpoint
+
+    with pytest.raises(ParityError, match="nothing was written"):
+        deploy_from_checkpoint(CHECKPOINT, tmp_path / "x.deploy.pt", tolerance=0.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(tolerance=float("nan")), "is not a finite number"),
+    (dict(tolerance=float("inf")), "is not a finite number"),
+    (dict(dy_bn_shift="static"), "is not 'auto' or 'dynamic'"),
+    (dict(freeze_below=0.1), "needs --calibration"),
+    (dict(passes="fold-bm"), "fold-bn"),
+])
+def test_deploy_options_are_refused_before_the_load(tmp_path, option, message):
+    from odexport.pipeline import deploy_from_checkpoint
+
+    missing = tmp_path / "not-there.pth"  # the option is refused first: the load would fail otherwise
+    with pytest.raises(InputError, match=message):
+        deploy_from_checkpoint(missing, tmp_path / "x.deploy.pt", **option)

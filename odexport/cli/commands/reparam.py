@@ -20,9 +20,7 @@ from odexport.cli._options import (
 )
 from odexport.cli.app import app
 
-# relative: the exact passes reorder float32 arithmetic (folded BatchNorms, fused heads), which
-# moves the outputs by ~1e-7 to 1e-6 of their scale; a pass that is wrong moves them by far more
-DEFAULT_TOLERANCE = 1e-4
+from odexport.pipeline import DEPLOY_TOLERANCE
 
 _PASSES_HELP = (
     "Comma-separated passes to run (always in this order): fold-attention-bn, fold-temperature, fold-bn, "
@@ -40,7 +38,7 @@ def reparam(
     calibration: Annotated[Optional[str], typer.Option(help="Calibration inputs (.npy (N,C,H,W) or .npz with 'x'): measure each layer's attention spread.", show_default=False)] = None,
     freeze_below: Annotated[Optional[float], typer.Option(help="With --calibration: replace layers whose attention spread is below EPS by a static conv (approximate; every frozen layer is reported).", show_default=False, min=0.0)] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Run seeded random inputs through the source and the deploy model and fail (exit 2, nothing written) if the exact passes changed the outputs by more than --tolerance.")] = True,
-    tolerance: Annotated[float, typer.Option(help="Largest relative deviation max|deploy - source| / max|source| the check accepts.", min=0.0)] = DEFAULT_TOLERANCE,
+    tolerance: Annotated[float, typer.Option(help="Largest relative deviation max|deploy - source| / max|source| the check accepts.", min=0.0)] = DEPLOY_TOLERANCE,
     dy_bn_shift: Annotated[str, typer.Option(help="Where fold-bn puts a BatchNorm shift for a DY-Conv without a dynamic bias: 'auto' (a static bias, O values) or 'dynamic' (a new dynamic bias, K*O values).")] = "auto",
     input_shape: InputShapeOption = None,
     arch: ArchOption = None,
@@ -62,56 +60,21 @@ def reparam(
     def action() -> None:
         from odexport._files import output_folder, refuse_overwriting_input
         from odexport.cli._options import parse_input_shape
-        from odexport.checkpoint.info import explain_non_finite
-        from odexport.errors import InputError, ParityError
-        from odexport.pipeline import model_from_checkpoint
-        from odexport.reparam import reparameterise, resolve_passes
-        from odexport.reparam.deploy import save_deploy
-        from odexport.runtime.batching import load_samples, random_samples
+        from odexport.pipeline import deploy_from_loaded, model_from_checkpoint, validate_deploy_options
 
         refuse_overwriting_input(output, checkpoint, calibration)
         output_folder(output, create=True, example="deploy.pt")  # a folder that cannot be made or written: before the load and the passes
-        if dy_bn_shift not in ("auto", "dynamic"):
-            raise InputError(f"--dy-bn-shift {dy_bn_shift!r} is not 'auto' or 'dynamic'", "use --dy-bn-shift auto or --dy-bn-shift dynamic")
-        if freeze_below is not None and calibration is None:
-            raise InputError("--freeze-below needs --calibration", "give the calibration inputs with --calibration FILE")
-        pass_names = resolve_passes(passes)
+        pass_names = validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance,
+                                             dy_bn_shift=dy_bn_shift)  # a mistyped option: before the load
         with stages(quiet or json_output) as stage:
             stage(f"load {checkpoint}")
             loaded = model_from_checkpoint(checkpoint, arch=arch, kernel_num=kernel_num, temperature=temperature,
                                            trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel)
-            shape = parse_input_shape(input_shape) if input_shape is not None else loaded.info.input_shape
-            calib = None
-            if calibration is not None:
-                stage(f"read calibration inputs {calibration}")
-                calib = load_samples(calibration, shape, option="--calibration").x
-            check_x = None
-            if check:
-                if shape is None:
-                    raise InputError("the input shape of this model is unknown, so the output check cannot run",
-                                     "give --input-shape CxHxW, or skip the check with --no-check")
-                check_x = random_samples(2, tuple(shape), seed=0).x
-            stage("reparameterise")
-            try:
-                report = reparameterise(loaded.model, pass_names, calibration=calib, freeze_below=freeze_below,
-                                        check_input=check_x, dy_shift=dy_bn_shift)
-            except InputError as exc:  # a model computing NaN: name the broken weights, which the load note would have said
-                better = explain_non_finite(exc, loaded.info)
-                if better is None:
-                    raise
-                raise better from exc
+            path, report = deploy_from_loaded(
+                loaded, output, passes=pass_names, calibration=calibration, freeze_below=freeze_below, check=check,
+                tolerance=tolerance, dy_bn_shift=dy_bn_shift,
+                input_shape=parse_input_shape(input_shape) if input_shape is not None else None, progress=stage)
             deviation = None if report.check is None else report.check["max_relative_deviation"]
-            if deviation is not None and not deviation <= tolerance:
-                rounding = deviation <= DEFAULT_TOLERANCE  # what reordered float32 arithmetic does: no pass is at fault
-                raise ParityError(
-                    f"the reparameterised model deviates from the source by {deviation:.3g} (relative) on random inputs, "
-                    f"above the tolerance {tolerance:g}; nothing was written",
-                    f"a deviation this small is float32 rounding (folding reorders the arithmetic): use --tolerance {DEFAULT_TOLERANCE:g} "
-                    "(the default) or above" if rounding else
-                    "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
-                )
-            stage(f"write {output}")
-            path = save_deploy(report.model, report, output, loaded.info)
 
         if json_output:
             from odexport.cli._common import print_json
