@@ -339,10 +339,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
     stage = stage or (lambda _name: None)
-    candidates, batch_sizes = _one_or_many(candidates), _one_or_many(batch_sizes)
-    batch_sizes = sorted({int(b) for b in batch_sizes})
-    if not batch_sizes or batch_sizes[0] < 1:
-        raise InputError(f"batch sizes {batch_sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
+    candidates, batch_sizes = _one_or_many(candidates), sorted(set(_batch_sizes(batch_sizes)))
     if noise_margin is not None and not math.isfinite(noise_margin):  # inf would switch the gate off
         raise InputError(f"--noise-margin {noise_margin} is not a finite number", "use e.g. --noise-margin 5, or 0 to skip it")
     if noise_margin is not None and noise_margin < 0:  # no floor at all, yet the extra run is paid: say so
@@ -458,11 +455,29 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                          missing=_not_run(missing), refused=_not_run(refused), order=order)
 
 
+def _batch_sizes(values) -> list[int]:
+    """``values`` (one int or several) as a list of positive ints, in the order given."""
+    from odexport.errors import InputError
+
+    import operator
+
+    sizes = _one_or_many(values)
+    try:
+        ints = [operator.index(b) for b in sizes if not isinstance(b, bool)]  # ints and numpy ints, not 2.5 or "2"
+    except TypeError:
+        ints = []
+    if not sizes or len(ints) != len(sizes) or min(ints) < 1:
+        raise InputError(f"batch sizes {sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
+    return ints
+
+
 def _one_or_many(values) -> list:
     """A library caller's one path or number as the list it stands for (a str is not a list of characters)."""
     import os
+    from collections.abc import Iterable
 
-    if isinstance(values, (str, bytes, os.PathLike, int)):
+    # a number; an nn.Module, which nn.Sequential makes iterable over its layers
+    if isinstance(values, (str, bytes, os.PathLike)) or not isinstance(values, Iterable) or hasattr(values, "forward"):
         return [values]
     return list(values)
 
@@ -752,8 +767,12 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
 
     if baseline not in ("static-twin", "none"):
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise InputError(f"--warmup {warmup!r} is not a whole number >= 0", "use e.g. --warmup 10")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise InputError(f"--iters {iterations!r} is not a positive integer", "use e.g. --iters 50")
     stage = stage or (lambda _name: None)
-    artifacts, batch_sizes = _one_or_many(artifacts), [int(b) for b in _one_or_many(batch_sizes)]
+    artifacts, batch_sizes = _one_or_many(artifacts), _batch_sizes(batch_sizes)
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
     options = dict(device=device, threads=threads, allow_spinning=spinning, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,

@@ -151,3 +151,32 @@ def test_deploy_options_are_refused_before_the_load(tmp_path, option, message):
     missing = tmp_path / "not-there.pth"  # the option is refused first: the load would fail otherwise
     with pytest.raises(InputError, match=message):
         deploy_from_checkpoint(missing, tmp_path / "x.deploy.pt", **option)
+
+
+@pytest.mark.parametrize("option, message", [
+    (dict(iterations=0), "--iters 0 is not a positive integer"),
+    (dict(warmup=-1), "--warmup -1 is not a whole number"),
+    (dict(batch_sizes=(0, 2)), "must be positive integers"),
+    (dict(batch_sizes=2.5), "must be positive integers"),
+    (dict(threads=0), "--threads 0 is not a positive integer"),
+])
+def test_benchmark_refuses_what_the_cli_refuses(option, message):
+    """iterations=0 timed nothing and warmup=-1 was taken as given; threads=0 was a PyTorch RuntimeError."""
+    from odexport.pipeline import benchmark
+
+    with pytest.raises(InputError, match=message):
+        benchmark(CHECKPOINT, **{"iterations": 2, "warmup": 0, "batch_sizes": 1, **option})
+
+
+def test_thread_counts_mean_the_same_to_every_runner(export):
+    """0 threads is onnxruntime's "default" and PyTorch's error: both runners refuse it alike."""
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    for artifact in (CHECKPOINT, export):
+        with pytest.raises(InputError, match="--threads 0 is not a positive integer"):
+            run_artifact(artifact, x, threads=0)
+
+
+def test_a_sequential_model_is_one_candidate_not_its_layers():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).eval()
+    report = check_parity(model, model, input_shape=(3, 8, 8), samples=2, batch_sizes=1)
+    assert report.passed and len(report.candidates) == 1

@@ -21,6 +21,18 @@ from odexport.errors import InputError
 PRECISIONS = ("fp64", "fp32", "fp16", "mixed")
 
 
+def require_thread_count(threads) -> int | None:
+    """``threads`` as a positive int, or None for the runtime's default.
+
+    0 means "default" to onnxruntime but is an error to PyTorch: one meaning for every runner.
+    """
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"--threads {threads!r} is not a positive integer", "use e.g. --threads 2, or leave it out for the runtime's default")
+    return int(threads)
+
+
 class InferenceError(InputError):
     """The backend refused or failed to run an input (wrong batch for a baked-in shape, a node error).
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from odexport.errors import InputError, MissingDependencyError
 from odexport.export import metadata_keys as keys
-from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec
+from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec, require_thread_count
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -124,6 +124,7 @@ class OrtRunner(Runner):
 
         if cuda_graphs and device != "cuda":
             raise InputError("CUDA graphs need device cuda", "drop --cuda-graphs or use --device cuda")
+        threads = require_thread_count(threads)
 
         self.path: Path | None = None
         self._scratch = None  # a folder for a model past protobuf's 2 GiB, kept until close()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from odexport.errors import InputError, MissingDependencyError
-from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec
+from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec, require_thread_count
 
 _DTYPES = {
     "float32": torch.float32,
@@ -100,8 +100,9 @@ class TorchRunner(Runner):
         self.dtype = torch_dtype(dtype)
         if cuda_graphs and self.device.type != "cuda":
             raise InputError("CUDA graphs need device cuda", "drop --cuda-graphs or use --device cuda")
+        threads = require_thread_count(threads)
         if threads is not None:
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         self.model = copy.deepcopy(model).eval().to(device=self.device, dtype=self.dtype)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
