@@ -27,10 +27,19 @@ def dtype_name(trt_dtype) -> str:
     return getattr(trt_dtype, "name", str(trt_dtype).split(".")[-1])
 
 
+def _unsupported_io_dtype(name: str):
+    from odexport.errors import InputError
+
+    # FP8, INT4, FP4 (TensorRT 10+): numpy has none of them, and odexport feeds and reads arrays
+    return InputError(f"the engine has an input or output of TensorRT type {name}, which odexport cannot feed or read",
+                      "build the engine from an ONNX whose inputs and outputs are float32, float16 or integers "
+                      "(quantise inside the network, not at its edges)")
+
+
 def numpy_dtype_name(trt_dtype) -> str:
     name = dtype_name(trt_dtype)
     if name not in _NUMPY_DTYPES:
-        raise TypeError(f"TensorRT data type {name} has no numpy equivalent here")
+        raise _unsupported_io_dtype(name)
     return _NUMPY_DTYPES[name]
 
 
@@ -49,7 +58,7 @@ def torch_dtype(trt_dtype):
     }
     name = dtype_name(trt_dtype)
     if name not in table:
-        raise TypeError(f"TensorRT data type {name} has no torch equivalent here")
+        raise _unsupported_io_dtype(name)
     return table[name]
 
 

@@ -66,3 +66,19 @@ def test_runner_and_probe(tmp_path):
     capability = probe()
     assert capability.backend == "tensorrt" and capability.available is False
     assert "pip install 'odexport[trt]'" in capability.detail
+
+
+@pytest.mark.parametrize("name", ["FP8", "INT4", "FP4"])
+def test_an_engine_io_type_without_an_array_type_is_an_input_error(name):
+    """TensorRT 10's FP8/INT4/FP4 I/O tensors cannot be fed or read as arrays: a one-line error
+    naming the type and the fix, not a TypeError that the CLI reports as a bug."""
+    from types import SimpleNamespace
+
+    from odexport.engine import _trt
+    from odexport.errors import InputError
+
+    as_trt_enum = SimpleNamespace(name=name)  # what pybind's DataType members expose
+    for convert in (_trt.numpy_dtype_name, _trt.torch_dtype):
+        with pytest.raises(InputError, match=f"TensorRT type {name}, which odexport cannot feed or read"):
+            convert(as_trt_enum)
+    assert _trt.numpy_dtype_name(SimpleNamespace(name="HALF")) == "float16"
