@@ -34,7 +34,7 @@ from odexport.checkpoint.compat import load_weights_strict, shapes_of_state_dict
 from odexport.checkpoint.conform import conform_dynamic_layers
 from odexport.checkpoint.detect import detect_architecture, dynamic_layer_keys, no_weight_init, raise_if_tardelean_deeplab
 from odexport.checkpoint.info import CheckpointInfo, LoadedModel
-from odexport.checkpoint.reader import RawCheckpoint, describe_metadata, read_checkpoint_file
+from odexport.checkpoint.reader import CHECKPOINT_SUFFIXES, RawCheckpoint, describe_metadata, read_checkpoint_file
 from odexport.checkpoint.state_dict import EMA_ENTRIES, extract_state_dict
 from odexport.checkpoint.submodel import (
     SubModel,
@@ -496,7 +496,7 @@ def load_model(source: str | os.PathLike, *, materialize: bool = True, **options
                 raise InputError(f"{flag} needs a checkpoint file, not an architecture name", "pass the checkpoint path")
         return model_from_arch(text, kernel_num=options.get("kernel_num"), temperature=options.get("temperature"),
                                materialize=materialize)
-    looks_like_path = os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".tar", ".safetensors", ".bin", ".ckpt"))
+    looks_like_path = os.sep in text or "/" in text or text.lower().endswith(CHECKPOINT_SUFFIXES)
     if looks_like_path:
         return load_checkpoint(text, **options)  # raises the missing-file error
     from odexport.models import model_info

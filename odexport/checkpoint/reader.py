@@ -32,7 +32,7 @@ from typing import Any
 
 from odexport.errors import CheckpointError
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".tar", ".safetensors", ".bin", ".ckpt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".pt.tar", ".tar", ".safetensors", ".bin", ".ckpt")
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"

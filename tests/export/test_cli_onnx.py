@@ -123,3 +123,13 @@ def test_the_library_call_writes_what_the_command_writes(checkpoint, tmp_path):
     assert call_meta["odexport.temperature"] == repr(2.5) and call_meta["odexport.arch"] == "od_resnet_tiny"
     assert "default passes" in call_meta["odexport.reparam"]
     assert [n.op_type for n in call.graph.node] == [n.op_type for n in command.graph.node]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("model.pth.tar", "model.onnx"), ("model.pt.tar", "model.onnx"), ("MODEL.PTH", "MODEL.onnx"),
+    ("ckpt.safetensors", "ckpt.onnx"), ("weights.v2", "weights.onnx"),
+])
+def test_the_default_output_drops_every_checkpoint_suffix(tmp_path, name, expected):
+    from odexport.cli.commands.onnx import default_output
+
+    assert default_output(tmp_path / name) == tmp_path / expected

@@ -141,13 +141,12 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
     console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
 
 
-_CHECKPOINT_SUFFIXES = (".pth.tar", ".pt.tar", ".pth", ".pt", ".tar", ".ckpt", ".safetensors", ".bin")
-
-
 def default_output(source: Path) -> Path:
     """``model.pth.tar`` -> ``model.onnx`` next to it (every checkpoint suffix dropped)."""
+    from odexport.checkpoint.reader import CHECKPOINT_SUFFIXES
+
     name = source.name
-    for suffix in _CHECKPOINT_SUFFIXES:
+    for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):  # .pth.tar before .tar
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return source.with_name(name[: -len(suffix)] + ".onnx")
     return source.with_suffix(".onnx")
