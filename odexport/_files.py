@@ -6,7 +6,8 @@ or an interrupt never leaves a partial file where a CI step would pick it up.  T
 comes from :func:`tempfile.mkstemp`, which creates the file readable by its owner only (0600);
 the rename would carry that mode to the output, and a report or engine that another user (a CI
 runner's upload step, a serving container) cannot read is a broken artifact.  So each temporary
-file is given the mode a plain ``open(path, "w")`` would: ``0666`` less the process umask.
+file is given the mode a plain ``open(path, "w")`` would: that of the file it replaces, else
+``0666`` less the process umask.
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ def current_umask() -> int:
     return umask
 
 
-def give_default_permissions(path: str | Path) -> None:
-    """Set ``path``'s mode to what a newly created file gets: ``0666 & ~umask``."""
-    os.chmod(path, 0o666 & ~current_umask())
+def give_default_permissions(path: str | Path, replacing: str | Path | None = None) -> None:
+    """Set ``path``'s mode to what ``open(replacing, "w")`` would leave: the mode of the file it
+    replaces (a private 0600 file stays private), else a new file's ``0666 & ~umask``."""
+    import stat
+
+    try:
+        kept = stat.S_IMODE(os.stat(replacing).st_mode) if replacing is not None and os.path.isfile(replacing) else None
+    except OSError:
+        kept = None
+    os.chmod(path, 0o666 & ~current_umask() if kept is None else kept)
 
 
 def output_folder(path: str | Path, *, create: bool = False, example: str = "output") -> Path:
@@ -106,7 +114,7 @@ def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
     path = Path(path)
     name = _temp_in(output_folder(path), path, suffix)
     try:
-        give_default_permissions(name)
+        give_default_permissions(name, replacing=path)
     except BaseException:
         os.unlink(name)
         raise

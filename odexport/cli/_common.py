@@ -24,6 +24,10 @@ def is_quiet(quiet: bool = False) -> bool:
     return quiet or bool(os.environ.get("CI")) or not sys.stdout.isatty()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (see ``odexport.cli.app.main``): exit 143 as the shell's."""
+
+
 def run_command(action: Callable[[], Any]) -> Any:
     """The one error boundary: user errors become one line on stderr and their exit code.
 
@@ -39,6 +43,9 @@ def run_command(action: Callable[[], Any]) -> Any:
             raise
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
+    except Terminated:
+        err_console.print("terminated (SIGTERM)")
+        raise typer.Exit(143) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None

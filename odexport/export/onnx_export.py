@@ -9,10 +9,11 @@ One call, :func:`export_onnx`, does every step:
    ``com.odexport`` nodes and gets its function bodies, :mod:`.custom`);
 4. optionally convert to mixed precision (:mod:`.precision`);
 5. stamp metadata, run ``onnx.checker`` (full) and shape inference, confirm the batch is symbolic;
-6. write atomically (temporary name in the same folder, then ``os.replace``; external data above
-   2 GB) plus a JSON sidecar ``<model>.onnx.json``;
-7. optionally compare onnxruntime with PyTorch at batch 1, 2 and 7 (:mod:`.verify`); a failure
-   renames the file to ``<stem>.parity-failed.onnx`` and raises :class:`ParityError`.
+6. write it into a hidden folder beside the output (external data above 2 GB);
+7. optionally compare onnxruntime on that file with PyTorch at batch 1, 2 and 7 (:mod:`.verify`);
+   a failure writes the model as ``<stem>.parity-failed.onnx`` instead and raises
+   :class:`ParityError`, leaving the output path as it was;
+8. rename it onto the output path (``os.replace``) and write its JSON sidecar ``<model>.onnx.json``.
 
 Why dynamo: the TorchScript exporter (``dynamo=False``) loses the static channel count of ``x*ca``
 once a reshape uses ``-1`` for the batch and then refuses the patch conv ("kernel of unknown
@@ -320,29 +321,64 @@ def write_model_atomically(proto: onnx.ModelProto, path: Path) -> None:
     Above ~2 GB the tensors go to ``<name>.data`` next to the model (ONNX external data); both
     files are renamed into place only when complete, so a failure leaves nothing behind.
     """
+    staged = stage_model(proto, path)
+    try:
+        commit_staged_model(staged, path)
+    finally:
+        discard_staged_model(staged)
+
+
+def stage_model(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write ``proto`` as ``path``'s name into a new hidden folder beside ``path`` -> the staged model.
+
+    The staged model can be opened and verified while ``path`` still holds the previous output;
+    :func:`commit_staged_model` puts it in place, :func:`discard_staged_model` removes it.
+    """
     parent = path.parent if str(path.parent) else Path(".")
-    large = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     try:
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}", "choose a writable -o path with free space") from exc
+    staged = tmp_dir / path.name  # the same name: external data is found by a location relative to it
     try:
-        tmp_model = tmp_dir / path.name
-        data_name = path.name + ".data"
-        if large:
-            onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            onnx.checker.check_model(str(tmp_model), full_check=False)
-            give_default_permissions(tmp_dir / data_name)
-            os.replace(tmp_dir / data_name, parent / data_name)
+        if _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=path.name + ".data", size_threshold=1024)
+            onnx.checker.check_model(str(staged), full_check=False)
         else:
-            onnx.save_model(proto, tmp_model)
-        os.replace(tmp_model, path)
+            onnx.save_model(proto, staged)
+    except OSError as exc:
+        discard_staged_model(staged)
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}", "choose a writable -o path with free space") from exc
+    except BaseException:
+        discard_staged_model(staged)
+        raise
+    return staged
+
+
+def commit_staged_model(staged: Path, path: Path) -> None:
+    """Rename a staged model (and its external data) onto ``path``; an older ``<name>.data`` that
+    the new model does not use is removed, so no stale tensors sit beside it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    data = staged.with_name(path.name + ".data")
+    try:
+        give_default_permissions(staged, replacing=path)
+        if data.exists():
+            give_default_permissions(data, replacing=parent / data.name)
+            os.replace(data, parent / data.name)
+        else:
+            (parent / data.name).unlink(missing_ok=True)
+        os.replace(staged, path)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}", "choose a writable -o path with free space") from exc
-    finally:
-        for leftover in tmp_dir.glob("*"):
+
+
+def discard_staged_model(staged: Path) -> None:
+    """Remove a staged model's folder and whatever is left in it."""
+    if staged.parent.is_dir():
+        for leftover in staged.parent.glob("*"):
             leftover.unlink(missing_ok=True)
-        tmp_dir.rmdir()
+        staged.parent.rmdir()
 
 
 def write_json_atomically(obj: dict, path: Path) -> None:
@@ -439,24 +475,28 @@ def export_onnx(
         proto = check_model(proto)
         if batch is None:
             _check_symbolic_batch(proto)
-        write_model_atomically(proto, out)
-        result = ExportResult(out, metadata, plans, None, sidecar_path(out), counts)
-        if check:
-            say("verify")
-            batches = tuple(check_batches) if batch is None else (batch,)
+        # verified where it was written, beside -o: the previous output stays whole until this one passes
+        staged = stage_model(proto, out)
+        try:
+            result = ExportResult(out, metadata, plans, None, sidecar_path(out), counts)
+            if check:
+                say("verify")
+                batches = tuple(check_batches) if batch is None else (batch,)
+                result.parity = compare_with_torch(model, str(staged), shape, batches=batches, seed=seed,
+                                                   precision="fp16" if fp16 else "fp32")
+            if result.parity is not None and not result.parity.passed:
+                return _fail_parity(result, proto)
+            # the sidecar first: a model is never beside the sidecar of the export it replaced
+            sidecar_path(out).unlink(missing_ok=True)
+            commit_staged_model(staged, out)
             try:
-                result.parity = compare_with_torch(model, str(out), shape, batches=batches, seed=seed, precision="fp16" if fp16 else "fp32")
-            except BaseException:
+                write_json_atomically(_sidecar(result), result.sidecar)
+            except BaseException:  # a model without its sidecar is a half-written output
                 out.unlink(missing_ok=True)
                 raise
-        try:
-            write_json_atomically(_sidecar(result), result.sidecar)
-        except BaseException:  # a model without its sidecar is a half-written output
-            out.unlink(missing_ok=True)
-            raise
-        if result.parity is not None and not result.parity.passed:
-            return _fail_parity(result)
-        return result
+            return result
+        finally:
+            discard_staged_model(staged)
     finally:
         model.train(was_training)
 
@@ -467,11 +507,13 @@ def _sidecar(result: ExportResult) -> dict:
     return data
 
 
-def _fail_parity(result: ExportResult) -> ExportResult:
+def _fail_parity(result: ExportResult, proto: onnx.ModelProto) -> ExportResult:
+    """Keep the failed model as ``<stem>.parity-failed.onnx`` (written under that name, so large
+    models find their own external data) and raise; ``-o`` keeps what it held."""
     failed = failed_path(result.path)
-    os.replace(result.path, failed)
     failed_sidecar = sidecar_path(failed)
-    os.replace(result.sidecar, failed_sidecar)
+    failed_sidecar.unlink(missing_ok=True)
+    write_model_atomically(proto, failed)
     result.path, result.sidecar = failed, failed_sidecar
     write_json_atomically(_sidecar(result), failed_sidecar)
     error = ParityError(

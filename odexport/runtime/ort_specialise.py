@@ -231,6 +231,8 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
             raise error
     say(f"write {out}")
     write_model_atomically(specialised, out)
+    # an export's sidecar left from what -o held before would describe another model
+    out.with_name(out.name + ".json").unlink(missing_ok=True)
     return result
 
 

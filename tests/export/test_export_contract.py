@@ -219,6 +219,32 @@ def test_parity_failure_keeps_a_renamed_file_and_raises(tmp_path):
     assert sidecar["parity"]["passed"] is False and sidecar["path"].endswith("m.parity-failed.onnx")
 
 
+def test_a_failed_or_interrupted_export_leaves_the_previous_output_whole(tmp_path, monkeypatch):
+    """The new model is verified beside -o and renamed onto it only when it passed: a parity
+    failure, or Ctrl-C during the verification, used to delete the last good export (and left
+    its sidecar orphaned)."""
+    from odexport.export import onnx_export
+
+    good = export_onnx(small_model(), tmp_path / "m.onnx", form="decomposed", input_shape=SHAPE)
+    before = {name: (tmp_path / name).read_bytes() for name in ("m.onnx", "m.onnx.json")}
+    assert good.parity.passed
+
+    broken = nn.Sequential(ODConv2d(8, 8, 3, padding=1), ExportsDifferently()).eval()
+    with pytest.raises(ParityError):
+        export_onnx(broken, tmp_path / "m.onnx", form="decomposed", input_shape=SHAPE)
+    assert _files(tmp_path) == ["m.onnx", "m.onnx.json", "m.parity-failed.onnx", "m.parity-failed.onnx.json"]
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "compare_with_torch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(small_model(), tmp_path / "m.onnx", form="custom", input_shape=SHAPE)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert "m.onnx" in _files(tmp_path) and not [n for n in _files(tmp_path) if n.startswith(".")]
+
+
 def test_model_mode_and_forward_are_restored(tmp_path):
     model = small_model().train()
     export_onnx(model, tmp_path / "m.onnx", form="custom", input_shape=SHAPE, check=False)

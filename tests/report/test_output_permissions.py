@@ -1,4 +1,4 @@
-"""Output files: every one gets the permissions of a normally created file (``0666 & ~umask``), and
+"""Output files: every one gets the permissions of a normally created file (``0666 & ~umask``, or those of the file it replaces), and
 a bad output path is a one-line input error before any work.
 
 The writers go through a temporary file made by ``tempfile.mkstemp`` (0600) and rename it into
@@ -47,6 +47,32 @@ def test_mode_follows_the_umask(tmp_path, mask):
         os.umask(previous)
     assert target.read_text() == "<a/>"
     assert _mode(target) == 0o666 & ~mask
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    """As ``open(path, "w")`` does: a report or deploy file made private (0600) stays private
+    when a later run replaces it; the rename used to give it the umask's 0644."""
+    import onnx
+
+    from odexport.export.onnx_export import write_model_atomically
+
+    report = tmp_path / "report.xml"
+    report.write_text("old")
+    os.chmod(report, 0o600)
+    write_text_atomically(report, "<a/>")
+    assert report.read_text() == "<a/>" and _mode(report) == 0o600
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"old")
+    os.chmod(model, 0o640)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    write_model_atomically(onnx.helper.make_model(graph), model)
+    assert onnx.load(str(model)).graph.node[0].op_type == "Identity" and _mode(model) == 0o640
+    fresh = tmp_path / "new.onnx"
+    write_model_atomically(onnx.helper.make_model(graph), fresh)
+    assert _mode(fresh) == EXPECTED
 
 
 def test_atomic_path_failure_leaves_nothing(tmp_path, umask):

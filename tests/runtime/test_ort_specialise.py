@@ -167,8 +167,10 @@ def test_cli_writes_reports_and_exits_by_outcome(exports, tmp_path):
     data = json.loads(result.stdout)
     assert data["path"] == str(out) and data["record"]["batches"] == [1, 2] and max(data["deviation"].values()) < 1e-3
     assert out.is_file()
+    (tmp_path / "q.onnx.json").write_text('{"path": "an earlier export at q.onnx"}')  # its sidecar: now stale
     plain = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "q.onnx"), "--no-measure", "--quiet"])
     assert plain.exit_code == 0 and plain.stdout.strip() == str(tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx.json").exists()
     failed = runner.invoke(app, ["ort", str(source), "-o", str(tmp_path / "t.onnx"), "--no-measure", "--tolerance", "1e-12", "--json"])
     assert failed.exit_code == 2 and not (tmp_path / "t.onnx").exists()
     # a CI step that keeps `--json > report.json` gets the refusal's measurements, not an empty file

@@ -116,6 +116,15 @@ def check(
         except OdexportError as exc:  # nothing was compared: the reports a CI job uploads still say why
             _write_error_reports(junit, markdown, reference, candidates, exc)
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: an earlier run's passing report must not stay behind as this run's
+            from odexport.cli._common import Terminated
+
+            terminated = isinstance(exc, Terminated)
+            stopped = OdexportError(f"the check was stopped ({'SIGTERM' if terminated else 'SIGINT'}) before it finished",
+                                    "run it again to completion (a CI job: give it more time)")
+            stopped.exit_code = 143 if terminated else 130
+            _write_error_reports(junit, markdown, reference, candidates, stopped)
+            raise
         names = candidate_names(report)
         if junit:
             write_text_atomically(junit, parity_junit(report))
