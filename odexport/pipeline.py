@@ -457,9 +457,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 
 def _batch_sizes(values) -> list[int]:
     """``values`` (one int or several) as a list of positive ints, in the order given."""
-    from odexport.errors import InputError
-
     import operator
+
+    from odexport.errors import InputError
 
     sizes = _one_or_many(values)
     try:

@@ -25,7 +25,29 @@ def is_quiet(quiet: bool = False) -> bool:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is (see ``odexport.cli.app.main``): exit 143 as the shell's."""
+    """SIGTERM, raised where a command is (see :func:`run_command`): exit 143, as the shell's."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    """A CI timeout or `docker stop` sends SIGTERM: while a command works it is raised as Ctrl-C
+    is, so its clean-ups run (temporary files removed, an export's previous output left whole).
+    Outside (argument parsing, teardown) the default stands: there is nothing to clean up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(action: Callable[[], Any]) -> Any:
@@ -35,7 +57,8 @@ def run_command(action: Callable[[], Any]) -> Any:
     """
     debug = os.environ.get("ODEXPORT_DEBUG") == "1"
     try:
-        return action()
+        with _sigterm_as_exception():
+            return action()
     except typer.Exit:
         raise
     except OdexportError as exc:

@@ -90,13 +90,4 @@ def main() -> None:
     # code of an input error, with nothing said
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    # a CI timeout or `docker stop` sends SIGTERM: raised as an exception, as Ctrl-C is, so the
-    # clean-ups run (temporary files removed, an export's previous output left whole)
-    signal.signal(signal.SIGTERM, _raise_terminated)
     app()
-
-
-def _raise_terminated(signum, frame):
-    from odexport.cli._common import Terminated
-
-    raise Terminated()
