@@ -66,11 +66,27 @@ def output_folder(path: str | Path, *, create: bool = False, example: str = "out
         raise InputError(f"cannot write {path}: {parent} is a file, not a folder", "choose another output path")
     if not create:
         raise InputError(f"cannot write {path}: folder {parent} does not exist", "create the folder or choose another output path")
+    missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # an ancestor is a file, or no permission
         raise InputError(f"cannot create the folder {parent} for {path.name} ({exc.strerror or exc})", "choose another output path") from exc
+    CREATED_FOLDERS.extend(missing)  # deepest first
     return parent
+
+
+# folders output_folder made for this command: a command that fails removes those left empty
+CREATED_FOLDERS: list[Path] = []
+
+
+def remove_created_folders_left_empty() -> None:
+    """After a failed command: the folders it made for its outputs and never filled, deepest first."""
+    while CREATED_FOLDERS:
+        folder = CREATED_FOLDERS.pop(0)
+        try:
+            folder.rmdir()  # only if empty: a folder something was written to stays
+        except OSError:
+            pass
 
 
 def _temp_in(parent: Path, path: Path, suffix: str) -> str:

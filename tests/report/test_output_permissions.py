@@ -292,3 +292,17 @@ def test_a_checkpoint_named_onnx_is_named_when_run(tmp_path):
     assert "weights.onnx is a PyTorch checkpoint (written by torch.save), not an ONNX model" in text
     # the advice works as written: `odexport onnx weights.onnx` would be refused (its output is its input)
     assert "`mv weights.onnx weights.pt`" in text and "`odexport onnx weights.pt`" in text
+
+
+def test_a_failed_command_leaves_no_folder_it_made(tmp_path):
+    """-o new/sub/x makes new/sub before the work (a bad path fails first); a command that then
+    fails removes the folders it made and left empty, and keeps any that hold a report."""
+    bad = tmp_path / "bad.pth.tar"
+    bad.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(app, ["reparam", str(bad), "-o", str(tmp_path / "new" / "sub" / "d.pth.tar")])
+    assert result.exit_code == 1 and "is not a checkpoint" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth.tar"]
+
+    junit = tmp_path / "reports" / "ci" / "parity.xml"  # the whole-run error is reported there: kept
+    result = CliRunner().invoke(app, ["check", str(bad), str(bad), "--junit", str(junit)])
+    assert result.exit_code == 1 and junit.is_file()
