@@ -796,25 +796,16 @@ def test_a_reference_that_cannot_load_still_writes_the_reports(artifacts, tmp_pa
 def test_a_stopped_check_replaces_the_last_runs_reports(artifacts, tmp_path):
     """SIGTERM (a CI timeout) mid-run: exit 143, and the JUnit/Markdown reports say the check was
     stopped; an earlier passing run's reports left in place would read as this run's."""
-    import signal
-    import subprocess
-    import sys
     import xml.etree.ElementTree as ET
+
+    from tests._signals import terminate_at_stage
 
     junit, markdown = tmp_path / "R.xml", tmp_path / "R.md"
     earlier = _check(artifacts["ckpt"], artifacts["good"], "--junit", junit, "--markdown", markdown)
     assert earlier.exit_code == 0 and 'failures="0"' in junit.read_text()
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from odexport.cli import main; sys.argv[0] = 'odexport'; main()",
-                                "check", artifacts["ckpt"], artifacts["good"], "--junit", str(junit), "--markdown", str(markdown)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if "load reference" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    err = "".join(seen) + process.stderr.read()
-    assert process.wait(timeout=120) == 143, err
+    status, err = terminate_at_stage(["check", artifacts["ckpt"], artifacts["good"], "--junit", junit, "--markdown", markdown],
+                                     "load reference")
+    assert status == 143, err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     suite = ET.parse(junit).getroot()
     assert suite.get("errors") == "1" and "stopped (SIGTERM)" in junit.read_text()

@@ -138,25 +138,15 @@ def test_the_default_output_drops_every_checkpoint_suffix(tmp_path, name, expect
 def test_sigterm_ends_an_export_as_ctrl_c_does(tmp_path):
     """A CI timeout or `docker stop` sends SIGTERM: exit 143 with one line, the clean-ups run (no
     hidden staging folder left), and the previous export and its sidecar stay as they were."""
-    import signal
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from tests._signals import terminate_at_stage
 
     checkpoint = Path(__file__).resolve().parents[2] / "samples" / "od_resnet_digits.pth.tar"
     (tmp_path / "m.onnx").write_bytes(b"previous export")
     (tmp_path / "m.onnx.json").write_text('{"previous": true}')
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from odexport.cli import main; sys.argv[0] = 'odexport'; main()",
-                                "onnx", str(checkpoint), "-o", str(tmp_path / "m.onnx")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in process.stderr:  # the trace takes seconds: terminate it there
-        seen.append(line)
-        if "trace" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    err = "".join(seen) + process.stderr.read()
-    assert process.wait(timeout=120) == 143, err
+    status, err = terminate_at_stage(["onnx", checkpoint, "-o", tmp_path / "m.onnx"], "trace")  # the trace takes seconds
+    assert status == 143, err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
     assert (tmp_path / "m.onnx").read_bytes() == b"previous export"
