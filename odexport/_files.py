@@ -71,22 +71,31 @@ def output_folder(path: str | Path, *, create: bool = False, example: str = "out
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # an ancestor is a file, or no permission
         raise InputError(f"cannot create the folder {parent} for {path.name} ({exc.strerror or exc})", "choose another output path") from exc
-    CREATED_FOLDERS.extend(missing)  # deepest first
+    if _created_folders is not None:
+        _created_folders.extend(missing)  # deepest first
     return parent
 
 
-# folders output_folder made for this command: a command that fails removes those left empty
-CREATED_FOLDERS: list[Path] = []
+_created_folders: list[Path] | None = None  # inside removing_created_folders_on_failure only
 
 
-def remove_created_folders_left_empty() -> None:
-    """After a failed command: the folders it made for its outputs and never filled, deepest first."""
-    while CREATED_FOLDERS:
-        folder = CREATED_FOLDERS.pop(0)
-        try:
-            folder.rmdir()  # only if empty: a folder something was written to stays
-        except OSError:
-            pass
+@contextlib.contextmanager
+def removing_created_folders_on_failure() -> Iterator[None]:
+    """A block (a CLI command) that fails removes the folders :func:`output_folder` made for its
+    outputs in it and left empty, deepest first; a folder something was written to stays."""
+    global _created_folders
+    outer, _created_folders = _created_folders, []
+    try:
+        yield
+    except BaseException:
+        for folder in _created_folders:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                pass
+        raise
+    finally:
+        _created_folders = outer
 
 
 def _temp_in(parent: Path, path: Path, suffix: str) -> str:

@@ -55,18 +55,12 @@ def run_command(action: Callable[[], Any]) -> Any:
 
     ``ODEXPORT_DEBUG=1`` re-raises so the traceback is shown.
     """
-    from odexport._files import CREATED_FOLDERS, remove_created_folders_left_empty
+    from odexport._files import removing_created_folders_on_failure
 
     debug = os.environ.get("ODEXPORT_DEBUG") == "1"
     try:
-        try:
-            with _sigterm_as_exception():
-                return action()
-        except BaseException:  # a failed command leaves no empty folder it made for its outputs
-            remove_created_folders_left_empty()
-            raise
-        finally:
-            CREATED_FOLDERS.clear()
+        with _sigterm_as_exception(), removing_created_folders_on_failure():
+            return action()
     except typer.Exit:
         raise
     except OdexportError as exc:
