@@ -13,6 +13,7 @@ file is given the mode a plain ``open(path, "w")`` would: that of the file it re
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import tempfile
 from collections.abc import Iterator
@@ -39,13 +40,19 @@ def current_umask() -> int:
 
 def give_default_permissions(path: str | Path, replacing: str | Path | None = None) -> None:
     """Set ``path``'s mode to what ``open(replacing, "w")`` would leave: the mode of the file it
-    replaces (a private 0600 file stays private), else a new file's ``0666 & ~umask``."""
+    replaces when that file is the process's own (a private 0600 file stays private), else a new
+    file's ``0666 & ~umask``."""
     import stat
 
+    kept = None
     try:
-        kept = stat.S_IMODE(os.stat(replacing).st_mode) if replacing is not None and os.path.isfile(replacing) else None
+        if replacing is not None and os.path.isfile(replacing):
+            old = os.stat(replacing)
+            # only a file of our own: its mode on a file we will own could lock its owner out
+            if not hasattr(os, "geteuid") or old.st_uid == os.geteuid():
+                kept = stat.S_IMODE(old.st_mode)
     except OSError:
-        kept = None
+        pass
     os.chmod(path, 0o666 & ~current_umask() if kept is None else kept)
 
 
@@ -71,31 +78,33 @@ def output_folder(path: str | Path, *, create: bool = False, example: str = "out
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # an ancestor is a file, or no permission
         raise InputError(f"cannot create the folder {parent} for {path.name} ({exc.strerror or exc})", "choose another output path") from exc
-    if _created_folders is not None:
-        _created_folders.extend(missing)  # deepest first
+    created = _CREATED_FOLDERS.get()
+    if created is not None:
+        created.extend(missing)  # deepest first
     return parent
 
 
-_created_folders: list[Path] | None = None  # inside removing_created_folders_on_failure only
+# per thread and task: set inside removing_created_folders_on_failure only
+_CREATED_FOLDERS: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("odexport_created_folders", default=None)
 
 
 @contextlib.contextmanager
 def removing_created_folders_on_failure() -> Iterator[None]:
     """A block (a CLI command) that fails removes the folders :func:`output_folder` made for its
     outputs in it and left empty, deepest first; a folder something was written to stays."""
-    global _created_folders
-    outer, _created_folders = _created_folders, []
+    created: list[Path] = []
+    token = _CREATED_FOLDERS.set(created)
     try:
         yield
     except BaseException:
-        for folder in _created_folders:
+        for folder in created:
             try:
                 folder.rmdir()  # only if empty
             except OSError:
                 pass
         raise
     finally:
-        _created_folders = outer
+        _CREATED_FOLDERS.reset(token)
 
 
 def _temp_in(parent: Path, path: Path, suffix: str) -> str:

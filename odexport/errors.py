@@ -68,5 +68,11 @@ class MissingDependencyError(OdexportError):
     exit_code = 3
 
 
+class StoppedError(OdexportError):
+    """The run was stopped by a signal before it finished: Ctrl-C (130) or SIGTERM (143)."""
+
+    exit_code = 130
+
+
 class InternalError(Exception):
     """A bug in odexport. Not user-fixable; reported with a request to file an issue."""

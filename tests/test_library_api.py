@@ -159,6 +159,7 @@ def test_deploy_options_are_refused_before_the_load(tmp_path, option, message):
     (dict(batch_sizes=(0, 2)), "must be positive integers"),
     (dict(batch_sizes=2.5), "must be positive integers"),
     (dict(threads=0), "--threads 0 is not a positive integer"),
+    (dict(iterations=True), "--iters True is not a positive integer"),
 ])
 def test_benchmark_refuses_what_the_cli_refuses(option, message):
     """iterations=0 timed nothing and warmup=-1 was taken as given; threads=0 was a PyTorch RuntimeError."""
@@ -180,3 +181,11 @@ def test_a_sequential_model_is_one_candidate_not_its_layers():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).eval()
     report = check_parity(model, model, input_shape=(3, 8, 8), samples=2, batch_sizes=1)
     assert report.passed and len(report.candidates) == 1
+
+
+def test_benchmark_takes_numpy_integers_as_integers(export):
+    """What a sweep script passes (np.int64 from np.arange) means what the Python int means."""
+    from odexport.pipeline import benchmark
+
+    report = benchmark(export, iterations=np.int64(2), warmup=np.int64(0), batch_sizes=np.array([1, 2]), baseline="none")
+    assert report.settings["iterations"] == 2 and report.settings["warmup"] == 0 and report.settings["batch_sizes"] == [1, 2]

@@ -39,7 +39,7 @@ import onnx
 import torch
 from torch import nn
 
-from odexport._files import give_default_permissions, output_folder, write_text_atomically
+from odexport._files import atomic_path, give_default_permissions, output_folder, write_text_atomically
 from odexport.errors import ExportError, InputError, ParityError
 from odexport.export import custom as custom_form
 from odexport.export import metadata_keys as keys
@@ -342,8 +342,7 @@ def stage_model(proto: onnx.ModelProto, path: Path) -> Path:
     staged = tmp_dir / path.name  # the same name: external data is found by a location relative to it
     try:
         if _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
-            onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data", size_threshold=1024)
+            _save_with_external_data(proto, staged, path.name + ".data")
             onnx.checker.check_model(str(staged), full_check=False)
         else:
             onnx.save_model(proto, staged)
@@ -356,6 +355,30 @@ def stage_model(proto: onnx.ModelProto, path: Path) -> Path:
     return staged
 
 
+def _save_with_external_data(proto: onnx.ModelProto, staged: Path, location: str) -> None:
+    """Save ``proto`` as ``staged`` with its tensors in ``staged``'s folder under ``location``.
+
+    onnx refuses a ``location`` that exists relative to the *working directory* (not to the
+    model), so re-exporting ``m.onnx`` from the folder holding ``m.onnx.data`` failed: the
+    tensors are saved under a name that exists nowhere, then renamed, and the model's references
+    rewritten.  ``proto``'s tensors are moved out to the file (onnx does that in place).
+    """
+    import uuid
+
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    unique = f".{uuid.uuid4().hex}.data"
+    onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True, location=unique,
+                    size_threshold=1024)
+    os.replace(staged.with_name(unique), staged.with_name(location))
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    onnx.save_model(proto, staged)
+
+
 def commit_staged_model(staged: Path, path: Path) -> None:
     """Rename a staged model (and its external data) onto ``path``; an older ``<name>.data`` that
     the new model does not use is removed, so no stale tensors sit beside it."""
@@ -363,8 +386,8 @@ def commit_staged_model(staged: Path, path: Path) -> None:
     data = staged.with_name(path.name + ".data")
     try:
         give_default_permissions(staged, replacing=path)
-        if data.exists():
-            give_default_permissions(data, replacing=parent / data.name)
+        if data.exists():  # the weights are as private as the model they belong to
+            give_default_permissions(data, replacing=parent / data.name if (parent / data.name).is_file() else path)
             os.replace(data, parent / data.name)
         else:
             (parent / data.name).unlink(missing_ok=True)
@@ -382,7 +405,11 @@ def discard_staged_model(staged: Path) -> None:
 
 
 def write_json_atomically(obj: dict, path: Path) -> None:
-    write_text_atomically(path, json.dumps(obj, indent=2, default=str) + "\n")
+    write_text_atomically(path, _json_text(obj))
+
+
+def _json_text(obj: dict) -> str:
+    return json.dumps(obj, indent=2, default=str) + "\n"
 
 
 def sidecar_path(path: Path) -> Path:
@@ -485,15 +512,11 @@ def export_onnx(
                 result.parity = compare_with_torch(model, str(staged), shape, batches=batches, seed=seed,
                                                    precision="fp16" if fp16 else "fp32")
             if result.parity is not None and not result.parity.passed:
-                return _fail_parity(result, proto)
-            # the sidecar first: a model is never beside the sidecar of the export it replaced
-            sidecar_path(out).unlink(missing_ok=True)
-            commit_staged_model(staged, out)
-            try:
-                write_json_atomically(_sidecar(result), result.sidecar)
-            except BaseException:  # a model without its sidecar is a half-written output
-                out.unlink(missing_ok=True)
-                raise
+                return _fail_parity(result, staged)
+            # the sidecar is written first and renamed just after the model: the pair changes together
+            with atomic_path(result.sidecar) as sidecar:
+                sidecar.write_text(_json_text(_sidecar(result)), encoding="utf-8")
+                commit_staged_model(staged, out)
             return result
         finally:
             discard_staged_model(staged)
@@ -507,13 +530,13 @@ def _sidecar(result: ExportResult) -> dict:
     return data
 
 
-def _fail_parity(result: ExportResult, proto: onnx.ModelProto) -> ExportResult:
-    """Keep the failed model as ``<stem>.parity-failed.onnx`` (written under that name, so large
-    models find their own external data) and raise; ``-o`` keeps what it held."""
+def _fail_parity(result: ExportResult, staged: Path) -> ExportResult:
+    """Keep the failed model as ``<stem>.parity-failed.onnx`` (saved again under that name, so a
+    large model refers to its own external data) and raise; ``-o`` keeps what it held."""
     failed = failed_path(result.path)
     failed_sidecar = sidecar_path(failed)
     failed_sidecar.unlink(missing_ok=True)
-    write_model_atomically(proto, failed)
+    write_model_atomically(onnx.load(str(staged)), failed)  # loading takes the tensors back from the staged data
     result.path, result.sidecar = failed, failed_sidecar
     write_json_atomically(_sidecar(result), failed_sidecar)
     error = ParityError(

@@ -26,6 +26,7 @@ START, END = "<!-- error-catalogue:start -->", "<!-- error-catalogue:end -->"
 # class -> exit code (odexport/errors.py and the subclasses defined elsewhere)
 EXIT_CODES = {
     "OdexportError": 1,
+    "StoppedError": 130,
     "InputError": 1,
     "CheckpointError": 1,
     "ArchitectureError": 1,

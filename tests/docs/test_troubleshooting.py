@@ -9,7 +9,7 @@ def test_catalogue_finds_the_errors():
     sites = collect()
     # the error boundary's classes are all used, and the catalogue is not trivially empty
     assert len(sites) > 50
-    assert {s.exit_code for s in sites} == {1, 2, 3}
+    assert {s.exit_code for s in sites} == {1, 2, 3, 130}  # 130: a check stopped by Ctrl-C (143 for SIGTERM, set where it is raised)
 
 
 def test_every_error_message_is_documented():

@@ -245,6 +245,41 @@ def test_a_failed_or_interrupted_export_leaves_the_previous_output_whole(tmp_pat
     assert "m.onnx" in _files(tmp_path) and not [n for n in _files(tmp_path) if n.startswith(".")]
 
 
+def test_models_with_external_data_re_export_and_fail_parity_cleanly(tmp_path, monkeypatch):
+    """Above the external-data threshold (lowered here): re-exporting from the folder that holds
+    ``m.onnx.data`` (onnx checked the location against the working directory and refused), and a
+    parity failure (the tensors had moved out of the in-memory model: an internal error, no
+    ``.parity-failed.onnx``) both work, and every written model runs from its own data file."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.chdir(tmp_path)
+    x = np.random.default_rng(0).standard_normal((2, *SHAPE)).astype(np.float32)
+
+    def outputs(name):
+        return ort.InferenceSession(name, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    model = small_model()
+    export_onnx(model, Path("m.onnx"), form="decomposed", input_shape=SHAPE)
+    first = outputs("m.onnx")
+    export_onnx(model, Path("m.onnx"), form="custom", input_shape=SHAPE)  # over m.onnx.data, from its folder
+    assert _files(tmp_path) == ["m.onnx", "m.onnx.data", "m.onnx.json"]
+    np.testing.assert_allclose(outputs("m.onnx"), first, rtol=1e-5, atol=1e-5)
+
+    broken = nn.Sequential(ODConv2d(8, 8, 3, padding=1), ExportsDifferently()).eval()
+    with pytest.raises(ParityError) as info:
+        export_onnx(broken, Path("m.onnx"), form="decomposed", input_shape=SHAPE)
+    assert info.value.exit_code == 2
+    assert _files(tmp_path) == ["m.onnx", "m.onnx.data", "m.onnx.json", "m.parity-failed.onnx", "m.parity-failed.onnx.data",
+                                "m.parity-failed.onnx.json"]
+    np.testing.assert_allclose(outputs("m.onnx"), first, rtol=1e-5, atol=1e-5)  # -o kept the good export
+    with torch.no_grad():
+        expected = broken(torch.from_numpy(x)).numpy() + 0.5  # what the failed graph computes
+    np.testing.assert_allclose(outputs("m.parity-failed.onnx"), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_model_mode_and_forward_are_restored(tmp_path):
     model = small_model().train()
     export_onnx(model, tmp_path / "m.onnx", form="custom", input_shape=SHAPE, check=False)

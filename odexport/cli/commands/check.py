@@ -119,9 +119,11 @@ def check(
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: an earlier run's passing report must not stay behind as this run's
             from odexport.cli._common import Terminated
 
+            from odexport.errors import StoppedError
+
             terminated = isinstance(exc, Terminated)
-            stopped = OdexportError(f"the check was stopped ({'SIGTERM' if terminated else 'SIGINT'}) before it finished",
-                                    "run it again to completion (a CI job: give it more time)")
+            stopped = StoppedError(f"the check was stopped ({'SIGTERM' if terminated else 'SIGINT'}) before it finished",
+                                   "run it again to completion (a CI job: give it more time)")
             stopped.exit_code = 143 if terminated else 130
             _write_error_reports(junit, markdown, reference, candidates, stopped)
             raise
