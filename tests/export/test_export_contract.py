@@ -333,3 +333,16 @@ def test_ctrl_c_inside_the_exporter_is_an_interrupt_not_an_export_failure():
 
     with pytest.raises(ExportError, match="torch.onnx.export failed"):
         onnx_export.torch_to_onnx(Broken(), (torch.randn(1, 3),), ["x"], ["y"], None, 18)
+
+
+def test_a_re_export_keeps_the_privacy_of_the_files_it_replaces(tmp_path):
+    import os
+    import stat
+
+    export_onnx(small_model(), tmp_path / "m.onnx", form="decomposed", input_shape=SHAPE, check=False)
+    for name in ("m.onnx", "m.onnx.json"):
+        os.chmod(tmp_path / name, 0o600)
+    export_onnx(small_model(), tmp_path / "m.onnx", form="custom", input_shape=SHAPE, check=False)
+    assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("m.onnx", "m.onnx.json")} == \
+        {"m.onnx": 0o600, "m.onnx.json": 0o600}
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["metadata"]["odexport.form"] == "custom"
