@@ -386,7 +386,7 @@ def commit_staged_model(staged: Path, path: Path) -> None:
     data = staged.with_name(path.name + ".data")
     try:
         give_default_permissions(staged, replacing=path)
-        if data.exists():  # the weights are as private as the model they belong to
+        if data.exists():  # as private as the data file replaced, else as the model they belong to
             give_default_permissions(data, replacing=parent / data.name if (parent / data.name).is_file() else path)
             os.replace(data, parent / data.name)
         else:
