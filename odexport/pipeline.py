@@ -455,24 +455,13 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                          missing=_not_run(missing), refused=_not_run(refused), order=order)
 
 
-def _whole_number(value) -> int | None:
-    """``value`` as an int when it is one (Python or numpy, not a bool, 2.5 or "2"), else None."""
-    import operator
-
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
 def _batch_sizes(values) -> list[int]:
     """``values`` (one int or several) as a list of positive ints, in the order given."""
     from odexport.errors import InputError
+    from odexport.runtime.base import whole_number
 
     sizes = _one_or_many(values)
-    ints = [n for n in map(_whole_number, sizes) if n is not None]
+    ints = [n for n in map(whole_number, sizes) if n is not None]
     if not sizes or len(ints) != len(sizes) or min(ints) < 1:
         raise InputError(f"batch sizes {sizes} must be positive integers", "use e.g. --batch-sizes 1,2,8")
     return ints
@@ -770,13 +759,14 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     from odexport.report.latency import BenchEntry, BenchReport, LatencyStats, machine_facts
     from odexport.runtime import NATURAL_BACKEND, artifact_kind, open_runner
     from odexport._memory import require_batch_fits
+    from odexport.runtime.base import whole_number
     from odexport.runtime.timing import block_latencies, interleaved_latencies
 
     if baseline not in ("static-twin", "none"):
         raise InputError(f"unknown baseline {baseline!r}", "use --baseline static-twin or --baseline none")
-    if _whole_number(warmup) is None or warmup < 0:
+    if whole_number(warmup) is None or warmup < 0:
         raise InputError(f"--warmup {warmup!r} is not a whole number >= 0", "use e.g. --warmup 10")
-    if _whole_number(iterations) is None or iterations < 1:
+    if whole_number(iterations) is None or iterations < 1:
         raise InputError(f"--iters {iterations!r} is not a positive integer", "use e.g. --iters 50")
     warmup, iterations = int(warmup), int(iterations)
     stage = stage or (lambda _name: None)

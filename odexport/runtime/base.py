@@ -21,6 +21,18 @@ from odexport.errors import InputError
 PRECISIONS = ("fp64", "fp32", "fp16", "mixed")
 
 
+def whole_number(value) -> int | None:
+    """``value`` as an int when it is one (Python or numpy, not a bool, 2.5 or "2"), else None."""
+    import operator
+
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def require_thread_count(threads) -> int | None:
     """``threads`` as a positive int, or None for the runtime's default.
 
@@ -28,9 +40,10 @@ def require_thread_count(threads) -> int | None:
     """
     if threads is None:
         return None
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+    count = whole_number(threads)
+    if count is None or count < 1:
         raise InputError(f"--threads {threads!r} is not a positive integer", "use e.g. --threads 2, or leave it out for the runtime's default")
-    return int(threads)
+    return count
 
 
 class InferenceError(InputError):

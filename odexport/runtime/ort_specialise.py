@@ -136,7 +136,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     """
     import onnx
 
-    from odexport.export.onnx_export import write_model_atomically
+    from odexport.export.onnx_export import sidecar_path, write_model_atomically
     from odexport._memory import onnx_step_bytes, require_batch_fits
     from odexport.runtime.ort_optimize import CUSTOM_DOMAIN, optimize_for_cpu
 
@@ -232,7 +232,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     say(f"write {out}")
     write_model_atomically(specialised, out)
     # an export's sidecar left from what -o held before would describe another model
-    out.with_name(out.name + ".json").unlink(missing_ok=True)
+    sidecar_path(out).unlink(missing_ok=True)
     return result
 
 

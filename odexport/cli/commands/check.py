@@ -118,7 +118,6 @@ def check(
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: an earlier run's passing report must not stay behind as this run's
             from odexport.cli._common import Terminated
-
             from odexport.errors import StoppedError
 
             terminated = isinstance(exc, Terminated)
