@@ -24,7 +24,6 @@ _PUBLIC = {
     "check_compatible": "odexport.engine.sidecar",
     "plan_precision": "odexport.engine.precision",
     "require_tensorrt": "odexport.engine.environment",
-    "machine_report": "odexport.engine.environment",
 }
 
 __all__ = list(_PUBLIC)

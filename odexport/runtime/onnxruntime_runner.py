@@ -48,6 +48,41 @@ def probe() -> Capability:
                       {"providers": providers})
 
 
+def cuda_session_probe() -> dict:
+    """Start an onnxruntime session on the CUDA provider and run one 1x1 Conv on it.
+
+    A listed ``CUDAExecutionProvider`` is not a working one: the provider library loads CUDA,
+    cuBLAS and cuDNN only when a session starts, and where one is missing (or of another major
+    version) onnxruntime falls back to the CPU with a log line.  This starts the session the way
+    ``odexport check/run --device cuda`` do (:class:`OrtRunner`) and compares the result with the input (the Conv's weight is the identity).
+    Returns ``{"started": bool, "why": str}``; never raises."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from odexport.errors import OdexportError
+    from odexport.runtime.ort_optimize import HAND_BUILT_IR_VERSION
+
+    channels = 4
+    identity = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "odexport_doctor_cuda_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4])],
+        [numpy_helper.from_array(identity, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=HAND_BUILT_IR_VERSION)
+    x = np.arange(channels * 16, dtype=np.float32).reshape(1, channels, 4, 4)
+    try:
+        with OrtRunner(model.SerializeToString(), device="cuda") as runner:
+            y = runner.infer({"x": x})["y"]
+    except OdexportError as exc:
+        return {"started": False, "why": exc.message}
+    except Exception as exc:  # a broken provider library raises onnxruntime's own classes
+        return {"started": False, "why": f"{type(exc).__name__}: {exc}"}
+    if not np.array_equal(y, x):
+        return {"started": False, "why": "the session started but a 1x1 identity Conv returned wrong values"}
+    return {"started": True, "why": "a session started on the CUDA provider and ran a Conv"}
+
+
 def _providers_for(device: str, providers) -> list:
     import onnxruntime as ort
 

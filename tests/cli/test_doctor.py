@@ -101,9 +101,9 @@ def test_render_of_a_gpu_machine_with_tensorrt():
 def test_cuda_provider_is_proven_by_a_session_not_by_its_name():
     """The probe starts a real session on the CUDA provider: on a machine without the provider or
     without a GPU it reports why it could not, where both exist it runs a Conv there."""
-    from odexport.engine.environment import onnxruntime_cuda_session
+    from odexport.runtime.onnxruntime_runner import cuda_session_probe
 
-    result = onnxruntime_cuda_session()
+    result = cuda_session_probe()
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert result == {"started": False, "why": "onnxruntime's CUDA execution provider is not available in this installation"}
     else:

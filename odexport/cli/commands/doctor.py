@@ -19,7 +19,7 @@ def doctor(
     from odexport.cli._common import print_json
 
     try:
-        from odexport.engine.environment import machine_report
+        from odexport.environment import machine_report
 
         report = machine_report()
     except Exception as exc:  # doctor must answer even when odexport itself is broken
@@ -36,7 +36,7 @@ def _yes(value) -> str:
 
 
 def render_report(report: dict) -> list[str]:
-    """Plain text lines of a :func:`odexport.engine.environment.machine_report` (no markup)."""
+    """Plain text lines of a :func:`odexport.environment.machine_report` (no markup)."""
     from odexport._memory import format_bytes
 
     if "error" in report and len(report) == 1:
