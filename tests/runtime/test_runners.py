@@ -289,3 +289,33 @@ def test_ort_cpu_rewrite_of_runtime_weight_conv_is_exact(tmp_path):
     np.testing.assert_allclose(rewritten.infer(x)["output"], plain, atol=1e-5, rtol=1e-5)
     expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(numpy_helper.to_array(w0) * 0.5), padding=1)
     np.testing.assert_allclose(plain, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_custom_form_is_refused_on_an_onnxruntime_that_ignores_overloads(tmp_path):
+    """onnxruntime before 1.27 runs one body for every `com.odexport::ODConv2d` node, whatever its
+    overload (seen: 1.18-1.26 fail to load the custom form, or return another body's result where
+    the shapes fit). The runner says so (exit 3) instead of running it; the decomposed form, whose
+    functions are not overloaded, runs anywhere."""
+    import onnx
+
+    from odexport.errors import MissingDependencyError
+    from odexport.models import create_model
+    from odexport.pipeline import onnx_from_model
+    from odexport.runtime.onnxruntime_runner import OrtRunner, refuse_ignored_overloads
+
+    model = create_model("od_resnet_tiny").eval()
+    custom, decomposed = tmp_path / "custom.onnx", tmp_path / "decomposed.onnx"
+    onnx_from_model(model, custom, form="custom", input_shape=(3, 16, 16), check=False)
+    onnx_from_model(model, decomposed, form="decomposed", input_shape=(3, 16, 16), check=False)
+    overloads = {f.overload for f in onnx.load(custom).functions if f.name == "ODConv2d"}
+    assert len(overloads) > 1  # the premise: several layer configurations, one op name
+    with pytest.raises(MissingDependencyError) as caught:
+        refuse_ignored_overloads("1.26.2", custom, custom.name)
+    assert "onnxruntime 1.26.2 ignores ONNX function overloads" in caught.value.message
+    assert "com.odexport::ODConv2d" in caught.value.message and "--form decomposed" in caught.value.hint
+    with pytest.raises(MissingDependencyError):
+        refuse_ignored_overloads("1.18.0", custom.read_bytes(), "the model")
+    refuse_ignored_overloads("1.26.2", decomposed, decomposed.name)
+    refuse_ignored_overloads("1.27.0", custom, custom.name)
+    with OrtRunner(custom) as runner:  # this machine's onnxruntime honours them (the package requires it)
+        assert runner.infer(np.zeros((1, 3, 16, 16), np.float32))
