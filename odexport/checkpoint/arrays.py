@@ -1,4 +1,4 @@
-"""Model inputs and outputs as arrays: read ``.npy``/``.npz``/``.pt`` inputs, write outputs atomically.
+"""Model inputs and outputs as arrays: read ``.npy``/``.npz``/``.pt`` inputs (and labels), write outputs atomically.
 
 Inputs are read without unpickling (``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``).
 Outputs are written to a temporary file in the destination folder and renamed into place, so a
@@ -17,62 +17,77 @@ from odexport._files import atomic_path, output_folder
 from odexport.errors import InputError
 
 INPUT_KEYS = ("input", "x", "inputs", "images", "data")
+LABEL_KEYS = ("y", "labels", "label", "targets")
 INPUT_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
-_HINT = "save the input batch (N, C, H, W) with np.save('x.npy', x), np.savez('x.npz', input=x) or torch.save(x, 'x.pt')"
+_HINT = "save the input batch (N, C, H, W) with np.save('x.npy', x), np.savez('x.npz', x=x, y=labels) or torch.save(x, 'x.pt')"
 
 
-def read_input_array(path: str | os.PathLike) -> np.ndarray:
-    """The input batch stored in ``path`` as a float32 array (see :data:`INPUT_KEYS` for containers)."""
+def read_input_file(path: str | os.PathLike, option: str = "--inputs") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(inputs, labels or None)`` stored in ``path``, read without unpickling; the one reader of
+    input files (``run --input``, ``check --inputs``, ``reparam --calibration``).
+
+    ``.npy``: one array.  ``.npz``, or ``.pt``/``.pth`` holding a dict of tensors: the inputs are the
+    first of :data:`INPUT_KEYS` present, else the only array that is not labels; the labels the
+    first of :data:`LABEL_KEYS`.  ``.pt``/``.pth`` may also hold one tensor.  ``option`` is the
+    command-line option that named the file, for the messages."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"input file {path} is a directory", "pass the input file inside it to --input")
+        raise InputError(f"input file {path} is a directory", f"pass the .npy, .npz or .pt file inside it to {option}")
     if not path.is_file():
-        raise InputError(f"input file {path} does not exist", "check the path given to --input")
+        raise InputError(f"input file {path} does not exist", f"check the path given to {option}")
     suffix = path.suffix.lower()
     if suffix not in INPUT_SUFFIXES:
         raise InputError(f"input file {path} is not .npy, .npz or .pt", _HINT)
+    if path.stat().st_size == 0:
+        raise InputError(f"input file {path} is empty", _HINT)
     from odexport._memory import require_file_fits
 
-    require_file_fits(path, advice="split the input into files of at most {most} samples and run each")
+    require_file_fits(path, advice=f"pass at most {{most}} samples in {option}")
     try:
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
+            return np.load(path, allow_pickle=False), None
+        if suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
-                array = _pick(dict(data.items()), path)
-        else:
-            import torch
+                return _inputs_and_labels(dict(data.items()), path)
+        import torch
 
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            what = f"{path} holds"
-            if isinstance(obj, Mapping):
-                picked = _pick(dict(obj), path)
-                what = f"the entry of {path} read as the input ({next(k for k, v in obj.items() if v is picked)!r}) is"
-                obj = picked
-            if not isinstance(obj, torch.Tensor):
-                kind = type(obj).__name__
-                raise InputError(f"{what} {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a tensor", _HINT)
-            array = obj.detach().float().numpy()
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, Mapping):
+            x, labels = _inputs_and_labels(dict(obj), path)
+            what = f"the entry of {path} read as the input ({next(k for k, v in obj.items() if v is x)!r}) is"
+        else:
+            x, labels, what = obj, None, f"{path} holds"
+        if not isinstance(x, torch.Tensor):
+            kind = type(x).__name__
+            raise InputError(f"{what} {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a tensor", _HINT)
+        return x.detach().float().numpy(), None if labels is None else np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
     except InputError:
         raise
-    except Exception as exc:
-        raise InputError(f"cannot read input file {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", _HINT) from exc
-    array = np.asarray(array)
+    except Exception as exc:  # a damaged or cut file, pickled objects, a torch file of another kind
+        raise InputError(f"cannot read input file {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
+                         "the file may be damaged or incomplete, or hold pickled objects: " + _HINT) from exc
+
+
+def read_input_array(path: str | os.PathLike, option: str = "--input") -> np.ndarray:
+    """The inputs stored in ``path`` (:func:`read_input_file`) as a float32 array."""
+    array = np.asarray(read_input_file(path, option)[0])
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise InputError(f"input in {path} has dtype {array.dtype}, not numbers", _HINT)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _pick(mapping: dict, path: Path):
-    for key in INPUT_KEYS:
-        if key in mapping:
-            return mapping[key]
-    if len(mapping) == 1:
-        return next(iter(mapping.values()))
-    if not mapping:
-        raise InputError(f"{path} holds no arrays", _HINT)
-    raise InputError(f"{path} holds several arrays ({', '.join(map(str, list(mapping)[:6]))}) and none is named 'input'",
-                     "name the input batch 'input' (np.savez(path, input=x))")
+def _inputs_and_labels(mapping: dict, path: Path):
+    labels_key = next((key for key in LABEL_KEYS if key in mapping), None)
+    key = next((key for key in INPUT_KEYS if key in mapping), None)
+    if key is None:
+        rest = [name for name in mapping if name != labels_key]
+        if not rest:
+            raise InputError(f"{path} holds no input array (only labels {labels_key!r})" if labels_key else f"{path} holds no arrays", _HINT)
+        if len(rest) > 1:
+            raise InputError(f"{path} holds several arrays ({', '.join(map(str, rest[:6]))}) and none is named x or input",
+                             "name the input batch x (np.savez(path, x=inputs, y=labels))")
+        key = rest[0]
+    return mapping[key], None if labels_key is None else mapping[labels_key]
 
 
 def check_input_batch(array: np.ndarray, channels: int | None, *, source: str = "input") -> None:

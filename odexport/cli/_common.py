@@ -86,6 +86,33 @@ def run_command(action: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
+PIPED_TABLE_WIDTH = 160
+
+
+def print_wide(table: Any) -> None:
+    """Print a rich Table; piped or in a CI log with 160 columns, where rich would otherwise squeeze
+    it into 80 and wrap its cells mid-value."""
+    if console.is_terminal:
+        console.print(table, soft_wrap=False)  # its title wraps at the terminal's width too
+    else:
+        Console(width=max(console.width, PIPED_TABLE_WIDTH), highlight=False, soft_wrap=True).print(table)
+
+
+def print_table(build: Callable[[tuple[str, ...]], Any], columns: tuple[str, ...], compact: tuple[str, ...]) -> None:
+    """Print the rich Table ``build(columns)`` (see :func:`print_wide`); on a terminal too narrow
+    for it, ``build(compact)`` instead, with a line naming the columns left out, so that no number
+    is broken across lines."""
+    table = build(columns)
+    natural = console.measure(table, options=console.options.update_width(10_000)).maximum  # unclamped by the terminal
+    if not console.is_terminal or natural <= console.width:
+        print_wide(table)
+        return
+    console.print(build(compact), soft_wrap=False)
+    left_out = ", ".join(column for column in columns if column not in compact)
+    console.print(f"({left_out} left out to fit {console.width} columns: widen the terminal, or use --json)", style="dim", markup=False,
+                  soft_wrap=False)  # wrapped on words at the terminal's width, like the table
+
+
 def print_json(obj: Any) -> None:
     """One machine-readable JSON object on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -17,8 +17,8 @@ ArchOption = Annotated[
     Optional[str],
     typer.Option(
         "--arch",
-        help="Architecture name from the model zoo (see `odexport inspect --help`); overrides detection "
-        "from the checkpoint's key names and shapes.",
+        help="Architecture name from the model zoo (docs/architectures.md; an unknown name lists them all); "
+        "overrides detection from the checkpoint's key names and shapes.",
         show_default=False,
     ),
 ]
@@ -29,8 +29,8 @@ KernelNumOption = Annotated[
         "--kernel-num",
         "-K",
         min=1,
-        help="Number of candidate kernels K: sets K of an architecture built by name (inspect); for a checkpoint, "
-        "whose K is read from its weight shapes, a different value is an error.",
+        help="Number of candidate kernels K of an architecture built by name (`odexport inspect od_resnet18 -K 4`); "
+        "a checkpoint's K is read from its weight shapes, and a different value is an error.",
         show_default=False,
     ),
 ]
@@ -122,6 +122,19 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"1,2,8"`` -> ``[1, 2, 8]``; anything else is an input error."""
+    from odexport.errors import InputError
+
+    try:  # an empty item ("1,,2") is a typo to show, not a separator to skip; "1 8" is not 18
+        values = [int(part) for part in text.split(",")]  # int() allows " 8"
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise InputError(f"--batch-sizes {text!r} is not a list of positive integers", "use e.g. --batch-sizes 1,2,8")
+    return sorted(set(values))
+
+
 __all__ = [
     "ArchOption",
     "EmaOption",
@@ -130,5 +143,6 @@ __all__ = [
     "KernelNumOption",
     "TemperatureOption",
     "TrustPickleOption",
+    "parse_batch_sizes",
     "parse_input_shape",
 ]

@@ -54,7 +54,7 @@ app = typer.Typer(
     cls=_InputErrorExitGroup,
     help="Take trained dynamic-convolution CNNs (ODConv, DY-Conv) to ONNX Runtime and TensorRT, "
     "with a dynamic batch and a parity gate.\n\nExit codes: 0 success, 1 input error, "
-    "2 parity failure, 3 missing optional dependency or hardware.",
+    "2 parity failure, 3 missing optional dependency or hardware, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -83,6 +83,8 @@ def parity_rows(report: ParityReport) -> list[list[str]]:
 
 
 TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "max rel", "cosine", "top-1", "atol needed", "atol", "verdict")
+# what a terminal too narrow for TABLE_COLUMNS shows: the error, the bar it is held to, the verdict
+COMPACT_TABLE_COLUMNS = ("candidate", "batch", "output", "max abs", "top-1", "atol", "verdict")
 
 
 def _verdict(report: ParityReport, passed: str, failed: str, refused: str, incomplete: str) -> str:
@@ -90,8 +92,9 @@ def _verdict(report: ParityReport, passed: str, failed: str, refused: str, incom
     return {"PASS": passed, "FAIL": failed, "ERROR": refused, "INCOMPLETE": incomplete}[report.verdict]
 
 
-def parity_table(report: ParityReport):
-    """A rich Table of every comparison (the full set of numbers is in JSON/JUnit/Markdown)."""
+def parity_table(report: ParityReport, columns: tuple[str, ...] = TABLE_COLUMNS):
+    """A rich Table of every comparison in ``columns`` (of :data:`PARITY_COLUMNS`; the full set of
+    numbers is in JSON/JUnit/Markdown).  A number is never broken across lines."""
     from rich import box
     from rich.table import Table
 
@@ -99,10 +102,10 @@ def parity_table(report: ParityReport):
     ref = report.reference
     table = Table(title=f"parity vs {candidate_names(report)[str(ref.get('artifact', 'reference'))]} ({ref.get('backend', '')}, "
                         f"{ref.get('dtype', '')}): {verdict}", title_justify="left", box=box.SIMPLE_HEAD)
-    keep = [PARITY_COLUMNS.index(c) for c in TABLE_COLUMNS]
-    for column in TABLE_COLUMNS:
+    keep = [PARITY_COLUMNS.index(c) for c in columns]
+    for column in columns:
         left = column in ("candidate", "output", "verdict")
-        table.add_column(column, justify="left" if left else "right", overflow="fold")
+        table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
     for row in parity_rows(report):
         style = {"pass": "green", "FAIL": "red", "ERROR": "red", "NOT RUN": "yellow"}[row[-1]]
         cells = [row[i] for i in keep]
@@ -127,7 +130,8 @@ def per_layer_table(cand: CandidateParity, name: str | None = None):
     table = Table(title=f"per-layer parity of {name or Path(cand.artifact).name} (batch {cand.per_layer.batch_size})",
                   title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("layer", "attention max abs", "output max abs", "output max rel", "verdict"):
-        table.add_column(column, justify="left" if column in ("layer", "verdict") else "right")
+        text = column in ("layer", "verdict")
+        table.add_column(column, justify="left" if text else "right", no_wrap=not text)
     rows: dict[str, dict] = {}
     for entry in cand.per_layer.layers:
         row = rows.setdefault(entry.layer, {"att": None, "out": None, "rel": None, "failed": []})
@@ -278,7 +282,13 @@ def check_error_markdown(reference: str, candidates, message: str, fix: str) -> 
 
 # -- benchmark ----------------------------------------------------------------------------------
 
-def bench_table(report: BenchReport):
+BENCH_COLUMNS = ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio")
+# what a terminal too narrow for BENCH_COLUMNS shows (a twin's label names it: "static twin of X")
+COMPACT_BENCH_COLUMNS = ("artifact", "batch", "p50", "p99", "ratio")
+
+
+def bench_table(report: BenchReport, columns: tuple[str, ...] = BENCH_COLUMNS):
+    """A rich Table of every measurement in ``columns`` (of :data:`BENCH_COLUMNS`)."""
     from rich.table import Table
 
     from rich import box
@@ -289,19 +299,21 @@ def bench_table(report: BenchReport):
         how = "in alternating blocks" + (", onnxruntime spinning on" if spun else "")
     table = Table(title=f"latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured {how})", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for column in ("artifact", "role", "backend", "batch", "p50", "p90", "p99", "samples/s", "ratio"):
-        table.add_column(column, justify="left" if column in ("artifact", "role", "backend") else "right")
+    for column in columns:
+        text = column in ("artifact", "role", "backend")
+        table.add_column(column, justify="left" if text else "right", no_wrap=not text)
     names = _bench_names(report)
     for entry in report.entries:
-        name = _bench_label(entry, names)
+        cells = {"artifact": _bench_label(entry, names), "role": entry.role, "backend": entry.backend, "batch": str(entry.batch_size)}
         if entry.stats is None:
-            table.add_row(name, entry.role, entry.backend, str(entry.batch_size), *["-"] * 4,
-                          "[yellow]not run[/]" if entry.missing_backend else "[red]error[/]")
-            continue
-        ratio = report.ratio(entry) if entry.role == "candidate" else None
-        s = entry.stats
-        table.add_row(name, entry.role, entry.backend, str(entry.batch_size), f"{s.p50_ms:.3f}",
-                      f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.throughput:.1f}", "-" if ratio is None else f"{ratio:.2f}x")
+            cells.update(dict.fromkeys(("p50", "p90", "p99", "samples/s"), "-"))
+            cells["ratio"] = "[yellow]not run[/]" if entry.missing_backend else "[red]error[/]"
+        else:
+            ratio = report.ratio(entry) if entry.role == "candidate" else None
+            s = entry.stats
+            cells.update({"p50": f"{s.p50_ms:.3f}", "p90": f"{s.p90_ms:.3f}", "p99": f"{s.p99_ms:.3f}",
+                          "samples/s": f"{s.throughput:.1f}", "ratio": "-" if ratio is None else f"{ratio:.2f}x"})
+        table.add_row(*(cells[column] for column in columns))
     return table
 
 

@@ -90,42 +90,15 @@ def random_samples(count: int, shape: tuple[int, ...], seed: int = 0) -> Samples
 
 
 def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option: str = "--inputs") -> Samples:
-    """Inputs from ``.npy`` (an array) or ``.npz`` (``x`` or ``input``, optionally ``y``/``labels``).
+    """Inputs (and labels, when the file has them) from ``.npy``, ``.npz`` or ``.pt``, as
+    :func:`odexport.checkpoint.arrays.read_input_file` reads them.
 
     A single sample without a batch axis is accepted when ``shape`` says what one sample is.
     ``option`` is the command-line option that named the file, for the messages.
     """
-    import zipfile
-    import zlib
+    from odexport.checkpoint.arrays import read_input_file
 
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"inputs file {path} is a directory", f"pass a .npy or .npz file to {option}")
-    if not path.is_file():
-        raise InputError(f"inputs file {path} does not exist", f"pass an existing .npy or .npz file to {option}")
-    if path.stat().st_size == 0:
-        raise InputError(f"inputs file {path} is empty", f"save the inputs with np.save/np.savez and pass that file to {option}")
-    labels = None
-    from odexport._memory import require_file_fits
-
-    require_file_fits(path, advice=f"pass at most {{most}} samples in {option}")
-    try:
-        if path.suffix.lower() == ".npy":
-            x = np.load(path, allow_pickle=False)
-        elif path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                key = next((k for k in ("x", "input", "inputs", "images") if k in data.files), None)
-                if key is None:
-                    raise InputError(f"{path} has no array named x (it has: {', '.join(data.files)})",
-                                     "save the inputs as np.savez(path, x=inputs, y=labels)")
-                x = data[key]
-                label_key = next((k for k in ("y", "labels", "label", "targets") if k in data.files), None)
-                labels = data[label_key] if label_key else None
-        else:
-            raise InputError(f"{path} is neither .npy nor .npz", "save the inputs with np.save or np.savez")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a damaged or cut file, or pickled objects
-        raise InputError(f"cannot read {path}: {type(exc).__name__}: {exc}",
-                         "the file may be damaged or incomplete: save the inputs again with np.save/np.savez (no pickled objects)") from exc
+    x, labels = read_input_file(path, option)
     return samples_from_array(x, shape, labels, source=str(path))
 
 

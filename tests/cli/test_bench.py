@@ -83,6 +83,7 @@ def test_onnx_against_its_exported_static_twin(artifacts, tmp_path):
     assert re.search(r"\b\d+\.\d+x\b", result.output)  # the ratio to the twin
     if available("matplotlib"):
         assert plot.read_bytes()[:4] == b"\x89PNG"
+        assert f"wrote {plot}" in " ".join(result.output.split())  # the user is told where it went
         umask = os.umask(0)
         os.umask(umask)
         assert stat.S_IMODE(plot.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600

@@ -414,6 +414,18 @@ def test_labelled_inputs_report_accuracy(artifacts, tmp_path):
     assert data["inputs"]["source"] == str(path) and data["reference"]["dtype"] == "float64"
 
 
+def test_inputs_saved_with_torch_are_read_as_run_reads_them(artifacts, tmp_path):
+    """`run -i x.pt` worked while `check --inputs x.pt` was refused: one reader serves both now."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.pt"
+    torch.save({"images": torch.from_numpy(rng.standard_normal((4, *SHAPE)).astype(np.float32)),
+                "labels": torch.from_numpy(rng.integers(0, 10, 4))}, path)
+    result = _check(artifacts["ckpt"], artifacts["good"], "-i", path, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["inputs"]["source"] == str(path) and data["candidates"][0]["accuracy"]["samples"] == 4
+
+
 def test_labels_outside_the_classes_are_an_input_error(artifacts, tmp_path):
     """Labels counted from 1 (or from another dataset) would make every accuracy wrong: refused."""
     rng = np.random.default_rng(0)
@@ -489,6 +501,7 @@ def test_checkpoint_candidate(artifacts):
     [
         (["--batch-sizes", "0,2"], "batch-sizes"),
         (["--batch-sizes", "1,,8"], "--batch-sizes '1,,8' is not a list"),  # a typo shown, not read as 1,8
+        (["--batch-sizes", "1 8"], "--batch-sizes '1 8' is not a list"),  # not read as batch 18
         (["--input-shape", ""], "input shape '' is not CxHxW"),
         (["--atol", "abc"], "not a non-negative number"),
         (["--reference-dtype", "float16"], "reference-dtype"),

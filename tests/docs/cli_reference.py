@@ -157,6 +157,8 @@ def render_markdown(root: CommandHelp, commands: list[CommandHelp]) -> str:
         "| 1 | usage or input error: bad file, unknown architecture, shape mismatch, bad option value |",
         "| 2 | parity failure: a check ran and the numbers are outside tolerance |",
         "| 3 | missing optional dependency or hardware (TensorRT, CUDA, matplotlib) |",
+        "| 130 | interrupted (Ctrl-C): the command stopped and cleaned up, nothing half-written is left |",
+        "| 143 | terminated (SIGTERM, e.g. a CI timeout or `docker stop`): stopped and cleaned up as for 130 |",
         "",
         "Every error is one line on stderr, `error: <problem> -- <fix>`, without a traceback (set",
         "`ODEXPORT_DEBUG=1` to see one), and no output file is left half-written. Every message is listed",

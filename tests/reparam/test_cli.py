@@ -85,7 +85,7 @@ def test_calibration_freezes_and_reports(source_checkpoint, tmp_path):
     (["--passes", ""], "--passes '' names no pass"),  # not silently none
     (["--freeze-below", "0.1"], "--freeze-below needs --calibration"),
     (["--dy-bn-shift", "sideways"], "--dy-bn-shift"),
-    (["--calibration", "/nonexistent/calib.npy"], "pass an existing .npy or .npz file to --calibration"),  # was: to --inputs
+    (["--calibration", "/nonexistent/calib.npy"], "check the path given to --calibration"),  # was: to --inputs
 ])
 def test_bad_options_fail_in_one_line_without_writing(source_checkpoint, tmp_path, args, message):
     out = tmp_path / "deploy.pt"

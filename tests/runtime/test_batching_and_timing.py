@@ -67,6 +67,30 @@ def test_load_samples_npz_with_labels_and_npy(tmp_path):
     assert load_samples(tmp_path / "one.npy", (3, 8, 8)).x.shape == (1, 3, 8, 8)
 
 
+def test_every_input_format_reads_the_same_samples(tmp_path):
+    """check --inputs, reparam --calibration and run --input read one set of formats: .npy, .npz and
+    .pt (a tensor, or a dict of tensors with the labels beside), an unnamed single array included."""
+    import torch
+
+    x = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    y = np.array([2, 0, 1])
+    np.save(tmp_path / "a.npy", x)
+    np.savez(tmp_path / "b.npz", x)  # saved as arr_0: the only array is the input
+    np.savez(tmp_path / "c.npz", images=x, labels=y)
+    torch.save(torch.from_numpy(x), tmp_path / "d.pt")
+    torch.save({"input": torch.from_numpy(x), "targets": torch.from_numpy(y)}, tmp_path / "e.pth")
+    for name, labelled in (("a.npy", False), ("b.npz", False), ("c.npz", True), ("d.pt", False), ("e.pth", True)):
+        data = load_samples(tmp_path / name, (3, 8, 8))
+        np.testing.assert_array_equal(data.x, x, err_msg=name)
+        if labelled:
+            np.testing.assert_array_equal(data.labels, y, err_msg=name)
+        else:
+            assert data.labels is None, name
+    torch.save({"input": [1, 2, 3]}, tmp_path / "list.pt")
+    with pytest.raises(InputError, match=r"the entry of .*list.pt read as the input \('input'\) is a list, not a tensor"):
+        load_samples(tmp_path / "list.pt")
+
+
 def test_labels_of_the_wrong_type_or_count_are_named_as_such(tmp_path):
     x = np.zeros((4, 3, 8, 8), np.float32)
     np.savez(tmp_path / "float.npz", x=x, y=np.array([0.0, 1.0, 2.0, 1.0], np.float32))
@@ -87,9 +111,12 @@ def test_a_negative_seed_is_an_input_error():
 def test_load_samples_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_samples(tmp_path / "none.npz")
-    np.savez(tmp_path / "nox.npz", images_wrong=np.zeros((1, 3, 8, 8)))
-    with pytest.raises(InputError, match="no array named x"):
+    np.savez(tmp_path / "nox.npz", images_wrong=np.zeros((1, 3, 8, 8)), other=np.zeros((1, 3, 8, 8)))
+    with pytest.raises(InputError, match=r"several arrays \(images_wrong, other\) and none is named x or input"):
         load_samples(tmp_path / "nox.npz")
+    np.savez(tmp_path / "onlyy.npz", y=np.zeros(2, np.int64))
+    with pytest.raises(InputError, match=r"holds no input array \(only labels 'y'\)"):
+        load_samples(tmp_path / "onlyy.npz")
     np.save(tmp_path / "shape.npy", np.zeros((2, 3, 9, 9), np.float32))
     with pytest.raises(InputError, match="sample shape"):
         load_samples(tmp_path / "shape.npy", (3, 8, 8))
@@ -101,7 +128,7 @@ def test_load_samples_errors(tmp_path):
     with pytest.raises(InputError, match="labels"):
         load_samples(tmp_path / "badlabels.npz")
     (tmp_path / "text.txt").write_text("1 2 3")
-    with pytest.raises(InputError, match="neither .npy nor .npz"):
+    with pytest.raises(InputError, match=r"is not .npy, .npz or .pt"):
         load_samples(tmp_path / "text.txt")
     # empty, cut and folder-shaped files: one line each (EOFError and BadZipFile had escaped as bugs)
     (tmp_path / "empty.npz").write_bytes(b"")

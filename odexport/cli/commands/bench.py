@@ -21,7 +21,10 @@ from odexport.cli._options import (
 from odexport.cli.app import app
 
 
-@app.command()
+_EXAMPLES = "Examples:\n# latency against the model's static twin\nodexport bench model.onnx\n# machine-readable\nodexport bench model.onnx --batch-sizes 1,8 --threads 2 --json"
+
+
+@app.command(epilog=_EXAMPLES)
 def bench(
     artifacts: Annotated[list[str], typer.Argument(metavar="ARTIFACT", help="Checkpoints (PyTorch), .onnx (onnxruntime) or .engine/.plan (TensorRT) files.", show_default=False)],
     backend: Annotated[Optional[str], typer.Option(help="torch, onnxruntime or tensorrt (default: by file type).", show_default=False)] = None,
@@ -52,13 +55,12 @@ def bench(
 
     Warm-up calls are excluded; CPU timings use perf_counter_ns, GPU timings CUDA events. The artifact and its baseline are called in turn in the same run (never one after the other), with onnxruntime thread spinning off, so their ratio holds on a busy machine; --spinning times onnxruntime's default setting in alternating blocks instead.
     """
-    from odexport.cli._common import console, run_command, stages
+    from odexport.cli._common import console, print_table, run_command, stages
 
     def action() -> None:
-        from odexport.cli._options import parse_input_shape
-        from odexport.cli.commands.check import parse_batch_sizes, wide_console
+        from odexport.cli._options import parse_batch_sizes, parse_input_shape
         from odexport.pipeline import benchmark
-        from odexport.report.render import bench_error_lines, bench_plot, bench_table
+        from odexport.report.render import BENCH_COLUMNS, COMPACT_BENCH_COLUMNS, bench_error_lines, bench_plot, bench_table
 
         if plot:
             from odexport._files import output_folder, refuse_overwriting_input
@@ -75,7 +77,8 @@ def bench(
                 temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
                 max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage, spinning=spinning,
             )
-        if plot and any(entry.stats is not None for entry in report.entries):
+        plotted = bool(plot) and any(entry.stats is not None for entry in report.entries)
+        if plotted:
             bench_plot(report, plot)
         elif plot:
             report.notes.append(f"no plot written to {plot}: nothing was timed")
@@ -84,11 +87,13 @@ def bench(
 
             print_json(report.to_dict())
         else:
-            wide_console().print(bench_table(report))
+            print_table(lambda columns: bench_table(report, columns), BENCH_COLUMNS, COMPACT_BENCH_COLUMNS)
             for kind, line in bench_error_lines(report):
                 console.print(f"{kind} {line}", markup=False, style="red" if kind == "error:" else "yellow")
             for note in report.notes:
                 console.print(f"note: {note}", markup=False)
+            if plotted:
+                console.print(f"wrote {plot} (latency against batch size)", markup=False)
         failed = [e for e in report.entries if e.error and not e.missing_backend]
         if failed:
             from odexport.errors import InputError

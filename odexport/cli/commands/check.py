@@ -20,36 +20,16 @@ from odexport.cli._options import (
 from odexport.cli.app import app
 
 
-def wide_console():
-    """The shared console on a terminal; a 160-column one when piped or in CI, where rich would
-    otherwise squeeze a wide table into 80 columns."""
-    from rich.console import Console
-
-    from odexport.cli._common import console
-
-    return console if console.is_terminal else Console(width=160, highlight=False, soft_wrap=True)
+_EXAMPLES = 'Examples:\n# seeded random inputs at batch 1, 2 and 8\nodexport check model.pth model.onnx\n# your own data and labels; a CI report\nodexport check model.pth model.onnx -i val.npz --junit parity.xml\n# name the first dynamic conv that diverges\nodexport check model.pth model.onnx --per-layer'
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    """``"1,2,8"`` -> ``[1, 2, 8]``; anything else is an input error."""
-    from odexport.errors import InputError
-
-    try:  # an empty item ("1,,2") is a typo to show, not a separator to skip
-        values = [int(part) for part in text.replace(" ", "").split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise InputError(f"--batch-sizes {text!r} is not a list of positive integers", "use e.g. --batch-sizes 1,2,8")
-    return sorted(set(values))
-
-
-@app.command()
+@app.command(epilog=_EXAMPLES)
 def check(
     reference: Annotated[str, typer.Argument(metavar="REFERENCE", help="Checkpoint (or deploy checkpoint from `odexport reparam`) run in PyTorch as the reference.", show_default=False)],
     candidates: Annotated[list[str], typer.Argument(metavar="CANDIDATE", help="Artifacts to check: .onnx (onnxruntime), .engine/.plan (TensorRT) or another checkpoint.", show_default=False)],
     samples: Annotated[int, typer.Option(help="Number of seeded random samples (ignored with --inputs).", min=1)] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random samples.", min=0)] = 0,
-    inputs: Annotated[Optional[str], typer.Option(help="Your own inputs: .npy (N,C,H,W) or .npz with 'x' (and 'y'/'labels' for accuracy).", show_default=False)] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", "--input", "-i", help="Your own inputs (N,C,H,W): .npy, .npz or .pt; in an .npz or a .pt dict the array 'x' or 'input' (or the only one), with 'y'/'labels' for accuracy.", show_default=False)] = None,
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes every candidate must accept; a rejected one fails the check (a baked-in batch).")] = "1,2,8",
     reference_dtype: Annotated[str, typer.Option(help="Reference precision: float32, or float64 to take its own rounding out of the comparison.")] = "float32",
     atol: Annotated[Optional[list[str]], typer.Option(help="Absolute tolerance: VALUE for every output or OUTPUT=VALUE for one (repeatable). Default by candidate precision, see docs/check.md.", show_default=False)] = None,
@@ -76,17 +56,19 @@ def check(
 
     Exit 0 when every candidate passes, 2 on any parity failure (numbers out of tolerance, or a batch size a candidate rejects), 1 on an input error, 3 when a backend is missing.
     """
-    from odexport.cli._common import console, print_load_notes, run_command, stages
+    from odexport.cli._common import console, print_load_notes, print_table, print_wide, run_command, stages
 
     def action() -> None:
         from pathlib import Path
 
         from odexport._files import output_folder, refuse_overwriting_input, write_text_atomically
-        from odexport.cli._options import parse_input_shape
+        from odexport.cli._options import parse_batch_sizes, parse_input_shape
         from odexport.errors import InputError, MissingDependencyError, OdexportError, ParityError
         from odexport.pipeline import check_parity
         from odexport.report.compare import ToleranceOverrides
         from odexport.report.render import (
+            COMPACT_TABLE_COLUMNS,
+            TABLE_COLUMNS,
             candidate_names,
             parity_failure_lines,
             parity_junit,
@@ -137,7 +119,7 @@ def check(
             print_json(report.to_dict())
         else:
             print_load_notes(console, report.reference.get("load_notes") or [])  # what loading the reference chose
-            wide_console().print(parity_table(report))
+            print_table(lambda columns: parity_table(report, columns), TABLE_COLUMNS, COMPACT_TABLE_COLUMNS)
             ran = [f"{names[c.artifact]} on {c.backend}, {c.precision}" for c in report.candidates if not c.error]
             if ran:  # --device picks the runtime: the gate must show where it actually ran
                 console.print("ran: " + "; ".join(ran), markup=False)
@@ -154,7 +136,7 @@ def check(
                                   f"{names[cand.artifact]} {acc.candidate:.2%}, top-1 agreement {acc.top1_agreement:.2%}")
                 if cand.per_layer is not None:
                     if cand.per_layer.layers:
-                        wide_console().print(per_layer_table(cand, names[cand.artifact]))
+                        print_wide(per_layer_table(cand, names[cand.artifact]))
                     console.print(f"per-layer ({names[cand.artifact]}): {cand.per_layer.verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)

@@ -8,7 +8,10 @@ from odexport.cli._options import JsonOption
 from odexport.cli.app import app
 
 
-@app.command()
+_EXAMPLES = 'Examples:\n# what this machine can run, for a bug report\nodexport doctor --json'
+
+
+@app.command(epilog=_EXAMPLES)
 def doctor(
     json_output: JsonOption = False,
 ) -> None:

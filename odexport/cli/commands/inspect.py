@@ -24,7 +24,10 @@ KAIJIESHI7_NOTE = ("kaijieshi7's Dynamic_conv2d starts training at temperature 3
                    "a trained network is evaluated at 1")
 
 
-@app.command()
+_EXAMPLES = 'Examples:\n# what the checkpoint is and what it costs\nodexport inspect model.pth\n# an architecture by name\nodexport inspect od_resnet18 -K 4 --json'
+
+
+@app.command(epilog=_EXAMPLES)
 def inspect(
     source: Annotated[str, typer.Argument(help="A checkpoint file (.pt/.pth/.pth.tar/.tar/.safetensors) or a registered architecture name.", show_default=False)],
     kernel_num: KernelNumOption = None,
@@ -111,15 +114,16 @@ def _giga(n: int) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
+LAYER_COLUMNS = ("layer", "type", "in", "out", "kernel", "stride", "groups", "K", "heads", "T", "params", "MACs", "+dynamic")
+COMPACT_LAYER_COLUMNS = ("layer", "type", "kernel", "K", "params", "MACs", "+dynamic")
+
+
 def _print_rich(summary: dict, analysis) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from odexport.cli._common import console as narrow
+    from odexport.cli._common import console, print_table
 
-    # the layer table is wide: do not squeeze it into 80 columns when stdout is a pipe or a CI log
-    console = Console(width=max(narrow.width, 160), highlight=False)
     source = summary["source"]
     # (key, value) lines printed by hand: a rich grid pads every line to the longest one
     header: list[tuple[str, str]] = []
@@ -156,20 +160,22 @@ def _print_rich(summary: dict, analysis) -> None:
     for note in summary["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
-    table = Table(show_lines=False, header_style="bold", pad_edge=False)
-    for column, justify in (("layer", "left"), ("type", "left"), ("in", "right"), ("out", "right"), ("kernel", "right"),
-                            ("stride", "right"), ("groups", "right"), ("K", "right"), ("heads", "left"), ("T", "right"),
-                            ("params", "right"), ("MACs", "right"), ("+dynamic", "right")):
-        table.add_column(column, justify=justify, no_wrap=column != "heads")
-    for row in analysis.layers:
-        heads = "".join(h[0] for h in row.heads) if row.heads else ""
-        table.add_row(
-            row.name, row.type, str(row.in_channels), str(row.out_channels),
-            "" if row.kernel is None else f"{row.kernel[0]}x{row.kernel[1]}",
-            "" if row.stride is None else (str(row.stride[0]) if row.stride[0] == row.stride[1] else f"{row.stride[0]}x{row.stride[1]}"),
-            str(row.groups), "" if row.kernel_num is None else str(row.kernel_num), heads,
-            "" if row.temperature is None else f"{row.temperature:g}", f"{row.params:,}", f"{row.macs / 1e6:.2f} M",
-            "" if not row.dynamic else f"{(row.attention_macs + row.aggregation_macs) / 1e6:.2f} M",
-        )
-    console.print(table)
+    def layer_table(columns: tuple[str, ...]):
+        table = Table(show_lines=False, header_style="bold", pad_edge=False)
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("layer", "type", "heads") else "right", no_wrap=column != "heads")
+        for row in analysis.layers:
+            cells = {
+                "layer": row.name, "type": row.type, "in": str(row.in_channels), "out": str(row.out_channels),
+                "kernel": "" if row.kernel is None else f"{row.kernel[0]}x{row.kernel[1]}",
+                "stride": "" if row.stride is None else (str(row.stride[0]) if row.stride[0] == row.stride[1] else f"{row.stride[0]}x{row.stride[1]}"),
+                "groups": str(row.groups), "K": "" if row.kernel_num is None else str(row.kernel_num),
+                "heads": "".join(h[0] for h in row.heads) if row.heads else "",
+                "T": "" if row.temperature is None else f"{row.temperature:g}", "params": f"{row.params:,}", "MACs": f"{row.macs / 1e6:.2f} M",
+                "+dynamic": "" if not row.dynamic else f"{(row.attention_macs + row.aggregation_macs) / 1e6:.2f} M",
+            }
+            table.add_row(*(cells[column] for column in columns))
+        return table
+
+    print_table(layer_table, LAYER_COLUMNS, COMPACT_LAYER_COLUMNS)
     console.print("heads: c channel, f filter, s spatial, k kernel; MACs per sample", style="dim", highlight=False)

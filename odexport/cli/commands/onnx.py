@@ -23,12 +23,15 @@ from odexport.cli.app import app
 
 _FORM_HELP = (
     "Export form per dynamic conv: auto (the cost model's choice for --target and --batch), custom (one "
-    "com.odexport node per layer with an exact function body; stock onnxruntime inlines it), decomposed "
+    "com.odexport node per layer with an exact function body; stock onnxruntime >= 1.27 inlines it), decomposed "
     "(standard ONNX ops only), grouped (the reference batch-folded conv; needs --batch N)."
 )
 
 
-@app.command(name="onnx")
+_EXAMPLES = "Examples:\n# dynamic batch, a form per layer, verified against PyTorch\nodexport onnx model.pth -o model.onnx\n# for TensorRT or onnxruntime CUDA\nodexport onnx model.pth -o model.onnx --target gpu --fp16\n# each layer's form and why; writes nothing\nodexport onnx model.pth --plan"
+
+
+@app.command(name="onnx", epilog=_EXAMPLES)
 def onnx_command(
     checkpoint: Annotated[str, typer.Argument(metavar="CKPT_OR_DEPLOY", help="Checkpoint or deploy checkpoint (from `odexport reparam`).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="ONNX file to write (default: the checkpoint's path with suffix .onnx). A JSON sidecar MODEL.onnx.json is written beside it.", show_default=False)] = None,
@@ -66,7 +69,7 @@ def onnx_command(
 def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, reparam, fp16, check, target, plan, load,
             json_output, quiet) -> None:
     from odexport._files import output_folder, refuse_overwriting_input
-    from odexport.cli._common import console, print_json, print_load_notes, stages
+    from odexport.cli._common import console, print_json, print_load_notes, print_wide, stages
     from odexport.cli._options import parse_input_shape
     from odexport.errors import ExportError, InputError, ParityError
     from odexport.export.forms import FORMS
@@ -127,7 +130,7 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         if json_output:
             print_json({"plan": [p.to_dict() for p in plans], "target": target, "batch": batch, "input_shape": list(shape)})
         else:
-            console.print(_plan_table(plans, target, batch))
+            print_wide(_plan_table(plans, target, batch))
         return
     load_notes = list(info.warnings)
     if json_output:
@@ -139,6 +142,11 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
             _print_parity(console, result.parity)
         print_load_notes(console, info.warnings)
     console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
+    if not quiet:
+        import shlex
+
+        console.print(f"next: odexport check {shlex.quote(checkpoint)} {shlex.quote(str(result.path))}   "
+                      "(the parity gate against the trained model, for CI: docs/ci.md)", markup=False, highlight=False)
 
 
 def default_output(source: Path) -> Path:

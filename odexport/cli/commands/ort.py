@@ -10,7 +10,10 @@ import typer
 from odexport.cli.app import app
 
 
-@app.command()
+_EXAMPLES = 'Examples:\n# specialised for this CPU and these batch sizes\nodexport ort model.onnx -o model.ort-cpu.onnx --batch-sizes 1,8'
+
+
+@app.command(epilog=_EXAMPLES)
 def ort(
     source: Annotated[str, typer.Argument(metavar="MODEL.onnx", help="Portable export from `odexport onnx` (custom form: --form auto on --target cpu, or --form custom).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: MODEL.ort-cpu.onnx).", show_default=False)] = None,
@@ -33,7 +36,7 @@ def ort(
 
 def _specialise(source, output, batch_sizes, threads, check, measure, tolerance, json_output, quiet) -> None:
     from odexport.cli._common import console, print_json, stages
-    from odexport.cli.commands.check import parse_batch_sizes
+    from odexport.cli._options import parse_batch_sizes
     import math
 
     from odexport.errors import InputError, OdexportError

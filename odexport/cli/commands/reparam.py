@@ -29,13 +29,16 @@ _PASSES_HELP = (
 )
 
 
-@app.command()
+_EXAMPLES = 'Examples:\n# exact passes only, checked against the source\nodexport reparam model.pth -o deploy.pt\n# also make near-static layers plain convs (approximate, reported)\nodexport reparam model.pth -o d.pt --calibration val.npz --freeze-below 1e-3'
+
+
+@app.command(epilog=_EXAMPLES)
 def reparam(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint to reparameterise (any layout `odexport inspect` reads).", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="Deploy checkpoint to write (loads with torch.load(weights_only=True)).", show_default=False)],
     passes: Annotated[str, typer.Option(help=_PASSES_HELP)] = "default",
     explain: Annotated[bool, typer.Option("--explain", help="Print what each pass did and skipped, layer by layer.")] = False,
-    calibration: Annotated[Optional[str], typer.Option(help="Calibration inputs (.npy (N,C,H,W) or .npz with 'x'): measure each layer's attention spread.", show_default=False)] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="Calibration inputs (N,C,H,W): .npy, .npz or .pt, read as check's --inputs; measure each layer's attention spread.", show_default=False)] = None,
     freeze_below: Annotated[Optional[float], typer.Option(help="With --calibration: replace layers whose attention spread is below EPS by a static conv (approximate; every frozen layer is reported).", show_default=False, min=0.0)] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Run seeded random inputs through the source and the deploy model and fail (exit 2, nothing written) if the exact passes changed the outputs by more than --tolerance.")] = True,
     tolerance: Annotated[float, typer.Option(help="Largest relative deviation max|deploy - source| / max|source| the check accepts.", min=0.0)] = DEPLOY_TOLERANCE,

@@ -18,10 +18,13 @@ from odexport.cli._options import (
 from odexport.cli.app import app
 
 
-@app.command()
+_EXAMPLES = 'Examples:\n# or a checkpoint, or an engine\nodexport run model.onnx -i batch.npy -o out.npy'
+
+
+@app.command(epilog=_EXAMPLES)
 def run(
     artifact: Annotated[str, typer.Argument(help="Checkpoint to run (also .onnx and TensorRT engines where their backends are installed).", show_default=False)],
-    input: Annotated[str, typer.Option("--input", "--inputs", "-i", help="Input batch (N, C, H, W), or one sample (C, H, W): .npy, .npz (array 'input' or the only one) or .pt (a tensor).", show_default=False)],  # noqa: A002
+    input: Annotated[str, typer.Option("--input", "--inputs", "-i", help="Input batch (N, C, H, W), or one sample (C, H, W): .npy, .npz or .pt; in an .npz or a .pt dict the array 'x' or 'input' (or the only one).", show_default=False)],  # noqa: A002
     output: Annotated[str, typer.Option("--output", "-o", help="Where to save the output: .npy (one output) or .npz (all outputs by name). Written atomically.", show_default=False)],
     temperature: TemperatureOption = None,
     arch: ArchOption = None,

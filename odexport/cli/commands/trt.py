@@ -24,7 +24,10 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-@app.command()
+_EXAMPLES = 'Examples:\n# batch 1 to 32, optimised for 8\nodexport trt model.onnx --fp16 -o model.engine\n# batches up to 16; the timing cache speeds up rebuilds\nodexport trt model.onnx --max-batch 16 --timing-cache trt.cache'
+
+
+@app.command(epilog=_EXAMPLES)
 def trt(
     source: Annotated[str, typer.Argument(help="ONNX file (from `odexport onnx`), or a checkpoint: it is exported first with the form chosen for --target gpu.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Engine file to write (default: SOURCE with suffix .engine). The sidecar ENGINE.json is written beside it.", show_default=False)] = None,
