@@ -10,13 +10,15 @@ A comparison passes when ``max_abs <= atol + rtol * max|reference|``.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 
-from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError
+from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError, MissingDependencyError
 
 # Defaults by candidate precision: fp32 must match tightly; fp16 within 1% of the output scale.
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-3, 1e-2)}
@@ -63,6 +65,38 @@ class ParityResult:
         )
 
 
+#: the first onnxruntime that tells model-local functions of one name apart by their ``overload``
+#: (ONNX IR 10); earlier releases run one body for every node of that name
+OVERLOADS_HONOURED_FROM = (1, 27)
+
+
+def refuse_ignored_overloads(ort_version: str, model, where) -> None:
+    """Refuse (exit 3) a model whose functions share a name and differ by ``overload`` -- the
+    custom form: one ``com.odexport::ODConv2d`` body per layer configuration -- on an onnxruntime
+    older than :data:`OVERLOADS_HONOURED_FROM`.  Such a release either fails to load it (a shape
+    error inside the wrong body) or, where the shapes happen to fit, silently runs another layer's
+    convolution.  ``model`` is a path, serialized bytes or an ``onnx.ModelProto``."""
+    if tuple(int(part) for part in re.findall(r"\d+", ort_version)[:2]) >= OVERLOADS_HONOURED_FROM:
+        return
+    try:
+        if isinstance(model, onnx.ModelProto):
+            proto = model
+        elif isinstance(model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a readable model: onnxruntime's own error will say so
+        return
+    count = Counter((function.domain, function.name) for function in proto.functions)
+    shared = sorted(f"{domain}::{name}" for (domain, name), n in count.items() if n > 1)
+    if shared:
+        least = ".".join(map(str, OVERLOADS_HONOURED_FROM))
+        raise MissingDependencyError(
+            f"onnxruntime {ort_version} ignores ONNX function overloads, and {where} tells the bodies of "
+            f"{', '.join(shared)} apart by overload: it would run one layer's body for every layer",
+            f"pip install -U 'onnxruntime>={least}' (or onnxruntime-gpu), or export with `odexport onnx --form decomposed`")
+
+
 def ort_session(model: str | onnx.ModelProto, threads: int | None = None):
     """A CPU onnxruntime session (spinning off, so idle sessions leave the cores alone)."""
     import onnxruntime as ort
@@ -71,6 +105,7 @@ def ort_session(model: str | onnx.ModelProto, threads: int | None = None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
+    refuse_ignored_overloads(ort.__version__, model, model if isinstance(model, str) else "the export")
     source = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 
 from odexport.errors import InputError, MissingDependencyError
 from odexport.export import metadata_keys as keys
+from odexport.export.verify import refuse_ignored_overloads
 from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec, require_thread_count
 
 _ORT_TYPES = {
@@ -128,37 +127,6 @@ def _load_cuda_libraries(ort) -> None:
             pass
 
 
-#: the first onnxruntime that tells model-local functions of one name apart by their ``overload``
-#: (ONNX IR 10); earlier releases run one body for every node of that name
-OVERLOADS_HONOURED_FROM = (1, 27)
-
-
-def refuse_ignored_overloads(ort_version: str, model, where) -> None:
-    """Refuse (exit 3) a model whose functions share a name and differ by ``overload`` -- the
-    custom form: one ``com.odexport::ODConv2d`` body per layer configuration -- on an onnxruntime
-    older than :data:`OVERLOADS_HONOURED_FROM`.  Such a release either fails to load it (a shape
-    error inside the wrong body) or, where the shapes happen to fit, silently runs another layer's
-    convolution.  ``model`` is a path, serialized bytes or an ``onnx.ModelProto``."""
-    if tuple(int(part) for part in re.findall(r"\d+", ort_version)[:2]) >= OVERLOADS_HONOURED_FROM:
-        return
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-    elif isinstance(model, (bytes, bytearray)):
-        proto = onnx.load_from_string(bytes(model))
-    else:
-        proto = onnx.load(str(model), load_external_data=False)
-    count = Counter((function.domain, function.name) for function in proto.functions)
-    shared = sorted(f"{domain}::{name}" for (domain, name), n in count.items() if n > 1)
-    if shared:
-        least = ".".join(map(str, OVERLOADS_HONOURED_FROM))
-        raise MissingDependencyError(
-            f"onnxruntime {ort_version} ignores ONNX function overloads, and {where} tells the bodies of "
-            f"{', '.join(shared)} apart by overload: it would run one layer's body for every layer",
-            f"pip install -U 'onnxruntime>={least}' (or onnxruntime-gpu), or export with `odexport onnx --form decomposed`")
-
-
 class OrtRunner(Runner):
     """One onnxruntime ``InferenceSession``.
 
@@ -209,6 +177,7 @@ class OrtRunner(Runner):
         else:
             source = model  # onnx.ModelProto: serialised (or written out) once, below, after any rewrite
         self._shape_source, self._step_bytes = source, None  # the graph as written: its tensors are the run's
+        refuse_ignored_overloads(ort.__version__, source, self.path or "the model")
         self.rewrite_report = None
         if cpu_rewrite and device == "cpu":
             # machine-local: runtime-weight Convs into onnxruntime's blocked NCHWc kernels (exact)
@@ -249,7 +218,6 @@ class OrtRunner(Runner):
         from odexport.runtime.ort_specialise import verify_machine
 
         where = self.path or "the model"
-        refuse_ignored_overloads(ort.__version__, source, where)
         if not isinstance(source, (str, bytes)):
             source = self._session_source(source)
         try:

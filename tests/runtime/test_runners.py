@@ -301,7 +301,8 @@ def test_custom_form_is_refused_on_an_onnxruntime_that_ignores_overloads(tmp_pat
     from odexport.errors import MissingDependencyError
     from odexport.models import create_model
     from odexport.pipeline import onnx_from_model
-    from odexport.runtime.onnxruntime_runner import OrtRunner, refuse_ignored_overloads
+    from odexport.export.verify import refuse_ignored_overloads
+    from odexport.runtime.onnxruntime_runner import OrtRunner
 
     model = create_model("od_resnet_tiny").eval()
     custom, decomposed = tmp_path / "custom.onnx", tmp_path / "decomposed.onnx"
