@@ -517,6 +517,7 @@ def export_onnx(
             with atomic_path(result.sidecar) as sidecar:
                 sidecar.write_text(_json_text(_sidecar(result)), encoding="utf-8")
                 commit_staged_model(staged, out)
+            _remove_superseded_failure(out)
             return result
         finally:
             discard_staged_model(staged)
@@ -528,6 +529,14 @@ def _sidecar(result: ExportResult) -> dict:
     data = result.to_dict()
     data["metadata"] = dict(result.metadata, **{keys.FORMS: json.loads(result.metadata[keys.FORMS])})
     return data
+
+
+def _remove_superseded_failure(path: Path) -> None:
+    """A new export at ``path`` supersedes the ``.parity-failed.onnx`` an earlier, failing export
+    kept beside it: left there, it would read as this export's failure."""
+    failed = failed_path(path)
+    for stale in (failed, sidecar_path(failed), failed.with_name(failed.name + ".data")):
+        stale.unlink(missing_ok=True)
 
 
 def _fail_parity(result: ExportResult, staged: Path) -> ExportResult:
