@@ -270,7 +270,7 @@ def _similar_files(path: Path) -> list[str]:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         return []
-    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(CHECKPOINT_SUFFIXES))
     return found[:5]
 
 

@@ -311,6 +311,10 @@ def test_missing_file(tmp_path):
     (tmp_path / "model_best.pth.tar").write_bytes(b"x")
     message = _one_line_error(tmp_path / "model_bset.pth.tar", "does not exist")
     assert "model_best.pth.tar" in message  # lists the files that are there
+    (tmp_path / "EPOCH_90.PTH").write_bytes(b"x")  # suffixes in any case, as the loader reads them
+    (tmp_path / "notes.txt").write_text("x")
+    message = _one_line_error(tmp_path / "model_bset.pth.tar", "does not exist")
+    assert "EPOCH_90.PTH" in message and "notes.txt" not in message
 
 
 def test_truncated_zip(tmp_path):
