@@ -59,6 +59,66 @@ def model_from_checkpoint(path, *, arch=None, kernel_num=None, temperature=None,
                            factory=factory, prefer_ema=prefer_ema, submodel=submodel)
 
 
+def inspect_checkpoint(source, *, arch=None, kernel_num=None, temperature=None, trust_pickle: bool = False, factory=None,
+                       prefer_ema: bool = False, submodel=None, input_shape=None, progress=None):
+    """Checkpoint file (or a registered architecture name, built with random weights) ->
+    ``(summary, analysis)``: ``summary`` is the JSON object of ``odexport inspect --json``
+    (provenance, configuration, parameter and MAC totals, one row per layer, notes), ``analysis``
+    the :class:`odexport.analysis.ModelAnalysis` it was made from.  Counted at ``input_shape``
+    (CxHxW), else the checkpoint's own, else 3x224x224; nothing is written.
+    """
+    from odexport.analysis import analyse_model
+    from odexport.checkpoint import load_model
+
+    say = progress or (lambda message: None)
+    say(f"load {source}")
+    loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
+                        prefer_ema=prefer_ema, factory=factory, submodel=submodel, materialize=False)
+    shape = tuple(input_shape or loaded.info.input_shape or (3, 224, 224))
+    say(f"count parameters and MACs at {'x'.join(map(str, shape))}")
+    analysis = analyse_model(loaded.model, shape)
+    return inspect_summary(loaded.info, analysis), analysis
+
+
+KAIJIESHI7_NOTE = ("kaijieshi7's Dynamic_conv2d starts training at temperature 34 (its constructor default) and anneals to 1; "
+                   "a trained network is evaluated at 1")
+
+
+def inspect_summary(info, analysis) -> dict:
+    """The ``--json`` object: provenance, configuration, totals and one row per layer."""
+    notes = list(info.warnings)
+    layouts = {info.layout} | set(info.extras.get("reference_layouts", []))
+    no_dynamic_layer = info.temperature is None and not info.extras.get("temperatures")  # every layer collapsed to a static conv
+    if "kaijieshi7" in layouts and not no_dynamic_layer and not any("training start value" in note for note in notes):
+        in_use = f"temperature {info.temperature:g} is in use" if info.temperature is not None else "temperatures differ per layer"
+        notes.append(f"{in_use}; {KAIJIESHI7_NOTE}")
+    if info.extras.get("temperature_folded"):
+        notes.append(f"temperature {info.temperature} is folded into the attention weights (by `odexport reparam`); "
+                     "the layers run at T=1 and the temperature cannot be changed")
+    extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest")}
+    return {
+        "source": {"kind": info.source, "path": None if info.path is None else str(info.path), "sha256": info.sha256},
+        "sha256": info.sha256,
+        "arch": info.arch,
+        "layout": info.layout,
+        "model_kwargs": info.model_kwargs,
+        "num_classes": info.num_classes,
+        "input_shape": list(analysis.input_shape),
+        "output_shape": None if analysis.output_shape is None else list(analysis.output_shape),
+        "temperature": info.temperature,
+        "temperatures": info.extras.get("temperatures"),
+        "params": analysis.params,
+        "params_dynamic_layers": analysis.dynamic_params,
+        "params_attention": analysis.attention_params,
+        "macs": analysis.macs_dict(),
+        "num_layers": len(analysis.layers),
+        "num_dynamic_layers": analysis.num_dynamic_layers,
+        "layers": [row.to_dict() for row in analysis.layers],
+        "notes": notes,
+        "extras": extras,
+    }
+
+
 @_keeps_torch_threads
 def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads=None, arch=None, temperature=None,
                  trust_pickle: bool = False, factory=None, submodel=None, prefer_ema: bool = False) -> dict[str, Any]:

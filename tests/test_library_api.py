@@ -189,3 +189,28 @@ def test_benchmark_takes_numpy_integers_as_integers(export):
 
     report = benchmark(export, iterations=np.int64(2), warmup=np.int64(0), batch_sizes=np.array([1, 2]), baseline="none")
     assert report.settings["iterations"] == 2 and report.settings["warmup"] == 0 and report.settings["batch_sizes"] == [1, 2]
+
+
+def test_inspect_checkpoint_is_what_odexport_inspect_prints_as_json(tmp_path):
+    """The --json object comes from the library (`pipeline.inspect_checkpoint`), not the CLI; its
+    parameter count is torch's own (sum of numel)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from odexport.cli.app import app
+    from odexport.models import create_model
+    from odexport.pipeline import inspect_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("od_resnet_tiny")
+    path = tmp_path / "tiny.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    seen = []
+    summary, analysis = inspect_checkpoint(path, input_shape=(3, 16, 16), progress=seen.append)
+    assert summary["params"] == sum(p.numel() for p in model.parameters()) == analysis.params
+    assert summary["arch"] == "od_resnet_tiny" and summary["input_shape"] == [3, 16, 16]
+    assert seen and seen[0].startswith("load ")
+    printed = CliRunner().invoke(app, ["inspect", str(path), "--input-shape", "3x16x16", "--json"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == json.loads(json.dumps(summary, default=str))

@@ -20,10 +20,6 @@ from odexport.cli._options import (
 )
 from odexport.cli.app import app
 
-KAIJIESHI7_NOTE = ("kaijieshi7's Dynamic_conv2d starts training at temperature 34 (its constructor default) and anneals to 1; "
-                   "a trained network is evaluated at 1")
-
-
 _EXAMPLES = 'Examples:\n# what the checkpoint is and what it costs\nodexport inspect model.pth\n# an architecture by name\nodexport inspect od_resnet18 -K 4 --json'
 
 
@@ -48,19 +44,14 @@ def inspect(
     from odexport.cli._common import run_command, stages
 
     def action() -> None:
-        from odexport.analysis import analyse_model
-        from odexport.checkpoint import load_model
         from odexport.cli._options import parse_input_shape
+        from odexport.pipeline import inspect_checkpoint
 
         shape = parse_input_shape(input_shape) if input_shape is not None else None
         with stages(quiet or json_output) as stage:
-            stage(f"load {source}")
-            loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature,
-                                trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, materialize=False)
-            shape = shape or loaded.info.input_shape or (3, 224, 224)
-            stage(f"count parameters and MACs at {'x'.join(map(str, shape))}")
-            analysis = analyse_model(loaded.model, shape)
-        summary = inspect_summary(loaded.info, analysis)
+            summary, analysis = inspect_checkpoint(source, arch=arch, kernel_num=kernel_num, temperature=temperature,
+                                                   trust_pickle=trust_pickle, prefer_ema=ema, factory=factory,
+                                                   submodel=submodel, input_shape=shape, progress=stage)
         if json_output:
             from odexport.cli._common import print_json
 
@@ -69,41 +60,6 @@ def inspect(
             _print_rich(summary, analysis)
 
     run_command(action)
-
-
-def inspect_summary(info, analysis) -> dict:
-    """The ``--json`` object: provenance, configuration, totals and one row per layer."""
-    notes = list(info.warnings)
-    layouts = {info.layout} | set(info.extras.get("reference_layouts", []))
-    no_dynamic_layer = info.temperature is None and not info.extras.get("temperatures")  # every layer collapsed to a static conv
-    if "kaijieshi7" in layouts and not no_dynamic_layer and not any("training start value" in note for note in notes):
-        in_use = f"temperature {info.temperature:g} is in use" if info.temperature is not None else "temperatures differ per layer"
-        notes.append(f"{in_use}; {KAIJIESHI7_NOTE}")
-    if info.extras.get("temperature_folded"):
-        notes.append(f"temperature {info.temperature} is folded into the attention weights (by `odexport reparam`); "
-                     "the layers run at T=1 and the temperature cannot be changed")
-    extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest")}
-    return {
-        "source": {"kind": info.source, "path": None if info.path is None else str(info.path), "sha256": info.sha256},
-        "sha256": info.sha256,
-        "arch": info.arch,
-        "layout": info.layout,
-        "model_kwargs": info.model_kwargs,
-        "num_classes": info.num_classes,
-        "input_shape": list(analysis.input_shape),
-        "output_shape": None if analysis.output_shape is None else list(analysis.output_shape),
-        "temperature": info.temperature,
-        "temperatures": info.extras.get("temperatures"),
-        "params": analysis.params,
-        "params_dynamic_layers": analysis.dynamic_params,
-        "params_attention": analysis.attention_params,
-        "macs": analysis.macs_dict(),
-        "num_layers": len(analysis.layers),
-        "num_dynamic_layers": analysis.num_dynamic_layers,
-        "layers": [row.to_dict() for row in analysis.layers],
-        "notes": notes,
-        "extras": extras,
-    }
 
 
 def _millions(n: int) -> str:
