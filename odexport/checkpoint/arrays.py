@@ -16,8 +16,8 @@ import numpy as np
 from odexport._files import atomic_path, output_folder
 from odexport.errors import InputError
 
-INPUT_KEYS = ("input", "x", "inputs", "images", "data")
-LABEL_KEYS = ("y", "labels", "label", "targets")
+INPUT_KEYS = ("x", "input", "inputs", "images", "data")
+LABEL_KEYS = ("y", "labels", "label", "targets", "target")
 INPUT_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 _HINT = "save the input batch (N, C, H, W) with np.save('x.npy', x), np.savez('x.npz', x=x, y=labels) or torch.save(x, 'x.pt')"
 
@@ -60,7 +60,7 @@ def read_input_file(path: str | os.PathLike, option: str = "--inputs") -> tuple[
         if not isinstance(x, torch.Tensor):
             kind = type(x).__name__
             raise InputError(f"{what} {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a tensor", _HINT)
-        return x.detach().float().numpy(), None if labels is None else np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
+        return x.detach().float().numpy(), None if labels is None else np.asarray(labels.detach().numpy() if isinstance(labels, torch.Tensor) else labels)
     except InputError:
         raise
     except Exception as exc:  # a damaged or cut file, pickled objects, a torch file of another kind
@@ -77,7 +77,8 @@ def read_input_array(path: str | os.PathLike, option: str = "--input") -> np.nda
 
 
 def _inputs_and_labels(mapping: dict, path: Path):
-    labels_key = next((key for key in LABEL_KEYS if key in mapping), None)
+    # labels are class indices (N,) or one-hot (N, classes): an image batch named y is the input
+    labels_key = next((key for key in LABEL_KEYS if key in mapping and _rank(mapping[key]) <= 2), None)
     key = next((key for key in INPUT_KEYS if key in mapping), None)
     if key is None:
         rest = [name for name in mapping if name != labels_key]
@@ -88,6 +89,10 @@ def _inputs_and_labels(mapping: dict, path: Path):
                              "name the input batch x (np.savez(path, x=inputs, y=labels))")
         key = rest[0]
     return mapping[key], None if labels_key is None else mapping[labels_key]
+
+
+def _rank(value) -> int:
+    return value.ndim if hasattr(value, "ndim") else np.ndim(value)
 
 
 def check_input_batch(array: np.ndarray, channels: int | None, *, source: str = "input") -> None:

@@ -9,6 +9,7 @@ This module imports neither torch nor the library (``odexport --help`` must stay
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Optional
 
 import typer
@@ -126,10 +127,9 @@ def parse_batch_sizes(text: str) -> list[int]:
     """``"1,2,8"`` -> ``[1, 2, 8]``; anything else is an input error."""
     from odexport.errors import InputError
 
-    try:  # an empty item ("1,,2") is a typo to show, not a separator to skip; "1 8" is not 18
-        values = [int(part) for part in text.split(",")]  # int() allows " 8"
-    except ValueError:
-        values = []
+    parts = [part.strip() for part in text.split(",")]
+    # an empty item ("1,,2") is a typo to show, not a separator to skip; "1 8" and "1_8" are not 18
+    values = [int(part) for part in parts] if all(re.fullmatch(r"[0-9]+", part) for part in parts) else []
     if not values or any(v < 1 for v in values):
         raise InputError(f"--batch-sizes {text!r} is not a list of positive integers", "use e.g. --batch-sizes 1,2,8")
     return sorted(set(values))

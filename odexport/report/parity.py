@@ -192,6 +192,44 @@ class ParityReport:
             return "FAIL"
         return "ERROR" if self.refused else "INCOMPLETE"
 
+    def error(self, where: str = "the failures above"):
+        """The error a gate raises for this report, or None when it passed: a refused candidate
+        (:class:`InputError`, exit 1: the command must change before the verdict is whole), else a
+        diverged one (:class:`ParityError`, exit 2), else a backend missing here
+        (:class:`MissingDependencyError`, exit 3).  ``where`` says where the per-candidate failures
+        are shown, for the hint."""
+        from odexport.errors import MissingDependencyError, ParityError
+        from odexport.report.render import candidate_names
+
+        names = candidate_names(self)
+        skipped = self.not_compared
+        if self.refused:
+            return _refusal(self, names)
+        if self.diverged:
+            also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
+            reasons = [reason for cand in self.diverged for reason in cand.failures]
+            floors_only = bool(reasons) and all("below the floor" in reason for reason in reasons)
+            # every failing batch was refused by the candidate: no numbers were compared there to loosen
+            rejected_only = (all(batch.error for cand in self.diverged for batch in cand.batches if not batch.passed)
+                             and not any(cand.error for cand in self.diverged))
+            if floors_only:
+                hint = ("only a top-1/cosine floor failed, which --atol/--rtol do not change: the candidate decides otherwise "
+                        "where the reference's logits are nearly tied (reduced-precision rounding); judge it on real images "
+                        "(--inputs, hundreds of samples), where near ties are rare, and lower the floor (--min-top1, "
+                        "--min-cosine) only to a rate measured there")
+            elif rejected_only:
+                hint = (f"the candidates refused batch sizes (see {where}): re-export with a dynamic batch, "
+                        "or check a fixed-batch file at its own batch size with --batch-sizes")
+            else:
+                hint = f"see {where}; loosen --atol/--rtol only if the numbers are expected"
+            return ParityError(f"{len(self.diverged)} of {len(self.candidates)} candidates failed the parity check{also}", hint)
+        if skipped:
+            shown = ", ".join(names[c.artifact] for c in skipped)
+            others = " (the other candidates passed)" if len(skipped) < len(self.candidates) else ""
+            return MissingDependencyError(f"{shown} not compared: this machine lacks the backend{others}",
+                                          "run the check where the backend is installed (see `odexport doctor`)")
+        return None
+
     def to_dict(self) -> dict:
         return {
             "passed": self.passed,
@@ -201,6 +239,29 @@ class ParityReport:
             "batch_sizes": list(self.batch_sizes),
             "candidates": [c.to_dict() for c in self.candidates],
         }
+
+
+def _refusal(report, names):
+    """The input error for candidates refused as given: the one refusal itself, or how many there
+    were, followed by what became of the other candidates (their results are in the reports)."""
+    from odexport.errors import InputError
+
+    refused = report.refused
+    others = [cand for cand in report.candidates if not cand.refused]
+    fates = [(sum(cand.passed for cand in others), "passed"), (len(report.diverged), "failed the parity check"),
+             (len(report.not_compared), "not compared (backend missing here)")]
+    if len(others) == 1:  # its one fate, without a count
+        also = "; the other candidate " + next(fate for count, fate in fates if count)
+    elif others:
+        also = f"; of the other {len(others)} candidates, " + ", ".join(f"{count} {fate}" for count, fate in fates if count)
+    else:
+        also = ""
+    if len(refused) == 1:
+        refusal, fix = refused[0].error, refused[0].fix
+        return InputError(f"{refusal}{also}", fix)
+    shown = ", ".join(names[cand.artifact] for cand in refused)
+    return InputError(f"{len(refused)} candidates could not be run as given: {shown}{also}",
+                      "each one's reason and fix is in its ERROR line (or the report's `fix`)")
 
 
 def batch_parity(batch_size: int, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray] | None,

@@ -482,6 +482,11 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
     Exact (the same products and sums, in blocked order) at every batch size.  The result is
     already optimised and tied to this machine; load it in a session on this machine only.
     """
+    import onnxruntime as ort
+
+    from odexport.export.verify import refuse_ignored_overloads
+
+    refuse_ignored_overloads(ort.__version__, model, "the model")  # raised, not abandoned below: no session may run it
     block = nchwc_block_size()
     report = RewriteReport(model=model, block=block)
     if block is None:

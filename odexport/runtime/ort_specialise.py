@@ -170,6 +170,11 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     if not any(node.domain == CUSTOM_DOMAIN for node in model.graph.node):
         raise InputError(f"{source} has no com.odexport dynamic-conv nodes to specialise",
                          "export it with `odexport onnx CKPT --form custom` (or --form auto --target cpu)")
+    import onnxruntime as ort
+
+    from odexport.export.verify import refuse_ignored_overloads
+
+    refuse_ignored_overloads(ort.__version__, model, source)  # it would inline one layer's body into every layer
     record = machine_record()
     if record["nchwc_block"] is None:
         raise MissingDependencyError("this onnxruntime build does not use NCHWc convolutions on this CPU: nothing to specialise",

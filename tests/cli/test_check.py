@@ -502,6 +502,7 @@ def test_checkpoint_candidate(artifacts):
         (["--batch-sizes", "0,2"], "batch-sizes"),
         (["--batch-sizes", "1,,8"], "--batch-sizes '1,,8' is not a list"),  # a typo shown, not read as 1,8
         (["--batch-sizes", "1 8"], "--batch-sizes '1 8' is not a list"),  # not read as batch 18
+        (["--batch-sizes", "1_8"], "--batch-sizes '1_8' is not a list"),  # nor this
         (["--input-shape", ""], "input shape '' is not CxHxW"),
         (["--atol", "abc"], "not a non-negative number"),
         (["--reference-dtype", "float16"], "reference-dtype"),

@@ -55,6 +55,25 @@ def test_export_next_to_the_checkpoint_with_reparam_and_check(checkpoint, tmp_pa
     assert "[torch.onnx]" not in err + out
 
 
+def test_the_next_step_it_prints_passes_on_what_it_wrote(checkpoint, tmp_path):
+    """The printed `odexport check` loads the checkpoint as the export did (here its temperature)
+    and asks for the batch a fixed-batch file accepts: run as printed, it passes."""
+    import shlex
+
+    source, _ = checkpoint
+    out_path = tmp_path / "with space.onnx"
+    code, out, err = _invoke(source, "-o", out_path, "--batch", "3", "-T", "2", "--input-shape", SHAPE)
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("next: "))
+    words = shlex.split(line[len("next: "):].split("   (")[0])
+    assert words[:4] == ["odexport", "check", str(source), str(out_path)]
+    assert "--batch-sizes" in words and "--temperature" in words
+    result = CliRunner().invoke(app, [*words[1:], "--quiet"], env={"CI": "1"})
+    assert result.exit_code == 0, result.output
+    without = CliRunner().invoke(app, ["check", str(source), str(out_path), "--input-shape", SHAPE, "--batch-sizes", "3", "--quiet"])
+    assert without.exit_code == 2  # the temperature it names is needed: the check would fail without it
+
+
 def test_json_and_fixed_batch(checkpoint, tmp_path):
     source, _ = checkpoint
     code, out, err = _invoke(source, "-o", tmp_path / "m.onnx", "--form", "grouped", "--batch", "2", "--no-reparam",

@@ -86,6 +86,15 @@ def test_every_input_format_reads_the_same_samples(tmp_path):
             np.testing.assert_array_equal(data.labels, y, err_msg=name)
         else:
             assert data.labels is None, name
+    np.savez(tmp_path / "both.npz", x=x, input=x[:1])  # x first, as docs/check.md says
+    assert len(load_samples(tmp_path / "both.npz", (3, 8, 8)).x) == 3
+    np.savez(tmp_path / "y_images.npz", y=x)  # an image batch named y is no set of labels
+    np.testing.assert_array_equal(load_samples(tmp_path / "y_images.npz", (3, 8, 8)).x, x)
+    torch.save({"x": torch.from_numpy(x), "target": torch.tensor([2.0, 0.0, 1.0], requires_grad=True).long()}, tmp_path / "t.pt")
+    np.testing.assert_array_equal(load_samples(tmp_path / "t.pt", (3, 8, 8)).labels, y)
+    torch.save({"x": torch.from_numpy(x), "y": torch.tensor([2.0, 0.0, 1.0], requires_grad=True)}, tmp_path / "grad.pt")
+    with pytest.raises(InputError, match="not integers"):  # read (labels saved from a training loop), then judged
+        load_samples(tmp_path / "grad.pt", (3, 8, 8))
     torch.save({"input": [1, 2, 3]}, tmp_path / "list.pt")
     with pytest.raises(InputError, match=r"the entry of .*list.pt read as the input \('input'\) is a list, not a tensor"):
         load_samples(tmp_path / "list.pt")

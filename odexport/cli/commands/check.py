@@ -63,7 +63,7 @@ def check(
 
         from odexport._files import output_folder, refuse_overwriting_input, write_text_atomically
         from odexport.cli._options import parse_batch_sizes, parse_input_shape
-        from odexport.errors import InputError, MissingDependencyError, OdexportError, ParityError
+        from odexport.errors import InputError, OdexportError
         from odexport.pipeline import check_parity
         from odexport.report.compare import ToleranceOverrides
         from odexport.report.render import (
@@ -149,33 +149,9 @@ def check(
                 console.print(f"ERROR {names[cand.artifact]}: {cand.failures[0]}", markup=False, style="red")
             for cand in report.not_compared:
                 console.print(f"NOT COMPARED {names[cand.artifact]}: {cand.error}", markup=False, style="yellow")
-        skipped = report.not_compared
-        if report.refused:  # the command itself must change before the verdict is whole: exit 1, after the reports
-            raise _refusal(report, names)
-        if report.diverged:
-            also = f"; {len(skipped)} not compared (backend missing here)" if skipped else ""
-            reasons = [reason for cand in report.diverged for reason in cand.failures]
-            failures = "each candidate's \"failures\" in the JSON" if json_output else "the failures above"
-            floors_only = bool(reasons) and all("below the floor" in reason for reason in reasons)
-            # every failing batch was refused by the candidate: no numbers were compared there to loosen
-            rejected_only = (all(batch.error for cand in report.diverged for batch in cand.batches if not batch.passed)
-                             and not any(cand.error for cand in report.diverged))
-            if floors_only:
-                hint = ("only a top-1/cosine floor failed, which --atol/--rtol do not change: the candidate decides otherwise "
-                        "where the reference's logits are nearly tied (reduced-precision rounding); judge it on real images "
-                        "(--inputs, hundreds of samples), where near ties are rare, and lower the floor (--min-top1, "
-                        "--min-cosine) only to a rate measured there")
-            elif rejected_only:
-                hint = (f"the candidates refused batch sizes (see {failures}): re-export with a dynamic batch, "
-                        "or check a fixed-batch file at its own batch size with --batch-sizes")
-            else:
-                hint = f"see {failures}; loosen --atol/--rtol only if the numbers are expected"
-            raise ParityError(f"{len(report.diverged)} of {len(report.candidates)} candidates failed the parity check{also}", hint)
-        if skipped:
-            shown = ", ".join(names[c.artifact] for c in skipped)
-            others = " (the other candidates passed)" if len(skipped) < len(report.candidates) else ""
-            raise MissingDependencyError(f"{shown} not compared: this machine lacks the backend{others}",
-                                         "run the check where the backend is installed (see `odexport doctor`)")
+        error = report.error(where="each candidate's \"failures\" in the JSON" if json_output else "the failures above")
+        if error is not None:  # after the reports: they hold the whole verdict
+            raise error
 
     run_command(action)
 
@@ -188,26 +164,3 @@ def _write_error_reports(junit, markdown, reference, candidates, error) -> None:
         write_text_atomically(junit, check_error_junit(reference, candidates, error.message, error.hint, error.exit_code))
     if markdown:
         write_text_atomically(markdown, check_error_markdown(reference, candidates, error.message, error.hint))
-
-
-def _refusal(report, names):
-    """The input error for candidates refused as given: the one refusal itself, or how many there
-    were, followed by what became of the other candidates (their results are in the reports)."""
-    from odexport.errors import InputError
-
-    refused = report.refused
-    others = [cand for cand in report.candidates if not cand.refused]
-    fates = [(sum(cand.passed for cand in others), "passed"), (len(report.diverged), "failed the parity check"),
-             (len(report.not_compared), "not compared (backend missing here)")]
-    if len(others) == 1:  # its one fate, without a count
-        also = "; the other candidate " + next(fate for count, fate in fates if count)
-    elif others:
-        also = f"; of the other {len(others)} candidates, " + ", ".join(f"{count} {fate}" for count, fate in fates if count)
-    else:
-        also = ""
-    if len(refused) == 1:
-        refusal, fix = refused[0].error, refused[0].fix
-        return InputError(f"{refusal}{also}", fix)
-    shown = ", ".join(names[cand.artifact] for cand in refused)
-    return InputError(f"{len(refused)} candidates could not be run as given: {shown}{also}",
-                      "each one's reason and fix is in its ERROR line (or the report's `fix`)")

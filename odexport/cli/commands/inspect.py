@@ -119,7 +119,8 @@ def _print_rich(summary: dict, analysis) -> None:
     def layer_table(columns: tuple[str, ...]):
         table = Table(show_lines=False, header_style="bold", pad_edge=False)
         for column in columns:
-            table.add_column(column, justify="left" if column in ("layer", "type", "heads") else "right", no_wrap=column != "heads")
+            text = column in ("layer", "type", "heads")  # names fold on a narrow terminal; numbers are never cut
+            table.add_column(column, justify="left" if text else "right", no_wrap=not text, overflow="fold")
         for row in analysis.layers:
             cells = {
                 "layer": row.name, "type": row.type, "in": str(row.in_channels), "out": str(row.out_channels),

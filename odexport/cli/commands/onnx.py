@@ -143,10 +143,25 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
         print_load_notes(console, info.warnings)
     console.print(f"wrote {result.path} (sidecar {result.sidecar.name})", markup=False, highlight=False)
     if not quiet:
-        import shlex
+        console.print(f"next: {_check_command(checkpoint, result.path, load, input_shape, batch)}   (the parity gate for CI: docs/ci.md)",
+                      markup=False, highlight=False)
 
-        console.print(f"next: odexport check {shlex.quote(checkpoint)} {shlex.quote(str(result.path))}   "
-                      "(the parity gate against the trained model, for CI: docs/ci.md)", markup=False, highlight=False)
+
+def _check_command(checkpoint, path, load: dict, input_shape, batch) -> str:
+    """The ``odexport check`` command that compares the export with its checkpoint loaded the way
+    the export loaded it (same EMA, temperature, architecture, ...; a fixed batch at its size)."""
+    import shlex
+
+    words = ["odexport", "check", checkpoint, str(path)]
+    for option, key in (("--arch", "arch"), ("--temperature", "temperature"), ("--factory", "factory"), ("--submodel", "submodel")):
+        if load.get(key) is not None:
+            words += [option, str(load[key])]
+    words += ["--trust-pickle"] * bool(load.get("trust_pickle")) + ["--ema"] * bool(load.get("prefer_ema"))
+    if input_shape is not None:
+        words += ["--input-shape", input_shape]
+    if batch is not None:
+        words += ["--batch-sizes", str(batch)]
+    return shlex.join(words)
 
 
 def default_output(source: Path) -> Path:
