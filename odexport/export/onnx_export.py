@@ -517,7 +517,8 @@ def export_onnx(
             with atomic_path(result.sidecar) as sidecar:
                 sidecar.write_text(_json_text(_sidecar(result)), encoding="utf-8")
                 commit_staged_model(staged, out)
-            _remove_superseded_failure(out)
+            if result.parity is not None:  # verified, and passed: an unverified export proves nothing about the failure
+                _remove_superseded_failure(out)
             return result
         finally:
             discard_staged_model(staged)

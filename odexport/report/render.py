@@ -105,7 +105,8 @@ def parity_table(report: ParityReport, columns: tuple[str, ...] = TABLE_COLUMNS)
     keep = [PARITY_COLUMNS.index(c) for c in columns]
     for column in columns:
         left = column in ("candidate", "output", "verdict")
-        table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=not left)
+        # names fold; a number cut (a terminal too narrow even for the compact table) shows its …
+        table.add_column(column, justify="left" if left else "right", overflow="fold" if left else "ellipsis", no_wrap=not left)
     for row in parity_rows(report):
         style = {"pass": "green", "FAIL": "red", "ERROR": "red", "NOT RUN": "yellow"}[row[-1]]
         cells = [row[i] for i in keep]

@@ -119,8 +119,9 @@ def _print_rich(summary: dict, analysis) -> None:
     def layer_table(columns: tuple[str, ...]):
         table = Table(show_lines=False, header_style="bold", pad_edge=False)
         for column in columns:
-            text = column in ("layer", "type", "heads")  # names fold on a narrow terminal; numbers are never cut
-            table.add_column(column, justify="left" if text else "right", no_wrap=not text, overflow="fold")
+            text = column in ("layer", "type", "heads")  # names fold on a narrow terminal; a number cut shows its …
+            table.add_column(column, justify="left" if text else "right", no_wrap=not text,
+                             overflow="fold" if text else "ellipsis")
         for row in analysis.layers:
             cells = {
                 "layer": row.name, "type": row.type, "in": str(row.in_channels), "out": str(row.out_channels),
