@@ -374,7 +374,7 @@ def _provenance(info, reparam_note) -> dict:
 def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inputs=None, batch_sizes=(1, 2, 8),
                  reference_dtype: str = "float32", tolerances=None, per_layer: bool = False, input_shape=None,
                  arch=None, temperature=None, trust_pickle: bool = False, factory=None, threads=None,
-                 noise_margin=None, stage=None, submodel=None, device: str = "cpu", prefer_ema: bool = False) -> ParityReport:
+                 noise_margin=None, progress=None, submodel=None, device: str = "cpu", prefer_ema: bool = False) -> ParityReport:
     """Compare each candidate with ``reference`` run in PyTorch -> :class:`odexport.report.ParityReport`.
 
     Candidates (.onnx, engines, checkpoints) run every sample at each batch size; a batch size a
@@ -385,6 +385,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     :data:`odexport.report.compare.NOISE_MARGIN`) times it; ``noise_margin=0`` skips that run.
     ``device`` (cpu | cuda) is where .onnx and checkpoint candidates run (onnxruntime's CUDA
     provider, PyTorch CUDA; engines always run on the GPU); the reference stays on the CPU.
+    ``progress`` is called with each stage's name.
     """
     import math
     import os
@@ -398,7 +399,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     from odexport._memory import require_batch_fits, require_outputs_fit, require_samples_fit
     from odexport.runtime.parity import onnx_layer_values, run_candidate
 
-    stage = stage or (lambda _name: None)
+    stage = progress or (lambda _name: None)
     candidates, batch_sizes = _one_or_many(candidates), sorted(set(_batch_sizes(batch_sizes)))
     if noise_margin is not None and not math.isfinite(noise_margin):  # inf would switch the gate off
         raise InputError(f"--noise-margin {noise_margin} is not a finite number", "use e.g. --noise-margin 5, or 0 to skip it")
@@ -802,14 +803,15 @@ def _per_layer_reference(model, noise_model, onnx_path):
 def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,), warmup: int = 10, iterations: int = 50,
               threads=None, baseline: str = "static-twin", input_shape=None, arch=None, reference=None, temperature=None,
               trust_pickle: bool = False, factory=None, dtype=None, cuda_graphs: bool = False, max_seconds=None,
-              cpu_rewrite: bool = False, stage=None, submodel=None, spinning: bool = False, prefer_ema: bool = False) -> BenchReport:
+              cpu_rewrite: bool = False, progress=None, submodel=None, spinning: bool = False, prefer_ema: bool = False) -> BenchReport:
     """Latency of each artifact and of its static twin (the baseline), interleaved in one run.
 
     Returns a :class:`odexport.report.BenchReport`.  By default runners are made with onnxruntime
     spinning off, so idle sessions do not steal the cores of the one being timed, and are called in
     turn, one call each.  ``spinning=True`` keeps onnxruntime's default (idle threads spin, as on a
     server running one model: no thread wake-up per operator) and times in alternating blocks of
-    calls instead (:func:`odexport.runtime.timing.block_latencies`).
+    calls instead (:func:`odexport.runtime.timing.block_latencies`).  ``progress`` is called with
+    each stage's name.
     """
     import tempfile
 
@@ -829,7 +831,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     if whole_number(iterations) is None or iterations < 1:
         raise InputError(f"--iters {iterations!r} is not a positive integer", "use e.g. --iters 50")
     warmup, iterations = int(warmup), int(iterations)
-    stage = stage or (lambda _name: None)
+    stage = progress or (lambda _name: None)
     artifacts, batch_sizes = _one_or_many(artifacts), _batch_sizes(batch_sizes)
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
@@ -1076,7 +1078,7 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
 
 
 def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=(1,), threads=None, check: bool = True, measure: bool = True,
-                      tolerance: float = 1e-3, stage=None) -> SpecialisedModel:
+                      tolerance: float = 1e-3, progress=None) -> SpecialisedModel:
     """A portable custom-form export specialised for onnxruntime CPU on this machine, written to
     ``output`` (default ``MODEL.ort-cpu.onnx``) -> :class:`odexport.runtime.ort_specialise.SpecialisedModel`.
     See :func:`odexport.runtime.ort_specialise.specialise_onnx`."""
@@ -1085,14 +1087,14 @@ def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=(1,), threads=None,
 
     require("onnxruntime", "specialising a model for onnxruntime")
     return specialise_onnx(onnx_path, output, batch_sizes=batch_sizes, threads=threads, check=check, measure=measure, tolerance=tolerance,
-                           stage=stage)
+                           stage=progress)
 
 
 # -- TensorRT engines (trt engineer) ------------------------------------------------------------
 
 def engine_from_onnx(onnx_path, engine_path=None, *, profiles=None, fp16: bool = False, tf32: bool = False,
                      workspace_gib=None, opt_level=None, timing_cache=None, plugins=(), input_shape=None,
-                     verbose: bool = False, source_checkpoint=None, rebuild_source=None, rebuild_extra_args=(), stage=None) -> BuildResult:
+                     verbose: bool = False, source_checkpoint=None, rebuild_source=None, rebuild_extra_args=(), progress=None) -> BuildResult:
     """Build a TensorRT engine (+ its JSON sidecar) from an ONNX file -> :class:`odexport.engine.build.BuildResult`.
 
     ``profiles``: batch profiles as :class:`odexport.engine.profiles.BatchProfile` or ``"min:opt:max"``
@@ -1109,4 +1111,4 @@ def engine_from_onnx(onnx_path, engine_path=None, *, profiles=None, fp16: bool =
         plugins=tuple(plugins or ()), input_shape=tuple(input_shape) if input_shape else None, verbose=verbose,
         source_checkpoint=source_checkpoint, rebuild_source=rebuild_source, rebuild_extra_args=tuple(rebuild_extra_args),
     )
-    return build_engine(onnx_path, engine_path, options, stage=stage)
+    return build_engine(onnx_path, engine_path, options, stage=progress)

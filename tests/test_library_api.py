@@ -214,3 +214,16 @@ def test_inspect_checkpoint_is_what_odexport_inspect_prints_as_json(tmp_path):
     printed = CliRunner().invoke(app, ["inspect", str(path), "--input-shape", "3x16x16", "--json"])
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.stdout) == json.loads(json.dumps(summary, default=str))
+
+
+def test_every_pipeline_call_reports_progress_under_one_name():
+    """A stage-name callback is `progress=` wherever a pipeline call takes one (it was `stage=` in four)."""
+    import inspect
+
+    from odexport import pipeline
+
+    public = [getattr(pipeline, name) for name in dir(pipeline) if not name.startswith("_")]
+    calls = [f for f in public if inspect.isfunction(f) and f.__module__ == pipeline.__name__]
+    takes = {f.__name__: set(inspect.signature(f).parameters) & {"progress", "stage"} for f in calls}
+    assert {name for name, names in takes.items() if names} >= {"check_parity", "benchmark", "onnx_from_checkpoint", "inspect_checkpoint"}
+    assert all(names <= {"progress"} for names in takes.values()), takes

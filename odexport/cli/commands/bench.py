@@ -75,7 +75,7 @@ def bench(
                 artifacts, backend=backend, device=device, batch_sizes=parse_batch_sizes(batch_sizes), warmup=warmup,
                 iterations=iters, threads=threads, baseline=baseline, input_shape=shape, arch=arch, reference=reference,
                 temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel, dtype=dtype, cuda_graphs=cuda_graphs,
-                max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, stage=stage, spinning=spinning,
+                max_seconds=max_seconds, cpu_rewrite=cpu_rewrite, progress=stage, spinning=spinning,
             )
         plotted = bool(plot) and any(entry.stats is not None for entry in report.entries)
         if plotted:

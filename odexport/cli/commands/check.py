@@ -93,7 +93,7 @@ def check(
                     reference, candidates, samples=samples, seed=seed, inputs=inputs, batch_sizes=sizes,
                     reference_dtype=reference_dtype, tolerances=overrides, per_layer=per_layer, input_shape=shape, arch=arch,
                     temperature=temperature, trust_pickle=trust_pickle, prefer_ema=ema, factory=factory, submodel=submodel,
-                    threads=threads, noise_margin=noise_margin, stage=stage, device=device,
+                    threads=threads, noise_margin=noise_margin, progress=stage, device=device,
                 )
         except OdexportError as exc:  # nothing was compared: the reports a CI job uploads still say why
             _write_error_reports(junit, markdown, reference, candidates, exc)

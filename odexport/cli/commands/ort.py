@@ -47,7 +47,7 @@ def _specialise(source, output, batch_sizes, threads, check, measure, tolerance,
     sizes = parse_batch_sizes(batch_sizes)
     with stages(quiet or json_output) as stage:
         try:
-            result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, stage=stage)
+            result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, progress=stage)
         except OdexportError as exc:
             if json_output:  # refused: the report says why, with what was measured when it got that far
                 outcome = getattr(exc, "outcome", None)
