@@ -23,6 +23,7 @@ in the ``tensorrt``-marked tests wherever TensorRT and a GPU exist.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ def build_engine(
     """Build ``onnx_path`` into ``engine_path`` (default: beside it, ``.engine``) and write the sidecar."""
     from odexport.engine import _trt
     from odexport.engine.environment import current_target, require_tensorrt
-    from odexport.engine.plugins import load_plugins, registered_plugins
+    from odexport.engine.plugins import load_plugins
 
     options = options or BuildOptions()
     stage = stage or (lambda _name: None)
@@ -170,10 +171,34 @@ def build_engine(
                 "custom-op nodes keep their inlined function body; a plugin serves only nodes with a plugin_namespace attribute "
                 "or without a body"
             )
-    parsed = parser.parse_from_file(str(onnx_path))
+    scratch = tempfile.TemporaryDirectory(prefix=".odexport-trt-", dir=engine_path.parent)
+    try:
+        return _parse_and_build(trt, log, builder, network, parser, onnx_path, engine_path, options, inputs, plan, target,
+                                specs, plugin_override, warnings, Path(scratch.name), stage)
+    finally:
+        scratch.cleanup()
+
+
+def _parse_and_build(trt, log, builder, network, parser, onnx_path, engine_path, options, inputs, plan, target, specs,
+                     plugin_override, warnings, scratch: Path, stage) -> BuildResult:
+    from odexport.engine import _trt
+    from odexport.engine.plugins import registered_plugins
+
+    parsed_path, shared = onnx_for_parser(onnx_path, scratch) if not plugin_override else (onnx_path, _shared_functions(onnx_path))
+    if parsed_path != onnx_path:
+        warnings.append(f"the function bodies of {', '.join(shared)} were inlined before parsing: TensorRT's ONNX parser "
+                        "ignores function overloads and would run the first body for every layer")
+    parsed = parser.parse_from_file(str(parsed_path))
     if not parsed or int(parser.num_errors) > 0:
-        raise parser_error(complete_node_names(issues_from_parser(parser), onnx_path), onnx_path)
+        raise parser_error(complete_node_names(issues_from_parser(parser), parsed_path), onnx_path)
     plugin_layers = _count_plugin_layers(trt, network)
+    custom_nodes = _custom_node_count(onnx_path) if plugin_override and shared else 0
+    if plugin_layers < custom_nodes:  # the rest would run the first-defined body, whatever their configuration
+        raise ExportError(
+            f"{custom_nodes - plugin_layers} of {custom_nodes} custom-op nodes were not taken by a plugin, and TensorRT's ONNX "
+            f"parser ignores function overloads: they would all run the first body of {', '.join(shared)}",
+            "load a plugin that serves every ODConv2d/DyConv2d node, or build without --plugin (the bodies are then inlined first)",
+        )
     if specs:
         found = registered_plugins(trt, CUSTOM_OP_TYPES)
         if plugin_override and plugin_layers == 0:
@@ -291,3 +316,41 @@ def _attach_timing_cache(config, cache_file: TimingCacheFile, warnings: list[str
 def _count_plugin_layers(trt, network) -> int:
     plugin_types = {t for t in (getattr(trt.LayerType, n, None) for n in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")) if t is not None}
     return sum(1 for i in range(network.num_layers) if network.get_layer(i).type in plugin_types)
+
+
+def onnx_for_parser(onnx_path: Path, folder: Path) -> tuple[Path, list[str]]:
+    """The file to hand TensorRT's ONNX parser, and the functions that made a copy necessary.
+
+    The parser keys model-local functions by name alone (onnx-tensorrt's ``localFunctions`` map):
+    every node of one op type runs the first body defined under that name, whatever the node's
+    ``overload``.  odexport's custom form defines one ``com.odexport::ODConv2d`` body per layer
+    configuration, told apart by overload, so such a model is written to ``folder`` with every
+    local function inlined (``onnx.inliner.inline_local_functions``: each node replaced by its own
+    body, the computation of ``--form decomposed``; weights as external data, any size) and that
+    copy is parsed.  A model whose functions all have distinct names is parsed as it is.
+    """
+    import onnx
+    from onnx import inliner
+
+    shared = _shared_functions(onnx_path)
+    if not shared:
+        return onnx_path, []
+    inlined = inliner.inline_local_functions(onnx.load(str(onnx_path)))
+    copy = folder / onnx_path.name
+    onnx.save(inlined, str(copy), save_as_external_data=True, all_tensors_to_one_file=True, location=copy.name + ".data",
+              size_threshold=1024)
+    return copy, shared
+
+
+def _shared_functions(onnx_path: Path) -> list[str]:
+    import onnx
+
+    from odexport.export.verify import functions_sharing_a_name
+
+    return functions_sharing_a_name(onnx.load(str(onnx_path), load_external_data=False))
+
+
+def _custom_node_count(onnx_path: Path) -> int:
+    import onnx
+
+    return sum(node.op_type in CUSTOM_OP_TYPES for node in onnx.load(str(onnx_path), load_external_data=False).graph.node)

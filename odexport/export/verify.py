@@ -70,6 +70,13 @@ class ParityResult:
 OVERLOADS_HONOURED_FROM = (1, 27)
 
 
+def functions_sharing_a_name(proto: onnx.ModelProto) -> list[str]:
+    """``domain::name`` of the model-local functions defined more than once, told apart only by
+    their ``overload`` (the custom form: one body per layer configuration)."""
+    count = Counter((function.domain, function.name) for function in proto.functions)
+    return sorted(f"{domain}::{name}" for (domain, name), n in count.items() if n > 1)
+
+
 def refuse_ignored_overloads(ort_version: str, model, where) -> None:
     """Refuse (exit 3) a model whose functions share a name and differ by ``overload`` -- the
     custom form: one ``com.odexport::ODConv2d`` body per layer configuration -- on an onnxruntime
@@ -87,8 +94,7 @@ def refuse_ignored_overloads(ort_version: str, model, where) -> None:
             proto = onnx.load(str(model), load_external_data=False)
     except Exception:  # noqa: BLE001 - not a readable model: onnxruntime's own error will say so
         return
-    count = Counter((function.domain, function.name) for function in proto.functions)
-    shared = sorted(f"{domain}::{name}" for (domain, name), n in count.items() if n > 1)
+    shared = functions_sharing_a_name(proto)
     if shared:
         least = ".".join(map(str, OVERLOADS_HONOURED_FROM))
         raise MissingDependencyError(
