@@ -8,8 +8,9 @@ The build, step by step (names are the TensorRT Python API):
 4. load ``--plugin`` libraries/modules, then ``trt.init_libnvinfer_plugins``;
 5. ``trt.Builder(logger).create_network(flags)`` with ``STRONGLY_TYPED`` where the plan says so;
 6. ``trt.OnnxParser(network, logger)``: ``set_flag(OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)`` when
-   plugins were given and this TensorRT has it (>= 10.15), then ``parse_from_file``; every error is
-   reported with its node's index, name and operator (:mod:`.parser_errors`);
+   plugins were given and this TensorRT has it (>= 10.15), then ``parse_from_file`` -- of a scratch
+   copy with the model-local functions inlined where several share a name (:func:`onnx_for_parser`);
+   every error is reported with its node's index, name and operator (:mod:`.parser_errors`);
 7. ``builder.create_builder_config()``: ``set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)``,
    ``builder_optimization_level``, ``BuilderFlag.FP16`` (weak typing only), ``clear_flag(TF32)``
    unless asked, one ``create_optimization_profile()`` per batch profile with ``set_shape(input,
@@ -122,7 +123,7 @@ def build_engine(
     """Build ``onnx_path`` into ``engine_path`` (default: beside it, ``.engine``) and write the sidecar."""
     from odexport.engine import _trt
     from odexport.engine.environment import current_target, require_tensorrt
-    from odexport.engine.plugins import load_plugins
+    from odexport.engine.plugins import load_plugins, registered_plugins
 
     options = options or BuildOptions()
     stage = stage or (lambda _name: None)
@@ -171,26 +172,15 @@ def build_engine(
                 "custom-op nodes keep their inlined function body; a plugin serves only nodes with a plugin_namespace attribute "
                 "or without a body"
             )
-    scratch = tempfile.TemporaryDirectory(prefix=".odexport-trt-", dir=engine_path.parent)
-    try:
-        return _parse_and_build(trt, log, builder, network, parser, onnx_path, engine_path, options, inputs, plan, target,
-                                specs, plugin_override, warnings, Path(scratch.name), stage)
-    finally:
-        scratch.cleanup()
-
-
-def _parse_and_build(trt, log, builder, network, parser, onnx_path, engine_path, options, inputs, plan, target, specs,
-                     plugin_override, warnings, scratch: Path, stage) -> BuildResult:
-    from odexport.engine import _trt
-    from odexport.engine.plugins import registered_plugins
-
-    parsed_path, shared = onnx_for_parser(onnx_path, scratch) if not plugin_override else (onnx_path, _shared_functions(onnx_path))
-    if parsed_path != onnx_path:
-        warnings.append(f"the function bodies of {', '.join(shared)} were inlined before parsing: TensorRT's ONNX parser "
-                        "ignores function overloads and would run the first body for every layer")
-    parsed = parser.parse_from_file(str(parsed_path))
-    if not parsed or int(parser.num_errors) > 0:
-        raise parser_error(complete_node_names(issues_from_parser(parser), parsed_path), onnx_path)
+    # the parser reads the weights into its own memory while it parses: the scratch copy can go after it
+    with tempfile.TemporaryDirectory(prefix=".odexport-trt-", dir=engine_path.parent) as scratch:
+        parsed_path, shared = (onnx_path, _shared_functions(onnx_path)) if plugin_override else onnx_for_parser(onnx_path, Path(scratch))
+        if parsed_path != onnx_path:
+            warnings.append(f"the function bodies of {', '.join(shared)} were inlined before parsing: TensorRT's ONNX parser "
+                            "ignores function overloads and would run the first body for every layer")
+        parsed = parser.parse_from_file(str(parsed_path))
+        if not parsed or int(parser.num_errors) > 0:
+            raise parser_error(complete_node_names(issues_from_parser(parser), parsed_path), onnx_path)
     plugin_layers = _count_plugin_layers(trt, network)
     custom_nodes = _custom_node_count(onnx_path) if plugin_override and shared else 0
     if plugin_layers < custom_nodes:  # the rest would run the first-defined body, whatever their configuration
