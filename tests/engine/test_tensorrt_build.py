@@ -66,6 +66,8 @@ def test_dynamic_batch_engine_matches_pytorch(tmp_path, name, form):
     onnx_path = _export(model, tmp_path / f"{name}_{form}.onnx", form)
     result = engine_from_onnx(onnx_path, tmp_path / "model.engine", profiles=["1:4:8"], opt_level=1)
     assert result.metadata.precision == "fp32" and result.metadata.batch_profiles[0].text() == "1:4:8"
+    # the parser keys local functions by name: the custom form's per-layer bodies are inlined first
+    assert any("inlined before parsing" in note for note in result.metadata.notes) == (form == "custom")
     with TrtRunner(result.engine_path) as runner:
         assert runner.profiles[0].text() == "1:4:8"
         for batch in BATCHES:
