@@ -21,7 +21,12 @@ from odexport.cli._options import (
 from odexport.cli.app import app
 
 
-_EXAMPLES = "Examples:\n# latency against the model's static twin\nodexport bench model.onnx\n# machine-readable\nodexport bench model.onnx --batch-sizes 1,8 --threads 2 --json"
+_EXAMPLES = """\
+Examples:
+# latency against the model's static twin
+odexport bench model.onnx
+# machine-readable
+odexport bench model.onnx --batch-sizes 1,8 --threads 2 --json"""
 
 
 @app.command(epilog=_EXAMPLES)

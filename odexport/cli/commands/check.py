@@ -20,7 +20,14 @@ from odexport.cli._options import (
 from odexport.cli.app import app
 
 
-_EXAMPLES = 'Examples:\n# seeded random inputs at batch 1, 2 and 8\nodexport check model.pth model.onnx\n# your own data and labels; a CI report\nodexport check model.pth model.onnx -i val.npz --junit parity.xml\n# name the first dynamic conv that diverges\nodexport check model.pth model.onnx --per-layer'
+_EXAMPLES = """\
+Examples:
+# seeded random inputs at batch 1, 2 and 8
+odexport check model.pth model.onnx
+# your own data and labels; a CI report
+odexport check model.pth model.onnx -i val.npz --junit parity.xml
+# name the first dynamic conv that diverges
+odexport check model.pth model.onnx --per-layer"""
 
 
 @app.command(epilog=_EXAMPLES)

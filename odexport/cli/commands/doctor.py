@@ -8,7 +8,10 @@ from odexport.cli._options import JsonOption
 from odexport.cli.app import app
 
 
-_EXAMPLES = 'Examples:\n# what this machine can run, for a bug report\nodexport doctor --json'
+_EXAMPLES = """\
+Examples:
+# what this machine can run, for a bug report
+odexport doctor --json"""
 
 
 @app.command(epilog=_EXAMPLES)

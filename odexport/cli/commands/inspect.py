@@ -20,7 +20,12 @@ from odexport.cli._options import (
 )
 from odexport.cli.app import app
 
-_EXAMPLES = 'Examples:\n# what the checkpoint is and what it costs\nodexport inspect model.pth\n# an architecture by name\nodexport inspect od_resnet18 -K 4 --json'
+_EXAMPLES = """\
+Examples:
+# what the checkpoint is and what it costs
+odexport inspect model.pth
+# an architecture by name
+odexport inspect od_resnet18 -K 4 --json"""
 
 
 @app.command(epilog=_EXAMPLES)

@@ -28,7 +28,14 @@ _FORM_HELP = (
 )
 
 
-_EXAMPLES = "Examples:\n# dynamic batch, a form per layer, verified against PyTorch\nodexport onnx model.pth -o model.onnx\n# for TensorRT or onnxruntime CUDA\nodexport onnx model.pth -o model.onnx --target gpu --fp16\n# each layer's form and why; writes nothing\nodexport onnx model.pth --plan"
+_EXAMPLES = """\
+Examples:
+# dynamic batch, a form per layer, verified against PyTorch
+odexport onnx model.pth -o model.onnx
+# for TensorRT or onnxruntime CUDA
+odexport onnx model.pth -o model.onnx --target gpu --fp16
+# each layer's form and why; writes nothing
+odexport onnx model.pth --plan"""
 
 
 @app.command(name="onnx", epilog=_EXAMPLES)

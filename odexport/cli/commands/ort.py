@@ -10,7 +10,10 @@ import typer
 from odexport.cli.app import app
 
 
-_EXAMPLES = 'Examples:\n# specialised for this CPU and these batch sizes\nodexport ort model.onnx -o model.ort-cpu.onnx --batch-sizes 1,8'
+_EXAMPLES = """\
+Examples:
+# specialised for this CPU and these batch sizes
+odexport ort model.onnx -o model.ort-cpu.onnx --batch-sizes 1,8"""
 
 
 @app.command(epilog=_EXAMPLES)

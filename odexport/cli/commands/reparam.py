@@ -29,7 +29,12 @@ _PASSES_HELP = (
 )
 
 
-_EXAMPLES = 'Examples:\n# exact passes only, checked against the source\nodexport reparam model.pth -o deploy.pt\n# also make near-static layers plain convs (approximate, reported)\nodexport reparam model.pth -o d.pt --calibration val.npz --freeze-below 1e-3'
+_EXAMPLES = """\
+Examples:
+# exact passes only, checked against the source
+odexport reparam model.pth -o deploy.pt
+# also make near-static layers plain convs (approximate, reported)
+odexport reparam model.pth -o d.pt --calibration val.npz --freeze-below 1e-3"""
 
 
 @app.command(epilog=_EXAMPLES)

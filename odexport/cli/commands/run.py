@@ -18,7 +18,10 @@ from odexport.cli._options import (
 from odexport.cli.app import app
 
 
-_EXAMPLES = 'Examples:\n# or a checkpoint, or an engine\nodexport run model.onnx -i batch.npy -o out.npy'
+_EXAMPLES = """\
+Examples:
+# or a checkpoint, or an engine
+odexport run model.onnx -i batch.npy -o out.npy"""
 
 
 @app.command(epilog=_EXAMPLES)

@@ -24,7 +24,12 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-_EXAMPLES = 'Examples:\n# batch 1 to 32, optimised for 8\nodexport trt model.onnx --fp16 -o model.engine\n# batches up to 16; the timing cache speeds up rebuilds\nodexport trt model.onnx --max-batch 16 --timing-cache trt.cache'
+_EXAMPLES = """\
+Examples:
+# batch 1 to 32, optimised for 8
+odexport trt model.onnx --fp16 -o model.engine
+# batches up to 16; the timing cache speeds up rebuilds
+odexport trt model.onnx --max-batch 16 --timing-cache trt.cache"""
 
 
 @app.command(epilog=_EXAMPLES)
