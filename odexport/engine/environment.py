@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-from odexport.engine.precision import MINIMUM_TENSORRT, NO_WEAK_TYPING_FROM, STRONGLY_TYPED_FROM, version_at_least
+from odexport._versions import version_at_least
+from odexport.engine.precision import MINIMUM_TENSORRT, NO_WEAK_TYPING_FROM, STRONGLY_TYPED_FROM
 from odexport.engine.sidecar import BuildTarget
 from odexport.errors import MissingDependencyError
 

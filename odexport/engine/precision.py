@@ -31,10 +31,10 @@ computes in fp32 like the PyTorch reference.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from odexport._versions import release_numbers, version_at_least
 from odexport.errors import InputError, MissingDependencyError
 
 #: first TensorRT release where odexport builds strongly typed networks (weak typing deprecated here)
@@ -45,21 +45,12 @@ MINIMUM_TENSORRT = (10, 0)
 
 
 def parse_version(text: str) -> tuple[int, ...]:
-    """``"10.13.0.35"`` -> ``(10, 13, 0, 35)``; trailing tags (``"11.0.0rc1"``) are ignored."""
-    numbers = []
-    for part in str(text).strip().split("."):
-        match = re.match(r"\d+", part)
-        if not match:
-            break
-        numbers.append(int(match.group()))
+    """``"10.13.0.35"`` -> ``(10, 13, 0, 35)``; trailing tags (``"11.0.0rc1"``) are ignored.  A
+    precision plan needs a readable release: unreadable text is an error, not "too old"."""
+    numbers = release_numbers(text)
     if not numbers:
         raise InputError(f"cannot read the TensorRT version {text!r}", "report this with `odexport doctor --json`")
-    return tuple(numbers)
-
-
-def version_at_least(version: str | tuple[int, ...], minimum: tuple[int, ...]) -> bool:
-    parsed = parse_version(version) if isinstance(version, str) else tuple(version)
-    return parsed[: len(minimum)] + (0,) * max(0, len(minimum) - len(parsed)) >= minimum
+    return numbers
 
 
 @dataclass(frozen=True)

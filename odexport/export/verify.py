@@ -10,7 +10,6 @@ A comparison passes when ``max_abs <= atol + rtol * max|reference|``.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from odexport._versions import version_at_least
 from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError, MissingDependencyError
 
 # Defaults by candidate precision: fp32 must match tightly; fp16 within 1% of the output scale.
@@ -83,7 +83,7 @@ def refuse_ignored_overloads(ort_version: str, model, where) -> None:
     older than :data:`OVERLOADS_HONOURED_FROM`.  Such a release either fails to load it (a shape
     error inside the wrong body) or, where the shapes happen to fit, silently runs another layer's
     convolution.  ``model`` is a path, serialized bytes or an ``onnx.ModelProto``."""
-    if tuple(int(part) for part in re.findall(r"\d+", ort_version)[:2]) >= OVERLOADS_HONOURED_FROM:
+    if version_at_least(ort_version, OVERLOADS_HONOURED_FROM):
         return
     try:
         if isinstance(model, onnx.ModelProto):

@@ -318,5 +318,8 @@ def test_custom_form_is_refused_on_an_onnxruntime_that_ignores_overloads(tmp_pat
         refuse_ignored_overloads("1.18.0", custom.read_bytes(), "the model")
     refuse_ignored_overloads("1.26.2", decomposed, decomposed.name)
     refuse_ignored_overloads("1.27.0", custom, custom.name)
+    refuse_ignored_overloads("1.28.0.dev20260101", custom, custom.name)
+    with pytest.raises(MissingDependencyError):  # a release it cannot read is not assumed to be new enough
+        refuse_ignored_overloads("unknown", custom, custom.name)
     with OrtRunner(custom) as runner:  # this machine's onnxruntime honours them (the package requires it)
         assert runner.infer(np.zeros((1, 3, 16, 16), np.float32))
