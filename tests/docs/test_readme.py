@@ -53,3 +53,15 @@ def test_relative_links_in_the_docs_resolve():
             if not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(REPO)} -> {target}")
     assert not broken, broken
+
+
+def test_stated_python_floor_is_the_packages():
+    """README and quickstart name the Python the package installs on (pyproject's requires-python,
+    which onnxruntime's own wheels bound: no release >= 1.27 is published for 3.10)."""
+    import tomllib
+
+    floor = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+    version = re.fullmatch(r">=(3\.\d+)", floor).group(1)
+    for doc in ("README.md", "docs/quickstart.md"):
+        stated = re.findall(r"Python (3\.\d+) or newer", (REPO / doc).read_text(encoding="utf-8"))
+        assert stated == [version], (doc, stated, floor)
