@@ -96,8 +96,8 @@ class BenchReport:
         rows = []
         for entry in self.entries:
             row = entry.to_dict()
-            if entry.role == "candidate":
-                row["ratio_to_baseline"] = self.ratio(entry)
+            # null on a baseline row as ``baseline_of`` is on a candidate's: one set of keys for every row
+            row["ratio_to_baseline"] = self.ratio(entry) if entry.role == "candidate" else None
             rows.append(row)
         return {"settings": self.settings, "machine": self.machine, "results": rows, "notes": list(self.notes)}
 

@@ -60,7 +60,8 @@ def test_checkpoint_against_its_static_twin(artifacts):
         if row["role"] == "candidate":
             assert row["ratio_to_baseline"] > 0
         else:
-            assert row["baseline_of"] == artifacts["ckpt"]
+            assert row["baseline_of"] == artifacts["ckpt"] and row["ratio_to_baseline"] is None
+    assert all(row.keys() == rows[0].keys() for row in rows)  # one set of keys (docs/ci.md)
 
 
 def test_spinning_without_onnxruntime_says_what_it_changed(artifacts):

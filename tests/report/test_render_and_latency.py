@@ -117,7 +117,8 @@ def test_bench_ratio_and_json():
     data = json.loads(json.dumps(report.to_dict()))
     rows = data["results"]
     assert rows[0]["ratio_to_baseline"] == 2.0 and rows[2]["ratio_to_baseline"] is None
-    assert "ratio_to_baseline" not in rows[1]
+    assert rows[1]["ratio_to_baseline"] is None  # a baseline: every row has every key (docs/ci.md)
+    assert all(row.keys() == rows[0].keys() for row in rows)
     from rich.console import Console
 
     console = Console(record=True, width=200)
