@@ -16,6 +16,14 @@ from odexport.report.latency import BenchReport
 from odexport.report.parity import CandidateParity, ParityReport
 
 
+
+def table_style() -> dict:
+    """What every odexport table looks like: a rule under the header and no frame, so a log or a
+    pasted console block reads as plain columns; titles start at the left edge."""
+    from rich import box
+
+    return {"box": box.SIMPLE_HEAD, "show_edge": False, "title_justify": "left"}
+
 def _num(value, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -95,13 +103,12 @@ def _verdict(report: ParityReport, passed: str, failed: str, refused: str, incom
 def parity_table(report: ParityReport, columns: tuple[str, ...] = TABLE_COLUMNS):
     """A rich Table of every comparison in ``columns`` (of :data:`PARITY_COLUMNS`; the full set of
     numbers is in JSON/JUnit/Markdown).  A number is never broken across lines."""
-    from rich import box
     from rich.table import Table
 
     verdict = _verdict(report, "[bold green]PASS[/]", "[bold red]FAIL[/]", "[bold red]ERROR[/]", "[bold yellow]INCOMPLETE[/]")
     ref = report.reference
     table = Table(title=f"parity vs {candidate_names(report)[str(ref.get('artifact', 'reference'))]} ({ref.get('backend', '')}, "
-                        f"{ref.get('dtype', '')}): {verdict}", title_justify="left", box=box.SIMPLE_HEAD)
+                        f"{ref.get('dtype', '')}): {verdict}", **table_style())
     keep = [PARITY_COLUMNS.index(c) for c in columns]
     for column in columns:
         left = column in ("candidate", "output", "verdict")
@@ -124,12 +131,11 @@ def parity_failure_lines(report: ParityReport) -> list[str]:
 
 def per_layer_table(cand: CandidateParity, name: str | None = None):
     """One row per dynamic conv: worst attention error, output error, and where it first fails."""
-    from rich import box
     from rich.table import Table
 
     assert cand.per_layer is not None
     table = Table(title=f"per-layer parity of {name or Path(cand.artifact).name} (batch {cand.per_layer.batch_size})",
-                  title_justify="left", box=box.SIMPLE_HEAD)
+                  **table_style())
     for column in ("layer", "attention max abs", "output max abs", "output max rel", "verdict"):
         text = column in ("layer", "verdict")
         table.add_column(column, justify="left" if text else "right", no_wrap=not text)
@@ -292,14 +298,11 @@ def bench_table(report: BenchReport, columns: tuple[str, ...] = BENCH_COLUMNS):
     """A rich Table of every measurement in ``columns`` (of :data:`BENCH_COLUMNS`)."""
     from rich.table import Table
 
-    from rich import box
-
     how = "interleaved"
     if report.settings.get("timing") == "blocks":
         spun = report.settings.get("spinning") and any(str(e.backend).startswith("onnxruntime") for e in report.entries)
         how = "in alternating blocks" + (", onnxruntime spinning on" if spun else "")
-    table = Table(title=f"latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured {how})", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+    table = Table(title=f"latency (ms; warm-up excluded; ratio = p50 / baseline p50, measured {how})", **table_style())
     for column in columns:
         text = column in ("artifact", "role", "backend")
         table.add_column(column, justify="left" if text else "right", no_wrap=not text)

@@ -81,6 +81,8 @@ COMPACT_LAYER_COLUMNS = ("layer", "type", "kernel", "K", "params", "MACs", "+dyn
 
 def _print_rich(summary: dict, analysis) -> None:
     from rich.table import Table
+
+    from odexport.report.render import table_style
     from rich.text import Text
 
     from odexport.cli._common import console, print_table
@@ -122,7 +124,7 @@ def _print_rich(summary: dict, analysis) -> None:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
     def layer_table(columns: tuple[str, ...]):
-        table = Table(show_lines=False, header_style="bold", pad_edge=False)
+        table = Table(header_style="bold", pad_edge=False, **table_style())
         for column in columns:
             text = column in ("layer", "type", "heads")  # names fold on a narrow terminal; a number cut shows its …
             table.add_column(column, justify="left" if text else "right", no_wrap=not text,

@@ -185,7 +185,9 @@ def default_output(source: Path) -> Path:
 def _plan_table(plans, target, batch):
     from rich.table import Table
 
-    table = Table(title=f"export plan (target {target}, batch {'dynamic' if batch is None else batch})")
+    from odexport.report.render import table_style
+
+    table = Table(title=f"export plan (target {target}, batch {'dynamic' if batch is None else batch})", **table_style())
     for column in ("layer", "form", "variant", "est. ms", "why"):
         table.add_column(column, justify="right" if column == "est. ms" else "left")
     for p in plans:
@@ -205,7 +207,9 @@ def _forms_summary(plans) -> str:
 def _print_parity(console, parity) -> None:
     from rich.table import Table
 
-    table = Table(title=f"onnxruntime vs PyTorch ({parity.precision}, atol {parity.atol:g}, rtol {parity.rtol:g})")
+    from odexport.report.render import table_style
+
+    table = Table(title=f"onnxruntime vs PyTorch ({parity.precision}, atol {parity.atol:g}, rtol {parity.rtol:g})", **table_style())
     for column in ("output", "batch", "max abs", "max rel", "top-1", ""):
         table.add_column(column, justify="left" if column in ("output", "") else "right")
     for c in parity.comparisons:

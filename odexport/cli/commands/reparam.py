@@ -63,7 +63,7 @@ def reparam(
 
     The five default passes preserve the outputs exactly (up to float rounding); --calibration with --freeze-below adds an approximate pass and reports the deviation it causes. Every other command (inspect, run, onnx, trt, check) accepts the deploy checkpoint.
     """
-    from odexport.cli._common import console, print_load_notes, run_command, stages
+    from odexport.cli._common import console, print_load_notes, print_wide, run_command, stages
 
     def action() -> None:
         from odexport._files import output_folder, refuse_overwriting_input
@@ -92,9 +92,9 @@ def reparam(
             return
         print_load_notes(console, loaded.info.warnings)
         if explain:
-            console.print(_explain_table(report))
+            print_wide(_explain_table(report))
         if report.freeze is not None:
-            console.print(_freeze_table(report.freeze))
+            print_wide(_freeze_table(report.freeze))
         for result in report.results:
             if result.precondition_failed:
                 console.print(f"[yellow]pass {result.name} did not run:[/] {result.precondition_failed}", markup=True, highlight=False)
@@ -106,7 +106,9 @@ def reparam(
 def _explain_table(report):
     from rich.table import Table
 
-    table = Table(title="what each pass did", show_lines=False)
+    from odexport.report.render import table_style
+
+    table = Table(title="what each pass did", **table_style())
     table.add_column("pass")
     table.add_column("layer")
     table.add_column("", no_wrap=True)
@@ -126,10 +128,12 @@ def _explain_table(report):
 def _freeze_table(freeze):
     from rich.table import Table
 
+    from odexport.report.render import table_style
+
     eps = freeze.get("eps")
     title = (f"attention spread on {freeze['samples']} calibration samples"
              + (f" (freeze below {eps:g}; model output deviation {freeze['output_deviation']:.3g})" if eps is not None else " (measured only)"))
-    table = Table(title=title)
+    table = Table(title=title, **table_style())
     for column in ("layer", "spread", "frozen", "params saved", "MACs saved", "layer deviation"):
         table.add_column(column, justify="left" if column == "layer" else "right")
     for rec in freeze["layers"]:
