@@ -90,4 +90,4 @@ def main() -> None:
     # code of an input error, with nothing said
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    app()
+    app(prog_name="odexport")  # also under `python -m odexport`, where argv[0] is __main__.py

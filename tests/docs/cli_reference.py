@@ -145,6 +145,7 @@ def render_markdown(root: CommandHelp, commands: list[CommandHelp]) -> str:
         "`odexport` is a thin shell over the library (`odexport.pipeline`); every command below has a",
         "library equivalent. Progress goes to stderr (a spinner on a terminal, plain lines in CI or when",
         "piped, nothing with `--quiet`); `--json` prints exactly one JSON object on stdout.",
+        "`python -m odexport` runs the same commands where the `odexport` script is not on PATH.",
         "",
     ]
     out += [f"{p}" for p in root.description] + [""]

@@ -56,6 +56,17 @@ def test_root_help_lists_every_command_without_importing_torch():
     assert "Exit codes" in out
 
 
+def test_python_dash_m_runs_the_cli_under_its_own_name():
+    """`python -m odexport` where the script is not on PATH; usage lines still say `odexport`."""
+    version = subprocess.run([sys.executable, "-m", "odexport", "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip().startswith("odexport "), version
+    usage = subprocess.run([sys.executable, "-m", "odexport", "onnx", "--help"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and "Usage: odexport onnx" in usage.stdout, usage.stdout[:300]
+    missing = subprocess.run([sys.executable, "-m", "odexport", "onnx", "/nonexistent/model.pt"], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_command_help_is_complete_and_light(command):
     out, report = _help([command, "--help"])

@@ -1,0 +1,5 @@
+"""``python -m odexport``: the CLI where the ``odexport`` script is not on PATH."""
+
+from odexport.cli.app import main
+
+main()
