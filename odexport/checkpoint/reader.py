@@ -36,6 +36,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".pt.tar", ".tar", ".safetenso
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_ORT_FORMAT_IDENTIFIER = b"ORTM"  # the flatbuffer file identifier of onnxruntime's .ort format, at bytes 4-8
 _PICKLE_PROTO = 0x80  # pickle protocol >= 2 starts with the PROTO opcode
 # torch.save(..., pickle_protocol=0 or 1, _use_new_zipfile_serialization=False) starts with its
 # magic number pickled as a text long (both protocols write longs as text)
@@ -118,6 +119,12 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             f"{path} is an ONNX model, not a checkpoint (this command reads the trained weights)",
             "pass the checkpoint it was exported from; an export's metadata is in its sidecar "
             f"{path.name}.json, and `odexport check CHECKPOINT {path.name}` compares the two",
+        )
+    elif head[4:8] == _ORT_FORMAT_IDENTIFIER:
+        raise CheckpointError(
+            f"{path} is an ONNX Runtime format model (.ort, for minimal and mobile builds), which odexport does not read",
+            "gate the .onnx it was converted from (`odexport check CHECKPOINT model.onnx`): the conversion keeps "
+            "the computation (docs/ops.md)",
         )
     elif path.suffix.lower() == ".onnx":  # named like an export, but neither an ONNX protobuf nor a checkpoint
         raise CheckpointError(

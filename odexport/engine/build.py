@@ -322,7 +322,12 @@ def onnx_for_parser(onnx_path: Path, folder: Path) -> tuple[Path, list[str]]:
     import onnx
     from onnx import inliner
 
-    shared = _shared_functions(onnx_path)
+    from odexport.export.verify import functions_sharing_a_name, refuse_rewritten_custom_form
+
+    structure = onnx.load(str(onnx_path), load_external_data=False)
+    refuse_rewritten_custom_form(structure, onnx_path)  # without its bodies the parser has nothing to build a layer from
+    shared = functions_sharing_a_name(structure)
+    del structure
     if not shared:
         return onnx_path, []
     inlined = inliner.inline_local_functions(onnx.load(str(onnx_path)))

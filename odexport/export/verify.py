@@ -77,6 +77,57 @@ def functions_sharing_a_name(proto: onnx.ModelProto) -> list[str]:
     return sorted(f"{domain}::{name}" for (domain, name), n in count.items() if n > 1)
 
 
+#: what a tool that rewrote a custom-form file did to it, and what to do instead (docs/ops.md)
+REWRITTEN_CUSTOM_FORM_FIX = ("re-export with `odexport onnx`; run such tools on a copy with the functions inlined "
+                             "(`onnx.inliner.inline_local_functions`) or on a `--form decomposed` export (docs/ops.md)")
+
+
+def _nodes_everywhere(proto: onnx.ModelProto):
+    """Every node of the graph, of its subgraphs (``If`` branches, loop bodies) and of its functions."""
+    def walk(nodes):
+        for node in nodes:
+            yield node
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    yield from walk(attribute.g.node)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    for graph in attribute.graphs:
+                        yield from walk(graph.node)
+
+    yield from walk(proto.graph.node)
+    for function in proto.functions:
+        yield from walk(function.node)
+
+
+def refuse_rewritten_custom_form(proto: onnx.ModelProto, where) -> None:
+    """Refuse (exit 1) a custom-form model that a rewriting tool left without its layers' function bodies.
+
+    A custom-form layer is a ``com.odexport`` node whose computation is the model-local function of
+    the same (domain, op type, overload).  Some tools drop or merge those functions and still write
+    a file that passes ``onnx.checker``: ``onnx.version_converter`` drops every local function,
+    ``onnx.utils.extract_model`` keeps one body per name, onnx-graphsurgeon (``polygraphy surgeon``)
+    drops the overloads, leaving several functions with one identity.  onnxruntime then fails with
+    "not a registered function/op" or "Duplicate model-local function identifier"; this names the
+    cause instead."""
+    from odexport.export.custom import DOMAIN
+
+    identities = Counter((f.domain, f.name, f.overload) for f in proto.functions)
+    merged = sorted({f"{d}::{n}" for (d, n, _), count in identities.items() if count > 1 and d == DOMAIN})
+    if merged:
+        raise InputError(
+            f"{where} defines {', '.join(merged)} several times under one identity: a tool that rewrote the file "
+            "dropped the overloads that tell the layers' bodies apart (onnx-graphsurgeon, `polygraphy surgeon` do)",
+            REWRITTEN_CUSTOM_FORM_FIX)
+    orphans = Counter(f"{node.domain}::{node.op_type}" for node in _nodes_everywhere(proto)
+                      if node.domain == DOMAIN and (node.domain, node.op_type, node.overload) not in identities)
+    if orphans:
+        calls = ", ".join(f"{count} {name}" for name, count in sorted(orphans.items()))
+        raise InputError(
+            f"{where} has custom-form layers without their function bodies ({calls} node(s)): a tool that rewrote the "
+            "file dropped them (onnx.version_converter drops every local function, onnx.utils.extract_model keeps "
+            "one body per name)", REWRITTEN_CUSTOM_FORM_FIX)
+
+
 def refuse_ignored_overloads(ort_version: str, model, where) -> None:
     """Refuse (exit 3) a model whose functions share a name and differ by ``overload`` -- the
     custom form: one ``com.odexport::ODConv2d`` body per layer configuration -- on an onnxruntime

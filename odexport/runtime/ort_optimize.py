@@ -484,8 +484,9 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
     """
     import onnxruntime as ort
 
-    from odexport.export.verify import refuse_ignored_overloads
+    from odexport.export.verify import refuse_ignored_overloads, refuse_rewritten_custom_form
 
+    refuse_rewritten_custom_form(model, "the model")  # raised, not abandoned below: it cannot run as exported either
     refuse_ignored_overloads(ort.__version__, model, "the model")  # raised, not abandoned below: no session may run it
     block = nchwc_block_size()
     report = RewriteReport(model=model, block=block)

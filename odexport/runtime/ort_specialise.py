@@ -172,8 +172,9 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
                          "export it with `odexport onnx CKPT --form custom` (or --form auto --target cpu)")
     import onnxruntime as ort
 
-    from odexport.export.verify import refuse_ignored_overloads
+    from odexport.export.verify import refuse_ignored_overloads, refuse_rewritten_custom_form
 
+    refuse_rewritten_custom_form(model, source)  # else "abandoned, runs as exported" for a file that does not run
     refuse_ignored_overloads(ort.__version__, model, source)  # it would inline one layer's body into every layer
     record = machine_record()
     if record["nchwc_block"] is None:

@@ -363,6 +363,25 @@ def test_onnx_file_is_named_as_such(tmp_path):
     assert "sidecar" not in message
 
 
+def test_ort_format_model_is_named_as_such(tmp_path):
+    """onnxruntime's .ort format (minimal and mobile builds), made by onnxruntime's own converter:
+    named, with the .onnx to gate instead; not "not a checkpoint" with its first bytes."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "model.onnx"))
+    subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(tmp_path / "model.onnx"),
+                    "--output_dir", str(tmp_path / "ort")], check=True, capture_output=True, timeout=300)
+    message = _one_line_error(tmp_path / "ort" / "model.ort", "is an ONNX Runtime format model (.ort")
+    assert "gate the .onnx it was converted from" in message
+
+
 def test_zip_that_is_not_a_checkpoint(tmp_path):
     import zipfile
 

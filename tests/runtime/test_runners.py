@@ -323,3 +323,45 @@ def test_custom_form_is_refused_on_an_onnxruntime_that_ignores_overloads(tmp_pat
         refuse_ignored_overloads("unknown", custom, custom.name)
     with OrtRunner(custom) as runner:  # this machine's onnxruntime honours them (the package requires it)
         assert runner.infer(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_a_custom_form_file_whose_bodies_a_tool_dropped_is_named(tmp_path):
+    """Tools that rewrite ONNX files can strip the custom form's function bodies and still write a
+    file that passes onnx.checker: onnx.version_converter drops every local function,
+    onnx.utils.extract_model keeps one body per name, onnx-graphsurgeon drops the overloads.
+    onnxruntime then fails ("not a registered function/op"); the runner and `odexport ort` name the
+    cause and the fix (exit 1) rather than pointing at onnx.checker or "running as exported"."""
+    from onnx import version_converter
+
+    from odexport.layers.odconv import ODConv2d
+    from odexport.pipeline import onnx_from_model
+    from odexport.runtime.ort_specialise import specialise_onnx
+
+    model = torch.nn.Sequential(ODConv2d(4, 8, 3, padding=1, kernel_num=2), torch.nn.ReLU(), ODConv2d(8, 8, 1, kernel_num=4)).eval()
+    custom = tmp_path / "custom.onnx"
+    onnx_from_model(model, custom, form="custom", input_shape=(4, 8, 8), check=False)
+    proto = onnx.load(custom)
+    assert len({f.overload for f in proto.functions if f.domain == "com.odexport"}) == 2  # the premise
+
+    converted = tmp_path / "converted.onnx"
+    onnx.save(version_converter.convert_version(proto, proto.opset_import[0].version), converted)
+    onnx.checker.check_model(onnx.load(converted), full_check=True)  # what made the file look fine
+    with pytest.raises(InputError) as stripped:
+        OrtRunner(converted)
+    assert "custom-form layers without their function bodies (2 com.odexport::ODConv2d node(s))" in stripped.value.message
+    assert "onnx.inliner.inline_local_functions" in stripped.value.hint and "--form decomposed" in stripped.value.hint
+    with pytest.raises(InputError, match="without their function bodies"):
+        specialise_onnx(converted, tmp_path / "converted.ort-cpu.onnx", batch_sizes=(1,), measure=False, check=False)
+    assert not (tmp_path / "converted.ort-cpu.onnx").exists()
+
+    merged = onnx.load(custom)  # what onnx-graphsurgeon writes: the overloads gone, the bodies kept
+    for function in merged.functions:
+        function.overload = ""
+    for node in merged.graph.node:
+        node.overload = ""
+    onnx.save(merged, tmp_path / "merged.onnx")
+    with pytest.raises(InputError, match="several times under one identity"):
+        OrtRunner(tmp_path / "merged.onnx")
+
+    with OrtRunner(custom) as runner:  # the file as exported runs
+        assert runner.infer(np.zeros((2, 4, 8, 8), np.float32))
