@@ -77,11 +77,37 @@ def inspect_checkpoint(source, *, arch=None, kernel_num=None, temperature=None, 
     shape = tuple(input_shape or loaded.info.input_shape or (3, 224, 224))
     say(f"count parameters and MACs at {'x'.join(map(str, shape))}")
     analysis = analyse_model(loaded.model, shape)
-    return inspect_summary(loaded.info, analysis), analysis
+    summary = inspect_summary(loaded.info, analysis)
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
+
+    if not input_shape and loaded.info.extras.get(INPUT_SHAPE_ASSUMED):
+        summary["notes"].append(f"MACs counted at an assumed {'x'.join(map(str, shape))}: a --factory model records no input size "
+                                "(pass --input-shape CxHxW, the size it was trained at)")
+    return summary, analysis
 
 
 KAIJIESHI7_NOTE = ("kaijieshi7's Dynamic_conv2d starts training at temperature 34 (its constructor default) and anneals to 1; "
                    "a trained network is evaluated at 1")
+
+
+def model_input_shape(info, input_shape=None, *, purpose: str) -> tuple[int, ...] | None:
+    """The sample shape (C, H, W) to use: ``input_shape`` when given, else the checkpoint's own.
+
+    A ``--factory`` model records none; loading assumes its first convolution's channels at
+    224x224, which is fine for looking at it but not for writing a file from it: an export at the
+    wrong size is a graph onnxruntime refuses at the real one.  There an InputError asks for
+    ``--input-shape``."""
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
+    from odexport.errors import InputError
+
+    if input_shape:
+        return tuple(input_shape)
+    if info.extras.get(INPUT_SHAPE_ASSUMED):
+        made_up = "x".join(map(str, info.input_shape))
+        raise InputError(f"{purpose} needs the model's input size, which {info.arch or 'this model'} does not record "
+                         f"(a --factory model; {made_up} would be a guess)",
+                         "pass --input-shape CxHxW, the size the model was trained at")
+    return tuple(info.input_shape) if info.input_shape else None
 
 
 def inspect_summary(info, analysis) -> dict:
@@ -239,7 +265,7 @@ def onnx_from_loaded(loaded, path, *, form: str = "auto", opset: int = 18, batch
     from odexport.errors import InputError
 
     info = loaded.info
-    shape = tuple(input_shape) if input_shape else (tuple(info.input_shape) if info.input_shape else None)
+    shape = model_input_shape(info, input_shape, purpose="the export")
     if shape is None:
         raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")
     model, reparam_note = deploy_model(loaded, reparam=reparam, progress=progress)
@@ -306,7 +332,8 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
     progress = progress or (lambda _name: None)
     pass_names = validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance,
                                          dy_bn_shift=dy_bn_shift)
-    shape = tuple(input_shape) if input_shape else (tuple(loaded.info.input_shape) if loaded.info.input_shape else None)
+    shape = (model_input_shape(loaded.info, input_shape, purpose="the output check" if check else "reading --calibration")
+             if check or calibration is not None or input_shape else None)
     calib = None
     if calibration is not None:
         progress(f"read calibration inputs {calibration}")
@@ -337,7 +364,16 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
             "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
         )
     progress(f"write {output}")
-    return save_deploy(report.model, report, output, loaded.info), report
+    # the size given here is the one to record: a later `odexport onnx DEPLOY` exports at it
+    source_info = loaded.info
+    if input_shape:
+        from dataclasses import replace
+
+        from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
+
+        source_info = replace(source_info, input_shape=tuple(input_shape),
+                              extras={k: v for k, v in source_info.extras.items() if k != INPUT_SHAPE_ASSUMED})
+    return save_deploy(report.model, report, output, source_info), report
 
 
 def deploy_from_checkpoint(path, output, *, passes="default", calibration=None, freeze_below=None, check: bool = True,
@@ -1011,10 +1047,10 @@ def _twin_key(artifact, kind, runner, input_shape, reference, load):
     if kind != "onnx":
         return None
     meta = getattr(runner, "metadata", {}) or {}
-    source = str(reference) if reference is not None else (load.get("arch") or meta.get(keys.ARCH) or None)
+    source = str(reference) if reference is not None else (load.get("arch") or load.get("factory") or meta.get(keys.ARCH) or None)
     if source is None:
         return None
-    kwargs = "" if reference is not None or load.get("arch") else meta.get(keys.MODEL_KWARGS) or "{}"
+    kwargs = "" if reference is not None or load.get("arch") or load.get("factory") else meta.get(keys.MODEL_KWARGS) or "{}"
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     return (source, json.dumps(json.loads(kwargs), sort_keys=True) if kwargs else "", tuple(shape or ()),
             meta.get(keys.OPSET) or "18", _half_precision(runner))
@@ -1051,14 +1087,18 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
                              f"pass the checkpoint {Path(str(artifact)).name} was exported from, or drop --reference (the export records its architecture)")
         model = loaded.model
     else:
-        name = load.get("arch") or meta.get(keys.ARCH) or None
+        name = load.get("arch") or load.get("factory") or meta.get(keys.ARCH) or None
         if not name:
             raise InputError(f"cannot build the static twin of {artifact}: its architecture is unknown",
                              "pass --reference CHECKPOINT or --arch NAME, or --baseline none")
+        from odexport.checkpoint.loader import factory_architecture, is_factory_spec
         from odexport.models import create_model
 
-        kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if not load.get("arch") else {}
-        model = create_model(name, **kwargs)
+        if is_factory_spec(name):  # exported with --factory: the export records the spec as its architecture
+            model = factory_architecture(name)
+        else:
+            kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if not load.get("arch") else {}
+            model = create_model(name, **kwargs)
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     if not shape:
         raise InputError(f"{artifact} has a dynamic sample shape {tuple(runner.inputs[0].shape[1:])}", "pass --input-shape CxHxW")

@@ -298,6 +298,22 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     ))
 
 
+def is_factory_spec(name: str | None) -> bool:
+    """``module:function`` (or ``path.py:function``) names a ``--factory``; registered names have no colon."""
+    return bool(name) and ":" in str(name)
+
+
+def factory_architecture(factory: str) -> nn.Module:
+    """The network ``--factory`` builds, reference layers converted, weights as built: the shapes
+    an export of it has (``bench`` makes an ONNX file's static twin from it)."""
+    from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
+
+    model = convert_reference_layers(build_from_factory(factory)).model
+    if needs_temperature_argument(model):
+        model = TemperatureArgModel(model, DEFAULT_TEMPERATURE)
+    return model.eval()
+
+
 def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, extras, submodel=None, meta=None) -> LoadedModel:
     from odexport.convert import TemperatureArgModel, build_from_factory, convert_reference_layers, needs_temperature_argument
     from odexport.layers import dynamic_convs, set_temperature
@@ -342,6 +358,7 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
     )
     if per_layer:
         extras["temperatures"] = per_layer
+    extras[INPUT_SHAPE_ASSUMED] = True
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout="factory", arch=factory, model_kwargs={},
         input_shape=_guess_input_shape(model), num_classes=_num_classes(model, {}, None),
@@ -392,6 +409,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
               "passes": list(manifest.get("passes") or []), "warnings": []}
     if per_layer:
         extras["temperatures"] = per_layer
+    if not input_shape:
+        extras[INPUT_SHAPE_ASSUMED] = True
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=manifest.get("layout") or "deploy", arch=arch or manifest.get("factory"),
         model_kwargs=dict(manifest.get("model_kwargs") or {}),
@@ -464,8 +483,14 @@ def _num_classes(model: nn.Module, kwargs: Mapping[str, Any], info) -> int | Non
     return None if info is None else info.num_classes
 
 
+#: ``CheckpointInfo.extras`` key: the input shape is :func:`_guess_input_shape`'s, not the model's own
+#: (a ``--factory`` model, or a deploy file of one made without ``--input-shape``)
+INPUT_SHAPE_ASSUMED = "input_shape_assumed"
+
+
 def _guess_input_shape(model: nn.Module) -> tuple[int, int, int]:
-    """A factory model's sample shape: channels of its first convolution, 224x224."""
+    """A factory model's sample shape: channels of its first convolution, 224x224 (marked
+    :data:`INPUT_SHAPE_ASSUMED`: what writes a file from it asks for ``--input-shape`` instead)."""
     from odexport.layers import DyConv2d, ODConv2d
 
     for module in model.modules():

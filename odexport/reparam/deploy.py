@@ -121,7 +121,9 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
 
     meta = metadata(model)
     source_path = _info_get(source_info, "path")
-    input_shape = _info_get(source_info, "input_shape")
+    # a shape the loader guessed (a --factory model given no --input-shape) is not recorded as the model's
+    assumed = (_info_get(source_info, "extras") or {}).get("input_shape_assumed")
+    input_shape = None if assumed else _info_get(source_info, "input_shape")
     from_factory = _info_get(source_info, "layout") == "factory" or _info_get(source_info, "source") == "factory"
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

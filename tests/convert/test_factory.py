@@ -157,3 +157,28 @@ def test_factory_loads_a_lightning_checkpoint_and_misfits_name_both_sides(tmp_pa
     with pytest.raises(CheckpointError, match=r"missing from the file, first 'od.*'; the file has \d+ keys the architecture lacks, first 'head\.od") as info:
         model_from_checkpoint(prefixed, factory=MIXED)
     assert "--arch" not in info.value.hint and "--submodel" in info.value.hint
+
+
+def test_factory_input_size_is_asked_for_recorded_and_timed(tmp_path):
+    """A --factory model records no input size: an export from it asks for --input-shape instead of
+    writing a 224x224 graph; the size given to reparam is recorded in the deploy file and the export
+    from that file uses it; `bench` of the export builds its static twin from the recorded factory."""
+    import onnx
+
+    from odexport.pipeline import benchmark, deploy_from_checkpoint, inspect_checkpoint, onnx_from_checkpoint
+
+    _, path = _saved_mixed(tmp_path)
+    with pytest.raises(InputError, match="does not record") as asked:
+        onnx_from_checkpoint(path, tmp_path / "guessed.onnx", factory=MIXED)
+    assert "--input-shape" in asked.value.hint and not (tmp_path / "guessed.onnx").exists()
+    summary, _ = inspect_checkpoint(path, factory=MIXED)
+    assert any("assumed 3x224x224" in note for note in summary["notes"])
+
+    deploy, _ = deploy_from_checkpoint(path, tmp_path / "user.deploy.pt", factory=MIXED, input_shape=(3, 24, 20))
+    exported = onnx_from_checkpoint(deploy, tmp_path / "user.onnx", factory=MIXED, check=False)
+    dims = [d.dim_value or d.dim_param for d in onnx.load(exported.path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 24, 20]
+
+    report = benchmark([exported.path], batch_sizes=(1,), warmup=1, iterations=2)
+    roles = sorted(entry.role for entry in report.entries)
+    assert roles == ["baseline", "candidate"] and all(entry.stats is not None for entry in report.entries)

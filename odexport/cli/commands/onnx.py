@@ -107,12 +107,12 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
                              f"or rename the checkpoint to {source.stem}.pt" if output is None else "pass another -o path")
 
     with stages(quiet or json_output) as stage:
-        from odexport.pipeline import deploy_model, model_from_checkpoint, onnx_from_loaded
+        from odexport.pipeline import deploy_model, model_from_checkpoint, model_input_shape, onnx_from_loaded
 
         stage(f"load {source.name}")
         loaded = model_from_checkpoint(source, **load)
         info = loaded.info
-        shape = shape or (tuple(info.input_shape) if info.input_shape else None)
+        shape = model_input_shape(info, shape, purpose="the export")
         if shape is None:
             raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")
         if plan:
