@@ -891,6 +891,9 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                 missing[str(artifact)] = exc
                 continue
             _require_one_fixed_shape(fixed_shapes, artifact, runner)
+            info = getattr(runner, "checkpoint_info", None)
+            if info is not None and not input_shape:  # a --factory model's 224x224 is a guess: not a size to time
+                model_input_shape(info, None, purpose=f"timing {Path(str(artifact)).name}")
             known_shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
             if known_shape:  # refuse a batch that cannot fit before a twin is exported for it
                 require_batch_fits(max(batch_sizes), known_shape, [runner.step_bytes])

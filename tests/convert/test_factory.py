@@ -171,6 +171,8 @@ def test_factory_input_size_is_asked_for_recorded_and_timed(tmp_path):
     with pytest.raises(InputError, match="does not record") as asked:
         onnx_from_checkpoint(path, tmp_path / "guessed.onnx", factory=MIXED)
     assert "--input-shape" in asked.value.hint and not (tmp_path / "guessed.onnx").exists()
+    with pytest.raises(InputError, match="timing user_model.pth.tar needs the model's input size"):
+        benchmark([path], factory=MIXED, batch_sizes=(1,), warmup=1, iterations=2)
     summary, _ = inspect_checkpoint(path, factory=MIXED)
     assert any("assumed 3x224x224" in note for note in summary["notes"])
 
