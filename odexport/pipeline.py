@@ -119,7 +119,8 @@ def inspect_summary(info, analysis) -> dict:
         in_use = f"temperature {info.temperature:g} is in use" if info.temperature is not None else "temperatures differ per layer"
         notes.append(f"{in_use}; {KAIJIESHI7_NOTE}")
     if info.extras.get("temperature_folded"):
-        notes.append(f"temperature {info.temperature} is folded into the attention weights (by `odexport reparam`); "
+        which = f"temperature {info.temperature}" if info.temperature is not None else "the layers' temperatures"
+        notes.append(f"{which} {'is' if info.temperature is not None else 'are'} folded into the attention weights (by `odexport reparam`); "
                      "the layers run at T=1 and the temperature cannot be changed")
     extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest")}
     return {
@@ -365,11 +366,11 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
         )
     progress(f"write {output}")
     # the size given here is the one to record: a later `odexport onnx DEPLOY` exports at it
-    source_info = loaded.info
-    if input_shape:
-        from dataclasses import replace
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
 
-        from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
+    source_info = loaded.info
+    if input_shape and source_info.extras.get(INPUT_SHAPE_ASSUMED):  # a zoo model keeps its architecture's size
+        from dataclasses import replace
 
         source_info = replace(source_info, input_shape=tuple(input_shape),
                               extras={k: v for k, v in source_info.extras.items() if k != INPUT_SHAPE_ASSUMED})
@@ -1047,13 +1048,15 @@ def _twin_key(artifact, kind, runner, input_shape, reference, load):
     own model; an engine's twin also depends on the engine's precision)."""
     import json
 
+    from odexport.checkpoint.loader import is_factory_spec
+
     if kind != "onnx":
         return None
     meta = getattr(runner, "metadata", {}) or {}
-    source = str(reference) if reference is not None else (load.get("arch") or load.get("factory") or meta.get(keys.ARCH) or None)
+    source = str(reference) if reference is not None else (load.get("arch") or meta.get(keys.ARCH) or load.get("factory") or None)
     if source is None:
         return None
-    kwargs = "" if reference is not None or load.get("arch") or load.get("factory") else meta.get(keys.MODEL_KWARGS) or "{}"
+    kwargs = "" if reference is not None or load.get("arch") or is_factory_spec(source) else meta.get(keys.MODEL_KWARGS) or "{}"
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     return (source, json.dumps(json.loads(kwargs), sort_keys=True) if kwargs else "", tuple(shape or ()),
             meta.get(keys.OPSET) or "18", _half_precision(runner))
@@ -1090,7 +1093,8 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
                              f"pass the checkpoint {Path(str(artifact)).name} was exported from, or drop --reference (the export records its architecture)")
         model = loaded.model
     else:
-        name = load.get("arch") or load.get("factory") or meta.get(keys.ARCH) or None
+        # what the export records wins over --factory (which may be another artifact's in this run)
+        name = load.get("arch") or meta.get(keys.ARCH) or load.get("factory") or None
         if not name:
             raise InputError(f"cannot build the static twin of {artifact}: its architecture is unknown",
                              "pass --reference CHECKPOINT or --arch NAME, or --baseline none")
@@ -1098,7 +1102,14 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
         from odexport.models import create_model
 
         if is_factory_spec(name):  # exported with --factory: the export records the spec as its architecture
-            model = factory_architecture(name)
+            try:
+                model = factory_architecture(name)
+            except InputError as exc:
+                if load.get("factory") == name:
+                    raise
+                raise InputError(f"the static twin of {artifact} is built with the factory its export records ({name}): {exc.message}",
+                                 "run where that module imports (as when it was exported), or pass --reference CHECKPOINT, "
+                                 "or --baseline none") from exc
         else:
             kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if not load.get("arch") else {}
             model = create_model(name, **kwargs)

@@ -397,6 +397,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
     else:
         value, per_layer = _temperatures(layers)
     input_shape = manifest.get("input_shape")
+    if manifest.get("factory") and not manifest.get("input_shape_given"):
+        input_shape = None  # the loader's guess, recorded by reparam before `input_shape_given` existed
     arch = manifest.get("arch")
     if input_shape is None and arch:
         try:

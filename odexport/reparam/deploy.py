@@ -135,6 +135,9 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
         "model_kwargs": dict(_info_get(source_info, "model_kwargs") or {}),
         "layout": _info_get(source_info, "layout"),
         "input_shape": None if input_shape is None else list(input_shape),
+        # a factory model's size is known only when given (`reparam --input-shape`); files from before
+        # this key recorded the loader's 224x224 guess there
+        "input_shape_given": bool(from_factory and input_shape is not None),
         "num_classes": _info_get(source_info, "num_classes"),
         "passes": list(meta["passes"]),
         "pass_results": [] if report is None else report.to_dict(notes=False)["passes"],

@@ -184,3 +184,39 @@ def test_factory_input_size_is_asked_for_recorded_and_timed(tmp_path):
     report = benchmark([exported.path], batch_sizes=(1,), warmup=1, iterations=2)
     roles = sorted(entry.role for entry in report.entries)
     assert roles == ["baseline", "candidate"] and all(entry.stats is not None for entry in report.entries)
+
+    # a deploy file of this model from before `input_shape_given` recorded the loader's guess: not taken as the size
+    legacy = torch.load(deploy, weights_only=True)
+    legacy["odexport_deploy"]["input_shape"] = [3, 224, 224]
+    del legacy["odexport_deploy"]["input_shape_given"]
+    torch.save(legacy, tmp_path / "legacy.deploy.pt")
+    with pytest.raises(InputError, match="does not record"):
+        onnx_from_checkpoint(tmp_path / "legacy.deploy.pt", tmp_path / "legacy.onnx", factory=MIXED, check=False)
+
+
+def test_factory_does_not_replace_what_another_export_records(tmp_path):
+    """`bench --factory` with a zoo export beside the factory checkpoint: the export's static twin is
+    its recorded architecture's, and a zoo deploy file keeps its architecture's size whatever
+    --input-shape reparam checked at."""
+    import onnx
+
+    from odexport.models import create_model, model_info
+    from odexport.pipeline import _static_twin_runner, deploy_from_checkpoint, onnx_from_model
+
+    torch.manual_seed(0)
+    zoo = tmp_path / "zoo.onnx"
+    onnx_from_model(create_model("od_resnet_tiny").eval(), zoo, input_shape=(3, 32, 32), check=False, architecture="od_resnet_tiny")
+    from odexport.runtime import open_runner
+
+    with open_runner(zoo, "onnxruntime") as runner:
+        twin, _ = _static_twin_runner(zoo, "onnx", runner, tmp_path, {}, None, None, {"factory": MIXED})
+        with twin:
+            assert twin.input_shape == (3, 32, 32)
+            names = {init.name for init in onnx.load(twin.path).graph.initializer}
+            assert "layer1.0.conv2.weight" in names and not any(n.startswith(("od_dw.", "dy_old.")) for n in names), names
+
+    checkpoint = tmp_path / "zoo.pth"
+    torch.save(create_model("od_resnet_tiny").state_dict(), checkpoint)
+    deploy, _ = deploy_from_checkpoint(checkpoint, tmp_path / "zoo.deploy.pt", input_shape=(3, 48, 48))
+    manifest = torch.load(deploy, weights_only=True)["odexport_deploy"]
+    assert manifest["input_shape"] == list(model_info("od_resnet_tiny").input_shape) and manifest["input_shape_given"] is False

@@ -65,6 +65,9 @@ def test_python_dash_m_runs_the_cli_under_its_own_name():
     missing = subprocess.run([sys.executable, "-m", "odexport", "onnx", "/nonexistent/model.pt"], capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    imported = subprocess.run([sys.executable, "-c", "import odexport.__main__; print('imported')"], capture_output=True, text=True,
+                              timeout=120)
+    assert imported.stdout.strip() == "imported"  # importing it (pydoc, module walkers) does not run the CLI
 
 
 @pytest.mark.parametrize("command", COMMANDS)
