@@ -69,6 +69,7 @@ def inspect_checkpoint(source, *, arch=None, kernel_num=None, temperature=None, 
     """
     from odexport.analysis import analyse_model
     from odexport.checkpoint import load_model
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
 
     say = progress or (lambda message: None)
     say(f"load {source}")
@@ -78,8 +79,6 @@ def inspect_checkpoint(source, *, arch=None, kernel_num=None, temperature=None, 
     say(f"count parameters and MACs at {'x'.join(map(str, shape))}")
     analysis = analyse_model(loaded.model, shape)
     summary = inspect_summary(loaded.info, analysis)
-    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
-
     if not input_shape and loaded.info.extras.get(INPUT_SHAPE_ASSUMED):
         summary["notes"].append(f"MACs counted at an assumed {'x'.join(map(str, shape))}: a --factory model records no input size "
                                 "(pass --input-shape CxHxW, the size it was trained at)")
@@ -324,7 +323,10 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
     :class:`~odexport.errors.ParityError` with nothing written.  The loaded model is not modified.
     ``progress`` is called with each stage's name.
     """
+    from dataclasses import replace
+
     from odexport.checkpoint.info import explain_non_finite
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
     from odexport.errors import InputError, ParityError
     from odexport.reparam import reparameterise
     from odexport.reparam.deploy import save_deploy
@@ -365,13 +367,10 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
             "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
         )
     progress(f"write {output}")
-    # the size given here is the one to record: a later `odexport onnx DEPLOY` exports at it
-    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
-
     source_info = loaded.info
-    if input_shape and source_info.extras.get(INPUT_SHAPE_ASSUMED):  # a zoo model keeps its architecture's size
-        from dataclasses import replace
-
+    # a --factory model's size given here is recorded: a later `odexport onnx DEPLOY` exports at it
+    # (a zoo model keeps its architecture's own size)
+    if input_shape and source_info.extras.get(INPUT_SHAPE_ASSUMED):
         source_info = replace(source_info, input_shape=tuple(input_shape),
                               extras={k: v for k, v in source_info.extras.items() if k != INPUT_SHAPE_ASSUMED})
     return save_deploy(report.model, report, output, source_info), report

@@ -16,13 +16,13 @@ from odexport.report.latency import BenchReport
 from odexport.report.parity import CandidateParity, ParityReport
 
 
-
 def table_style() -> dict:
     """What every odexport table looks like: a rule under the header and no frame, so a log or a
     pasted console block reads as plain columns; titles start at the left edge."""
     from rich import box
 
     return {"box": box.SIMPLE_HEAD, "show_edge": False, "title_justify": "left"}
+
 
 def _num(value, digits: int = 3) -> str:
     if value is None:

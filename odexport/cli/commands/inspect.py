@@ -81,11 +81,10 @@ COMPACT_LAYER_COLUMNS = ("layer", "type", "kernel", "K", "params", "MACs", "+dyn
 
 def _print_rich(summary: dict, analysis) -> None:
     from rich.table import Table
-
-    from odexport.report.render import table_style
     from rich.text import Text
 
     from odexport.cli._common import console, print_table
+    from odexport.report.render import table_style
 
     source = summary["source"]
     # (key, value) lines printed by hand: a rich grid pads every line to the longest one
