@@ -202,12 +202,11 @@ def test_factory_does_not_replace_what_another_export_records(tmp_path):
 
     from odexport.models import create_model, model_info
     from odexport.pipeline import _static_twin_runner, deploy_from_checkpoint, onnx_from_model
+    from odexport.runtime import open_runner
 
     torch.manual_seed(0)
     zoo = tmp_path / "zoo.onnx"
     onnx_from_model(create_model("od_resnet_tiny").eval(), zoo, input_shape=(3, 32, 32), check=False, architecture="od_resnet_tiny")
-    from odexport.runtime import open_runner
-
     with open_runner(zoo, "onnxruntime") as runner:
         twin, _ = _static_twin_runner(zoo, "onnx", runner, tmp_path, {}, None, None, {"factory": MIXED})
         with twin:
