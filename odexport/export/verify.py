@@ -77,6 +77,19 @@ def functions_sharing_a_name(proto: onnx.ModelProto) -> list[str]:
     return sorted(f"{domain}::{name}" for (domain, name), n in count.items() if n > 1)
 
 
+def model_structure(model) -> onnx.ModelProto | None:
+    """``model`` (a path, serialized bytes or an ``onnx.ModelProto``) as a proto, external weights
+    not read; None when it is not a readable ONNX model (onnxruntime's own error then says more)."""
+    try:
+        if isinstance(model, onnx.ModelProto):
+            return model
+        if isinstance(model, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(model))
+        return onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any reason it cannot be read is onnxruntime's to report
+        return None
+
+
 #: what a tool that rewrote a custom-form file did to it, and what to do instead (docs/ops.md)
 REWRITTEN_CUSTOM_FORM_FIX = ("re-export with `odexport onnx`; run such tools on a copy with the functions inlined "
                              "(`onnx.inliner.inline_local_functions`) or on a `--form decomposed` export (docs/ops.md)")
@@ -99,7 +112,7 @@ def _nodes_everywhere(proto: onnx.ModelProto):
         yield from walk(function.node)
 
 
-def refuse_rewritten_custom_form(proto: onnx.ModelProto, where) -> None:
+def refuse_rewritten_custom_form(model, where) -> None:
     """Refuse (exit 1) a custom-form model that a rewriting tool left without its layers' function bodies.
 
     A custom-form layer is a ``com.odexport`` node whose computation is the model-local function of
@@ -108,8 +121,12 @@ def refuse_rewritten_custom_form(proto: onnx.ModelProto, where) -> None:
     ``onnx.utils.extract_model`` keeps one body per name, onnx-graphsurgeon (``polygraphy surgeon``)
     drops the overloads, leaving several functions with one identity.  onnxruntime then fails with
     "not a registered function/op" or "Duplicate model-local function identifier"; this names the
-    cause instead."""
+    cause instead.  ``model`` is a path, serialized bytes or an ``onnx.ModelProto``."""
     from odexport.export.custom import DOMAIN
+
+    proto = model_structure(model)
+    if proto is None:
+        return
 
     identities = Counter((f.domain, f.name, f.overload) for f in proto.functions)
     merged = sorted({f"{d}::{n}" for (d, n, _), count in identities.items() if count > 1 and d == DOMAIN})
@@ -136,14 +153,8 @@ def refuse_ignored_overloads(ort_version: str, model, where) -> None:
     convolution.  ``model`` is a path, serialized bytes or an ``onnx.ModelProto``."""
     if version_at_least(ort_version, OVERLOADS_HONOURED_FROM):
         return
-    try:
-        if isinstance(model, onnx.ModelProto):
-            proto = model
-        elif isinstance(model, (bytes, bytearray)):
-            proto = onnx.load_from_string(bytes(model))
-        else:
-            proto = onnx.load(str(model), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not a readable model: onnxruntime's own error will say so
+    proto = model_structure(model)
+    if proto is None:
         return
     shared = functions_sharing_a_name(proto)
     if shared:

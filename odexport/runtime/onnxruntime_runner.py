@@ -19,7 +19,7 @@ import numpy as np
 
 from odexport.errors import InputError, MissingDependencyError
 from odexport.export import metadata_keys as keys
-from odexport.export.verify import refuse_ignored_overloads
+from odexport.export.verify import refuse_ignored_overloads, refuse_rewritten_custom_form
 from odexport.runtime.base import Capability, InferenceError, Runner, TensorSpec, require_thread_count
 
 _ORT_TYPES = {
@@ -225,7 +225,8 @@ class OrtRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
             verify_machine(_metadata_of(source), where, device)  # a model specialised elsewhere: say so
             _refuse_torch_file(self.path)
-            _refuse_rewritten_custom_form(source, where)
+            # checked only now: reading a large model a second time would cost memory on every load
+            refuse_rewritten_custom_form(source, where)
             raise InputError(f"onnxruntime cannot load {where}: {_one_line(exc)}",
                              "re-export it with `odexport onnx`; `onnx.checker.check_model(path, full_check=True)` names what is malformed") from exc
         active = self.session.get_providers()
@@ -403,20 +404,6 @@ def _bound_on_cuda(ort, session, cast: dict[str, np.ndarray]):
     for name, array in cast.items():
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
     return binding
-
-
-def _refuse_rewritten_custom_form(source, where) -> None:
-    """After onnxruntime refused a model: a custom-form file whose function bodies a tool dropped gets
-    that named (checked only then: reading a large model twice costs memory on every load)."""
-    import onnx
-
-    from odexport.export.verify import refuse_rewritten_custom_form
-
-    try:
-        proto = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(str(source), load_external_data=False)
-    except Exception:  # noqa: BLE001 - unreadable: onnxruntime's own error says more
-        return
-    refuse_rewritten_custom_form(proto, where)
 
 
 def _refuse_torch_file(path) -> None:
