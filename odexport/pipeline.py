@@ -1101,14 +1101,11 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
         from odexport.models import create_model
 
         if is_factory_spec(name):  # exported with --factory: the export records the spec as its architecture
-            try:
-                model = factory_architecture(name)
-            except InputError as exc:
-                if load.get("factory") == name:
-                    raise
-                raise InputError(f"the static twin of {artifact} is built with the factory its export records ({name}): {exc.message}",
-                                 "run where that module imports (as when it was exported), or pass --reference CHECKPOINT, "
-                                 "or --baseline none") from exc
+            # importing it runs code a file names: only when the user names the same factory (as for checkpoints)
+            if load.get("factory") != name:
+                raise InputError(f"the static twin of {artifact} would be built by running the factory its export records ({name})",
+                                 f"pass --factory {name} to run that code, or --reference CHECKPOINT, or --baseline none")
+            model = factory_architecture(name)
         else:
             kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if not load.get("arch") else {}
             model = create_model(name, **kwargs)

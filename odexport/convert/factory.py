@@ -37,7 +37,7 @@ def resolve_factory(spec: str):
             module = importlib.import_module(module_name)
     except InputError:
         raise
-    except Exception as exc:  # the user's module failed to import: their code, their message
+    except (Exception, SystemExit) as exc:  # the user's module failed to import (argparse at import exits): their code, their message
         raise InputError(
             f"--factory could not import '{module_name}' ({type(exc).__name__}: {_first_line(exc)})",
             "make the module importable from the current directory or PYTHONPATH, and fix any error it raises",
@@ -68,7 +68,7 @@ def build_from_factory(spec: str) -> nn.Module:
         )
     try:
         model = fn()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise InputError(f"--factory {spec} raised {type(exc).__name__}: {_first_line(exc)}",
                          "fix the build function; it is called without arguments") from exc
     if not isinstance(model, nn.Module):

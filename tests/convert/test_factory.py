@@ -123,6 +123,19 @@ def test_factory_errors_are_one_line(tmp_path, spec, match):
     assert match in str(info.value) and "\n" not in str(info.value)
 
 
+def test_factory_that_exits_is_an_input_error(tmp_path):
+    """A module that parses its command line at import (argparse exits) or a build function that calls
+    sys.exit: SystemExit is the user's code failing, reported as one line, not a silent exit."""
+    _, path = _saved_mixed(tmp_path)
+    at_import = tmp_path / "train_script.py"
+    at_import.write_text("import sys\nsys.exit(2)\ndef build():\n    pass\n")
+    in_build = tmp_path / "builder.py"
+    in_build.write_text("import sys\ndef build():\n    sys.exit('no GPU found')\n")
+    for spec, match in ((f"{at_import}:build", "could not import .*SystemExit: 2"), (f"{in_build}:build", "raised SystemExit: no GPU found")):
+        with pytest.raises(InputError, match=match):
+            model_from_checkpoint(path, factory=spec)
+
+
 def test_factory_that_returns_no_module(tmp_path):
     _, path = _saved_mixed(tmp_path)
     with pytest.raises(InputError, match="not a torch nn.Module"):
@@ -162,7 +175,7 @@ def test_factory_loads_a_lightning_checkpoint_and_misfits_name_both_sides(tmp_pa
 def test_factory_input_size_is_asked_for_recorded_and_timed(tmp_path):
     """A --factory model records no input size: an export from it asks for --input-shape instead of
     writing a 224x224 graph; the size given to reparam is recorded in the deploy file and the export
-    from that file uses it; `bench` of the export builds its static twin from the recorded factory."""
+    from that file uses it; `bench` of the export builds its static twin from the recorded factory, when the user names it."""
     import onnx
 
     from odexport.pipeline import benchmark, deploy_from_checkpoint, inspect_checkpoint, onnx_from_checkpoint
@@ -181,7 +194,11 @@ def test_factory_input_size_is_asked_for_recorded_and_timed(tmp_path):
     dims = [d.dim_value or d.dim_param for d in onnx.load(exported.path).graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, 24, 20]
 
-    report = benchmark([exported.path], batch_sizes=(1,), warmup=1, iterations=2)
+    # the twin is built by running the recorded factory: a file's metadata alone must not run code
+    with pytest.raises(InputError, match="would be built by running the factory its export records") as refused:
+        benchmark([exported.path], batch_sizes=(1,), warmup=1, iterations=2)
+    assert f"--factory {MIXED}" in refused.value.hint
+    report = benchmark([exported.path], factory=MIXED, batch_sizes=(1,), warmup=1, iterations=2)
     roles = sorted(entry.role for entry in report.entries)
     assert roles == ["baseline", "candidate"] and all(entry.stats is not None for entry in report.entries)
 
