@@ -46,10 +46,18 @@ class Accuracy:
 
 
 def accuracy(labels: np.ndarray, reference_logits: np.ndarray, candidate_logits: np.ndarray) -> Accuracy:
-    ref_pred = reference_logits.reshape(len(labels), -1).argmax(axis=1)
-    cand_pred = candidate_logits.reshape(len(labels), -1).argmax(axis=1)
+    """Top-1 accuracy of both against the labels, and their agreement. A sample with a non-finite
+    logit is wrong and disagrees (argmax would read an all-NaN row as class 0)."""
+    ref_pred = _predictions(reference_logits, len(labels), missing=-1)
+    cand_pred = _predictions(candidate_logits, len(labels), missing=-2)
     return Accuracy(int(len(labels)), float(np.mean(ref_pred == labels)), float(np.mean(cand_pred == labels)),
                     float(np.mean(ref_pred == cand_pred)))
+
+
+def _predictions(logits: np.ndarray, count: int, *, missing: int) -> np.ndarray:
+    """Top-1 class per sample; ``missing`` (no class, and unequal for the two sides) where a logit is not finite."""
+    rows = logits.reshape(count, -1)
+    return np.where(np.isfinite(rows).all(axis=1), rows.argmax(axis=1), missing)
 
 
 @dataclass

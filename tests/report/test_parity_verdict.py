@@ -67,3 +67,20 @@ def test_the_blind_note_reaches_the_candidate_of_a_report():
                        outputs={1: {"out": still.astype(np.float32)}})
     report = parity_report({}, {}, [1], {"out": still.astype(np.float32)}, [run])
     assert report.passed and any("barely varies" in note for note in report.candidates[0].notes)
+
+
+def test_a_sample_with_non_finite_logits_is_wrong_and_disagrees():
+    """argmax reads an all-NaN row as class 0: such a sample must count as neither correct nor agreeing
+    (labels of class 0 make that visible)."""
+    from odexport.report.parity import accuracy
+
+    labels = np.array([0, 0, 1])
+    reference = np.array([[2.0, 1.0], [2.0, 1.0], [1.0, 2.0]], np.float32)
+    candidate = reference.copy()
+    candidate[0] = np.nan
+    candidate[1, 1] = np.inf
+    result = accuracy(labels, reference, candidate)
+    assert result.reference == 1.0
+    assert result.candidate == result.top1_agreement == 1 / 3
+    both = accuracy(labels, candidate, candidate)  # NaN on both sides is not agreement either
+    assert both.top1_agreement == 1 / 3
