@@ -76,6 +76,20 @@ def looks_like_torch_file(head: bytes) -> bool:
     return head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC) or (bool(head) and head[0] == _PICKLE_PROTO)
 
 
+def looks_like_ort_format(head: bytes) -> bool:
+    """onnxruntime's own .ort format (a flatbuffer), by its file identifier at bytes 4-8."""
+    return head[4:8] == _ORT_FORMAT_IDENTIFIER
+
+
+def ort_format_error(path, hint: str | None = None) -> CheckpointError:
+    """What to say of a .ort file given where odexport reads a checkpoint or an ONNX file."""
+    return CheckpointError(
+        f"{path} is an ONNX Runtime format model (.ort, for minimal and mobile builds), which odexport does not read",
+        hint or "gate the .onnx it was converted from (`odexport check CHECKPOINT model.onnx`): the conversion keeps "
+                "the computation (docs/ops.md)",
+    )
+
+
 def _looks_like_onnx(head: bytes) -> bool:
     """An ONNX ModelProto serialises ``ir_version`` (field 1, varint: tag 0x08; versions 3-20 so far
     fit one byte) first, then a length-delimited field such as ``producer_name`` (tag 0x12) or
@@ -120,12 +134,8 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
             "pass the checkpoint it was exported from; an export's metadata is in its sidecar "
             f"{path.name}.json, and `odexport check CHECKPOINT {path.name}` compares the two",
         )
-    elif head[4:8] == _ORT_FORMAT_IDENTIFIER:
-        raise CheckpointError(
-            f"{path} is an ONNX Runtime format model (.ort, for minimal and mobile builds), which odexport does not read",
-            "gate the .onnx it was converted from (`odexport check CHECKPOINT model.onnx`): the conversion keeps "
-            "the computation (docs/ops.md)",
-        )
+    elif looks_like_ort_format(head):
+        raise ort_format_error(path)
     elif path.suffix.lower() == ".onnx":  # named like an export, but neither an ONNX protobuf nor a checkpoint
         raise CheckpointError(
             f"{path} is neither a checkpoint nor a readable ONNX model (it starts with {head[:8]!r})",

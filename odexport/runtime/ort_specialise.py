@@ -108,15 +108,12 @@ def default_output(source: Path) -> Path:
     return source.with_name(source.stem + DEFAULT_SUFFIX)
 
 
-def _torch_file(path: Path) -> bool:
-    """A file ``torch.save`` wrote: a checkpoint given where an export belongs."""
-    from odexport.checkpoint.reader import looks_like_torch_file
-
+def _file_head(path: Path) -> bytes:
     try:
         with open(path, "rb") as handle:
-            return looks_like_torch_file(handle.read(4))
+            return handle.read(8)
     except OSError:
-        return False
+        return b""
 
 
 def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | None = None, check: bool = True,
@@ -156,11 +153,16 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     if out.is_dir():
         raise InputError(f"output path {out} is a directory", "give a file name such as model.ort-cpu.onnx")
     output_folder(out, example="model.ort-cpu.onnx")  # a missing folder, or a file where the folder should be: before minutes of work
+    from odexport.checkpoint.reader import looks_like_ort_format, looks_like_torch_file, ort_format_error
+
+    head = _file_head(source)
+    if looks_like_ort_format(head):  # converted for a minimal build (protobuf may even half-parse it): nothing to rewrite
+        raise ort_format_error(source, "pass the .onnx it was converted from: `odexport ort model.onnx`")
     say(f"load {source}")
     try:
         model = onnx.load(str(source))
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
-        if _torch_file(source):
+        if looks_like_torch_file(head):  # a checkpoint given where an export belongs
             raise InputError(f"{source} is a PyTorch checkpoint, not an ONNX export",
                              f"export it first: `odexport onnx {source.name} -o MODEL.onnx`, then `odexport ort MODEL.onnx`") from exc
         raise InputError(f"{source} is not a readable ONNX file ({type(exc).__name__})", "pass an ONNX file written by `odexport onnx`") from exc

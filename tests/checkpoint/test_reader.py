@@ -381,6 +381,12 @@ def test_ort_format_model_is_named_as_such(tmp_path):
     message = _one_line_error(tmp_path / "ort" / "model.ort", "is an ONNX Runtime format model (.ort")
     assert "gate the .onnx it was converted from" in message
 
+    from odexport.runtime.ort_specialise import specialise_onnx  # `odexport ort` reads ONNX files itself
+
+    with pytest.raises(CheckpointError, match=r"is an ONNX Runtime format model \(\.ort.*odexport ort model\.onnx"):
+        specialise_onnx(tmp_path / "ort" / "model.ort", tmp_path / "out.onnx", measure=False)
+    assert not (tmp_path / "out.onnx").exists()
+
 
 def test_zip_that_is_not_a_checkpoint(tmp_path):
     import zipfile
