@@ -193,7 +193,7 @@ class OrtRunner(Runner):
             if any(p.key == SPECIALISATION_KEY for p in proto.metadata_props):
                 self.rewrite_report = RewriteReport(proto, None, notes=["already specialised (`odexport ort`): run as it is"])
             else:
-                self.rewrite_report = optimize_for_cpu(proto, threads=threads, batches=cpu_batches)
+                self.rewrite_report = optimize_for_cpu(proto, threads=threads, batches=cpu_batches, name=self.path or "the model")
                 source = self.rewrite_report.model
         options = ort.SessionOptions()
         levels = {

@@ -464,7 +464,7 @@ def _generic_swaps(model, report: RewriteReport, max_weight: int | None = None) 
     return swaps
 
 
-def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=None) -> RewriteReport:
+def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=None, name="the model") -> RewriteReport:
     """Rewrite ``model`` (an ``onnx.ModelProto``) for onnxruntime's CPU provider on this machine.
 
     * Models with ``com.odexport`` dynamic-conv nodes (the custom form): every layer that the
@@ -481,13 +481,14 @@ def optimize_for_cpu(model, *, threads: int | None = None, policy=None, batches=
 
     Exact (the same products and sums, in blocked order) at every batch size.  The result is
     already optimised and tied to this machine; load it in a session on this machine only.
+    ``name`` (the file it came from) is what a refusal calls the model.
     """
     import onnxruntime as ort
 
     from odexport.export.verify import refuse_ignored_overloads, refuse_rewritten_custom_form
 
-    refuse_rewritten_custom_form(model, "the model")  # raised, not abandoned below: it cannot run as exported either
-    refuse_ignored_overloads(ort.__version__, model, "the model")  # raised, not abandoned below: no session may run it
+    refuse_rewritten_custom_form(model, name)  # raised, not abandoned below: it cannot run as exported either
+    refuse_ignored_overloads(ort.__version__, model, name)  # raised, not abandoned below: no session may run it
     block = nchwc_block_size()
     report = RewriteReport(model=model, block=block)
     if block is None:

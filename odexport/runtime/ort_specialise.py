@@ -189,7 +189,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
 
     def rewrite(batches):
         say(f"specialise for batch {', '.join(map(str, batches))} (NCHWc block {record['nchwc_block']})")
-        report = optimize_for_cpu(model, threads=threads, batches=batches)
+        report = optimize_for_cpu(model, threads=threads, batches=batches, name=source)
         if not report.changed:
             why = "; ".join(report.notes) or "no layer is faster with a runtime weight"
             raise ExportError(f"no dynamic conv of {source} could be specialised ({why})", "deploy the portable export as it is")

@@ -350,6 +350,10 @@ def test_a_custom_form_file_whose_bodies_a_tool_dropped_is_named(tmp_path):
         OrtRunner(converted)
     assert "custom-form layers without their function bodies (2 com.odexport::ODConv2d node(s))" in stripped.value.message
     assert "onnx.inliner.inline_local_functions" in stripped.value.hint and "--form decomposed" in stripped.value.hint
+    assert str(converted) in stripped.value.message
+    with pytest.raises(InputError, match="without their function bodies") as rewritten:  # `bench --cpu-rewrite`
+        OrtRunner(converted, cpu_rewrite=True)
+    assert str(converted) in rewritten.value.message
     with pytest.raises(InputError, match="without their function bodies"):
         specialise_onnx(converted, tmp_path / "converted.ort-cpu.onnx", batch_sizes=(1,), measure=False, check=False)
     assert not (tmp_path / "converted.ort-cpu.onnx").exists()
