@@ -392,8 +392,10 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
                 "run `odexport reparam` again on the original checkpoint with the temperature you want",
             )
         set_temperature(model, temperature)
-    if folded:
-        value, per_layer = (originals.pop() if len(originals) == 1 else None), None
+    if folded:  # the layers run at T=1 now: what they were trained at is in the manifest
+        recorded = {name: float(t) for name, t in (manifest.get("original_temperatures") or {}).items()}
+        value = originals.pop() if len(originals) == 1 else None
+        per_layer = recorded if value is None else None
     else:
         value, per_layer = _temperatures(layers)
     input_shape = manifest.get("input_shape")

@@ -236,3 +236,23 @@ def test_factory_does_not_replace_what_another_export_records(tmp_path):
     deploy, _ = deploy_from_checkpoint(checkpoint, tmp_path / "zoo.deploy.pt", input_shape=(3, 48, 48))
     manifest = torch.load(deploy, weights_only=True)["odexport_deploy"]
     assert manifest["input_shape"] == list(model_info("od_resnet_tiny").input_shape) and manifest["input_shape_given"] is False
+
+
+def test_inspect_of_a_deploy_file_names_its_folded_per_layer_temperatures(tmp_path):
+    """MixedNet's layers were trained at T=34 and T=1; reparam folds both. inspect of the deploy file
+    names what each layer was trained at (from the manifest), not "no dynamic layer"."""
+    from typer.testing import CliRunner
+
+    from odexport.cli.app import app
+    from odexport.pipeline import deploy_from_checkpoint, inspect_checkpoint
+
+    _, path = _saved_mixed(tmp_path)
+    deploy, _ = deploy_from_checkpoint(path, tmp_path / "mixed.deploy.pt", factory=MIXED, input_shape=(3, 24, 24), check=False)
+    summary, _ = inspect_checkpoint(deploy, factory=MIXED)
+    assert summary["temperature"] is None
+    assert summary["temperatures"]["dy"] == 34.0 and set(summary["temperatures"].values()) == {34.0, 1.0}
+    assert any("temperatures are folded" in note for note in summary["notes"])
+    result = CliRunner().invoke(app, ["inspect", str(deploy), "--factory", MIXED])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("temperature"))
+    assert "per layer:" in line and "34 (2 layers)" in line and "no dynamic layer" not in line
