@@ -335,11 +335,16 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
     progress = progress or (lambda _name: None)
     pass_names = validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance,
                                          dy_bn_shift=dy_bn_shift)
-    shape = (model_input_shape(loaded.info, input_shape, purpose="the output check" if check else "reading --calibration")
-             if check or calibration is not None or input_shape else None)
     calib = None
     if calibration is not None:
         progress(f"read calibration inputs {calibration}")
+        if not input_shape and loaded.info.extras.get(INPUT_SHAPE_ASSUMED):
+            batch = load_samples(calibration, None, option="--calibration").x
+            if batch.ndim == 4:  # the model records no input size (--factory): the user's own images have it, as --input-shape
+                input_shape, calib = tuple(int(d) for d in batch.shape[1:]), batch
+    shape = (model_input_shape(loaded.info, input_shape, purpose="the output check" if check else "reading --calibration")
+             if check or calibration is not None or input_shape else None)
+    if calibration is not None and calib is None:
         calib = load_samples(calibration, shape, option="--calibration").x
     check_x = None
     if check:

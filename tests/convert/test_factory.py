@@ -256,3 +256,19 @@ def test_inspect_of_a_deploy_file_names_its_folded_per_layer_temperatures(tmp_pa
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("temperature"))
     assert "per layer:" in line and "34 (2 layers)" in line and "no dynamic layer" not in line
+
+
+def test_factory_reparam_takes_the_input_size_from_the_calibration_images(tmp_path):
+    """A --factory model records no input size, but --calibration images have one: reparam uses it
+    for its check and records it as given, as --input-shape would."""
+    import numpy as np
+
+    from odexport.pipeline import deploy_from_checkpoint
+
+    _, path = _saved_mixed(tmp_path)
+    calibration = tmp_path / "calib.npy"
+    np.save(calibration, np.random.default_rng(0).standard_normal((4, 3, 20, 28)).astype(np.float32))
+    deploy, report = deploy_from_checkpoint(path, tmp_path / "calib.deploy.pt", factory=MIXED, calibration=calibration)
+    manifest = torch.load(deploy, weights_only=True)["odexport_deploy"]
+    assert manifest["input_shape"] == [3, 20, 28] and manifest["input_shape_given"] is True
+    assert report.check is not None
