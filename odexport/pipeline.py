@@ -97,16 +97,21 @@ def model_input_shape(info, input_shape=None, *, purpose: str) -> tuple[int, ...
     wrong size is a graph onnxruntime refuses at the real one.  There an InputError asks for
     ``--input-shape``."""
     from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
-    from odexport.errors import InputError
 
     if input_shape:
         return tuple(input_shape)
     if info.extras.get(INPUT_SHAPE_ASSUMED):
-        made_up = "x".join(map(str, info.input_shape))
-        raise InputError(f"{purpose} needs the model's input size, which {info.arch or 'this model'} does not record "
-                         f"(a --factory model; {made_up} would be a guess)",
-                         "pass --input-shape CxHxW, the size the model was trained at")
+        raise _size_not_recorded(info, purpose)
     return tuple(info.input_shape) if info.input_shape else None
+
+
+def _size_not_recorded(info, purpose: str):
+    from odexport.errors import InputError
+
+    made_up = "x".join(map(str, info.input_shape))
+    return InputError(f"{purpose} needs the model's input size, which {info.arch or 'this model'} does not record "
+                      f"(a --factory model; {made_up} would be a guess)",
+                      "pass --input-shape CxHxW, the size the model was trained at")
 
 
 def inspect_summary(info, analysis) -> dict:
@@ -476,9 +481,14 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         return parity_report(_described_reference(ref, reference, reference_dtype, {}), none_drawn.describe(),
                              batch_sizes, {}, [], missing=_not_run(missing), refused=_not_run(refused), order=order)
     shape = tuple(input_shape) if input_shape else ref.input_shape
-    shape_note = None
+    shape_note, data = None, None
     if not input_shape:
         shape, shape_note = _export_sample_shape(opened, getattr(ref, "checkpoint_info", None), shape)
+    if not input_shape and shape_note is None and _size_unrecorded(getattr(ref, "checkpoint_info", None)):
+        if inputs is not None:  # the user's own images have the size (a single sample without its batch axis: read again below)
+            data = load_samples(inputs, None) if in_file else samples_from_array(inputs, None)
+            data = data if data.x.ndim == 4 else None
+        shape, shape_note = _size_for_unsized_reference(reference, ref.checkpoint_info, opened, data)
     for _, runner in opened:
         shape = shape or getattr(runner, "input_shape", None)
     if shape is None:
@@ -502,7 +512,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if inputs is None:
         require_samples_fit(samples, shape)
         data = random_samples(samples, shape, seed)
-    else:
+    elif data is None:
         data = load_samples(inputs, shape) if in_file else samples_from_array(inputs, shape)
     # every batch is a copy of samples: with them held, the largest must fit (else the OOM killer ends the run)
     require_batch_fits(max(batch_sizes), shape, [ref.step_bytes, *(runner.step_bytes for _, runner in opened)],
@@ -766,9 +776,44 @@ def _export_sample_shape(opened, reference_info, shape):
     if not declared or not ours or shape is None or next(iter(declared)) == tuple(shape):
         return shape, None
     adopted = next(iter(declared))
+    own = "the reference records none" if _size_unrecorded(reference_info) else f"the reference's default is {'x'.join(map(str, shape))}"
     return adopted, (f"checked on samples of shape {'x'.join(map(str, adopted))}, the size this file was exported at from "
-                     f"this checkpoint (the reference's default is {'x'.join(map(str, shape))}); "
-                     "pass --input-shape to check at another size")
+                     f"this checkpoint ({own}); pass --input-shape to check at another size")
+
+
+def _size_unrecorded(info) -> bool:
+    """A reference that records no input size (a --factory model: its 224x224 is the loader's guess)."""
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
+
+    return info is not None and bool(info.extras.get(INPUT_SHAPE_ASSUMED))
+
+
+def _size_for_unsized_reference(reference, info, opened, data):
+    """The sample shape to check a reference that records no input size at, and a note.
+
+    A guessed 224x224 checks another computation than the trained one (the attentions see other
+    statistics) and fails outright on a head that fixes the size.  So: the size of the user's
+    ``--inputs``, else the one size the candidates fix or record (an export's graph, a deploy file
+    or a zoo checkpoint), else an InputError asking for ``--input-shape``.
+    """
+    if data is not None:
+        return tuple(int(d) for d in data.x.shape[1:]), None
+    sizes: dict[tuple, str] = {}
+    for candidate, runner in opened:
+        candidate_info = getattr(runner, "checkpoint_info", None)
+        if getattr(runner, "backend", "").startswith("torch"):
+            if candidate_info is not None and candidate_info.input_shape and not _size_unrecorded(candidate_info):
+                sizes.setdefault(tuple(candidate_info.input_shape), str(candidate))
+        elif runner.inputs:
+            sample = tuple(runner.inputs[0].shape[1:])
+            if sample and all(isinstance(d, int) and d > 0 for d in sample):
+                sizes.setdefault(sample, str(candidate))
+    if len(sizes) == 1:
+        (size, candidate), = sizes.items()
+        return size, (f"checked on samples of shape {'x'.join(map(str, size))}, the size {candidate} records "
+                      f"({reference} records none); pass --input-shape to check at another size")
+    found = f" (the candidates fix {', '.join('x'.join(map(str, size)) for size in sizes)})" if sizes else ""
+    raise _size_not_recorded(info, f"checking {reference}{found}")
 
 
 def _require_sample_shape(candidate, runner, shape, reference, *, given: bool = False) -> None:

@@ -272,3 +272,25 @@ def test_factory_reparam_takes_the_input_size_from_the_calibration_images(tmp_pa
     manifest = torch.load(deploy, weights_only=True)["odexport_deploy"]
     assert manifest["input_shape"] == [3, 20, 28] and manifest["input_shape_given"] is True
     assert report.check is not None
+
+
+def test_check_of_a_factory_reference_runs_at_a_known_size_or_asks(tmp_path):
+    """A --factory reference records no input size: check runs at the size a candidate records (a
+    deploy file made with --input-shape) or the user's --inputs have, never at the 224x224 guess;
+    with neither (two checkpoints) it asks for --input-shape."""
+    import numpy as np
+
+    from odexport.pipeline import check_parity, deploy_from_checkpoint
+
+    _, path = _saved_mixed(tmp_path)
+    deploy, _ = deploy_from_checkpoint(path, tmp_path / "sized.deploy.pt", factory=MIXED, input_shape=(3, 20, 28), check=False)
+    report = check_parity(path, [deploy], factory=MIXED, samples=2, batch_sizes=(1, 2))
+    assert report.inputs["shape"] == [3, 20, 28] and report.passed
+    assert any("the size" in note and "records none" in note for note in report.candidates[0].notes)
+
+    with pytest.raises(InputError, match="needs the model's input size") as asked:
+        check_parity(path, [path], factory=MIXED, samples=2, batch_sizes=(1,))
+    assert "--input-shape" in asked.value.hint
+    own = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    report = check_parity(path, [path], factory=MIXED, inputs=own, batch_sizes=(1, 2))
+    assert report.inputs["shape"] == [3, 16, 16] and report.passed
