@@ -134,6 +134,17 @@ class CandidateParity:
         return self.error is None and bool(self.batches) and all(b.passed for b in self.batches)
 
     @property
+    def per_layer_verdict(self) -> str | None:
+        """The per-layer line; a layer above its own (tighter) tolerance in a candidate whose outputs
+        pass is said to be within the outputs' tolerance, not left to read as a failure."""
+        if self.per_layer is None:
+            return None
+        verdict = self.per_layer.verdict
+        if self.passed and self.per_layer.first_divergence is not None:
+            verdict += ", within the tolerance of the network outputs, which pass"
+        return verdict
+
+    @property
     def failures(self) -> list[str]:
         """Human-readable reasons, one per failing batch/output."""
         reasons = [f"{self.error} -- {self.fix}" if self.fix else self.error] if self.error else []

@@ -257,7 +257,7 @@ def parity_markdown(report: ParityReport) -> str:
             lines += ["", f"Accuracy on {acc.samples} labelled samples: reference {_pct(acc.reference)}, "
                           f"`{names[cand.artifact]}` {_pct(acc.candidate)}, top-1 agreement {_pct(acc.top1_agreement)}."]
         if cand.per_layer is not None:
-            lines += ["", f"Per-layer (`{names[cand.artifact]}`): {cand.per_layer.verdict}."]
+            lines += ["", f"Per-layer (`{names[cand.artifact]}`): {cand.per_layer_verdict}."]
     return "\n".join(lines) + "\n"
 
 

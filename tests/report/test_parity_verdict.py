@@ -84,3 +84,23 @@ def test_a_sample_with_non_finite_logits_is_wrong_and_disagrees():
     assert result.candidate == result.top1_agreement == 1 / 3
     both = accuracy(labels, candidate, candidate)  # NaN on both sides is not agreement either
     assert both.top1_agreement == 1 / 3
+
+
+def test_a_layer_above_its_own_tolerance_in_a_passing_candidate_reads_as_within_the_outputs():
+    """Per-layer tolerances are tighter than the outputs' (no noise margin): a candidate whose outputs
+    pass may still have a layer above its own. The line says the outputs pass rather than reading as
+    a failure; a failing candidate's line is the plain first divergence."""
+    from odexport.report.compare import Tolerance, compare_outputs
+    from odexport.report.parity import BatchParity, CandidateParity, LayerParity, PerLayerParity
+
+    loose, tight = Tolerance(atol=1e-3, rtol=0.0), Tolerance(atol=1e-9, rtol=0.0)
+    reference = {"output": np.ones((2, 10), np.float32)}
+    nudged = {"output": reference["output"] + np.float32(1e-5)}
+    layer = compare_outputs(reference, nudged, tight)[0]
+    assert not layer.passed
+    per_layer = PerLayerParity(layers=[LayerParity("layer1.conv", "output", layer)], batch_size=2)
+    passing = CandidateParity("m.onnx", batches=[BatchParity(2, compare_outputs(reference, nudged, loose))], per_layer=per_layer)
+    failing = CandidateParity("m.onnx", batches=[BatchParity(2, [layer])], per_layer=per_layer)
+    assert passing.passed and not failing.passed
+    assert passing.per_layer_verdict == "first divergence at layer1.conv (convolution: output), within the tolerance of the network outputs, which pass"
+    assert failing.per_layer_verdict == "first divergence at layer1.conv (convolution: output)"

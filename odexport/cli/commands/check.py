@@ -144,7 +144,7 @@ def check(
                 if cand.per_layer is not None:
                     if cand.per_layer.layers:
                         print_wide(per_layer_table(cand, names[cand.artifact]))
-                    console.print(f"per-layer ({names[cand.artifact]}): {cand.per_layer.verdict}", markup=False)
+                    console.print(f"per-layer ({names[cand.artifact]}): {cand.per_layer_verdict}", markup=False)
                     for note in cand.per_layer.notes:
                         console.print(f"note: {note}", markup=False)
                 elif per_layer and not cand.missing_backend and not cand.refused:
