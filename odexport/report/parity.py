@@ -142,6 +142,9 @@ class CandidateParity:
         verdict = self.per_layer.verdict
         if self.passed and self.per_layer.first_divergence is not None:
             verdict += ", within the tolerance of the network outputs, which pass"
+        elif (self.batches and not self.passed and all(b.error is None for b in self.batches)  # ran, and diverged
+              and self.per_layer.layers and self.per_layer.first_divergence is None):
+            verdict += "; the outputs diverge in a layer that is not a dynamic conv (a static conv, the classifier)"
         return verdict
 
     @property

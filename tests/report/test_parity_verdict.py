@@ -104,3 +104,21 @@ def test_a_layer_above_its_own_tolerance_in_a_passing_candidate_reads_as_within_
     assert passing.passed and not failing.passed
     assert passing.per_layer_verdict == "first divergence at layer1.conv (convolution: output), within the tolerance of the network outputs, which pass"
     assert failing.per_layer_verdict == "first divergence at layer1.conv (convolution: output)"
+
+
+def test_outputs_that_diverge_with_every_dynamic_conv_agreeing_point_elsewhere():
+    """A dropped classifier bias: every dynamic conv agrees, the outputs do not. The per-layer line
+    says where to look instead of only "no dynamic conv diverges"."""
+    from odexport.report.compare import Tolerance, compare_outputs
+    from odexport.report.parity import BatchParity, CandidateParity, LayerParity, PerLayerParity
+
+    tolerance = Tolerance(atol=1e-3, rtol=0.0)
+    reference = {"output": np.ones((2, 10), np.float32)}
+    agreeing = compare_outputs(reference, reference, tolerance)[0]
+    per_layer = PerLayerParity(layers=[LayerParity("layer1.conv", "output", agreeing)], batch_size=2)
+    shifted = compare_outputs(reference, {"output": reference["output"] + np.float32(0.5)}, tolerance)
+    failing = CandidateParity("m.onnx", batches=[BatchParity(2, shifted)], per_layer=per_layer)
+    assert not failing.passed
+    assert failing.per_layer_verdict.startswith("no dynamic conv diverges (1 values of 1 layers compared); the outputs diverge in a layer that is not")
+    passing = CandidateParity("m.onnx", batches=[BatchParity(2, [agreeing])], per_layer=per_layer)
+    assert passing.per_layer_verdict == "no dynamic conv diverges (1 values of 1 layers compared)"
