@@ -1177,7 +1177,7 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     return open_runner(engine_path, "tensorrt"), note
 
 
-def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=(1,), threads=None, check: bool = True, measure: bool = True,
+def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=None, threads=None, check: bool = True, measure: bool = True,
                       tolerance: float = 1e-3, progress=None) -> SpecialisedModel:
     """A portable custom-form export specialised for onnxruntime CPU on this machine, written to
     ``output`` (default ``MODEL.ort-cpu.onnx``) -> :class:`odexport.runtime.ort_specialise.SpecialisedModel`.

@@ -869,7 +869,10 @@ def _custom_layer(node, inits, shapes, block: int):
     layout = None
     for candidate in ("dense", "depthwise"):
         expected = _expected_permutation((out_ch, in_per_group, kh, kw), candidate, block)
-        if expected is not None and (group == 1 or candidate == "depthwise") and np.array_equal(probed[0], expected):
+        # a 1-channel input's conv (1 -> 16) has the depthwise kernel order but is no depthwise conv:
+        # the depthwise emitter blocks the *input* channels (group == C == O)
+        fits = group == 1 if candidate == "dense" else group == channels == out_ch
+        if expected is not None and fits and np.array_equal(probed[0], expected):
             layout = candidate
     if layout is None:
         # Padded or NCHW-input layouts: the kernel is computed in the ONNX layout and permuted

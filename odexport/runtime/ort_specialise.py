@@ -116,10 +116,12 @@ def _file_head(path: Path) -> bytes:
         return b""
 
 
-def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | None = None, check: bool = True,
+def specialise_onnx(source, output=None, *, batch_sizes=None, threads: int | None = None, check: bool = True,
                     tolerance: float = DEFAULT_TOLERANCE, measure: bool = True, seed: int = 0, stage=None) -> SpecialisedModel:
     """Write ``source`` (a portable odexport export, custom form) specialised for onnxruntime CPU
     on this machine at ``batch_sizes`` to ``output`` (default ``<source stem>.ort-cpu.onnx``).
+    ``batch_sizes`` defaults to 1, and for a fixed-batch export to its batch, the only size it runs
+    (other sizes are an :class:`InputError`).
 
     ``measure`` times the portable and the specialised model at each size, interleaved (about two
     seconds each, :func:`_speedups`), and drops the sizes where the specialisation is measurably
@@ -145,8 +147,8 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
         raise InputError(f"{source} does not exist", "pass an ONNX file written by `odexport onnx`")
     if source.stat().st_size == 0:
         raise InputError(f"{source} is empty", "export it again with `odexport onnx` (an interrupted copy or export leaves such a file)")
-    sizes = sorted({int(b) for b in batch_sizes})
-    if not sizes or sizes[0] < 1:
+    sizes = None if batch_sizes is None else sorted({int(b) for b in batch_sizes})
+    if sizes is not None and (not sizes or sizes[0] < 1):
         raise InputError(f"batch sizes {sizes} must be positive integers", "use e.g. --batch-sizes 1,8")
     out = Path(output) if output is not None else default_output(source)
     refuse_overwriting_input(out, source)
@@ -183,9 +185,16 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
         raise MissingDependencyError("this onnxruntime build does not use NCHWc convolutions on this CPU: nothing to specialise",
                                      "deploy the portable export as it is")
 
+    fixed = _fixed_batch(model)
+    if fixed is not None and sizes not in (None, [fixed]):
+        raise InputError(f"{source} has a fixed batch of {fixed}: it runs no other size ({', '.join(map(str, sizes))} asked)",
+                         f"pass --batch-sizes {fixed} (or leave it out), or export with a dynamic batch (`odexport onnx` without --batch)")
+    sizes = sizes or [fixed or 1]
+    # the sizes compared: a dynamic file's specialised sizes and one size that takes the general branch
+    checked = sizes if fixed is not None else _check_batches(sizes)
     shape = _recorded_sample_shape(model, metadata)
     if shape and (measure or check):  # both models run the largest size: one too large ends in the OOM killer
-        require_batch_fits(max(_check_batches(sizes)) if check else max(sizes), shape, [lambda _shape: onnx_step_bytes(model)])
+        require_batch_fits(max(checked) if check else max(sizes), shape, [lambda _shape: onnx_step_bytes(model)])
 
     def rewrite(batches):
         say(f"specialise for batch {', '.join(map(str, batches))} (NCHWc block {record['nchwc_block']})")
@@ -221,7 +230,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     else:
         measured = {"speedup_vs_portable": {}}
     specialised = report.model
-    record = {**record, "batches": sizes, "source": source.name, "rewritten": len(report.kernel_convs), "patches": len(report.patches), "gemm": len(report.gemm),
+    record = {**record, "batches": sizes, "fixed_batch": fixed is not None, "source": source.name, "rewritten": len(report.kernel_convs), "patches": len(report.patches), "gemm": len(report.gemm),
               "kept": len(report.skipped), **measured}
     onnx.helper.set_model_props(specialised, {**{p.key: p.value for p in specialised.metadata_props}, **metadata,
                                               SPECIALISATION_KEY: json.dumps(record, sort_keys=True)})
@@ -230,7 +239,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=(1,), threads: int | Non
     result = SpecialisedModel(out, source, record, details, tolerance=tolerance)
     if check:
         say("compare with the portable export")
-        result.deviation = _deviation(model, specialised, _check_batches(sizes), threads, seed)
+        result.deviation = _deviation(model, specialised, sizes if fixed is not None else _check_batches(sizes), threads, seed)
         worst = max(result.deviation.values())
         if not worst <= tolerance:
             error = ParityError(f"the specialised model differs from {source.name} by {worst:.2e} of its output scale (> {tolerance:g})",
@@ -313,6 +322,13 @@ def _recorded_sample_shape(model, metadata: dict) -> tuple[int, ...] | None:
         return None
     dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
     return onnx_sample_shape(dims[1:], metadata)
+
+
+def _fixed_batch(model) -> int | None:
+    """The batch a fixed-batch export's input declares (``odexport onnx --batch N``), else None."""
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
 def _check_batches(sizes: list[int]) -> list[int]:

@@ -254,3 +254,55 @@ def test_a_batch_no_machine_can_hold_is_refused_before_specialising(exports, tmp
     with pytest.raises(InputError, match="a batch of 1000000000 samples of shape 3x32x32 needs at least"):
         specialise_onnx(source, out, batch_sizes=(1, 10**9))
     assert not out.exists()
+
+
+def _plain_outputs(path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@needs_nchwc
+def test_a_one_channel_input_conv_is_not_taken_for_depthwise(tmp_path):
+    """A 1 -> 16 conv has the depthwise kernel order (one input channel per filter) but is dense:
+    taken for depthwise, its specialised graph failed at run time (K > 1) or was abandoned (K = 1)."""
+    from odexport.layers.odconv import ODConv2d
+    from odexport.pipeline import onnx_from_model
+
+    torch.manual_seed(0)
+    shape = (1, 15, 17)
+    for kernel_num in (4, 1):
+        model = torch.nn.Sequential(ODConv2d(1, 16, 3, padding=1, kernel_num=kernel_num), torch.nn.ReLU(),
+                                    ODConv2d(16, 16, 3, padding=1, kernel_num=kernel_num)).eval()
+        source, out = tmp_path / f"k{kernel_num}.onnx", tmp_path / f"k{kernel_num}.ort-cpu.onnx"
+        onnx_from_model(model, source, form="custom", input_shape=shape, check=False)
+        result = specialise_onnx(source, out, batch_sizes=(1,), measure=False)
+        assert result.record["rewritten"] >= 2, result.record  # both layers, the 1-channel one included
+        for batch in (1, 3):
+            x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+            expected = _float64_outputs(model, x)
+            assert np.abs(_plain_outputs(out, x) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+@needs_nchwc
+def test_a_fixed_batch_export_is_specialised_for_its_batch(tmp_path):
+    """`odexport onnx --batch 4` runs batch 4 only: specialised, checked and recorded at 4 (the
+    check used to run it at 1 as well and fail); other sizes asked for are an input error."""
+    from odexport.layers.odconv import ODConv2d
+    from odexport.pipeline import onnx_from_model
+
+    torch.manual_seed(0)
+    shape = (16, 8, 8)
+    model = torch.nn.Sequential(ODConv2d(16, 32, 3, padding=1, kernel_num=4), torch.nn.ReLU(), ODConv2d(32, 16, 1, kernel_num=2)).eval()
+    source, out = tmp_path / "fixed4.onnx", tmp_path / "fixed4.ort-cpu.onnx"
+    onnx_from_model(model, source, form="custom", batch=4, input_shape=shape, check=False)
+    result = specialise_onnx(source, out, measure=False)
+    assert result.record["batches"] == [4] and result.record["fixed_batch"] is True
+    assert list(result.deviation) == [4]
+    x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
+    expected = _float64_outputs(model, x)
+    assert np.abs(_plain_outputs(out, x) - expected).max() <= 1e-5 * np.abs(expected).max()
+    with pytest.raises(InputError, match="has a fixed batch of 4: it runs no other size") as refused:
+        specialise_onnx(source, tmp_path / "other.onnx", batch_sizes=(1, 8), measure=False)
+    assert "--batch-sizes 4" in refused.value.hint and not (tmp_path / "other.onnx").exists()

@@ -20,7 +20,7 @@ odexport ort model.onnx -o model.ort-cpu.onnx --batch-sizes 1,8"""
 def ort(
     source: Annotated[str, typer.Argument(metavar="MODEL.onnx", help="Portable export from `odexport onnx` (custom form: --form auto on --target cpu, or --form custom).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: MODEL.ort-cpu.onnx).", show_default=False)] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to specialise; other sizes run the general graph (exact, slower).")] = "1",
+    batch_sizes: Annotated[Optional[str], typer.Option(help="Comma-separated batch sizes to specialise; other sizes run the general graph (exact, slower). Default 1; a fixed-batch export: its batch.", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads used while optimising and checking (default: onnxruntime's).", min=1, show_default=False)] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare with the portable export on seeded inputs at each size and one general-branch size; a deviation above --tolerance exits 2 and writes nothing.")] = True,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Time the portable and the specialised model at each size (about 2 s each) and drop the sizes where the specialisation is measurably slower (a sign test over paired calls).")] = True,
@@ -47,7 +47,7 @@ def _specialise(source, output, batch_sizes, threads, check, measure, tolerance,
 
     if not math.isfinite(tolerance):  # inf would accept any deviation: the check switched off
         raise InputError(f"--tolerance {tolerance} is not a finite number", "use e.g. --tolerance 1e-3, or --no-check to skip the check")
-    sizes = parse_batch_sizes(batch_sizes)
+    sizes = None if batch_sizes is None else parse_batch_sizes(batch_sizes)
     with stages(quiet or json_output) as stage:
         try:
             result = ort_cpu_from_onnx(source, output, batch_sizes=sizes, threads=threads, check=check, measure=measure, tolerance=tolerance, progress=stage)
@@ -68,7 +68,8 @@ def _specialise(source, output, batch_sizes, threads, check, measure, tolerance,
     lines = [
         f"written  {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB) from {result.source}",
         f"machine  onnxruntime {record['onnxruntime']}, NCHWc block {record['nchwc_block']}, {record['cpu']}",
-        f"batches  {', '.join(map(str, record['batches']))} specialised; other sizes run the general graph",
+        f"batches  {', '.join(map(str, record['batches']))} specialised"
+        + ("; the file's fixed batch" if record.get("fixed_batch") else "; other sizes run the general graph"),
         f"layers   {record['rewritten']} per-sample NCHWc convs, {record.get('patches', 0)} blocked-patch convs, {record['gemm']} per-sample GEMMs, "
         f"{record['kept']} kept as exported (constant weights cheaper there)",
     ]
