@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import platform
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -199,8 +200,10 @@ def specialise_onnx(source, output=None, *, batch_sizes=None, threads: int | Non
     def rewrite(batches):
         say(f"specialise for batch {', '.join(map(str, batches))} (NCHWc block {record['nchwc_block']})")
         report = optimize_for_cpu(model, threads=threads, batches=batches, name=source)
-        if not report.changed:
-            why = "; ".join(report.notes) or "no layer is faster with a runtime weight"
+        if not report.changed:  # each layer's own reason first (a layout onnxruntime does not block), once per reason
+            per_layer = Counter(report.skipped.values())
+            why = "; ".join(dict.fromkeys([*(f"{reason} ({count} layer{'s' if count > 1 else ''})" for reason, count in per_layer.items()),
+                                           *report.notes])) or "no layer is faster with a runtime weight"
             raise ExportError(f"no dynamic conv of {source} could be specialised ({why})", "deploy the portable export as it is")
         return report
 

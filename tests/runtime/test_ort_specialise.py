@@ -306,3 +306,19 @@ def test_a_fixed_batch_export_is_specialised_for_its_batch(tmp_path):
     with pytest.raises(InputError, match="has a fixed batch of 4: it runs no other size") as refused:
         specialise_onnx(source, tmp_path / "other.onnx", batch_sizes=(1, 8), measure=False)
     assert "--batch-sizes 4" in refused.value.hint and not (tmp_path / "other.onnx").exists()
+
+
+@needs_nchwc
+def test_a_model_with_nothing_to_specialise_is_told_why(tmp_path):
+    """17 channels: onnxruntime makes no blocked conv of it. The refusal names that, once, not only
+    "no dynamic conv is cheaper with a runtime weight"."""
+    from odexport.layers.odconv import ODConv2d
+    from odexport.pipeline import onnx_from_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ODConv2d(17, 17, 3, padding=1, kernel_num=4)).eval()
+    source = tmp_path / "c17.onnx"
+    onnx_from_model(model, source, form="custom", input_shape=(17, 8, 8), check=False)
+    with pytest.raises(ExportError, match=r"could be specialised \(onnxruntime makes no NCHWc Conv of a 17->17 3x3 conv in 1 groups here \(1 layer\)") as refused:
+        specialise_onnx(source, tmp_path / "c17.ort-cpu.onnx", batch_sizes=(1, 8), measure=False)
+    assert str(refused.value).count("onnxruntime makes no NCHWc Conv") == 1
