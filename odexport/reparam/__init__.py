@@ -140,7 +140,7 @@ def _as_input(name: str, value: Any) -> torch.Tensor:
     return tensor
 
 
-def _forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+def _forward(model: nn.Module, x: torch.Tensor, what: str) -> list[torch.Tensor]:
     param = next(model.parameters())
     try:
         with torch.no_grad():
@@ -150,9 +150,12 @@ def _forward(model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
         raise InputError(f"{what} of shape {tuple(x.shape)} do not fit the model: {first}",
                          "give --input-shape the model's sample shape CxHxW (without it, the checkpoint's default is used)"
                          if what == "check inputs" else "give inputs shaped (N, C, H, W) as the model expects") from None
-    from odexport.reparam.freeze import _first_tensor
+    from odexport.reparam.freeze import output_tensors
 
-    return _first_tensor(out).detach()
+    tensors = [t.detach() for t in output_tensors(out)]
+    if not tensors:
+        raise InputError(f"the model returns a {type(out).__name__} holding no tensor", "return the model's outputs as tensors (or tuples of them)")
+    return tensors
 
 
 def reparameterise(
@@ -195,9 +198,10 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
     work = copy.deepcopy(model).eval()
     meta = metadata(work)
     reference = None if check_t is None else _forward(work, check_t, "check inputs")
-    if reference is not None and not bool(torch.isfinite(reference).all()):
+    if reference is not None and not all(bool(torch.isfinite(t).all()) for t in reference):
         # NaN - NaN is NaN: every pass would "deviate by nan", which reads like a bug in the pass
-        raise InputError(f"the model computes {int((~torch.isfinite(reference)).sum())} NaN/inf values on the check inputs before "
+        broken = sum(int((~torch.isfinite(t)).sum()) for t in reference)
+        raise InputError(f"the model computes {broken} NaN/inf values on the check inputs before "
                          "any pass runs, so no pass can be verified",
                          NON_FINITE_WEIGHTS_FIX)
 
@@ -229,7 +233,7 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
     )
 
 
-def _check(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+def _check(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor]) -> dict[str, Any]:
     out = _forward(model, x, "check inputs")
     return {"max_relative_deviation": relative_deviation(out, reference), "inputs": list(x.shape)}
 

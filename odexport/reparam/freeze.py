@@ -27,8 +27,11 @@ from odexport.reparam.cost import count_params
 HEADS = ("channel", "filter", "spatial", "kernel")
 
 
-def relative_deviation(got: torch.Tensor, expected: torch.Tensor) -> float:
-    """``max|got - expected| / max|expected|`` (0 when both are 0)."""
+def relative_deviation(got, expected) -> float:
+    """``max|got - expected| / max|expected|`` (0 when both are 0); for a model's outputs (lists of
+    tensors, :func:`output_tensors`) the worst of them, each against its own scale."""
+    if isinstance(expected, (list, tuple)):
+        return max((relative_deviation(g, e) for g, e in zip(got, expected, strict=True)), default=0.0)
     scale = expected.abs().max().item()
     diff = (got.double() - expected.double()).abs().max().item()
     return diff / scale if scale > 0 else diff
@@ -83,21 +86,25 @@ def _as_attentions(output: Any) -> Attentions:
     return Attentions(kernel=output) if isinstance(output, torch.Tensor) else output
 
 
-def _top1_agreement(frozen: torch.Tensor, reference: torch.Tensor) -> float | None:
-    """Share of calibration samples whose argmax class is unchanged (None for non-logit outputs)."""
-    if reference.ndim != 2 or reference.shape[1] < 2:
-        return None
-    return float((frozen.argmax(dim=1) == reference.argmax(dim=1)).float().mean())
+def _top1_agreement(frozen: list[torch.Tensor], reference: list[torch.Tensor]) -> float | None:
+    """Share of calibration samples whose argmax class is unchanged, on the first output shaped like
+    logits ``(N, classes)`` (None when there is none)."""
+    for got, expected in zip(frozen, reference):
+        if expected.ndim == 2 and expected.shape[1] >= 2:
+            return float((got.argmax(dim=1) == expected.argmax(dim=1)).float().mean())
+    return None
 
 
-def _first_tensor(output: Any) -> torch.Tensor:
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor a model returns, in order (a tensor, or tuples, lists and dicts of them): a pass
+    that changed only a second head must show in the check."""
     if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (list, tuple)) and output:
-        return _first_tensor(output[0])
-    if isinstance(output, dict) and output:
-        return _first_tensor(next(iter(output.values())))
-    raise TypeError(f"model output of type {type(output).__name__} holds no tensor")
+        return [output]
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in output_tensors(item)]
+    if isinstance(output, dict):
+        return [t for item in output.values() for t in output_tensors(item)]
+    return []
 
 
 def frozen_conv(layer: nn.Module, mean: Attentions) -> nn.Conv2d:
@@ -145,11 +152,11 @@ class FreezeLowSpread(ReparamPass):
         if self.eps is not None and not self.eps >= 0:
             raise PreconditionError(f"freeze threshold {self.eps!r} must be >= 0")
 
-    def _forward_all(self, model: nn.Module) -> torch.Tensor:
+    def _forward_all(self, model: nn.Module) -> list[torch.Tensor]:
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        outputs = [_first_tensor(model(chunk.to(device=device, dtype=dtype))).detach() for chunk in self.calibration.split(self.batch_size)]
-        return torch.cat(outputs)
+        chunks = [output_tensors(model(chunk.to(device=device, dtype=dtype))) for chunk in self.calibration.split(self.batch_size)]
+        return [torch.cat([outputs[i].detach() for outputs in chunks]) for i in range(len(chunks[0]))]
 
     def run(self, model: nn.Module) -> list[LayerNote]:
         layers = dynamic_convs(model)

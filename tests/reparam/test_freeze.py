@@ -138,3 +138,38 @@ def test_top1_agreement_of_a_trained_classifier():
         independent = float((report.model(x).argmax(1) == source(x).argmax(1)).float().mean())
     assert report.freeze["top1_agreement"] == pytest.approx(independent, abs=1 / 120)  # a tie may flip one sample
     assert report.freeze["top1_agreement"] < 1.0  # at this threshold the freeze does change decisions
+
+
+class _TwoHeads(nn.Module):
+    """Class logits from a strongly varying trunk, and an embedding from a nearly constant layer
+    that only the second output sees."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.trunk = DyConv2d(8, 16, 3, padding=1, num_kernels=4)
+        self.classify = nn.Linear(16, 5)
+        self.embed = ODConv2d(16, 16, 3, padding=1, kernel_num=4)
+        with torch.no_grad():
+            self.trunk.attention.fc2.weight.mul_(20)
+            for head in HEADS:
+                self.embed.attention.head(head).weight.mul_(1e-4)
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return self.classify(h.mean((2, 3))), self.embed(h).flatten(1)
+
+
+def test_a_frozen_layer_that_only_the_second_output_sees_is_reported():
+    """The freeze's output deviation (and the exact passes' check) cover every output the model
+    returns: a layer feeding only the embedding head moved it, not the logits."""
+    source = _TwoHeads().eval()
+    x = torch.randn(8, 8, 10, 10)
+    report = reparameterise(source, calibration=x, freeze_below=1e-3)
+    assert [r["layer"] for r in report.freeze["layers"] if r["frozen"]] == ["embed"]
+    with torch.no_grad():
+        (logits, embedding), (frozen_logits, frozen_embedding) = source(x), report.model(x)
+    assert rel_dev(frozen_logits, logits) < 1e-6 < rel_dev(frozen_embedding, embedding)  # the premise
+    slack = 2 * report.check["max_relative_deviation"] + 1e-9
+    assert report.freeze["output_deviation"] == pytest.approx(rel_dev(frozen_embedding, embedding), abs=slack)
+    assert report.freeze["top1_agreement"] == 1.0  # on the logits, the first (N, classes) output
