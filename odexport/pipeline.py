@@ -520,7 +520,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
     _require_finite_reference(reference, reference_outputs, getattr(ref, "checkpoint_info", None))
-    _require_label_range(data, reference_outputs, data.source)
+    labels_note = _require_label_range(data, reference_outputs, data.source)
     if tolerances is not None:
         tolerances.require_known(reference_outputs)
     require_outputs_fit(len(data.x), sum(v.nbytes for v in reference_outputs.values()) // len(data.x),
@@ -544,7 +544,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                      _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
                      _temperature_note(runner, getattr(ref, "checkpoint_info", None)),
                      _ema_note(runner, getattr(ref, "checkpoint_info", None)),
-                     _single_sample_note(len(data.x), batch_sizes), shape_note):
+                     _single_sample_note(len(data.x), batch_sizes), shape_note, labels_note):
             if note:
                 run.notes.append(note)
         if per_layer and artifact_kind(artifact) == "onnx":
@@ -640,14 +640,22 @@ def _require_finite_reference(reference, reference_outputs, info=None) -> None:
                              NON_FINITE_WEIGHTS_FIX + "; if only some samples are affected, look at those inputs' values")
 
 
-def _require_label_range(data, reference_outputs, inputs) -> None:
-    """Labels are class indices into the (first) output: one past its width or negative means the
-    labels file belongs to another dataset or counts from 1, and every accuracy would be wrong."""
+def _require_label_range(data, reference_outputs, inputs) -> str | None:
+    """Labels are class indices into the model's first ``(N, classes)`` output: one past its width
+    or negative means the labels file belongs to another dataset or counts from 1, and every
+    accuracy would be wrong.  A model with no such output (a dense map, a regression) has no
+    accuracy: the labels are dropped, and the note returned says so."""
     from odexport.errors import InputError
+    from odexport.report.parity import classifier_output
 
     if data.labels is None or not len(data.labels) or not reference_outputs:
-        return
-    classes = int(next(iter(reference_outputs.values())).reshape(len(data.labels), -1).shape[1])
+        return None
+    scored = classifier_output(reference_outputs)
+    if scored is None:
+        data.labels = None
+        shapes = ", ".join(f"{name} {tuple(value.shape[1:])}" for name, value in reference_outputs.items())
+        return f"the labels in {inputs} are not scored: no output is class scores (N, classes) ({shapes})"
+    classes = int(reference_outputs[scored].shape[1])
     low, high = int(data.labels.min()), int(data.labels.max())
     if low < 0 or high >= classes:
         raise InputError(f"labels in {inputs} run from {low} to {high}, but the model has {classes} classes",

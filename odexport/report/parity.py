@@ -54,6 +54,12 @@ def accuracy(labels: np.ndarray, reference_logits: np.ndarray, candidate_logits:
                     float(np.mean(ref_pred == cand_pred)))
 
 
+def classifier_output(outputs: dict) -> str | None:
+    """The output labels are scored against: the first shaped like logits ``(N, classes)``, at least
+    two classes (a dense map, a scalar regression or nothing of that shape: None)."""
+    return next((name for name, value in outputs.items() if np.ndim(value) == 2 and np.shape(value)[1] >= 2), None)
+
+
 def _predictions(logits: np.ndarray, count: int, *, missing: int) -> np.ndarray:
     """Top-1 class per sample; ``missing`` (no class, and unequal for the two sides) where a logit is not finite."""
     rows = logits.reshape(count, -1)
@@ -348,10 +354,13 @@ def parity_report(
                                                 if _looks_baked(batch_size, run.input_shape, run.errors[batch_size]) else run.errors[batch_size]))
             else:
                 cand.batches.append(batch_parity(batch_size, reference_outputs, run.outputs.get(batch_size), resolve))
-        if labels is not None and run.outputs:
+        scored = classifier_output(reference_outputs)
+        if labels is not None and run.outputs and scored is not None:
             first = next(iter(run.outputs.values()))
-            ref_logits = next(iter(reference_outputs.values()))
-            cand.accuracy = accuracy(labels, ref_logits, next(iter(first.values())))
+            # one output on each side may be named differently (a checkpoint's "output", an export's "logits")
+            name = scored if scored in first or len(first) != 1 else next(iter(first))
+            if name in first:
+                cand.accuracy = accuracy(labels, reference_outputs[scored], first[name])
         if run.layer_values is not None:
             cand.per_layer = per_layer_parity(run.layer_values, overrides, run.precision, margin)
         report.candidates.append(cand)

@@ -122,3 +122,38 @@ def test_outputs_that_diverge_with_every_dynamic_conv_agreeing_point_elsewhere()
     assert failing.per_layer_verdict.startswith("no dynamic conv diverges (1 values of 1 layers compared); the outputs diverge in a layer that is not")
     passing = CandidateParity("m.onnx", batches=[BatchParity(2, [agreeing])], per_layer=per_layer)
     assert passing.per_layer_verdict == "no dynamic conv diverges (1 values of 1 layers compared)"
+
+
+def test_labels_are_scored_on_the_class_scores_output_or_not_at_all(tmp_path):
+    """A dense map first and class scores second: the labels are scored on the scores (not on the
+    flattened map, whose "classes" are its C*H*W elements). A model with no (N, classes) output
+    has no accuracy: the labels are dropped with a note, never scored against a map."""
+    import torch
+
+    from odexport.pipeline import check_parity
+
+    class MapAndScores(torch.nn.Module):
+        def __init__(self, scores=True):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc, self.scores = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(3, 5), scores
+
+        def forward(self, x):
+            dense = self.conv(x)
+            return (dense, self.fc(x.mean((2, 3)))) if self.scores else dense
+
+    x = np.random.default_rng(0).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    model = MapAndScores().eval()
+    with torch.no_grad():
+        labels = model(torch.from_numpy(x))[1].argmax(1).numpy()
+    labels[0] = (labels[0] + 1) % 5  # one wrong: the accuracy is 5/6, on the scores
+    np.savez(tmp_path / "labelled.npz", x=x, y=labels)
+    report = check_parity(model, [model], inputs=tmp_path / "labelled.npz", batch_sizes=(2,), input_shape=(3, 8, 8))
+    assert report.candidates[0].accuracy.reference == 5 / 6
+
+    dense_only = MapAndScores(scores=False).eval()
+    np.savez(tmp_path / "far.npz", x=x, y=np.full(6, 200))  # no class 200 anywhere: refused if it were scored
+    report = check_parity(dense_only, [dense_only], inputs=tmp_path / "far.npz", batch_sizes=(2,), input_shape=(3, 8, 8))
+    candidate = report.candidates[0]
+    assert report.passed and candidate.accuracy is None
+    assert any("are not scored: no output is class scores (N, classes)" in note for note in candidate.notes)
