@@ -217,6 +217,13 @@ def probe_model(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[li
         num_outputs = 1
     elif isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
         num_outputs = len(out)
+    elif isinstance(out, (tuple, list)):
+        inner = next(index for index, o in enumerate(out) if not isinstance(o, torch.Tensor))
+        raise ExportError(
+            f"the model returns a {type(out).__name__} whose element {inner} is a {type(out[inner]).__name__}, not a tensor; "
+            "odexport exports models that return a tensor or a flat tuple of tensors",
+            "wrap the model so that forward returns one flat tuple of tensors",
+        )
     else:
         raise ExportError(
             f"the model returns {type(out).__name__}; odexport exports models that return a tensor or a tuple of tensors",

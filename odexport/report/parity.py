@@ -244,7 +244,8 @@ class ParityReport:
                 hint = ("only a top-1/cosine floor failed, which --atol/--rtol do not change: the candidate decides otherwise "
                         "where the reference's logits are nearly tied (reduced-precision rounding); judge it on real images "
                         "(--inputs, hundreds of samples), where near ties are rare, and lower the floor (--min-top1, "
-                        "--min-cosine) only to a rate measured there")
+                        "--min-cosine) only to a rate measured there; an output that is not class scores (an embedding) "
+                        "takes --min-top1 NAME=0")
             elif rejected_only:
                 hint = (f"the candidates refused batch sizes (see {where}): re-export with a dynamic batch, "
                         "or check a fixed-batch file at its own batch size with --batch-sizes")

@@ -135,6 +135,26 @@ def test_unsupported_opset(tmp_path, opset):
     assert _files(tmp_path) == []
 
 
+class _Returns(nn.Module):
+    def __init__(self, wrap):
+        super().__init__()
+        self.body, self.wrap = small_model(), wrap
+
+    def forward(self, x):
+        return self.wrap(self.body(x))
+
+
+@pytest.mark.parametrize("wrap, match", [
+    (lambda y: (y, (y, y)), "returns a tuple whose element 1 is a tuple, not a tensor"),
+    (lambda y: {"logits": y}, "returns dict; odexport exports models that return a tensor or a tuple"),
+])
+def test_outputs_it_cannot_name_are_refused_in_one_line(tmp_path, wrap, match):
+    with pytest.raises(ExportError) as info:
+        export_onnx(_Returns(wrap).eval(), tmp_path / "m.onnx", input_shape=SHAPE)
+    assert match in _one_line(info.value)
+    assert _files(tmp_path) == []
+
+
 def test_grouped_with_dynamic_batch_names_the_other_forms(tmp_path):
     with pytest.raises(ExportError) as info:
         export_onnx(small_model(), tmp_path / "m.onnx", form="grouped", input_shape=SHAPE)
