@@ -346,7 +346,7 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
         if not input_shape and loaded.info.extras.get(INPUT_SHAPE_ASSUMED):
             batch = load_samples(calibration, None, option="--calibration").x
             if batch.ndim == 4:  # the model records no input size (--factory): the user's own images have it, as --input-shape
-                input_shape, calib = tuple(int(d) for d in batch.shape[1:]), batch
+                input_shape, calib = _size_of_images(batch, loaded.info, calibration), batch
     shape = (model_input_shape(loaded.info, input_shape, purpose="the output check" if check else "reading --calibration")
              if check or calibration is not None or input_shape else None)
     if calibration is not None and calib is None:
@@ -789,6 +789,20 @@ def _export_sample_shape(opened, reference_info, shape):
                      f"this checkpoint ({own}); pass --input-shape to check at another size")
 
 
+def _size_of_images(x, info, source) -> tuple[int, ...]:
+    """The sample shape of the user's images ``(N, C, H, W)``, taken as the size of a model that records
+    none; images stored channels last (the model's first convolution's channels at the end) are
+    named as such rather than tried and failed on."""
+    from odexport.errors import InputError
+
+    shape = tuple(int(d) for d in x.shape[1:])
+    channels = info.input_shape[0] if info.input_shape else None
+    if channels and shape[0] != channels and shape[-1] == channels:
+        raise InputError(f"inputs in {source} have sample shape {shape}: channels last, the model takes {channels} channels first",
+                         "store them channels first: np.save(path, x.transpose(0, 3, 1, 2))")
+    return shape
+
+
 def _size_unrecorded(info) -> bool:
     """A reference that records no input size (a --factory model: its 224x224 is the loader's guess)."""
     from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
@@ -805,7 +819,7 @@ def _size_for_unsized_reference(reference, info, opened, data):
     or a zoo checkpoint), else an InputError asking for ``--input-shape``.
     """
     if data is not None:
-        return tuple(int(d) for d in data.x.shape[1:]), None
+        return _size_of_images(data.x, info, data.source), None
     sizes: dict[tuple, str] = {}
     for candidate, runner in opened:
         candidate_info = getattr(runner, "checkpoint_info", None)

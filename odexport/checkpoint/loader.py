@@ -392,10 +392,12 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
                 "run `odexport reparam` again on the original checkpoint with the temperature you want",
             )
         set_temperature(model, temperature)
-    if folded:  # the layers run at T=1 now: what they were trained at is in the manifest
-        recorded = {name: float(t) for name, t in (manifest.get("original_temperatures") or {}).items()}
-        value = originals.pop() if len(originals) == 1 else None
-        per_layer = recorded if value is None else None
+    if folded:  # the layers run at T=1 now: what the still dynamic ones were trained at is in the manifest
+        dynamic = {name for name, _ in layers}
+        recorded = {name: float(t) for name, t in (manifest.get("original_temperatures") or {}).items() if name in dynamic}
+        values = set(recorded.values()) if recorded else originals
+        value = next(iter(values)) if len(values) == 1 else None
+        per_layer = recorded if value is None and recorded else None
     else:
         value, per_layer = _temperatures(layers)
     input_shape = manifest.get("input_shape")

@@ -97,6 +97,8 @@ def _import_file(path: Path):
 
 
 def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit) and exc.code is None:
+        return "sys.exit() called"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
 

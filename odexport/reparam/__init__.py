@@ -154,7 +154,8 @@ def _forward(model: nn.Module, x: torch.Tensor, what: str) -> list[torch.Tensor]
 
     tensors = [t.detach() for t in output_tensors(out)]
     if not tensors:
-        raise InputError(f"the model returns a {type(out).__name__} holding no tensor", "return the model's outputs as tensors (or tuples of them)")
+        raise InputError(f"the model returns a {type(out).__name__} holding no floating-point tensor with a batch axis",
+                         "return the model's outputs as tensors (or tuples of them)")
     return tensors
 
 

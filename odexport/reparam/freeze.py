@@ -96,10 +96,11 @@ def _top1_agreement(frozen: list[torch.Tensor], reference: list[torch.Tensor]) -
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
-    """Every tensor a model returns, in order (a tensor, or tuples, lists and dicts of them): a pass
-    that changed only a second head must show in the check."""
+    """Every per-sample floating-point tensor a model returns, in order (a tensor, or tuples, lists
+    and dicts of them): a pass that changed only a second head must show in the check.  A mask
+    (bool), indices (integers) or a 0-d summary has no relative deviation to measure."""
     if isinstance(output, torch.Tensor):
-        return [output]
+        return [output] if output.is_floating_point() and output.ndim >= 1 else []
     if isinstance(output, (list, tuple)):
         return [t for item in output for t in output_tensors(item)]
     if isinstance(output, dict):

@@ -55,9 +55,10 @@ def accuracy(labels: np.ndarray, reference_logits: np.ndarray, candidate_logits:
 
 
 def classifier_output(outputs: dict) -> str | None:
-    """The output labels are scored against: the first shaped like logits ``(N, classes)``, at least
-    two classes (a dense map, a scalar regression or nothing of that shape: None)."""
-    return next((name for name, value in outputs.items() if np.ndim(value) == 2 and np.shape(value)[1] >= 2), None)
+    """The output labels are scored against: the first shaped like logits ``(N, classes)`` (or
+    ``(N, classes, 1, 1)``), at least two classes (a dense map, a scalar regression: None)."""
+    return next((name for name, value in outputs.items()
+                 if np.ndim(value) >= 2 and np.shape(value)[1] >= 2 and int(np.prod(np.shape(value)[2:])) == 1), None)
 
 
 def _predictions(logits: np.ndarray, count: int, *, missing: int) -> np.ndarray:
@@ -149,6 +150,7 @@ class CandidateParity:
         if self.passed and self.per_layer.first_divergence is not None:
             verdict += ", within the tolerance of the network outputs, which pass"
         elif (self.batches and not self.passed and all(b.error is None for b in self.batches)  # ran, and diverged
+              and any("below the floor" not in reason for reason in self.failures)  # not only a decision on near ties
               and self.per_layer.layers and self.per_layer.first_divergence is None):
             verdict += "; the outputs diverge in a layer that is not a dynamic conv (a static conv, the classifier)"
         return verdict

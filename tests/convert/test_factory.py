@@ -131,7 +131,10 @@ def test_factory_that_exits_is_an_input_error(tmp_path):
     at_import.write_text("import sys\nsys.exit(2)\ndef build():\n    pass\n")
     in_build = tmp_path / "builder.py"
     in_build.write_text("import sys\ndef build():\n    sys.exit('no GPU found')\n")
-    for spec, match in ((f"{at_import}:build", "could not import .*SystemExit: 2"), (f"{in_build}:build", "raised SystemExit: no GPU found")):
+    bare = tmp_path / "bare_exit.py"
+    bare.write_text("import sys\ndef build():\n    sys.exit()\n")
+    for spec, match in ((f"{at_import}:build", "could not import .*SystemExit: 2"), (f"{in_build}:build", "raised SystemExit: no GPU found"),
+                        (f"{bare}:build", r"raised SystemExit: sys.exit\(\) called")):
         with pytest.raises(InputError, match=match):
             model_from_checkpoint(path, factory=spec)
 
@@ -272,6 +275,21 @@ def test_factory_reparam_takes_the_input_size_from_the_calibration_images(tmp_pa
     manifest = torch.load(deploy, weights_only=True)["odexport_deploy"]
     assert manifest["input_shape"] == [3, 20, 28] and manifest["input_shape_given"] is True
     assert report.check is not None
+
+    channels_last = tmp_path / "calib_nhwc.npy"  # named as such, not tried at (20, 28, 3) and failed on
+    np.save(channels_last, np.load(calibration).transpose(0, 2, 3, 1))
+    with pytest.raises(InputError, match=r"have sample shape \(20, 28, 3\): channels last, the model takes 3 channels first"):
+        deploy_from_checkpoint(path, tmp_path / "nhwc.deploy.pt", factory=MIXED, calibration=channels_last)
+
+    # frozen layers are static convs now: inspect lists the temperatures of the layers still dynamic
+    from odexport.layers import dynamic_convs
+    from odexport.pipeline import inspect_checkpoint, model_from_checkpoint
+
+    frozen, _ = deploy_from_checkpoint(path, tmp_path / "frozen.deploy.pt", factory=MIXED, calibration=calibration, freeze_below=0.01)
+    summary, _ = inspect_checkpoint(frozen, factory=MIXED)
+    still_dynamic = {name for name, _ in dynamic_convs(model_from_checkpoint(frozen, factory=MIXED).model)}
+    assert len(still_dynamic) < 6  # the premise: some layers were frozen
+    assert set(summary["temperatures"] or {}) <= still_dynamic
 
 
 def test_check_of_a_factory_reference_runs_at_a_known_size_or_asks(tmp_path):

@@ -173,3 +173,21 @@ def test_a_frozen_layer_that_only_the_second_output_sees_is_reported():
     slack = 2 * report.check["max_relative_deviation"] + 1e-9
     assert report.freeze["output_deviation"] == pytest.approx(rel_dev(frozen_embedding, embedding), abs=slack)
     assert report.freeze["top1_agreement"] == 1.0  # on the logits, the first (N, classes) output
+
+
+def test_outputs_without_a_deviation_to_measure_are_left_out():
+    """A bool mask and a 0-d summary beside the logits: compared, they ended the run in an internal
+    error (abs of a bool, concatenating 0-d tensors); the check covers the logits."""
+
+    class WithMaskAndSummary(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _TwoHeads()
+
+        def forward(self, x):
+            logits, embedding = self.inner(x)
+            return logits, logits.max(1).values > 0, embedding.sum(), embedding
+
+    source = WithMaskAndSummary().eval()
+    report = reparameterise(source, calibration=torch.randn(8, 8, 10, 10), freeze_below=1e-3)
+    assert report.check["max_relative_deviation"] < 1e-6 and report.freeze["output_deviation"] > 1e-6

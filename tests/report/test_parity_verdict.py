@@ -157,3 +157,27 @@ def test_labels_are_scored_on_the_class_scores_output_or_not_at_all(tmp_path):
     candidate = report.candidates[0]
     assert report.passed and candidate.accuracy is None
     assert any("are not scored: no output is class scores (N, classes)" in note for note in candidate.notes)
+
+
+def test_a_floor_failure_alone_is_not_blamed_on_a_static_layer():
+    """Only the top-1 floor failed (a near tie flipped): the outputs agree within atol, so the per-layer
+    line must not send the user to look for a diverging static layer."""
+    from odexport.report.compare import Tolerance, compare_outputs
+    from odexport.report.parity import BatchParity, CandidateParity, LayerParity, PerLayerParity
+
+    reference = {"output": np.array([[1.0, 1.0 + 1e-7], [2.0, 0.0]], np.float32)}
+    flipped = {"output": np.array([[1.0 + 2e-7, 1.0], [2.0, 0.0]], np.float32)}
+    outputs = compare_outputs(reference, flipped, Tolerance(atol=1e-3, rtol=0.0, min_top1=1.0))
+    assert [f for o in outputs for f in o.failures] and all("below the floor" in f for o in outputs for f in o.failures)
+    agreeing = compare_outputs(reference, reference, Tolerance(atol=1e-3, rtol=0.0))[0]
+    candidate = CandidateParity("m.onnx", batches=[BatchParity(2, outputs)],
+                                per_layer=PerLayerParity(layers=[LayerParity("layer1.conv", "output", agreeing)], batch_size=2))
+    assert not candidate.passed and candidate.per_layer_verdict == "no dynamic conv diverges (1 values of 1 layers compared)"
+
+
+def test_class_scores_shaped_n_c_1_1_are_class_scores():
+    from odexport.report.parity import classifier_output
+
+    outputs = {"map": np.zeros((2, 4, 8, 8)), "scores": np.zeros((2, 5, 1, 1)), "later": np.zeros((2, 5))}
+    assert classifier_output(outputs) == "scores"
+    assert classifier_output({"value": np.zeros((2, 1)), "map": np.zeros((2, 4, 8, 8))}) is None

@@ -10,7 +10,6 @@ import typer
 from odexport.cli._options import (
     ArchOption,
     EmaOption,
-    FactoryOption,
     InputShapeOption,
     JsonOption,
     QuietOption,
@@ -52,7 +51,10 @@ def bench(
     temperature: TemperatureOption = None,
     trust_pickle: TrustPickleOption = False,
     ema: EmaOption = False,
-    factory: FactoryOption = None,
+    factory: Annotated[Optional[str], typer.Option(
+        "--factory", help="Build your own architecture with `my_pkg.my_module:build_fn` (imports your code), load the checkpoint "
+        "into it and swap its reference dynamic-conv layers for odexport's; for an export made with it, the factory its static "
+        "twin is built with (the export records it, but only a factory you name here is run).", show_default=False)] = None,
     submodel: SubmodelOption = None,
     quiet: QuietOption = False,
 ) -> None:
