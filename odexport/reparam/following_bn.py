@@ -50,10 +50,8 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
     1. ``torch.fx`` graph of the model (dynamic convs and BNs kept as leaf calls): the conv's
        output has exactly one user, a ``BatchNorm2d`` call whose only input it is, and neither
        module is called twice (a shared module cannot be folded for one call site only).
-    2. If the model does not trace (data-dependent control flow in ``forward``): consecutive
-       children of a plain ``nn.Sequential`` (its forward is a chain by definition), and the
-       torchvision/ResNet naming convention ``convN -> bnN`` inside one block (BasicBlock,
-       Bottleneck).  Pairs found this way say so in their note.
+    2. If the model does not trace (data-dependent control flow in ``forward``): no pair, each
+       conv's reason says why (:func:`_structural_pairs`).
 
     Returns ``(pairs, reasons)``: ``reasons`` says, per dynamic conv without a pair, why.
     """
@@ -61,7 +59,7 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
     reasons: dict[str, str] = {}
     try:
         graph = _LeafTracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the structural fallback
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: no proven pair
         trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
         return _structural_pairs(model, trace_error)
 
@@ -101,23 +99,15 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
 
 
 def _structural_pairs(model: nn.Module, trace_error: str) -> tuple[dict[str, FollowingBatchNorm], dict[str, str]]:
-    pairs: dict[str, FollowingBatchNorm] = {}
-    for parent_name, parent in model.named_modules():
-        prefix = f"{parent_name}." if parent_name else ""
-        children = list(parent.named_children())
-        if type(parent) is nn.Sequential:
-            for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-                if isinstance(conv, DYNAMIC_CONV_TYPES) and isinstance(bn, nn.BatchNorm2d):
-                    pairs[prefix + conv_name] = FollowingBatchNorm(prefix + conv_name, prefix + bn_name, "nn.Sequential order (model does not trace with torch.fx)")
-        else:
-            named = dict(children)
-            for child_name, child in children:
-                if isinstance(child, DYNAMIC_CONV_TYPES) and child_name.startswith("conv") and child_name[4:].isdigit():
-                    bn = named.get("bn" + child_name[4:])
-                    if isinstance(bn, nn.BatchNorm2d):
-                        pairs[prefix + child_name] = FollowingBatchNorm(prefix + child_name, prefix + "bn" + child_name[4:], "convN -> bnN naming convention (model does not trace with torch.fx)")
-    reasons = {name: f"no BatchNorm found after it (model does not trace with torch.fx: {trace_error})" for name, _ in dynamic_convs(model) if name not in pairs}
-    return pairs, reasons
+    """No pairs: without the traced graph nothing proves a BatchNorm consumes a conv's output alone.
+
+    Names and module order are not wiring: a pre-activation block's ``bn1`` runs *before*
+    ``conv1``, a ``conv -> ReLU -> bn`` chain has the same children, and a Sequential's conv may be
+    called elsewhere too.  Folding on such a guess changes the outputs silently; leaving the
+    BatchNorm is exact (and costs one per-channel scale and shift)."""
+    reasons = {name: f"left unfolded: the model does not trace with torch.fx ({trace_error}), so nothing proves which "
+                     "BatchNorm takes its output alone" for name, _ in dynamic_convs(model)}
+    return {}, reasons
 
 
 class FoldFollowingBN(ReparamPass):
