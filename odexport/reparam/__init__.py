@@ -197,6 +197,7 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
 
     params_before = count_params(model)
     work = copy.deepcopy(model).eval()
+    _own_attention_per_layer(work)
     meta = metadata(work)
     reference = None if check_t is None else _forward(work, check_t, "check inputs")
     if reference is not None and not all(bool(torch.isfinite(t).all()) for t in reference):
@@ -232,6 +233,25 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
         freeze=freeze_report,
         attention=attention_cost(work),
     )
+
+
+def _own_attention_per_layer(model: nn.Module) -> None:
+    """Give every dynamic conv an attention branch of its own (a copy, same values: exact).
+
+    The passes fold per-layer numbers (a temperature, a BatchNorm) into attention weights; an
+    attention module or parameter shared by two layers would take both layers' folds."""
+    from odexport.layers import dynamic_convs
+
+    seen: set[int] = set()
+    for _, layer in dynamic_convs(model):
+        attention = getattr(layer, "attention", None)
+        if attention is None:
+            continue
+        owned = {id(t) for t in (*attention.modules(), *attention.parameters(), *attention.buffers())}
+        if owned & seen:
+            layer.attention = copy.deepcopy(attention)
+            owned = {id(t) for t in (*layer.attention.modules(), *layer.attention.parameters(), *layer.attention.buffers())}
+        seen |= owned
 
 
 def _check(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor]) -> dict[str, Any]:

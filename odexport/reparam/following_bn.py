@@ -171,6 +171,10 @@ class FoldFollowingBN(ReparamPass):
             out_channels = layer.weight.shape[1]
             if reason is None and bn.num_features != out_channels:
                 reason = f"{pair.bn} has {bn.num_features} features, the conv {out_channels} outputs"
+            hooked = [what for what, module in (("the BatchNorm", bn), ("the layer", layer))
+                      if module._forward_hooks or module._forward_pre_hooks]
+            if reason is None and hooked:  # a hook on either sees other values after the fold (or none: the BN goes)
+                reason = f"{' and '.join(hooked)} carries forward hooks, which would see other values after a fold"
             if reason:
                 notes.append(LayerNote(name, False, f"{pair.bn}: {reason}"))
                 continue

@@ -462,3 +462,46 @@ def test_pass_subset_runs_only_those():
     assert [r.name for r in report.results] == ["fuse-heads"]
     deploy = report.model
     assert deploy[0].attention.bn is not None and deploy[0].temperature == 3.0 and isinstance(deploy[1], nn.BatchNorm2d)
+
+
+def test_an_attention_shared_by_two_layers_takes_each_layers_folds_once():
+    """Two ODConvs whose attentions share one 1x1 conv (and two DY-Convs sharing fc2 at different
+    temperatures): each layer's fold (its attention BatchNorm, its temperature) went into the
+    shared weights twice. Each layer now gets its own copy first (same values: exact)."""
+    from odexport.reparam import reparameterise
+
+    class SharedAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.od1, self.od2 = ODConv2d(8, 8, 3, padding=1, temperature=5.0), ODConv2d(8, 8, 3, padding=1, temperature=5.0)
+            self.od2.attention.fc = self.od1.attention.fc
+            self.dy1, self.dy2 = DyConv2d(8, 8, 3, padding=1, temperature=34.0), DyConv2d(8, 8, 3, padding=1, temperature=3.0)
+            self.dy2.attention.fc2 = self.dy1.attention.fc2
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):  # the attention's own BatchNorms, not at identity
+                    module.running_mean.uniform_(-0.5, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+
+        def forward(self, x):
+            return self.dy2(torch.relu(self.dy1(torch.relu(self.od2(torch.relu(self.od1(x)))))))
+
+    model = SharedAttention().double().eval()
+    x = _x()
+    with torch.no_grad():
+        before = model(x)
+        after = reparameterise(model).model(x)
+    torch.testing.assert_close(after, before, **F64)
+
+
+def test_fold_bn_leaves_a_hooked_batchnorm_alone():
+    """A forward hook on the BatchNorm (or the conv) would see other values after a fold, or none
+    (the BatchNorm becomes Identity): skipped, and the note says why."""
+    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1, kernel_num=2).double(), _bn(8)).eval()
+    seen = []
+    model[1].register_forward_hook(lambda module, inputs, output: seen.append(output))
+    result = FoldFollowingBN().apply(model)
+    assert not result.changed and "forward hooks" in result.notes[0].detail
+    with torch.no_grad():
+        model(_x())
+    assert len(seen) == 1
