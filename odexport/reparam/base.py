@@ -160,6 +160,8 @@ def batchnorm_unfoldable_reason(bn: nn.Module) -> str | None:
     """Why ``bn`` cannot be folded, or ``None``."""
     if not isinstance(bn, nn.BatchNorm2d):
         return f"{type(bn).__name__} is not a BatchNorm2d"
+    if type(bn).forward is not nn.BatchNorm2d.forward:  # a subclass computing something else: its statistics say nothing
+        return f"{type(bn).__name__} overrides BatchNorm2d.forward"
     if bn.training:
         return "the BatchNorm is in training mode (it uses batch statistics)"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:

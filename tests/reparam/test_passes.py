@@ -505,3 +505,19 @@ def test_fold_bn_leaves_a_hooked_batchnorm_alone():
     with torch.no_grad():
         model(_x())
     assert len(seen) == 1
+
+
+def test_a_batchnorm_subclass_with_its_own_forward_is_not_folded():
+    class ScaledBatchNorm(nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    bn = ScaledBatchNorm(8).double().eval()
+    model = nn.Sequential(ODConv2d(8, 8, 3, padding=1, kernel_num=2).double(), bn).eval()
+    x = _x()
+    with torch.no_grad():
+        before = model(x)
+    result = FoldFollowingBN().apply(model)
+    assert not result.changed and "overrides BatchNorm2d.forward" in result.notes[0].detail
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, **F64)
