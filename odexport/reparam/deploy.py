@@ -219,6 +219,7 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
         from odexport.models import create_model
 
         model = create_model(arch, **(manifest.get("model_kwargs") or {}))
+    given = next((t for t in model.parameters() if t.is_floating_point()), None)
     try:
         for name, spec in manifest.get("replaced", {}).items():
             model.set_submodule(name, module_from_spec(spec))
@@ -229,6 +230,8 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
             layer.apply_deploy_spec(spec)
     except (AttributeError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"deploy manifest does not fit the architecture {manifest.get('arch')!r}: {exc}", "rebuild the deploy file with `odexport reparam` from its source checkpoint") from None
+    if given is not None:  # the modules and parameters made above are in torch's default dtype: the model's own instead
+        model.to(dtype=given.dtype, device=given.device)
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -146,3 +146,16 @@ def test_load_deploy_rejects_a_missing_or_unsafe_file(tmp_path):
     torch.save({"odexport_deploy": {"format_version": 1}, "state_dict": {}, "model": nn.Linear(1, 1)}, unsafe)
     with pytest.raises(CheckpointError, match="cannot read"):
         load_deploy(unsafe)
+
+
+def test_a_float64_deploy_file_rebuilds_into_a_float64_model(tmp_path):
+    """The parameters a deploy spec creates (static biases, fused heads) and the modules it swaps in
+    take the given model's dtype: in torch's default float32 they failed the float64 forward."""
+    source = _source(temperature=3.0).double()
+    report = reparameterise(source)
+    path = save_deploy(report.model, report, tmp_path / "deploy64.pt", INFO)
+    rebuilt = load_deploy(path, model=create_model(ARCH, kernel_num=4).double())
+    assert {t.dtype for t in rebuilt.state_dict().values() if t.is_floating_point()} == {torch.float64}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_dev(rebuilt(x), source(x)) < 1e-12
