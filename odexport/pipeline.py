@@ -101,11 +101,11 @@ def model_input_shape(info, input_shape=None, *, purpose: str) -> tuple[int, ...
     if input_shape:
         return tuple(input_shape)
     if info.extras.get(INPUT_SHAPE_ASSUMED):
-        raise _size_not_recorded(info, purpose)
+        raise _unrecorded_size_error(info, purpose)
     return tuple(info.input_shape) if info.input_shape else None
 
 
-def _size_not_recorded(info, purpose: str):
+def _unrecorded_size_error(info, purpose: str):
     from odexport.errors import InputError
 
     made_up = "x".join(map(str, info.input_shape))
@@ -520,7 +520,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     stage(f"reference on {data.x.shape[0]} samples")
     reference_outputs = run_batched(ref, data.x, max(batch_sizes))
     _require_finite_reference(reference, reference_outputs, getattr(ref, "checkpoint_info", None))
-    labels_note = _require_label_range(data, reference_outputs, data.source)
+    labels_note = _check_labels(data, reference_outputs, data.source)
     if tolerances is not None:
         tolerances.require_known(reference_outputs)
     require_outputs_fit(len(data.x), sum(v.nbytes for v in reference_outputs.values()) // len(data.x),
@@ -640,11 +640,11 @@ def _require_finite_reference(reference, reference_outputs, info=None) -> None:
                              NON_FINITE_WEIGHTS_FIX + "; if only some samples are affected, look at those inputs' values")
 
 
-def _require_label_range(data, reference_outputs, inputs) -> str | None:
+def _check_labels(data, reference_outputs, inputs) -> str | None:
     """Labels are class indices into the model's first ``(N, classes)`` output: one past its width
     or negative means the labels file belongs to another dataset or counts from 1, and every
-    accuracy would be wrong.  A model with no such output (a dense map, a regression) has no
-    accuracy: the labels are dropped, and the note returned says so."""
+    accuracy would be wrong (an input error).  A model with no such output (a dense map, a
+    regression) has no accuracy: ``data.labels`` is dropped, and the note returned says so."""
     from odexport.errors import InputError
     from odexport.report.parity import classifier_output
 
@@ -768,10 +768,8 @@ def _export_sample_shape(opened, reference_info, shape):
 
     declared, ours = {}, False
     for candidate, runner in opened:
-        if getattr(runner, "backend", "").startswith("torch") or not runner.inputs:
-            continue
-        sample = tuple(runner.inputs[0].shape[1:])
-        if not sample or not all(isinstance(d, int) and d > 0 for d in sample):
+        sample = _fixed_sample_shape(runner)
+        if sample is None:
             continue
         declared.setdefault(sample, candidate)
         ours = ours or _exported_from(runner, reference_info)
@@ -787,6 +785,14 @@ def _export_sample_shape(opened, reference_info, shape):
     own = "the reference records none" if _size_unrecorded(reference_info) else f"the reference's default is {'x'.join(map(str, shape))}"
     return adopted, (f"checked on samples of shape {'x'.join(map(str, adopted))}, the size this file was exported at from "
                      f"this checkpoint ({own}); pass --input-shape to check at another size")
+
+
+def _fixed_sample_shape(runner) -> tuple | None:
+    """The sample shape an export's graph fixes (all dims known), else None (a checkpoint fixes none)."""
+    if getattr(runner, "backend", "").startswith("torch") or not runner.inputs:
+        return None
+    sample = tuple(runner.inputs[0].shape[1:])
+    return sample if sample and all(isinstance(d, int) and d > 0 for d in sample) else None
 
 
 def _size_of_images(x, info, source) -> tuple[int, ...]:
@@ -826,16 +832,14 @@ def _size_for_unsized_reference(reference, info, opened, data):
         if getattr(runner, "backend", "").startswith("torch"):
             if candidate_info is not None and candidate_info.input_shape and not _size_unrecorded(candidate_info):
                 sizes.setdefault(tuple(candidate_info.input_shape), str(candidate))
-        elif runner.inputs:
-            sample = tuple(runner.inputs[0].shape[1:])
-            if sample and all(isinstance(d, int) and d > 0 for d in sample):
-                sizes.setdefault(sample, str(candidate))
+        elif _fixed_sample_shape(runner) is not None:
+            sizes.setdefault(_fixed_sample_shape(runner), str(candidate))
     if len(sizes) == 1:
         (size, candidate), = sizes.items()
         return size, (f"checked on samples of shape {'x'.join(map(str, size))}, the size {candidate} records "
                       f"({reference} records none); pass --input-shape to check at another size")
     found = f" (the candidates fix {', '.join('x'.join(map(str, size)) for size in sizes)})" if sizes else ""
-    raise _size_not_recorded(info, f"checking {reference}{found}")
+    raise _unrecorded_size_error(info, f"checking {reference}{found}")
 
 
 def _require_sample_shape(candidate, runner, shape, reference, *, given: bool = False) -> None:

@@ -51,7 +51,7 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
        output has exactly one user, a ``BatchNorm2d`` call whose only input it is, and neither
        module is called twice (a shared module cannot be folded for one call site only).
     2. If the model does not trace (data-dependent control flow in ``forward``): no pair, each
-       conv's reason says why (:func:`_structural_pairs`).
+       conv's reason says why (:func:`_untraced`).
 
     Returns ``(pairs, reasons)``: ``reasons`` says, per dynamic conv without a pair, why.
     """
@@ -61,7 +61,7 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: no proven pair
         trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
-        return _structural_pairs(model, trace_error)
+        return _untraced(model, trace_error)
 
     modules = dict(model.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
@@ -98,7 +98,7 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
     return pairs, reasons
 
 
-def _structural_pairs(model: nn.Module, trace_error: str) -> tuple[dict[str, FollowingBatchNorm], dict[str, str]]:
+def _untraced(model: nn.Module, trace_error: str) -> tuple[dict[str, FollowingBatchNorm], dict[str, str]]:
     """No pairs: without the traced graph nothing proves a BatchNorm consumes a conv's output alone.
 
     Names and module order are not wiring: a pre-activation block's ``bn1`` runs *before*

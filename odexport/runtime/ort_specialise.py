@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 import platform
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -191,11 +191,10 @@ def specialise_onnx(source, output=None, *, batch_sizes=None, threads: int | Non
         raise InputError(f"{source} has a fixed batch of {fixed}: it runs no other size ({', '.join(map(str, sizes))} asked)",
                          f"pass --batch-sizes {fixed} (or leave it out), or export with a dynamic batch (`odexport onnx` without --batch)")
     sizes = sizes or [fixed or 1]
-    # the sizes compared: a dynamic file's specialised sizes and one size that takes the general branch
-    checked = sizes if fixed is not None else _check_batches(sizes)
     shape = _recorded_sample_shape(model, metadata)
     if shape and (measure or check):  # both models run the largest size: one too large ends in the OOM killer
-        require_batch_fits(max(checked) if check else max(sizes), shape, [lambda _shape: onnx_step_bytes(model)])
+        require_batch_fits(max(_check_batches(sizes, fixed is not None)) if check else max(sizes), shape,
+                           [lambda _shape: onnx_step_bytes(model)])
 
     def rewrite(batches):
         say(f"specialise for batch {', '.join(map(str, batches))} (NCHWc block {record['nchwc_block']})")
@@ -242,7 +241,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=None, threads: int | Non
     result = SpecialisedModel(out, source, record, details, tolerance=tolerance)
     if check:
         say("compare with the portable export")
-        result.deviation = _deviation(model, specialised, sizes if fixed is not None else _check_batches(sizes), threads, seed)
+        result.deviation = _deviation(model, specialised, _check_batches(sizes, fixed is not None), threads, seed)
         worst = max(result.deviation.values())
         if not worst <= tolerance:
             error = ParityError(f"the specialised model differs from {source.name} by {worst:.2e} of its output scale (> {tolerance:g})",
@@ -317,25 +316,32 @@ def sign_test(wins: int, losses: int, significance: float = SIGNIFICANCE) -> str
     return "even"
 
 
+def _input_dims(model) -> list[int | None] | None:
+    """The first graph input's dims (None where symbolic), or None without an input."""
+    if not model.graph.input:
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+
+
 def _recorded_sample_shape(model, metadata: dict) -> tuple[int, ...] | None:
     """One sample's shape as an ``OrtRunner`` of ``model`` would report it (graph dims, else the export's record)."""
     from odexport.runtime.onnxruntime_runner import onnx_sample_shape
 
-    if not model.graph.input:
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return onnx_sample_shape(dims[1:], metadata)
+    dims = _input_dims(model)
+    return None if dims is None else onnx_sample_shape(dims[1:], metadata)
 
 
 def _fixed_batch(model) -> int | None:
     """The batch a fixed-batch export's input declares (``odexport onnx --batch N``), else None."""
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    dims = _input_dims(model)
+    return dims[0] if dims else None
 
 
-def _check_batches(sizes: list[int]) -> list[int]:
-    """The specialised sizes and the smallest size that takes the general branch."""
+def _check_batches(sizes: list[int], fixed: bool = False) -> list[int]:
+    """The sizes the check compares: the specialised sizes and the smallest size that takes the
+    general branch (a fixed-batch file has none: its one size)."""
+    if fixed:
+        return list(sizes)
     other = next(b for b in range(1, max(sizes) + 2) if b not in sizes)
     return sorted(set(sizes) | {other})
 
