@@ -266,7 +266,7 @@ def test_factory_reparam_takes_the_input_size_from_the_calibration_images(tmp_pa
     for its check and records it as given, as --input-shape would."""
     import numpy as np
 
-    from odexport.pipeline import deploy_from_checkpoint
+    from odexport.pipeline import deploy_from_checkpoint, inspect_checkpoint, model_from_checkpoint
 
     _, path = _saved_mixed(tmp_path)
     calibration = tmp_path / "calib.npy"
@@ -282,9 +282,6 @@ def test_factory_reparam_takes_the_input_size_from_the_calibration_images(tmp_pa
         deploy_from_checkpoint(path, tmp_path / "nhwc.deploy.pt", factory=MIXED, calibration=channels_last)
 
     # frozen layers are static convs now: inspect lists the temperatures of the layers still dynamic
-    from odexport.layers import dynamic_convs
-    from odexport.pipeline import inspect_checkpoint, model_from_checkpoint
-
     frozen, _ = deploy_from_checkpoint(path, tmp_path / "frozen.deploy.pt", factory=MIXED, calibration=calibration, freeze_below=0.01)
     summary, _ = inspect_checkpoint(frozen, factory=MIXED)
     still_dynamic = {name for name, _ in dynamic_convs(model_from_checkpoint(frozen, factory=MIXED).model)}
