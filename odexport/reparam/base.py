@@ -218,6 +218,8 @@ def unreplaceable_reason(name: str, layer: nn.Module) -> str | None:
         return "the layer is the model's root module; wrap it in a module to replace it"
     if type(layer) not in DYNAMIC_CONV_TYPES:
         return f"{type(layer).__name__} subclasses a dynamic conv (its call signature may differ from nn.Conv2d's); kept dynamic"
+    if layer._forward_hooks or layer._forward_pre_hooks:
+        return "the layer carries forward hooks, which a replacement module would drop; kept dynamic"
     return None
 
 

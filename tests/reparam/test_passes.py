@@ -521,3 +521,16 @@ def test_a_batchnorm_subclass_with_its_own_forward_is_not_folded():
     assert not result.changed and "overrides BatchNorm2d.forward" in result.notes[0].detail
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, **F64)
+
+
+def test_collapse_keeps_a_hooked_layer_that_a_replacement_would_drop():
+    """A K = 1 DY-Conv is a static conv, but a forward hook on it would be lost with the module:
+    it stays dynamic, the note says why, and the hook still fires."""
+    model = nn.Sequential(_dy(bias=True, kernels=1, temperature=3.0))
+    fired = []
+    model[0].register_forward_hook(lambda module, inputs, output: fired.append(output.shape))
+    result = CollapseDegenerate().apply(model)
+    assert type(model[0]) is DyConv2d and "forward hooks" in result.notes[0].detail
+    with torch.no_grad():
+        model(_x())
+    assert len(fired) == 1
