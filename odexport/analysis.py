@@ -80,6 +80,8 @@ class ModelAnalysis:
     macs_aggregation: int
     layers: list[LayerRow] = field(default_factory=list)
     output_shape: tuple[int, ...] | None = None
+    #: every tensor the model returns, in order (a tuple, list or dict of them too)
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     @property
     def macs_dynamic_extra(self) -> int:
@@ -159,7 +161,19 @@ def analyse_model(model: nn.Module, input_shape: tuple[int, int, int] = (3, 224,
         macs_aggregation=sum(r.aggregation_macs for r in rows),
         layers=rows,
         output_shape=tuple(output.shape) if isinstance(output, torch.Tensor) else None,
+        output_shapes=[tuple(t.shape) for t in tensors_in(output)],
     )
+
+
+def tensors_in(output) -> list[torch.Tensor]:
+    """Every tensor a model returned, in order: a tensor, or (nested) tuples, lists and dicts of them."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in tensors_in(item)]
+    if isinstance(output, dict):
+        return [t for item in output.values() for t in tensors_in(item)]
+    return []
 
 
 def _recorder(name, shapes):

@@ -136,6 +136,7 @@ def inspect_summary(info, analysis) -> dict:
         "num_classes": info.num_classes,
         "input_shape": list(analysis.input_shape),
         "output_shape": None if analysis.output_shape is None else list(analysis.output_shape),
+        "output_shapes": [list(shape) for shape in analysis.output_shapes],
         "temperature": info.temperature,
         "temperatures": info.extras.get("temperatures"),
         "params": analysis.params,

@@ -21,7 +21,7 @@ from odexport.reparam.base import (
     require_eval_batchnorm,
 )
 from odexport.reparam.collapse import fold_attentions_into_kernels, static_conv_from
-from odexport.analysis import dynamic_conv_macs, static_conv_macs
+from odexport.analysis import dynamic_conv_macs, static_conv_macs, tensors_in
 from odexport.reparam.cost import count_params
 
 HEADS = ("channel", "filter", "spatial", "kernel")
@@ -99,13 +99,7 @@ def output_tensors(output: Any) -> list[torch.Tensor]:
     """Every per-sample floating-point tensor a model returns, in order (a tensor, or tuples, lists
     and dicts of them): a pass that changed only a second head must show in the check.  A mask
     (bool), indices (integers) or a 0-d summary has no relative deviation to measure."""
-    if isinstance(output, torch.Tensor):
-        return [output] if output.is_floating_point() and output.ndim >= 1 else []
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in output_tensors(item)]
-    if isinstance(output, dict):
-        return [t for item in output.values() for t in output_tensors(item)]
-    return []
+    return [t for t in tensors_in(output) if t.is_floating_point() and t.ndim >= 1]
 
 
 def frozen_conv(layer: nn.Module, mean: Attentions) -> nn.Conv2d:

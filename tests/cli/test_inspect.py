@@ -203,3 +203,31 @@ def test_a_reader_that_stops_early_ends_it_by_sigpipe_not_exit_1(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == -signal.SIGPIPE, (process.returncode, err)
     assert b"error" not in err
+
+
+def test_every_output_of_a_two_head_model_is_shown(tmp_path, monkeypatch):
+    """A model returning (logits, embedding): both shapes, in the JSON and the header (the header
+    showed none, the JSON null, for anything but a single tensor)."""
+    module = tmp_path / "two_heads.py"
+    module.write_text(
+        "import torch\n"
+        "from odexport.layers.odconv import ODConv2d\n"
+        "class TwoHeads(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = ODConv2d(3, 8, 3, padding=1, kernel_num=2)\n"
+        "        self.fc, self.embed = torch.nn.Linear(8, 5), torch.nn.Linear(8, 4)\n"
+        "    def forward(self, x):\n"
+        "        pooled = self.conv(x).mean((2, 3))\n"
+        "        return self.fc(pooled), self.embed(pooled)\n"
+        "def build():\n"
+        "    return TwoHeads()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import two_heads
+
+    torch.save(two_heads.build().state_dict(), tmp_path / "two.pt")
+    spec = f"{module}:build"
+    summary = _json(str(tmp_path / "two.pt"), "--factory", spec)
+    assert summary["output_shapes"] == [[1, 5], [1, 4]] and summary["output_shape"] is None
+    text = _invoke(str(tmp_path / "two.pt"), "--factory", spec)
+    assert text.exit_code == 0 and "-> outputs (1, 5), (1, 4)" in text.output

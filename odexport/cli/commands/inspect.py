@@ -100,7 +100,10 @@ def _print_rich(summary: dict, analysis) -> None:
                        + "; computed in float32"))
     if summary["model_kwargs"]:
         header.append(("options", ", ".join(f"{k}={v}" for k, v in summary["model_kwargs"].items())))
-    header.append(("input", "x".join(map(str, summary["input_shape"])) + (f" -> output {tuple(summary['output_shape'])}" if summary["output_shape"] else "")))
+    shapes = [tuple(shape) for shape in summary.get("output_shapes") or []]
+    outputs = (f" -> output {shapes[0]}" if len(shapes) == 1 else
+               f" -> outputs {', '.join(map(str, shapes))}" if shapes else "")
+    header.append(("input", "x".join(map(str, summary["input_shape"])) + outputs))
     header.append(("parameters", f"{_millions(summary['params'])} ({summary['params']:,}); dynamic layers "
                    f"{_millions(summary['params_dynamic_layers'])}, of which attention {_millions(summary['params_attention'])}"))
     macs = summary["macs"]
