@@ -544,7 +544,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
                      _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
                      _temperature_note(runner, getattr(ref, "checkpoint_info", None)),
-                     _ema_note(runner, getattr(ref, "checkpoint_info", None)),
+                     _ema_note(runner, getattr(ref, "checkpoint_info", None)), _freeze_note(runner),
                      _single_sample_note(len(data.x), batch_sizes), shape_note, labels_note):
             if note:
                 run.notes.append(note)
@@ -716,6 +716,25 @@ def _ema_note(runner, reference_info) -> str | None:
         return f"made from the file's EMA weights ('{made_with}'), the reference runs its plain weights: pass --ema to check it"
     if not made_with and extras.get("used_ema"):
         return "made from the file's plain weights, the reference runs its EMA weights (--ema): drop --ema to check it"
+    return None
+
+
+def _freeze_note(runner) -> str | None:
+    """A candidate made with ``freeze-low-spread`` (a deploy file, or an export of one) differs from
+    its source by design: say so, with what the freeze measured, so a failure reads as expected."""
+    candidate_info = getattr(runner, "checkpoint_info", None)
+    if candidate_info is not None:
+        freeze = ((getattr(candidate_info, "extras", None) or {}).get("manifest") or {}).get("freeze") or {}
+        frozen = [layer for layer in freeze.get("layers") or [] if layer.get("frozen")]
+        if not frozen:
+            return None
+        deviation = freeze.get("output_deviation")
+        measured = f", output deviation {deviation:.3g} on its {freeze.get('samples')} calibration samples" if deviation is not None else ""
+        return (f"made with freeze-low-spread (approximate): {len(frozen)} layer(s) replaced by static convs{measured}; "
+                "differences of that size are by design")
+    passes = (getattr(runner, "metadata", None) or {}).get(keys.REPARAM_PASSES) or ""
+    if "freeze-low-spread" in passes.split(","):
+        return "made with freeze-low-spread (approximate): layers replaced by static convs differ from the source by design"
     return None
 
 

@@ -137,6 +137,9 @@ def _as_input(name: str, value: Any) -> torch.Tensor:
         raise InputError(f"the {name} have shape {tuple(tensor.shape)}, not (N, C, H, W)", f"give the {name} as a 4-D array of N >= 1 samples")
     if not tensor.is_floating_point():
         tensor = tensor.float()
+    if not bool(torch.isfinite(tensor).all()):  # a NaN spread compares false against any threshold: every layer would freeze
+        raise InputError(f"the {name} hold {int((~torch.isfinite(tensor)).sum())} NaN/inf values",
+                         f"clean or drop those samples from the {name}")
     return tensor
 
 
@@ -192,6 +195,7 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
         raise InputError("freeze-low-spread needs calibration inputs", "give --calibration FILE (or calibration=)")
     calibration_t = None if calibration is None else _as_input("calibration inputs", calibration)
     check_t = None if check_input is None else _as_input("check inputs", check_input)
+    checked_on = "check inputs" if check_t is not None else "calibration inputs"
     if check_t is None:
         check_t = calibration_t
 
@@ -199,11 +203,11 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
     work = copy.deepcopy(model).eval()
     _own_attention_per_layer(work)
     meta = metadata(work)
-    reference = None if check_t is None else _forward(work, check_t, "check inputs")
+    reference = None if check_t is None else _forward(work, check_t, checked_on)
     if reference is not None and not all(bool(torch.isfinite(t).all()) for t in reference):
         # NaN - NaN is NaN: every pass would "deviate by nan", which reads like a bug in the pass
         broken = sum(int((~torch.isfinite(t)).sum()) for t in reference)
-        raise InputError(f"the model computes {broken} NaN/inf values on the check inputs before "
+        raise InputError(f"the model computes {broken} NaN/inf values on the {checked_on} before "
                          "any pass runs, so no pass can be verified",
                          NON_FINITE_WEIGHTS_FIX)
 
@@ -213,7 +217,7 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
     for name in names:
         if name == FreezeLowSpread.name:
             if reference is not None:  # exactness of the exact passes, before the approximate one
-                check = _check(work, check_t, reference)
+                check = _check(work, check_t, reference, checked_on)
             result = FreezeLowSpread(calibration_t, freeze_below).apply(work)
             freeze_report = result.extras or None
         elif name == FoldFollowingBN.name:
@@ -222,7 +226,7 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
             result = EXACT_PASSES[name]().apply(work)
         results.append(result)
     if reference is not None and check is None:
-        check = _check(work, check_t, reference)
+        check = _check(work, check_t, reference, checked_on)
     return ReparamReport(
         model=work,
         results=results,
@@ -254,8 +258,8 @@ def _own_attention_per_layer(model: nn.Module) -> None:
         seen |= owned
 
 
-def _check(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor]) -> dict[str, Any]:
-    out = _forward(model, x, "check inputs")
+def _check(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor], what: str) -> dict[str, Any]:
+    out = _forward(model, x, what)
     return {"max_relative_deviation": relative_deviation(out, reference), "inputs": list(x.shape)}
 
 

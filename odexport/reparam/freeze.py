@@ -179,7 +179,7 @@ class FreezeLowSpread(ReparamPass):
             records[name] = record
             if self.eps is None:
                 record["reason"] = "no freeze threshold given (spread measured only)"
-            elif spread >= self.eps:
+            elif not spread < self.eps:  # NaN (attentions that are not finite) freezes nothing
                 worst = max(head_spreads, key=head_spreads.get)
                 record["reason"] = f"spread {fmt(spread)} >= eps {fmt(self.eps)} (most varying head: {worst})"
             elif unreplaceable_reason(name, layer):

@@ -191,3 +191,35 @@ def test_outputs_without_a_deviation_to_measure_are_left_out():
     source = WithMaskAndSummary().eval()
     report = reparameterise(source, calibration=torch.randn(8, 8, 10, 10), freeze_below=1e-3)
     assert report.check["max_relative_deviation"] < 1e-6 and report.freeze["output_deviation"] > 1e-6
+
+
+def test_calibration_inputs_that_are_not_finite_are_refused_by_name():
+    """A NaN spread compares false against any threshold: one NaN pixel froze every layer with NaN
+    weights while the report read layer deviations of 0. Refused up front, naming the calibration
+    inputs (also when they serve as the check inputs)."""
+    x = torch.randn(4, 8, 10, 10)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="the calibration inputs hold 1 NaN/inf values"):
+        reparameterise(_model(), calibration=x, freeze_below=1.0, check_input=torch.randn(2, 8, 10, 10))
+    with pytest.raises(InputError, match="calibration inputs of shape \\(4, 1, 10, 10\\) do not fit the model"):
+        reparameterise(_model(), calibration=torch.randn(4, 1, 10, 10), freeze_below=1.0)
+
+
+def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
+    """A deploy file made with freeze-low-spread differs from its source by design: check's note
+    says so, with the deviation the freeze measured, so a failure does not read as a broken export."""
+    import numpy as np
+
+    from odexport.models import create_model
+    from odexport.pipeline import check_parity, deploy_from_checkpoint
+
+    torch.manual_seed(0)
+    source = tmp_path / "tiny.pth"
+    torch.save(create_model("od_resnet_tiny").state_dict(), source)
+    calibration = tmp_path / "calib.npy"
+    np.save(calibration, np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    deploy, report = deploy_from_checkpoint(source, tmp_path / "frozen.pt", calibration=calibration, freeze_below=1e9)
+    frozen = sum(layer["frozen"] for layer in report.freeze["layers"])
+    parity = check_parity(source, [deploy], samples=2, batch_sizes=(2,))
+    note = next(note for note in parity.candidates[0].notes if "freeze-low-spread" in note)
+    assert f"{frozen} layer(s) replaced by static convs, output deviation {report.freeze['output_deviation']:.3g}" in note
