@@ -122,6 +122,9 @@ def inspect_summary(info, analysis) -> dict:
     if "kaijieshi7" in layouts and not no_dynamic_layer and not any("training start value" in note for note in notes):
         in_use = f"temperature {info.temperature:g} is in use" if info.temperature is not None else "temperatures differ per layer"
         notes.append(f"{in_use}; {KAIJIESHI7_NOTE}")
+    frozen = _recorded_freeze(info)
+    if frozen:
+        notes.append(f"{frozen}: this file differs from its source by design")
     if info.extras.get("temperature_folded"):
         which = f"temperature {info.temperature}" if info.temperature is not None else "the layers' temperatures"
         notes.append(f"{which} {'is' if info.temperature is not None else 'are'} folded into the attention weights (by `odexport reparam`); "
@@ -341,6 +344,10 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
     progress = progress or (lambda _name: None)
     pass_names = validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance,
                                          dy_bn_shift=dy_bn_shift)
+    frozen = _recorded_freeze(loaded.info)
+    if frozen and freeze_below is not None:  # its spreads and agreement would be measured against the frozen model
+        raise InputError(f"{loaded.info.path} already has {frozen}; freezing again would measure against that file and replace its record",
+                         "run `odexport reparam` on the source checkpoint with the --freeze-below you want")
     calib = None
     if calibration is not None:
         progress(f"read calibration inputs {calibration}")
@@ -719,22 +726,28 @@ def _ema_note(runner, reference_info) -> str | None:
     return None
 
 
+def _recorded_freeze(info) -> str | None:
+    """What a deploy file's manifest records of ``freeze-low-spread``, in words, or None when no
+    layer was frozen."""
+    freeze = ((getattr(info, "extras", None) or {}).get("manifest") or {}).get("freeze") or {}
+    frozen = [layer for layer in freeze.get("layers") or [] if layer.get("frozen")]
+    if not frozen:
+        return None
+    deviation = freeze.get("output_deviation")
+    measured = f", output deviation {deviation:.3g} on its {freeze.get('samples')} calibration samples" if deviation is not None else ""
+    return f"{len(frozen)} layer(s) replaced by static convs by freeze-low-spread (approximate){measured}"
+
+
 def _freeze_note(runner) -> str | None:
     """A candidate made with ``freeze-low-spread`` (a deploy file, or an export of one) differs from
     its source by design: say so, with what the freeze measured, so a failure reads as expected."""
     candidate_info = getattr(runner, "checkpoint_info", None)
     if candidate_info is not None:
-        freeze = ((getattr(candidate_info, "extras", None) or {}).get("manifest") or {}).get("freeze") or {}
-        frozen = [layer for layer in freeze.get("layers") or [] if layer.get("frozen")]
-        if not frozen:
-            return None
-        deviation = freeze.get("output_deviation")
-        measured = f", output deviation {deviation:.3g} on its {freeze.get('samples')} calibration samples" if deviation is not None else ""
-        return (f"made with freeze-low-spread (approximate): {len(frozen)} layer(s) replaced by static convs{measured}; "
-                "differences of that size are by design")
+        recorded = _recorded_freeze(candidate_info)
+        return None if recorded is None else f"made with {recorded}; differences of that size are by design"
     passes = (getattr(runner, "metadata", None) or {}).get(keys.REPARAM_PASSES) or ""
     if "freeze-low-spread" in passes.split(","):
-        return "made with freeze-low-spread (approximate): layers replaced by static convs differ from the source by design"
+        return "made with layers replaced by static convs by freeze-low-spread (approximate); they differ from the source by design"
     return None
 
 

@@ -207,11 +207,12 @@ def test_calibration_inputs_that_are_not_finite_are_refused_by_name():
 
 def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
     """A deploy file made with freeze-low-spread differs from its source by design: check's note
-    says so, with the deviation the freeze measured, so a failure does not read as a broken export."""
+    (and inspect's) says so, with the deviation the freeze measured, so a failure does not read as a
+    broken export; freezing it again is refused."""
     import numpy as np
 
     from odexport.models import create_model
-    from odexport.pipeline import check_parity, deploy_from_checkpoint
+    from odexport.pipeline import check_parity, deploy_from_checkpoint, inspect_checkpoint
 
     torch.manual_seed(0)
     source = tmp_path / "tiny.pth"
@@ -221,5 +222,13 @@ def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
     deploy, report = deploy_from_checkpoint(source, tmp_path / "frozen.pt", calibration=calibration, freeze_below=1e9)
     frozen = sum(layer["frozen"] for layer in report.freeze["layers"])
     parity = check_parity(source, [deploy], samples=2, batch_sizes=(2,))
+    recorded = (f"{frozen} layer(s) replaced by static convs by freeze-low-spread (approximate), "
+                f"output deviation {report.freeze['output_deviation']:.3g} on its 4 calibration samples")
     note = next(note for note in parity.candidates[0].notes if "freeze-low-spread" in note)
-    assert f"{frozen} layer(s) replaced by static convs, output deviation {report.freeze['output_deviation']:.3g}" in note
+    assert recorded in note and "by design" in note
+    summary, _ = inspect_checkpoint(deploy)  # inspect says so too
+    assert any(recorded in note for note in summary["notes"])
+    # freezing the frozen file again would measure against it and replace its record
+    with pytest.raises(InputError, match="already has .* freeze-low-spread") as refused:
+        deploy_from_checkpoint(deploy, tmp_path / "again.pt", calibration=calibration, freeze_below=1e9)
+    assert "source checkpoint" in refused.value.hint and not (tmp_path / "again.pt").exists()
