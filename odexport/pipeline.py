@@ -865,8 +865,8 @@ def _size_for_unsized_reference(reference, info, opened, data):
         if getattr(runner, "backend", "").startswith("torch"):
             if candidate_info is not None and candidate_info.input_shape and not _size_unrecorded(candidate_info):
                 sizes.setdefault(tuple(candidate_info.input_shape), str(candidate))
-        elif _fixed_sample_shape(runner) is not None:
-            sizes.setdefault(_fixed_sample_shape(runner), str(candidate))
+        elif (fixed := _fixed_sample_shape(runner)) is not None:
+            sizes.setdefault(fixed, str(candidate))
     if len(sizes) == 1:
         (size, candidate), = sizes.items()
         return size, (f"checked on samples of shape {'x'.join(map(str, size))}, the size {candidate} records "

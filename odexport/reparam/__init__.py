@@ -246,16 +246,17 @@ def _own_attention_per_layer(model: nn.Module) -> None:
     attention module or parameter shared by two layers would take both layers' folds."""
     from odexport.layers import dynamic_convs
 
+    def identities(module: nn.Module) -> set[int]:
+        return {id(t) for t in (*module.modules(), *module.parameters(), *module.buffers())}
+
     seen: set[int] = set()
     for _, layer in dynamic_convs(model):
         attention = getattr(layer, "attention", None)
         if attention is None:
             continue
-        owned = {id(t) for t in (*attention.modules(), *attention.parameters(), *attention.buffers())}
-        if owned & seen:
+        if identities(attention) & seen:
             layer.attention = copy.deepcopy(attention)
-            owned = {id(t) for t in (*layer.attention.modules(), *layer.attention.parameters(), *layer.attention.buffers())}
-        seen |= owned
+        seen |= identities(layer.attention)
 
 
 def _check(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor], what: str) -> dict[str, Any]:
