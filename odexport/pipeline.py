@@ -649,7 +649,7 @@ def _require_finite_reference(reference, reference_outputs, info=None) -> None:
 
 
 def _check_labels(data, reference_outputs, inputs) -> str | None:
-    """Labels are class indices into the model's first ``(N, classes)`` output: one past its width
+    """Labels are class indices into the model's first class-scores output: one past its width
     or negative means the labels file belongs to another dataset or counts from 1, and every
     accuracy would be wrong (an input error).  A model with no such output (a dense map, a
     regression) has no accuracy: ``data.labels`` is dropped, and the note returned says so."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from odexport._outputs import holds_class_scores
 from odexport._versions import version_at_least
 from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError, MissingDependencyError
 
@@ -204,8 +205,8 @@ def compare_arrays(name: str, batch: int, reference: np.ndarray, candidate: np.n
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     top1 = None
-    if reference.ndim == 2 and reference.shape[1] > 1:
-        top1 = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    if holds_class_scores(reference.shape) and reference.shape[0]:
+        top1 = float(np.mean(reference.reshape(reference.shape[0], -1).argmax(1) == candidate.reshape(reference.shape[0], -1).argmax(1)))
     passed = bool(np.isfinite(max_abs) and max_abs <= atol + rtol * scale)
     return OutputComparison(name, batch, max_abs, max_rel, top1, passed)
 

@@ -21,6 +21,7 @@ from odexport.reparam.base import (
     require_eval_batchnorm,
 )
 from odexport.reparam.collapse import fold_attentions_into_kernels, static_conv_from
+from odexport._outputs import holds_class_scores
 from odexport.analysis import dynamic_conv_macs, static_conv_macs, tensors_in
 from odexport.reparam.cost import count_params
 
@@ -87,11 +88,11 @@ def _as_attentions(output: Any) -> Attentions:
 
 
 def _top1_agreement(frozen: list[torch.Tensor], reference: list[torch.Tensor]) -> float | None:
-    """Share of calibration samples whose argmax class is unchanged, on the first output shaped like
-    logits ``(N, classes)`` (None when there is none)."""
+    """Share of calibration samples whose argmax class is unchanged, on the first output that holds
+    class scores (:func:`~odexport.analysis.holds_class_scores`; None when there is none)."""
     for got, expected in zip(frozen, reference):
-        if expected.ndim == 2 and expected.shape[1] >= 2:
-            return float((got.argmax(dim=1) == expected.argmax(dim=1)).float().mean())
+        if holds_class_scores(tuple(expected.shape)):
+            return float((got.flatten(1).argmax(dim=1) == expected.flatten(1).argmax(dim=1)).float().mean())
     return None
 
 
@@ -201,7 +202,9 @@ class FreezeLowSpread(ReparamPass):
             output_deviation = relative_deviation(frozen_output, reference)
             top1_agreement = _top1_agreement(frozen_output, reference)
         else:
-            output_deviation, top1_agreement = 0.0, 1.0
+            output_deviation = 0.0
+            # nothing changed, so every decision stands -- where the model makes one
+            top1_agreement = 1.0 if _top1_agreement(reference, reference) is not None else None
 
         samples = int(self.calibration.shape[0])
         self.extras = {

@@ -8,7 +8,8 @@ For reference ``r`` and candidate ``c`` (both upcast to float64), ``d = |c - r|`
 * ``cosine``: the smallest, over samples (axis 0), cosine similarity of the flattened sample
   vectors -- one bad sample is not averaged away; NaN when a sample has NaN/inf where the
   reference is finite (such a sample also never counts as agreeing in ``top1``/``top5``);
-* classifier outputs (2-D, at least 2 classes): ``top1`` = fraction of samples whose arg-max agrees;
+* class scores (``(N, classes)`` or ``(N, classes, 1, 1)``, at least 2 classes): ``top1`` =
+  fraction of samples whose arg-max agrees;
   ``top5`` = fraction whose top-5 *sets* agree (reported only with more than 5 classes);
 * an element passes when ``d <= atol + rtol * |r|`` (numpy's ``allclose`` rule).  Default
   tolerances give ``atol`` as a fraction of the output's scale ``max |r|`` (``scaled_atol``): a
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from odexport._outputs import holds_class_scores
 from odexport.errors import InputError
 
 
@@ -246,10 +248,11 @@ def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tolerance: Tole
     # cosine is NaN (so the minimum is) and it never agrees, rather than scoring its finite rest
     broken = bad.reshape(bad.shape[0], -1).any(axis=1) if ref.ndim > 1 else np.full(1, bad.any())
     result.cosine = _min_cosine(np.where(finite_ref, ref, 0.0), np.where(np.isfinite(cand), cand, 0.0), broken)
-    if ref.ndim == 2 and ref.shape[1] >= 2:
-        result.top1 = float(np.mean((np.argmax(ref, axis=1) == np.argmax(cand, axis=1)) & ~broken))
-        if ref.shape[1] > 5:
-            result.top5 = _topk_set_agreement(ref, cand, 5, broken)
+    if holds_class_scores(ref.shape) and ref.shape[0]:
+        scores, cand_scores = ref.reshape(ref.shape[0], -1), cand.reshape(ref.shape[0], -1)
+        result.top1 = float(np.mean((np.argmax(scores, axis=1) == np.argmax(cand_scores, axis=1)) & ~broken))
+        if scores.shape[1] > 5:
+            result.top5 = _topk_set_agreement(scores, cand_scores, 5, broken)
 
     if result.mismatched:
         result.failures.append(

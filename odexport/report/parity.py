@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from odexport._outputs import holds_class_scores
 from odexport.report.compare import OutputComparison, _jsonable, compare_outputs
 
 
@@ -55,10 +56,9 @@ def accuracy(labels: np.ndarray, reference_logits: np.ndarray, candidate_logits:
 
 
 def classifier_output(outputs: dict) -> str | None:
-    """The output labels are scored against: the first shaped like logits ``(N, classes)`` (or
-    ``(N, classes, 1, 1)``), at least two classes (a dense map, a scalar regression: None)."""
-    return next((name for name, value in outputs.items()
-                 if np.ndim(value) >= 2 and np.shape(value)[1] >= 2 and int(np.prod(np.shape(value)[2:])) == 1), None)
+    """The output labels are scored against: the first that holds class scores
+    (:func:`~odexport._outputs.holds_class_scores`; a dense map, a scalar regression: None)."""
+    return next((name for name, value in outputs.items() if holds_class_scores(np.shape(value))), None)
 
 
 def _predictions(logits: np.ndarray, count: int, *, missing: int) -> np.ndarray:

@@ -140,6 +140,26 @@ def test_top1_agreement_of_a_trained_classifier():
     assert report.freeze["top1_agreement"] < 1.0  # at this threshold the freeze does change decisions
 
 
+def test_top1_agreement_is_read_from_class_scores_only():
+    """A 1x1-conv head's (N, classes, 1, 1) scores get a top-1 agreement like (N, classes) logits
+    (the same rule as check's labels); a dense map gets none, also when nothing was frozen."""
+    source = nn.Sequential(_model(), nn.AdaptiveAvgPool2d(1)).eval()
+    x = torch.randn(12, 8, 10, 10)
+    report = reparameterise(copy.deepcopy(source), calibration=x, freeze_below=1e-3)
+    assert [r["layer"] for r in report.freeze["layers"] if r["frozen"]] == ["0.0"]
+    with torch.no_grad():
+        independent = float((report.model(x).flatten(1).argmax(1) == source(x).flatten(1).argmax(1)).float().mean())
+    assert report.freeze["top1_agreement"] == pytest.approx(independent)
+
+    dense = _model()
+    assert reparameterise(copy.deepcopy(dense), calibration=x, freeze_below=1e-3).freeze["top1_agreement"] is None
+    nothing_frozen = reparameterise(copy.deepcopy(dense), calibration=x, freeze_below=1e-12)
+    assert not any(r["frozen"] for r in nothing_frozen.freeze["layers"])
+    assert nothing_frozen.freeze["top1_agreement"] is None
+    classifier = reparameterise(copy.deepcopy(source), calibration=x, freeze_below=1e-12)
+    assert classifier.freeze["top1_agreement"] == 1.0
+
+
 class _TwoHeads(nn.Module):
     """Class logits from a strongly varying trunk, and an embedding from a nearly constant layer
     that only the second output sees."""

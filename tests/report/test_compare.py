@@ -70,6 +70,9 @@ def test_classifier_agreement():
     assert result.top5 == 0.5
     assert compare_arrays(ref[:, :5], cand[:, :5], TIGHT).top5 is None, "top-5 only with more than 5 classes"
     assert compare_arrays(np.ones((2, 3, 4)), np.ones((2, 3, 4)), TIGHT).top1 is None, "not a classifier output"
+    # a 1x1-conv head's (N, classes, 1, 1) scores are the same decisions, and face the same floor
+    head = compare_arrays(ref[:, :, None, None], cand[:, :, None, None], Tolerance(atol=100.0, rtol=0.0, min_top1=0.9))
+    assert (head.top1, head.top5) == (0.5, 0.5) and not head.passed
 
 
 def test_floors_for_reduced_precision():
