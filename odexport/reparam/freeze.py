@@ -119,6 +119,11 @@ def frozen_conv(layer: nn.Module, mean: Attentions) -> nn.Conv2d:
     return static_conv_from(layer, weight[0], bias)
 
 
+# Below this many calibration samples a spread is a guess: two or three images agree on attentions
+# that the served inputs move (the freeze then changes decisions it was never shown).
+FEW_CALIBRATION_SAMPLES = 32
+
+
 class FreezeLowSpread(ReparamPass):
     """Replace layers whose attention hardly varies over calibration inputs by a static conv (approximate).
 
@@ -214,6 +219,9 @@ class FreezeLowSpread(ReparamPass):
             # what a relative deviation means for a classifier: how often the decision stays the same
             "top1_agreement": top1_agreement,
             "layers": list(records.values()),
+            "caution": (f"{samples} calibration samples: a spread measured on so few says little about the inputs "
+                        f"you serve -- calibrate on a few hundred representative ones (at least {FEW_CALIBRATION_SAMPLES})")
+                       if samples < FEW_CALIBRATION_SAMPLES else None,
         }
         notes = []
         for name, record in records.items():

@@ -73,11 +73,13 @@ def test_calibration_freezes_and_reports(source_checkpoint, tmp_path):
     result = _invoke(source_checkpoint, "-o", out, "--calibration", calibration, "--freeze-below", "1e9")
     assert result.exit_code == 0, result.output
     assert "frozen (approximate)" in result.output and "attention spread on 6 calibration samples" in result.output
+    assert "caution: 6 calibration samples: a spread measured on so few" in " ".join(result.output.split())
     deploy = model_from_checkpoint(out).model
     assert dynamic_convs(deploy) == []  # every layer was below the (absurd) threshold
     manifest = torch.load(out, weights_only=True)["odexport_deploy"]
     assert all(rec["frozen"] for rec in manifest["freeze"]["layers"])
     assert "freeze-low-spread" in manifest["passes"]
+    assert manifest["freeze"]["caution"].startswith("6 calibration samples")
 
 
 @pytest.mark.parametrize("args,message", [

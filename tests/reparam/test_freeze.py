@@ -160,6 +160,13 @@ def test_top1_agreement_is_read_from_class_scores_only():
     assert classifier.freeze["top1_agreement"] == 1.0
 
 
+def test_a_few_calibration_samples_get_a_caution():
+    """Two or three images agree on attentions the served inputs move: the freeze says so."""
+    few = reparameterise(_model(), calibration=torch.randn(3, 8, 10, 10), freeze_below=1e-3).freeze
+    assert few["caution"].startswith("3 calibration samples") and "at least 32" in few["caution"]
+    assert reparameterise(_model(), calibration=torch.randn(32, 8, 10, 10), freeze_below=1e-3).freeze["caution"] is None
+
+
 class _TwoHeads(nn.Module):
     """Class logits from a strongly varying trunk, and an embedding from a nearly constant layer
     that only the second output sees."""

@@ -170,3 +170,5 @@ def _print_summary(console, report, path, deviation) -> None:
                           markup=True, highlight=False)
         else:
             console.print("no layer frozen", markup=False)
+        if report.freeze.get("caution"):
+            console.print(f"[yellow]caution:[/] {report.freeze['caution']}", markup=True, highlight=False)
