@@ -99,3 +99,33 @@ def test_export_check_uses_the_same_floor_and_only_by_default(cancelling, tmp_pa
     wrong = tmp_path / "wrong.onnx"
     onnx.save(proto, str(wrong))
     assert not compare_with_torch(model, str(wrong), (3, 16, 16), batches=(1,)).passed
+
+
+@pytest.mark.parametrize("precision,weight_scale", [("fp32", 1e-5), ("fp16", 1e-3)])
+def test_export_check_holds_small_outputs_to_their_own_scale(tmp_path, precision, weight_scale):
+    """A small output (a regression near zero) exported 5% off: the export's own check passed it
+    with an absolute 1e-4 (fp32) or 1e-3 (fp16) term as wide as the whole output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from odexport.export.verify import compare_with_torch
+
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 3).eval()
+    with torch.no_grad():
+        model.weight.mul_(weight_scale)
+        model.bias.zero_()
+
+    def exported(scale: float) -> str:
+        weight = numpy_helper.from_array(model.weight.detach().numpy() * np.float32(scale), "w")
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["input", "w"], ["output"])], "small",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4, 6, 6])], [weight])
+        path = tmp_path / f"small_{scale}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        return str(path)
+
+    assert compare_with_torch(model, exported(1.0), (3, 8, 8), batches=(1, 2), precision=precision).passed
+    result = compare_with_torch(model, exported(1.05), (3, 8, 8), batches=(1, 2), precision=precision)
+    assert not result.passed and max(c.max_abs for c in result.comparisons) < {"fp32": 1e-4, "fp16": 1e-3}[precision]
