@@ -345,9 +345,10 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
     pass_names = validate_deploy_options(passes, calibration=calibration, freeze_below=freeze_below, tolerance=tolerance,
                                          dy_bn_shift=dy_bn_shift)
     frozen = _recorded_freeze(loaded.info)
-    if frozen and freeze_below is not None:  # its spreads and agreement would be measured against the frozen model
-        raise InputError(f"{loaded.info.path} already has {frozen}; freezing again would measure against that file and replace its record",
-                         "run `odexport reparam` on the source checkpoint with the --freeze-below you want")
+    if frozen and calibration is not None:  # its spreads and agreement would be measured against the frozen model
+        raise InputError(f"{loaded.info.path} already has {frozen}; measuring or freezing again would measure against that file "
+                         "and replace its record",
+                         "run `odexport reparam` on the source checkpoint with the --calibration (and --freeze-below) you want")
     calib = None
     if calibration is not None:
         progress(f"read calibration inputs {calibration}")
@@ -416,6 +417,9 @@ def _provenance(info, reparam_note) -> dict:
         extra[keys.TEMPERATURE] = repr(float(info.temperature))
     if info.origin_sha256:
         extra[keys.DEPLOY_SOURCE_SHA256] = info.origin_sha256
+    frozen = _recorded_freeze(info)
+    if frozen:  # `check` says the export is approximate, with what the freeze measured
+        extra[keys.FREEZE] = frozen
     ema = used_ema_entry(info)
     if ema:  # `check` names a reference run on the plain weights
         extra[keys.WEIGHTS_ENTRY] = ema
@@ -551,7 +555,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         for note in (_architecture_note(runner, getattr(ref, "checkpoint_info", None)),
                      _provenance_note(runner, getattr(ref, "checkpoint_info", None), reference),
                      _temperature_note(runner, getattr(ref, "checkpoint_info", None)),
-                     _ema_note(runner, getattr(ref, "checkpoint_info", None)), _freeze_note(runner),
+                     _ema_note(runner, getattr(ref, "checkpoint_info", None)),
+                     _freeze_note(runner, getattr(ref, "checkpoint_info", None)),
                      _single_sample_note(len(data.x), batch_sizes), shape_note, labels_note):
             if note:
                 run.notes.append(note)
@@ -738,15 +743,21 @@ def _recorded_freeze(info) -> str | None:
     return f"{len(frozen)} layer(s) replaced by static convs by freeze-low-spread (approximate){measured}"
 
 
-def _freeze_note(runner) -> str | None:
+def _freeze_note(runner, reference_info=None) -> str | None:
     """A candidate made with ``freeze-low-spread`` (a deploy file, or an export of one) differs from
-    its source by design: say so, with what the freeze measured, so a failure reads as expected."""
+    its source by design: say so, with what the freeze measured, so a failure reads as expected.
+    Not against a reference that is frozen itself (the deploy file the export was made from):
+    there any difference is the export's."""
+    if reference_info is not None and _recorded_freeze(reference_info):
+        return None
     candidate_info = getattr(runner, "checkpoint_info", None)
     if candidate_info is not None:
         recorded = _recorded_freeze(candidate_info)
         return None if recorded is None else f"made with {recorded}; differences of that size are by design"
-    passes = (getattr(runner, "metadata", None) or {}).get(keys.REPARAM_PASSES) or ""
-    if "freeze-low-spread" in passes.split(","):
+    metadata = getattr(runner, "metadata", None) or {}
+    if metadata.get(keys.FREEZE):
+        return f"made with {metadata[keys.FREEZE]}; differences of that size are by design"
+    if "freeze-low-spread" in (metadata.get(keys.REPARAM_PASSES) or "").split(","):
         return "made with layers replaced by static convs by freeze-low-spread (approximate); they differ from the source by design"
     return None
 

@@ -14,6 +14,7 @@ SOURCE_KIND = PREFIX + "source_kind"  # "checkpoint" or "state_dict": what SOURC
 DEPLOY_SOURCE_SHA256 = PREFIX + "deploy_source_sha256"  # a deploy checkpoint's own source
 REPARAM = PREFIX + "reparam"  # what `odexport onnx` did to the model before export, in words
 REPARAM_PASSES = PREFIX + "reparam_passes"  # the passes that changed it, comma-separated
+FREEZE = PREFIX + "freeze"  # a frozen deploy file's freeze in words (layers, measured output deviation)
 ARCH = PREFIX + "arch"  # zoo name, "" when unknown
 WEIGHTS_ENTRY = PREFIX + "weights_entry"  # the checkpoint entry the weights came from, when it was its EMA ("model_ema")
 TEMPERATURE = PREFIX + "temperature"  # the attention temperature the export computes (absent when the layers' differ)

@@ -131,15 +131,22 @@ class ReparamReport:
         }
 
 
-def _as_input(name: str, value: Any) -> torch.Tensor:
+def _as_input(name: str, value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` as an ``(N, C, H, W)`` tensor in ``dtype``, the model's: finite there, or refused."""
     tensor = torch.as_tensor(value)
     if tensor.dim() != 4 or tensor.shape[0] < 1:
         raise InputError(f"the {name} have shape {tuple(tensor.shape)}, not (N, C, H, W)", f"give the {name} as a 4-D array of N >= 1 samples")
     if not tensor.is_floating_point():
         tensor = tensor.float()
-    if not bool(torch.isfinite(tensor).all()):  # a NaN spread compares false against any threshold: every layer would freeze
+    # a NaN spread compares false against any threshold: every layer would freeze
+    if not bool(torch.isfinite(tensor).all()):
         raise InputError(f"the {name} hold {int((~torch.isfinite(tensor)).sum())} NaN/inf values",
                          f"clean or drop those samples from the {name}")
+    as_run = tensor.to(dtype)  # what the model computes on: a float64 1e39 is inf in float32
+    if not bool(torch.isfinite(as_run).all()):
+        raise InputError(f"the {name} hold {int((~torch.isfinite(as_run)).sum())} values beyond the range of the model's "
+                         f"{str(dtype).removeprefix('torch.')}",
+                         f"give the {name} at the scale the model was trained on")
     return tensor
 
 
@@ -193,8 +200,9 @@ def _reparameterise(model, passes, calibration, freeze_below, check_input, dy_sh
         names.append(FreezeLowSpread.name)
     if FreezeLowSpread.name in names and calibration is None:
         raise InputError("freeze-low-spread needs calibration inputs", "give --calibration FILE (or calibration=)")
-    calibration_t = None if calibration is None else _as_input("calibration inputs", calibration)
-    check_t = None if check_input is None else _as_input("check inputs", check_input)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    calibration_t = None if calibration is None else _as_input("calibration inputs", calibration, dtype)
+    check_t = None if check_input is None else _as_input("check inputs", check_input, dtype)
     checked_on = "check inputs" if check_t is not None else "calibration inputs"
     if check_t is None:
         check_t = calibration_t

@@ -148,7 +148,7 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
         "replaced": {name: module_spec(model.get_submodule(name)) for name in meta["replaced"]},
         "params": {"source": None if report is None else report.params_before, "deploy": count_params(model)},
         "check": None if report is None else report.check,
-        "freeze": None if report is None else report.freeze,
+        "freeze": _freeze_record(report, source_info),
     }
     manifest = _plain(manifest, "manifest")
     buffer = io.BytesIO()  # prove now that the manifest loads with weights_only=True
@@ -156,6 +156,18 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
     return manifest
+
+
+def _freeze_record(report: Any, source_info: Any) -> dict | None:
+    """This run's freeze, or the one a deploy file given as the source recorded: reparameterising a
+    frozen file again keeps its layers frozen, so the record (what `inspect` and `check` say) goes
+    with them."""
+    own = None if report is None else report.freeze
+    earlier = ((_info_get(source_info, "extras") or {}).get("manifest") or {}).get("freeze")
+    if earlier and any(layer.get("frozen") for layer in earlier.get("layers") or []):
+        if not (own and any(layer.get("frozen") for layer in own.get("layers") or [])):
+            return earlier
+    return own
 
 
 def used_ema_entry(info: Any) -> str | None:

@@ -127,10 +127,16 @@ def samples_from_array(x, shape: tuple[int, ...] | None = None, labels=None, *, 
         if not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"labels in {path} have dtype {labels.dtype}, not integers",
                              "store class indices as integers (labels.astype(np.int64))")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    found = non_finite(x)  # also a float64 value beyond float32's range, now inf
+    found = non_finite(x)
     if found:
         count, first = found
         raise InputError(f"inputs in {path} hold {count} NaN/inf values (the first in sample {first})",
                          "clean or drop those samples: a NaN input makes the reference's output NaN too, and NaN against NaN proves nothing")
+    with np.errstate(over="ignore"):  # said below, by sample, instead of numpy's warning
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    found = non_finite(x)  # a float64 value beyond float32's range, now inf
+    if found:
+        count, first = found
+        raise InputError(f"inputs in {path} hold {count} values beyond float32's range (|x| > 3.4e38; the first in sample {first})",
+                         "give the inputs at the scale the model was trained on: the model computes in float32")
     return Samples(x, labels, source)

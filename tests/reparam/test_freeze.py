@@ -230,6 +230,11 @@ def test_calibration_inputs_that_are_not_finite_are_refused_by_name():
         reparameterise(_model(), calibration=x, freeze_below=1.0, check_input=torch.randn(2, 8, 10, 10))
     with pytest.raises(InputError, match="calibration inputs of shape \\(4, 1, 10, 10\\) do not fit the model"):
         reparameterise(_model(), calibration=torch.randn(4, 1, 10, 10), freeze_below=1.0)
+    # finite in float64, inf in the model's float32: named so, not blamed on the model's weights
+    big = torch.randn(4, 8, 10, 10, dtype=torch.float64)
+    big[0, 0, 0, 0] = 1e39
+    with pytest.raises(InputError, match="the calibration inputs hold 1 values beyond the range of the model's float32"):
+        reparameterise(_model(), calibration=big, freeze_below=1.0, check_input=torch.randn(2, 8, 10, 10))
 
 
 def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
@@ -239,7 +244,7 @@ def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
     import numpy as np
 
     from odexport.models import create_model
-    from odexport.pipeline import check_parity, deploy_from_checkpoint, inspect_checkpoint
+    from odexport.pipeline import check_parity, deploy_from_checkpoint, inspect_checkpoint, onnx_from_checkpoint
 
     torch.manual_seed(0)
     source = tmp_path / "tiny.pth"
@@ -256,6 +261,16 @@ def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
     summary, _ = inspect_checkpoint(deploy)  # inspect says so too
     assert any(recorded in note for note in summary["notes"])
     # freezing the frozen file again would measure against it and replace its record
-    with pytest.raises(InputError, match="already has .* freeze-low-spread") as refused:
-        deploy_from_checkpoint(deploy, tmp_path / "again.pt", calibration=calibration, freeze_below=1e9)
-    assert "source checkpoint" in refused.value.hint and not (tmp_path / "again.pt").exists()
+    for freeze_below in (1e9, None):  # measuring alone would replace the record too
+        with pytest.raises(InputError, match="already has .* freeze-low-spread") as refused:
+            deploy_from_checkpoint(deploy, tmp_path / "again.pt", calibration=calibration, freeze_below=freeze_below)
+        assert "source checkpoint" in refused.value.hint and not (tmp_path / "again.pt").exists()
+    # reparameterised again without calibration, the file keeps its layers frozen and says so
+    again, _ = deploy_from_checkpoint(deploy, tmp_path / "again.pt")
+    assert any(recorded in note for note in inspect_checkpoint(again)[0]["notes"])
+    # an export carries what the freeze measured; against the frozen file itself nothing is by design
+    exported = onnx_from_checkpoint(deploy, tmp_path / "frozen.onnx", check=False).path
+    parity = check_parity(source, [exported], samples=2, batch_sizes=(2,))
+    assert any(recorded in note and "by design" in note for note in parity.candidates[0].notes)
+    parity = check_parity(deploy, [exported], samples=2, batch_sizes=(2,))
+    assert parity.passed and not any("freeze" in note for note in parity.candidates[0].notes)

@@ -171,6 +171,20 @@ def _counting_timers(*names):
     return calls, {name: timer(name) for name in names}
 
 
+def test_float64_inputs_beyond_float32_are_named_as_such(tmp_path):
+    """A finite float64 1e39 is inf once cast to the float32 the models compute in: named as out of
+    range (it read "NaN/inf values", and numpy warned about the cast)."""
+    import warnings
+
+    x = np.zeros((3, 1, 2, 2))
+    x[2, 0, 1, 1] = 1e39
+    np.save(tmp_path / "big.npy", x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"hold 1 values beyond float32's range .*the first in sample 2"):
+            load_samples(tmp_path / "big.npy")
+
+
 def test_interleaved_latencies_rotate_and_drop_warmup():
     calls, timers = _counting_timers("a", "b")
     samples = interleaved_latencies(timers, warmup=2, iterations=3)
