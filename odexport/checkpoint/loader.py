@@ -71,7 +71,8 @@ def load_checkpoint(
     """Load ``path`` into a model in eval mode; see the module docstring.
 
     ``prefer_ema`` loads the file's EMA weights (an error when it has none); a deploy checkpoint
-    holds the one set chosen when it was made.  ``submodel`` picks the part of a composite
+    holds the one set chosen when it was made (``prefer_ema`` on one made from plain weights is an
+    error, as are an ``arch``, ``kernel_num`` or ``submodel`` that contradict its manifest).  ``submodel`` picks the part of a composite
     checkpoint to load (``"backbone"`` of an mmdet detector); by default a single ``backbone.``
     holding dynamic layers is found, and ``""`` keeps the whole file
     (:mod:`odexport.checkpoint.submodel`).
@@ -96,7 +97,7 @@ def _load_checkpoint(path, *, arch, kernel_num, temperature, trust_pickle, facto
         raise InputError("--arch and --factory both name an architecture", "pass only one of them")
     raw = read_checkpoint_file(path, trust_pickle=trust_pickle)
     if isinstance(raw.obj, Mapping) and DEPLOY_KEY in raw.obj:
-        return _from_deploy(raw, temperature, factory)
+        return _from_deploy(raw, temperature, factory, arch=arch, kernel_num=kernel_num, prefer_ema=prefer_ema, submodel=submodel)
     weights = extract_state_dict(raw.obj, prefer_ema=prefer_ema)
     if prefer_ema and not weights.used_ema:  # asked for, and not there: never the plain weights in their place
         raise CheckpointError(f"{raw.path} holds no EMA weights (entries looked for: {', '.join(EMA_ENTRIES)})",
@@ -366,9 +367,10 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
     ))
 
 
-def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) -> LoadedModel:
+def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None, *, arch: str | None = None,
+                 kernel_num: int | None = None, prefer_ema: bool = False, submodel: str | None = None) -> LoadedModel:
     try:
-        from odexport.reparam.deploy import model_from_deploy
+        from odexport.reparam.deploy import model_from_deploy, validate_deploy
     except ImportError as exc:
         raise CheckpointError(
             f"{raw.path} is an odexport deploy checkpoint, but this installation cannot rebuild it ({exc})",
@@ -376,7 +378,9 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
         ) from exc
     from odexport.layers import dynamic_convs, set_temperature
 
-    manifest = dict(raw.obj[DEPLOY_KEY] or {})
+    manifest = dict(validate_deploy(raw.obj))
+    _refuse_options_a_deploy_file_settles(raw.path, manifest, arch=arch, kernel_num=kernel_num, prefer_ema=prefer_ema,
+                                          submodel=submodel)
     # a deploy file made from a --factory model records the factory but never imports it on its own
     model = model_from_deploy(raw.obj, factory=factory)
     model.eval()
@@ -413,6 +417,7 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
             input_shape = None
     extras = {"file_format": raw.file_format, "file_size": raw.size, "manifest": manifest, "temperature_folded": folded,
               "passes": list(manifest.get("passes") or []), "warnings": []}
+    _note_non_finite(raw.obj["state_dict"], extras)
     if per_layer:
         extras["temperatures"] = per_layer
     if not input_shape:
@@ -424,6 +429,25 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None) ->
         num_classes=manifest.get("num_classes") or _num_classes(model, manifest.get("model_kwargs") or {}, None),
         temperature=value, source="deploy", extras=extras,
     ))
+
+
+def _refuse_options_a_deploy_file_settles(path, manifest: Mapping[str, Any], *, arch, kernel_num, prefer_ema, submodel) -> None:
+    """A deploy file records its architecture, the weights it was made from and the part of the
+    checkpoint it holds: an option saying otherwise was ignored before, and the file ran as it is."""
+    recorded = manifest.get("arch") or manifest.get("factory")
+    if arch and arch != recorded:
+        raise InputError(f"{path} is a deploy file of {recorded or 'an unnamed architecture'}; --arch {arch} does not apply to it",
+                         "drop --arch: a deploy file names its own architecture")
+    kwargs = manifest.get("model_kwargs") or {}
+    if kernel_num is not None and kernel_num != kwargs.get("kernel_num", kwargs.get("num_kernels")):
+        raise InputError(f"{path} is a deploy file; --kernel-num {kernel_num} does not apply to it (its layers' K is fixed)",
+                         "drop --kernel-num")
+    if prefer_ema and not manifest.get("ema_entry"):
+        raise CheckpointError(f"{path} holds no EMA weights: it was made from its source's plain weights",
+                              "drop --ema, or run `odexport reparam --ema` on the source checkpoint")
+    if submodel:
+        raise InputError(f"{path} is a deploy file of one model; --submodel {submodel} does not apply to it",
+                         "drop --submodel: `odexport reparam --submodel` picked the part when the file was made")
 
 
 def _temperature_folded(manifest: Mapping[str, Any]) -> bool:

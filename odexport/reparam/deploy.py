@@ -206,6 +206,64 @@ def save_deploy(model: nn.Module, report: Any, path: str | os.PathLike, source_i
 # --------------------------------------------------------------------------- loading
 
 
+_REBUILD_HINT = "rebuild the deploy file with `odexport reparam` from its source checkpoint"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: what each manifest field the loader reads must be (absent or None is allowed where marked)
+_MANIFEST_FIELDS: dict[str, tuple[str, Any, bool]] = {
+    "arch": ("a name", lambda v: isinstance(v, str), True),
+    "factory": ("a module:function", lambda v: isinstance(v, str), True),
+    "layout": ("a name", lambda v: isinstance(v, str), True),
+    "ema_entry": ("an entry name", lambda v: isinstance(v, str), True),
+    "model_kwargs": ("a mapping", lambda v: isinstance(v, Mapping), True),
+    "input_shape": ("a list of 3 positive sizes", lambda v: isinstance(v, (list, tuple)) and len(v) == 3
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v), True),
+    "num_classes": ("a positive count", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, True),
+    "passes": ("a list of pass names", lambda v: isinstance(v, (list, tuple)) and all(isinstance(p, (str, Mapping)) for p in v), True),
+    "original_temperatures": ("a mapping of layer to temperature", lambda v: isinstance(v, Mapping)
+                              and all(_is_number(t) for t in v.values()), True),
+    "layers": ("a mapping of layer to its spec", lambda v: isinstance(v, Mapping) and all(isinstance(s, Mapping) for s in v.values()), True),
+    "replaced": ("a mapping of module to its spec", lambda v: isinstance(v, Mapping) and all(isinstance(s, Mapping) for s in v.values()), True),
+    "freeze": ("a mapping", lambda v: isinstance(v, Mapping), True),
+}
+
+
+def validate_deploy(obj: Any) -> Mapping[str, Any]:
+    """The manifest of a loaded deploy checkpoint, every field the loader reads of the type it must
+    have; :class:`~odexport.errors.CheckpointError` (one line, naming the field) for a damaged or
+    edited file, and "upgrade odexport" only for a format that is really newer."""
+    if not is_deploy_checkpoint(obj) or "state_dict" not in obj:
+        raise CheckpointError("not an odexport deploy checkpoint (no 'odexport_deploy' manifest and 'state_dict')", "write one with `odexport reparam`")
+    manifest = obj[DEPLOY_KEY]
+    if not isinstance(manifest, Mapping):
+        raise CheckpointError(f"the deploy manifest is a {type(manifest).__name__}, not a mapping: the file is damaged", _REBUILD_HINT)
+    state = obj["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError("the deploy file's 'state_dict' is not a mapping of names to tensors: the file is damaged", _REBUILD_HINT)
+    version = manifest.get("format_version")
+    if isinstance(version, str) and version.isdigit():
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"the deploy manifest's format_version is {version!r}, not a format number: the file is damaged", _REBUILD_HINT)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"deploy checkpoint format {version} is newer than this odexport reads ({FORMAT_VERSION})", "upgrade odexport")
+    for field, (what, valid, optional) in _MANIFEST_FIELDS.items():
+        value = manifest.get(field)
+        if (value is None and optional) or valid(value):
+            continue
+        raise CheckpointError(f"the deploy manifest's '{field}' is {_short(value)}, not {what}: the file is damaged or was edited", _REBUILD_HINT)
+    return manifest
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None, factory: str | None = None) -> nn.Module:
     """Rebuild the deploy model from a loaded deploy checkpoint (eval mode).
 
@@ -214,12 +272,7 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
     own (a file must not decide which code runs): pass ``factory`` (the same ``module:function``)
     to rebuild it, or ``model``, a freshly built source-architecture model to restructure.
     """
-    if not is_deploy_checkpoint(obj) or "state_dict" not in obj:
-        raise CheckpointError("not an odexport deploy checkpoint (no 'odexport_deploy' manifest and 'state_dict')", "write one with `odexport reparam`")
-    manifest = obj[DEPLOY_KEY]
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"deploy checkpoint format {version!r} is newer than this odexport reads ({FORMAT_VERSION})", "upgrade odexport")
+    manifest = validate_deploy(obj)
     if model is None and factory:
         model = _model_from_factory(factory)
     if model is None:
@@ -230,7 +283,11 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
             raise CheckpointError("the deploy checkpoint names no zoo architecture" + (f" (its source was built by --factory {recorded})" if recorded else ""), hint)
         from odexport.models import create_model
 
-        model = create_model(arch, **(manifest.get("model_kwargs") or {}))
+        try:
+            model = create_model(arch, **(manifest.get("model_kwargs") or {}))
+        except (TypeError, ValueError) as exc:  # an unknown arch is an ArchitectureError of its own
+            raise CheckpointError(f"the deploy manifest's model_kwargs do not build {arch!r}: {' '.join(str(exc).split())[:200]}",
+                                  _REBUILD_HINT) from None
     given = next((t for t in model.parameters() if t.is_floating_point()), None)
     try:
         for name, spec in manifest.get("replaced", {}).items():
@@ -240,15 +297,17 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
             if not isinstance(layer, DYNAMIC_CONV_TYPES):
                 raise ValueError(f"{name} is a {type(layer).__name__}, the manifest describes a {spec.get('type')}")
             layer.apply_deploy_spec(spec)
-    except (AttributeError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"deploy manifest does not fit the architecture {manifest.get('arch')!r}: {exc}", "rebuild the deploy file with `odexport reparam` from its source checkpoint") from None
+    except KeyError as exc:
+        raise CheckpointError(f"deploy manifest entry lacks the field {exc}: the file is damaged or was edited", _REBUILD_HINT) from None
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"deploy manifest does not fit the architecture {manifest.get('arch')!r}: {exc}", _REBUILD_HINT) from None
     if given is not None:  # the modules and parameters made above are in torch's default dtype: the model's own instead
         model.to(dtype=given.dtype, device=given.device)
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"deploy state dict does not fit the rebuilt model: {first}", "rebuild the deploy file with `odexport reparam` from its source checkpoint") from None
+        raise CheckpointError(f"deploy state dict does not fit the rebuilt model: {first}", _REBUILD_HINT) from None
     model.eval()
     object.__setattr__(model, META_ATTR, {
         "passes": list(manifest.get("passes", [])),
@@ -278,4 +337,5 @@ def load_deploy(path: str | os.PathLike, *, model: nn.Module | None = None, fact
     return model_from_deploy(obj, model=model, factory=factory)
 
 
-__all__ = ["DEPLOY_KEY", "FORMAT_VERSION", "deploy_manifest", "is_deploy_checkpoint", "load_deploy", "model_from_deploy", "module_spec", "save_deploy"]
+__all__ = ["DEPLOY_KEY", "FORMAT_VERSION", "deploy_manifest", "is_deploy_checkpoint", "load_deploy", "model_from_deploy", "module_spec",
+           "save_deploy", "validate_deploy"]

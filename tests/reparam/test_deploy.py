@@ -159,3 +159,61 @@ def test_a_float64_deploy_file_rebuilds_into_a_float64_model(tmp_path):
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         assert rel_dev(rebuilt(x), source(x)) < 1e-12
+
+
+def _edited(obj, **fields):
+    return {**obj, "odexport_deploy": {**obj["odexport_deploy"], **fields}}
+
+
+def test_a_damaged_or_edited_manifest_is_named_by_its_field(tmp_path):
+    """A manifest field of the wrong type ended in an internal error (AttributeError, TypeError) or
+    in "format None is newer -- upgrade odexport"; each is now one line naming the field."""
+    report = reparameterise(_source())
+    obj = torch.load(save_deploy(report.model, report, tmp_path / "d.pt", INFO), weights_only=True)
+    layer = next(iter(obj["odexport_deploy"]["layers"]))
+    without_attention = {k: v for k, v in obj["odexport_deploy"]["layers"][layer].items() if k != "attention"}
+    damaged = {
+        "a mapping": {**obj, "odexport_deploy": None},
+        "names to tensors": {**obj, "state_dict": [1]},
+        "format_version is None": {**obj, "odexport_deploy": {k: v for k, v in obj["odexport_deploy"].items() if k != "format_version"}},
+        "format_version is 1.0": _edited(obj, format_version=1.0),
+        "format_version is 0": _edited(obj, format_version=0),
+        "format_version is True": _edited(obj, format_version=True),
+        "'original_temperatures' is": _edited(obj, original_temperatures={layer: "hot"}),
+        "'input_shape' is '3x32x32'": _edited(obj, input_shape="3x32x32"),
+        "'layers' is": _edited(obj, layers={**obj["odexport_deploy"]["layers"], layer: None}),
+        "model_kwargs do not build": _edited(obj, model_kwargs={"kernel_num": "4"}),
+        "lacks the field 'attention'": _edited(obj, layers={**obj["odexport_deploy"]["layers"], layer: without_attention}),
+    }
+    for message, edited in damaged.items():
+        with pytest.raises(CheckpointError, match=message) as err:
+            model_from_deploy(edited)
+        assert "\n" not in str(err.value) and "odexport reparam" in err.value.hint, message
+    with pytest.raises(CheckpointError, match="format 2 is newer") as err:  # a real newer format, as text too
+        model_from_deploy(_edited(obj, format_version="2"))
+    assert err.value.hint == "upgrade odexport"
+
+
+def test_options_a_deploy_file_settles_are_refused_and_its_weights_checked(tmp_path):
+    """--ema on a file made from plain weights, another --arch, --kernel-num or --submodel ran the
+    file as it was, silently; NaN weights in a deploy file got no note (a checkpoint's do)."""
+    from odexport.checkpoint import load_checkpoint
+
+    report = reparameterise(_source())
+    path = save_deploy(report.model, report, tmp_path / "d.pt", INFO)
+    with pytest.raises(CheckpointError, match="holds no EMA weights: it was made from its source's plain weights"):
+        load_checkpoint(path, prefer_ema=True)
+    with pytest.raises(InputError, match=f"deploy file of {ARCH}; --arch dy_resnet_tiny does not apply"):
+        load_checkpoint(path, arch="dy_resnet_tiny")
+    with pytest.raises(InputError, match="--kernel-num 2 does not apply"):
+        load_checkpoint(path, kernel_num=2)
+    with pytest.raises(InputError, match="--submodel backbone does not apply"):
+        load_checkpoint(path, submodel="backbone")
+    assert load_checkpoint(path, arch=ARCH, kernel_num=4).info.arch == ARCH  # what it records is no contradiction
+
+    obj = torch.load(path, weights_only=True)
+    name = next(k for k, v in obj["state_dict"].items() if v.is_floating_point() and v.ndim == 4)
+    obj["state_dict"][name].fill_(float("nan"))
+    torch.save(obj, tmp_path / "nan.pt")
+    warnings = load_checkpoint(tmp_path / "nan.pt").info.warnings
+    assert any(f"the first in '{name}': the model will compute NaN" in w for w in warnings), warnings
