@@ -128,6 +128,12 @@ def read_checkpoint_file(path: str | os.PathLike, *, trust_pickle: bool = False)
         file_format = "torch-legacy"  # protocol 1 after its text magic number: torch.load reads it (fully unpickled)
     elif _is_torch_tar(path):  # torch < 0.4 wrote a tar of 'sys_info', 'pickle', 'storages', 'tensors'
         file_format = "torch-legacy"
+    elif _looks_like_onnx(head) and path.suffix.lower() != ".onnx":  # an export under a checkpoint's name
+        raise CheckpointError(
+            f"{path} is an ONNX model named like a checkpoint ({path.suffix or 'no suffix'})",
+            f"rename it to {path.stem}.onnx: `run`, `check` and `bench` take an export by that suffix "
+            "(the commands that read trained weights need the checkpoint it was exported from)",
+        )
     elif _looks_like_onnx(head) or (path.suffix.lower() == ".onnx" and _parses_as_onnx(path)):
         raise CheckpointError(
             f"{path} is an ONNX model, not a checkpoint (this command reads the trained weights)",

@@ -353,10 +353,13 @@ def test_onnx_file_is_named_as_such(tmp_path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, producer_name="test")
-    for name in ("model.onnx", "weights.bin"):
-        path = tmp_path / name
-        onnx.save(model, str(path))
-        _one_line_error(path, "is an ONNX model, not a checkpoint")
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    _one_line_error(tmp_path / "model.onnx", "is an ONNX model, not a checkpoint")
+    # under a checkpoint's name: the commands that run an export know it by its suffix (the sidecar
+    # the message named is the export's own name plus .json, which such a file lacks)
+    onnx.save(model, str(tmp_path / "weights.pt"))
+    message = _one_line_error(tmp_path / "weights.pt", "is an ONNX model named like a checkpoint (.pt)")
+    assert "rename it to weights.onnx" in message and "sidecar" not in message
     # random bytes under an export's name are neither: not called an ONNX model with a sidecar it lacks
     (tmp_path / "noise.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
     message = _one_line_error(tmp_path / "noise.onnx", "is neither a checkpoint nor a readable ONNX model")
