@@ -84,9 +84,11 @@ def recorded(metadata: dict) -> dict | None:
     if not text:
         return None
     try:
-        return json.loads(text)
+        record = json.loads(text)
     except ValueError:
-        return {"unreadable": text}
+        record = None
+    # a damaged record still marks the file as specialised: it cannot say for which machine
+    return record if isinstance(record, dict) else {"unreadable": text}
 
 
 def verify_machine(metadata: dict, where, device: str = "cpu") -> None:
@@ -98,6 +100,9 @@ def verify_machine(metadata: dict, where, device: str = "cpu") -> None:
     if device != "cpu":
         raise InputError(f"{where} is specialised for onnxruntime's CPU provider and cannot run on {device}",
                          "use the portable export for other providers")
+    if "unreadable" in record:
+        raise InputError(f"{where} is specialised for onnxruntime CPU, but its record of the machine it was made for "
+                         f"({keys.ORT_CPU}) is damaged", rebuild)
     here = machine_record()
     for key, what in (("onnxruntime", "onnxruntime"), ("nchwc_block", "NCHWc block size")):
         if record.get(key) != here[key]:

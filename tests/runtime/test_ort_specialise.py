@@ -106,6 +106,10 @@ def test_runner_refuses_a_file_made_for_another_machine(exports, tmp_path):
         from odexport.runtime.ort_specialise import verify_machine
 
         verify_machine({SPECIALISATION_KEY: json.dumps(made.record)}, "m.onnx", device="cuda")
+    for damaged in ("[1, 2]", "{not json"):  # an internal error, or "specialised for onnxruntime None"
+        with pytest.raises(InputError, match="its record of the machine it was made for .* is damaged") as err:
+            verify_machine({SPECIALISATION_KEY: damaged}, "m.onnx")
+        assert "odexport ort" in err.value.hint
     runner = OrtRunner(str(made.path))  # made here: runs
     assert runner.input_shape == SHAPE
 
