@@ -303,6 +303,20 @@ def onnx_from_checkpoint(path, output, *, form: str = "auto", opset: int = 18, b
 DEPLOY_TOLERANCE = 1e-4
 
 
+def _deviation_hint(model, report) -> str:
+    """What to do about a pass that changed the outputs.  A model whose forward(x, temperature)
+    takes the temperature may hand it to its layers itself, after fold-temperature set them to 1:
+    the fold then counts twice, and the user's forward, not odexport, is where that happens."""
+    from odexport.convert import TemperatureArgModel
+    from odexport.reparam import DEFAULT_PASSES
+
+    if isinstance(model, TemperatureArgModel) and "fold-temperature" in report.passes_applied:
+        others = ",".join(name for name in DEFAULT_PASSES if name != "fold-temperature")
+        return ("the model's forward takes the temperature and may set its layers' temperature itself, which undoes "
+                f"fold-temperature: leave that pass out with --passes {others}")
+    return "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes"
+
+
 def validate_deploy_options(passes="default", *, calibration=None, freeze_below=None, tolerance: float = DEPLOY_TOLERANCE,
                             dy_bn_shift: str = "auto") -> list[str]:
     """Refuse :func:`deploy_from_loaded`'s options before anything is loaded -> the pass names."""
@@ -382,8 +396,7 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
             f"the reparameterised model deviates from the source by {deviation:.3g} (relative) on random inputs, "
             f"above the tolerance {tolerance:g}; nothing was written",
             f"a deviation this small is float32 rounding (folding reorders the arithmetic): use --tolerance {DEPLOY_TOLERANCE:g} "
-            "(the default) or above" if rounding else
-            "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
+            "(the default) or above" if rounding else _deviation_hint(loaded.model, report),
         )
     progress(f"write {output}")
     source_info = loaded.info

@@ -396,6 +396,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None, *,
                 "run `odexport reparam` again on the original checkpoint with the temperature you want",
             )
         set_temperature(model, temperature)
+        if hasattr(model, "temperature") and manifest.get("forward_temperature") is not None:
+            model.temperature = float(temperature)  # the forward's own argument, as a checkpoint's -T sets it
     if folded:  # the layers run at T=1 now: what the still dynamic ones were trained at is in the manifest
         dynamic = {name for name, _ in layers}
         recorded = {name: float(t) for name, t in (manifest.get("original_temperatures") or {}).items() if name in dynamic}

@@ -149,6 +149,9 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
         "params": {"source": None if report is None else report.params_before, "deploy": count_params(model)},
         "check": None if report is None else report.check,
         "freeze": _freeze_record(report, source_info),
+        # a model whose forward(x, temperature) takes it (TArdelean's): what it is called with, which
+        # the forward may use beyond the dynamic layers (logits / T) and no fold can reach
+        "forward_temperature": _forward_temperature(model),
     }
     manifest = _plain(manifest, "manifest")
     buffer = io.BytesIO()  # prove now that the manifest loads with weights_only=True
@@ -156,6 +159,12 @@ def deploy_manifest(model: nn.Module, report: Any = None, source_info: Any = Non
     buffer.seek(0)
     torch.load(buffer, weights_only=True)
     return manifest
+
+
+def _forward_temperature(model: nn.Module) -> float | None:
+    from odexport.convert import TemperatureArgModel
+
+    return float(model.temperature) if isinstance(model, TemperatureArgModel) else None
 
 
 def _freeze_record(report: Any, source_info: Any) -> dict | None:
@@ -229,6 +238,7 @@ _MANIFEST_FIELDS: dict[str, tuple[str, Any, bool]] = {
     "layers": ("a mapping of layer to its spec", lambda v: isinstance(v, Mapping) and all(isinstance(s, Mapping) for s in v.values()), True),
     "replaced": ("a mapping of module to its spec", lambda v: isinstance(v, Mapping) and all(isinstance(s, Mapping) for s in v.values()), True),
     "freeze": ("a mapping", lambda v: isinstance(v, Mapping), True),
+    "forward_temperature": ("a positive temperature", lambda v: _is_number(v) and v > 0, True),
 }
 
 
@@ -288,6 +298,7 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
         except (TypeError, ValueError) as exc:  # an unknown arch is an ArchitectureError of its own
             raise CheckpointError(f"the deploy manifest's model_kwargs do not build {arch!r}: {' '.join(str(exc).split())[:200]}",
                                   _REBUILD_HINT) from None
+    _restore_forward_temperature(model, manifest)
     given = next((t for t in model.parameters() if t.is_floating_point()), None)
     try:
         for name, spec in manifest.get("replaced", {}).items():
@@ -316,6 +327,21 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
         "deploy_manifest": manifest,
     })
     return model
+
+
+def _restore_forward_temperature(model: nn.Module | None, manifest: Mapping[str, Any]) -> None:
+    """A temperature-argument wrapper is built at T=1: the temperature its forward was called with
+    when the file was made is restored (the file computed something else at 1)."""
+    from odexport.convert import TemperatureArgModel
+
+    recorded = manifest.get("forward_temperature")
+    if recorded is None:  # no such model (or a file from before the field: the wrapper's default is all there is)
+        return
+    if not isinstance(model, TemperatureArgModel):
+        raise CheckpointError(f"the deploy file was made from a model whose forward takes the temperature (T={recorded:g}); "
+                              f"the model given to rebuild it, a {type(model).__name__}, does not",
+                              "rebuild it with the same --factory it was made with")
+    model.temperature = float(recorded)
 
 
 def _model_from_factory(factory: str) -> nn.Module:

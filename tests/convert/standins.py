@@ -230,6 +230,38 @@ class TardeleanStyleNet(nn.Module):
         return F.log_softmax(self.linear(x.mean((2, 3))), dim=1)
 
 
+class TemperatureScaledLogitsNet(TardeleanStyleNet):
+    """Uses the forward's temperature beyond its dynamic layers too (logits / T): no fold reaches it."""
+
+    def forward(self, x, temperature):
+        x = torch.relu(self.bn1(self.conv1(self.stem(x), temperature)))
+        x = self.conv2(x, temperature)
+        return F.log_softmax(self.linear(x.mean((2, 3))) / temperature, dim=1)
+
+
+class SetsLayerTemperatureNet(nn.Module):
+    """Built from odexport's own DyConv2d, whose temperature its forward sets from its argument."""
+
+    def __init__(self):
+        super().__init__()
+        from odexport.layers import DyConv2d
+
+        self.dy = DyConv2d(3, 8, 3, padding=1, num_kernels=4)
+        self.linear = nn.Linear(8, 5)
+
+    def forward(self, x, temperature):
+        self.dy.temperature = temperature
+        return self.linear(torch.relu(self.dy(x)).mean((2, 3)))
+
+
+def build_temperature_scaled_logits():
+    return TemperatureScaledLogitsNet()
+
+
+def build_sets_layer_temperature():
+    return SetsLayerTemperatureNet()
+
+
 def build_mixed():
     """A ``--factory`` entry point (no arguments)."""
     return MixedNet()

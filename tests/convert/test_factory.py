@@ -66,6 +66,38 @@ def test_factory_tardelean_style_forward_with_temperature(tmp_path):
         torch.testing.assert_close(loaded.model(x), original(x, 5.0), **TOL)
 
 
+def test_a_deploy_file_of_a_temperature_argument_model_runs_at_its_temperature(tmp_path):
+    """The wrapper calling forward(x, temperature) was rebuilt at T=1: a model dividing its logits
+    by T computed another function from its deploy file, and nothing said so."""
+    from odexport.errors import ParityError
+    from odexport.pipeline import deploy_from_checkpoint
+    from odexport.reparam import DEFAULT_PASSES
+
+    torch.manual_seed(3)
+    scaled = standins.TemperatureScaledLogitsNet().eval()
+    torch.save(scaled.state_dict(), tmp_path / "scaled.pth")
+    factory = "tests.convert.standins:build_temperature_scaled_logits"
+    deploy, _ = deploy_from_checkpoint(tmp_path / "scaled.pth", tmp_path / "scaled.deploy.pt", factory=factory,
+                                       temperature=5.0, input_shape=(3, 10, 10))
+    x = torch.randn(3, 3, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(model_from_checkpoint(deploy, factory=factory).model(x), scaled(x, 5.0), **TOL)
+
+    # a forward that sets its layers' temperature undoes fold-temperature: the refusal says so
+    sets = standins.SetsLayerTemperatureNet().eval()
+    torch.save(sets.state_dict(), tmp_path / "sets.pth")
+    factory = "tests.convert.standins:build_sets_layer_temperature"
+    with pytest.raises(ParityError) as refused:
+        deploy_from_checkpoint(tmp_path / "sets.pth", tmp_path / "sets.deploy.pt", factory=factory, temperature=5.0,
+                               input_shape=(3, 10, 10))
+    others = [name for name in DEFAULT_PASSES if name != "fold-temperature"]
+    assert "bug in odexport" not in refused.value.hint and f"--passes {','.join(others)}" in refused.value.hint
+    deploy, _ = deploy_from_checkpoint(tmp_path / "sets.pth", tmp_path / "sets.deploy.pt", factory=factory, temperature=5.0,
+                                       input_shape=(3, 10, 10), passes=others)
+    with torch.no_grad():
+        torch.testing.assert_close(model_from_checkpoint(deploy, factory=factory).model(x), sets(x, 5.0), **TOL)
+
+
 @pytest.mark.parametrize("form", ["custom", "decomposed"])
 def test_factory_tardelean_style_model_exports(tmp_path, form):
     """Its forward calls every layer as ``conv(x, temperature)``; the export's layer forwards took
