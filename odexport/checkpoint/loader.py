@@ -320,8 +320,14 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
     from odexport.layers import dynamic_convs, set_temperature
 
     model = build_from_factory(factory)
-    # the user's model may itself be the composite (its own keys start with 'backbone.'): then load all of it
     own = list(model.state_dict())
+    stripped = "".join(extras.get("stripped_prefixes") or [])
+    if stripped and own and all(k.startswith(stripped) for k in own):
+        # the factory's model has the wrapper's names itself (a submodule called `module`, a
+        # DataParallel or torch.compile'd model): the file's keys were right as they were
+        state_dict = {stripped + k: v for k, v in state_dict.items()}
+        extras["stripped_prefixes"] = []
+    # the user's model may itself be the composite (its own keys start with 'backbone.'): then load all of it
     composite = submodel is None and any(k.startswith(p) for p in submodel_candidates(state_dict) for k in own)
     part = None if composite else find_submodel(state_dict, submodel=submodel, meta=meta)
     if part is not None:

@@ -137,6 +137,39 @@ def test_factory_from_a_python_file(tmp_path):
         torch.testing.assert_close(loaded.model(x), original.eval()(x), **TOL)
 
 
+def test_a_factory_model_with_the_wrappers_names_itself_loads_its_file(tmp_path):
+    """A model whose one submodule is called `module` (or a DataParallel model) has keys that start
+    like a DataParallel file's: the loader stripped them from the file and then found nothing."""
+    torch.manual_seed(4)
+    original = torch.nn.DataParallel(standins.MixedNet()).eval()
+    path = tmp_path / "wrapped.pth"
+    torch.save(original.state_dict(), path)
+    source = tmp_path / "wrapped_models.py"
+    source.write_text(textwrap.dedent("""
+        import torch
+        from tests.convert.standins import MixedNet
+
+        class Holder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.module = MixedNet()
+
+            def forward(self, x):
+                return self.module(x)
+
+        def holder():
+            return Holder()
+
+        def data_parallel():
+            return torch.nn.DataParallel(MixedNet())
+    """))
+    x = torch.randn(1, 3, 12, 12)
+    for factory in ("holder", "data_parallel"):
+        loaded = model_from_checkpoint(path, factory=f"{source}:{factory}")
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.model(x), original(x), **TOL)
+
+
 @pytest.mark.parametrize(
     "spec, match",
     [
