@@ -274,6 +274,10 @@ def onnx_from_loaded(loaded, path, *, form: str = "auto", opset: int = 18, batch
     from odexport.errors import InputError
 
     info = loaded.info
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in loaded.model.parameters() if p.is_floating_point()} - {"float32"})
+    if dtypes:  # only a --factory model can be built so: the library's "call model.float()" is no step on the command line
+        raise InputError(f"the model built by {info.arch or 'the factory'} has {', '.join(dtypes)} parameters; an export starts from float32",
+                         "return model.float() from the --factory function (--fp16 then makes a half-precision export from it)")
     shape = model_input_shape(info, input_shape, purpose="the export")
     if shape is None:
         raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")

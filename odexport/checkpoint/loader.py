@@ -349,6 +349,7 @@ def _from_factory(raw: RawCheckpoint, state_dict, factory: str, temperature, ext
     if needs_temperature_argument(model):
         model = TemperatureArgModel(model, temperature if temperature is not None else DEFAULT_TEMPERATURE)
     model.eval()
+    _note_batch_statistics(model, extras)
     layers = dynamic_convs(model)
     if not layers:
         extras["warnings"].append(
@@ -437,6 +438,23 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None, *,
         num_classes=manifest.get("num_classes") or _num_classes(model, manifest.get("model_kwargs") or {}, None),
         temperature=value, source="deploy", extras=extras,
     ))
+
+
+def _note_batch_statistics(model, extras: dict[str, Any]) -> None:
+    """A BatchNorm without running statistics (``track_running_stats=False``) normalises with each
+    batch's own statistics even in eval: a sample's output depends on the samples beside it, so
+    the same input differs between batch sizes and no parity gate can hold (and a pooled attention
+    at batch 1 has one value per channel to normalise)."""
+    from torch import nn
+
+    free = [name for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None]
+    if free:
+        extras["warnings"].append(
+            f"{len(free)} BatchNorm layer{'s' if len(free) > 1 else ''} without running statistics (track_running_stats=False; "
+            f"the first '{free[0]}') normalise each batch by its own statistics in eval: a sample's output depends on the "
+            "other samples in its batch, so outputs differ between batch sizes (and at batch 1 a pooled attention cannot be "
+            "normalised); train with running statistics, or replace those layers before exporting")
 
 
 def _refuse_options_a_deploy_file_settles(path, manifest: Mapping[str, Any], *, arch, kernel_num, prefer_ema, submodel) -> None:

@@ -164,10 +164,48 @@ def test_a_factory_model_with_the_wrappers_names_itself_loads_its_file(tmp_path)
             return torch.nn.DataParallel(MixedNet())
     """))
     x = torch.randn(1, 3, 12, 12)
+    source.write_text(source.read_text() + textwrap.dedent("""
+
+        def float64():
+            return MixedNet().double()
+    """))
+    # a float64 model: the hint is a step the command line has (the library's was "call model.float()")
+    from odexport.pipeline import onnx_from_checkpoint
+
+    torch.save(standins.MixedNet().state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(InputError, match="has float64 parameters; an export starts from float32") as refused:
+        onnx_from_checkpoint(tmp_path / "plain.pth", tmp_path / "f64.onnx", factory=f"{source}:float64", input_shape=(3, 12, 12))
+    assert "return model.float() from the --factory function" in refused.value.hint and not (tmp_path / "f64.onnx").exists()
     for factory in ("holder", "data_parallel"):
         loaded = model_from_checkpoint(path, factory=f"{source}:{factory}")
         with torch.no_grad():
             torch.testing.assert_close(loaded.model(x), original(x), **TOL)
+
+
+def test_batchnorms_without_running_statistics_get_a_note(tmp_path):
+    """In eval such a BatchNorm normalises each batch by itself: a sample's output depends on its
+    batch, so the parity gate failed at some sizes with a hint to loosen the tolerance."""
+    source = tmp_path / "free_bn.py"
+    source.write_text(textwrap.dedent("""
+        import torch
+        from odexport.layers import DyConv2d
+
+        def build():
+            return torch.nn.Sequential(DyConv2d(3, 8, 3, padding=1, num_kernels=2),
+                                       torch.nn.BatchNorm2d(8, track_running_stats=False), torch.nn.ReLU())
+    """))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("free_bn", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.build().state_dict(), tmp_path / "free_bn.pth")
+    loaded = model_from_checkpoint(tmp_path / "free_bn.pth", factory=f"{source}:build")
+    note = next(w for w in loaded.info.warnings if "without running statistics" in w)
+    assert "the first '1'" in note and "depends on the other samples in its batch" in note
+    x = torch.randn(4, 3, 6, 6)
+    with torch.no_grad():  # the premise: the same sample, another batch, another output
+        assert not torch.allclose(loaded.model(x)[:1], loaded.model(x[:1]), atol=1e-3)
 
 
 @pytest.mark.parametrize(
