@@ -72,10 +72,10 @@ def load_checkpoint(
 
     ``prefer_ema`` loads the file's EMA weights (an error when it has none); a deploy checkpoint
     holds the one set chosen when it was made (``prefer_ema`` on one made from plain weights is an
-    error, as are an ``arch``, ``kernel_num`` or ``submodel`` that contradict its manifest).  ``submodel`` picks the part of a composite
-    checkpoint to load (``"backbone"`` of an mmdet detector); by default a single ``backbone.``
-    holding dynamic layers is found, and ``""`` keeps the whole file
-    (:mod:`odexport.checkpoint.submodel`).
+    error, as are an ``arch``, ``kernel_num`` or ``submodel`` that contradict its manifest).
+    ``submodel`` picks the part of a composite checkpoint to load (``"backbone"`` of an mmdet
+    detector); by default a single ``backbone.`` holding dynamic layers is found, and ``""`` keeps
+    the whole file (:mod:`odexport.checkpoint.submodel`).
 
     Raises :class:`~odexport.errors.CheckpointError` / :class:`~odexport.errors.ArchitectureError`
     (one line with a fix) for every file or fit problem.

@@ -89,7 +89,7 @@ def _as_attentions(output: Any) -> Attentions:
 
 def _top1_agreement(frozen: list[torch.Tensor], reference: list[torch.Tensor]) -> float | None:
     """Share of calibration samples whose argmax class is unchanged, on the first output that holds
-    class scores (:func:`~odexport.analysis.holds_class_scores`; None when there is none)."""
+    class scores (:func:`~odexport._outputs.holds_class_scores`; None when there is none)."""
     for got, expected in zip(frozen, reference):
         if holds_class_scores(tuple(expected.shape)):
             return float((got.flatten(1).argmax(dim=1) == expected.flatten(1).argmax(dim=1)).float().mean())
