@@ -277,7 +277,8 @@ def onnx_from_loaded(loaded, path, *, form: str = "auto", opset: int = 18, batch
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in loaded.model.parameters() if p.is_floating_point()} - {"float32"})
     if dtypes:  # only a --factory model can be built so: the library's "call model.float()" is no step on the command line
         raise InputError(f"the model built by {info.arch or 'the factory'} has {', '.join(dtypes)} parameters; an export starts from float32",
-                         "return model.float() from the --factory function (--fp16 then makes a half-precision export from it)")
+                         "return model.float() from the --factory function (--fp16 then makes a half-precision export from it)"
+                         if "factory" in (getattr(info, "source", None), getattr(info, "layout", None)) else "call model.float() first (--fp16 makes a half-precision export)")
     shape = model_input_shape(info, input_shape, purpose="the export")
     if shape is None:
         raise InputError("the input shape of this model is unknown", "pass --input-shape CxHxW, e.g. 3x224x224")
@@ -307,10 +308,10 @@ def onnx_from_checkpoint(path, output, *, form: str = "auto", opset: int = 18, b
 DEPLOY_TOLERANCE = 1e-4
 
 
-def _deviation_hint(model, report) -> str:
-    """What to do about a pass that changed the outputs.  A model whose forward(x, temperature)
-    takes the temperature may hand it to its layers itself, after fold-temperature set them to 1:
-    the fold then counts twice, and the user's forward, not odexport, is where that happens."""
+def _fold_temperature_undone(model, report) -> str | None:
+    """The likely cause of a deviation, when it is the user's forward: a model whose
+    forward(x, temperature) takes the temperature may hand it to its layers itself, after
+    fold-temperature set them to 1, so the fold counts twice.  None otherwise."""
     from odexport.convert import TemperatureArgModel
     from odexport.reparam import DEFAULT_PASSES
 
@@ -318,7 +319,7 @@ def _deviation_hint(model, report) -> str:
         others = ",".join(name for name in DEFAULT_PASSES if name != "fold-temperature")
         return ("the model's forward takes the temperature and may set its layers' temperature itself, which undoes "
                 f"fold-temperature: leave that pass out with --passes {others}")
-    return "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes"
+    return None
 
 
 def validate_deploy_options(passes="default", *, calibration=None, freeze_below=None, tolerance: float = DEPLOY_TOLERANCE,
@@ -400,7 +401,8 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
             f"the reparameterised model deviates from the source by {deviation:.3g} (relative) on random inputs, "
             f"above the tolerance {tolerance:g}; nothing was written",
             f"a deviation this small is float32 rounding (folding reorders the arithmetic): use --tolerance {DEPLOY_TOLERANCE:g} "
-            "(the default) or above" if rounding else _deviation_hint(loaded.model, report),
+            "(the default) or above" if rounding else _fold_temperature_undone(loaded.model, report) or
+            "this is a bug in odexport: report it with `--explain` output, or drop the pass at fault with --passes",
         )
     progress(f"write {output}")
     source_info = loaded.info
@@ -498,7 +500,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     for candidate in candidates:
         try:
             opened.append((candidate, open_runner(candidate, dtype="float32", threads=threads, device=device,
-                                                  **(load if artifact_kind(candidate) == "checkpoint" else {}))))
+                                                  **({**load, "shared_options": True} if artifact_kind(candidate) == "checkpoint" else {}))))
         except MissingDependencyError as exc:  # e.g. an engine on a machine without TensorRT: compare the others
             missing[str(candidate)] = exc
         except InputError as exc:  # a corrupt file, an ort file for another onnxruntime: reported, the others still run
@@ -1023,7 +1025,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             stage(f"open {artifact}")
             kind = artifact_kind(artifact)
             try:
-                runner = open_runner(artifact, backend, input_shape=input_shape, **options, **(load if kind == "checkpoint" else {}))
+                runner = open_runner(artifact, backend, input_shape=input_shape, **options,
+                                     **({**load, "shared_options": True} if kind == "checkpoint" else {}))
             except MissingDependencyError as exc:
                 missing[str(artifact)] = exc
                 continue

@@ -67,6 +67,7 @@ def load_checkpoint(
     factory: str | None = None,
     prefer_ema: bool = False,
     submodel: str | None = None,
+    shared_options: bool = False,
 ) -> LoadedModel:
     """Load ``path`` into a model in eval mode; see the module docstring.
 
@@ -75,7 +76,9 @@ def load_checkpoint(
     error, as are an ``arch``, ``kernel_num`` or ``submodel`` that contradict its manifest).
     ``submodel`` picks the part of a composite checkpoint to load (``"backbone"`` of an mmdet
     detector); by default a single ``backbone.`` holding dynamic layers is found, and ``""`` keeps
-    the whole file (:mod:`odexport.checkpoint.submodel`).
+    the whole file (:mod:`odexport.checkpoint.submodel`).  ``shared_options``: the options were
+    given for another file of the same run (check's reference): a deploy file that settles them
+    ignores them.
 
     Raises :class:`~odexport.errors.CheckpointError` / :class:`~odexport.errors.ArchitectureError`
     (one line with a fix) for every file or fit problem.
@@ -88,15 +91,19 @@ def load_checkpoint(
 
     with torch.random.fork_rng(devices=[]):
         return _load_checkpoint(path, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
-                                factory=factory, prefer_ema=prefer_ema, submodel=submodel)
+                                factory=factory, prefer_ema=prefer_ema, submodel=submodel, shared_options=shared_options)
 
 
-def _load_checkpoint(path, *, arch, kernel_num, temperature, trust_pickle, factory, prefer_ema, submodel) -> LoadedModel:
+def _load_checkpoint(path, *, arch, kernel_num, temperature, trust_pickle, factory, prefer_ema, submodel,
+                     shared_options=False) -> LoadedModel:
     temperature = check_temperature(temperature)
     if factory and arch:
         raise InputError("--arch and --factory both name an architecture", "pass only one of them")
     raw = read_checkpoint_file(path, trust_pickle=trust_pickle)
     if isinstance(raw.obj, Mapping) and DEPLOY_KEY in raw.obj:
+        if shared_options:  # the reference's options: the deploy file settles them itself (check notes an EMA mismatch)
+            arch = kernel_num = submodel = None
+            prefer_ema = False
         return _from_deploy(raw, temperature, factory, arch=arch, kernel_num=kernel_num, prefer_ema=prefer_ema, submodel=submodel)
     weights = extract_state_dict(raw.obj, prefer_ema=prefer_ema)
     if prefer_ema and not weights.used_ema:  # asked for, and not there: never the plain weights in their place
@@ -469,7 +476,9 @@ def _refuse_options_a_deploy_file_settles(path, manifest: Mapping[str, Any], *, 
         raise InputError(f"{path} is a deploy file; --kernel-num {kernel_num} does not apply to it (its layers' K is fixed)",
                          "drop --kernel-num")
     if prefer_ema and not manifest.get("ema_entry"):
-        raise CheckpointError(f"{path} holds no EMA weights: it was made from its source's plain weights",
+        made = ("it was made from its source's plain weights" if "ema_entry" in manifest
+                else "it records no EMA entry (made from plain weights, or by an odexport that did not record one)")
+        raise CheckpointError(f"{path} holds no EMA weights: {made}",
                               "drop --ema, or run `odexport reparam --ema` on the source checkpoint")
     if submodel:
         raise InputError(f"{path} is a deploy file of one model; --submodel {submodel} does not apply to it",

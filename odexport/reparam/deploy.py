@@ -237,7 +237,8 @@ _MANIFEST_FIELDS: dict[str, tuple[str, Any, bool]] = {
                               and all(_is_number(t) for t in v.values()), True),
     "layers": ("a mapping of layer to its spec", lambda v: isinstance(v, Mapping) and all(isinstance(s, Mapping) for s in v.values()), True),
     "replaced": ("a mapping of module to its spec", lambda v: isinstance(v, Mapping) and all(isinstance(s, Mapping) for s in v.values()), True),
-    "freeze": ("a mapping", lambda v: isinstance(v, Mapping), True),
+    "freeze": ("a mapping with a list of layer records", lambda v: isinstance(v, Mapping) and (
+        v.get("layers") is None or isinstance(v["layers"], list) and all(isinstance(r, Mapping) for r in v["layers"])), True),
     "forward_temperature": ("a positive temperature", lambda v: _is_number(v) and v > 0, True),
 }
 
@@ -270,7 +271,7 @@ def validate_deploy(obj: Any) -> Mapping[str, Any]:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 

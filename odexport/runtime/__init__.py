@@ -111,13 +111,14 @@ def open_runner(
     factory: str | None = None,
     submodel: str | None = None,
     prefer_ema: bool = False,
+    shared_options: bool = False,
 ) -> Runner:
     """Open the right runner for ``artifact`` (see the module table).
 
     ``backend`` checks the choice (a checkpoint runs in torch only; export it to run elsewhere).
     ``dtype`` applies to torch runners (default float32); ``allow_spinning``, ``cpu_rewrite``
     and ``cpu_batches`` to onnxruntime (see :class:`.onnxruntime_runner.OrtRunner`).  ``arch``/``temperature``/``trust_pickle``/
-    ``factory``/``submodel``/``prefer_ema`` are passed to :func:`odexport.pipeline.model_from_checkpoint` for checkpoint files.
+    ``factory``/``submodel``/``prefer_ema``/``shared_options`` are passed to :func:`odexport.checkpoint.load_checkpoint` for checkpoint files.
     The returned runner carries ``.source`` (the artifact) and, for checkpoints, ``.checkpoint_info``.
     """
     backend = normalise_backend(backend)
@@ -142,7 +143,7 @@ def open_runner(
             from odexport.checkpoint import load_checkpoint
 
             loaded = load_checkpoint(artifact, arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory,
-                                   submodel=submodel, prefer_ema=prefer_ema)
+                                   submodel=submodel, prefer_ema=prefer_ema, shared_options=shared_options)
             model, info = loaded.model, loaded.info
             if input_shape is None:
                 input_shape = tuple(info.input_shape) if getattr(info, "input_shape", None) else None

@@ -182,6 +182,7 @@ def test_a_damaged_or_edited_manifest_is_named_by_its_field(tmp_path):
         "'original_temperatures' is": _edited(obj, original_temperatures={layer: "hot"}),
         "'input_shape' is '3x32x32'": _edited(obj, input_shape="3x32x32"),
         "'layers' is": _edited(obj, layers={**obj["odexport_deploy"]["layers"], layer: None}),
+        "'freeze' is": _edited(obj, freeze={"layers": ["not a record"]}),
         "model_kwargs do not build": _edited(obj, model_kwargs={"kernel_num": "4"}),
         "lacks the field 'attention'": _edited(obj, layers={**obj["odexport_deploy"]["layers"], layer: without_attention}),
     }
@@ -210,6 +211,19 @@ def test_options_a_deploy_file_settles_are_refused_and_its_weights_checked(tmp_p
     with pytest.raises(InputError, match="--submodel backbone does not apply"):
         load_checkpoint(path, submodel="backbone")
     assert load_checkpoint(path, arch=ARCH, kernel_num=4).info.arch == ARCH  # what it records is no contradiction
+
+    # check hands the reference's options to every checkpoint candidate: a deploy file settles them
+    # (an EMA mismatch is check's note, not a refused candidate)
+    from odexport.pipeline import check_parity
+
+    source = tmp_path / "ema.pth"
+    plain = _source()
+    torch.save({"state_dict": plain.state_dict(), "model_ema": plain.state_dict()}, source)
+    from odexport.pipeline import deploy_from_checkpoint
+
+    deploy, _ = deploy_from_checkpoint(source, tmp_path / "plain.deploy.pt", arch=ARCH, kernel_num=4)
+    report = check_parity(source, [deploy], samples=2, batch_sizes=(2,), arch=ARCH, prefer_ema=True)
+    assert report.passed and any("made from the file's plain weights" in note for note in report.candidates[0].notes)
 
     obj = torch.load(path, weights_only=True)
     name = next(k for k, v in obj["state_dict"].items() if v.is_floating_point() and v.ndim == 4)
