@@ -330,7 +330,7 @@ def model_from_deploy(obj: Mapping[str, Any], *, model: nn.Module | None = None,
     return model
 
 
-def _restore_forward_temperature(model: nn.Module | None, manifest: Mapping[str, Any]) -> None:
+def _restore_forward_temperature(model: nn.Module, manifest: Mapping[str, Any]) -> None:
     """A temperature-argument wrapper is built at T=1: the temperature its forward was called with
     when the file was made is restored (the file computed something else at 1)."""
     from odexport.convert import TemperatureArgModel

@@ -164,22 +164,27 @@ def test_a_factory_model_with_the_wrappers_names_itself_loads_its_file(tmp_path)
             return torch.nn.DataParallel(MixedNet())
     """))
     x = torch.randn(1, 3, 12, 12)
-    source.write_text(source.read_text() + textwrap.dedent("""
-
-        def float64():
-            return MixedNet().double()
-    """))
-    # a float64 model: the hint is a step the command line has (the library's was "call model.float()")
-    from odexport.pipeline import onnx_from_checkpoint
-
-    torch.save(standins.MixedNet().state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(InputError, match="has float64 parameters; an export starts from float32") as refused:
-        onnx_from_checkpoint(tmp_path / "plain.pth", tmp_path / "f64.onnx", factory=f"{source}:float64", input_shape=(3, 12, 12))
-    assert "return model.float() from the --factory function" in refused.value.hint and not (tmp_path / "f64.onnx").exists()
     for factory in ("holder", "data_parallel"):
         loaded = model_from_checkpoint(path, factory=f"{source}:{factory}")
         with torch.no_grad():
             torch.testing.assert_close(loaded.model(x), original(x), **TOL)
+
+
+def test_a_float64_factory_model_is_refused_with_a_command_line_step(tmp_path):
+    """The export's refusal said "call model.float()", a step the command line does not have."""
+    from odexport.pipeline import onnx_from_checkpoint
+
+    source = tmp_path / "double_models.py"
+    source.write_text(textwrap.dedent("""
+        from tests.convert.standins import MixedNet
+
+        def float64():
+            return MixedNet().double()
+    """))
+    torch.save(standins.MixedNet().state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(InputError, match="has float64 parameters; an export starts from float32") as refused:
+        onnx_from_checkpoint(tmp_path / "plain.pth", tmp_path / "f64.onnx", factory=f"{source}:float64", input_shape=(3, 12, 12))
+    assert "return model.float() from the --factory function" in refused.value.hint and not (tmp_path / "f64.onnx").exists()
 
 
 def test_batchnorms_without_running_statistics_get_a_note(tmp_path):

@@ -199,6 +199,7 @@ def test_options_a_deploy_file_settles_are_refused_and_its_weights_checked(tmp_p
     """--ema on a file made from plain weights, another --arch, --kernel-num or --submodel ran the
     file as it was, silently; NaN weights in a deploy file got no note (a checkpoint's do)."""
     from odexport.checkpoint import load_checkpoint
+    from odexport.pipeline import check_parity, deploy_from_checkpoint
 
     report = reparameterise(_source())
     path = save_deploy(report.model, report, tmp_path / "d.pt", INFO)
@@ -214,13 +215,9 @@ def test_options_a_deploy_file_settles_are_refused_and_its_weights_checked(tmp_p
 
     # check hands the reference's options to every checkpoint candidate: a deploy file settles them
     # (an EMA mismatch is check's note, not a refused candidate)
-    from odexport.pipeline import check_parity
-
     source = tmp_path / "ema.pth"
     plain = _source()
     torch.save({"state_dict": plain.state_dict(), "model_ema": plain.state_dict()}, source)
-    from odexport.pipeline import deploy_from_checkpoint
-
     deploy, _ = deploy_from_checkpoint(source, tmp_path / "plain.deploy.pt", arch=ARCH, kernel_num=4)
     report = check_parity(source, [deploy], samples=2, batch_sizes=(2,), arch=ARCH, prefer_ema=True)
     assert report.passed and any("made from the file's plain weights" in note for note in report.candidates[0].notes)
