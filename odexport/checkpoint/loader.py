@@ -399,6 +399,8 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None, *,
     model = model_from_deploy(raw.obj, factory=factory)
     model.eval()
     layers = dynamic_convs(model)
+    if kernel_num is not None and any(getattr(layer, "kernel_num", kernel_num) != kernel_num for _, layer in layers):
+        _refuse_kernel_num(raw.path, kernel_num)  # a manifest without the zoo's default K: the layers say it
     folded = _temperature_folded(manifest)
     originals = {float(t) for t in (manifest.get("original_temperatures") or {}).values()}
     same = len(originals) == 1 and temperature is not None and math.isclose(temperature, next(iter(originals)), rel_tol=1e-6)
@@ -472,9 +474,9 @@ def _refuse_options_a_deploy_file_settles(path, manifest: Mapping[str, Any], *, 
         raise InputError(f"{path} is a deploy file of {recorded or 'an unnamed architecture'}; --arch {arch} does not apply to it",
                          "drop --arch: a deploy file names its own architecture")
     kwargs = manifest.get("model_kwargs") or {}
-    if kernel_num is not None and kernel_num != kwargs.get("kernel_num", kwargs.get("num_kernels")):
-        raise InputError(f"{path} is a deploy file; --kernel-num {kernel_num} does not apply to it (its layers' K is fixed)",
-                         "drop --kernel-num")
+    recorded_k = kwargs.get("kernel_num", kwargs.get("num_kernels"))
+    if kernel_num is not None and recorded_k is not None and kernel_num != recorded_k:
+        _refuse_kernel_num(path, kernel_num)
     if prefer_ema and not manifest.get("ema_entry"):
         made = ("it was made from its source's plain weights" if "ema_entry" in manifest
                 else "it records no EMA entry (made from plain weights, or by an odexport that did not record one)")
@@ -483,6 +485,11 @@ def _refuse_options_a_deploy_file_settles(path, manifest: Mapping[str, Any], *, 
     if submodel:
         raise InputError(f"{path} is a deploy file of one model; --submodel {submodel} does not apply to it",
                          "drop --submodel: `odexport reparam --submodel` picked the part when the file was made")
+
+
+def _refuse_kernel_num(path, kernel_num) -> None:
+    raise InputError(f"{path} is a deploy file; --kernel-num {kernel_num} does not apply to it (its layers' K is fixed)",
+                     "drop --kernel-num")
 
 
 def _temperature_folded(manifest: Mapping[str, Any]) -> bool:

@@ -212,6 +212,12 @@ def test_options_a_deploy_file_settles_are_refused_and_its_weights_checked(tmp_p
     with pytest.raises(InputError, match="--submodel backbone does not apply"):
         load_checkpoint(path, submodel="backbone")
     assert load_checkpoint(path, arch=ARCH, kernel_num=4).info.arch == ARCH  # what it records is no contradiction
+    # a file made without --kernel-num records no K: the layers say it (the zoo default K=4 was refused)
+    obj = torch.load(path, weights_only=True)
+    torch.save(_edited(obj, model_kwargs={}), tmp_path / "default_k.pt")
+    assert load_checkpoint(tmp_path / "default_k.pt", kernel_num=4).info.arch == ARCH
+    with pytest.raises(InputError, match="--kernel-num 2 does not apply"):
+        load_checkpoint(tmp_path / "default_k.pt", kernel_num=2)
 
     # check hands the reference's options to every checkpoint candidate: a deploy file settles them
     # (an EMA mismatch is check's note, not a refused candidate)
