@@ -162,7 +162,7 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     ``inputs``: an (N, C, H, W) array or a path to ``.npy``/``.npz``/``.pt``.  Checked before
     running: rank 4 and the model's channel count (one-line :class:`odexport.errors.InputError`).
     Returns ``{"outputs": {name: float32 array}, "backend": str, "info": CheckpointInfo | None,
-    "input_shape": tuple}``.  Opening goes through :func:`odexport.runtime.open_runner`, so
+    "input_shape": tuple, "input_notes": [str]}`` (integer images run unscaled: said there).  Opening goes through :func:`odexport.runtime.open_runner`, so
     ``backend`` picks or checks the backend for each kind of artifact.
     """
     import os
@@ -179,9 +179,13 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     described = file_load_bytes(inputs) if isinstance(inputs, (str, os.PathLike)) else None
     if described is not None and not (np.issubdtype(described[3], np.floating) or np.issubdtype(described[3], np.integer)):
         described = None  # pickled objects, strings: the load names what it holds
+    input_notes: list[str] = []
     if isinstance(inputs, (str, os.PathLike)) and described is None:
-        x = read_input_array(inputs)  # a file the headers do not describe: its load says what is wrong
+        x = read_input_array(inputs, notes=input_notes)  # a file the headers do not describe: its load says what is wrong
     elif described is None:
+        from odexport.checkpoint.arrays import integer_input_note
+
+        input_notes = [note] if (note := integer_input_note(inputs, "the array")) else []
         x = np.ascontiguousarray(inputs, dtype=np.float32)
     else:
         x = np.broadcast_to(np.float32(0), described[2])  # the shape alone (no memory) until the batch fits
@@ -216,13 +220,13 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
         require_batch_fits(len(x), x.shape[1:], [runner.step_bytes], drawn=False, carried=carried,
                            advice="split the input into files of at most {most} samples and run each")
         if described is not None:
-            x = read_input_array(inputs)
+            x = read_input_array(inputs, notes=input_notes)
             x = x[None] if single and x.ndim == 3 else x
         outputs = runner.infer(x)
     finally:
         runner.close()
     return {"outputs": {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, "backend": runner.backend,
-            "info": info, "input_shape": tuple(x.shape)}
+            "info": info, "input_shape": tuple(x.shape), "input_notes": input_notes}
 
 
 # -- ONNX export (export engineer) ----------------------------------------------------------------
@@ -372,13 +376,17 @@ def deploy_from_loaded(loaded, output, *, passes="default", calibration=None, fr
     if calibration is not None:
         progress(f"read calibration inputs {calibration}")
         if not input_shape and loaded.info.extras.get(INPUT_SHAPE_ASSUMED):
-            batch = load_samples(calibration, None, option="--calibration").x
-            if batch.ndim == 4:  # the model records no input size (--factory): the user's own images have it, as --input-shape
-                input_shape, calib = _size_of_images(batch, loaded.info, calibration), batch
+            read = load_samples(calibration, None, option="--calibration")
+            if read.x.ndim == 4:  # the model records no input size (--factory): the user's own images have it, as --input-shape
+                input_shape, calib = _size_of_images(read.x, loaded.info, calibration), read
     shape = (model_input_shape(loaded.info, input_shape, purpose="the output check" if check else "reading --calibration")
              if check or calibration is not None or input_shape else None)
     if calibration is not None and calib is None:
-        calib = load_samples(calibration, shape, option="--calibration").x
+        calib = load_samples(calibration, shape, option="--calibration")
+    if calib is not None:
+        if calib.note:  # the spreads, and so what is frozen, are measured at the scale the inputs have
+            loaded.info.extras.setdefault("warnings", []).append(calib.note)
+        calib = calib.x
     check_x = None
     if check:
         if shape is None:
@@ -576,7 +584,7 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
                      _temperature_note(runner, getattr(ref, "checkpoint_info", None)),
                      _ema_note(runner, getattr(ref, "checkpoint_info", None)),
                      _freeze_note(runner, getattr(ref, "checkpoint_info", None)),
-                     _single_sample_note(len(data.x), batch_sizes), shape_note, labels_note):
+                     _single_sample_note(len(data.x), batch_sizes), shape_note, labels_note, data.note):
             if note:
                 run.notes.append(note)
         if per_layer and artifact_kind(artifact) == "onnx":

@@ -60,7 +60,9 @@ def read_input_file(path: str | os.PathLike, option: str = "--inputs") -> tuple[
         if not isinstance(x, torch.Tensor):
             kind = type(x).__name__
             raise InputError(f"{what} {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a tensor", _HINT)
-        return x.detach().float().numpy(), None if labels is None else np.asarray(labels.detach().numpy() if isinstance(labels, torch.Tensor) else labels)
+        integer = not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+        x = x.detach().numpy() if integer else x.detach().float().numpy()  # integers kept: uint8 images get their note
+        return x, None if labels is None else np.asarray(labels.detach().numpy() if isinstance(labels, torch.Tensor) else labels)
     except InputError:
         raise
     except Exception as exc:  # a damaged or cut file, pickled objects, a torch file of another kind
@@ -68,12 +70,30 @@ def read_input_file(path: str | os.PathLike, option: str = "--inputs") -> tuple[
                          "the file may be damaged or incomplete, or hold pickled objects: " + _HINT) from exc
 
 
-def read_input_array(path: str | os.PathLike, option: str = "--input") -> np.ndarray:
-    """The inputs stored in ``path`` (:func:`read_input_file`) as a float32 array."""
+def read_input_array(path: str | os.PathLike, option: str = "--input", notes: list[str] | None = None) -> np.ndarray:
+    """The inputs stored in ``path`` (:func:`read_input_file`) as a float32 array; ``notes`` gets
+    :func:`integer_input_note`'s note, if any."""
     array = np.asarray(read_input_file(path, option)[0])
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise InputError(f"input in {path} has dtype {array.dtype}, not numbers", _HINT)
+    note = integer_input_note(array, path) if notes is not None else None
+    if note:
+        notes.append(note)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def integer_input_note(array, source) -> str | None:
+    """A note for integer inputs beyond 0/1 (uint8 images, 0..255), which run unscaled: a model
+    trained on images scaled to [0, 1] or normalised then sees values up to 255x too large, and
+    parity against the same inputs still passes, so nothing else would say so."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.integer) or array.size == 0:
+        return None
+    low, high = int(array.min()), int(array.max())
+    if high <= 1 and low >= -1:
+        return None
+    return (f"inputs in {source} are {array.dtype} ({low}..{high}) and run at that scale: if the model was trained on images "
+            "scaled to [0, 1] or normalised, apply the same transform first and save float32")
 
 
 def _inputs_and_labels(mapping: dict, path: Path):

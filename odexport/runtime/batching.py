@@ -64,6 +64,7 @@ class Samples:
     labels: np.ndarray | None
     source: str
     seed: int | None = None
+    note: str | None = None  # what the user should know about these inputs (integer images run unscaled)
 
     def describe(self) -> dict:
         return {
@@ -105,6 +106,8 @@ def load_samples(path: str | Path, shape: tuple[int, ...] | None = None, option:
 def samples_from_array(x, shape: tuple[int, ...] | None = None, labels=None, *, source: str = "the array") -> Samples:
     """Inputs held in memory (an array or tensor, ``(N, C, H, W)`` or one ``(C, H, W)`` sample when
     ``shape`` says what one sample is), checked as a file's are; ``source`` names them in messages."""
+    from odexport.checkpoint.arrays import integer_input_note
+
     path = source  # the messages name the file, or the array
     x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
@@ -132,6 +135,7 @@ def samples_from_array(x, shape: tuple[int, ...] | None = None, labels=None, *, 
         count, first = found
         raise InputError(f"inputs in {path} hold {count} NaN/inf values (the first in sample {first})",
                          "clean or drop those samples: a NaN input makes the reference's output NaN too, and NaN against NaN proves nothing")
+    note = integer_input_note(x, path)
     with np.errstate(over="ignore"):  # said below, by sample, instead of numpy's warning
         x = np.ascontiguousarray(x, dtype=np.float32)
     found = non_finite(x)  # a float64 value beyond float32's range, now inf
@@ -139,4 +143,4 @@ def samples_from_array(x, shape: tuple[int, ...] | None = None, labels=None, *, 
         count, first = found
         raise InputError(f"inputs in {path} hold {count} values beyond float32's range (|x| > 3.4e38; the first in sample {first})",
                          "give the inputs at the scale the model was trained on: the model computes in float32")
-    return Samples(x, labels, source)
+    return Samples(x, labels, source, note=note)

@@ -68,10 +68,12 @@ def test_json_output(source_checkpoint, tmp_path):
 
 def test_calibration_freezes_and_reports(source_checkpoint, tmp_path):
     calibration = tmp_path / "calib.npz"
-    np.savez(calibration, x=np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32))
+    np.savez(calibration, x=np.random.default_rng(0).integers(0, 256, (6, 3, 32, 32)).astype(np.uint8))
     out = tmp_path / "frozen.pt"
     result = _invoke(source_checkpoint, "-o", out, "--calibration", calibration, "--freeze-below", "1e9")
     assert result.exit_code == 0, result.output
+    # uint8 images run unscaled: the spreads are measured at that scale, so the user is told
+    assert "are uint8 (0..255) and run at that scale" in " ".join(result.output.split())
     assert "frozen (approximate)" in result.output and "attention spread on 6 calibration samples" in result.output
     assert "caution: 6 calibration samples: a spread measured on so few" in " ".join(result.output.split())
     deploy = model_from_checkpoint(out).model

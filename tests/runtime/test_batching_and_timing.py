@@ -222,3 +222,40 @@ def test_real_timers_give_positive_latencies(tiny_net, tiny_onnx):
               "ort": OrtRunner(tiny_onnx, threads=1, allow_spinning=False).timer(x)}
     samples = interleaved_latencies(timers, warmup=1, iterations=3)
     assert all(v > 0 for values in samples.values() for v in values)
+
+
+def test_integer_images_run_unscaled_with_a_note(tmp_path, tiny_net, tiny_onnx):
+    """uint8 images (0..255) were cast to float32 silently: a model trained on [0, 1] or normalised
+    images saw them 255x too large, and parity against the same inputs still passed."""
+    import torch
+
+    from odexport.pipeline import check_parity, run_artifact
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", x=x)
+    torch.save(torch.from_numpy(x), tmp_path / "x.pt")
+    for name in ("x.npy", "x.npz", "x.pt"):
+        samples = load_samples(tmp_path / name, (3, 16, 16))
+        np.testing.assert_array_equal(samples.x, x.astype(np.float32))  # the values themselves, unscaled
+        assert samples.note and "uint8 (" in samples.note and "scaled to [0, 1]" in samples.note, name
+    for quiet in (x.astype(np.float32), (x > 127).astype(np.uint8)):  # floats, and 0/1 masks, need no note
+        np.save(tmp_path / "quiet.npy", quiet)
+        assert load_samples(tmp_path / "quiet.npy").note is None
+
+    ran = run_artifact(tiny_onnx, tmp_path / "x.pt")
+    assert len(ran["input_notes"]) == 1 and "uint8" in ran["input_notes"][0]
+    assert run_artifact(tiny_onnx, x.astype(np.float32))["input_notes"] == []
+    report = check_parity(tiny_net, [tiny_onnx], inputs=tmp_path / "x.npy", batch_sizes=(2,))
+    assert report.passed and any("uint8" in note for note in report.candidates[0].notes)
+
+    import json
+
+    from typer.testing import CliRunner
+
+    from odexport.cli.app import app
+
+    shown = CliRunner().invoke(app, ["run", tiny_onnx, "--input", str(tmp_path / "x.pt"), "-o", str(tmp_path / "out.npy")])
+    assert shown.exit_code == 0 and "note  inputs in " in shown.output and "are uint8 (" in shown.output, shown.output
+    data = CliRunner().invoke(app, ["run", tiny_onnx, "--input", str(tmp_path / "x.pt"), "-o", str(tmp_path / "out.npy"), "--json"])
+    assert data.exit_code == 0 and "uint8" in json.loads(data.stdout)["input_notes"][0], data.output

@@ -74,11 +74,10 @@ def run(
                 "artifact": artifact, "output_file": str(target), "backend": result["backend"], "input_shape": list(result["input_shape"]),
                 "outputs": shapes, "arch": getattr(info, "arch", None), "layout": getattr(info, "layout", None),
                 "temperature": getattr(info, "temperature", None), "sha256": getattr(info, "sha256", None),
-                "load_notes": list(info.warnings) if info is not None else [],
+                "load_notes": list(info.warnings) if info is not None else [], "input_notes": result["input_notes"],
             })
             return
-        if info is not None:
-            print_load_notes(console, info.warnings)
+        print_load_notes(console, [*(info.warnings if info is not None else []), *result["input_notes"]])
         described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
         if info is None:
             what = Path(artifact).name
