@@ -156,12 +156,17 @@ def batchnorm_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Te
     return scale, beta - scale * mean
 
 
+# SyncBatchNorm (convert_sync_batchnorm in distributed training) computes, in eval mode, exactly
+# what BatchNorm2d does with its running statistics: it synchronises batch statistics only in training
+FOLDABLE_BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
 def batchnorm_unfoldable_reason(bn: nn.Module) -> str | None:
     """Why ``bn`` cannot be folded, or ``None``."""
-    if not isinstance(bn, nn.BatchNorm2d):
+    if not isinstance(bn, FOLDABLE_BATCHNORMS):
         return f"{type(bn).__name__} is not a BatchNorm2d"
-    if type(bn).forward is not nn.BatchNorm2d.forward:  # a subclass computing something else: its statistics say nothing
-        return f"{type(bn).__name__} overrides BatchNorm2d.forward"
+    if type(bn).forward not in (base.forward for base in FOLDABLE_BATCHNORMS):  # a subclass computing something else
+        return f"{type(bn).__name__} overrides {next(b for b in FOLDABLE_BATCHNORMS if isinstance(bn, b)).__name__}.forward"
     if bn.training:
         return "the BatchNorm is in training mode (it uses batch statistics)"
     if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:

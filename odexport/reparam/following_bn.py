@@ -11,6 +11,7 @@ from torch import fx, nn
 from odexport.errors import InputError
 from odexport.layers import DYNAMIC_CONV_TYPES, DyConv2d, ODConv2d, dynamic_convs
 from odexport.reparam.base import (
+    FOLDABLE_BATCHNORMS,
     LayerNote,
     PassResult,
     PostconditionError,
@@ -81,7 +82,7 @@ def find_following_batchnorms(model: nn.Module) -> tuple[dict[str, FollowingBatc
         if user.op == "output":
             reasons[conv_name] = "its output is the model's output (no BatchNorm follows)"
             continue
-        if not isinstance(target, nn.BatchNorm2d):
+        if not isinstance(target, FOLDABLE_BATCHNORMS):
             what = type(target).__name__ if target is not None else f"{getattr(user.target, '__name__', user.target)}"
             reasons[conv_name] = f"followed by {what}, not a BatchNorm2d"
             continue

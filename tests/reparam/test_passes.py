@@ -523,6 +523,22 @@ def test_a_batchnorm_subclass_with_its_own_forward_is_not_folded():
         torch.testing.assert_close(model(x), before, **F64)
 
 
+def test_sync_batchnorms_of_distributed_training_fold_like_batchnorms():
+    """convert_sync_batchnorm (DDP training) swaps every BatchNorm2d, the attention's too, for a
+    SyncBatchNorm, which in eval mode computes the same running-statistics affine map; they were
+    left unfolded ("SyncBatchNorm is not a BatchNorm2d")."""
+    layer = _od(8, 12, 3, 1, 4)
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(layer, _bn(12), nn.ReLU())).eval()
+    assert isinstance(model[1], nn.SyncBatchNorm) and isinstance(layer.attention.bn, nn.SyncBatchNorm)
+    x = _x()
+    with torch.no_grad():
+        before = model(x)
+    assert FoldFollowingBN().apply(model).applied_layers() == ["0"] and isinstance(model[1], nn.Identity)
+    assert FoldAttentionBN().apply(model).applied_layers() == ["0"] and layer.attention.bn is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, **F64)
+
+
 def test_collapse_keeps_a_hooked_layer_that_a_replacement_would_drop():
     """A K = 1 DY-Conv is a static conv, but a forward hook on it would be lost with the module:
     it stays dynamic, the note says why, and the hook still fires."""
