@@ -44,9 +44,10 @@ def read_input_file(path: str | os.PathLike, option: str = "--inputs") -> tuple[
 
     require_file_fits(path, advice=f"pass at most {{most}} samples in {option}")
     try:
-        if suffix == ".npy":
+        kind = _stored_kind(path)
+        if kind == ".npy":
             return np.load(path, allow_pickle=False), None
-        if suffix == ".npz":
+        if kind == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return _inputs_and_labels(dict(data.items()), path)
         import torch
@@ -68,6 +69,21 @@ def read_input_file(path: str | os.PathLike, option: str = "--inputs") -> tuple[
     except Exception as exc:  # a damaged or cut file, pickled objects, a torch file of another kind
         raise InputError(f"cannot read input file {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
                          "the file may be damaged or incomplete, or hold pickled objects: " + _HINT) from exc
+
+
+def _stored_kind(path: Path) -> str:
+    """What ``path`` holds by its first bytes, whatever its suffix says (a ``torch.save`` named
+    ``.npy`` read as an array of file names): ``.npy``, ``.npz`` or ``.pt``."""
+    import zipfile
+
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if head == b"\x93NUMPY":
+        return ".npy"
+    if head[:2] == b"PK" and zipfile.is_zipfile(path):  # np.savez and torch.save both write zip archives
+        with zipfile.ZipFile(path) as archive:
+            return ".pt" if any(name.endswith("data.pkl") for name in archive.namelist()) else ".npz"
+    return {".npy": ".npy", ".npz": ".npz"}.get(path.suffix.lower(), ".pt")  # torch's legacy format, or a damaged file
 
 
 def read_input_array(path: str | os.PathLike, option: str = "--input", notes: list[str] | None = None) -> np.ndarray:

@@ -95,6 +95,11 @@ def test_every_input_format_reads_the_same_samples(tmp_path):
     torch.save({"x": torch.from_numpy(x), "y": torch.tensor([2.0, 0.0, 1.0], requires_grad=True)}, tmp_path / "grad.pt")
     with pytest.raises(InputError, match="not integers"):  # read (labels saved from a training loop), then judged
         load_samples(tmp_path / "grad.pt", (3, 8, 8))
+    # read by what the file holds, not its suffix: a torch.save named .npy read as an array of file
+    # names ("dtype <U24"), an np.savez named .npy as "dtype <U1", an np.save named .pt as a pickle
+    for source, misnamed in (("d.pt", "d_torch.npy"), ("c.npz", "c_npz.npy"), ("a.npy", "a_npy.pt"), ("e.pth", "e_torch.npz")):
+        (tmp_path / misnamed).write_bytes((tmp_path / source).read_bytes())
+        np.testing.assert_array_equal(load_samples(tmp_path / misnamed, (3, 8, 8)).x, x, err_msg=misnamed)
     torch.save({"input": [1, 2, 3]}, tmp_path / "list.pt")
     with pytest.raises(InputError, match=r"the entry of .*list.pt read as the input \('input'\) is a list, not a tensor"):
         load_samples(tmp_path / "list.pt")
