@@ -193,7 +193,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     import onnxruntime as ort
 
-    print(f"# onnxruntime {ort.__version__}, {args.threads} threads, spinning off, {os.cpu_count()} cpus", flush=True)
+    print(f"# onnxruntime {ort.__version__}, {args.threads} threads, spinning off, {os.cpu_count()} cpus "
+          f"({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} usable here)", flush=True)
     input_shape = (3, args.size, args.size)
     rows = []
     for key in args.models.split(","):

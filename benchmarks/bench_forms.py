@@ -174,7 +174,8 @@ def main(argv=None) -> int:
 
     record = {"date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"), "machine": machine_facts(),
               "settings": vars(args), "models": {}}
-    print(f"# {record['date']} -- {record['machine'].get('cpu')} ({record['machine'].get('cpu_count')} cores), "
+    print(f"# {record['date']} -- {record['machine'].get('cpu')} ({record['machine'].get('cpu_count')} cores, "
+          f"{record['machine'].get('cpus_usable', record['machine'].get('cpu_count'))} usable here), "
           f"torch {torch.__version__}, onnxruntime {record['machine'].get('onnxruntime')}", file=sys.stderr)
     for key in keys:
         name, model = build(key)

@@ -1016,13 +1016,17 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     warmup, iterations = int(warmup), int(iterations)
     stage = progress or (lambda _name: None)
     artifacts, batch_sizes = _one_or_many(artifacts), _batch_sizes(batch_sizes)
+    if dtype is not None and not any(artifact_kind(a) in ("checkpoint", "module") for a in artifacts):
+        raise InputError(f"--dtype {dtype} applies to checkpoints; {', '.join(map(str, artifacts))} compute"
+                         f"{'s' if len(artifacts) == 1 else ''} in the precision they were exported or built in",
+                         "drop --dtype (an export's precision is chosen when it is made: `odexport onnx --fp16`, `odexport trt --fp16`)")
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)
     options = dict(device=device, threads=threads, allow_spinning=spinning, dtype=dtype, cuda_graphs=cuda_graphs, cpu_rewrite=cpu_rewrite,
                    cpu_batches=tuple(batch_sizes) if cpu_rewrite else None)
     report = BenchReport(machine=machine_facts(), settings={
         "backend": backend, "device": device, "batch_sizes": list(batch_sizes), "warmup": warmup, "iterations": iterations,
-        "threads": threads, "baseline": baseline, "cpu_rewrite": cpu_rewrite, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
+        "threads": threads, "dtype": dtype, "baseline": baseline, "cpu_rewrite": cpu_rewrite, "timer": "cuda-events" if device == "cuda" else "perf_counter_ns",
         "interleaved": not spinning, "spinning": spinning, "timing": "blocks" if spinning else "call by call"})
     with tempfile.TemporaryDirectory(prefix="odexport-bench-") as scratch:
         pairs = []  # (label, role, baseline_of, runner); a twin shared by candidates appears once per candidate
@@ -1038,7 +1042,7 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
             except MissingDependencyError as exc:
                 missing[str(artifact)] = exc
                 continue
-            _require_one_fixed_shape(fixed_shapes, artifact, runner)
+            _require_one_fixed_shape(fixed_shapes, artifact, runner, input_shape)
             info = getattr(runner, "checkpoint_info", None)
             if info is not None and not input_shape:  # a --factory model's 224x224 is a guess: not a size to time
                 model_input_shape(info, None, purpose=f"timing {Path(str(artifact)).name}")
@@ -1174,14 +1178,20 @@ def _sample_shape(pairs, input_shape):
     raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
 
 
-def _require_one_fixed_shape(fixed: dict, artifact, runner) -> None:
-    """Artifacts of one bench share their inputs: two that fix different sample shapes are an
-    input error before anything is built or timed. ``fixed``: shape -> the first artifact fixing it."""
+def _require_one_fixed_shape(fixed: dict, artifact, runner, input_shape=None) -> None:
+    """Artifacts of one bench share their inputs: two that fix different sample shapes, or one that
+    fixes another shape than ``--input-shape``, are an input error before anything is built or
+    timed. ``fixed``: shape -> the first artifact fixing it."""
     from odexport.errors import InputError
 
     known = getattr(runner, "input_shape", None)
     if getattr(runner, "backend", "").startswith("torch") or not known:
         return
+    graph = tuple(getattr(runner, "inputs", None) and runner.inputs[0].shape[1:] or ())
+    if input_shape and graph and all(isinstance(d, int) for d in graph) and graph != tuple(input_shape):
+        given = "x".join(map(str, input_shape))
+        raise InputError(f"--input-shape {given} is not the sample shape {artifact} fixes ({'x'.join(map(str, graph))})",
+                         f"drop --input-shape, or export the model at {given} (`odexport onnx CKPT --input-shape {given}`)")
     fixed.setdefault(tuple(known), str(artifact))
     if len(fixed) > 1:
         (one_shape, one), (other_shape, other) = list(fixed.items())[:2]
@@ -1203,7 +1213,9 @@ def _twin_key(artifact, kind, runner, input_shape, reference, load):
     source = str(reference) if reference is not None else (load.get("arch") or meta.get(keys.ARCH) or load.get("factory") or None)
     if source is None:
         return None
-    kwargs = "" if reference is not None or load.get("arch") or is_factory_spec(source) else meta.get(keys.MODEL_KWARGS) or "{}"
+    recorded = meta.get(keys.ARCH)
+    named_other = load.get("arch") and load.get("arch") != recorded  # a model the export does not record: its defaults
+    kwargs = "" if reference is not None or named_other or is_factory_spec(source) else meta.get(keys.MODEL_KWARGS) or "{}"
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     return (source, json.dumps(json.loads(kwargs), sort_keys=True) if kwargs else "", tuple(shape or ()),
             meta.get(keys.OPSET) or "18", _half_precision(runner))
@@ -1231,6 +1243,10 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     if kind in ("module", "checkpoint"):
         return open_runner(static_twin(runner.model), "torch", input_shape=runner.input_shape, **options), None
     meta = getattr(runner, "metadata", {}) or {}
+    recorded, named, note = meta.get(keys.ARCH), load.get("arch"), None
+    if reference is None and named and recorded and named != recorded:  # as for --reference: a ratio to another network
+        raise InputError(f"--arch {named} is not the architecture {artifact} records ({recorded}): its static twin would be another network",
+                         "drop --arch (the export records its architecture), or pass the artifact exported from that architecture")
     if reference is not None:
         loaded = model_from_checkpoint(reference, **load)
         own, recorded = getattr(loaded.info, "arch", None), meta.get(keys.ARCH)
@@ -1255,8 +1271,11 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
                                  f"pass --factory {name} to run that code, or --reference CHECKPOINT, or --baseline none")
             model = factory_architecture(name)
         else:
-            kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if not load.get("arch") else {}
+            kwargs = json.loads(meta.get(keys.MODEL_KWARGS) or "{}") if name == recorded else {}
             model = create_model(name, **kwargs)
+            if name != recorded:  # an export without odexport's metadata: widths and classes are a guess
+                note = (f"the static twin of {artifact} is {name} at its defaults: the export records no architecture, "
+                        "so widths and classes may differ (pass --reference CHECKPOINT for the exact twin)")
     shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
     if not shape:
         raise InputError(f"{artifact} has a dynamic sample shape {tuple(runner.inputs[0].shape[1:])}", "pass --input-shape CxHxW")
@@ -1268,11 +1287,12 @@ def _static_twin_runner(artifact, kind, runner, scratch, options, input_shape, r
     if kind == "onnx":
         runner = open_runner(onnx_path, "onnxruntime", **{k: v for k, v in options.items()
                                                            if k in ("device", "threads", "allow_spinning", "cpu_rewrite", "cpu_batches")})
-        return runner, (f"the static twin of {artifact} is exported in fp16 like it" if half else None)
+        notes = [n for n in (note, f"the static twin of {artifact} is exported in fp16 like it" if half else None) if n]
+        return runner, "; ".join(notes) or None
     engine_path = Path(scratch) / (onnx_path.stem + ".engine")
     engine_from_onnx(onnx_path, engine_path, fp16=half, input_shape=shape)
-    note = f"the static twin of {artifact} was built with TensorRT defaults{' and fp16' if half else ''} (profile 1:8:32)"
-    return open_runner(engine_path, "tensorrt"), note
+    built = f"the static twin of {artifact} was built with TensorRT defaults{' and fp16' if half else ''} (profile 1:8:32)"
+    return open_runner(engine_path, "tensorrt"), "; ".join(n for n in (note, built) if n)
 
 
 def ort_cpu_from_onnx(onnx_path, output=None, *, batch_sizes=None, threads=None, check: bool = True, measure: bool = True,

@@ -108,6 +108,8 @@ def machine_facts() -> dict:
     import platform
 
     facts = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):  # taskset, a container's cpuset: the cores this process could run on
+        facts["cpus_usable"] = len(os.sched_getaffinity(0))
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:

@@ -49,6 +49,9 @@ def test_checkpoint_against_its_static_twin(artifacts):
     assert not any("--spinning" in note for note in data["notes"])
     assert data["settings"]["input_shape"] == list(SHAPE)
     assert data["machine"]["cpu_count"] >= 1 and "torch" in data["machine"]
+    if hasattr(os, "sched_getaffinity"):  # taskset/cpuset: the cores this process can use, not the machine's
+        assert data["machine"]["cpus_usable"] == len(os.sched_getaffinity(0))
+    assert data["settings"]["dtype"] is None  # float32, the default: a float16 run says so
     rows = data["results"]
     assert sorted((r["role"], r["batch_size"]) for r in rows) == [("baseline", 1), ("baseline", 2), ("candidate", 1), ("candidate", 2)]
     for row in rows:
@@ -295,3 +298,40 @@ def test_a_batch_no_machine_can_hold_is_refused_before_anything_is_timed(artifac
     assert "a batch of 1000000000 samples of shape 3x32x32 needs at least" in result.output
     assert "use --batch-sizes of at most" in result.output and "Traceback" not in result.output
     assert "{" not in result.stdout  # no report: nothing was timed
+
+
+def test_the_twin_keeps_the_recorded_settings_and_refuses_another_arch(exports, tmp_path):
+    """--arch dropped the widths and classes the export records (the twin of a 0.1-width export was
+    built at width 1.0, ratio 2.57x instead of 8.02x), and another architecture than the recorded
+    one was timed as the baseline (ratio 0.13x, exit 0)."""
+    import onnx
+
+    from odexport.export import metadata_keys as keys
+    from odexport.pipeline import _static_twin_runner
+    from odexport.runtime import open_runner
+
+    model = onnx.load(str(exports["full"]))
+    for prop in model.metadata_props:
+        if prop.key == keys.MODEL_KWARGS:
+            prop.value = json.dumps({**json.loads(prop.value), "num_classes": 7})  # as if trained with 7 classes
+    seven = tmp_path / "seven.onnx"
+    onnx.save(model, str(seven))
+    runner = open_runner(seven, "onnxruntime")
+    # --arch naming the recorded architecture (without it, the same twin: the recorded settings were always used)
+    twin, _ = _static_twin_runner(seven, "onnx", runner, tmp_path, {}, None, None, {"arch": "od_resnet_tiny"})
+    assert twin.outputs[0].shape[-1] == 7
+    twin.close()
+    runner.close()
+
+    other = _bench(exports["full"], "--arch", "od_resnet18", "--batch-sizes", "1")
+    assert other.exit_code == 1 and "--arch od_resnet18 is not the architecture" in other.output and "od_resnet_tiny" in other.output
+
+
+def test_options_a_bench_of_exports_cannot_honour_are_refused_before_timing(artifacts, exports):
+    """--dtype (checkpoints only) ran an export in its own precision, exit 0; an --input-shape
+    that the export's graph contradicts was found after the twin was exported and timed."""
+    half = _bench(exports["full"], "--dtype", "float16", "--baseline", "none")
+    assert half.exit_code == 1 and "--dtype float16 applies to checkpoints" in half.output, half.output
+    shape = _bench(artifacts["fixed"], "--arch", "od_resnet_tiny", "--input-shape", "3x64x64", "--batch-sizes", "2")
+    assert shape.exit_code == 1 and "--input-shape 3x64x64 is not the sample shape" in shape.output, shape.output
+    assert "static twin" not in shape.output  # refused before the twin was built

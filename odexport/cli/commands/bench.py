@@ -39,7 +39,7 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per session (default: the runtime's).", min=1, show_default=False)] = None,
     baseline: Annotated[str, typer.Option(help="static-twin (each dynamic conv replaced by a static conv of the same shape, run the same way) or none.")] = "static-twin",
     reference: Annotated[Optional[str], typer.Option(help="Checkpoint an ONNX/engine artifact was made from (to build its static twin).", show_default=False)] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="PyTorch dtype for checkpoints: float32 or float16.", show_default=False)] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="PyTorch dtype for checkpoints: float32 (default), float16 or float64; exports keep the precision they were made in.", show_default=False)] = None,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="On CUDA (PyTorch, or onnxruntime's CUDA provider): capture the model in a CUDA graph once per batch size and time its replays.")] = False,
     cpu_rewrite: Annotated[bool, typer.Option("--cpu-rewrite", help="onnxruntime CPU: specialise .onnx candidates for this machine in memory at --batch-sizes, as `odexport ort` writes them (exact).")] = False,
     spinning: Annotated[bool, typer.Option("--spinning", help="onnxruntime: keep idle threads spinning (its default, as a server running one model does) and time in alternating blocks of calls instead of call by call.")] = False,
