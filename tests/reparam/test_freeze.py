@@ -274,3 +274,22 @@ def test_check_of_a_frozen_deploy_file_says_it_is_approximate(tmp_path):
     assert any(recorded in note and "by design" in note for note in parity.candidates[0].notes)
     parity = check_parity(deploy, [exported], samples=2, batch_sizes=(2,))
     assert parity.passed and not any("freeze" in note for note in parity.candidates[0].notes)
+
+
+def test_a_layer_below_the_threshold_but_kept_dynamic_says_why_without_explain():
+    """A subclass of a dynamic conv (TemperatureArgDyConv2d, a user's own) is never swapped for a
+    static conv: the table read "frozen: no" beside a spread below the threshold, the reason only
+    with --explain."""
+    from odexport.cli.commands.reparam import _unfrozen_reasons
+
+    class MyODConv(ODConv2d):
+        pass
+
+    model = _model()
+    kept = MyODConv(8, 16, 3, padding=1, kernel_num=4)
+    kept.load_state_dict(model[0].state_dict())
+    model[0] = kept.eval()
+    report = reparameterise(model, calibration=torch.randn(32, 8, 10, 10), freeze_below=1e-3)
+    assert [r["frozen"] for r in report.freeze["layers"]] == [False, False, False]
+    lines = _unfrozen_reasons(report.freeze)
+    assert len(lines) == 1 and lines[0].startswith("not frozen: 0: spread") and "subclasses a dynamic conv" in lines[0], lines

@@ -95,6 +95,8 @@ def reparam(
             print_wide(_explain_table(report))
         if report.freeze is not None:
             print_wide(_freeze_table(report.freeze))
+            for line in _unfrozen_reasons(report.freeze):
+                console.print(line, markup=False, highlight=False)
         for result in report.results:
             if result.precondition_failed:
                 console.print(f"[yellow]pass {result.name} did not run:[/] {result.precondition_failed}", markup=True, highlight=False)
@@ -123,6 +125,13 @@ def _explain_table(report):
             table.add_row(result.name, note.layer or "<root>", "[green]applied[/]" if note.applied else "[dim]skipped[/]", note.detail)
         table.add_section()
     return table
+
+
+def _unfrozen_reasons(freeze) -> list[str]:
+    """Layers below the threshold yet kept dynamic (a subclass, a hooked layer), or never run on
+    the calibration inputs: the table shows "no" for them as for a layer above it."""
+    return [f"not frozen: {rec['layer']}: {rec['reason']}" for rec in freeze["layers"]
+            if not rec.get("frozen") and rec.get("reason") and (" < eps " in rec["reason"] or rec.get("spread") is None)]
 
 
 def _freeze_table(freeze):
