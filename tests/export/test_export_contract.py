@@ -370,3 +370,25 @@ def test_a_re_export_keeps_the_privacy_of_the_files_it_replaces(tmp_path):
     assert {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("m.onnx", "m.onnx.json")} == \
         {"m.onnx": 0o600, "m.onnx.json": 0o600}
     assert json.loads((tmp_path / "m.onnx.json").read_text())["metadata"]["odexport.form"] == "custom"
+
+
+def test_one_function_body_per_configuration_and_onnx_pads_order():
+    """Layers share a custom op's function body when their overload name is equal, so the name must
+    change with every field the body depends on (without the dilation in it, two layers differing
+    only in dilation would share one body and the export fail); the node's ``pads`` follow ONNX's order
+    [top, left, bottom, right] for a (rows, columns) padding."""
+    import dataclasses
+
+    from odexport.export.custom import node_attributes, overload_name
+    from odexport.export.forms import LayerSpec
+
+    base = LayerSpec(name="a", op="ODConv2d", in_channels=8, out_channels=16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 2),
+                     dilation=(1, 1), groups=1, num_kernels=4, input_hw=(10, 10), output_hw=(10, 12), has_channel=True,
+                     has_filter=True, has_spatial=True, has_kernel=True, has_dyn_bias=False, has_static_bias=False)
+    changes = dict(in_channels=4, out_channels=8, kernel_size=(3, 1), stride=(2, 1), padding=(2, 1), dilation=(2, 1), groups=2,
+                   num_kernels=2, input_hw=(10, 8), has_channel=False, has_filter=False, has_spatial=False, has_kernel=False,
+                   has_dyn_bias=True, has_static_bias=True)
+    for field, value in changes.items():
+        assert overload_name(dataclasses.replace(base, **{field: value}), "v") != overload_name(base, "v"), field
+    assert overload_name(dataclasses.replace(base, name="b"), "v") == overload_name(base, "v")  # layers alike share it
+    assert node_attributes(base)["pads"] == [1, 2, 1, 2]

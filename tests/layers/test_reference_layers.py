@@ -74,16 +74,32 @@ def test_tardelean_bank(index):
         torch.testing.assert_close(layer(x[:2]), case["output_T30"][:2], **TOL)
 
 
-def test_float64_identity_of_folded_form():
-    """The folded grouped conv equals a per-sample loop of plain convs, in float64."""
+@pytest.mark.parametrize("k,kernels,groups", [(3, 3, 2), (1, 2, 1), (3, 2, 1)], ids=["3x3-K3-g2", "1x1-K2", "3x3-K2"])
+def test_float64_identity_of_folded_form(k, kernels, groups):
+    """The folded grouped conv equals a per-sample loop of plain convs, in float64 (K = 2 too:
+    a shortcut for K = 1 must not take it)."""
     torch.manual_seed(1)
-    layer = ODConv2d(8, 12, 3, padding=1, groups=2, kernel_num=3).double().eval()
+    layer = ODConv2d(8, 12, k, padding=k // 2, groups=groups, kernel_num=kernels).double().eval()
     x = torch.randn(4, 8, 9, 7, dtype=torch.float64)
     with torch.no_grad():
         att = layer.attentions(x)
         expected = []
         for b in range(4):
-            kernel = (att.kernel[b].reshape(3, 1, 1, 1, 1) * att.spatial[b].reshape(1, 1, 1, 3, 3) * layer.weight).sum(0)
-            y = torch.nn.functional.conv2d(x[b : b + 1] * att.channel[b].reshape(1, -1, 1, 1), kernel, padding=1, groups=2)
+            spatial = torch.ones(k * k, dtype=x.dtype) if att.spatial is None else att.spatial[b]
+            kernel = (att.kernel[b].reshape(kernels, 1, 1, 1, 1) * spatial.reshape(1, 1, 1, k, k) * layer.weight).sum(0)
+            y = torch.nn.functional.conv2d(x[b : b + 1] * att.channel[b].reshape(1, -1, 1, 1), kernel, padding=k // 2, groups=groups)
             expected.append(y * att.filter[b].reshape(1, -1, 1, 1))
         torch.testing.assert_close(layer(x), torch.cat(expected), atol=1e-12, rtol=1e-12)
+
+
+def test_float64_identity_of_a_two_kernel_dyconv():
+    """DY-Conv with K = 2: y_b = conv(x_b, sum_k a_bk W_k) + sum_k a_bk b_k, per sample, in float64."""
+    torch.manual_seed(2)
+    layer = DyConv2d(8, 12, 3, padding=1, bias=True, num_kernels=2).double().eval()
+    x = torch.randn(4, 8, 9, 7, dtype=torch.float64)
+    with torch.no_grad():
+        a = layer.attention(x).reshape(4, 2)
+        weight = layer.weight.reshape(2, 12, 8, 3, 3)
+        expected = torch.cat([torch.nn.functional.conv2d(x[b : b + 1], (a[b].reshape(2, 1, 1, 1, 1) * weight).sum(0),
+                                                         bias=a[b] @ layer.bias.reshape(2, 12), padding=1) for b in range(4)])
+        torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=1e-12)

@@ -293,3 +293,25 @@ def test_a_layer_below_the_threshold_but_kept_dynamic_says_why_without_explain()
     assert [r["frozen"] for r in report.freeze["layers"]] == [False, False, False]
     lines = _unfrozen_reasons(report.freeze)
     assert len(lines) == 1 and lines[0].startswith("not frozen: 0: spread") and "subclasses a dynamic conv" in lines[0], lines
+
+
+def test_the_frozen_kernel_is_built_from_the_mean_attention_over_every_sample():
+    """The running mean must weight each calibration chunk by its size (Chan's update): 20 samples
+    in chunks of 8, 8 and 4. The expected kernel is the paper's aggregation of the float64 mean
+    attentions over all samples, W = sum_k a_k (s * W_k) scaled by filter and channel attention."""
+    torch.manual_seed(5)
+    layer = ODConv2d(6, 10, 3, padding=1, kernel_num=4)
+    randomize_biases(randomize_batchnorms(layer))
+    with torch.no_grad():
+        for head in HEADS:  # attentions that vary a lot: the mean is what matters
+            layer.attention.head(head).weight.mul_(5)
+    model = nn.Sequential(layer.eval())
+    x = torch.randn(20, 6, 9, 9)
+    with torch.no_grad():
+        a = layer.double().attentions(x.double())
+    ca, fa, sa, ka = (t.reshape(20, -1).mean(0) for t in (a.channel, a.filter, a.spatial, a.kernel))
+    weight = layer.weight.double()  # (K, O, C, k, k)
+    expected = torch.einsum("k,kocij->ocij", ka, weight * sa.reshape(1, 1, 1, 3, 3)) * fa.reshape(10, 1, 1, 1) * ca.reshape(1, 6, 1, 1)
+    FreezeLowSpread(x, 1e9, batch_size=8).apply(model.float())
+    assert type(model[0]) is nn.Conv2d
+    torch.testing.assert_close(model[0].weight.double(), expected, rtol=1e-5, atol=1e-7)

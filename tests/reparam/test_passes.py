@@ -523,6 +523,45 @@ def test_a_batchnorm_subclass_with_its_own_forward_is_not_folded():
         torch.testing.assert_close(model(x), before, **F64)
 
 
+def test_fold_bn_uses_the_batchnorms_own_epsilon():
+    """A BatchNorm ported from TensorFlow/Keras has eps=1e-3: with running variances near it, a fold
+    that assumed torch's default 1e-5 is off by tens of percent."""
+    layer = _od(8, 12, 3, 1, 4)
+    bn = nn.BatchNorm2d(12, eps=1e-3).double().eval()
+    with torch.no_grad():
+        bn.running_var.uniform_(1e-4, 3e-3)
+        bn.running_mean.normal_()
+        bn.weight.normal_()
+        bn.bias.normal_()
+    model = nn.Sequential(layer, bn)
+    x = _x()
+    with torch.no_grad():
+        before = model(x)
+    assert FoldFollowingBN().apply(model).applied_layers() == ["0"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, **F64)
+
+
+def test_a_batchnorm_used_at_two_places_is_not_folded_into_one():
+    """Folding a BatchNorm that also runs elsewhere would replace it by Identity there too."""
+    class TwiceNormed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.other = _od(8, 8, 3, 1, 2), _bn(8), nn.Conv2d(8, 8, 1).double()
+
+        def forward(self, x):
+            return self.bn(self.other(self.bn(self.conv(x))))
+
+    model = TwiceNormed().eval()
+    x = _x()
+    with torch.no_grad():
+        before = model(x)
+    result = FoldFollowingBN().apply(model)
+    assert not result.changed and "called 2 times" in result.notes[0].detail, result.notes
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, **F64)
+
+
 def test_sync_batchnorms_of_distributed_training_fold_like_batchnorms():
     """convert_sync_batchnorm (DDP training) swaps every BatchNorm2d, the attention's too, for a
     SyncBatchNorm, which in eval mode computes the same running-statistics affine map; they were
