@@ -162,8 +162,9 @@ def run_artifact(artifact, inputs, *, backend=None, device: str = "cpu", threads
     ``inputs``: an (N, C, H, W) array or a path to ``.npy``/``.npz``/``.pt``.  Checked before
     running: rank 4 and the model's channel count (one-line :class:`odexport.errors.InputError`).
     Returns ``{"outputs": {name: float32 array}, "backend": str, "info": CheckpointInfo | None,
-    "input_shape": tuple, "input_notes": [str]}`` (integer images run unscaled: said there).  Opening goes through :func:`odexport.runtime.open_runner`, so
-    ``backend`` picks or checks the backend for each kind of artifact.
+    "input_shape": tuple, "input_notes": [str]}`` (integer images run unscaled: said there).
+    Opening goes through :func:`odexport.runtime.open_runner`, so ``backend`` picks or checks the
+    backend for each kind of artifact.
     """
     import os
 
