@@ -44,7 +44,7 @@ from odexport.errors import ExportError, InputError, ParityError
 from odexport.export import custom as custom_form
 from odexport.export import metadata_keys as keys
 from odexport.export.forms import FORMS, exporting_forms, probe_model
-from odexport.export.plan import TARGETS, LayerPlan, plan_layers
+from odexport.export.plan import FP16_EXCLUDED, TARGETS, LayerPlan, plan_layers
 from odexport.export.verify import DEFAULT_BATCHES, ParityResult, compare_with_torch
 
 SUPPORTED_OPSETS = tuple(range(18, 24))
@@ -466,8 +466,7 @@ def export_onnx(
                 "call model.float() first (use --fp16 for a mixed-precision model)",
             )
         specs, num_outputs = probe_model(model, shape)
-        # fp16 keeps to the variants whose aggregation the precision pass places in fp32
-        plans = plan_layers(specs, form, target=target, batch=batch, exclude=("patch",) if fp16 else ())
+        plans = plan_layers(specs, form, target=target, batch=batch, exclude=FP16_EXCLUDED if fp16 else ())
         say("trace")
         proto = build_onnx(model, plans, input_shape=shape, batch=batch, opset=opset, custom=any(p.form == "custom" for p in plans),
                            num_outputs=num_outputs, example_batch=example_batch, progress=progress)

@@ -156,6 +156,10 @@ def _describe(variant: str) -> str:
     }[variant]
 
 
+# fp16 keeps to the variants whose kernel aggregation the precision pass places in fp32
+FP16_EXCLUDED = ("patch",)
+
+
 def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cpu", batch: int | None = None,
                 exclude: tuple[str, ...] = ()) -> list[LayerPlan]:
     """Plan every layer for ``form``; ``batch`` None means a dynamic batch (cost at batch 1).
@@ -182,7 +186,8 @@ def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cp
             continue
         variant, cost, reason = choose_variant(spec, hint, target, allow_grouped=form == "auto" and batch is not None, exclude=exclude)
         if target == "cpu" and not exclude:
-            # Measured onnxruntime-CPU choices (odexport.export.fast_forms.cpu_variant) override the model.
+            # Measured onnxruntime-CPU choices (odexport.export.fast_forms.cpu_variant) override the model;
+            # they were measured in fp32, so an fp16 plan (exclude) keeps to the cost model.
             from odexport.export.fast_forms import cpu_variant
 
             fast, why = cpu_variant(spec, batch, variant)
@@ -199,9 +204,11 @@ def plan_layers(specs: list[LayerSpec], form: str = "auto", *, target: str = "cp
     return plans
 
 
-def plan_forms(model, target: str = "cpu", batch: int | None = None, input_shape=(3, 224, 224), form: str = "auto") -> list[LayerPlan]:
+def plan_forms(model, target: str = "cpu", batch: int | None = None, input_shape=(3, 224, 224), form: str = "auto",
+               fp16: bool = False) -> list[LayerPlan]:
     """The form each dynamic conv of ``model`` gets for ``form`` (default ``auto``), and why,
-    without exporting.  ``batch`` None plans for a dynamic batch (costed at batch 1)."""
+    without exporting: the plan :func:`odexport.export.onnx_export.export_onnx` makes with the same
+    options.  ``batch`` None plans for a dynamic batch (costed at batch 1)."""
     from odexport.export.forms import describe_layers
 
     was_training = model.training
@@ -210,4 +217,4 @@ def plan_forms(model, target: str = "cpu", batch: int | None = None, input_shape
         specs = describe_layers(model, tuple(input_shape))
     finally:
         model.train(was_training)
-    return plan_layers(specs, form, target=target, batch=batch)
+    return plan_layers(specs, form, target=target, batch=batch, exclude=FP16_EXCLUDED if fp16 else ())

@@ -96,6 +96,12 @@ def test_plan_prints_and_writes_nothing(checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
     code, out, _ = _invoke(source, "--plan", "--no-reparam", "--input-shape", SHAPE, "--quiet")
     assert code == 0 and "layer1.0.conv2" in out
+    variants = {}
+    for extra in ((), ("--fp16",)):  # --fp16 plans without the patch variant, as its export does
+        code, out, err = _invoke(source, "--plan", "--json", "--input-shape", SHAPE, *extra)
+        assert code == 0, err
+        variants[extra] = [p["variant"] for p in json.loads(out)["plan"]]
+    assert "patch" in variants[()] and "patch" not in variants[("--fp16",)]
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,18 @@ def test_dy_resnet_tiny_fp16(tmp_path, form):
     assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+def test_plan_with_fp16_is_the_plan_the_fp16_export_makes(tmp_path):
+    """`odexport onnx --plan --fp16` printed the fp32 plan: patch variants and measured CPU choices
+    that the fp16 export does not use."""
+    from odexport.export.plan import plan_forms
+
+    model = create_model("od_resnet_tiny").eval()
+    planned = [p.variant for p in plan_forms(model, form="decomposed", input_shape=(3, 32, 32), fp16=True)]
+    assert planned != [p.variant for p in plan_forms(model, form="decomposed", input_shape=(3, 32, 32))]  # fp16 changes it here
+    result = export_onnx(model, tmp_path / "m.onnx", form="decomposed", input_shape=(3, 32, 32), fp16=True, check=False)
+    assert [p.variant for p in result.forms] == planned
+
+
 def test_precision_policy_node_by_node(tmp_path):
     """Attention and aggregation nodes compute in fp32, feature convolutions and matmuls in fp16."""
     model = _perturbed(small_model())

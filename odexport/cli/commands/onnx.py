@@ -120,7 +120,7 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
 
             model, _ = deploy_model(loaded, reparam=reparam, progress=stage)
             stage("plan")
-            plans = plan_forms(model, target=target, batch=batch, input_shape=shape, form=form)
+            plans = plan_forms(model, target=target, batch=batch, input_shape=shape, form=form, fp16=fp16)
         else:
             try:
                 result = onnx_from_loaded(loaded, out, form=form, opset=opset, batch=batch, input_shape=shape, reparam=reparam,
