@@ -95,10 +95,11 @@ def model_input_shape(info, input_shape=None, *, purpose: str) -> tuple[int, ...
     A ``--factory`` model records none; loading assumes its first convolution's channels at
     224x224, which is fine for looking at it but not for writing a file from it: an export at the
     wrong size is a graph onnxruntime refuses at the real one.  There an InputError asks for
-    ``--input-shape``."""
-    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED
+    ``--input-shape``.  A given ``input_shape`` withdraws the load note that suggests one."""
+    from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED, drop_default_input_note
 
     if input_shape:
+        drop_default_input_note(info)  # its advice is taken
         return tuple(input_shape)
     if info.extras.get(INPUT_SHAPE_ASSUMED):
         raise _unrecorded_size_error(info, purpose)
@@ -534,6 +535,11 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if shape is None:
         raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
     ref.input_shape = shape
+    info = getattr(ref, "checkpoint_info", None)
+    if info is not None and (input_shape or tuple(shape) != tuple(info.input_shape or ())):
+        from odexport.checkpoint.loader import drop_default_input_note
+
+        drop_default_input_note(info)  # checked at a size given or recorded by the export, not the default
     for candidate, runner in list(opened):
         try:
             _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape))
@@ -1045,8 +1051,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
                 continue
             _require_one_fixed_shape(fixed_shapes, artifact, runner, input_shape)
             info = getattr(runner, "checkpoint_info", None)
-            if info is not None and not input_shape:  # a --factory model's 224x224 is a guess: not a size to time
-                model_input_shape(info, None, purpose=f"timing {Path(str(artifact)).name}")
+            if info is not None:  # a --factory model's 224x224 is a guess: not a size to time
+                model_input_shape(info, input_shape, purpose=f"timing {Path(str(artifact)).name}")
             known_shape = tuple(input_shape) if input_shape else getattr(runner, "input_shape", None)
             if known_shape:  # refuse a batch that cannot fit before a twin is exported for it
                 require_batch_fits(max(batch_sizes), known_shape, [runner.step_bytes])

@@ -295,9 +295,9 @@ def _from_zoo(raw: RawCheckpoint, state_dict, arch, kernel_num, temperature, ext
     num_classes = _num_classes(model, detection.model_kwargs, info)
     input_shape, dataset = info.input_shape_for(num_classes)
     if dataset is not None and input_shape != tuple(info.input_shape):
-        extras["warnings"].append(
-            f"default input {'x'.join(map(str, input_shape))}: {num_classes} classes is {detection.arch}'s {dataset} "
-            f"setting in the reference code; pass --input-shape if it was trained at another size")
+        extras[DEFAULT_INPUT_NOTE] = (f"default input {'x'.join(map(str, input_shape))}: {num_classes} classes is {detection.arch}'s "
+                                      f"{dataset} setting in the reference code; pass --input-shape if it was trained at another size")
+        extras["warnings"].append(extras[DEFAULT_INPUT_NOTE])
     return LoadedModel(model, CheckpointInfo(
         path=raw.path, sha256=raw.sha256, layout=detection.layout, arch=detection.arch,
         model_kwargs=dict(detection.model_kwargs), input_shape=input_shape,
@@ -553,6 +553,18 @@ def _num_classes(model: nn.Module, kwargs: Mapping[str, Any], info) -> int | Non
     if last is not None:
         return int(last.out_features)
     return None if info is None else info.num_classes
+
+
+#: ``CheckpointInfo.extras`` key: the load note on the sample size a class count implies (moot once a size is given)
+DEFAULT_INPUT_NOTE = "default_input_note"
+
+
+def drop_default_input_note(info) -> None:
+    """Withdraw the "default input HxW ... pass --input-shape" note: the run uses a size it was given
+    (``--input-shape``, or the size an export was made at)."""
+    note = info.extras.pop(DEFAULT_INPUT_NOTE, None) if info is not None else None
+    if note is not None and note in info.extras.get("warnings", []):
+        info.extras["warnings"].remove(note)
 
 
 #: ``CheckpointInfo.extras`` key: the input shape is :func:`_guess_input_shape`'s, not the model's own

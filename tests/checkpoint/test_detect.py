@@ -291,3 +291,8 @@ def test_kaijieshi7_default_input_follows_the_reference_training_script(arch, cl
     notes = [w for w in loaded.info.warnings if "--input-shape" in w]
     assert (len(notes) == 1 and dataset in notes[0]) if dataset else not notes
     _same_outputs(expected, loaded.model, shape)
+    if dataset:  # the commands that take --input-shape withdraw the note once it is given (it read as unheeded)
+        from odexport.pipeline import model_input_shape
+
+        assert model_input_shape(loaded.info, (3, 64, 64), purpose="the export") == (3, 64, 64)
+        assert not [w for w in loaded.info.warnings if "--input-shape" in w]
