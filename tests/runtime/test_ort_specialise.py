@@ -326,3 +326,31 @@ def test_a_model_with_nothing_to_specialise_is_told_why(tmp_path):
     with pytest.raises(ExportError, match=r"could be specialised \(onnxruntime makes no NCHWc Conv of a 17->17 3x3 conv in 1 groups here \(1 layer\)") as refused:
         specialise_onnx(source, tmp_path / "c17.ort-cpu.onnx", batch_sizes=(1, 8), measure=False)
     assert str(refused.value).count("onnxruntime makes no NCHWc Conv") == 1
+
+
+def _elementwise_model(op: str, constant: np.ndarray) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node(op, ["input", "c"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 2, 2])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 2, 2])],
+                              [numpy_helper.from_array(constant.astype(np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_the_self_check_sees_one_wrong_element_and_nan():
+    """The check of a specialised file against its portable export is the largest error over the
+    output's scale: one element off must fail it, and a NaN the portable export does not compute
+    scored 0 (``max(0.0, nan)`` is 0.0) and passed."""
+    import math
+
+    from odexport.runtime.ort_specialise import _deviation
+
+    portable = _elementwise_model("Add", np.zeros((3, 2, 2)))
+    one_off, nan = np.zeros((3, 2, 2)), np.ones((3, 2, 2))
+    one_off[1, 0, 1] = 10.0
+    nan[2, 1, 1] = np.nan
+    assert _deviation(portable, portable, (1, 4), 1, 0) == {1: 0.0, 4: 0.0}
+    off = _deviation(portable, _elementwise_model("Add", one_off), (4,), 1, 0)[4]
+    assert off > 1.0  # 10 against samples of scale ~3: the mean over elements would be ~0.1
+    assert all(math.isnan(v) for v in _deviation(portable, _elementwise_model("Mul", nan), (1, 4), 1, 0).values())
