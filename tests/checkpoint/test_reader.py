@@ -85,6 +85,18 @@ def test_compiled_and_wrapped_prefixes_are_stripped(tmp_path):
     _same(weights.state_dict, _weights())
 
 
+def test_prefixes_in_either_order_and_nested_entries(tmp_path):
+    """torch.compile of a DDP-wrapped model saves `_orig_mod.module.`: both go, whatever the order;
+    weights one entry further down (`state_dict.model`, as some trainers nest them) are found."""
+    compiled_ddp = {f"_orig_mod.module.{k}": v for k, v in _weights().items()}
+    weights = extract_state_dict({"state_dict": compiled_ddp})
+    assert weights.stripped_prefixes == ["_orig_mod.", "module."]
+    _same(weights.state_dict, _weights())
+    nested = extract_state_dict({"state_dict": {"model": _weights(), "step": 3}, "epoch": 2})
+    assert nested.entry == "state_dict.model"
+    _same(nested.state_dict, _weights())
+
+
 def test_prefix_kept_when_not_on_every_key():
     state = {"module.weight": torch.ones(2), "head.weight": torch.ones(2)}
     assert list(extract_state_dict(state).state_dict) == ["module.weight", "head.weight"]

@@ -15,7 +15,7 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 # The stand-ins must behave like the public code, or the conversion tests below prove nothing.
-@pytest.mark.parametrize("index", [0, 4, 6, 8, 12])
+@pytest.mark.parametrize("index", [0, 1, 4, 6, 8, 12])  # case 1 trains at T=30: the temperature is carried over
 def test_odconv_standin_reproduces_reference_bank(index):
     case = load_refdata("odconv", "odconv2d_layer_bank.pt")["cases"][index]
     layer = standins.ODConv2d(**case["ctor_kwargs"]).eval()
@@ -81,6 +81,20 @@ def test_mixed_user_model_keeps_outputs_and_keys():
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, **TOL)
         torch.testing.assert_close(model(x[:1]), expected_bs1, **TOL)
+
+
+def test_a_float64_model_converts_into_float64_layers():
+    """The new layers take the replaced layers' dtype (and device): a float32 layer inside a float64
+    model fails its forward ("expected scalar type Double")."""
+    torch.manual_seed(0)
+    model = standins.MixedNet(kaijieshi7_temperature=4).double().eval()
+    x = torch.randn(2, 3, 20, 18, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+    convert_reference_layers(model)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-12, rtol=1e-12)
 
 
 def test_kaijieshi7_training_start_temperature_is_carried_with_a_warning():
