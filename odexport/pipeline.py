@@ -542,7 +542,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
         drop_default_input_note(info)  # checked at a size given or recorded by the export, not the default
     for candidate, runner in list(opened):
         try:
-            _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape))
+            _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape),
+                                  same_source=_exported_from(runner, getattr(ref, "checkpoint_info", None)))
         except InputError as exc:  # an export of another model or size: this candidate cannot run on these samples
             runner.close()
             opened.remove((candidate, runner))
@@ -920,10 +921,11 @@ def _size_for_unsized_reference(reference, info, opened, data):
     raise _unrecorded_size_error(info, f"checking {reference}{found}")
 
 
-def _require_sample_shape(candidate, runner, shape, reference, *, given: bool = False) -> None:
+def _require_sample_shape(candidate, runner, shape, reference, *, given: bool = False, same_source: bool = False) -> None:
     """An export whose graph fixes another sample shape cannot be compared on these samples: an
     input error naming both shapes (and both architectures when the export records its own), not a
-    parity failure blamed on the batch. ``given``: the shape is the user's ``--input-shape``."""
+    parity failure blamed on the batch. ``given``: the shape is the user's ``--input-shape``;
+    ``same_source``: the export records the reference as its source (made at another size)."""
     from odexport.errors import InputError
 
     if getattr(runner, "backend", "").startswith("torch"):
@@ -937,6 +939,9 @@ def _require_sample_shape(candidate, runner, shape, reference, *, given: bool = 
     if given:
         raise InputError(f"--input-shape {'x'.join(map(str, shape))} does not fit {candidate}{made_from}, whose graph takes samples of shape {declared}",
                          f"drop --input-shape (the export's own size is used), or pass --input-shape {fixed}")
+    if same_source:  # beside candidates at another size: one run compares one sample shape
+        raise InputError(f"{candidate} is an export of {reference} at {fixed}, the other candidates run at {'x'.join(map(str, shape))}",
+                         f"check it in a run of its own (odexport check {reference} {candidate}): one run compares one sample shape")
     raise InputError(
         f"{candidate}{made_from} takes samples of shape {declared}, the reference {reference} {tuple(shape)}",
         "pass the export of this checkpoint, or --input-shape "

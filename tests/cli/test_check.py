@@ -295,8 +295,10 @@ def test_an_export_of_this_checkpoint_at_another_size_is_checked_at_that_size(cl
 
     mixed = _check(sample, wide, default_size)
     # the default-size export is compared at the reference's size; the other is refused, naming its size
+    # and that it is an export of this checkpoint ("pass the export of this checkpoint" said it was not)
     told = " ".join(mixed.stderr.split())
-    assert mixed.exit_code == 1 and "takes samples of shape (3, 40, 48)" in told and "the other candidate passed" in told
+    assert mixed.exit_code == 1 and f"wide.onnx is an export of {sample} at 3x40x48" in told and "the other candidate passed" in told
+    assert "in a run of its own" in told and "pass the export of this checkpoint" not in told
 
 
 def test_one_failing_candidate_fails_the_run(artifacts):
