@@ -129,3 +129,22 @@ def test_export_check_holds_small_outputs_to_their_own_scale(tmp_path, precision
     assert compare_with_torch(model, exported(1.0), (3, 8, 8), batches=(1, 2), precision=precision).passed
     result = compare_with_torch(model, exported(1.05), (3, 8, 8), batches=(1, 2), precision=precision)
     assert not result.passed and max(c.max_abs for c in result.comparisons) < {"fp32": 1e-4, "fp16": 1e-3}[precision]
+
+
+def test_per_layer_floor_widens_the_default_atol_only():
+    """Per-layer values follow the outputs' rule: the reference's noise floors the default atol, and
+    an atol the user gave is applied as given (floored, a real divergence read "no dynamic conv
+    diverges"). An attention compared as (B, C, 1, 1) against the flat (B, C) is the same values."""
+    from odexport.report.parity import per_layer_parity
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 8, 4, 4))
+    got = ref + 1e-3  # within 5 x the noise below, far outside 1e-6
+    attention = rng.random((2, 8))
+    values = {"batch_size": 2, "torch": {"conv": {"output": ref, "attention.channel": attention}},
+              "candidate": {"conv": {"output": got, "attention.channel": attention.reshape(2, 8, 1, 1)}},
+              "noise": {"conv": {"output": 1e-3}}}
+    by_default = per_layer_parity(values, ToleranceOverrides(), "fp32")
+    assert by_default.first_divergence is None and len(by_default.layers) == 2
+    given = per_layer_parity(values, ToleranceOverrides(atol=1e-6), "fp32").first_divergence
+    assert given is not None and given.component == "output"

@@ -181,3 +181,33 @@ def test_class_scores_shaped_n_c_1_1_are_class_scores():
     outputs = {"map": np.zeros((2, 4, 8, 8)), "scores": np.zeros((2, 5, 1, 1)), "later": np.zeros((2, 5))}
     assert classifier_output(outputs) == "scores"
     assert classifier_output({"value": np.zeros((2, 1)), "map": np.zeros((2, 4, 8, 8))}) is None
+
+
+def test_labels_are_scored_on_one_output_named_otherwise_by_the_candidate():
+    """A checkpoint's single output is "output", an export's may be "logits": one output on each
+    side is the same scores, so the accuracy is reported (it was dropped when the names differed)."""
+    scores = np.eye(4, 10, dtype=np.float32) * 5  # samples 0..3 predict class 0..3
+    run = CandidateRun("model.onnx", "onnxruntime-cpu", "fp32", ("batch", 3, 8, 8), outputs={2: {"logits": scores}})
+    report = parity_report({"artifact": "ckpt.pth"}, {}, [2], {"output": scores}, [run], labels=np.array([0, 1, 2, 9]))
+    accuracy = report.candidates[0].accuracy
+    assert accuracy is not None and accuracy.reference == accuracy.candidate == 0.75
+
+
+def test_the_hint_matches_every_failure_not_just_one():
+    """One batch refused and one really diverged: the hint is to look at the numbers, not "the
+    candidates refused batch sizes"; an atol failure beside a floor failure is not "only a floor"."""
+    scores = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
+    wrong = scores + 1.0
+    mixed = CandidateRun("m.onnx", "onnxruntime-cpu", "fp32", ("batch", 3, 8, 8), outputs={2: {"output": wrong}},
+                         errors={4: "input 'input' axis 0 has size 4, the model expects 2"})
+    hint = parity_report({"artifact": "c.pth"}, {}, [2, 4], {"output": scores}, [mixed]).error().hint
+    assert "loosen --atol/--rtol" in hint and "refused batch sizes" not in hint
+    flipped = scores.copy()
+    flipped[:, [0, 1]] = flipped[:, [1, 0]]  # top-1 moves and the values are off: atol and floor both fail
+    both = CandidateRun("m.onnx", "onnxruntime-cpu", "fp32", ("batch", 3, 8, 8), outputs={2: {"output": flipped}})
+    from odexport.report.compare import ToleranceOverrides
+
+    report = parity_report({"artifact": "c.pth"}, {}, [2], {"output": scores}, [both], ToleranceOverrides(min_top1=1.0))
+    reasons = report.candidates[0].failures
+    assert any("below the floor" in r for r in reasons) and not all("below the floor" in r for r in reasons), reasons
+    assert "only a top-1/cosine floor failed" not in report.error().hint
