@@ -36,6 +36,7 @@ def conform_dynamic_layers(model: nn.Module, file_shapes: Mapping[str, tuple[int
             continue
         if new is None:
             continue
+        new.train(layer.training)  # a new module starts in training mode: its BatchNorm would use batch statistics
         parent_name, _, child = prefix.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)

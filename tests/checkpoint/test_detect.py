@@ -296,3 +296,24 @@ def test_kaijieshi7_default_input_follows_the_reference_training_script(arch, cl
 
         assert model_input_shape(loaded.info, (3, 64, 64), purpose="the export") == (3, 64, 64)
         assert not [w for w in loaded.info.warnings if "--input-shape" in w]
+
+
+@pytest.mark.parametrize("with_bn", [True, False], ids=["attention_bn", "no_attention_bn"])
+def test_an_odconv_layer_is_rebuilt_to_the_files_shapes(with_bn):
+    """K and the hidden width come from the file (other reductions, per-layer K), and the attention
+    BatchNorm exists exactly when the file has its keys (OSVAI/ODConv#5 variants drop it)."""
+    from odexport.checkpoint.conform import conform_dynamic_layers
+    from odexport.layers import ODConv2d
+
+    torch.manual_seed(0)
+    trained = nn.Sequential(ODConv2d(8, 16, 3, padding=1, kernel_num=2, attention_channels=24, temperature=3.0)).eval()
+    if not with_bn:
+        trained[0].attention.bn = None
+    state = trained.state_dict()
+    model = nn.Sequential(ODConv2d(8, 16, 3, padding=1, kernel_num=4, temperature=3.0)).eval()
+    assert conform_dynamic_layers(model, {k: tuple(v.shape) for k, v in state.items()}, ["0"]) == ["0"]
+    model.load_state_dict(state)  # strict: every key and shape of the file, no more
+    assert model[0].kernel_num == 2 and model[0].temperature == 3.0 and (model[0].attention.bn is None) == (not with_bn)
+    x = torch.randn(2, 8, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x), atol=0, rtol=0)
