@@ -488,6 +488,8 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
 
     stage = progress or (lambda _name: None)
     candidates, batch_sizes = _one_or_many(candidates), sorted(set(_batch_sizes(batch_sizes)))
+    if not candidates:  # a report of nothing would neither pass nor raise
+        raise InputError("no candidates to check", "pass at least one artifact to compare with the reference (an ONNX file, an engine, a checkpoint)")
     if noise_margin is not None and not math.isfinite(noise_margin):  # inf would switch the gate off
         raise InputError(f"--noise-margin {noise_margin} is not a finite number", "use e.g. --noise-margin 5, or 0 to skip it")
     if noise_margin is not None and noise_margin < 0:  # no floor at all, yet the extra run is paid: say so
@@ -1028,6 +1030,8 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     warmup, iterations = int(warmup), int(iterations)
     stage = progress or (lambda _name: None)
     artifacts, batch_sizes = _one_or_many(artifacts), _batch_sizes(batch_sizes)
+    if not artifacts:
+        raise InputError("no artifacts to time", "pass at least one checkpoint, ONNX file or engine")
     if dtype is not None and not any(artifact_kind(a) in ("checkpoint", "module") for a in artifacts):
         raise InputError(f"--dtype {dtype} applies to checkpoints; {', '.join(map(str, artifacts))} compute"
                          f"{'s' if len(artifacts) == 1 else ''} in the precision they were exported or built in",

@@ -169,6 +169,17 @@ def test_benchmark_refuses_what_the_cli_refuses(option, message):
         benchmark(CHECKPOINT, **{"iterations": 2, "warmup": 0, "batch_sizes": 1, **option})
 
 
+def test_nothing_to_compare_or_time_is_refused():
+    """check_parity(ref, []) returned a report that neither passed nor raised (INCOMPLETE, error()
+    None): a CI script testing `report.error()` would go green on nothing."""
+    from odexport.pipeline import benchmark
+
+    with pytest.raises(InputError, match="no candidates to check"):
+        check_parity(CHECKPOINT, [], samples=2)
+    with pytest.raises(InputError, match="no artifacts to time"):
+        benchmark([], iterations=2)
+
+
 def test_thread_counts_mean_the_same_to_every_runner(export):
     """0 threads is onnxruntime's "default" and PyTorch's error: both runners refuse it alike."""
     x = np.zeros((1, 3, 32, 32), np.float32)
