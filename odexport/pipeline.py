@@ -75,6 +75,10 @@ def inspect_checkpoint(source, *, arch=None, kernel_num=None, temperature=None, 
     say(f"load {source}")
     loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
                         prefer_ema=prefer_ema, factory=factory, submodel=submodel, materialize=False)
+    if input_shape and tuple(input_shape) != tuple(loaded.info.input_shape or ()):
+        from odexport.checkpoint.loader import drop_default_input_note
+
+        drop_default_input_note(loaded.info)  # counted at the size given
     shape = tuple(input_shape or loaded.info.input_shape or (3, 224, 224))
     say(f"count parameters and MACs at {'x'.join(map(str, shape))}")
     analysis = analyse_model(loaded.model, shape)
@@ -99,7 +103,8 @@ def model_input_shape(info, input_shape=None, *, purpose: str) -> tuple[int, ...
     from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED, drop_default_input_note
 
     if input_shape:
-        drop_default_input_note(info)  # its advice is taken
+        if tuple(input_shape) != tuple(info.input_shape or ()):
+            drop_default_input_note(info)  # its advice is taken (the default passed on by a caller is not advice taken)
         return tuple(input_shape)
     if info.extras.get(INPUT_SHAPE_ASSUMED):
         raise _unrecorded_size_error(info, purpose)
@@ -130,7 +135,9 @@ def inspect_summary(info, analysis) -> dict:
         which = f"temperature {info.temperature}" if info.temperature is not None else "the layers' temperatures"
         notes.append(f"{which} {'is' if info.temperature is not None else 'are'} folded into the attention weights (by `odexport reparam`); "
                      "the layers run at T=1 and the temperature cannot be changed")
-    extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest")}
+    from odexport.checkpoint.loader import DEFAULT_INPUT_NOTE
+
+    extras = {k: v for k, v in info.extras.items() if k not in ("warnings", "manifest", DEFAULT_INPUT_NOTE)}  # notes are in "notes"
     return {
         "source": {"kind": info.source, "path": None if info.path is None else str(info.path), "sha256": info.sha256},
         "sha256": info.sha256,
@@ -1032,9 +1039,10 @@ def benchmark(artifacts, *, backend=None, device: str = "cpu", batch_sizes=(1,),
     artifacts, batch_sizes = _one_or_many(artifacts), _batch_sizes(batch_sizes)
     if not artifacts:
         raise InputError("no artifacts to time", "pass at least one checkpoint, ONNX file or engine")
-    if dtype is not None and not any(artifact_kind(a) in ("checkpoint", "module") for a in artifacts):
-        raise InputError(f"--dtype {dtype} applies to checkpoints; {', '.join(map(str, artifacts))} compute"
-                         f"{'s' if len(artifacts) == 1 else ''} in the precision they were exported or built in",
+    if dtype not in (None, "float32") and not any(artifact_kind(a) in ("checkpoint", "module") for a in artifacts):
+        one = len(artifacts) == 1
+        raise InputError(f"--dtype {dtype} applies to checkpoints; {', '.join(map(str, artifacts))} "
+                         f"{'computes in the precision it was' if one else 'compute in the precision they were'} exported or built in",
                          "drop --dtype (an export's precision is chosen when it is made: `odexport onnx --fp16`, `odexport trt --fp16`)")
     load = dict(arch=arch, temperature=temperature, trust_pickle=trust_pickle, factory=factory, submodel=submodel, prefer_ema=prefer_ema)
     # a rewrite specialises the batch sizes being timed (the others would take its general branch)

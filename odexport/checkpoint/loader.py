@@ -399,7 +399,7 @@ def _from_deploy(raw: RawCheckpoint, temperature, factory: str | None = None, *,
     model = model_from_deploy(raw.obj, factory=factory)
     model.eval()
     layers = dynamic_convs(model)
-    if kernel_num is not None and any(getattr(layer, "kernel_num", kernel_num) != kernel_num for _, layer in layers):
+    if kernel_num is not None and any(_kernel_count(layer) != kernel_num for _, layer in layers):
         _refuse_kernel_num(raw.path, kernel_num)  # a manifest without the zoo's default K: the layers say it
     folded = _temperature_folded(manifest)
     originals = {float(t) for t in (manifest.get("original_temperatures") or {}).values()}
@@ -485,6 +485,11 @@ def _refuse_options_a_deploy_file_settles(path, manifest: Mapping[str, Any], *, 
     if submodel:
         raise InputError(f"{path} is a deploy file of one model; --submodel {submodel} does not apply to it",
                          "drop --submodel: `odexport reparam --submodel` picked the part when the file was made")
+
+
+def _kernel_count(layer) -> int:
+    """K of a dynamic layer: ODConv2d calls it ``kernel_num``, DyConv2d ``num_kernels``."""
+    return int(getattr(layer, "kernel_num", None) or layer.num_kernels)
 
 
 def _refuse_kernel_num(path, kernel_num) -> None:

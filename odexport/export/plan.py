@@ -126,15 +126,20 @@ def estimate_cost(spec: LayerSpec, variant: str, batch: int, target: str = "cpu"
 def choose_variant(spec: LayerSpec, batch: int, target: str, allow_grouped: bool, exclude: tuple[str, ...] = ()) -> tuple[str, float, str]:
     """``(variant, cost, reason)``: the cheapest exact variant by :func:`estimate_cost`."""
     candidates = [v for v in applicable_variants(spec) if v not in exclude] or list(applicable_variants(spec))
+    left_out = [v for v in applicable_variants(spec) if v not in candidates]
     if allow_grouped and "static" not in candidates:
         candidates.append("grouped")
     costs = {v: estimate_cost(spec, v, batch, target) for v in candidates}
     best = min(costs, key=costs.get)
-    if len(costs) == 1:
+    if len(costs) == 1 and not left_out:
         reason = f"{_describe(best)}; the only exact dynamic-batch variant ({_why_only(spec)})"
+    elif len(costs) == 1:
+        reason = f"{_describe(best)}; the only exact variant left"
     else:
         ranked = " < ".join(f"{v} {costs[v] * 1e3:.3g}" for v in sorted(costs, key=costs.get))
         reason = f"{_describe(best)}; est. ms {ranked} at batch {batch} on {target}"
+    if left_out:  # e.g. fp16 keeps to variants whose aggregation it places in fp32
+        reason += f" ({', '.join(left_out)} left out for fp16)"
     return best, costs[best], reason
 
 

@@ -251,7 +251,7 @@ def specialise_onnx(source, output=None, *, batch_sizes=None, threads: int | Non
         worst = float(np.max(list(result.deviation.values())))
         if not worst <= tolerance:
             differs = (f"differs from {source.name} by {worst:.2e} of its output scale (> {tolerance:g})" if math.isfinite(worst)
-                       else f"computes NaN/inf where {source.name} is finite")
+                       else f"computes NaN/inf where {source.name} does not")
             error = ParityError(f"the specialised model {differs}", "report this with the model; deploy the portable export meanwhile")
             error.outcome = SpecialisedModel(None, source, record, details, result.deviation, tolerance)
             raise error
@@ -368,9 +368,14 @@ def _deviation(portable, specialised, batches, threads, seed) -> dict[int, float
         a, b = plain.infer({plain.inputs[0].name: x}), fast.infer({fast.inputs[0].name: x})
         per_output = []
         for name, ref in a.items():
-            ref = ref.astype(np.float64)
-            scale = float(np.abs(ref).max()) or 1.0
-            per_output.append(float(np.abs(b[name].astype(np.float64) - ref).max()) / scale)
+            ref, got = ref.astype(np.float64), b[name].astype(np.float64)
+            # the same inf or NaN on both sides is no difference (inf - inf would read as NaN); any other is NaN
+            same = (got == ref) | (np.isnan(got) & np.isnan(ref))
+            with np.errstate(invalid="ignore"):
+                gap = np.where(same, 0.0, np.abs(got - ref))
+            finite = np.abs(ref[np.isfinite(ref)])
+            scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+            per_output.append(float(gap.max()) / scale if not np.isnan(gap).any() else float("nan"))
         deviation[batch] = float(np.max(per_output)) if per_output else 0.0  # NaN stays NaN (max(0.0, nan) is 0.0)
     plain.close()
     fast.close()

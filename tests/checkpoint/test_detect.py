@@ -285,17 +285,21 @@ def test_kaijieshi7_default_input_follows_the_reference_training_script(arch, cl
     K=1 keeps the files small; the layout is the same."""
     torch.manual_seed(0)
     expected = create_model(arch, num_classes=classes, kernel_num=1).eval()
-    loaded = load_checkpoint(_save(expected, tmp_path / "model.pth"))
+    loaded = load_checkpoint(path := _save(expected, tmp_path / "model.pth"))
     assert loaded.info.arch == arch and loaded.info.num_classes == classes
     assert loaded.info.input_shape == shape
     notes = [w for w in loaded.info.warnings if "--input-shape" in w]
     assert (len(notes) == 1 and dataset in notes[0]) if dataset else not notes
     _same_outputs(expected, loaded.model, shape)
     if dataset:  # the commands that take --input-shape withdraw the note once it is given (it read as unheeded)
-        from odexport.pipeline import model_input_shape
+        from odexport.pipeline import inspect_checkpoint, model_input_shape
 
+        assert model_input_shape(loaded.info, shape, purpose="the export") == shape  # the default passed on: kept
+        assert [w for w in loaded.info.warnings if "--input-shape" in w]
         assert model_input_shape(loaded.info, (3, 64, 64), purpose="the export") == (3, 64, 64)
         assert not [w for w in loaded.info.warnings if "--input-shape" in w]
+        summary, _ = inspect_checkpoint(path, input_shape=(3, 64, 64))
+        assert not [n for n in summary["notes"] if "--input-shape" in n] and "default_input_note" not in summary["extras"]
 
 
 @pytest.mark.parametrize("with_bn", [True, False], ids=["attention_bn", "no_attention_bn"])

@@ -101,6 +101,7 @@ def test_plan_prints_and_writes_nothing(checkpoint, tmp_path):
         code, out, err = _invoke(source, "--plan", "--json", "--input-shape", SHAPE, *extra)
         assert code == 0, err
         variants[extra] = [p["variant"] for p in json.loads(out)["plan"]]
+        assert json.loads(out)["precision"] == ("fp16" if extra else "fp32")
     assert "patch" in variants[()] and "patch" not in variants[("--fp16",)]
 
 

@@ -218,6 +218,12 @@ def test_options_a_deploy_file_settles_are_refused_and_its_weights_checked(tmp_p
     assert load_checkpoint(tmp_path / "default_k.pt", kernel_num=4).info.arch == ARCH
     with pytest.raises(InputError, match="--kernel-num 2 does not apply"):
         load_checkpoint(tmp_path / "default_k.pt", kernel_num=2)
+    dy = reparameterise(create_model("dy_resnet_tiny").eval())  # DY-Conv layers name their K num_kernels
+    dy_obj = torch.load(save_deploy(dy.model, dy, tmp_path / "dy.pt", {**INFO, "arch": "dy_resnet_tiny"}), weights_only=True)
+    torch.save(_edited(dy_obj, model_kwargs={}), tmp_path / "dy_default_k.pt")
+    assert load_checkpoint(tmp_path / "dy_default_k.pt", kernel_num=4).info.arch == "dy_resnet_tiny"
+    with pytest.raises(InputError, match="--kernel-num 2 does not apply"):
+        load_checkpoint(tmp_path / "dy_default_k.pt", kernel_num=2)
 
     # check hands the reference's options to every checkpoint candidate: a deploy file settles them
     # (an EMA mismatch is check's note, not a refused candidate)

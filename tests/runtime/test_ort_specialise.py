@@ -354,3 +354,6 @@ def test_the_self_check_sees_one_wrong_element_and_nan():
     off = _deviation(portable, _elementwise_model("Add", one_off), (4,), 1, 0)[4]
     assert off > 1.0  # 10 against samples of scale ~3: the mean over elements would be ~0.1
     assert all(math.isnan(v) for v in _deviation(portable, _elementwise_model("Mul", nan), (1, 4), 1, 0).values())
+    huge = np.ones((3, 2, 2))
+    huge[0, 0, 0] = np.inf  # the portable export overflows there too: the same inf is no difference
+    assert _deviation(_elementwise_model("Mul", huge), _elementwise_model("Mul", huge), (4,), 1, 0) == {4: 0.0}

@@ -135,9 +135,10 @@ def _export(checkpoint, output, form, opset, batch, dynamic_batch, input_shape, 
 
     if plan:
         if json_output:
-            print_json({"plan": [p.to_dict() for p in plans], "target": target, "batch": batch, "input_shape": list(shape)})
+            print_json({"plan": [p.to_dict() for p in plans], "target": target, "batch": batch, "input_shape": list(shape),
+                        "precision": "fp16" if fp16 else "fp32"})
         else:
-            print_wide(_plan_table(plans, target, batch))
+            print_wide(_plan_table(plans, target, batch, fp16))
         return
     load_notes = list(info.warnings)
     if json_output:
@@ -182,12 +183,13 @@ def default_output(source: Path) -> Path:
     return source.with_suffix(".onnx")
 
 
-def _plan_table(plans, target, batch):
+def _plan_table(plans, target, batch, fp16: bool = False):
     from rich.table import Table
 
     from odexport.report.render import table_style
 
-    table = Table(title=f"export plan (target {target}, batch {'dynamic' if batch is None else batch})", **table_style())
+    title = f"export plan (target {target}, batch {'dynamic' if batch is None else batch}{', fp16' if fp16 else ''})"
+    table = Table(title=title, **table_style())
     for column in ("layer", "form", "variant", "est. ms", "why"):
         table.add_column(column, justify="right" if column == "est. ms" else "left")
     for p in plans:
