@@ -75,10 +75,9 @@ def inspect_checkpoint(source, *, arch=None, kernel_num=None, temperature=None, 
     say(f"load {source}")
     loaded = load_model(source, arch=arch, kernel_num=kernel_num, temperature=temperature, trust_pickle=trust_pickle,
                         prefer_ema=prefer_ema, factory=factory, submodel=submodel, materialize=False)
-    if input_shape and tuple(input_shape) != tuple(loaded.info.input_shape or ()):
-        from odexport.checkpoint.loader import drop_default_input_note
+    from odexport.checkpoint.loader import drop_default_input_note
 
-        drop_default_input_note(loaded.info)  # counted at the size given
+    drop_default_input_note(loaded.info, input_shape)  # counted at the size given
     shape = tuple(input_shape or loaded.info.input_shape or (3, 224, 224))
     say(f"count parameters and MACs at {'x'.join(map(str, shape))}")
     analysis = analyse_model(loaded.model, shape)
@@ -103,8 +102,7 @@ def model_input_shape(info, input_shape=None, *, purpose: str) -> tuple[int, ...
     from odexport.checkpoint.loader import INPUT_SHAPE_ASSUMED, drop_default_input_note
 
     if input_shape:
-        if tuple(input_shape) != tuple(info.input_shape or ()):
-            drop_default_input_note(info)  # its advice is taken (the default passed on by a caller is not advice taken)
+        drop_default_input_note(info, input_shape)  # its advice is taken
         return tuple(input_shape)
     if info.extras.get(INPUT_SHAPE_ASSUMED):
         raise _unrecorded_size_error(info, purpose)
@@ -544,11 +542,9 @@ def check_parity(reference, candidates, *, samples: int = 8, seed: int = 0, inpu
     if shape is None:
         raise InputError("cannot tell the input shape of one sample", "pass --input-shape CxHxW, e.g. 3x224x224")
     ref.input_shape = shape
-    info = getattr(ref, "checkpoint_info", None)
-    if info is not None and (input_shape or tuple(shape) != tuple(info.input_shape or ())):
-        from odexport.checkpoint.loader import drop_default_input_note
+    from odexport.checkpoint.loader import drop_default_input_note
 
-        drop_default_input_note(info)  # checked at a size given or recorded by the export, not the default
+    drop_default_input_note(getattr(ref, "checkpoint_info", None), shape)  # checked at a size given or an export's own
     for candidate, runner in list(opened):
         try:
             _require_sample_shape(candidate, runner, shape, reference, given=bool(input_shape),

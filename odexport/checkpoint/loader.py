@@ -564,10 +564,12 @@ def _num_classes(model: nn.Module, kwargs: Mapping[str, Any], info) -> int | Non
 DEFAULT_INPUT_NOTE = "default_input_note"
 
 
-def drop_default_input_note(info) -> None:
-    """Withdraw the "default input HxW ... pass --input-shape" note: the run uses a size it was given
-    (``--input-shape``, or the size an export was made at)."""
-    note = info.extras.pop(DEFAULT_INPUT_NOTE, None) if info is not None else None
+def drop_default_input_note(info, used_shape) -> None:
+    """Withdraw the "default input HxW ... pass --input-shape" note when the run uses another size
+    (given with ``--input-shape``, or the size an export was made at); at the default it stands."""
+    if info is None or not used_shape or tuple(used_shape) == tuple(info.input_shape or ()):
+        return
+    note = info.extras.pop(DEFAULT_INPUT_NOTE, None)
     if note is not None and note in info.extras.get("warnings", []):
         info.extras["warnings"].remove(note)
 
