@@ -130,8 +130,10 @@ def _explain_table(report):
 def _unfrozen_reasons(freeze) -> list[str]:
     """Layers below the threshold yet kept dynamic (a subclass, a hooked layer), or never run on
     the calibration inputs: the table shows "no" for them as for a layer above it."""
+    eps = freeze.get("eps")
     return [f"not frozen: {rec['layer']}: {rec['reason']}" for rec in freeze["layers"]
-            if not rec.get("frozen") and rec.get("reason") and (" < eps " in rec["reason"] or rec.get("spread") is None)]
+            if not rec.get("frozen") and rec.get("reason")
+            and (rec.get("spread") is None or (eps is not None and rec["spread"] < eps))]
 
 
 def _freeze_table(freeze):
