@@ -306,17 +306,24 @@ def _legacy_text_protocol(head: bytes) -> int | None:
     return 0 if head[len(_LEGACY_TEXT_MAGIC):len(_LEGACY_TEXT_MAGIC) + 1] == b"I" else 1
 
 
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the limit safetensors itself enforces on the JSON header
+
+
 def _read_head(path: Path, n: int = 64) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(n)
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
-    """safetensors: 8-byte little-endian header length, then a JSON object."""
+    """safetensors: 8-byte little-endian header length, then a JSON object.  A header longer than the
+    file is still safetensors when the JSON starts as its writers start it (``{"``): a file cut inside
+    its header is then named truncated by the reader, not "not a checkpoint"."""
     if len(head) < 9:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
-    return 0 < header_len <= size - 8 and head[8:9] == b"{"
+    if 0 < header_len <= size - 8:
+        return head[8:9] == b"{"
+    return 0 < header_len < _SAFETENSORS_MAX_HEADER and head[8:10] == b'{"'
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict[str, str]]:
@@ -445,7 +452,12 @@ def _unsafe_globals(path: Path, file_format: str, message: str) -> list[str]:
         with contextlib.suppress(Exception):
             names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     allowed = {f"{t.__module__}.{t.__qualname__}" for t in _metadata_safe_globals()}
-    names = [n for n in names if n not in allowed and not n.startswith("numpy.")]
+    # numpy moved its modules between releases (numpy.core -> numpy._core): an allowed type saved
+    # under another module path is matched by its name; other numpy objects (a random Generator)
+    # are named, after the file's own classes, which are the likelier cause
+    allowed_names = {name.rsplit(".", 1)[-1] for name in allowed if name.startswith("numpy.")}
+    names = [n for n in names if n not in allowed and not (n.startswith("numpy.") and n.rsplit(".", 1)[-1] in allowed_names)]
+    names.sort(key=lambda n: n.startswith("numpy."))
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+)", message)
     return list(dict.fromkeys(names))
@@ -455,7 +467,9 @@ def _corrupted(path: Path, file_format: str, exc: Exception) -> CheckpointError:
     text = _first_line(exc)
     full = str(exc)
     kind = "zip archive" if file_format == "torch-zip" else "torch file"
-    if "central directory" in full or isinstance(exc, (EOFError, IndexError)) or "truncated" in full.lower():
+    # "unexpected EOF": a legacy file cut inside its tensor data (torch's own RuntimeError)
+    if ("central directory" in full or isinstance(exc, (EOFError, IndexError))
+            or any(word in full.lower() for word in ("truncated", "unexpected eof"))):
         problem = f"{path} is a truncated or corrupted {kind} ({text})"
     elif "not in a subdirectory" in full or "data.pkl" in full:
         problem = f"{path} is a zip archive but not a torch checkpoint ({text})"

@@ -274,6 +274,44 @@ def test_a_pickled_module_inside_the_checkpoint_dict_loads_with_trust_pickle(tmp
     _same(extract_state_dict(raw.obj).state_dict, net.state_dict())
 
 
+def test_a_pickled_module_three_dicts_deep_loads_with_trust_pickle(tmp_path):
+    """A module two dicts down (``{'ckpt': {'model': model}}``, as some trainers nest their state)
+    still gives its weights; the plain state dict beside it keeps its type and ``_metadata``."""
+    net = PickledNet()
+    path = tmp_path / "nested.pth"
+    torch.save({"ckpt": {"model": net, "epoch": 3}, "other": {"inner": {"deep": nn.Linear(2, 3)}}}, path)
+    raw = read_checkpoint_file(path, trust_pickle=True)
+    assert raw.unpickled_module.endswith("PickledNet")
+    _same(raw.obj["ckpt"]["model"], net.state_dict())
+    assert isinstance(raw.obj["other"]["inner"]["deep"], dict)  # three dicts deep: converted too
+
+
+def test_a_state_dict_keeps_its_version_metadata(tmp_path):
+    """load_state_dict reads a BatchNorm's version from ``_metadata`` (older versions lack
+    num_batches_tracked): the reader hands the state dict on as saved, not as a rebuilt dict."""
+    path = tmp_path / "bn.pt"
+    torch.save(nn.BatchNorm2d(3).state_dict(), path)
+    obj = read_checkpoint_file(path).obj
+    assert getattr(obj, "_metadata", None) == {"": {"version": 2}}
+
+
+def test_numpy_objects_that_need_full_unpickling_are_named(tmp_path):
+    """A saved numpy Generator needs full unpickling: the error names its classes (numpy arrays and
+    scalars beside it are safe and not named); a class of the file's own is named first."""
+    path = tmp_path / "with_rng.pth"
+    torch.save({"w": torch.ones(2), "acc": np.float64(0.5), "arr": np.ones(3), "rng": np.random.default_rng(0)}, path)
+    message = _one_line_error(path, "--trust-pickle")
+    assert "numpy.random" in message and "ndarray" not in message and "multiarray" not in message
+    path = tmp_path / "with_class.pth"
+    torch.save({"w": torch.ones(2), "arr": np.ones(3), "rng": np.random.default_rng(0), "cfg": PickledConfig()}, path)
+    message = _one_line_error(path, "--trust-pickle")
+    assert message.index("PickledConfig") < message.index("numpy.random")
+
+
+class PickledConfig:
+    pass
+
+
 def test_plain_pickle_is_refused(tmp_path):
     path = tmp_path / "weights.pkl"
     with open(path, "wb") as handle:
@@ -342,6 +380,25 @@ def test_truncated_legacy_file(tmp_path):
     torch.save({"state_dict": _weights()}, path, _use_new_zipfile_serialization=False)
     path.write_bytes(path.read_bytes()[:300])
     _one_line_error(path, "truncated or corrupted")
+
+
+def test_legacy_file_cut_inside_its_tensor_data(tmp_path):
+    """Cut after the pickle, inside the storages: torch says "unexpected EOF"; that is truncation."""
+    path = tmp_path / "cut_data.pth"
+    torch.save({"w": torch.ones(1000)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    _one_line_error(path, "truncated or corrupted")
+
+
+def test_safetensors_cut_inside_its_header(tmp_path):
+    """The header length promises more than the file holds: a truncated safetensors file, not
+    "not a checkpoint"."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64)}, str(path))
+    path.write_bytes(path.read_bytes()[:30])
+    _one_line_error(path, "corrupted or truncated safetensors file")
 
 
 def test_random_bytes_text_and_empty_file(tmp_path):
