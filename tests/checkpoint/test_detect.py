@@ -274,6 +274,68 @@ def test_tardelean_deeplab_checkpoint_is_named(tmp_path):
     assert "--factory module:function" in message and "\n" not in message
 
 
+def test_a_decoder_without_an_aspp_head_is_not_called_deeplab(tmp_path):
+    """Only ``aspp.`` beside ``decoder.`` is TArdelean's DeepLabV3+; a backbone with some other
+    decoder entry is a composite checkpoint whose backbone loads, the decoder's keys named."""
+    torch.manual_seed(0)
+    expected = create_model("ta_resnet_tiny").eval()
+    state = {f"backbone.{k}": v for k, v in expected.state_dict().items()}
+    state["decoder.conv.weight"] = torch.zeros(4, 8, 1, 1)
+    torch.save(state, path := tmp_path / "with_decoder.pth")
+    loaded = load_checkpoint(path)
+    assert loaded.info.arch == "ta_resnet_tiny"
+    assert [w for w in loaded.info.warnings if "loaded the backbone" in w and "ignored 1 key of decoder" in w]
+    _same_outputs(expected, loaded.model, loaded.info.input_shape)
+
+
+def test_arch_loads_the_backbone_of_a_deeplab_checkpoint(tmp_path):
+    """The DeepLab refusal is for the search; ``--arch`` names what to load from the backbone."""
+    torch.manual_seed(0)
+    expected = create_model("ta_resnet_tiny").eval()
+    state = {f"backbone.{k}": v for k, v in expected.state_dict().items()}
+    state["aspp.aspp1.kernels_weights"] = torch.zeros(4, 16, 8, 1, 1)
+    state["decoder.last_conv.weight"] = torch.zeros(21, 16, 1, 1)
+    torch.save(state, path := tmp_path / "deeplab.pth")
+    with pytest.raises(ArchitectureError, match="DeepLabV3"):
+        load_checkpoint(path)
+    loaded = load_checkpoint(path, arch="ta_resnet_tiny")
+    assert loaded.info.arch == "ta_resnet_tiny"
+    _same_outputs(expected, loaded.model, loaded.info.input_shape)
+
+
+def test_odconv_with_one_kernel_is_detected(tmp_path):
+    """K=1 ODConv layers have no kernel-attention head (no ``attention.kernel_fc``): the file is still
+    the architecture, at kernel_num 1."""
+    torch.manual_seed(0)
+    expected = _trained_like(create_model("od_resnet_tiny", kernel_num=1))
+    assert not [k for k in expected.state_dict() if "kernel_fc" in k]
+    loaded = load_checkpoint(_save(expected, tmp_path / "k1.pth"))
+    assert loaded.info.arch == "od_resnet_tiny" and loaded.info.model_kwargs.get("kernel_num") == 1
+    _same_outputs(expected, loaded.model, loaded.info.input_shape)
+
+
+def test_a_file_with_plain_and_ema_weights_says_which_were_used(tmp_path):
+    torch.manual_seed(0)
+    plain, ema = _trained_like(create_model("od_resnet_tiny"), seed=1), _trained_like(create_model("od_resnet_tiny"), seed=2)
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict()}, path := tmp_path / "both.pth")
+    loaded = load_checkpoint(path)
+    assert [w for w in loaded.info.warnings if "also holds EMA weights ('state_dict_ema')" in w and "--ema" in w]
+    _same_outputs(plain, loaded.model, loaded.info.input_shape)
+    chosen = load_checkpoint(path, prefer_ema=True)
+    assert not [w for w in chosen.info.warnings if "EMA" in w]
+    _same_outputs(ema, chosen.model, chosen.info.input_shape)
+
+
+def test_a_missing_file_named_by_its_suffix_alone_is_called_missing(tmp_path, monkeypatch):
+    """``odexport onnx best.pth`` in a directory without it: the missing file, not an unknown
+    architecture named "best.pth"."""
+    from odexport.checkpoint.loader import load_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model("best.pth")
+
+
 @pytest.mark.parametrize("arch, classes, shape, dataset", [
     ("dy_resnet18", 10, (3, 32, 32), "CIFAR-10"),
     ("dy_vgg11", 100, (3, 32, 32), "CIFAR-100"),

@@ -69,6 +69,21 @@ def test_unfolded_temperature_is_restored(tmp_path):
         assert rel_dev(rebuilt(x), source(x)) <= 1e-6
 
 
+def test_a_folded_temperature_is_loaded_at_its_own_value_and_no_other(tmp_path):
+    """``load_checkpoint(deploy, temperature=T)`` with the T folded in is no change (it loads and
+    computes the source at T); any other T cannot be unfolded from the weights and is refused."""
+    from odexport.checkpoint import load_checkpoint
+
+    source = _source(temperature=3.0)
+    path = save_deploy((report := reparameterise(source)).model, report, tmp_path / "deploy.pt", INFO)
+    loaded = load_checkpoint(path, temperature=3.0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_dev(loaded.model(x), source(x)) <= 1e-6
+    with pytest.raises(InputError, match="cannot be changed here"):
+        load_checkpoint(path, temperature=2.0)
+
+
 def test_reparameterising_a_deploy_model_again(tmp_path):
     source = _source(temperature=2.0)
     first = reparameterise(source)
