@@ -173,7 +173,8 @@ def _by_size_in_order(values: list[str], wanted: list[int], sizes: dict[str, int
     """The values, in graph order, whose per-sample sizes are ``wanted`` in that order, or None.
 
     A fused-heads attention also hands its joint logits (``C + O + k*k + K`` per sample) to the
-    split outside its scope; the heads themselves are the later values of their own sizes.
+    split outside its scope; their size is no head's, so they are passed over, and each head is
+    the first value of its size after the one before it.
     """
     picked: list[str] = []
     for name in values:

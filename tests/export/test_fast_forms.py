@@ -136,6 +136,18 @@ def test_cpu_plans_of_tiny_models(arch):
     assert_runs_at_batches(model, proto, shape, batches=(1,))
 
 
+@pytest.mark.parametrize("hw, variant", [((20, 20), "sample"), ((16, 18), "sample"), ((16, 17), "patch")])
+def test_cpu_variant_takes_the_per_sample_kernel_up_to_twice_the_input(hw, variant):
+    """At a fixed batch the per-sample kernel is taken while the K kernels are at most 2x the
+    layer input (docs/performance.md, attempt 2); a 64->64 3x3 K=1 kernel is 36864 numbers, a
+    64x16x18 input 18432 (exactly 2x), 64x16x17 17408 (past it: the one-kernel patch form)."""
+    from odexport.export.fast_forms import cpu_variant
+
+    layer = nn.Sequential(ODConv2d(64, 64, 3, 1, 1, kernel_num=1)).eval()
+    spec = describe_layers(layer, (64, *hw))[0]
+    assert cpu_variant(spec, batch=1)[0] == variant
+
+
 # -- onnxruntime-CPU runtime-weight NCHWc rewrite ------------------------------------------------
 
 

@@ -120,6 +120,24 @@ def test_compare_outputs_pairs_single_outputs_and_reports_missing_names():
     assert results[0].passed and not results[1].passed and "no output 'b'" in results[1].failures[0]
 
 
+def test_boundaries_and_degenerate_outputs():
+    """An element exactly on atol + rtol*|r| passes (bit-identical outputs pass at atol=rtol=0);
+    inf at the reference's own arg-max is no agreement; two all-zero outputs agree perfectly (the
+    fp16 cosine floor passes); one reference output against two named otherwise is a missing name."""
+    x = np.random.default_rng(0).standard_normal((2, 10)).astype(np.float32)
+    assert compare_arrays(x, x.copy(), Tolerance(0.0, 0.0)).passed
+    edge = compare_arrays(np.array([[2.0, 4.0]]), np.array([[2.5, 4.75]]), Tolerance(atol=0.25, rtol=0.125))
+    assert edge.mismatched == 0 and edge.passed  # 0.5 == 0.25 + 0.125*2 and 0.75 == 0.25 + 0.125*4 (exact in binary)
+    ref = np.array([[0.0, 5.0, 1.0], [0.0, 5.0, 1.0]])
+    cand = ref.copy()
+    cand[0, 1] = np.inf
+    assert compare_arrays(ref, cand, Tolerance(1e-5, 1e-4)).top1 == 0.5
+    zeros = compare_arrays(np.zeros((2, 10)), np.zeros((2, 10)), default_tolerance("fp16"))
+    assert zeros.cosine == 1.0 and zeros.passed
+    results = compare_outputs({"a": x}, {"b": x, "c": x}, Tolerance(1.0, 1.0))
+    assert len(results) == 1 and not results[0].passed and "no output 'a' (it has: b, c)" in results[0].failures[0]
+
+
 def test_default_tolerances_and_overrides():
     assert DEFAULT_TOLERANCES["fp32"].atol <= 1e-4 and DEFAULT_TOLERANCES["fp32"].rtol <= 1e-4
     assert default_tolerance("unknown") == DEFAULT_TOLERANCES["fp32"]

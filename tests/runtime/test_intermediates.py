@@ -162,3 +162,37 @@ def test_float64_values_are_taken_before_an_inplace_activation():
         expected = conv(torch.from_numpy(x)).numpy()
     assert (expected < 0).any()  # the ReLU would have changed it
     np.testing.assert_array_equal(recorded, expected)
+
+
+def test_a_dynamic_conv_whose_output_is_the_graph_output_is_located(tmp_path):
+    """The model's last layer is the dynamic conv: its output is a graph output, not an
+    intermediate, and is still compared; the rounding noise per component is the largest
+    |fp32 - fp64| difference (the floor the per-layer verdict widens by), not a mean."""
+    import copy
+
+    class EndsInDynamic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.od = ODConv2d(8, 8, 3, padding=1, kernel_num=2)
+
+        def forward(self, x):
+            return self.od(torch.relu(self.stem(x)))
+
+    torch.manual_seed(0)
+    model = EndsInDynamic().eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = str(tmp_path / "last.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x),), path, input_names=["input"], output_names=["output"],
+                          dynamo=True, verbose=False)
+    shapes = {layer: {c: v.shape[1:] for c, v in comps.items()} for layer, comps in torch_layer_values(model, x).items()}
+    mapping, notes = onnx_layer_value_names(onnx.load(path), shapes)
+    assert mapping["od"]["output"] == "output", notes
+    double = copy.deepcopy(model).double()
+    values = onnx_layer_values(model, path, x, noise_model=double)
+    assert "output" in values["candidate"]["od"]
+    ours, exact = torch_layer_values(model, x)["od"], torch_layer_values(double, x)["od"]
+    for component, noise in values["noise"]["od"].items():
+        assert noise == float(np.abs(ours[component].astype(np.float64) - exact[component]).max()), component
