@@ -61,7 +61,8 @@ def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: in
                             for c, v in comps.items() if c in other.get(layer, {})}
     notes: list[str] = []
     if not torch_values:
-        return {"batch_size": int(x.shape[0]), "torch": {}, "candidate": {}, "notes": ["the reference has no dynamic convs"]}
+        return {"batch_size": int(x.shape[0]), "torch": {}, "candidate": {}, "notes": ["the reference has no dynamic convs"],
+                "noise": noise}
     proto = onnx.load(str(onnx_model)) if not isinstance(onnx_model, onnx.ModelProto) else onnx_model
     shapes = {layer: {c: v.shape[1:] for c, v in comps.items()} for layer, comps in torch_values.items()}
     mapping, found_notes = onnx_layer_value_names(proto, shapes)

@@ -196,3 +196,14 @@ def test_a_dynamic_conv_whose_output_is_the_graph_output_is_located(tmp_path):
     ours, exact = torch_layer_values(model, x)["od"], torch_layer_values(double, x)["od"]
     for component, noise in values["noise"]["od"].items():
         assert noise == float(np.abs(ours[component].astype(np.float64) - exact[component]).max()), component
+
+
+def test_a_model_without_dynamic_convs_has_nothing_to_compare_and_says_so(tmp_path):
+    """Same keys as any other result (the renderer and JSON read ``noise`` like the rest)."""
+    from tests.runtime._models import TinyNet, export_plain
+
+    model = TinyNet().eval()
+    path = export_plain(model, tmp_path / "static.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    values = onnx_layer_values(model, path, x, noise_model=TinyNet().double().eval())
+    assert values == {"batch_size": 2, "torch": {}, "candidate": {}, "notes": ["the reference has no dynamic convs"], "noise": {}}
