@@ -195,13 +195,14 @@ def find_submodel(state_dict: Mapping[str, Any], *, submodel: str | None = None,
 
 
 def classifier_warning(part: SubModel, classifier_key: str | None) -> str | None:
-    """The note for a detector's backbone that kept its classifier (which the detector never trained)."""
+    """The note for a detector's or segmentor's backbone that kept its classifier (which the whole
+    network never trained)."""
     owner = {"detection": "detector", "segmentation": "segmentor"}.get(part.kind.split()[0])
     if owner is None or classifier_key is None or classifier_key not in part.state_dict:
         return None
     head = classifier_key.rpartition(".")[0]
     return (f"a {owner} neither runs nor trains its backbone's classifier '{head}': the exported "
-            "model's conv features are the detector's, but its class scores come from the head the backbone was "
+            f"model's conv features are the {owner}'s, but its class scores come from the head the backbone was "
             "initialised with (e.g. its ImageNet weights) and are not meaningful")
 
 

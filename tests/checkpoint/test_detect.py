@@ -119,7 +119,8 @@ def _as_old_kaijieshi7(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["dy_resnet_tiny", "dy_vgg_tiny"])  # the VGG's first attention sees 3 channels
+# the VGG's first attention sees 3 channels; the MobileNetV2's layers have a dynamic bias
+@pytest.mark.parametrize("name", ["dy_resnet_tiny", "dy_vgg_tiny", "dy_mobilenetv2_tiny"])
 def test_old_kaijieshi7_checkpoint_is_conformed_to_its_shapes(tmp_path, name):
     model = _trained_like(_as_old_kaijieshi7(create_model(name)), seed=3)
     assert not any(k.endswith("fc2.bias") for k in model.state_dict())
@@ -128,6 +129,7 @@ def test_old_kaijieshi7_checkpoint_is_conformed_to_its_shapes(tmp_path, name):
     conformed = loaded.info.extras["conformed_layers"]
     assert len(conformed) == len(dynamic_convs(model))
     assert all(layer.attention.fc2.bias is None for _, layer in dynamic_convs(loaded.model))
+    assert [layer.bias is None for _, layer in dynamic_convs(loaded.model)] == [layer.bias is None for _, layer in dynamic_convs(model)]
     _same_outputs(model, loaded.model, (3, 32, 32))
 
 

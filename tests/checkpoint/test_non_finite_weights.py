@@ -58,3 +58,18 @@ def test_check_names_the_broken_tensor(broken, tmp_path):
     result = CliRunner().invoke(app, ["check", str(broken), str(export), "--quiet", "--samples", "2"])
     assert result.exit_code == 1, result.output
     assert f"its weights hold 2 NaN/inf values, the first in '{BROKEN_KEY}'" in " ".join(result.output.split())
+
+
+def test_only_a_nan_error_is_explained_by_the_broken_weights(broken):
+    """The weights' NaN is named in an error about NaN/inf outputs, never added to an unrelated one;
+    one broken value reads in the singular."""
+    from odexport.checkpoint.info import CheckpointInfo, explain_non_finite, non_finite_weights_sentence
+    from odexport.errors import InputError
+
+    info = model_from_checkpoint(broken).info
+    assert explain_non_finite(InputError("the inputs have the wrong shape", "pass 3x32x32"), info) is None
+    explained = explain_non_finite(InputError("the model computes NaN/inf values", "fix it"), info)
+    assert explained.message.startswith("the model computes NaN/inf values: ") and BROKEN_KEY in explained.message
+    assert explained.hint == "fix it"
+    one = CheckpointInfo(None, None, "odconv", "x", {}, None, None, 1.0, extras={"non_finite_weights": {"fc.weight": 1}})
+    assert non_finite_weights_sentence(one) == "its weights hold 1 NaN/inf value, the first in 'fc.weight'"

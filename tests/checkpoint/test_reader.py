@@ -95,6 +95,12 @@ def test_prefixes_in_either_order_and_nested_entries(tmp_path):
     nested = extract_state_dict({"state_dict": {"model": _weights(), "step": 3}, "epoch": 2})
     assert nested.entry == "state_dict.model"
     _same(nested.state_dict, _weights())
+    deeper = extract_state_dict({"state_dict": {"model": {"net": _weights()}}})
+    assert deeper.entry == "state_dict.model.net"
+    _same(deeper.state_dict, _weights())
+    beside = extract_state_dict({**_weights(), "arch_name": "dy_resnet"})  # a string saved among the tensors
+    assert beside.dropped_non_tensors == ["arch_name"]
+    _same(beside.state_dict, _weights())
 
 
 def test_prefix_kept_when_not_on_every_key():

@@ -89,6 +89,47 @@ def test_mmdet_checkpoint_loads_its_backbone_and_names_what_was_ignored(tmp_path
     assert "classifier 'fc'" in classifier and "not meaningful" in classifier
 
 
+def _prefixed(prefix: str, **parts) -> dict:
+    """The tiny backbone's keys under ``prefix`` plus one key per named extra part."""
+    state = {f"{prefix}{k}": v for k, v in create_model(ARCH).state_dict().items()}
+    state.update({f"{part}.w.weight": torch.zeros(2) for part in parts})
+    return state
+
+
+def test_what_a_composite_file_is_comes_from_its_parts_and_its_meta():
+    """mmcv writes ``mmcv_version`` beside the tool's own version: the tool names the file. Without
+    meta a detector's heads and a segmentor's decode head say what it is, and the classifier note
+    names whose features these are. A ``*_backbone`` (mmdet3d's ``img_backbone``) is a backbone;
+    a part inside another (``teacher.neck``) is named by its full path."""
+    from odexport.checkpoint.submodel import classifier_warning, find_submodel
+
+    state = _prefixed("backbone.", neck=1)
+    part = find_submodel(state, meta={"mmcv_version": "1.3.8", "mmdet_version": "2.11.0", "epoch": 12})
+    assert part.kind == "detection checkpoint (mmdet 2.11.0)"
+    detector = find_submodel(_prefixed("backbone.", rpn_head=1))
+    assert detector.kind == "detection checkpoint"
+    assert "features are the detector's" in classifier_warning(detector, "fc.weight")
+    segmentor = find_submodel(_prefixed("backbone.", decode_head=1))
+    assert segmentor.kind == "segmentation checkpoint"
+    note = classifier_warning(segmentor, "fc.weight")
+    assert note.startswith("a segmentor neither runs") and "features are the segmentor's" in note and "detector" not in note
+    assert classifier_warning(find_submodel(_prefixed("backbone.", other_part=1)), "fc.weight") is None  # no head: no note
+    image = find_submodel(_prefixed("img_backbone.", pts_neck=1))
+    assert (image.prefix, image.ignored) == ("img_backbone.", {"pts_neck": 1})
+    nested = find_submodel({**_prefixed("teacher.backbone."), "teacher.neck.l.weight": torch.zeros(2),
+                            "student.x.weight": torch.zeros(2)})
+    assert (nested.prefix, nested.ignored) == ("teacher.backbone.", {"teacher.neck": 1, "student": 1})
+
+
+def test_keys_without_a_prefix_have_no_sole_prefix_and_a_wrong_submodel_names_the_largest_part():
+    from odexport.checkpoint.submodel import find_submodel, sole_prefix
+
+    assert sole_prefix({"weight": torch.zeros(2, 3, 3, 3), "bias": torch.zeros(2)}) is None
+    with pytest.raises(CheckpointError) as info:
+        find_submodel({"aux.w": torch.zeros(1), **_prefixed("model.")}, submodel="backbone")
+    assert "--submodel model" in info.value.hint
+
+
 def test_arch_names_the_backbone_architecture(tmp_path):
     backbone = _backbone(kernel_num=2, num_classes=5)
     path = _save_mmdet(tmp_path / "det.pth", _detector_state(backbone))

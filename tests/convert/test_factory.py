@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+from torch import nn
 
 from odexport.convert import TemperatureArgModel
 from odexport.errors import CheckpointError, InputError
@@ -135,6 +136,42 @@ def test_factory_from_a_python_file(tmp_path):
     x = torch.randn(1, 3, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), original.eval()(x), **TOL)
+
+
+def test_a_factory_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    """``--factory mymodels:build`` run where mymodels.py is, as a user runs their own code: the
+    working directory is importable even when the console script left it off sys.path."""
+    import sys
+
+    from odexport.convert.factory import build_from_factory
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "odexport_test_cwd_models.py").write_text("from torch import nn\n\ndef build():\n    return nn.Conv2d(3, 4, 3)\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(folder))])
+    monkeypatch.delitem(sys.modules, "odexport_test_cwd_models", raising=False)
+    model = build_from_factory("odexport_test_cwd_models:build")
+    assert isinstance(model, nn.Conv2d) and model.out_channels == 4
+
+
+def test_only_a_second_argument_named_like_a_temperature_makes_a_temperature_model():
+    from odexport.convert.factory import needs_temperature_argument
+
+    class WithMask(nn.Module):
+        def forward(self, x, mask):
+            return x * mask
+
+    class WithTau(nn.Module):
+        def forward(self, x, tau):
+            return x
+
+    class WithOptional(nn.Module):
+        def forward(self, x, temperature=1.0):
+            return x
+
+    assert not needs_temperature_argument(WithMask()) and needs_temperature_argument(WithTau())
+    assert not needs_temperature_argument(WithOptional())
 
 
 def test_a_factory_model_with_the_wrappers_names_itself_loads_its_file(tmp_path):
