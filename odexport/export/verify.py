@@ -10,6 +10,7 @@ A comparison passes when ``max_abs <= atol + rtol * max|reference|``.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,7 +56,7 @@ class ParityResult:
         return asdict(self)
 
     def worst(self) -> OutputComparison | None:
-        return max(self.comparisons, key=lambda c: c.max_rel, default=None)
+        return max(self.comparisons, key=lambda c: _nan_first(c.max_rel), default=None)
 
     def summary(self) -> str:
         worst = self.worst()
@@ -63,10 +64,16 @@ class ParityResult:
             return "no comparison ran"
         verdict = "passed" if self.passed else "FAILED"
         return (
-            f"parity {verdict}: max abs {max(c.max_abs for c in self.comparisons):.3g}, "
+            f"parity {verdict}: max abs {max((c.max_abs for c in self.comparisons), key=_nan_first):.3g}, "
             f"max rel {worst.max_rel:.3g} (batches {sorted({c.batch for c in self.comparisons})}, "
             f"atol {self.atol:g}, rtol {self.rtol:g})"
         )
+
+
+def _nan_first(error: float) -> float:
+    """Sort key of an error: NaN (a candidate computing NaN) ranks above every number, where
+    ``max`` would keep it only when it came first."""
+    return math.inf if math.isnan(error) else error
 
 
 #: the first onnxruntime that tells model-local functions of one name apart by their ``overload``

@@ -48,6 +48,7 @@ def test_metadata_sidecar_and_checker(tmp_path):
     assert meta["odexport.source_sha256"] == "ab" * 32
     assert meta["odexport.arch"] == "tiny-test" and json.loads(meta["odexport.model_kwargs"]) == {"width": 8}
     assert meta["odexport.opset"] == "18" and meta["odexport.batch"] == "dynamic"
+    assert meta["odexport.source_kind"] == "checkpoint" and meta["odexport.input_shape"] == "8x10x10"
     assert [f["name"] for f in json.loads(meta["odexport.forms"])] == ["0", "2"]
     assert {o.domain or "": o.version for o in proto.opset_import}[""] == 18
     sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
@@ -66,6 +67,7 @@ def test_state_dict_checksum_changes_with_weights(tmp_path):
         model[0].weight[0, 0, 0, 0, 0] += 1.0
     second = export_onnx(model, tmp_path / "b.onnx", form="decomposed", input_shape=SHAPE, check=False)
     assert first.metadata["odexport.source_sha256"] != second.metadata["odexport.source_sha256"]
+    assert first.metadata["odexport.source_kind"] == "state_dict"  # no checkpoint file's checksum given
 
 
 @pytest.mark.parametrize("opset", [18, 21, 23])
@@ -198,8 +200,10 @@ def test_output_path_not_writable(tmp_path, where):
 def test_bad_input_shape_and_batch(tmp_path):
     with pytest.raises(InputError):
         export_onnx(small_model(), tmp_path / "m.onnx", input_shape=(8, 10))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="batch must be a positive integer"):  # refused, not traced at batch 0
         export_onnx(small_model(), tmp_path / "m.onnx", input_shape=SHAPE, batch=0)
+    with pytest.raises(ExportError, match="export starts from float32"):
+        export_onnx(small_model().double(), tmp_path / "m.onnx", input_shape=SHAPE)
     with pytest.raises(ExportError) as info:  # the model does not run on this shape
         export_onnx(small_model(), tmp_path / "m.onnx", input_shape=(3, 10, 10))
     _one_line(info.value)
@@ -305,9 +309,15 @@ def test_models_with_external_data_re_export_and_fail_parity_cleanly(tmp_path, m
 
 
 def test_model_mode_and_forward_are_restored(tmp_path):
+    from odexport.export.plan import plan_forms
+
     model = small_model().train()
-    export_onnx(model, tmp_path / "m.onnx", form="custom", input_shape=SHAPE, check=False)
+    result = export_onnx(model, tmp_path / "m.onnx", form="custom", input_shape=SHAPE, check=False)
     assert model.training
+    plan_forms(model, input_shape=SHAPE)
+    assert model.training
+    # each custom node carries its PyTorch layer's name (the per-layer report and TensorRT's logs name it)
+    assert [n.name for n in onnx.load(str(result.path)).graph.node if n.domain == "com.odexport"] == ["0", "2"]
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert "odexport_core" not in " ".join(n for n, _ in model.named_modules())
 
@@ -392,3 +402,46 @@ def test_one_function_body_per_configuration_and_onnx_pads_order():
         assert overload_name(dataclasses.replace(base, **{field: value}), "v") != overload_name(base, "v"), field
     assert overload_name(dataclasses.replace(base, name="b"), "v") == overload_name(base, "v")  # layers alike share it
     assert node_attributes(base)["pads"] == [1, 2, 1, 2]
+
+
+def test_the_export_check_fails_on_any_output_and_names_the_worst(tmp_path):
+    """A two-output graph whose first output is wrong fails even though the last passes; the
+    summary ranks a NaN above every number (it is the failure to name), whatever the order; a
+    shape mismatch fails; one inf in PyTorch's own output is refused as broken weights."""
+    from onnx import TensorProto, helper
+
+    from odexport.export.verify import NOISE_FLOOR_FACTOR, OutputComparison, ParityResult, compare_arrays, compare_with_torch
+    from odexport.report.compare import NOISE_MARGIN
+
+    def value(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2, 3, 3])
+
+    graph = helper.make_graph([helper.make_node("Mul", ["input", "three"], ["output"]), helper.make_node("Identity", ["input"], ["copy"])],
+                              "two", [value("input")], [value("output"), value("copy")],
+                              [helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path)
+
+    class Twice(nn.Module):
+        def forward(self, x):
+            return x * 2, x
+
+    result = compare_with_torch(Twice(), str(path), (2, 3, 3), batches=(1,))
+    assert [c.passed for c in result.comparisons] == [False, True] and not result.passed
+
+    class OneInf(nn.Module):
+        def forward(self, x):
+            y = x * 3
+            y[0, 0, 0, 0] = float("inf")
+            return y, x
+
+    with pytest.raises(InputError, match="the model computes 1 NaN/inf values in output 'output'"):
+        compare_with_torch(OneInf(), str(path), (2, 3, 3), batches=(1,))
+
+    small, broken = OutputComparison("output", 1, 1e-6, 1e-6, None, True), OutputComparison("output", 2, float("nan"), float("nan"), None, False)
+    for order in ([small, broken], [broken, small]):
+        failed = ParityResult(False, 1e-8, 1e-4, "fp32", 0, order)
+        assert failed.worst() is broken and "max abs nan, max rel nan" in failed.summary()
+    mismatch = compare_arrays("output", 1, np.ones((2, 4)), np.ones((2, 5)), 1e-8, 1e-4)
+    assert not mismatch.passed and mismatch.max_abs == float("inf")
+    assert NOISE_FLOOR_FACTOR == NOISE_MARGIN  # the export's floor is odexport check's (docstring)
