@@ -179,6 +179,20 @@ def _quiet_exporter(progress: Callable[[str], None] | None = None):
             logger.setLevel(level)
 
 
+#: the metadata fields export_onnx writes itself (later stages read them: forms, batch, opset, ...)
+CORE_METADATA = (keys.VERSION, keys.SOURCE_SHA256, keys.SOURCE_KIND, keys.ARCH, keys.MODEL_CLASS, keys.MODEL_KWARGS, keys.FORM,
+                 keys.FORMS, keys.OPSET, keys.BATCH, keys.INPUT_SHAPE, keys.PRECISION, keys.TARGET, keys.REPARAM_PASSES)
+
+
+def _refuse_core_metadata(extra_metadata) -> None:
+    """Extra metadata adds fields; one that replaced a core field would mislead every later stage
+    (a non-JSON ``forms`` breaks the sidecar), so it is refused before any work."""
+    clashes = sorted(keys.prefixed(key) for key in (extra_metadata or {}) if keys.prefixed(key) in CORE_METADATA)
+    if clashes:
+        raise InputError(f"extra_metadata would replace odexport's own {', '.join(clashes)}",
+                         "give those fields another name (the export writes them itself)")
+
+
 def torch_to_onnx(module: nn.Module, args: tuple, input_names: Sequence[str], output_names: Sequence[str], dynamic_shapes, opset: int,
                   progress: Callable[[str], None] | None = None) -> onnx.ModelProto:
     """``torch.onnx.export(dynamo=True)`` to an in-memory ModelProto, errors made one line;
@@ -456,6 +470,7 @@ def export_onnx(
     """
     say = progress or (lambda stage: None)
     out, shape = _validate(form, opset, batch, input_shape, target, path)
+    _refuse_core_metadata(extra_metadata)
     was_training = model.training
     model.eval()
     try:

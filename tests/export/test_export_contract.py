@@ -204,6 +204,8 @@ def test_bad_input_shape_and_batch(tmp_path):
         export_onnx(small_model(), tmp_path / "m.onnx", input_shape=SHAPE, batch=0)
     with pytest.raises(ExportError, match="export starts from float32"):
         export_onnx(small_model().double(), tmp_path / "m.onnx", input_shape=SHAPE)
+    with pytest.raises(InputError, match="extra_metadata would replace odexport's own odexport.batch, odexport.forms"):
+        export_onnx(small_model(), tmp_path / "m.onnx", input_shape=SHAPE, extra_metadata={"forms": "x", "odexport.batch": 3, "note": 1})
     with pytest.raises(ExportError) as info:  # the model does not run on this shape
         export_onnx(small_model(), tmp_path / "m.onnx", input_shape=(3, 10, 10))
     _one_line(info.value)
