@@ -150,6 +150,14 @@ def test_bookkeeping_tensors_saved_with_the_weights_are_dropped_and_named(tmp_pa
             torch.testing.assert_close(loaded.model(x), original(x), rtol=0, atol=0)
     # a key named like a counter inside a plain state dict without 'module.' keys stays
     assert extract_state_dict({"n_averaged": torch.ones(1), "w": torch.ones(3)}).state_dict.keys() == {"n_averaged", "w"}
+    # a profiler counter is one number: a 'total_ops' of several is a weight of that name
+    from odexport.checkpoint.state_dict import drop_counters
+
+    kept, dropped = drop_counters({"a.weight": torch.zeros(3), "a.total_ops": torch.zeros(4), "b.total_ops": torch.zeros(1)})
+    assert list(kept) == ["a.weight", "a.total_ops"] and dropped == {"total_ops/total_params (thop profiler counters)": 1}
+    # half of the entries tensors: still the weights themselves (a step counter saved beside them)
+    half = extract_state_dict({"conv.weight": torch.zeros(2, 3, 3, 3), "step": 3})
+    assert (half.entry, list(half.state_dict), half.dropped_non_tensors) == ("<root>", ["conv.weight"], ["step"])
 
 
 def test_training_metadata_types_need_no_full_unpickling(tmp_path):

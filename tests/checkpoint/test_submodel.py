@@ -121,6 +121,14 @@ def test_what_a_composite_file_is_comes_from_its_parts_and_its_meta():
     assert (nested.prefix, nested.ignored) == ("teacher.backbone.", {"teacher.neck": 1, "student": 1})
 
 
+def test_many_ignored_parts_are_summed_up_and_a_dot_keeps_the_whole_file():
+    from odexport.checkpoint.submodel import find_submodel
+
+    many = find_submodel(_prefixed("backbone.", **{f"p{i}": 1 for i in range(8)}))
+    assert "ignored 8 keys of p0, p1, p2, p3, p4, p5 and 2 more parts (" in many.sentence()
+    assert find_submodel(_prefixed("backbone."), submodel=".") is None  # "." as "": the whole file
+
+
 def test_keys_without_a_prefix_have_no_sole_prefix_and_a_wrong_submodel_names_the_largest_part():
     from odexport.checkpoint.submodel import find_submodel, sole_prefix
 

@@ -267,6 +267,10 @@ def build_mixed():
     return MixedNet()
 
 
+def build_needing_a_width(*, width):  # a factory that cannot be called as --factory calls it
+    return nn.Conv2d(3, width, 3)
+
+
 def build_tardelean_style():
     return TardeleanStyleNet()
 

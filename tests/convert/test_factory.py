@@ -259,6 +259,8 @@ def test_batchnorms_without_running_statistics_get_a_note(tmp_path):
         ("tests.convert.standins:MixedNet.forward", "needs arguments"),
         ("tests.convert.standins:_randomise_bn", "needs arguments"),
         ("torch:cuda_is_not_a_function", "has no attribute"),
+        ("no_such_folder/mymodels:build", "--factory file no_such_folder/mymodels does not exist"),  # a path, by its slash
+        ("tests.convert.standins:build_needing_a_width", "needs arguments (width)"),  # keyword-only, required
     ],
 )
 def test_factory_errors_are_one_line(tmp_path, spec, match):
