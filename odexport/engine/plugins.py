@@ -50,12 +50,17 @@ class PluginSpec:
         return {"library": "plugin library", "python-file": "Python plugin file", "python-module": "Python plugin module"}[self.kind] + f" {self.target}"
 
 
+def _is_library_name(name: str) -> bool:
+    """A shared library's file name: ``.so``/``.dll``/``.dylib``, or a versioned ``.so.N[.M]``."""
+    return name.lower().endswith(LIBRARY_SUFFIXES) or re.search(r"\.so(\.\d+)+$", name) is not None
+
+
 def classify_plugin(text: str) -> PluginSpec:
     """Decide what a ``--plugin`` argument is; a missing file is an :class:`InputError`."""
     raw = str(text).strip()
     path = Path(raw).expanduser()
     name = path.name.lower()
-    is_library = name.endswith(LIBRARY_SUFFIXES) or re.search(r"\.so(\.\d+)+$", name) is not None
+    is_library = _is_library_name(name)
     if is_library or name.endswith(".py"):
         if not path.is_file():
             raise InputError(f"plugin {raw} does not exist", "pass the path of a plugin library (.so/.dll) or a Python plugin file (.py)")
@@ -161,7 +166,7 @@ def find_plugin_libraries(environ=None) -> list[dict]:
                 continue
             is_lib = _LIBRARY_NAME.match(candidate.name) is not None
             is_py = python_too and candidate.suffix == ".py" and (entry.is_file() or "plugin" in candidate.name.lower())
-            explicit_lib = entry.is_file() and candidate.name.lower().endswith(LIBRARY_SUFFIXES)
+            explicit_lib = entry.is_file() and _is_library_name(candidate.name)  # as --plugin accepts it
             if is_lib or is_py or explicit_lib:
                 key = str(candidate.resolve())
                 found.setdefault(key, {"path": key, "kind": "python" if candidate.suffix == ".py" else "library", "found_via": origin})

@@ -165,9 +165,14 @@ class EngineMetadata:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EngineMetadata":
+        if not isinstance(data, dict):  # valid JSON of another shape (a list, a string)
+            raise TypeError(f"the sidecar holds a JSON {type(data).__name__}, not an object")
         if data.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, expected {SIDECAR_FORMAT!r}")
         trt, gpu, engine, source = data["tensorrt"], data["gpu"], data["engine"], data["source"]
+        for part, value in (("tensorrt", trt), ("gpu", gpu), ("engine", engine), ("source", source)):
+            if not isinstance(value, dict):
+                raise TypeError(f"its '{part}' is a JSON {type(value).__name__}, not an object")
         build = dict(data.get("build") or {})
         plugins = list(build.pop("plugins", []))
         return cls(

@@ -55,3 +55,27 @@ def test_parser_error_hint_for_custom_ops(tmp_path):
 def test_parser_error_without_errors_still_says_what_to_do(tmp_path):
     error = parser_error([], tmp_path / "m.onnx")
     assert "reported no error" in error.message and "onnx.checker" in error.hint
+
+
+def test_completion_keeps_the_parsers_own_names_and_leaves_function_bodies_alone(tmp_path):
+    """A node index inside a function body is not a top-level index: no name is borrowed for it;
+    a name the parser gave wins over the ONNX's."""
+    path = conv_model(tmp_path / "m.onnx")
+    inside, named, bare = complete_node_names([ParserIssue("UNSUPPORTED_NODE", "a", 0, "", "", ("ODConv2d",)),
+                                               ParserIssue("UNSUPPORTED_NODE", "b", 1, "parser_name", ""),
+                                               ParserIssue("UNSUPPORTED_NODE", "c", 0)], path)
+    assert (inside.node_name, inside.node_operator) == ("", "")
+    assert (named.node_name, named.node_operator) == ("parser_name", "Relu")
+    assert (bare.node_name, bare.node_operator) == ("conv0", "Conv")
+    assert ParserIssue("X", "d", -1, "named").where() == "node 'named'"
+
+
+def test_hints_fit_the_failure(tmp_path):
+    """A custom op's own error is not the grouped Conv's ("Conv" inside "ODConv2d" is no Conv);
+    a grouped Conv gets the fixed-batch hint; an IR version the parser lacks, the opset one."""
+    custom = parser_error([ParserIssue("UNSUPPORTED_NODE", "unsupported kernel shape", 2, "c", "com.odexport::ODConv2d")], tmp_path / "m.onnx")
+    assert "grouped form" not in custom.hint and "--form decomposed" in custom.hint
+    grouped = parser_error([ParserIssue("UNSUPPORTED_NODE", "group must be static", 7, "layer2/Conv", "Conv")], tmp_path / "m.onnx")
+    assert grouped.hint.startswith("the grouped form needs a fixed batch")
+    ir = parser_error([ParserIssue("INVALID_MODEL", "unsupported IR version 12")], tmp_path / "m.onnx")
+    assert ir.hint.startswith("re-export with an opset this TensorRT supports")

@@ -57,14 +57,16 @@ def test_a_mixed_onnx_builds_fp16_even_without_the_option():
     assert any("m_fp16.onnx is mixed precision" in n for n in plan.notes)
 
 
-def test_a_tensorrt_without_fp16_flag_is_strongly_typed_whatever_its_version_says():
-    plan = plan_precision("10.99", fp16=True, onnx_precision="mixed", has_fp16_flag=False)
+@pytest.mark.parametrize("version", ["10.8", "10.99"])
+def test_a_tensorrt_without_fp16_flag_is_strongly_typed_whatever_its_version_says(version):
+    plan = plan_precision(version, fp16=True, onnx_precision="mixed", has_fp16_flag=False)
     assert plan.strongly_typed and not plan.fp16_builder_flag
 
 
 def test_tf32_is_off_unless_asked():
     assert plan_precision("10.13", False, "fp32").tf32 is False
     assert plan_precision("10.13", False, "fp32", tf32=True).tf32 is True
+    assert plan_precision("10.13", True, "mixed", tf32=True).tf32 is True  # the fp32 parts of a mixed build too
 
 
 def test_tensorrt_8_is_unsupported():
@@ -81,3 +83,28 @@ def test_onnx_precision_reads_the_graph(tmp_path):
 def test_onnx_precision_looks_inside_function_bodies(tmp_path):
     assert onnx_precision(custom_op_model(tmp_path / "c32.onnx")) == "fp32"
     assert onnx_precision(custom_op_model(tmp_path / "c16.onnx", fp16_in_function=True)) == "mixed"
+
+
+def test_onnx_precision_finds_fp16_in_constants_and_subgraphs(tmp_path):
+    """fp16 only in a Constant node's value, or only in a Cast inside an If branch: still mixed."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def io(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+
+    constant = helper.make_node("Constant", [], ["c16"], value=numpy_helper.from_array(np.ones((1,), np.float16)))
+    graph = helper.make_graph([constant, helper.make_node("Cast", ["c16"], ["c32"], to=TensorProto.FLOAT),
+                               helper.make_node("Add", ["x", "c32"], ["y"])], "g", [io("x")], [io("y")])
+    onnx.save(helper.make_model(graph), tmp_path / "constant.onnx")
+    assert onnx_precision(tmp_path / "constant.onnx") == "mixed"
+
+    def branch(name, to):
+        casts = [helper.make_node("Cast", ["x"], [f"{name}_h"], to=to), helper.make_node("Cast", [f"{name}_h"], [f"{name}_o"], to=TensorProto.FLOAT)]
+        return helper.make_graph(casts, name, [], [io(f"{name}_o")])
+
+    condition = helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(np.array(True)))
+    switch = helper.make_node("If", ["b"], ["y"], then_branch=branch("t", TensorProto.FLOAT16), else_branch=branch("e", TensorProto.FLOAT))
+    onnx.save(helper.make_model(helper.make_graph([condition, switch], "g", [io("x")], [io("y")])), tmp_path / "if.onnx")
+    assert onnx_precision(tmp_path / "if.onnx") == "mixed"

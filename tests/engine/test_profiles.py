@@ -157,3 +157,12 @@ def test_select_profile_prefers_the_nearest_opt():
     with pytest.raises(InputError, match="batch 64 is outside") as info:
         select_profile(64, profiles)
     assert "1..4, 1..32" in str(info.value) and "--profile 1:64:64" in str(info.value)
+
+
+def test_a_batch_below_every_profile_names_a_profile_from_1_and_max_batch_0_is_refused():
+    with pytest.raises(InputError) as info:
+        select_profile(4, [BatchProfile(8, 16, 32)])
+    assert str(info.value).endswith("e.g. --profile 1:4:32")  # from 1, optimised for the batch, up to the largest
+    with pytest.raises(InputError) as refused:
+        batch_profiles_from_options(max_batch=0)
+    assert (refused.value.message, refused.value.hint) == ("--max-batch must be >= 1, got 0", "batch sizes start at 1")

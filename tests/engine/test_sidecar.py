@@ -147,6 +147,26 @@ def test_missing_or_broken_sidecar(tmp_path):
     (tmp_path / "model.engine.json").write_text(json.dumps({"format": "something-else/9"}))
     with pytest.raises(EngineCompatibilityError, match="not a valid"):
         read_sidecar(tmp_path / "model.engine")
+    # complete but for one thing: another format, a part missing, valid JSON of another shape
+    whole = _metadata(tmp_path).to_dict()
+    broken = {"format": {**whole, "format": "odexport-engine/2"}, "missing": {k: v for k, v in whole.items() if k != "tensorrt"},
+              "list": [], "text": "engine", "part": {**whole, "gpu": "H100"}}
+    for what, data in broken.items():
+        (tmp_path / "model.engine.json").write_text(json.dumps(data))
+        with pytest.raises(EngineCompatibilityError, match="not a valid odexport engine sidecar"):
+            read_sidecar(tmp_path / "model.engine")  # ``what`` names the case in pytest's report
+
+
+def test_tf32_and_the_workspace_survive_the_sidecar(tmp_path):
+    """An engine built with TF32 convolutions computes at reduced precision (the runner reads the
+    flag for check's default tolerance); the rebuild command repeats it and the workspace as given."""
+    onnx_path = conv_model(tmp_path / "model.onnx")
+    command = rebuild_command(onnx_path, tmp_path / "model.engine", tf32=True, workspace_gib=0.5)
+    assert command.endswith(" --tf32 --workspace 0.5")
+    write_engine(tmp_path / "model.engine", ENGINE, _metadata(tmp_path, tf32=True, precision="fp32", rebuild_command=command))
+    read = read_sidecar(tmp_path / "model.engine")
+    assert read.tf32 is True and read.rebuild_command == command
+    assert json.loads((tmp_path / "model.engine.json").read_text())["tensorrt"]["tf32"] is True
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):
