@@ -86,6 +86,28 @@ def test_markdown_and_table_show_every_row():
     assert "good.onnx" in rendered and "FAIL" in rendered
 
 
+def test_rendered_cells_verdicts_and_escapes():
+    """The table's cells as a reader sees them: top-1 as a percentage with one decimal, a batch
+    that could not run is a FAIL row, a candidate whose backend is missing is NOT RUN (a JUnit
+    skip); JUnit carries the tolerance used; an output name with '|' does not break a Markdown row."""
+    from odexport.report.render import parity_rows
+
+    report = _report()
+    rows = parity_rows(report)
+    assert rows[0][8] == "100.0%"
+    assert [row[-1] for row in rows if row[0] == "bad.onnx" and row[1] == "1"] == ["FAIL"]
+    case = ET.fromstring(parity_junit(report)).find("testsuite/testcase")
+    assert {prop.get("name"): prop.get("value") for prop in case.find("properties")}["rtol"] == "0.0001"
+    ref = {"a|b": np.ones((2, 10))}
+    piped = parity_report({"artifact": "ref.pt", "backend": "torch-cpu", "dtype": "float32"}, {"source": "random", "count": 2, "shape": [3, 8, 8]},
+                          [1], ref, [CandidateRun("c.onnx", "onnxruntime-cpu", "fp32", ("batch", 3, 8, 8), outputs={1: dict(ref)})],
+                          ToleranceOverrides())
+    assert [line for line in parity_markdown(piped).splitlines() if line.startswith("| c.onnx")][0].startswith("| c.onnx | 1 | a\\|b | ")
+    missing = parity_report({"artifact": "ref.pt", "backend": "torch-cpu", "dtype": "float32"}, {"source": "random", "count": 2, "shape": [3, 8, 8]},
+                            [1], ref, [], ToleranceOverrides(), missing={"m.engine": ("tensorrt", "TensorRT not installed")})
+    assert parity_rows(missing)[0][-1] == "NOT RUN" and ET.fromstring(parity_junit(missing)).get("skipped") == "1"
+
+
 def test_write_text_atomically_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "sub" / "report.xml"
     output_folder(target, create=True)

@@ -369,3 +369,49 @@ def test_a_custom_form_file_whose_bodies_a_tool_dropped_is_named(tmp_path):
 
     with OrtRunner(custom) as runner:  # the file as exported runs
         assert runner.infer(np.zeros((2, 4, 8, 8), np.float32))
+
+
+def test_open_runner_passes_spinning_off_to_the_session(tiny_onnx):
+    """bench opens its sessions through open_runner: spinning off must reach the live session."""
+    quiet = open_runner(tiny_onnx, allow_spinning=False)
+    assert quiet.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not quiet.spinning and open_runner(tiny_onnx).spinning
+
+
+def test_outputs_are_returned_under_their_own_names(tmp_path):
+    """Two outputs of different shapes: each value under its name, in onnxruntime as in PyTorch
+    (a tuple's outputs are named output, output_1)."""
+    from onnx import TensorProto, helper
+
+    from odexport.runtime.torch_runner import torch_dtype
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[2, 3], keepdims=0), helper.make_node("Relu", ["input"], ["relu"])],
+        "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("relu", TensorProto.FLOAT, ["batch", 3, 4, 4]),
+         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 3])])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    got = OrtRunner(path).infer({"input": x})
+    assert got["relu"].shape == (2, 3, 4, 4) and got["pooled"].shape == (2, 3)
+    np.testing.assert_allclose(got["pooled"], x.mean(axis=(2, 3)), rtol=1e-6)
+
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x), x.mean(dim=(2, 3))
+
+    pair = TorchRunner(Pair(), input_shape=(3, 4, 4)).infer({"input": x})
+    assert pair["output"].shape == (2, 3, 4, 4) and pair["output_1"].shape == (2, 3)
+    with pytest.raises(InputError, match="unsupported dtype torch.int32"):
+        torch_dtype(torch.int32)
+
+
+def test_torch_runner_applies_its_thread_count(tiny_net):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        TorchRunner(tiny_net, threads=1, input_shape=(3, 16, 16))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
