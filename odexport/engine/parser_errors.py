@@ -115,8 +115,10 @@ def _hint(issues: list[ParserIssue]) -> str:
     if any(op in text for op in CUSTOM_OP_TYPES) and ("plugin" in text.lower() or "function" in text.lower()):
         return ("this ONNX uses the custom-op form; without --plugin the parser inlines its function body, so re-export it "
                 "with `odexport onnx CKPT --form decomposed`, or pass the plugin that implements the op with --plugin")
-    # the standard Conv (a word: not the "Conv" inside the custom ops' ODConv2d / DyConv2d)
-    if re.search(r"(?<![A-Za-z])Conv(?![A-Za-z0-9])", text) and ("group" in text.lower() or "kernel" in text.lower()):
+    # the standard Conv (a word, or TensorRT's IConvolutionLayer; not the "Conv" inside the custom
+    # ops' ODConv2d / DyConv2d)
+    if (re.search(r"(?<![A-Za-z])Conv(?![A-Za-z0-9])", text) or "ConvolutionLayer" in text) and (
+            "group" in text.lower() or "kernel" in text.lower()):
         return ("the grouped form needs a fixed batch in TensorRT; re-export with `--form decomposed` for a dynamic batch, "
                 "or with `--form grouped --batch N` and build with --profile N")
     if "opset" in text.lower() or "IR version" in text:

@@ -52,7 +52,7 @@ class PluginSpec:
 
 def _is_library_name(name: str) -> bool:
     """A shared library's file name: ``.so``/``.dll``/``.dylib``, or a versioned ``.so.N[.M]``."""
-    return name.lower().endswith(LIBRARY_SUFFIXES) or re.search(r"\.so(\.\d+)+$", name) is not None
+    return name.lower().endswith(LIBRARY_SUFFIXES) or re.search(r"\.so(\.\d+)+$", name, re.IGNORECASE) is not None
 
 
 def classify_plugin(text: str) -> PluginSpec:

@@ -44,8 +44,8 @@ def onnx_layer_values(reference_model, onnx_model, x: np.ndarray, *, threads: in
 
     ``onnx_model`` is a path or an ``onnx.ModelProto``.  The ONNX copy gets the located values as
     extra graph outputs and runs in onnxruntime on ``device`` (the candidate's) on the same ``x``.
-    ``noise_model`` (the reference in the other float precision) adds ``"noise"``: per component,
-    ``max |v32 - v64|``.
+    ``noise_model`` (the reference in the other float precision) fills ``"noise"`` (empty
+    without one): per component, ``max |v32 - v64|``.
     """
     import onnx
 

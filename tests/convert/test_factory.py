@@ -151,7 +151,10 @@ def test_a_factory_module_in_the_working_directory_is_found(tmp_path, monkeypatc
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(folder))])
     monkeypatch.delitem(sys.modules, "odexport_test_cwd_models", raising=False)
-    model = build_from_factory("odexport_test_cwd_models:build")
+    try:
+        model = build_from_factory("odexport_test_cwd_models:build")
+    finally:
+        sys.modules.pop("odexport_test_cwd_models", None)  # imported from a folder that goes away
     assert isinstance(model, nn.Conv2d) and model.out_channels == 4
 
 

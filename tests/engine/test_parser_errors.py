@@ -77,5 +77,8 @@ def test_hints_fit_the_failure(tmp_path):
     assert "grouped form" not in custom.hint and "--form decomposed" in custom.hint
     grouped = parser_error([ParserIssue("UNSUPPORTED_NODE", "group must be static", 7, "layer2/Conv", "Conv")], tmp_path / "m.onnx")
     assert grouped.hint.startswith("the grouped form needs a fixed batch")
+    layer = parser_error([ParserIssue("UNSUPPORTED_NODE", "IConvolutionLayer: kernel weights has count 432 but 144 was expected")],
+                         tmp_path / "m.onnx")
+    assert layer.hint.startswith("the grouped form needs a fixed batch")
     ir = parser_error([ParserIssue("INVALID_MODEL", "unsupported IR version 12")], tmp_path / "m.onnx")
     assert ir.hint.startswith("re-export with an opset this TensorRT supports")

@@ -81,8 +81,10 @@ def test_find_plugin_libraries(tmp_path):
     explicit.write_bytes(b"")
     versioned = tmp_path / "libfoo.so.1"  # named on the path: a library, as --plugin takes it
     versioned.write_bytes(b"")
+    shouting = tmp_path / "LIBBAR.SO.2"
+    shouting.write_bytes(b"")
     environ = {
-        "ODEXPORT_PLUGIN_PATH": os.pathsep.join([str(plugins), str(explicit), str(versioned), str(tmp_path / "absent")]),
+        "ODEXPORT_PLUGIN_PATH": os.pathsep.join([str(plugins), str(explicit), str(versioned), str(shouting), str(tmp_path / "absent")]),
         "LD_LIBRARY_PATH": str(libs),
     }
     found = {os.path.basename(e["path"]): (e["kind"], e["found_via"]) for e in find_plugin_libraries(environ)}
@@ -91,6 +93,7 @@ def test_find_plugin_libraries(tmp_path):
         "odconv_plugin.py": ("python", "ODEXPORT_PLUGIN_PATH"),
         "custom.so": ("library", "ODEXPORT_PLUGIN_PATH"),
         "libfoo.so.1": ("library", "ODEXPORT_PLUGIN_PATH"),
+        "LIBBAR.SO.2": ("library", "ODEXPORT_PLUGIN_PATH"),
         "libnvinfer_plugin.so.10": ("library", "LD_LIBRARY_PATH"),
     }
 

@@ -49,6 +49,7 @@ def test_metadata_sidecar_and_checker(tmp_path):
     assert meta["odexport.arch"] == "tiny-test" and json.loads(meta["odexport.model_kwargs"]) == {"width": 8}
     assert meta["odexport.opset"] == "18" and meta["odexport.batch"] == "dynamic"
     assert meta["odexport.source_kind"] == "checkpoint" and meta["odexport.input_shape"] == "8x10x10"
+    assert set(meta) == set(onnx_export.CORE_METADATA)  # the fields extra_metadata may not replace are all it writes
     assert [f["name"] for f in json.loads(meta["odexport.forms"])] == ["0", "2"]
     assert {o.domain or "": o.version for o in proto.opset_import}[""] == 18
     sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
