@@ -21,6 +21,7 @@ import onnx
 from odexport._outputs import holds_class_scores
 from odexport._versions import version_at_least
 from odexport.errors import NON_FINITE_WEIGHTS_FIX, InputError, MissingDependencyError
+from odexport.report.compare import NOISE_MARGIN
 
 # Defaults (atol, rtol) by candidate precision: fp32 within 1e-4 of the output scale, fp16 within
 # 1%.  The absolute part is only there for an all-zero output: an absolute 1e-3 or 1e-4 was wider
@@ -269,7 +270,7 @@ def compare_with_torch(
     return result
 
 
-NOISE_FLOOR_FACTOR = 5.0
+NOISE_FLOOR_FACTOR = NOISE_MARGIN  # the floor `odexport check` widens its default atol by: one number for both
 
 
 def _require_finite(names, expected, batch: int) -> None:

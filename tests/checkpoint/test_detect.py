@@ -276,12 +276,17 @@ def test_tardelean_deeplab_checkpoint_is_named(tmp_path):
     assert "--factory module:function" in message and "\n" not in message
 
 
+def _tardelean_backbone():
+    """A TArdelean ResNet and its weights under ``backbone.``, as a segmentation file holds them."""
+    torch.manual_seed(0)
+    model = create_model("ta_resnet_tiny").eval()
+    return model, {f"backbone.{k}": v for k, v in model.state_dict().items()}
+
+
 def test_a_decoder_without_an_aspp_head_is_not_called_deeplab(tmp_path):
     """Only ``aspp.`` beside ``decoder.`` is TArdelean's DeepLabV3+; a backbone with some other
     decoder entry is a composite checkpoint whose backbone loads, the decoder's keys named."""
-    torch.manual_seed(0)
-    expected = create_model("ta_resnet_tiny").eval()
-    state = {f"backbone.{k}": v for k, v in expected.state_dict().items()}
+    expected, state = _tardelean_backbone()
     state["decoder.conv.weight"] = torch.zeros(4, 8, 1, 1)
     torch.save(state, path := tmp_path / "with_decoder.pth")
     loaded = load_checkpoint(path)
@@ -292,9 +297,7 @@ def test_a_decoder_without_an_aspp_head_is_not_called_deeplab(tmp_path):
 
 def test_arch_loads_the_backbone_of_a_deeplab_checkpoint(tmp_path):
     """The DeepLab refusal is for the search; ``--arch`` names what to load from the backbone."""
-    torch.manual_seed(0)
-    expected = create_model("ta_resnet_tiny").eval()
-    state = {f"backbone.{k}": v for k, v in expected.state_dict().items()}
+    expected, state = _tardelean_backbone()
     state["aspp.aspp1.kernels_weights"] = torch.zeros(4, 16, 8, 1, 1)
     state["decoder.last_conv.weight"] = torch.zeros(21, 16, 1, 1)
     torch.save(state, path := tmp_path / "deeplab.pth")

@@ -154,7 +154,8 @@ def test_missing_or_broken_sidecar(tmp_path):
     for what, data in broken.items():
         (tmp_path / "model.engine.json").write_text(json.dumps(data))
         with pytest.raises(EngineCompatibilityError, match="not a valid odexport engine sidecar"):
-            read_sidecar(tmp_path / "model.engine")  # ``what`` names the case in pytest's report
+            read_sidecar(tmp_path / "model.engine")
+            pytest.fail(f"the {what} case was read as a sidecar")
 
 
 def test_tf32_and_the_workspace_survive_the_sidecar(tmp_path):
